@@ -1,0 +1,176 @@
+"""The ``posttrain`` command.
+
+Every training command takes an optional YAML config followed by dotted overrides::
+
+    posttrain dpo examples/dpo.yaml loss.beta=0.2 optim.lr=1e-5
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from posttrain.config import COMMANDS, ConfigError, dump_config, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models, end to end.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate configs.")
+models_app = typer.Typer(no_args_is_help=True, help="Builtin models.")
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from posttrain.data.schema import DataError, DataErrors
+    from posttrain.models.reference import ReferenceError_
+    from posttrain.models.resolve import ModelError
+
+    return ConfigError, DataError, DataErrors, ModelError, ReferenceError_
+
+
+def _fail(err: BaseException) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def _train(command: str, args: list[str] | None) -> None:
+    from posttrain.training.stage import print_summary
+
+    path, overrides = _split_args(args)
+    try:
+        cfg = load_config(command, path, overrides)
+        if command == "sft":
+            from posttrain.trainers.sft import train_sft as run
+        elif command == "dpo":
+            from posttrain.trainers.preference import train_preference as run
+        else:
+            from posttrain.trainers.kto import train_kto as run
+        summary = run(cfg)
+    except _user_errors() as e:
+        _fail(e)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_summary(command, summary, cfg.train.output_dir)
+
+
+_ARGS = typer.Argument(None, help="[CONFIG.yaml] [section.key=value ...]")
+
+
+@app.command()
+def sft(args: list[str] = _ARGS) -> None:
+    """Supervised fine-tuning (loss on assistant tokens only)."""
+    _train("sft", args)
+
+
+@app.command()
+def dpo(args: list[str] = _ARGS) -> None:
+    """Preference optimisation: loss.type = dpo | ipo | robust | hinge | simpo | orpo."""
+    _train("dpo", args)
+
+
+@app.command()
+def kto(args: list[str] = _ARGS) -> None:
+    """KTO on unpaired desirable/undesirable examples."""
+    _train("kto", args)
+
+
+@config_app.command("validate")
+def config_validate(
+    path: Path = typer.Argument(..., help="YAML config"),
+    overrides: list[str] = typer.Argument(None),
+    command: str = typer.Option(None, help="sft | dpo | kto (default: the file's `command:` key)"),
+    data: bool = typer.Option(True, help="also read and validate the data files"),
+) -> None:
+    """Check a config (and its data) without training; prints the resolved config."""
+    import yaml
+
+    try:
+        if command is None:
+            try:
+                command = (yaml.safe_load(path.read_text()) or {}).get("command")
+            except (OSError, yaml.YAMLError, AttributeError):
+                command = None
+        if command not in COMMANDS:
+            raise ConfigError(f"{path}: say which command it configures: a `command:` key or --command "
+                              f"({' | '.join(COMMANDS)})")
+        cfg = load_config(command, path, overrides or [])
+        if data:
+            from posttrain.training.stage import load_stage_data
+
+            stats = load_stage_data(cfg, {"sft": "sft", "dpo": "preference", "kto": "unpaired"}[command]).stats
+            typer.echo(" ".join(f"{k}={v}" for k, v in stats.items()), err=True)
+    except _user_errors() as e:
+        _fail(e)
+    typer.echo(dump_config(cfg), nl=False)
+    typer.echo(f"ok: {path} is a valid `{command}` config", err=True)
+
+
+@config_app.command("show")
+def config_show(command: str, args: list[str] = _ARGS) -> None:
+    """Print the resolved config of COMMAND (defaults < YAML < overrides)."""
+    path, overrides = _split_args(args)
+    try:
+        if command not in COMMANDS:
+            raise ConfigError(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
+        if path is None:
+            overrides = ["data.train=<required>", *overrides]
+        typer.echo(dump_config(load_config(command, path, overrides)), nl=False)
+    except _user_errors() as e:
+        _fail(e)
+
+
+@app.command()
+def merge(
+    model: str = typer.Argument(..., help="a trained adapter folder (e.g. runs/dpo/model)"),
+    output: Path = typer.Option(..., "--output", "-o", help="where to write the merged HF folder"),
+    cache_dir: str = typer.Option(None, help="builtin model cache"),
+) -> None:
+    """Merge an adapter (and its lineage) into its base and write a plain Hugging Face folder."""
+    from posttrain.models.policy import load_trained
+
+    try:
+        if not (Path(model) / "adapter_config.json").exists():
+            raise ConfigError(f"{model}: not an adapter folder (no adapter_config.json); nothing to merge")
+        merged, tokenizer = load_trained(model, cache_dir=cache_dir, dtype="float32")
+        output.mkdir(parents=True, exist_ok=True)
+        merged.save_pretrained(str(output))
+        tokenizer.save_pretrained(str(output))
+    except _user_errors() as e:
+        _fail(e)
+    typer.echo(f"merged {model} -> {output}")
+
+
+@models_app.command("prepare")
+def models_prepare(name: str = typer.Argument("smollm2-135m-instruct")) -> None:
+    """Convert a builtin model into the cache (done automatically on first use)."""
+    from posttrain.models.resolve import resolve_model_path
+
+    try:
+        typer.echo(resolve_model_path(name))
+    except _user_errors() as e:
+        _fail(e)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The builtin model names."""
+    from posttrain.models.builtin import BUILTIN_NAMES
+
+    for name in BUILTIN_NAMES:
+        typer.echo(name)
+
+
+def main() -> None:
+    app(prog_name="posttrain")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

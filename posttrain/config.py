@@ -1,0 +1,207 @@
+"""One pydantic model per command, sections as fields.
+
+Precedence: defaults < YAML file < dotted CLI overrides (``optim.lr=1e-5``). Unknown keys and wrong types are
+errors that name the key. The resolved config is written to the output folder before step 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; ``str()`` names the file and key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field("tiny-random", description="builtin name, local HF folder, or hub id")
+    adapter: str | None = Field(None, description="PEFT adapter folder to load on top of the model")
+    cache_dir: str | None = Field(None, description="where builtin models are converted and cached")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+class PeftSection(Section):
+    method: Literal["none", "lora", "dora", "qlora"] = "lora"
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class DataSection(Section):
+    train: str = Field(..., description="file (jsonl/json/parquet/csv), datasets folder, or hub id")
+    eval: str | None = None
+    split: str | None = None
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="held out from train when `eval` is unset")
+    max_length: int = Field(512, gt=8)
+    truncation: Literal["drop", "truncate"] = "drop"
+    shuffle: bool = True
+
+
+class OptimSection(Section):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    batch_size: int = Field(8, gt=0, description="examples (or pairs) per optimizer step, over all processes")
+    micro_batch_size: int = Field(8, gt=0, description="examples per forward pass on one process")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs")
+
+
+class TrainSection(Section):
+    output_dir: str = "runs/out"
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    log_every: int = Field(1, gt=0)
+    eval_every: int | None = Field(None, gt=0)
+    save_every: int | None = Field(None, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+
+class PreferenceLossSection(Section):
+    type: Literal["dpo", "ipo", "robust", "hinge", "simpo", "orpo"] = "dpo"
+    beta: float | None = Field(None, gt=0, description="default depends on the loss (dpo 0.1, simpo 2.0)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO for dpo, rDPO for robust")
+    gamma: float = Field(0.5, description="SimPO margin")
+    rpo_alpha: float = Field(0.0, ge=0, description="weight of an NLL term on chosen (RPO)")
+    reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
+
+    @model_validator(mode="after")
+    def _params_belong_to_loss(self):
+        from posttrain.losses import get_loss
+
+        spec = get_loss(self.type)
+        for name in ("label_smoothing", "gamma"):
+            if getattr(self, name) != type(self).model_fields[name].default and name not in spec.params:
+                raise ValueError(f"loss.{name} is not a parameter of loss '{self.type}' (it takes: "
+                                 f"beta, rpo_alpha{''.join(', ' + p for p in spec.params)})")
+        return self
+
+
+class KTOLossSection(Section):
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+    reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
+
+
+class SFTConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: DataSection
+    optim: OptimSection = OptimSection()
+    train: TrainSection = TrainSection()
+
+
+class DPOConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: DataSection
+    optim: OptimSection = OptimSection(lr=5e-5)
+    loss: PreferenceLossSection = PreferenceLossSection()
+    train: TrainSection = TrainSection()
+
+
+class KTOConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: DataSection
+    optim: OptimSection = OptimSection(lr=5e-5)
+    loss: KTOLossSection = KTOLossSection()
+    train: TrainSection = TrainSection()
+
+    @model_validator(mode="after")
+    def _kl_needs_two(self):
+        if self.optim.micro_batch_size < 2:
+            raise ValueError("optim.micro_batch_size must be >= 2 for KTO (its KL reference point mismatches rows)")
+        return self
+
+
+class MergeConfig(Section):
+    model: ModelSection
+    output: str
+
+
+COMMANDS: dict[str, type[Section]] = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.strip().split("."), value
+
+
+def _apply_override(tree: dict, path: list[str], value: Any, text: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{where}: key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def load_config(command: str, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()):
+    """Build the config for ``command`` from an optional YAML file and dotted overrides."""
+    cls = COMMANDS[command]
+    tree: dict = {}
+    where = "<overrides>"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        loaded.pop("command", None)
+        tree = loaded
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(tree, keys, value, text)
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, where)) from None
+
+
+def dump_config(config: Section) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

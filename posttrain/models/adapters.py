@@ -1,0 +1,70 @@
+"""PEFT: LoRA, DoRA and QLoRA on any causal LM, saving and loading in PEFT's own format, and merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer
+
+
+def qlora_quantization_config():
+    """4-bit NF4 config for QLoRA; needs bitsandbytes and CUDA, and says so clearly when either is missing."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError("peft.method=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); use lora on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("peft.method=qlora needs bitsandbytes: pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def attach_adapter(model, *, method: str, r: int, alpha: int, dropout: float, target_modules):
+    """Wrap ``model`` with a fresh LoRA/DoRA adapter; base weights are frozen by PEFT."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        use_dora=(method == "dora"),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise ModelError(f"peft.target_modules={target_modules!r}: {str(e).splitlines()[0]}") from None
+
+
+def load_with_adapter(model, adapter_dir: str, trainable: bool):
+    from peft import PeftModel
+
+    if not (Path(adapter_dir) / "adapter_config.json").exists():
+        raise ModelError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter folder)")
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def merge_adapter(model_name: str, adapter_dir: str, output: str, cache_dir: str | None = None) -> Path:
+    """Load base + adapter, fold the adapter into the weights, and write a plain HF folder."""
+    base = load_causal_lm(model_name, cache_dir=cache_dir, dtype="float32")
+    merged = load_with_adapter(base, adapter_dir, trainable=False).merge_and_unload()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out))
+    load_tokenizer(model_name, cache_dir).save_pretrained(str(out))
+    return out

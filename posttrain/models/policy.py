@@ -1,0 +1,88 @@
+"""Load the model a stage trains or evaluates, with its adapter lineage.
+
+A trained folder written by posttrain carries ``posttrain.json``: the base model name and the adapters already
+merged into it (an SFT LoRA under a DPO LoRA, say). Passing such a folder as ``model.name`` rebuilds exactly the
+model it was trained on top of, so stages chain by folder: ``dpo.model.name = runs/sft/model``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from posttrain.models.adapters import attach_adapter, is_peft, load_with_adapter, qlora_quantization_config
+from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer
+
+LINEAGE_FILE = "posttrain.json"
+
+
+def resolve_lineage(name: str, adapter: str | None = None) -> tuple[str, list[str]]:
+    """(base model name, adapters to merge in order) for a model name and an optional extra adapter."""
+    base, adapters = name, []
+    path = Path(name)
+    if (path / "adapter_config.json").exists():
+        meta = path / LINEAGE_FILE
+        if meta.exists():
+            lineage = json.loads(meta.read_text())
+            base, adapters = lineage["base"], list(lineage.get("merged_adapters", [])) + [str(path.resolve())]
+        else:
+            cfg = json.loads((path / "adapter_config.json").read_text())
+            base, adapters = cfg.get("base_model_name_or_path") or name, [str(path.resolve())]
+    if adapter:
+        adapters.append(str(Path(adapter).resolve()))
+    return base, adapters
+
+
+def load_base(name: str, adapter: str | None, *, cache_dir=None, dtype="auto", trust_remote_code=False,
+              quantization_config=None):
+    """The model with every adapter of its lineage merged in; returns (model, base name, merged adapter list)."""
+    base_name, adapters = resolve_lineage(name, adapter)
+    model = load_causal_lm(base_name, cache_dir=cache_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                           quantization_config=quantization_config if not adapters else None)
+    for a in adapters:
+        model = load_with_adapter(model, a, trainable=False).merge_and_unload()
+    if quantization_config is not None and adapters:
+        raise ModelError("peft.method=qlora cannot start from a model with merged adapters; merge them first")
+    return model, base_name, adapters
+
+
+def load_policy(model_cfg, peft_cfg, *, seed: int):
+    """(trainable model, tokenizer, lineage dict) for a training stage."""
+    import torch
+
+    quant = qlora_quantization_config() if peft_cfg.method == "qlora" else None
+    tokenizer_source, _ = resolve_lineage(model_cfg.name)
+    tokenizer = load_tokenizer(model_cfg.name if (Path(model_cfg.name) / "tokenizer_config.json").exists()
+                               else tokenizer_source, model_cfg.cache_dir, model_cfg.trust_remote_code)
+    model, base_name, merged = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
+                                         dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
+                                         quantization_config=quant)
+    model.config.use_cache = False
+    if peft_cfg.method != "none":
+        torch.manual_seed(seed)  # adapter init is random: seed it so runs reproduce
+        model = attach_adapter(model, method=peft_cfg.method, r=peft_cfg.r, alpha=peft_cfg.alpha,
+                               dropout=peft_cfg.dropout, target_modules=peft_cfg.target_modules)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lineage = {"base": base_name, "merged_adapters": merged, "adapter": peft_cfg.method != "none"}
+    return model, tokenizer, lineage
+
+
+def save_trained(model, tokenizer, out_dir: str | Path, lineage: dict) -> Path:
+    """Adapter (PEFT format) or full weights, the tokenizer, and the lineage file."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    if is_peft(model):
+        (out / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")
+    return out
+
+
+def load_trained(path_or_name: str, *, cache_dir=None, dtype="auto"):
+    """A model for inference from any name posttrain accepts, adapters merged. Returns (model, tokenizer)."""
+    model, base_name, _ = load_base(path_or_name, None, cache_dir=cache_dir, dtype=dtype)
+    has_tok = (Path(path_or_name) / "tokenizer_config.json").exists()
+    tokenizer = load_tokenizer(path_or_name if has_tok else base_name, cache_dir)
+    model.eval()
+    return model, tokenizer

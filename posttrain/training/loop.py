@@ -1,0 +1,230 @@
+"""The one training loop every trainer runs, built on accelerate (DDP/FSDP/DeepSpeed via ``accelerate launch`` or
+``torchrun``, unchanged code).
+
+A trainer supplies a ``StepFns``: how to collate items into a micro-batch, how much a micro-batch weighs in the
+loss normaliser (tokens for SFT, pairs for DPO), and how to compute the summed loss of a micro-batch. The loop
+owns the rest: data order, sharding across processes, gradient accumulation with exact loss scaling, clipping,
+schedule, checkpoints, resume, eval, metrics and the progress bar.
+
+Exact accumulation: the loss of one optimizer step is ``sum(micro-batch loss sums) / W`` where W is the global
+weight of the whole step (summed over micro-batches *and* processes before any forward pass). So 1x8 and 8x1
+give the same gradient, and token-mean SFT loss is not biased toward short micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from posttrain.config import ConfigError
+from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from posttrain.training.metrics import MetricSums, MetricsLog
+from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
+
+
+@dataclass
+class StepFns:
+    collate: Callable[[list], dict]
+    # Contribution of a micro-batch to the loss normaliser; needs no forward pass.
+    weight: Callable[[dict], float]
+    # (model, batch) -> (summed loss over the micro-batch, per-example metrics (B,), tokens processed)
+    loss: Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor], int]]
+    # Same contract for evaluation, where processes may run different numbers of micro-batches and so must not
+    # issue collectives inside the loss; defaults to ``loss``.
+    eval_loss: Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor], int]] | None = None
+
+
+@dataclass
+class LoopSettings:
+    output_dir: str
+    seed: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    schedule: str
+    warmup_steps: int | None
+    warmup_ratio: float
+    max_grad_norm: float | None
+    batch_size: int
+    micro_batch_size: int
+    epochs: float
+    max_steps: int | None
+    shuffle: bool
+    log_every: int
+    eval_every: int | None
+    save_every: int | None
+    keep_checkpoints: int
+    resume: bool
+    progress: bool
+    desc: str = "train"
+
+
+def settings_from_config(cfg, desc: str) -> LoopSettings:
+    o, t = cfg.optim, cfg.train
+    return LoopSettings(
+        output_dir=t.output_dir, seed=t.seed, lr=o.lr, weight_decay=o.weight_decay, betas=(o.adam_beta1, o.adam_beta2),
+        eps=o.adam_eps, schedule=o.schedule, warmup_steps=o.warmup_steps, warmup_ratio=o.warmup_ratio,
+        max_grad_norm=o.max_grad_norm, batch_size=o.batch_size, micro_batch_size=o.micro_batch_size,
+        epochs=o.epochs, max_steps=o.max_steps, shuffle=cfg.data.shuffle, log_every=t.log_every,
+        eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, resume=t.resume,
+        progress=t.progress, desc=desc,
+    )
+
+
+def plan_steps(num_items: int, batch_size: int, epochs: float, max_steps: int | None) -> tuple[int, int]:
+    """(steps per epoch, total steps). A trailing partial batch is dropped so every step weighs the same."""
+    if num_items < batch_size:
+        raise ConfigError(f"the training set has {num_items} examples, fewer than optim.batch_size={batch_size}")
+    per_epoch = num_items // batch_size
+    return per_epoch, (max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch)))
+
+
+def step_indices(step: int, *, num_items: int, batch_size: int, steps_per_epoch: int, seed: int, shuffle: bool):
+    """Global example indices of optimizer step ``step``: a pure function of the step, so resume is exact."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    if shuffle:
+        g = torch.Generator().manual_seed(seed + 1000003 * epoch)
+        order = torch.randperm(num_items, generator=g)
+    else:
+        order = torch.arange(num_items)
+    return order[pos * batch_size : (pos + 1) * batch_size].tolist()
+
+
+def micro_batches(indices: list[int], *, rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
+    mine = indices[rank::world_size]
+    return [mine[i : i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
+
+
+def make_accelerator(precision: str = "auto"):
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not cuda)
+
+
+def reduce_sum_fn(accelerator):
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        if accelerator.num_processes == 1:
+            return t
+        return accelerator.reduce(t.to(accelerator.device), reduction="sum").cpu()
+
+    return reduce
+
+
+def evaluate(model, items: list, fns: StepFns, accelerator, micro_batch_size: int) -> dict[str, float]:
+    """Mean loss and metrics over ``items``, sharded across processes."""
+    reduce = reduce_sum_fn(accelerator)
+    mine = items[accelerator.process_index :: accelerator.num_processes]
+    sums = MetricSums()
+    loss_sum, weight = 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(mine), micro_batch_size):
+            batch = fns.collate(mine[i : i + micro_batch_size])
+            with accelerator.autocast():
+                loss, metrics, _ = (fns.eval_loss or fns.loss)(model, batch)
+            loss_sum += float(loss)
+            weight += float(fns.weight(batch))
+            sums.add(metrics)
+    model.train(was_training)
+    totals = reduce(torch.tensor([loss_sum, weight], dtype=torch.float64))
+    out = {"loss": float(totals[0] / totals[1]) if totals[1] > 0 else math.nan}
+    out.update(sums.reduced(reduce))
+    return out
+
+
+def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSettings, accelerator, on_log=None):
+    """Train ``model`` in place. Returns a summary dict (final train/eval metrics, throughput, steps)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    reduce = reduce_sum_fn(accelerator)
+    if s.batch_size % world:
+        raise ConfigError(f"optim.batch_size={s.batch_size} must be divisible by the number of processes ({world})")
+    per_epoch, total_steps = plan_steps(len(train_items), s.batch_size, s.epochs, s.max_steps)
+
+    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas, eps=s.eps)
+    warmup = resolve_warmup(total_steps, s.warmup_steps, s.warmup_ratio)
+    scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, schedule=s.schedule)
+    ddp_model = accelerator.prepare(model)
+    params = [p for p in ddp_model.parameters() if p.requires_grad]
+
+    start = 0
+    if s.resume and (ckpt := latest_checkpoint(s.output_dir)) is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        start = state["step"]
+        if rank == 0:
+            print(f"posttrain: resumed from {ckpt} (step {start} of {total_steps})", flush=True)
+    log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
+
+    bar = None
+    if rank == 0 and s.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, desc=s.desc, unit="step", dynamic_ncols=True)
+    ddp_model.train()
+    tokens_total, t_train, last = 0, 0.0, {}
+    for step in range(start, total_steps):
+        t0 = time.perf_counter()
+        idx = step_indices(step, num_items=len(train_items), batch_size=s.batch_size, steps_per_epoch=per_epoch,
+                           seed=s.seed, shuffle=s.shuffle)
+        batches = [fns.collate([train_items[i] for i in mb])
+                   for mb in micro_batches(idx, rank=rank, world_size=world, micro_batch_size=s.micro_batch_size)]
+        global_weight = float(reduce(torch.tensor([sum(float(fns.weight(b)) for b in batches)], dtype=torch.float64)))
+        sums, loss_value, tokens = MetricSums(), 0.0, 0
+        for i, batch in enumerate(batches):
+            # Only the last micro-batch all-reduces gradients; DDP averages over processes, hence "* world".
+            sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(ddp_model)
+            with sync, accelerator.autocast():
+                loss_sum, metrics, n_tok = fns.loss(ddp_model, batch)
+                accelerator.backward(loss_sum * (world / global_weight))
+            loss_value += float(loss_sum.detach()) / global_weight
+            tokens += n_tok
+            sums.add(metrics)
+        max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
+        grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
+        lr_now = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        step_tokens, loss_all = reduce(torch.tensor([tokens, loss_value], dtype=torch.float64)).tolist()
+        tokens_total += int(step_tokens)
+        t_train += dt
+        record = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "loss": loss_all,
+                  "lr": lr_now, "grad_norm": grad_norm, "tokens": int(step_tokens),
+                  "tokens_per_s": round(step_tokens / dt, 1), **sums.reduced(reduce)}
+        last = record
+        if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
+            log.write(record)
+            if on_log:
+                on_log(record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{step_tokens / dt:.0f}")
+            bar.update(1)
+        if eval_items and s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < total_steps:
+            ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size)
+            log.write({"step": step + 1, "split": "eval", **ev})
+        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
+            save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
+                            rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
+                            extra={"total_steps": total_steps}, keep=s.keep_checkpoints)
+    if bar is not None:
+        bar.close()
+    summary = {"steps": total_steps, "train/" + "loss": last.get("loss", math.nan),
+               "tokens_per_s": round(tokens_total / t_train, 1) if t_train else None,
+               "train_time_s": round(t_train, 2)}
+    summary.update({f"train/{k}": v for k, v in last.items() if k.startswith(("rewards/", "logps/", "nll"))})
+    if eval_items:
+        ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size)
+        log.write({"step": total_steps, "split": "eval", **ev})
+        summary.update({f"eval/{k}": v for k, v in ev.items()})
+    return summary

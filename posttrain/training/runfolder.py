@@ -1,0 +1,108 @@
+"""The run folder every stage writes: resolved config, manifest (inputs with hashes, versions, git sha, metrics,
+status), metrics.jsonl and artifacts. Writes are atomic: a temp name, then a rename."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_VERSIONED = ("posttrain", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def content_hash(path: str | os.PathLike) -> str | None:
+    """sha256 of a file, or of a folder's files (names and bytes, in sorted order); None if it does not exist."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_sha() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+        return res.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunFolder:
+    """One stage's output folder and its manifest."""
+
+    def __init__(self, path: str | os.PathLike, stage: str):
+        self.path = Path(path)
+        self.stage = stage
+        self.manifest: dict[str, Any] = {
+            "stage": stage,
+            "status": "created",
+            "inputs": {},
+            "outputs": {},
+            "metrics": {},
+            "versions": package_versions(),
+            "git_sha": git_sha(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._t0 = time.time()
+
+    def add_input(self, name: str, location: str) -> None:
+        self.manifest["inputs"][name] = {"location": location, "hash": content_hash(location)}
+
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self.path / "config.yaml", text)
+
+    def save(self, **updates: Any) -> None:
+        self.manifest.update(updates)
+        self.manifest["wall_time_s"] = round(time.time() - self._t0, 2)
+        atomic_write_json(self.path / "manifest.json", self.manifest)
+
+    def finish(self, metrics: dict[str, Any], outputs: dict[str, str]) -> None:
+        self.manifest["metrics"].update(metrics)
+        for name, loc in outputs.items():
+            self.manifest["outputs"][name] = {"location": loc, "hash": content_hash(self.path / loc)}
+        self.save(status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -1,0 +1,138 @@
+"""Each trainer, 3 steps on tiny-random: loss finite, trained parameters changed, reference untouched."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from posttrain.models.resolve import load_causal_lm
+from posttrain.training.metrics import read_metrics
+
+from .helpers import kto_rows, pair_rows, sft_rows, tiny_config, write_jsonl
+
+
+def _base_state():
+    return {k: v.clone() for k, v in load_causal_lm("tiny-random").state_dict().items()}
+
+
+def _check_run(out, expect_adapter: bool):
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert manifest["inputs"]["data.train"]["hash"].startswith("sha256:")
+    assert (out / "config.yaml").exists()
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") != "eval"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["tokens"] > 0 for r in rows)
+    assert (out / "model" / ("adapter_model.safetensors" if expect_adapter else "model.safetensors")).exists()
+    return rows, manifest
+
+
+def _lora_weights_changed(out):
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "model" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b, "no LoRA B matrices saved"
+    # LoRA B starts at zero: any non-zero entry shows the adapter trained.
+    assert any(float(v.abs().max()) > 0 for v in lora_b)
+
+
+def test_sft_lora(tmp_path):
+    from posttrain.trainers.sft import train_sft
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    summary = train_sft(tiny_config("sft", data, tmp_path / "out"))
+    rows, _ = _check_run(tmp_path / "out", expect_adapter=True)
+    assert rows[-1]["loss"] < rows[0]["loss"]  # lr 1e-2 on a fixed batch: the NLL must fall
+    assert summary["train/kept"] == 16
+    _lora_weights_changed(tmp_path / "out")
+
+
+@pytest.mark.parametrize("loss_type", ["dpo", "ipo", "robust", "hinge", "simpo", "orpo"])
+def test_preference_losses_lora(tmp_path, loss_type):
+    from posttrain.trainers.preference import train_preference
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    extra = ["loss.label_smoothing=0.1"] if loss_type == "robust" else []
+    summary = train_preference(tiny_config("dpo", data, tmp_path / "out", f"loss.type={loss_type}", *extra))
+    rows, _ = _check_run(tmp_path / "out", expect_adapter=True)
+    if loss_type in ("dpo", "robust"):
+        # Step 1 runs with policy == reference, so DPO's loss is exactly log 2.
+        assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert "rewards/accuracy" in rows[-1] and "train/rewards/margins" in summary
+    _lora_weights_changed(tmp_path / "out")
+
+
+def test_dpo_full_finetune_reference_untouched(tmp_path, monkeypatch):
+    """Full fine-tuning: a frozen copy is the reference; it must not move while the policy does."""
+    import posttrain.trainers.preference as pref
+
+    seen = {}
+    real_build = pref.build_reference
+
+    def spy(policy, mode, needs):
+        frozen, kind = real_build(policy, mode, needs)
+        seen["frozen"], seen["kind"], seen["policy"] = frozen, kind, policy
+        return frozen, kind
+
+    monkeypatch.setattr(pref, "build_reference", spy)
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    pref.train_preference(tiny_config("dpo", data, tmp_path / "out", "peft.method=none", "optim.lr=1e-3"))
+    base = _base_state()
+    assert seen["kind"] == "copy"
+    frozen = seen["frozen"].state_dict()
+    assert all(torch.equal(frozen[k], base[k]) for k in base)  # reference untouched
+    policy = seen["policy"].state_dict()
+    assert any(not torch.equal(policy[k], base[k]) for k in base)  # policy trained
+    _check_run(tmp_path / "out", expect_adapter=False)
+
+
+def test_lora_base_untouched_and_simpo_skips_reference(tmp_path, monkeypatch):
+    import posttrain.trainers.preference as pref
+
+    calls = {"n": 0}
+    real = pref.reference_model
+
+    def counting(policy, frozen):
+        calls["n"] += 1
+        return real(policy, frozen)
+
+    monkeypatch.setattr(pref, "reference_model", counting)
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    pref.train_preference(tiny_config("dpo", data, tmp_path / "simpo", "loss.type=simpo"))
+    assert calls["n"] == 0  # reference-free: no reference forward at all
+    pref.train_preference(tiny_config("dpo", data, tmp_path / "dpo", "loss.type=dpo"))
+    assert calls["n"] == 3
+
+
+def test_kto(tmp_path):
+    from posttrain.trainers.kto import train_kto
+
+    data = write_jsonl(tmp_path / "kto.jsonl", kto_rows())
+    summary = train_kto(tiny_config("kto", data, tmp_path / "out"))
+    rows, _ = _check_run(tmp_path / "out", expect_adapter=True)
+    assert rows[0]["loss"] == pytest.approx(0.5, abs=1e-4)  # policy == reference, z0 = 0: 1 - sigmoid(0)
+    assert "kl" in rows[-1]
+    _lora_weights_changed(tmp_path / "out")
+
+
+def test_dora_and_stacked_adapter_lineage(tmp_path):
+    """DPO from an SFT adapter folder: the SFT adapter is merged, the reference is the SFT model."""
+    from posttrain.models.policy import load_trained
+    from posttrain.trainers.preference import train_preference
+    from posttrain.trainers.sft import train_sft
+
+    sft_data = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    train_sft(tiny_config("sft", sft_data, tmp_path / "sft", "peft.method=dora"))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    train_preference(tiny_config("dpo", pairs, tmp_path / "dpo", f"model.name={tmp_path / 'sft' / 'model'}"))
+    lineage = json.loads((tmp_path / "dpo" / "model" / "posttrain.json").read_text())
+    assert lineage["base"] == "tiny-random"
+    assert lineage["merged_adapters"] == [str((tmp_path / "sft" / "model").resolve())]
+    rows = read_metrics(tmp_path / "dpo" / "metrics.jsonl")
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # reference == SFT model at step 1
+    model, tok = load_trained(str(tmp_path / "dpo" / "model"))
+    assert model.config.vocab_size == len(tok)

@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from posttrain.data.collate import collate_pairs, collate_sequences, count_tokens
+from posttrain.data.render import Rendered
+
+PAD = 2
+
+
+def test_collate_sequences_right_pads_exactly():
+    a = Rendered([5, 6, 7, 8], [0, 0, 1, 1], prompt_length=2)
+    b = Rendered([9, 10], [0, 1], prompt_length=1)
+    batch = collate_sequences([a, b], PAD)
+    assert set(batch) == {"input_ids", "attention_mask", "loss_mask"}
+    assert all(t.dtype == torch.long and t.shape == (2, 4) for t in batch.values())
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, PAD, PAD]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
+    assert count_tokens(batch) == 6
+
+
+def test_collate_pairs_puts_chosen_rows_first_in_one_batch():
+    pairs = [
+        (Rendered([1, 2, 3], [0, 1, 1], 1), Rendered([1, 4], [0, 1], 1)),
+        (Rendered([7, 8], [0, 1], 1), Rendered([7, 9, 9, 9, 9], [0, 1, 1, 1, 1], 1)),
+    ]
+    batch = collate_pairs(pairs, PAD)
+    assert batch["num_pairs"] == 2
+    assert batch["input_ids"].shape == (4, 5)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, PAD, PAD], [7, 8, PAD, PAD, PAD],
+                                           [1, 4, PAD, PAD, PAD], [7, 9, 9, 9, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["loss_mask"].tolist() == [[0, 1, 1, 0, 0], [0, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0, 1, 1, 1, 1]]
+    assert count_tokens(batch) == 12
+
+
+def test_collate_rejects_an_empty_batch_and_a_missing_pad_id():
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_sequences([], PAD)
+    with pytest.raises(ValueError, match="empty batch"):
+        collate_pairs([], PAD)
+    with pytest.raises(ValueError, match="pad_token_id is None"):
+        collate_sequences([Rendered([1], [1], 0)], None)
