@@ -1,10 +1,10 @@
-"""PEFT: LoRA, DoRA and QLoRA on any causal LM, saving and loading in PEFT's own format, and merging."""
+"""PEFT: LoRA, DoRA and QLoRA on any causal LM, loaded and saved in PEFT's own format (merging: models/policy.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer
+from posttrain.models.resolve import ModelError
 
 
 def qlora_quantization_config():
@@ -57,14 +57,3 @@ def load_with_adapter(model, adapter_dir: str, trainable: bool):
 
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
-
-
-def merge_adapter(model_name: str, adapter_dir: str, output: str, cache_dir: str | None = None) -> Path:
-    """Load base + adapter, fold the adapter into the weights, and write a plain HF folder."""
-    base = load_causal_lm(model_name, cache_dir=cache_dir, dtype="float32")
-    merged = load_with_adapter(base, adapter_dir, trainable=False).merge_and_unload()
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out))
-    load_tokenizer(model_name, cache_dir).save_pretrained(str(out))
-    return out

@@ -46,14 +46,19 @@ def load_base(name: str, adapter: str | None, *, cache_dir=None, dtype="auto", t
     return model, base_name, adapters
 
 
+def model_tokenizer(name: str, cache_dir=None, trust_remote_code: bool = False):
+    """The tokenizer of ``name``: a trained folder carries its own, an adapter folder uses its base's."""
+    if not (Path(name) / "tokenizer_config.json").exists():
+        name, _ = resolve_lineage(name)
+    return load_tokenizer(name, cache_dir, trust_remote_code)
+
+
 def load_policy(model_cfg, peft_cfg, *, seed: int):
     """(trainable model, tokenizer, lineage dict) for a training stage."""
     import torch
 
     quant = qlora_quantization_config() if peft_cfg.method == "qlora" else None
-    tokenizer_source, _ = resolve_lineage(model_cfg.name)
-    tokenizer = load_tokenizer(model_cfg.name if (Path(model_cfg.name) / "tokenizer_config.json").exists()
-                               else tokenizer_source, model_cfg.cache_dir, model_cfg.trust_remote_code)
+    tokenizer = model_tokenizer(model_cfg.name, model_cfg.cache_dir, model_cfg.trust_remote_code)
     model, base_name, merged = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
                                          dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
                                          quantization_config=quant)
@@ -81,8 +86,7 @@ def save_trained(model, tokenizer, out_dir: str | Path, lineage: dict) -> Path:
 
 def load_trained(path_or_name: str, *, cache_dir=None, dtype="auto"):
     """A model for inference from any name posttrain accepts, adapters merged. Returns (model, tokenizer)."""
-    model, base_name, _ = load_base(path_or_name, None, cache_dir=cache_dir, dtype=dtype)
-    has_tok = (Path(path_or_name) / "tokenizer_config.json").exists()
-    tokenizer = load_tokenizer(path_or_name if has_tok else base_name, cache_dir)
+    model, _, _ = load_base(path_or_name, None, cache_dir=cache_dir, dtype=dtype)
+    tokenizer = model_tokenizer(path_or_name, cache_dir)
     model.eval()
     return model, tokenizer

@@ -120,16 +120,21 @@ def reduce_sum_fn(accelerator):
     return reduce
 
 
-def evaluate(model, items: list, fns: StepFns, accelerator, micro_batch_size: int) -> dict[str, float]:
+def evaluate(model, items: list, fns: StepFns, accelerator, micro_batch_size: int, progress: bool = False
+             ) -> dict[str, float]:
     """Mean loss and metrics over ``items``, sharded across processes."""
+    from tqdm.auto import tqdm
+
     reduce = reduce_sum_fn(accelerator)
     mine = items[accelerator.process_index :: accelerator.num_processes]
     sums = MetricSums()
     loss_sum, weight = 0.0, 0.0
     was_training = model.training
     model.eval()
+    starts = range(0, len(mine), micro_batch_size)
     with torch.no_grad():
-        for i in range(0, len(mine), micro_batch_size):
+        for i in tqdm(starts, desc="eval", unit="batch", leave=False, dynamic_ncols=True,
+                      disable=not (progress and accelerator.is_main_process)):
             batch = fns.collate(mine[i : i + micro_batch_size])
             with accelerator.autocast():
                 loss, metrics, _ = (fns.eval_loss or fns.loss)(model, batch)
@@ -211,7 +216,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{step_tokens / dt:.0f}")
             bar.update(1)
         if eval_items and s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < total_steps:
-            ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size)
+            ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
             log.write({"step": step + 1, "split": "eval", **ev})
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
             save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -224,7 +229,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
                "train_time_s": round(t_train, 2)}
     summary.update({f"train/{k}": v for k, v in last.items() if k.startswith(("rewards/", "logps/", "nll"))})
     if eval_items:
-        ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size)
+        ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
         log.write({"step": total_steps, "split": "eval", **ev})
         summary.update({f"eval/{k}": v for k, v in ev.items()})
     return summary

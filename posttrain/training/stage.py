@@ -14,8 +14,7 @@ import torch
 from posttrain.config import ConfigError, dump_config
 from posttrain.data.layouts import load_examples
 from posttrain.data.render import render_dataset
-from posttrain.models.policy import resolve_lineage
-from posttrain.models.resolve import load_tokenizer
+from posttrain.models.policy import model_tokenizer
 from posttrain.training.runfolder import RunFolder
 
 
@@ -27,18 +26,10 @@ class StageData:
     stats: dict
 
 
-def stage_tokenizer(model_cfg):
-    """The tokenizer of the model a stage starts from (a trained folder carries its own)."""
-    name = model_cfg.name
-    if not (Path(name) / "tokenizer_config.json").exists():
-        name, _ = resolve_lineage(name)
-    return load_tokenizer(name, model_cfg.cache_dir, model_cfg.trust_remote_code)
-
-
 def load_stage_data(cfg, kind: str) -> StageData:
     """Read, validate and render train (and eval) data; raises DataErrors before any output exists."""
     d = cfg.data
-    tokenizer = stage_tokenizer(cfg.model)
+    tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     train_examples = load_examples(d.train, kind, d.split)
     eval_examples = load_examples(d.eval, kind, None) if d.eval else []
     if not eval_examples and d.eval_fraction > 0:

@@ -136,3 +136,15 @@ def test_dora_and_stacked_adapter_lineage(tmp_path):
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # reference == SFT model at step 1
     model, tok = load_trained(str(tmp_path / "dpo" / "model"))
     assert model.config.vocab_size == len(tok)
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path):
+    from posttrain.trainers.sft import train_sft
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    losses = {}
+    for gc in (False, True):
+        out = tmp_path / f"gc{gc}"
+        train_sft(tiny_config("sft", data, out, f"model.gradient_checkpointing={str(gc).lower()}"))
+        losses[gc] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
