@@ -68,6 +68,8 @@ def load_policy(model_cfg, peft_cfg, *, seed: int):
         model = attach_adapter(model, method=peft_cfg.method, r=peft_cfg.r, alpha=peft_cfg.alpha,
                                dropout=peft_cfg.dropout, target_modules=peft_cfg.target_modules)
     if model_cfg.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and DDP. (transformers 5.2x also names this
+        # activation_checkpointing_enable with other kwargs; this name works across all 5.x.)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lineage = {"base": base_name, "merged_adapters": merged, "adapter": peft_cfg.method != "none"}
     return model, tokenizer, lineage
