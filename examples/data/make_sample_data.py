@@ -715,6 +715,12 @@ def length_stats(rows: list[dict]) -> dict:
             "equal": equal}
 
 
+def prompt_rows(pairs: list[dict], split: str) -> list[dict]:
+    return [{"id": f"{split}-{i:04d}", "prompt": r["prompt"], "category": r["category"],
+             "constraints": [{"kind": r["constraint"], "args": r["constraint_args"]}]}
+            for i, r in enumerate(pairs)]
+
+
 def main() -> int:
     rng = random.Random(SEED)
     train_pools, heldout_pools = split_items(rng)
@@ -744,6 +750,10 @@ def main() -> int:
     write_jsonl(HERE / "pairs_train.jsonl", pairs_train)
     write_jsonl(HERE / "pairs_heldout.jsonl", pairs_heldout)
     write_jsonl(HERE / "kto.jsonl", kto)
+    # Prompt pools for `posttrain generate` (candidates) and for eval: the same prompts as the pair files, each
+    # carrying its constraint as data in the general `constraints` list form (docs/CANDIDATES.md).
+    write_jsonl(HERE / "prompts_train.jsonl", prompt_rows(pairs_train, "train"))
+    write_jsonl(HERE / "prompts_heldout.jsonl", prompt_rows(pairs_heldout, "heldout"))
     n_true = sum(r["label"] for r in kto)
     mean_true = sum(len(r["completion"]) for r in kto if r["label"]) / n_true
     mean_false = sum(len(r["completion"]) for r in kto if not r["label"]) / (len(kto) - n_true)
