@@ -22,6 +22,16 @@ app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 
 
+def _mount_stage_apps() -> None:
+    from posttrain.feedback.cli import feedback_app
+
+    app.add_typer(feedback_app, name="feedback", help="Production feedback (thumbs, edits, side-by-side, rankings, "
+                                                      "Likert) to preference pairs and KTO rows.")
+
+
+_mount_stage_apps()
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from posttrain.data.schema import DataError, DataErrors
     from posttrain.models.reference import ReferenceError_
