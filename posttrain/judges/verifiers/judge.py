@@ -1,0 +1,83 @@
+"""``VerifierJudge``: a ``ScoringJudge`` that scores a response with the programmatic verifiers its prompt's
+metadata asks for (docs/CANDIDATES.md): constraints, a reference ``answer``, and/or ``tests``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from posttrain.judges.types import Message, Score
+from posttrain.judges.verifiers.code import extract_code, run_python_tests
+from posttrain.judges.verifiers.constraints import check_constraints, constraints_from_metadata
+from posttrain.judges.verifiers.match import exact_match, regex_match
+from posttrain.judges.verifiers.math import extract_final_answer, math_answer_equal
+
+MATCH_KINDS = ("math", "exact", "regex")
+_MATCH_OPTIONS = {"math": (), "exact": ("ignore_case", "normalize_whitespace", "strip_punctuation"),
+                  "regex": ("full", "ignore_case")}
+
+
+def _answer_component(response: str, metadata: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """``metadata["match"]`` (default "math") picks the comparison: "math" compares the extracted final answer
+    with ``answer``; "exact" compares the whole response; "regex" treats ``answer`` as a pattern.
+    ``metadata["match_options"]`` passes keyword options to the exact/regex matcher."""
+    reference, kind = metadata["answer"], metadata.get("match") or "math"
+    if kind not in MATCH_KINDS:
+        raise ValueError(f"metadata 'match' must be one of {', '.join(MATCH_KINDS)}, got {kind!r}")
+    if not isinstance(reference, (str, int, float)) or isinstance(reference, bool):
+        raise ValueError(f"metadata 'answer' must be a string or number, got {type(reference).__name__}")
+    reference = str(reference)
+    options = metadata.get("match_options") or {}
+    if not isinstance(options, dict) or set(options) - set(_MATCH_OPTIONS[kind]):
+        takes = ", ".join(_MATCH_OPTIONS[kind]) or "none"
+        raise ValueError(f"metadata 'match_options' for match {kind!r} takes only: {takes}; got {options!r}")
+    if kind == "math":
+        passed = math_answer_equal(response, reference)
+        detail = {"extracted": extract_final_answer(response)}
+    elif kind == "exact":
+        passed, detail = exact_match(response, reference, **options), {}
+    else:
+        passed, detail = regex_match(response, reference, **options), {}
+    return float(passed), {"match": kind, "reference": reference, "passed": passed, **detail}
+
+
+@dataclass
+class VerifierJudge:
+    """Scores one response against everything verifiable in its metadata. Each component (constraints, answer,
+    tests) gives a value in [0, 1]: the fraction of constraints passed, or 1/0 for the answer and the tests.
+    ``Score.value`` is their mean, ``Score.passed`` whether every component passed, ``Score.details`` holds
+    each component's result under its metadata key. Bad or absent specs raise ``ValueError`` (one line), which
+    callers report as a row-level error rather than a score."""
+
+    name: str = "verifier"
+    code_time_limit_s: float = 5.0
+    code_memory_limit_mb: int = 512
+
+    def score(self, prompt: list[Message], response: str, metadata: dict[str, Any]) -> Score:
+        values: list[float] = []
+        passes: list[bool] = []
+        details: dict[str, Any] = {}
+        constraints = constraints_from_metadata(metadata)  # validated first: a bad spec fails before any work
+        if constraints:
+            results = check_constraints(response, constraints)
+            values.append(sum(r.passed for r in results) / len(results))
+            passes.append(all(r.passed for r in results))
+            details["constraints"] = [asdict(r) for r in results]
+        if metadata.get("answer") is not None:
+            value, detail = _answer_component(response, metadata)
+            values.append(value)
+            passes.append(detail["passed"])
+            details["answer"] = detail
+        if metadata.get("tests") is not None:
+            if not isinstance(metadata["tests"], str) or not metadata["tests"].strip():
+                raise ValueError("metadata 'tests' must be non-empty Python test code")
+            result = run_python_tests(extract_code(response), metadata["tests"], time_limit_s=self.code_time_limit_s,
+                                      memory_limit_mb=self.code_memory_limit_mb)
+            values.append(float(result.passed))
+            passes.append(result.passed)
+            details["tests"] = asdict(result)
+        if not values:
+            keys = ", ".join(sorted(metadata)) or "none"
+            raise ValueError("metadata has nothing to verify: expected 'constraints', 'constraint' (+ "
+                             f"'constraint_args'), 'answer' or 'tests'; got keys: {keys}")
+        return Score(value=sum(values) / len(values), passed=all(passes), details=details)
