@@ -24,9 +24,12 @@ app.add_typer(models_app, name="models")
 
 def _mount_stage_apps() -> None:
     from posttrain.feedback.cli import feedback_app
+    from posttrain.judges.cli import judge
 
     app.add_typer(feedback_app, name="feedback", help="Production feedback (thumbs, edits, side-by-side, rankings, "
                                                       "Likert) to preference pairs and KTO rows.")
+    app.command("judge", help="Score candidates with judges (verifiers, LLM, local model, reward model) and "
+                              "build preference pairs.")(judge)
 
 
 _mount_stage_apps()

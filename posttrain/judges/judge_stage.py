@@ -1,0 +1,299 @@
+"""The ``judge`` stage: candidates JSONL -> scores (or comparisons) -> preference pairs, in one output folder.
+
+Judges come from config dicts (``type`` + that judge's options + optional ``weight`` and ``name``)::
+
+    {"type": "verifier"}
+    {"type": "llm", "base_url": "http://127.0.0.1:8000/v1", "model": "m", "api_key_env": "OPENAI_API_KEY",
+     "rubric": "...", "weight": 2}
+    {"type": "local", "model": "runs/sft/model"}
+    {"type": "reward_model", "model": "runs/rm/model"}
+
+The pair strategy decides the mode: ``best_vs_worst`` / ``all_above_margin`` score every candidate (one judge: its
+raw scores, so ``min_margin`` is in its units; several: the weighted mean of normalised scores in [0, 1]);
+``round_robin`` / ``all_pairs`` compare candidates pairwise (several judges: weighted vote).
+
+Outputs: ``pairs.jsonl`` (DPO layout), ``scores.jsonl`` (one row per candidate; pairwise: win rates),
+``comparisons.jsonl`` (pairwise only), ``summary.json``, plus the run folder's ``config.yaml`` and
+``manifest.json``. Every file is written atomically, after the input has been read and checked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from posttrain.data.schema import DataError, DataErrors
+from posttrain.judges import pairs as pairing
+from posttrain.judges.ensemble import Member, PairwiseEnsemble, agreement_stats, combine_scores
+from posttrain.judges.types import Score
+
+JUDGE_TYPES = ("verifier", "llm", "local", "reward_model")
+PAIR_KEYS = ("strategy", "min_margin", "max_length_ratio", "length_balance", "length_balance_tolerance",
+             "length_unit", "tokenizer")
+CHUNK = 64  # candidates (or comparisons' prompts) per batch handed to a judge: the progress bar's step
+
+
+class JudgeConfigError(ValueError):
+    """A judge or pair config is wrong; ``str()`` is one line naming the entry and the key."""
+
+
+def _judge_class(kind: str):
+    if kind == "verifier":
+        from posttrain.judges.verifiers import VerifierJudge
+
+        return VerifierJudge
+    if kind == "llm":
+        from posttrain.judges.llm import LLMJudge
+
+        return LLMJudge
+    if kind == "local":
+        from posttrain.judges.local import LocalModelJudge
+
+        return LocalModelJudge
+    from posttrain.judges.reward_model import RewardModelJudge
+
+    return RewardModelJudge
+
+
+def build_member(spec: dict[str, Any], index: int = 0) -> Member:
+    """A judge (with its weight) from one config dict; unknown types and keys are errors naming them."""
+    where = f"judges[{index}]"
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise JudgeConfigError(f"{where}: needs a 'type' ({', '.join(JUDGE_TYPES)})")
+    opts = dict(spec)
+    kind, weight = opts.pop("type"), opts.pop("weight", 1.0)
+    if kind not in JUDGE_TYPES:
+        raise JudgeConfigError(f"{where}: unknown type '{kind}'; expected one of {', '.join(JUDGE_TYPES)}")
+    if not isinstance(weight, (int, float)) or weight <= 0:
+        raise JudgeConfigError(f"{where} ({kind}): 'weight' must be a positive number, got {weight!r}")
+    cls = _judge_class(kind)
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(opts) - set(params))
+        if unknown:
+            raise JudgeConfigError(f"{where} ({kind}): unknown key '{unknown[0]}'; expected one of "
+                                   f"{', '.join(params)}, weight")
+    missing = [n for n, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
+               p.KEYWORD_ONLY) and n not in opts]
+    if missing:
+        raise JudgeConfigError(f"{where} ({kind}): missing key '{missing[0]}'")
+    return Member(cls(**opts), float(weight), (0.0, 1.0) if kind == "verifier" else None)
+
+
+def read_candidates(path: str | Path) -> list[dict[str, Any]]:
+    """Candidate rows (docs/CANDIDATES.md), every row checked; all errors reported at once."""
+    return _read_candidates(path)[0]
+
+
+def _read_candidates(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(rows, their 1-based line numbers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(str(path), None, None, "no such file")
+    rows, lines, errors, seen = [], [], [], set()
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                errors.append(DataError(str(path), n, None, f"not valid JSON ({e.msg})"))
+                continue
+            err = _check_row(row)
+            if err:
+                errors.append(DataError(str(path), n, err[0], err[1]))
+                continue
+            if (row["prompt_id"], row["candidate_index"]) in seen:
+                errors.append(DataError(str(path), n, "candidate_index",
+                                        f"repeats candidate {row['candidate_index']} of prompt '{row['prompt_id']}'"))
+            seen.add((row["prompt_id"], row["candidate_index"]))
+            rows.append(row)
+            lines.append(n)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DataErrors(errors)
+    if not rows:
+        raise DataError(str(path), None, None, "no candidate rows")
+    return rows, lines
+
+
+def _check_row(row: Any) -> tuple[str | None, str] | None:
+    if not isinstance(row, dict):
+        return None, "expected a JSON object"
+    for key, kind in (("prompt_id", str), ("text", str), ("candidate_index", int)):
+        if not isinstance(row.get(key), kind) or isinstance(row.get(key), bool):
+            return key, f"missing or not a {kind.__name__}"
+    prompt = row.get("prompt")
+    if not isinstance(prompt, list) or not prompt or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt):
+        return "prompt", "must be a non-empty list of {role, content} messages"
+    if not isinstance(row.get("metadata", {}), dict):
+        return "metadata", "must be an object"
+    return None
+
+
+def _pair_options(pair_config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    unknown = sorted(set(pair_config) - set(PAIR_KEYS))
+    if unknown:
+        raise JudgeConfigError(f"pairs: unknown key '{unknown[0]}'; expected one of {', '.join(PAIR_KEYS)}")
+    cfg = dict(pair_config)
+    strategy = cfg.pop("strategy", "best_vs_worst")
+    if strategy not in pairing.STRATEGIES + pairing.PAIRWISE_STRATEGIES:
+        raise JudgeConfigError(f"pairs.strategy '{strategy}': expected one of "
+                               f"{', '.join(pairing.STRATEGIES + pairing.PAIRWISE_STRATEGIES)}")
+    unit, tokenizer = cfg.pop("length_unit", "chars"), cfg.pop("tokenizer", None)
+    if unit not in ("chars", "tokens"):
+        raise JudgeConfigError(f"pairs.length_unit '{unit}': expected chars or tokens")
+    if unit == "tokens":
+        if not tokenizer:
+            raise JudgeConfigError("pairs.length_unit=tokens needs pairs.tokenizer (a model name)")
+        from posttrain.models.policy import model_tokenizer
+
+        cfg["tokenizer_or_len_fn"] = model_tokenizer(tokenizer)
+    return strategy, cfg
+
+
+def _score_member(member: Member, rows: list[dict[str, Any]], lines: list[int], source: str) -> list[Score]:
+    """One judge's scores for a chunk of rows; a row whose metadata the judge rejects (``ValueError``, as
+    verifiers raise for a bad or missing spec) is a ``DataError`` naming the file and line; a chunk's errors are
+    reported together."""
+    items = [(r["prompt"], r["text"], dict(r.get("metadata") or {})) for r in rows]
+    if hasattr(member.judge, "score_many"):
+        return list(member.judge.score_many(items))
+    out, errors = [], []
+    for item, line in zip(items, lines):
+        try:
+            out.append(member.judge.score(*item))
+        except ValueError as e:
+            errors.append(DataError(source, line, "metadata", f"judge '{member.name}': {e}"))
+    if errors:
+        raise errors[0] if len(errors) == 1 else DataErrors(errors)
+    return out
+
+
+def _batches(seq: list, size: int):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="cand", disable=not enabled)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as null, so every output file is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines: list[int], source: str,
+                  strategy: str, pair_opts: dict[str, Any], progress: bool):
+    """Score every candidate, then build pairs from the scores: (pairs, pair summary, agreement, score rows)."""
+    names = [m.name for m in members]
+    for m in members:
+        if not hasattr(m.judge, "score"):
+            raise JudgeConfigError(f"judge '{m.name}' cannot score single responses; use a pairwise strategy")
+    # Judges without a batch method (verifiers) are cheap and may reject a row's metadata: they run first, so
+    # a bad row stops the run before an LLM or reward model is asked about that chunk.
+    order = sorted(members, key=lambda m: hasattr(m.judge, "score_many"))
+    scores: dict[tuple[str, int], Score] = {}
+    with _progress(len(candidates), "judging", progress) as bar:
+        for start in range(0, len(candidates), CHUNK):
+            chunk, chunk_lines = candidates[start:start + CHUNK], lines[start:start + CHUNK]
+            per_member = {m.name: _score_member(m, chunk, chunk_lines, source) for m in order}
+            got = per_member[names[0]] if len(members) == 1 else [
+                combine_scores(members, [per_member[m.name][i] for m in members]) for i in range(len(chunk))]
+            scores.update({(r["prompt_id"], r["candidate_index"]): s for r, s in zip(chunk, got)})
+            bar.update(len(chunk))
+    rows, pair_summary = pairing.build_pairs(candidates, scores, strategy=strategy, judge_meta={"judges": names},
+                                             **pair_opts)
+    pair_summary["score_units"] = "raw" if len(members) == 1 else "normalised"
+    agreement = None
+    if len(members) > 1:
+        agreement = agreement_stats([r["judge"]["decisions"] for r in rows if "decisions" in r["judge"]])
+        agreement["over"] = "kept pairs"
+    score_rows = [{"prompt_id": pid, "candidate_index": idx, "value": s.value, "passed": s.passed,
+                   "details": s.details} for (pid, idx), s in scores.items()]
+    return rows, pair_summary, agreement, score_rows
+
+
+def _pairwise_mode(members: list[Member], candidates: list[dict[str, Any]], strategy: str,
+                   pair_opts: dict[str, Any], progress: bool):
+    """Compare every pair of candidates per prompt, then build pairs from the verdicts:
+    (pairs, pair summary, agreement, win-rate rows, comparisons)."""
+    for m in members:
+        if not hasattr(m.judge, "compare"):
+            raise JudgeConfigError(f"judge '{m.name}' cannot compare two responses; use a scoring strategy")
+    judge = members[0].judge if len(members) == 1 else PairwiseEnsemble(members)
+    comparisons: list[dict[str, Any]] = []
+    groups = list(pairing.group_by_prompt(candidates).values())
+    with _progress(len(candidates), "comparing", progress) as bar:
+        for chunk in _batches(groups, max(1, CHUNK // max(1, len(groups[0])))):
+            comparisons += pairing.compare_round_robin([r for g in chunk for r in g], judge)
+            bar.update(sum(len(g) for g in chunk))
+    rows, pair_summary = pairing.build_pairs_from_comparisons(
+        candidates, comparisons, strategy=strategy, judge_meta={"judges": [m.name for m in members]}, **pair_opts)
+    agreement = judge.stats() | {"over": "all comparisons"} if isinstance(judge, PairwiseEnsemble) else None
+    score_rows = [{"prompt_id": pid, "candidate_index": idx, "value": s.value, "passed": None, "details": s.details}
+                  for (pid, idx), s in pairing.win_rates(candidates, comparisons).items()]
+    return rows, pair_summary, agreement, score_rows, comparisons
+
+
+def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges_config: list[dict[str, Any]],
+                     pair_config: dict[str, Any] | None = None, *, progress: bool = False) -> dict[str, Any]:
+    """Judge a candidates file and write pairs; returns the summary (also written to ``summary.json``)."""
+    from posttrain.training.runfolder import RunFolder, atomic_write_json, atomic_write_text
+
+    t0 = time.time()
+    strategy, pair_opts = _pair_options(pair_config or {})
+    if not judges_config:
+        raise JudgeConfigError("judges: at least one judge is needed")
+    candidates, lines = _read_candidates(candidates_path)
+    members = [build_member(spec, i) for i, spec in enumerate(judges_config)]
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise JudgeConfigError(f"judges: two judges are named '{max(names, key=names.count)}'; give one a 'name'")
+    out = Path(output_dir)
+    if strategy in pairing.STRATEGIES:
+        rows, pair_summary, agreement, score_rows = _scoring_mode(
+            members, candidates, lines, str(candidates_path), strategy, pair_opts, progress)
+        comparisons = None
+    else:
+        rows, pair_summary, agreement, score_rows, comparisons = _pairwise_mode(
+            members, candidates, strategy, pair_opts, progress)
+
+    judges_info = [{"name": m.name, "weight": m.weight, **({"stats": m.judge.stats()} if hasattr(m.judge, "stats")
+                                                           else {})} for m in members]
+    summary = _finite({"candidates": str(candidates_path), "output_dir": str(out), "judges": judges_info,
+                       "pairs": pair_summary, "agreement": agreement, "seconds": round(time.time() - t0, 2)})
+
+    import yaml
+
+    run = RunFolder(out, "judge")
+    run.add_input("candidates", str(candidates_path))
+    run.write_config(yaml.safe_dump({"judges": judges_config, "pairs": pair_config or {}}, sort_keys=False))
+
+    def jsonl(rows_: list[dict[str, Any]]) -> str:
+        return "".join(json.dumps(_finite(r), ensure_ascii=False, default=str) + "\n" for r in rows_)
+
+    atomic_write_text(out / "scores.jsonl", jsonl(score_rows))
+    if comparisons is not None:
+        atomic_write_text(out / "comparisons.jsonl", jsonl(comparisons))
+    atomic_write_text(out / "pairs.jsonl", jsonl(rows))
+    atomic_write_json(out / "summary.json", summary)
+    run.finish({"pairs_kept": pair_summary["pairs_kept"], "pairs_considered": pair_summary["pairs_considered"]},
+               {"pairs": "pairs.jsonl", "scores": "scores.jsonl", "summary": "summary.json",
+                **({"comparisons": "comparisons.jsonl"} if comparisons is not None else {})})
+    return summary
