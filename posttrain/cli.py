@@ -24,23 +24,28 @@ app.add_typer(models_app, name="models")
 
 def _mount_stage_apps() -> None:
     from posttrain.feedback.cli import feedback_app
+    from posttrain.generation.cli import generate_command
     from posttrain.judges.cli import judge
+    from posttrain.serving.cli import serve_command
 
     app.add_typer(feedback_app, name="feedback", help="Production feedback (thumbs, edits, side-by-side, rankings, "
                                                       "Likert) to preference pairs and KTO rows.")
     app.command("judge", help="Score candidates with judges (verifiers, LLM, local model, reward model) and "
                               "build preference pairs.")(judge)
+    app.command("generate", help="Sample N candidates per prompt (resumable; --dry-run prints the cost model).")(
+        generate_command)
+    app.command("serve", help="OpenAI-compatible /v1/chat/completions server for any model posttrain loads.")(
+        serve_command)
 
-
-_mount_stage_apps()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from posttrain.data.schema import DataError, DataErrors
+    from posttrain.generation.types import BackendError
     from posttrain.models.reference import ReferenceError_
     from posttrain.models.resolve import ModelError
 
-    return ConfigError, DataError, DataErrors, ModelError, ReferenceError_
+    return ConfigError, DataError, DataErrors, ModelError, ReferenceError_, BackendError
 
 
 def _fail(err: BaseException) -> None:
@@ -179,6 +184,9 @@ def models_list() -> None:
 
     for name in BUILTIN_NAMES:
         typer.echo(name)
+
+
+_mount_stage_apps()
 
 
 def main() -> None:

@@ -258,3 +258,33 @@ def test_cli_mounted_as_a_subcommand(server, tmp_path, monkeypatch):
     assert (tmp_path / "cache" / "judge_cache.sqlite").exists()
     bad = CliRunner().invoke(app, ["judge", "--candidates", str(cands), "-o", str(out), "--judge", "llm:nope"])
     assert bad.exit_code == 2 and "error: --judge 'llm:nope'" in bad.output
+
+
+def test_llm_judge_against_posttrain_serve_on_tiny_random(tmp_path, monkeypatch):
+    """The real path: `posttrain serve` (tiny-random) as the judge endpoint, with a bearer token. Its verdicts are
+    noise, but every pair is asked in both orders over real HTTP, each answer parses into a valid Verdict, and a
+    second judge on the same cache file makes no request at all."""
+    from posttrain.judges.llm import LLMJudge
+    from posttrain.serving.server import start_server
+
+    monkeypatch.setenv("POSTTRAIN_TEST_JUDGE_KEY", "sekret")
+    server, thread, url = start_server("tiny-random", port=0, api_key="sekret", default_max_tokens=8)
+    try:
+        items = [([{"role": "user", "content": f"Name a colour {i}."}], "red", "blue", {}) for i in range(3)]
+        cache = tmp_path / "judge.sqlite"
+
+        def judge():
+            return LLMJudge(f"{url}/v1", "tiny-random", api_key_env="POSTTRAIN_TEST_JUDGE_KEY", cache_path=cache,
+                            max_tokens=8, timeout=120, max_concurrency=3)
+
+        first = judge()
+        verdicts = first.compare_many(items)
+        assert all(v.winner in ("a", "b", "tie") for v in verdicts)
+        served = server.batcher.snapshot()["requests"]
+        assert first.stats()["requests"] == served == 2 * len(items)  # both orders, every pair
+        second = judge()
+        again = second.compare_many(items)
+        assert [v.winner for v in again] == [v.winner for v in verdicts]
+        assert second.stats()["requests"] == 0 and server.batcher.snapshot()["requests"] == served
+    finally:
+        server.close()

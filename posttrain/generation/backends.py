@@ -1,0 +1,71 @@
+"""Pick and load a generation backend by name: ``hf`` (always) or ``vllm`` (when installed, GPU)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from posttrain.generation.types import BackendError, Generator
+
+BACKENDS = ("hf", "vllm")
+
+
+def model_label(model_name: str, adapter: str | None) -> str:
+    """How candidate rows and the server name the model: ``name``, or ``name + adapter``."""
+    return model_name if not adapter else f"{model_name} + {adapter}"
+
+
+def load_generator(model_name: str, *, adapter: str | None = None, backend: str = "hf", batch_size: int = 32,
+                   seed: int = 0, cache_dir: str | None = None, dtype: str = "auto") -> tuple[Generator, object]:
+    """(generator, tokenizer) for any model name posttrain accepts, with its adapter lineage merged."""
+    from posttrain.models.policy import load_base, model_tokenizer
+
+    if backend not in BACKENDS:
+        raise BackendError(f"backend: unknown '{backend}' (expected one of: {', '.join(BACKENDS)})")
+    if backend == "vllm":
+        from posttrain.generation.vllm_backend import VLLMGenerator, import_vllm
+
+        import_vllm()  # fail before loading anything
+        tokenizer = model_tokenizer(model_name, cache_dir)
+        path = _vllm_path(model_name, adapter, cache_dir)
+        return VLLMGenerator.from_path(path, tokenizer, batch_size=batch_size, seed=seed), tokenizer
+    from posttrain.generation.hf import HFGenerator
+
+    tokenizer = model_tokenizer(model_name, cache_dir)
+    model, _, _ = load_base(model_name, adapter, cache_dir=cache_dir, dtype=dtype)
+    import torch
+
+    if torch.cuda.is_available():  # from_pretrained loads to CPU; generation belongs on the GPU when there is one
+        model.to("cuda")
+    model.eval()
+    return HFGenerator(model, tokenizer, batch_size=batch_size), tokenizer
+
+
+def _vllm_path(model_name: str, adapter: str | None, cache_dir: str | None) -> str:
+    """A plain HF folder vLLM can load: the model itself, or its adapters merged once into a cache folder."""
+    from posttrain.models.builtin import cache_root
+    from posttrain.models.policy import load_base, model_tokenizer, resolve_lineage
+    from posttrain.models.resolve import resolve_model_path
+    from posttrain.training.runfolder import content_hash
+
+    base, adapters = resolve_lineage(model_name, adapter)
+    if not adapters:
+        return resolve_model_path(base, cache_dir)
+    key = hashlib.sha256("|".join([base] + [str(content_hash(a)) for a in adapters]).encode()).hexdigest()[:16]
+    target = (Path(cache_dir) if cache_dir else cache_root()) / "merged" / key
+    if not (target / "config.json").exists():
+        import shutil
+        import tempfile
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=key + ".", dir=target.parent))
+        try:
+            model, _, _ = load_base(model_name, adapter, cache_dir=cache_dir, dtype="auto")
+            model.save_pretrained(str(tmp))
+            model_tokenizer(model_name, cache_dir).save_pretrained(str(tmp))
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)

@@ -1,0 +1,86 @@
+"""``posttrain generate``: N candidates per prompt (mounted by ``posttrain/cli.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _numbers(values: list[str], name: str, low: float, high: float | None) -> list[float]:
+    """Repeated options and comma lists, flattened: ``--temperature 0.7,1.0 --temperature 1.2``."""
+    out = []
+    for value in values:
+        for part in str(value).split(","):
+            try:
+                x = float(part)
+            except ValueError:
+                raise typer.BadParameter(f"not a number: {part!r}", param_hint=name) from None
+            if x < low or (high is not None and x > high) or (name == "--top-p" and x == 0):
+                raise typer.BadParameter(f"{x:g} is out of range", param_hint=name)
+            out.append(x)
+    return out
+
+
+def generate_command(
+    prompts: Path = typer.Option(..., "--prompts", help="prompt file (JSONL/JSON/Parquet/CSV, docs/CANDIDATES.md)"),
+    model: str = typer.Option(..., "--model", help="builtin name, HF folder, hub id, or a trained run's model folder"),
+    output: Path = typer.Option(..., "--output", "-o", help="candidate JSONL (resumed if it exists)"),
+    adapter: str = typer.Option(None, "--adapter", help="an extra adapter folder to merge on top of --model"),
+    n: int = typer.Option(4, "-n", "--n", min=1, help="candidates per prompt"),
+    temperature: list[str] = typer.Option(["0.7"], "--temperature", help="repeatable or comma list; candidate i "
+                                          "uses the (i mod count)-th value; 0 = greedy"),
+    top_p: list[str] = typer.Option(["1.0"], "--top-p", help="nucleus mass in (0, 1]; a list cycles like "
+                                    "--temperature"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass (prompt x "
+                                   "candidate); batch_size // n prompts are written per flush"),
+    seed: int = typer.Option(0, "--seed"),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print token counts and cost, generate nothing"),
+    price_input: float = typer.Option(None, "--price-input", min=0, help="USD per 1M input tokens (for the estimate)"),
+    price_output: float = typer.Option(None, "--price-output", min=0, help="USD per 1M output tokens"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Sample N candidates per prompt into a JSONL file; rerun the same command to resume after a kill."""
+    from posttrain.data.schema import DataError, DataErrors
+    from posttrain.generation.backends import BACKENDS
+    from posttrain.generation.types import BackendError
+    from posttrain.models.resolve import ModelError
+
+    temps = _numbers(temperature, "--temperature", 0.0, None)
+    top_ps = _numbers(top_p, "--top-p", 0.0, 1.0)
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"'{backend}' (expected one of: {', '.join(BACKENDS)})", param_hint="--backend")
+    try:
+        if dry_run:
+            from posttrain.generation.cost import cost_model, format_cost
+            from posttrain.models.policy import model_tokenizer
+
+            prices = None
+            if price_input is not None or price_output is not None:
+                prices = {"input": price_input or 0.0, "output": price_output or 0.0}
+            cost = cost_model(prompts, model_tokenizer(model), n=n, max_new_tokens=max_new_tokens,
+                              candidates_path=output if output.exists() else None, prices=prices)
+            typer.echo(format_cost(cost))
+            return
+        from posttrain.generation.candidates import generate_candidates
+
+        summary = generate_candidates(prompts, output, model, n=n, temperatures=temps, top_p=top_ps,
+                                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+                                      backend=backend, adapter=adapter, progress=progress)
+    except (DataError, DataErrors, ModelError, BackendError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{summary['candidates_written']} candidates for {summary['prompts_generated']} prompts "
+               f"({summary['prompts_skipped']} already done) -> {summary['output']} in {summary['wall_time_s']:.1f} s"
+               f" ({summary['candidates_per_s']:.2f} cand/s, {summary['tokens_per_s']:.0f} tok/s)")
+
+
+# A one-command app, for running ``generate`` on its own: ``python -m posttrain.generation.cli --prompts ...``
+# (with a single command, Typer takes the options directly, no command name).
+generate_app = typer.Typer(add_completion=False)
+generate_app.command("generate")(generate_command)
+
+if __name__ == "__main__":
+    generate_app()

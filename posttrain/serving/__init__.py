@@ -1,0 +1,1 @@
+"""``posttrain serve``: an OpenAI-compatible chat server with request batching (``server.py``)."""

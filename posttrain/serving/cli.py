@@ -1,0 +1,57 @@
+"""``posttrain serve MODEL``: an OpenAI-compatible chat endpoint (mounted by ``posttrain/cli.py``)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import typer
+
+
+def serve_command(
+    model: str = typer.Argument(..., help="builtin name, HF folder, hub id, or a trained run's model folder"),
+    adapter: str = typer.Option(None, "--adapter", help="an extra adapter folder to merge on top of MODEL"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="0 = pick a free port"),
+    api_key: str = typer.Option(None, "--api-key", envvar="POSTTRAIN_API_KEY",
+                                help="require 'Authorization: Bearer KEY' (also from $POSTTRAIN_API_KEY)"),
+    max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="sequences per batched generate"),
+    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0, help="how long a request waits for others "
+                                        "to batch with"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="default max_tokens of a request"),
+    served_name: str = typer.Option(None, "--served-name", help="model id clients see (default: MODEL)"),
+    verbose: bool = typer.Option(False, "--verbose", help="log every request"),
+) -> None:
+    """Serve MODEL over HTTP: /v1/models, /v1/chat/completions (stream too), /v1/stats. Ctrl-C stops it."""
+    from posttrain.generation.types import BackendError
+    from posttrain.models.resolve import ModelError
+    from posttrain.serving.server import start_server
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        typer.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    try:
+        server, thread, url = start_server(model, host, port, adapter=adapter, api_key=api_key,
+                                           max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                                           default_max_tokens=max_tokens, served_name=served_name, verbose=verbose)
+    except (ModelError, BackendError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as e:  # the port is taken, the host is not ours
+        typer.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"serving {server.model_name} at {url}/v1 (OpenAI-compatible; Ctrl-C to stop)", err=True)
+    typer.echo(url, err=False)  # the URL alone on stdout, for scripts (port 0)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.is_set() and thread.is_alive():
+        stop.wait(0.5)
+    typer.echo("shutting down: finishing the batch in flight", err=True)
+    server.close()
+
+
+serve_app = typer.Typer(add_completion=False)
+serve_app.command("serve")(serve_command)
+
+if __name__ == "__main__":
+    serve_app()

@@ -1,0 +1,117 @@
+"""Validating an OpenAI ``/v1/chat/completions`` request body into plain values (no HTTP here).
+
+Supported fields: ``messages`` (required), ``model`` (optional; must be the served model when given),
+``temperature`` (0..2, default 1), ``top_p`` (0 < p <= 1, default 1), ``max_tokens`` or
+``max_completion_tokens`` (default: the server's), ``n`` (default 1), ``seed``, ``stream``, ``stop`` (a string or
+up to 4). Fields this server does not implement (``logprobs``, penalties, tools, ...) are ignored rather than
+refused, so stock OpenAI clients work; ``stream_options`` is accepted and ignored (no usage chunk).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status, OpenAI error ``code`` and a one-line message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _bad(code: str, message: str) -> RequestError:
+    return RequestError(400, code, message)
+
+
+def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad("invalid_value", f"'{key}' must be a number, got {value!r}")
+    if value < low or value > high or (low_open and value == low):
+        bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise _bad("invalid_value", f"'{key}' must be in {bound}, got {value}")
+    return float(value)
+
+
+def _integer(body: dict, key: str, default: int | None, low: int, high: int | None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad("invalid_value", f"'{key}' must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise _bad("invalid_value", f"'{key}' must be between {low} and {high if high is not None else 'any'}, "
+                   f"got {value}")
+    return value
+
+
+def _content(value, i: int) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # the content-parts form: [{"type": "text", "text": "..."}]
+        parts = []
+        for part in value:
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise _bad("invalid_messages", f"messages[{i}].content: only text parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise _bad("invalid_messages", f"messages[{i}].content must be a string")
+
+
+def _messages(body: dict) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if messages is None:
+        raise _bad("missing_messages", "'messages' is required")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("invalid_messages", "'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise _bad("invalid_messages", f"messages[{i}] must be an object with 'role' and 'content'")
+        role = m.get("role")
+        if role == "developer":  # OpenAI's newer name for the system turn
+            role = "system"
+        if role not in ROLES:
+            raise _bad("invalid_messages", f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+        out.append({"role": role, "content": _content(m.get("content"), i)})
+    return out
+
+
+def _stop(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise _bad("invalid_value", "'stop' must be a non-empty string or a list of up to 4")
+    return stops
+
+
+def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, max_n: int) -> dict[str, Any]:
+    """Plain values of a chat request, or ``RequestError``."""
+    if not isinstance(body, dict):
+        raise _bad("invalid_request", "the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and model != model_name:
+        raise RequestError(404, "model_not_found", f"model '{model}' is not served here (this server: '{model_name}')")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("invalid_value", f"'stream' must be true or false, got {stream!r}")
+    max_tokens = _integer(body, "max_completion_tokens", None, 1, None)
+    max_tokens = _integer(body, "max_tokens", max_tokens or default_max_tokens, 1, None)
+    seed = _integer(body, "seed", None, -(1 << 63), (1 << 63) - 1)
+    return {
+        "messages": _messages(body),
+        "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
+        "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        "max_tokens": max_tokens,
+        "n": _integer(body, "n", 1, 1, max_n),
+        "seed": seed,
+        "stream": stream,
+        "stop": _stop(body),
+    }
