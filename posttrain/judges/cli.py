@@ -77,6 +77,12 @@ def print_summary(summary: dict[str, Any]) -> None:
                   f"{fmt(length['chosen_mean'])} / {fmt(length['rejected_mean'])}")
     table.add_row("fraction chosen longer (before balancing)",
                   f"{fmt(length['frac_chosen_longer'])} ({fmt(length['frac_chosen_longer_before_balance'])})")
+    scores = summary.get("scores") or {}
+    if scores.get("mean_score") is not None:
+        table.add_row("mean candidate score", fmt(scores["mean_score"]))
+    if "pass_rate" in scores:
+        table.add_row("candidates passing", fmt(scores["pass_rate"]))
+        table.add_row("prompts with a passing candidate", fmt(scores["prompts_with_a_pass"]))
     for judge in summary["judges"]:
         stats = judge.get("stats")
         if stats:

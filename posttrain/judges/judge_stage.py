@@ -251,6 +251,29 @@ def _pairwise_mode(members: list[Member], candidates: list[dict[str, Any]], stra
     return rows, pair_summary, agreement, score_rows, comparisons
 
 
+def score_statistics(score_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the candidates scored: mean score, pass rate where the judge has pass/fail (verifiers), the share of
+    prompts with at least one passing candidate (only those can give a pair), and pass rate per constraint kind."""
+    values = [r["value"] for r in score_rows if isinstance(r.get("value"), (int, float)) and math.isfinite(r["value"])]
+    judged = [r for r in score_rows if r.get("passed") is not None]
+    by_prompt: dict[str, list[bool]] = {}
+    by_kind: dict[str, list[bool]] = {}
+    for r in judged:
+        by_prompt.setdefault(r["prompt_id"], []).append(bool(r["passed"]))
+        for c in (r.get("details") or {}).get("constraints") or []:
+            by_kind.setdefault(c["name"], []).append(bool(c["passed"]))
+    out: dict[str, Any] = {"candidates_scored": len(score_rows),
+                           "mean_score": sum(values) / len(values) if values else None}
+    if judged:
+        out.update({
+            "pass_rate": sum(r["passed"] for r in judged) / len(judged),
+            "prompts_with_a_pass": sum(any(v) for v in by_prompt.values()) / len(by_prompt),
+            "prompts_all_pass": sum(all(v) for v in by_prompt.values()) / len(by_prompt),
+            "pass_rate_by_constraint": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_kind.items())},
+        })
+    return out
+
+
 def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges_config: list[dict[str, Any]],
                      pair_config: dict[str, Any] | None = None, *, progress: bool = False) -> dict[str, Any]:
     """Judge a candidates file and write pairs; returns the summary (also written to ``summary.json``)."""
@@ -274,10 +297,12 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
         rows, pair_summary, agreement, score_rows, comparisons = _pairwise_mode(
             members, candidates, strategy, pair_opts, progress)
 
+    stats = score_statistics(score_rows) if comparisons is None else None
     judges_info = [{"name": m.name, "weight": m.weight, **({"stats": m.judge.stats()} if hasattr(m.judge, "stats")
                                                            else {})} for m in members]
     summary = _finite({"candidates": str(candidates_path), "output_dir": str(out), "judges": judges_info,
-                       "pairs": pair_summary, "agreement": agreement, "seconds": round(time.time() - t0, 2)})
+                       "pairs": pair_summary, "agreement": agreement, "scores": stats,
+                       "seconds": round(time.time() - t0, 2)})
 
     import yaml
 
