@@ -45,7 +45,11 @@ LABEL_VALUES = {"true": True, "1": True, "false": False, "0": False}
 
 
 def _text(record: dict, key: str, source: str, row: int) -> str:
-    value = record.get(key)
+    return check_text(record.get(key), key, source, row)
+
+
+def check_text(value, key: str, source: str, row: int) -> str:
+    """``value`` if it is a non-empty string, else the DataError naming ``key``."""
     if value is None:
         raise DataError(source, row, key, "missing")
     if not isinstance(value, str):

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from posttrain.data.layouts import check_text
 from posttrain.data.readers import read_records
 from posttrain.data.schema import DataError, Message
 from posttrain.data.validate import message_errors, order_errors
@@ -89,14 +90,7 @@ class LikertEvent:
 FeedbackEvent = ThumbsEvent | EditEvent | SideBySideEvent | RankingEvent | LikertEvent
 
 
-def _string(value, field: str, source: str, row: int) -> str:
-    if value is None:
-        raise DataError(source, row, field, "missing")
-    if not isinstance(value, str):
-        raise DataError(source, row, field, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(source, row, field, "is empty")
-    return value
+_string = check_text  # one definition of 'a non-empty string field' for every reader
 
 
 def _text(record: dict, key: str, source: str, row: int) -> str:

@@ -24,15 +24,7 @@ ROW_KEYS = {"prompt_id", "prompt", "candidate_index", "text", "prompt_tokens", "
             "sampling", "model", "metadata"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two fighting other jobs."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Counting:

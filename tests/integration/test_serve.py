@@ -19,15 +19,7 @@ from posttrain.serving.server import start_server
 MESSAGES = [{"role": "user", "content": "Tell me about owls."}]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~10x faster than two fighting other jobs."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
