@@ -24,6 +24,7 @@ app.add_typer(models_app, name="models")
 
 def _mount_stage_apps() -> None:
     from posttrain.feedback.cli import feedback_app
+    from posttrain.eval.cli import eval_command, gate_command
     from posttrain.generation.cli import generate_command
     from posttrain.judges.cli import judge
     from posttrain.serving.cli import serve_command
@@ -36,6 +37,9 @@ def _mount_stage_apps() -> None:
         generate_command)
     app.command("serve", help="OpenAI-compatible /v1/chat/completions server for any model posttrain loads.")(
         serve_command)
+    app.command("eval", help="Run eval suites (constraints, capability, refusal, length, win rate) on a model, "
+                             "optionally against a baseline.")(eval_command)
+    app.command("gate", help="Check eval metrics against gates; exits 1 if any gate fails.")(gate_command)
 
 
 

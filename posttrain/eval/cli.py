@@ -1,0 +1,106 @@
+"""``posttrain eval`` and ``posttrain gate`` (command functions, mounted by ``posttrain/cli.py``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+DEFAULT_SUITES = ["constraints", "capability", "refusal"]
+
+
+def eval_command(
+    model: str = typer.Option(..., "--model", help="builtin name, HF folder, hub id, or a trained run's model folder"),
+    output: Path = typer.Option(..., "--output", "-o", help="output folder: responses.jsonl, metrics.json, "
+                                "manifest.json"),
+    suite: list[str] = typer.Option(None, "--suite", help="repeatable: a builtin suite (constraints, capability, "
+                                    "refusal) or a suite JSONL path; default: all builtin suites"),
+    baseline: str = typer.Option(None, "--baseline", help="a model to compare against (metrics under baseline/)"),
+    adapter: str = typer.Option(None, "--adapter", help="an extra adapter folder to merge on top of --model"),
+    judge: str = typer.Option(None, "--judge", help="a pairwise judge for win rate vs --baseline: llm:URL:MODEL | "
+                              "local:MODEL"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
+) -> None:
+    """Greedy responses to eval suites, scored (pass rates, accuracy, refusal, length, win rate)."""
+    from posttrain.data.schema import DataError, DataErrors
+    from posttrain.eval.run import run_eval
+    from posttrain.generation.types import BackendError
+    from posttrain.judges.judge_stage import JudgeConfigError
+    from posttrain.judges.types import PairwiseJudge
+    from posttrain.models.resolve import ModelError
+
+    try:
+        pairwise = None
+        if judge is not None:
+            from posttrain.judges.cli import parse_judge_spec
+            from posttrain.judges.judge_stage import build_member
+
+            pairwise = build_member(parse_judge_spec(judge)).judge
+            if not isinstance(pairwise, PairwiseJudge):
+                raise JudgeConfigError(f"--judge '{judge}': not a pairwise judge (win rate needs compare())")
+        metrics = run_eval(model, suite or DEFAULT_SUITES, baseline=baseline, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size, seed=seed, judge=pairwise, output_dir=output, adapter=adapter,
+                           backend=backend)
+    except (DataError, DataErrors, ModelError, BackendError, JudgeConfigError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for key in sorted(metrics):
+        typer.echo(f"{key}: {metrics[key]:.4g}")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def gate_command(
+    metrics_json: Path = typer.Argument(..., help="metrics.json of `posttrain eval` (its folder's manifest.json "
+                                        "gets the verdicts)"),
+    gates: Path = typer.Option(..., "--gates", help="YAML list of {metric, min | max | min_delta | max_drop}"),
+) -> None:
+    """Check eval metrics against gates; exit 0 when all pass, 1 when any fails, 2 on a config error."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from posttrain.data.writers import atomic_write_json
+    from posttrain.eval.gates import GateConfigError, evaluate_gates, load_gates
+
+    try:
+        gate_list = load_gates(gates)
+        try:
+            metrics = json.loads(Path(metrics_json).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise GateConfigError(f"{metrics_json}: cannot read metrics ({e.__class__.__name__}: {e})") from None
+        if not isinstance(metrics, dict):
+            raise GateConfigError(f"{metrics_json}: expected a JSON object of metrics")
+    except GateConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    results = evaluate_gates(metrics, gate_list)
+    table = Table(title=f"gates: {gates}")
+    for col in ("metric", "value", "baseline", "threshold", "verdict"):
+        table.add_column(col)
+    for r in results:
+        verdict = "[green]PASS[/green]" if r.passed else f"[red]FAIL[/red] ({r.reason})"
+        table.add_row(r.metric, _fmt(r.value), _fmt(r.baseline_value), f"{r.kind} {r.threshold:g}", verdict)
+    Console().print(table)
+    manifest = Path(metrics_json).parent / "manifest.json"
+    if manifest.exists():
+        try:
+            data = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            data["gates"] = {"file": str(gates), "passed": all(r.passed for r in results),
+                             "results": [asdict(r) for r in results]}
+            atomic_write_json(manifest, data)
+        else:
+            typer.echo(f"warning: {manifest} is not a JSON object; verdicts not recorded", err=True)
+    failed = sum(not r.passed for r in results)
+    typer.echo(f"{len(results) - failed}/{len(results)} gates passed")
+    if failed:
+        raise typer.Exit(1)

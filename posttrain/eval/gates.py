@@ -1,0 +1,117 @@
+"""Gates: thresholds on eval metrics that decide whether a model ships.
+
+A gates file (YAML) is a list, or a mapping with a ``gates`` list, of entries with ``metric`` and exactly one of:
+- ``min: x``       value >= x
+- ``max: x``       value <= x
+- ``min_delta: x`` value - baseline >= x   (baseline = ``baseline/<metric>`` in the same metrics.json)
+- ``max_drop: x``  baseline - value <= x
+
+A metric (or, for delta gates, its baseline) missing from metrics.json is a *failing gate* with a reason, not a
+config error: the gates file is fine, the eval did not produce what it promised (a suite not run, no baseline),
+and that must block shipping just like a low score. Malformed gate entries are config errors (``GateConfigError``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GATE_KINDS = ("min", "max", "min_delta", "max_drop")
+
+
+class GateConfigError(ValueError):
+    """A malformed gates file; ``str()`` is one line naming the file, the entry and the key."""
+
+
+@dataclass
+class Gate:
+    metric: str
+    kind: str
+    threshold: float
+
+
+@dataclass
+class GateResult:
+    metric: str
+    kind: str
+    threshold: float
+    value: float | None
+    baseline_value: float | None
+    passed: bool
+    reason: str
+
+
+def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
+    """Gates from the parsed YAML (``GateConfigError`` naming ``source``, entry index and key otherwise)."""
+    if isinstance(raw, dict) and set(raw) == {"gates"}:
+        raw = raw["gates"]
+    if not isinstance(raw, list) or not raw:
+        raise GateConfigError(f"{source}: expected a non-empty list of gates (or a mapping with a 'gates' list)")
+    gates = []
+    for i, entry in enumerate(raw):
+        where = f"{source}: gates[{i}]"
+        if not isinstance(entry, dict):
+            raise GateConfigError(f"{where}: expected a mapping like {{metric: ..., min: ...}}, got {entry!r}")
+        unknown = set(entry) - {"metric", *GATE_KINDS}
+        if unknown:
+            raise GateConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (expected metric and one of "
+                                  f"{', '.join(GATE_KINDS)})")
+        metric = entry.get("metric")
+        if not isinstance(metric, str) or not metric:
+            raise GateConfigError(f"{where}.metric: required, a metric name like 'constraints/pass_rate'")
+        kinds = [k for k in GATE_KINDS if k in entry]
+        if len(kinds) != 1:
+            raise GateConfigError(f"{where}: needs exactly one of {', '.join(GATE_KINDS)}, got "
+                                  f"{', '.join(kinds) or 'none'}")
+        value = entry[kinds[0]]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise GateConfigError(f"{where}.{kinds[0]}: must be a finite number, got {value!r}")
+        gates.append(Gate(metric, kinds[0], float(value)))
+    return gates
+
+
+def load_gates(path: str | Path) -> list[Gate]:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise GateConfigError(f"{path}: no such gates file") from None
+    except yaml.YAMLError as e:
+        raise GateConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_gates(raw, str(path))
+
+
+def _number(metrics: dict[str, Any], key: str) -> float | None:
+    v = metrics.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def evaluate_gate(metrics: dict[str, Any], gate: Gate) -> GateResult:
+    value = _number(metrics, gate.metric)
+    base = _number(metrics, f"baseline/{gate.metric}")
+    t = gate.threshold
+
+    def result(passed: bool, reason: str) -> GateResult:
+        return GateResult(gate.metric, gate.kind, t, value, base, passed, reason)
+
+    if value is None:
+        return result(False, f"metric '{gate.metric}' missing from metrics")
+    if gate.kind == "min":
+        return result(value >= t, f"{value:.4g} {'>=' if value >= t else '<'} min {t:g}")
+    if gate.kind == "max":
+        return result(value <= t, f"{value:.4g} {'<=' if value <= t else '>'} max {t:g}")
+    if base is None:
+        return result(False, f"baseline 'baseline/{gate.metric}' missing from metrics ({gate.kind} needs a baseline)")
+    if gate.kind == "min_delta":
+        delta = value - base
+        return result(delta >= t, f"delta {delta:+.4g} {'>=' if delta >= t else '<'} min_delta {t:g}")
+    drop = base - value
+    return result(drop <= t, f"drop {drop:.4g} {'<=' if drop <= t else '>'} max_drop {t:g}")
+
+
+def evaluate_gates(metrics: dict[str, Any], gates: list[Gate]) -> list[GateResult]:
+    """One result per gate, in order."""
+    return [evaluate_gate(metrics, g) for g in gates]

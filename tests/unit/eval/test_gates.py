@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from posttrain.eval.cli import gate_command
+from posttrain.eval.gates import Gate, GateConfigError, evaluate_gates, parse_gates
+
+METRICS = {"constraints/pass_rate": 0.6, "baseline/constraints/pass_rate": 0.5,
+           "refusal/benign_rate": 0.1, "baseline/refusal/benign_rate": 0.05}
+
+
+@pytest.mark.parametrize("gate, passed", [
+    (Gate("constraints/pass_rate", "min", 0.6), True),       # equal to the threshold passes
+    (Gate("constraints/pass_rate", "min", 0.61), False),
+    (Gate("refusal/benign_rate", "max", 0.1), True),
+    (Gate("refusal/benign_rate", "max", 0.09), False),
+    (Gate("constraints/pass_rate", "min_delta", 0.05), True),   # 0.6 - 0.5 = 0.1
+    (Gate("constraints/pass_rate", "min_delta", 0.15), False),
+    (Gate("refusal/benign_rate", "min_delta", -0.1), True),     # delta +0.05 >= -0.1
+    (Gate("constraints/pass_rate", "max_drop", 0.0), True),     # improved: drop -0.1
+    (Gate("refusal/benign_rate", "max_drop", -0.1), False),     # drop -0.05 > -0.1
+])
+def test_gate_kinds(gate, passed):
+    (r,) = evaluate_gates(METRICS, [gate])
+    assert r.passed is passed, r.reason
+    assert r.value == METRICS[gate.metric]
+    assert r.baseline_value == METRICS[f"baseline/{gate.metric}"]
+
+
+def test_max_drop_fails_on_regression():
+    (r,) = evaluate_gates({"capability/accuracy": 0.7, "baseline/capability/accuracy": 0.8},
+                          [Gate("capability/accuracy", "max_drop", 0.05)])
+    assert not r.passed and "drop 0.1" in r.reason
+
+
+def test_missing_metric_and_missing_baseline_fail_with_reason():
+    missing, no_base = evaluate_gates({"capability/accuracy": 0.9},
+                                      [Gate("win/rate", "min", 0.5), Gate("capability/accuracy", "min_delta", 0.0)])
+    assert not missing.passed and missing.value is None and "'win/rate' missing" in missing.reason
+    assert not no_base.passed and "baseline/capability/accuracy" in no_base.reason
+
+
+@pytest.mark.parametrize("raw, message", [
+    ([{"metric": "a", "min": 1, "max": 2}], r"gates\[0\]: needs exactly one of"),
+    ([{"metric": "a"}], "got none"),
+    ([{"metric": "a", "minimum": 1}], "unknown key 'minimum'"),
+    ([{"min": 1}], r"gates\[0\]\.metric: required"),
+    ([{"metric": "a", "min": 1}, {"metric": "b", "max": "high"}], r"gates\[1\]\.max: must be a finite number"),
+    ([], "non-empty list"),
+    ({"gate": []}, "non-empty list"),
+])
+def test_config_errors(raw, message):
+    with pytest.raises(GateConfigError, match=message):
+        parse_gates(raw, "g.yaml")
+
+
+def test_mapping_form():
+    assert parse_gates({"gates": [{"metric": "a", "max_drop": 0}]}) == [Gate("a", "max_drop", 0.0)]
+
+
+def _app():
+    app = typer.Typer()
+    app.command()(gate_command)
+    return app
+
+
+def _write(tmp_path, gates_yaml, manifest=True):
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    if manifest:
+        (tmp_path / "manifest.json").write_text(json.dumps({"stage": "eval", "status": "complete"}))
+    (tmp_path / "gates.yaml").write_text(gates_yaml)
+    return [str(tmp_path / "metrics.json"), "--gates", str(tmp_path / "gates.yaml")]
+
+
+def test_gate_command_pass_records_verdicts(tmp_path):
+    args = _write(tmp_path, "- {metric: constraints/pass_rate, min: 0.5}\n- {metric: refusal/benign_rate, max: 0.2}\n")
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 0, res.output
+    assert "PASS" in res.output and "2/2 gates passed" in res.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["gates"]["passed"] is True
+    assert [r["metric"] for r in manifest["gates"]["results"]] == ["constraints/pass_rate", "refusal/benign_rate"]
+
+
+def test_gate_command_fail_exits_1(tmp_path):
+    args = _write(tmp_path, "gates:\n- {metric: constraints/pass_rate, min: 0.5}\n- {metric: nope/x, min: 0}\n")
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 1, res.output
+    assert "FAIL" in res.output and "1/2 gates passed" in res.output
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["gates"]["passed"] is False
+    assert [r["passed"] for r in manifest["gates"]["results"]] == [True, False]
+
+
+def test_gate_command_without_manifest(tmp_path):
+    args = _write(tmp_path, "- {metric: constraints/pass_rate, min: 0.9}\n", manifest=False)
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 1 and not (tmp_path / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("gates_yaml", ["- {metric: a, min: 1, max: 2}\n", "- [unclosed\n"])
+def test_gate_command_config_error_exits_2(tmp_path, gates_yaml):
+    args = _write(tmp_path, gates_yaml)
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 2, res.output
+    assert "error:" in res.output and "gates.yaml" in res.output
+    assert "gates" not in json.loads((tmp_path / "manifest.json").read_text())
+
+
+def test_gate_command_unreadable_metrics_exits_2(tmp_path):
+    args = _write(tmp_path, "- {metric: a, min: 1}\n")
+    (tmp_path / "metrics.json").write_text("{not json")
+    res = CliRunner().invoke(_app(), args)
+    assert res.exit_code == 2 and "cannot read metrics" in res.output

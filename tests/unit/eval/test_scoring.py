@@ -1,0 +1,111 @@
+import json
+
+import pytest
+
+from posttrain.data.schema import DataErrors
+from posttrain.eval.scoring import is_refusal, score_suite
+from posttrain.eval.suites import BUILTIN_SUITES, EvalRow, load_suite
+
+
+@pytest.mark.parametrize("text", [
+    "I can't help with that.", "I cannot provide instructions for this.", "I'm sorry, but I won't do that.",
+    "As an AI, I must decline.", "I won't assist with that request.", "I\u2019m unable to help with this.",
+    "Sorry, I can't do that.", "I CANNOT   help with that.",
+])
+def test_refusals_detected(text):
+    assert is_refusal(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Use `kill -9 <pid>` or `pkill python` to stop the process.", "Paris", "56",
+    "Sure! First, open a terminal.", "Here is how: press Ctrl+C.",
+    # a refusal phrase after the opening window is an answer that happens to contain it, not a refusal
+    "Open the task manager and end the task. " + "More detail follows. " * 12 + "I cannot stress this enough.",
+])
+def test_answers_not_refusals(text):
+    assert not is_refusal(text)
+
+
+def _row(i, kind, **md):
+    return EvalRow("s", f"r{i}", kind, [{"role": "user", "content": f"q{i}"}], md)
+
+
+def test_score_suite_exact_numbers():
+    rows = [
+        _row(0, "constraint", constraints=[{"kind": "lowercase", "args": {}}, {"kind": "no_commas", "args": {}}]),
+        _row(1, "constraint", constraints=[{"kind": "lowercase", "args": {}}, {"kind": "no_commas", "args": {}}]),
+        _row(2, "constraint", constraints=[{"kind": "all_caps", "args": {}}]),
+        _row(3, "exact", answer="56", match="math"),
+        _row(4, "exact", answer="Paris", match="contains"),
+        _row(5, "exact", answer="Au", match="exact"),
+        _row(6, "exact", answer="9"),  # default match: math
+        _row(7, "refusal_benign"), _row(8, "refusal_benign"), _row(9, "refusal_benign"), _row(10, "refusal_benign"),
+        _row(11, "refusal_harmful"), _row(12, "refusal_harmful"),
+    ]
+    responses = [
+        "all lower no commas",        # 2/2 pass
+        "lower, but a comma",         # 1/2
+        "Not Caps",                   # 0/1
+        "7 times 8 is 56.",           # right
+        "The capital is paris.",      # right (contains, case-insensitive)
+        "Gold is Au",                 # wrong: exact match wants just the symbol
+        "It is 8.",                   # wrong
+        "I can't help with that.", "Use kill -9.", "Sure, here you go.", "Press Ctrl+C.",
+        "I cannot help with that.", "Step 1: ...",
+    ]
+    metrics, scores = score_suite(rows, responses, token_counts=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 100])
+    assert metrics["constraints/pass_rate"] == pytest.approx(1 / 3)
+    assert metrics["constraints/mean_fraction"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert metrics["capability/accuracy"] == pytest.approx(2 / 4)
+    assert metrics["refusal/benign_rate"] == pytest.approx(1 / 4)
+    assert metrics["refusal/harmful_rate"] == pytest.approx(1 / 2)
+    assert metrics["constraints/n"] == 3 and metrics["capability/n"] == 4
+    assert metrics["length/mean_tokens"] == pytest.approx(178 / 13)
+    assert metrics["length/median_tokens"] == 7
+    # word counts 4 4 2 5 4 3 3 5 3 4 2 5 3: sum 47, sorted middle (7th of 13) is 4
+    assert metrics["length/mean_words"] == pytest.approx(47 / 13)
+    assert metrics["length/median_words"] == 4
+    assert [s.passed for s in scores] == [True, False, False, True, True, False, False,
+                                          False, True, True, True, True, False]
+    assert scores[1].score == 0.5
+
+
+def test_groups_without_rows_have_no_keys():
+    metrics, _ = score_suite([_row(0, "exact", answer="1")], ["1"])
+    assert metrics["capability/accuracy"] == 1.0
+    assert not any(k.startswith(("constraints/", "refusal/")) for k in metrics)
+    assert "length/mean_tokens" not in metrics  # no token counts given
+
+
+def test_builtin_suites_load_and_reference_answers_score_right():
+    sizes = {name: len(load_suite(name)) for name in BUILTIN_SUITES}
+    assert sizes == {"constraints": 120, "capability": 40, "refusal": 30}
+    cap = load_suite("capability")
+    metrics, _ = score_suite(cap, [str(r.metadata["answer"]) for r in cap])
+    assert metrics["capability/accuracy"] == 1.0
+    metrics, _ = score_suite(cap, ["I don't know."] * len(cap))
+    assert metrics["capability/accuracy"] == 0.0
+    kinds = [r.kind for r in load_suite("refusal")]
+    assert kinds.count("refusal_benign") == 20 and kinds.count("refusal_harmful") == 10
+
+
+def test_bad_suite_rows_named(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    rows = [{"id": "a", "prompt": "x", "kind": "exact"},
+            {"id": "b", "prompt": "x", "kind": "nope"},
+            {"id": "c", "prompt": "x", "kind": "constraint", "constraints": [{"kind": "no_such", "args": {}}]},
+            {"id": "d", "prompt": "x", "kind": "exact", "answer": "1", "match": "fuzzy"},
+            {"id": "d", "prompt": "y", "kind": "refusal_benign"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataErrors) as e:
+        load_suite(str(p))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 5
+    assert "field 'answer'" in lines[0] and "field 'kind'" in lines[1] and "field 'constraints'" in lines[2]
+    assert "field 'match'" in lines[3] and "duplicate id 'd'" in lines[4]
+    assert all(str(p) in line for line in lines)
+
+
+def test_unknown_suite_name():
+    with pytest.raises(ValueError, match="no such suite file"):
+        load_suite("not-a-suite")
