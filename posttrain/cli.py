@@ -27,6 +27,7 @@ def _mount_stage_apps() -> None:
     from posttrain.eval.cli import eval_command, gate_command
     from posttrain.generation.cli import generate_command
     from posttrain.judges.cli import judge
+    from posttrain.pipeline.cli import run_command, status_command
     from posttrain.serving.cli import serve_command
 
     app.add_typer(feedback_app, name="feedback", help="Production feedback (thumbs, edits, side-by-side, rankings, "
@@ -40,6 +41,9 @@ def _mount_stage_apps() -> None:
     app.command("eval", help="Run eval suites (constraints, capability, refusal, length, win rate) on a model, "
                              "optionally against a baseline.")(eval_command)
     app.command("gate", help="Check eval metrics against gates; exits 1 if any gate fails.")(gate_command)
+    app.command("run", help="Run a pipeline YAML in dependency order; finished stages are skipped (content-hash "
+                            "keys), a killed run resumes.")(run_command)
+    app.command("status", help="Show a pipeline run: stage, status, key, wall time, main metric.")(status_command)
 
 
 

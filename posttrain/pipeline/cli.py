@@ -1,0 +1,93 @@
+"""``posttrain run PIPELINE.yaml`` and ``posttrain status RUN_DIR``. The main CLI mounts ``run_command`` and
+``status_command``; ``python -m posttrain.pipeline.cli`` runs them alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from posttrain.pipeline.spec import PipelineError
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def run_command(
+    pipeline_yaml: Path = typer.Argument(..., metavar="PIPELINE_YAML", help="pipeline file (run_dir and stages)"),
+    overrides: list[str] = typer.Argument(None, metavar="[STAGE.SECTION.KEY=VALUE]...",
+                                          help="dotted overrides of a stage's config, e.g. sft.optim.lr=1e-4"),
+    force: list[str] = typer.Option([], "--force", metavar="STAGE",
+                                    help="recompute this stage and its dependents (repeatable)"),
+) -> None:
+    """Run every stage of a pipeline in dependency order, skipping stages whose cached output is complete."""
+    from posttrain.config import ConfigError
+    from posttrain.data.schema import DataError, DataErrors
+    from posttrain.pipeline.eval_stages import GateFailed
+    from posttrain.pipeline.registry import STAGES
+    from posttrain.pipeline.runner import run_pipeline
+    from posttrain.pipeline.spec import load_pipeline
+
+    try:
+        spec = load_pipeline(pipeline_yaml, overrides or (), commands=STAGES)
+        manifest = run_pipeline(spec, force, echo=lambda line: typer.echo(f"posttrain run: {line}", err=True))
+    except (PipelineError, ConfigError, DataError, DataErrors) as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return
+    except GateFailed as e:  # a failed gate is a verdict, not a crash: exit 1, one line
+        typer.echo(f"posttrain run: gate failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    print_status(manifest)
+
+
+def status_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a pipeline's run_dir")) -> None:
+    """Show each stage of a pipeline run: status, cache key, wall time and main metric."""
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        _fail(f"{path}: no pipeline manifest (is {run_dir} a run_dir of `posttrain run`?)")
+        return
+    except json.JSONDecodeError as e:
+        _fail(f"{path}: not valid JSON: {e}")
+        return
+    print_status(manifest)
+
+
+def _metric_text(main: list | None) -> str:
+    if not main:
+        return ""
+    name, value = main
+    return f"{name}={value:.4f}" if isinstance(value, float) else f"{name}={value}"
+
+
+def print_status(manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"pipeline {manifest.get('run_dir', '')}: {manifest.get('status', '?')}")
+    for column in ("stage", "command", "status", "key", "wall time", "main metric"):
+        table.add_column(column, justify="right" if column == "wall time" else "left")
+    for name in manifest.get("order") or list(manifest.get("stages", {})):
+        entry = manifest.get("stages", {}).get(name)
+        if entry is None:
+            table.add_row(name, "", "not run", "", "", "")
+            continue
+        wall = entry.get("wall_time_s")
+        table.add_row(name, entry.get("command", ""), entry.get("status", "?"), entry.get("key", "")[:12],
+                      f"{wall:.1f}s" if isinstance(wall, (int, float)) else "", _metric_text(entry.get("main_metric")))
+    Console(width=120).print(table)
+    for name, entry in manifest.get("stages", {}).items():
+        if entry.get("status") == "failed":
+            typer.echo(f"{name} failed: {entry.get('error', '')}", err=True)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Pipelines: run and status.")
+app.command("run")(run_command)
+app.command("status")(status_command)
+
+if __name__ == "__main__":
+    app()

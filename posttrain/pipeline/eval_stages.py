@@ -1,0 +1,90 @@
+"""The ``eval`` and ``gate`` pipeline stages, over ``posttrain.eval.run_eval`` and ``evaluate_gates``.
+
+``eval`` config: ``model`` (default tiny-random), ``adapter``, ``suites`` (builtin names or files), ``baseline``,
+``baseline_adapter``, ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``. It writes ``metrics.json`` and
+``responses.jsonl`` into its folder.
+
+``gate`` config: ``metrics`` (a metrics.json, usually ``${eval.output}/metrics.json``) and ``gates`` (a list of
+``{metric, min | max | min_delta | max_drop}``) or ``gates_file``. It writes ``gates.json``; when a gate fails the
+stage fails (``GateFailed``), so nothing after it runs and a rerun checks again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from posttrain.pipeline.spec import PipelineError, check_keys
+
+EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "max_new_tokens", "batch_size", "seed",
+             "backend")
+GATE_KEYS = ("metrics", "gates", "gates_file")
+
+
+class GateFailed(RuntimeError):
+    """At least one gate failed; ``str()`` is one line listing the failures."""
+
+
+def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.eval.run import run_eval
+
+    check_keys(params, EVAL_KEYS)
+    suites = params.get("suites")
+    if not suites:
+        raise PipelineError("config: key 'suites' is required (builtin suite names or files)")
+    suites = [suites] if isinstance(suites, str) else list(suites)
+    try:
+        return run_eval(params.get("model", "tiny-random"), suites, baseline=params.get("baseline"),
+                        max_new_tokens=int(params.get("max_new_tokens", 256)),
+                        batch_size=int(params.get("batch_size", 32)), seed=int(params.get("seed", 0)),
+                        output_dir=output_dir, adapter=params.get("adapter"),
+                        baseline_adapter=params.get("baseline_adapter"), backend=params.get("backend", "hf"))
+    except ValueError as e:  # a bad suite or option: one line for the user
+        raise PipelineError(f"config: {str(e).splitlines()[0]}") from None
+
+
+def eval_inputs(params: dict) -> list[str]:
+    from posttrain.eval.suites import suite_path
+
+    suites = params.get("suites") or []
+    paths = []
+    for s in [suites] if isinstance(suites, str) else suites:
+        try:
+            paths.append(str(suite_path(s)[1]))
+        except ValueError:
+            paths.append(s)  # reported when the stage runs
+    return [p for p in (params.get("model", "tiny-random"), params.get("adapter"), params.get("baseline"),
+                        params.get("baseline_adapter"), *paths) if p]
+
+
+def run_gate_stage(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.data.writers import atomic_write_json
+    from posttrain.eval.gates import GateConfigError, evaluate_gates, load_gates, parse_gates
+
+    check_keys(params, GATE_KEYS)
+    if "metrics" not in params:
+        raise PipelineError("config: key 'metrics' is required (a metrics.json, e.g. ${eval.output}/metrics.json)")
+    if ("gates" in params) == ("gates_file" in params):
+        raise PipelineError("config: give exactly one of 'gates' (a list) and 'gates_file'")
+    try:
+        gates = load_gates(params["gates_file"]) if "gates_file" in params else parse_gates(params["gates"], "gates")
+    except GateConfigError as e:
+        raise PipelineError(f"config: {e}") from None
+    try:
+        metrics = json.loads(Path(params["metrics"]).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PipelineError(f"config: key 'metrics': cannot read {params['metrics']}: {e}") from None
+    results = evaluate_gates(metrics, gates)
+    failed = [r for r in results if not r.passed]
+    atomic_write_json(output_dir / "gates.json", {
+        "metrics": params["metrics"], "passed": not failed,
+        "results": [{"metric": r.metric, "kind": r.kind, "threshold": r.threshold, "value": r.value,
+                     "baseline_value": r.baseline_value, "passed": r.passed, "reason": r.reason} for r in results]})
+    if failed:
+        raise GateFailed(f"{len(failed)} of {len(results)} gates failed: "
+                         + "; ".join(f"{r.metric}: {r.reason}" for r in failed))
+    return {"gates_passed": len(results), "gates_failed": 0}
+
+
+def gate_inputs(params: dict) -> list[str]:
+    return [p for p in (params.get("metrics"), params.get("gates_file")) if p]

@@ -1,0 +1,194 @@
+"""The stage table: pipeline command name -> how to run it into a folder and which input files it reads.
+
+``run(params, output_dir, resume)`` runs the stage with its config tree ``params`` (references already replaced by
+folders) and returns its metrics; ``resume`` is true when the folder holds a killed attempt. ``inputs(params)``
+lists the files/folders whose content decides the stage's output (hashed into its cache key); names that are not
+local paths (``tiny-random``, hub ids) are skipped by the hasher.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from posttrain.pipeline.spec import PipelineError, check_keys
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    run: Callable[[dict, Path, bool], dict]
+    inputs: Callable[[dict], list[str]]
+    marker: str = "manifest"  # "manifest": the stage's own manifest.json says completed; "stage": runner's stage.json
+    main_metric: str | None = None
+
+
+def dotted_overrides(tree: dict, prefix: str = "") -> list[str]:
+    """``{"optim": {"lr": 1e-4}}`` -> ``["optim.lr=0.0001"]``; values as JSON, which the override parser reads
+    back as YAML to the same value."""
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out += dotted_overrides(value, f"{prefix}{key}.")
+        elif not isinstance(value, dict):
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
+def training_config(command: str, params: dict, output_dir: Path, resume: bool):
+    from posttrain.config import ConfigError, load_config
+
+    overrides = dotted_overrides(params) + [f"train.output_dir={json.dumps(str(output_dir))}",
+                                            f"train.resume={'true' if resume else 'false'}", "train.overwrite=false"]
+    try:
+        return load_config(command, None, overrides)
+    except ConfigError as e:
+        raise PipelineError(f"config: {str(e).splitlines()[0].removeprefix('<overrides>: ')}") from None
+
+
+def _training(command: str) -> Callable[[dict, Path, bool], dict]:
+    def run(params: dict, output_dir: Path, resume: bool) -> dict:
+        cfg = training_config(command, params, output_dir, resume)
+        if command == "sft":
+            from posttrain.trainers.sft import train_sft
+
+            return train_sft(cfg)
+        if command == "dpo":
+            from posttrain.trainers.preference import train_preference
+
+            return train_preference(cfg)
+        from posttrain.trainers.kto import train_kto
+
+        return train_kto(cfg)
+
+    return run
+
+
+def training_inputs(params: dict) -> list[str]:
+    model, data = params.get("model") or {}, params.get("data") or {}
+    return [p for p in (model.get("name", "tiny-random"), model.get("adapter"), data.get("train"), data.get("eval"))
+            if p]
+
+
+GENERATE_KEYS = ("prompts", "model", "adapter", "limit", "constraint_kinds", "n", "temperature", "top_p",
+                 "max_new_tokens", "batch_size", "seed", "backend", "progress")
+
+
+def select_prompts(path: str, limit: int | None, kinds: list[str] | None) -> list[dict]:
+    """The prompt rows to generate for: those whose constraints are all of ``kinds`` (when given), first ``limit``."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if kinds is not None:
+            row_kinds = [c.get("kind") for c in row.get("constraints") or []]
+            if not row_kinds or any(k not in kinds for k in row_kinds):
+                continue
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
+def run_generate(params: dict, output_dir: Path, resume: bool) -> dict:
+    """Writes ``prompts.jsonl`` (the selected prompts) and ``candidates.jsonl``; resumes its own file."""
+    from posttrain.data.writers import atomic_write_jsonl
+    from posttrain.generation.candidates import generate_candidates
+
+    check_keys(params, GENERATE_KEYS)
+    if "prompts" not in params:
+        raise PipelineError("config: key 'prompts' is required")
+    p = dict(params)
+    prompts = output_dir / "prompts.jsonl"
+    if not (resume and prompts.exists()):
+        atomic_write_jsonl(prompts, select_prompts(p["prompts"], p.get("limit"), p.get("constraint_kinds")))
+    summary = generate_candidates(
+        prompts, output_dir / "candidates.jsonl", p.get("model", "tiny-random"), n=int(p.get("n", 4)),
+        temperatures=p.get("temperature", 1.0), top_p=p.get("top_p", 1.0),
+        max_new_tokens=int(p.get("max_new_tokens", 256)), batch_size=int(p.get("batch_size", 32)),
+        seed=int(p.get("seed", 0)), backend=p.get("backend", "hf"), adapter=p.get("adapter"),
+        progress=bool(p.get("progress", True)))
+    return {k: summary[k] for k in ("prompts", "prompts_generated", "prompts_skipped", "candidates_written",
+                                    "completion_tokens", "tokens_per_s")}
+
+
+def generate_inputs(params: dict) -> list[str]:
+    return [p for p in (params.get("prompts"), params.get("model", "tiny-random"), params.get("adapter")) if p]
+
+
+def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
+
+    check_keys(params, ("candidates", "judges", "pairs", "progress"))
+    if "candidates" not in params:
+        raise PipelineError("config: key 'candidates' is required")
+    try:
+        summary = judge_candidates(params["candidates"], output_dir, params.get("judges") or [{"type": "verifier"}],
+                                   params.get("pairs"), progress=bool(params.get("progress", False)))
+    except JudgeConfigError as e:
+        raise PipelineError(f"config: {e}") from None
+    scores = summary.get("scores") or {}
+    return {"pairs_kept": summary["pairs"]["pairs_kept"], "pairs_considered": summary["pairs"]["pairs_considered"],
+            **{k: scores[k] for k in ("pass_rate", "mean_score") if scores.get(k) is not None}}
+
+
+FEEDBACK_KEYS = ("events", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
+                 "max_pairs_per_prompt")
+
+
+def run_feedback(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.feedback.cli import write_outputs
+    from posttrain.feedback.convert import ConvertOptions, convert_events
+    from posttrain.feedback.events import read_events
+
+    check_keys(params, FEEDBACK_KEYS)
+    events = params.get("events")
+    if not events:
+        raise PipelineError("config: key 'events' is required (a file or a list of files)")
+    events = [events] if isinstance(events, str) else list(events)
+    opts = {k: (tuple(v) if k in ("likert_scale", "likert_unpaired") and v is not None else v)
+            for k, v in params.items() if k != "events"}
+    try:
+        options = ConvertOptions(**opts)
+    except ValueError as e:
+        raise PipelineError(f"config: {e}") from None
+    parsed, errors, lines = read_events(events, options.likert_scale)
+    if not parsed:
+        raise PipelineError(f"config: key 'events': no valid events in {lines} line(s)")
+    conversion = convert_events(parsed, options)
+    conversion.summary = {"inputs": events, **conversion.summary, "malformed": [str(e) for e in errors[:1000]]}
+    write_outputs(output_dir, conversion)
+    return {"pairs": len(conversion.pairs), "unpaired": len(conversion.unpaired),
+            "conflicts": len(conversion.conflicts), "malformed": len(errors)}
+
+
+def feedback_inputs(params: dict) -> list[str]:
+    events = params.get("events") or []
+    return [events] if isinstance(events, str) else list(events)
+
+
+def _eval_stages() -> dict[str, StageSpec]:
+    """``eval`` and ``gate``, registered only where ``posttrain.eval`` exists (``run_eval`` and ``evaluate_gates``
+    are imported when the stage runs, so importing the registry stays cheap)."""
+    from importlib.util import find_spec
+
+    if find_spec("posttrain.eval") is None:
+        return {}
+    from posttrain.pipeline.eval_stages import eval_inputs, gate_inputs, run_eval_stage, run_gate_stage
+
+    return {"eval": StageSpec(run_eval_stage, eval_inputs, marker="stage"),
+            "gate": StageSpec(run_gate_stage, gate_inputs, marker="stage", main_metric="gates_passed")}
+
+
+STAGES: dict[str, StageSpec] = {
+    "sft": StageSpec(_training("sft"), training_inputs, main_metric="loss"),
+    "dpo": StageSpec(_training("dpo"), training_inputs, main_metric="loss"),
+    "kto": StageSpec(_training("kto"), training_inputs, main_metric="loss"),
+    "generate": StageSpec(run_generate, generate_inputs, marker="stage", main_metric="candidates_written"),
+    "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [],
+                       main_metric="pairs_kept"),
+    "feedback": StageSpec(run_feedback, feedback_inputs, marker="stage", main_metric="pairs"),
+    **_eval_stages(),
+}

@@ -1,0 +1,69 @@
+"""The real feedback and gate stages through the runner (no model), and the CLI's one-line errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from posttrain.pipeline.cli import app
+from posttrain.pipeline.registry import STAGES
+from posttrain.pipeline.runner import run_pipeline
+from posttrain.pipeline.spec import PipelineError, parse_pipeline
+
+EVENTS = [
+    {"event_id": "t1", "kind": "thumbs", "prompt": "Capital of France?", "response": "Paris.", "rating": "up"},
+    {"event_id": "t2", "kind": "thumbs", "prompt": "Capital of France?", "response": "Lyon.", "rating": "down"},
+    {"event_id": "s1", "kind": "side_by_side", "prompt": "2+2?", "responses": ["4", "5"], "choice": "a"},
+]
+
+
+def test_feedback_stage_writes_pairs_and_is_cached(tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(e) + "\n" for e in EVENTS))
+    tree = {"run_dir": str(tmp_path / "run"),
+            "stages": {"fb": {"command": "feedback", "config": {"events": str(events), "ranking_mode": "all"}}}}
+    first = run_pipeline(parse_pipeline(tree, STAGES))
+    stage = first["stages"]["fb"]
+    assert stage["status"] == "done" and stage["metrics"]["pairs"] == 2 and stage["main_metric"] == ["pairs", 2]
+    pairs = [json.loads(line) for line in (Path(stage["folder"]) / "pairs.jsonl").read_text().splitlines()]
+    assert {p["chosen"][0]["content"] for p in pairs} == {"Paris.", "4"}
+    assert run_pipeline(parse_pipeline(tree, STAGES))["stages"]["fb"]["status"] == "skipped"
+    events.write_text("".join(json.dumps(e) + "\n" for e in EVENTS[:2]))  # new data: a new key, a new run
+    third = run_pipeline(parse_pipeline(tree, STAGES))["stages"]["fb"]
+    assert third["status"] == "done" and third["key"] != stage["key"] and third["metrics"]["pairs"] == 1
+    tree["stages"]["fb"]["config"]["nope"] = 1
+    with pytest.raises(PipelineError, match=r"stages.fb.config: unknown key 'nope'"):
+        run_pipeline(parse_pipeline(tree, STAGES))
+
+
+@pytest.mark.skipif("gate" not in STAGES, reason="posttrain.eval is not installed")
+def test_gate_stage_passes_and_fails(tmp_path):
+    from posttrain.pipeline.eval_stages import GateFailed
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"constraints/pass_rate": 0.4, "baseline/constraints/pass_rate": 0.3}))
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {"gate": {"command": "gate", "config": {
+        "metrics": str(metrics), "gates": [{"metric": "constraints/pass_rate", "min_delta": 0.05}]}}}}
+    assert run_pipeline(parse_pipeline(tree, STAGES))["stages"]["gate"]["metrics"]["gates_passed"] == 1
+    tree["stages"]["gate"]["config"]["gates"].append({"metric": "constraints/pass_rate", "min": 0.5})
+    with pytest.raises(GateFailed, match=r"1 of 2 gates failed: constraints/pass_rate: 0.4 < min 0.5"):
+        run_pipeline(parse_pipeline(tree, STAGES))
+    tree["stages"]["gate"]["config"]["gates"] = [{"metric": "x"}]
+    with pytest.raises(PipelineError, match=r"stages.gate.config: gates: gates\[0\]: needs exactly one of"):
+        run_pipeline(parse_pipeline(tree, STAGES))
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("run_dir: r\nstages:\n  dpo:\n    command: dpo\n"
+                        "    config: {data: {train: '${judge.output}/pairs.jsonl'}}\n")
+    result = CliRunner().invoke(app, ["run", str(pipeline)])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: stages.dpo.config: unknown stage 'judge' (stages: dpo)")
+    pipeline.write_text("run_dir: r\nstages:\n  sft:\n    command: sft\n    config: {optim: {lr: -1}}\n")
+    result = CliRunner().invoke(app, ["run", str(pipeline), f"run_dir={tmp_path / 'run'}",
+                                      f"sft.data.train={tmp_path / 'x.jsonl'}"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == ("error: stages.sft.config: key 'optim.lr': "
+                                                      "Input should be greater than 0")
