@@ -24,12 +24,24 @@ def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int, 
     from posttrain.data.schema import PromptExample
     from posttrain.generation.backends import load_generator
 
+    from tqdm.auto import tqdm
+
     generator, tokenizer = load_generator(model, adapter=adapter, backend=backend, batch_size=batch_size, seed=seed)
     prompt_ids = [render_prompt(PromptExample(r.prompt, r.source, r.row), tokenizer) for r in rows]
-    outs = generator.generate(prompt_ids, n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens,
-                              seed=seed, keys=[f"{r.suite}/{r.id}" for r in rows])
+    # Longest prompts first, in chunks of one batch each, so the bar moves per batch and padding stays low.
+    order = sorted(range(len(rows)), key=lambda i: -len(prompt_ids[i]))
+    outs: list = [None] * len(rows)
+    with tqdm(total=len(rows), desc=f"eval {model}", unit="prompt", dynamic_ncols=True) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start: start + batch_size]
+            got = generator.generate([prompt_ids[i] for i in chunk], n=1, temperature=0.0, top_p=1.0,
+                                     max_new_tokens=max_new_tokens, seed=seed,
+                                     keys=[f"{rows[i].suite}/{rows[i].id}" for i in chunk])
+            for i, o in zip(chunk, got):
+                outs[i] = o[0]
+            bar.update(len(chunk))
     del generator  # free the model before the next one loads
-    return [(o[0].text, o[0].completion_tokens, o[0].finish_reason) for o in outs]
+    return [(o.text, o.completion_tokens, o.finish_reason) for o in outs]
 
 
 def _score(rows: list[EvalRow], gens: list[tuple[str, int, str]], label: str, role: str
