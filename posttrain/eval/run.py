@@ -77,7 +77,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, max_
     from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
     from posttrain.eval.suites import suite_path
     from posttrain.generation.backends import model_label
-    from posttrain.training.runfolder import content_hash, package_versions
+    from posttrain.data.runfolder import content_hash, package_versions
 
     started = time.time()
     rows: list[EvalRow] = []

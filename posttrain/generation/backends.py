@@ -46,7 +46,7 @@ def _vllm_path(model_name: str, adapter: str | None, cache_dir: str | None) -> s
     from posttrain.models.builtin import cache_root
     from posttrain.models.policy import load_base, model_tokenizer, resolve_lineage
     from posttrain.models.resolve import resolve_model_path
-    from posttrain.training.runfolder import content_hash
+    from posttrain.data.runfolder import content_hash
 
     base, adapters = resolve_lineage(model_name, adapter)
     if not adapters:

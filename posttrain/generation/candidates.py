@@ -158,7 +158,7 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
     """
     from posttrain.generation.backends import load_generator, model_label
     from posttrain.models.policy import model_tokenizer
-    from posttrain.training.runfolder import atomic_write_text
+    from posttrain.data.runfolder import atomic_write_text
 
     t0 = time.perf_counter()
     if n < 1:

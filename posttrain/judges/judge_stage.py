@@ -277,7 +277,7 @@ def score_statistics(score_rows: list[dict[str, Any]]) -> dict[str, Any]:
 def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges_config: list[dict[str, Any]],
                      pair_config: dict[str, Any] | None = None, *, progress: bool = False) -> dict[str, Any]:
     """Judge a candidates file and write pairs; returns the summary (also written to ``summary.json``)."""
-    from posttrain.training.runfolder import RunFolder, atomic_write_json, atomic_write_text
+    from posttrain.data.runfolder import RunFolder, atomic_write_json, atomic_write_text
 
     t0 = time.time()
     strategy, pair_opts = _pair_options(pair_config or {})

@@ -31,7 +31,7 @@ from posttrain.pipeline.spec import (
     substitute,
     topological_order,
 )
-from posttrain.training.runfolder import content_hash, git_sha, package_versions
+from posttrain.data.runfolder import content_hash, git_sha, package_versions
 
 STAGE_RECORD = "stage.json"  # written by the runner into a stage's folder after the stage succeeded
 
@@ -171,6 +171,7 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
                              error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                 manifest.update(status="failed", finished_at=_now())
                 atomic_write_json(run_dir / "manifest.json", manifest)
+                _report(run_dir, say)  # a failed gate is exactly when the report is read
                 raise
             inputs = {path: {"hash": content_hash(path)} for path in stage.inputs(plan.params)}
             entry.update(status="done", resumed=resume, wall_time_s=round(time.time() - t0, 2), metrics=metrics,
@@ -184,4 +185,14 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
         atomic_write_json(run_dir / "manifest.json", manifest)
     manifest.update(status="completed", finished_at=_now())
     atomic_write_json(run_dir / "manifest.json", manifest)
+    _report(run_dir, say)
     return manifest
+
+
+def _report(run_dir: Path, say: Callable[[str], None]) -> None:
+    from posttrain.report import write_report
+
+    try:
+        say(f"report: {write_report(run_dir)}")
+    except Exception as e:  # the report must never hide the run's own outcome
+        say(f"report: not written ({type(e).__name__}: {e})")

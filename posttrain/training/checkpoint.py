@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from posttrain.training.runfolder import atomic_write_json
+from posttrain.data.runfolder import atomic_write_json
 
 _PREFIX = "step-"
 

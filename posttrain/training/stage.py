@@ -15,7 +15,7 @@ from posttrain.config import ConfigError, dump_config
 from posttrain.data.layouts import load_examples
 from posttrain.data.render import render_dataset
 from posttrain.models.policy import model_tokenizer
-from posttrain.training.runfolder import RunFolder
+from posttrain.data.runfolder import RunFolder
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from posttrain.data.writers import atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
+from posttrain.data.writers import atomic_write_json, atomic_write_text  # noqa: F401 (callers import both from here)
 
 _VERSIONED = ("posttrain", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers")
 

@@ -1,0 +1,30 @@
+"""``posttrain report RUN_DIR``: write ``RUN_DIR/report.html`` and print the run's summary. The main CLI mounts
+``report_command``; ``python -m posttrain.report.cli RUN_DIR`` runs it alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from posttrain.report.html import write_report
+from posttrain.report.terminal import print_summary
+
+__all__ = ["report_command", "write_report", "app"]
+
+
+def report_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a pipeline's run_dir")) -> None:
+    """Write a self-contained HTML report (training curves, pairs, eval, lengths, gates) into RUN_DIR."""
+    if not run_dir.is_dir():
+        typer.echo(f"error: {run_dir}: no such folder (give the run_dir of `posttrain run`)", err=True)
+        raise typer.Exit(2)
+    path = write_report(run_dir)
+    print_summary(run_dir)
+    typer.echo(f"report: {path}")
+
+
+app = typer.Typer(add_completion=False)
+app.command("report")(report_command)
+
+if __name__ == "__main__":
+    app()

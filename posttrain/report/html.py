@@ -1,0 +1,265 @@
+"""``write_report(run_dir)``: one self-contained ``run_dir/report.html`` (inline CSS, inline SVG charts, no
+external URL) with sections ``summary``, ``training``, ``pairs``, ``eval``, ``lengths`` and ``gates``. A part
+the run does not have is shown as "not in this run"; every piece of user text is HTML-escaped."""
+
+from __future__ import annotations
+
+import time
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from posttrain.report.load import TRAINING, gate_results, load_run, main_metric
+from posttrain.report.svg import bar_chart, finite, fmt, histogram, line_chart
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1180px;
+color:#111827;background:#f9fafb;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;border-bottom:1px solid #d1d5db;padding-bottom:4px}
+h3{font-size:15px;margin:14px 0 6px}
+section{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:8px 18px 16px;margin:16px 0}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid #e5e7eb;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.pass{color:#166534;background:#dcfce7;font-weight:600}.fail{color:#991b1b;background:#fee2e2;font-weight:600}
+.missing{color:#6b7280;font-style:italic}.meta{color:#4b5563;font-size:13px}
+.charts{display:flex;flex-wrap:wrap;gap:12px}svg.chart{border:1px solid #e5e7eb;border-radius:4px}
+"""
+MISSING = '<p class="missing">not in this run</p>'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], num_cols: Iterable[int] = ()) -> str:
+    """Cells are escaped, except a cell given as ``("raw", html, css_class)`` which is trusted markup."""
+    nums = set(num_cols)
+    out = ["<table><thead><tr>", *(f"<th>{escape(str(h))}</th>" for h in header), "</tr></thead><tbody>"]
+    for row in rows:
+        out.append("<tr>")
+        for i, cell in enumerate(row):
+            if isinstance(cell, tuple) and len(cell) == 3 and cell[0] == "raw":
+                out.append(f'<td class="{escape(cell[2])}">{cell[1]}</td>')
+            else:
+                text = fmt(cell) if finite(cell) is not None else ("" if cell is None else str(cell))
+                out.append(f'<td{" class=num" if i in nums else ""}>{escape(text)}</td>')
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _verdict(passed: Any) -> tuple:
+    return ("raw", "PASS", "pass") if passed is True else ("raw", "FAIL", "fail")
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{escape(title)}</h2>{body or MISSING}</section>'
+
+
+def _of(stages: list[dict], commands: Iterable[str]) -> list[dict]:
+    wanted = set(commands)
+    return [s for s in stages if s["command"] in wanted]
+
+
+def summary_section(run: dict) -> str:
+    stages = run["stages"]
+    if not stages:
+        return ""
+    rows = []
+    for s in stages:
+        main = main_metric(s)
+        wall = finite(s.get("wall_time_s"))
+        status = str(s.get("status", "?")) + (f" ({s['error']})" if s.get("error") else "")
+        rows.append([s["name"], s["command"], status, f"{wall:.1f}s" if wall is not None else "",
+                     f"{main[0]} = {fmt(main[1])}" if main else ""])
+    body = _table(["stage", "command", "status", "wall time", "main metric"], rows, num_cols=[3])
+    verdicts = [[s["name"], r.get("metric", ""), _verdict(r.get("passed"))]
+                for s in _of(stages, ["gate"]) for r in gate_results(s)]
+    body += "<h3>Gate verdicts</h3>" + (_table(["gate stage", "metric", "verdict"], verdicts) if verdicts else MISSING)
+    return body
+
+
+def _series(rows: list[dict], key: str) -> list[tuple]:
+    return [(r.get("step"), r.get(key)) for r in rows if key in r]
+
+
+def training_section(run: dict) -> str:
+    parts = []
+    for s in _of(run["stages"], TRAINING):
+        train, evals = s["train_rows"], s["eval_rows"]
+        parts.append(f"<h3>{escape(s['name'])} ({escape(s['command'])})</h3>")
+        if not train and not evals:
+            parts.append(MISSING)
+            continue
+        charts = [line_chart({"train loss": _series(train, "loss"), "eval loss": _series(evals, "loss")},
+                             f"{s['name']}: loss", y_label="loss", points_only=["eval loss"])]
+        keys = sorted({k for r in train + evals for k in r})
+        for key in ("rewards/margins", "rewards/accuracy", *[k for k in keys if k == "kl" or k.startswith("kl")
+                                                              or k.endswith("/kl") or "/kl_" in k]):
+            if key in keys:
+                charts.append(line_chart({f"train {key}": _series(train, key), f"eval {key}": _series(evals, key)},
+                                         f"{s['name']}: {key}", y_label=key, points_only=[f"eval {key}"]))
+        parts.append('<div class="charts">' + "".join(charts) + "</div>")
+        if evals:
+            parts.append(f'<p class="meta">eval points (dots) at steps '
+                         f'{escape(", ".join(fmt(r.get("step")) for r in evals))}</p>')
+    return "".join(parts)
+
+
+def _text_len(value: Any) -> int | None:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):  # chat messages
+        return sum(len(str(m.get("content", ""))) if isinstance(m, dict) else len(str(m)) for m in value)
+    return None
+
+
+def pairs_section(run: dict) -> str:
+    parts = []
+    for s in _of(run["stages"], ["judge"]):
+        summary = s.get("summary") or {}
+        parts.append(f"<h3>{escape(s['name'])}</h3>")
+        if not summary:
+            parts.append(MISSING)
+            continue
+        pairs = summary.get("pairs") if isinstance(summary.get("pairs"), dict) else {}
+        counts = [[k, pairs.get(k)] for k in ("prompts_in", "candidates_in", "pairs_considered", "pairs_kept")
+                  if k in pairs]
+        dropped = pairs.get("dropped") if isinstance(pairs.get("dropped"), dict) else {}
+        counts += [[f"dropped: {k}", v] for k, v in dropped.items()]
+        parts.append(_table(["pairs", "count"], counts, num_cols=[1]) if counts else MISSING)
+        charts = []
+        if dropped:
+            charts.append(bar_chart(["kept", *dropped], {"pairs": [pairs.get("pairs_kept"), *dropped.values()]},
+                                    f"{s['name']}: pairs kept / dropped by reason", y_label="pairs"))
+        scores = summary.get("scores") if isinstance(summary.get("scores"), dict) else {}
+        rates = [[k, v] for k, v in scores.items() if finite(v) is not None]
+        by_kind = scores.get("pass_rate_by_constraint") if isinstance(scores.get("pass_rate_by_constraint"),
+                                                                      dict) else {}
+        rates += [[f"pass rate: {k}", v] for k, v in by_kind.items()]
+        parts.append("<h3>Judge scores and pass rates</h3>" + (_table(["score", "value"], rates, num_cols=[1])
+                                                                if rates else MISSING))
+        length = pairs.get("length") if isinstance(pairs.get("length"), dict) else {}
+        parts.append(f"<h3>Chosen vs rejected length ({escape(str(length.get('unit', 'chars')))})</h3>"
+                     + (_table(["statistic", "value"], [[k, v] for k, v in length.items() if k != "unit"],
+                               num_cols=[1]) if length else MISSING))
+        chosen = [_text_len(p.get("chosen")) for p in s.get("pairs") or []]
+        rejected = [_text_len(p.get("rejected")) for p in s.get("pairs") or []]
+        if any(v is not None for v in chosen + rejected):
+            charts.append(histogram({"chosen": chosen, "rejected": rejected},
+                                    f"{s['name']}: chosen vs rejected length", x_label="characters"))
+        if charts:
+            parts.append('<div class="charts">' + "".join(charts) + "</div>")
+    return "".join(parts)
+
+
+def eval_section(run: dict) -> str:
+    parts = []
+    for s in _of(run["stages"], ["eval"]):
+        metrics = s.get("eval_metrics") or {}
+        parts.append(f"<h3>{escape(s['name'])}</h3>")
+        if not metrics:
+            parts.append(MISSING)
+            continue
+        rows = []
+        for key, value in metrics.items():
+            if key.startswith(("baseline/", "winrate/")):
+                continue
+            base = metrics.get(f"baseline/{key}")
+            v, b = finite(value), finite(base)
+            delta = v - b if v is not None and b is not None else None
+            rows.append([key, value, base, ("raw", escape(f"{delta:+.4g}"), "pass" if delta > 0 else "fail"
+                                            if delta < 0 else "num") if delta is not None else ""])
+        parts.append(_table(["metric", "model", "baseline", "delta"], rows, num_cols=[1, 2]))
+        wr = {k[len("winrate/"):]: v for k, v in metrics.items() if k.startswith("winrate/")}
+        if finite(wr.get("win_rate")) is not None:
+            ci = (f" (95% CI {fmt(wr.get('ci_low'), 3)} to {fmt(wr.get('ci_high'), 3)})"
+                  if finite(wr.get("ci_low")) is not None else "")
+            lc = (f"; length-controlled {fmt(wr.get('lc_win_rate'), 3)}" if finite(wr.get("lc_win_rate")) is not None
+                  else "")
+            parts.append(f"<p><b>Win rate vs baseline: {escape(fmt(wr['win_rate'], 3))}</b>{escape(ci + lc)}; "
+                         f"n={escape(fmt(wr.get('n')))}, wins {escape(fmt(wr.get('wins')))}, losses "
+                         f"{escape(fmt(wr.get('losses')))}, ties {escape(fmt(wr.get('ties')))}</p>")
+        else:
+            parts.append('<p class="missing">win rate: not in this run (needs a baseline and a judge)</p>')
+    return "".join(parts)
+
+
+def _response_len(row: dict) -> float | None:
+    tokens = finite(row.get("completion_tokens"))
+    if tokens is not None:
+        return tokens
+    return float(len(row["text"].split())) if isinstance(row.get("text"), str) else None
+
+
+def lengths_section(run: dict) -> str:
+    parts = []
+    for s in _of(run["stages"], ["eval"]):
+        responses = s.get("responses") or []
+        parts.append(f"<h3>{escape(s['name'])}</h3>")
+        if not responses:
+            parts.append(MISSING)
+            continue
+        by_role: dict[str, list] = {}
+        for row in responses:
+            by_role.setdefault(str(row.get("role", "model")), []).append(_response_len(row))
+        order = sorted(by_role, key=lambda r: (r != "baseline", r))  # before (baseline) then after (model)
+        unit = "tokens" if any(finite(r.get("completion_tokens")) is not None for r in responses) else "words"
+        parts.append('<div class="charts">' + histogram({r: by_role[r] for r in order},
+                                                        f"{s['name']}: response length, baseline vs model",
+                                                        x_label=f"response length ({unit})") + "</div>")
+        stats = []
+        for role in order:
+            vals = sorted(v for v in by_role[role] if v is not None)
+            if vals:
+                stats.append([role, len(vals), sum(vals) / len(vals), vals[len(vals) // 2], vals[-1]])
+        parts.append(_table(["responses", "n", f"mean {unit}", f"median {unit}", f"max {unit}"], stats,
+                            num_cols=[1, 2, 3, 4]))
+    return "".join(parts)
+
+
+def gates_section(run: dict) -> str:
+    parts = []
+    for s in _of(run["stages"], ["gate"]):
+        results = gate_results(s)
+        overall = (s.get("gates") or {}).get("passed")
+        parts.append(f"<h3>{escape(s['name'])}: " + ('<span class="pass">PASS</span>' if overall is True else
+                                                     '<span class="fail">FAIL</span>' if overall is False else
+                                                     '<span class="missing">no verdict</span>') + "</h3>")
+        if not results:
+            parts.append(MISSING)
+            continue
+        parts.append(_table(["metric", "value", "baseline", "gate", "threshold", "verdict", "reason"],
+                            [[r.get("metric"), r.get("value"), r.get("baseline_value"), r.get("kind"),
+                              r.get("threshold"), _verdict(r.get("passed")), r.get("reason")] for r in results],
+                            num_cols=[1, 2, 4]))
+    return "".join(parts)
+
+
+SECTIONS = (("summary", "Summary", summary_section), ("training", "Training", training_section),
+            ("pairs", "Preference pairs", pairs_section), ("eval", "Eval", eval_section),
+            ("lengths", "Response lengths", lengths_section), ("gates", "Gates", gates_section))
+
+
+def render_report(run: dict) -> str:
+    manifest = run.get("manifest") or {}
+    meta = [f"status: {manifest.get('status', 'unknown')}", f"started {manifest.get('started_at', '?')}",
+            f"finished {manifest.get('finished_at', '?')}", f"git {str(manifest.get('git_sha') or '?')[:12]}"]
+    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
+    if versions:
+        meta.append(", ".join(f"{k} {v}" for k, v in versions.items()))
+    nav = " | ".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title, _ in SECTIONS)
+    body = "".join(_section(sid, title, fn(run)) for sid, title, fn in SECTIONS)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>posttrain report: {escape(str(run['run_dir']))}</title><style>{CSS}</style></head><body>"
+            f"<h1>posttrain run report</h1><p class=\"meta\">{escape(str(run['run_dir']))} &middot; "
+            f"{escape(' · '.join(meta))}</p><p class=\"meta\">{nav}</p>{body}"
+            f"<p class=\"meta\">written {escape(time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime()))}</p>"
+            "</body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` (atomically) and return its path."""
+    from posttrain.data.writers import atomic_write_text
+
+    run_dir = Path(run_dir)
+    path = run_dir / "report.html"
+    atomic_write_text(path, render_report(load_run(run_dir)))
+    return path
