@@ -144,6 +144,16 @@ class MergeConfig(Section):
 COMMANDS: dict[str, type[Section]] = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig}
 
 
+def read_yaml_file(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:
+    """The YAML document at ``path``; a missing file or bad YAML raises ``error`` with one line naming the file."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise error(f"{path}: no such {what} file") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value")
@@ -182,12 +192,7 @@ def load_config(command: str, path: str | Path | None = None, overrides: list[st
     where = "<overrides>"
     if path is not None:
         where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        loaded = read_yaml_file(path, "config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -73,15 +73,9 @@ def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
 
 
 def load_gates(path: str | Path) -> list[Gate]:
-    import yaml
+    from posttrain.config import read_yaml_file
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise GateConfigError(f"{path}: no such gates file") from None
-    except yaml.YAMLError as e:
-        raise GateConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_gates(raw, str(path))
+    return parse_gates(read_yaml_file(path, "gates", GateConfigError), str(path))
 
 
 def _number(metrics: dict[str, Any], key: str) -> float | None:

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from posttrain.config import parse_override
+from posttrain.config import parse_override, read_yaml_file
 
 REFERENCE = re.compile(r"\$\{([^}.]+)\.output\}")
 
@@ -159,12 +159,7 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = (), commands: Ite
     """Read, override and check a pipeline file; ``config_file`` (relative to the pipeline file) is merged under
     ``config``. Raises ``PipelineError`` (one line naming the key)."""
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such pipeline file") from None
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    tree = read_yaml_file(path, "pipeline", PipelineError)
     if not isinstance(tree, dict):
         raise PipelineError(f"{path}: the top level must be a mapping with run_dir and stages")
     return parse_pipeline(apply_overrides(tree, overrides), commands, base_dir=path.parent, where=str(path))
