@@ -112,7 +112,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, max_
     atomic_write_jsonl(out / "responses.jsonl", records)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "manifest.json", {
-        "stage": "eval", "status": "complete",
+        "stage": "eval", "status": "completed",
         "inputs": {"model": model, "adapter": adapter, "baseline": baseline, "baseline_adapter": baseline_adapter,
                    "suites": suite_inputs, "judge": getattr(judge, "name", None)},
         "settings": settings | {"temperature": 0.0},

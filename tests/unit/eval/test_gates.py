@@ -69,7 +69,7 @@ def _app():
 def _write(tmp_path, gates_yaml, manifest=True):
     (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
     if manifest:
-        (tmp_path / "manifest.json").write_text(json.dumps({"stage": "eval", "status": "complete"}))
+        (tmp_path / "manifest.json").write_text(json.dumps({"stage": "eval", "status": "completed"}))
     (tmp_path / "gates.yaml").write_text(gates_yaml)
     return [str(tmp_path / "metrics.json"), "--gates", str(tmp_path / "gates.yaml")]
 
@@ -80,7 +80,7 @@ def test_gate_command_pass_records_verdicts(tmp_path):
     assert res.exit_code == 0, res.output
     assert "PASS" in res.output and "2/2 gates passed" in res.output
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["gates"]["passed"] is True
+    assert manifest["status"] == "completed" and manifest["gates"]["passed"] is True
     assert [r["metric"] for r in manifest["gates"]["results"]] == ["constraints/pass_rate", "refusal/benign_rate"]
 
 

@@ -42,7 +42,7 @@ def test_files_written_and_metrics_match(eval_dir):
     out, metrics, _ = eval_dir
     assert json.loads((out / "metrics.json").read_text()) == metrics
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["inputs"]["suites"][0]["rows"] == 4
+    assert manifest["status"] == "completed" and manifest["inputs"]["suites"][0]["rows"] == 4
     assert manifest["inputs"]["suites"][0]["hash"].startswith("sha256:")
     assert not list(out.glob(".*"))  # no temp files left behind
 
