@@ -53,12 +53,14 @@ def model_tokenizer(name: str, cache_dir=None, trust_remote_code: bool = False):
     return load_tokenizer(name, cache_dir, trust_remote_code)
 
 
-def load_policy(model_cfg, peft_cfg, *, seed: int):
-    """(trainable model, tokenizer, lineage dict) for a training stage."""
+def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None):
+    """(trainable model, tokenizer, lineage dict) for a training stage. Pass the ``tokenizer`` the stage already
+    loaded to render its data, so it is not read twice."""
     import torch
 
     quant = qlora_quantization_config() if peft_cfg.method == "qlora" else None
-    tokenizer = model_tokenizer(model_cfg.name, model_cfg.cache_dir, model_cfg.trust_remote_code)
+    if tokenizer is None:
+        tokenizer = model_tokenizer(model_cfg.name, model_cfg.cache_dir, model_cfg.trust_remote_code)
     model, base_name, merged = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
                                          dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
                                          quantization_config=quant)

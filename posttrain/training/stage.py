@@ -109,7 +109,7 @@ def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
     data = load_stage_data(cfg, kind)
     check_output_dir(cfg.train)
     seed_everything(cfg.train.seed)
-    model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed)
+    model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
     fns = build_fns(model, data, accelerator)
     is_main = accelerator.is_main_process
     run = open_run_folder(cfg, stage, is_main, accelerator.wait_for_everyone)
