@@ -161,17 +161,17 @@ def merge(
     model: str = typer.Argument(..., help="a trained adapter folder (e.g. runs/dpo/model)"),
     output: Path = typer.Option(..., "--output", "-o", help="where to write the merged HF folder"),
     cache_dir: str = typer.Option(None, help="builtin model cache"),
+    dtype: str = typer.Option("float32", "--dtype", help="weights dtype of the export: float32 | bfloat16 | float16"),
 ) -> None:
     """Merge an adapter (and its lineage) into its base and write a plain Hugging Face folder."""
-    from posttrain.models.policy import load_trained
+    from posttrain.models.policy import merge_to_folder
 
     try:
         if not (Path(model) / "adapter_config.json").exists():
             raise ConfigError(f"{model}: not an adapter folder (no adapter_config.json); nothing to merge")
-        merged, tokenizer = load_trained(model, cache_dir=cache_dir, dtype="float32")
-        output.mkdir(parents=True, exist_ok=True)
-        merged.save_pretrained(str(output))
-        tokenizer.save_pretrained(str(output))
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"--dtype '{dtype}': expected float32, bfloat16 or float16")
+        merge_to_folder(model, output, dtype=dtype, cache_dir=cache_dir)
     except _user_errors() as e:
         _fail(e)
     typer.echo(f"merged {model} -> {output}")

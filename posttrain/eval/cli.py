@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -19,8 +18,8 @@ def eval_command(
                                     "refusal) or a suite JSONL path; default: all builtin suites"),
     baseline: str = typer.Option(None, "--baseline", help="a model to compare against (metrics under baseline/)"),
     adapter: str = typer.Option(None, "--adapter", help="an extra adapter folder to merge on top of --model"),
-    judge: str = typer.Option(None, "--judge", help="a pairwise judge for win rate vs --baseline: llm:URL:MODEL | "
-                              "local:MODEL"),
+    judge: str = typer.Option(None, "--judge", help="a judge for win rate vs --baseline: llm:URL:MODEL | "
+                              "local:MODEL (pairwise, both orders) | verifier | rm:MODEL (higher score wins)"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -31,7 +30,7 @@ def eval_command(
     from posttrain.eval.run import run_eval
     from posttrain.generation.types import BackendError
     from posttrain.judges.judge_stage import JudgeConfigError
-    from posttrain.judges.types import PairwiseJudge
+    from posttrain.judges.types import PairwiseJudge, ScoringJudge
     from posttrain.models.resolve import ModelError
 
     try:
@@ -41,8 +40,8 @@ def eval_command(
             from posttrain.judges.judge_stage import build_member
 
             pairwise = build_member(parse_judge_spec(judge)).judge
-            if not isinstance(pairwise, PairwiseJudge):
-                raise JudgeConfigError(f"--judge '{judge}': not a pairwise judge (win rate needs compare())")
+            if not isinstance(pairwise, (PairwiseJudge, ScoringJudge)):
+                raise JudgeConfigError(f"--judge '{judge}': neither a pairwise nor a scoring judge")
         metrics = run_eval(model, suite or DEFAULT_SUITES, baseline=baseline, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, seed=seed, judge=pairwise, output_dir=output, adapter=adapter,
                            backend=backend)
@@ -66,8 +65,7 @@ def gate_command(
     from rich.console import Console
     from rich.table import Table
 
-    from posttrain.data.writers import atomic_write_json
-    from posttrain.eval.gates import GateConfigError, evaluate_gates, load_gates
+    from posttrain.eval.gates import GateConfigError, evaluate_gates, load_gates, record_verdicts
 
     try:
         gate_list = load_gates(gates)
@@ -88,18 +86,9 @@ def gate_command(
         verdict = "[green]PASS[/green]" if r.passed else f"[red]FAIL[/red] ({r.reason})"
         table.add_row(r.metric, _fmt(r.value), _fmt(r.baseline_value), f"{r.kind} {r.threshold:g}", verdict)
     Console().print(table)
-    manifest = Path(metrics_json).parent / "manifest.json"
-    if manifest.exists():
-        try:
-            data = json.loads(manifest.read_text())
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, dict):
-            data["gates"] = {"file": str(gates), "passed": all(r.passed for r in results),
-                             "results": [asdict(r) for r in results]}
-            atomic_write_json(manifest, data)
-        else:
-            typer.echo(f"warning: {manifest} is not a JSON object; verdicts not recorded", err=True)
+    warning = record_verdicts(metrics_json, str(gates), results)
+    if warning and (Path(metrics_json).parent / "manifest.json").exists():
+        typer.echo(f"warning: {warning}", err=True)
     failed = sum(not r.passed for r in results)
     typer.echo(f"{len(results) - failed}/{len(results)} gates passed")
     if failed:

@@ -109,3 +109,27 @@ def evaluate_gate(metrics: dict[str, Any], gate: Gate) -> GateResult:
 def evaluate_gates(metrics: dict[str, Any], gates: list[Gate]) -> list[GateResult]:
     """One result per gate, in order."""
     return [evaluate_gate(metrics, g) for g in gates]
+
+
+def record_verdicts(metrics_json: str | Path, source: str, results: list[GateResult]) -> str | None:
+    """Add the verdicts under ``gates`` to the ``manifest.json`` beside ``metrics_json`` (the eval's folder), so the
+    eval's own record says whether its model passed. Returns a warning line when there is no readable manifest to
+    update (metrics from elsewhere), else None. ``source``: where the gates came from (a file, or a stage)."""
+    import json
+    from dataclasses import asdict
+
+    from posttrain.data.writers import atomic_write_json
+
+    manifest = Path(metrics_json).parent / "manifest.json"
+    if not manifest.exists():
+        return f"{manifest}: no eval manifest beside the metrics; verdicts not recorded there"
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        return f"{manifest} is not a JSON object; verdicts not recorded"
+    data["gates"] = {"source": source, "passed": all(r.passed for r in results),
+                     "results": [asdict(r) for r in results]}
+    atomic_write_json(manifest, data)
+    return None

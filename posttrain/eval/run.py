@@ -14,7 +14,7 @@ from typing import Any
 from posttrain.eval.scoring import score_suite
 from posttrain.eval.suites import EvalRow, load_suite
 from posttrain.eval.winrate import length_controlled_win_rate, win_indicators, win_rate
-from posttrain.judges.types import PairwiseJudge
+from posttrain.judges.types import PairwiseJudge, ScoringJudge
 
 
 def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int, batch_size: int, seed: int,
@@ -54,26 +54,57 @@ def _score(rows: list[EvalRow], gens: list[tuple[str, int, str]], label: str, ro
     return metrics, records
 
 
-def judge_pairs(judge: PairwiseJudge, rows: list[EvalRow], model_gens: list[tuple[str, int, str]],
-                baseline_gens: list[tuple[str, int, str]]) -> tuple[dict[str, float], list[str]]:
-    """``winrate/*`` metrics and each row's winner (``a`` = model). Response a is the model, b the baseline."""
-    winners = []
-    for r, m, b in zip(rows, model_gens, baseline_gens):
-        verdict = judge.compare(r.prompt, m[0], b[0], {"id": r.id, "suite": r.suite, "kind": r.kind, **r.metadata})
-        winners.append(verdict.winner)
-    ind = win_indicators(winners)
-    out = win_rate(ind) | length_controlled_win_rate(ind, [float(m[1] - b[1]) for m, b in zip(model_gens,
-                                                                                                 baseline_gens)])
-    return {f"winrate/{k}": v for k, v in out.items()}, winners
+def _compare(judge: PairwiseJudge | ScoringJudge, row: EvalRow, model_text: str, baseline_text: str) -> str | None:
+    """``"a"`` (model), ``"b"`` (baseline), ``"tie"``, or None when a scoring judge cannot score this row (a
+    verifier on a row with nothing to verify, e.g. a refusal prompt): that row is left out of the win rate."""
+    metadata = {"id": row.id, "suite": row.suite, "kind": row.kind, **row.metadata}
+    if isinstance(judge, PairwiseJudge):
+        return judge.compare(row.prompt, model_text, baseline_text, metadata).winner
+    try:  # a scoring judge (verifier, reward model): the higher score wins, equal scores tie
+        a, b = (judge.score(row.prompt, t, metadata).value for t in (model_text, baseline_text))
+    except ValueError:
+        return None
+    return "a" if a > b else "b" if b > a else "tie"
+
+
+def row_slice(row: EvalRow) -> str:
+    """The slice a row's win counts in: ``suite/category`` when the row has a ``category``, else the suite."""
+    category = row.metadata.get("category")
+    return f"{row.suite}/{category}" if isinstance(category, str) and category else row.suite
+
+
+def judge_pairs(judge: PairwiseJudge | ScoringJudge, rows: list[EvalRow], model_gens: list[tuple[str, int, str]],
+                baseline_gens: list[tuple[str, int, str]]) -> tuple[dict[str, float], list[str | None]]:
+    """``winrate/*`` metrics and each row's winner (``a`` = model; None = not judged). Response a is the model,
+    b the baseline. Per slice (see ``row_slice``, and per suite when slices are categories):
+    ``winrate/slice/<slice>/{win_rate, ci_low, ci_high, n}``."""
+    winners = [_compare(judge, r, m[0], b[0]) for r, m, b in zip(rows, model_gens, baseline_gens)]
+    judged = [i for i, w in enumerate(winners) if w is not None]
+    if not judged:
+        return {"winrate/n": 0.0, "winrate/skipped": float(len(rows))}, winners
+    ind = win_indicators([winners[i] for i in judged])
+    out = win_rate(ind) | length_controlled_win_rate(
+        ind, [float(model_gens[i][1] - baseline_gens[i][1]) for i in judged])
+    metrics = {f"winrate/{k}": v for k, v in out.items()} | {"winrate/skipped": float(len(rows) - len(judged))}
+    slices: dict[str, list[float]] = {}
+    for i, x in zip(judged, ind):
+        names = {row_slice(rows[i]), rows[i].suite}
+        for name in names:
+            slices.setdefault(name, []).append(x)
+    for name in sorted(slices):
+        wr = win_rate(slices[name])
+        metrics |= {f"winrate/slice/{name}/{k}": wr[k] for k in ("win_rate", "ci_low", "ci_high", "n")}
+    return metrics, winners
 
 
 def run_eval(model: str, suites: list[str], *, baseline: str | None = None, max_new_tokens: int = 256,
-             batch_size: int = 32, seed: int = 0, judge: PairwiseJudge | None = None,
+             batch_size: int = 32, seed: int = 0, judge: PairwiseJudge | ScoringJudge | None = None,
              output_dir: str | Path, adapter: str | None = None, baseline_adapter: str | None = None,
              backend: str = "hf") -> dict[str, float]:
     """Evaluate ``model`` (and ``baseline``) on ``suites`` (builtin names or paths) and write the output folder.
     Every suite is read and validated before any model loads. Returns the metrics written to metrics.json.
-    Win rates need both a baseline and a judge; without a judge they are skipped."""
+    Win rates need both a baseline and a judge (pairwise, or scoring: the higher score wins); without a judge
+    they are skipped."""
     from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
     from posttrain.eval.suites import suite_path
     from posttrain.generation.backends import model_label
@@ -90,7 +121,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, max_
         rows.extend(suite_rows)
         suite_inputs.append({"suite": name, "path": str(path), "rows": len(suite_rows), "hash": content_hash(path)})
     if judge is not None and baseline is None:
-        raise ValueError("judge: a pairwise judge needs a baseline to compare against")
+        raise ValueError("judge: a win-rate judge needs a baseline to compare against")
     settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, backend=backend)
 
     model_gens = generate_responses(model, rows, adapter=adapter, **settings)
@@ -104,7 +135,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, max_
             wr, winners = judge_pairs(judge, rows, model_gens, base_gens)
             metrics |= wr
             for rec, w in zip(records, winners):
-                rec["judge_winner"] = {"a": "model", "b": "baseline", "tie": "tie"}[w]
+                rec["judge_winner"] = {"a": "model", "b": "baseline", "tie": "tie", None: None}[w]
         metrics |= {f"baseline/{k}": v for k, v in base_metrics.items()}
         records += base_records
 

@@ -94,3 +94,35 @@ def load_trained(path_or_name: str, *, cache_dir=None, dtype="auto"):
     tokenizer = model_tokenizer(path_or_name, cache_dir)
     model.eval()
     return model, tokenizer
+
+
+def merge_to_folder(model: str, output: str | Path, *, dtype: str = "float32", cache_dir=None) -> Path:
+    """Fold an adapter folder (and its lineage) into its base and write a plain HF folder (safetensors + tokenizer)
+    at ``output``, atomically: written beside it under a temp name, then renamed, so a killed export never leaves
+    a folder that looks complete. ``dtype``: float32 | bfloat16 | float16. Returns ``output``."""
+    import shutil
+    import tempfile
+
+    import torch
+
+    if not (Path(model) / "adapter_config.json").exists():
+        raise ValueError(f"{model}: not an adapter folder (no adapter_config.json); nothing to merge")
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype '{dtype}': expected one of {', '.join(dtypes)}")
+    merged, tokenizer = load_trained(model, cache_dir=cache_dir, dtype="float32")
+    merged = merged.to(dtypes[dtype])
+    merged.config.dtype = dtype
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

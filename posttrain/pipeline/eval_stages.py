@@ -1,7 +1,9 @@
 """The ``eval`` and ``gate`` pipeline stages, over ``posttrain.eval.run_eval`` and ``evaluate_gates``.
 
 ``eval`` config: ``model`` (default tiny-random), ``adapter``, ``suites`` (builtin names or files), ``baseline``,
-``baseline_adapter``, ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``. It writes ``metrics.json`` and
+``baseline_adapter``, ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win rate vs the
+baseline: a spec string as in ``posttrain judge --judge`` -- ``verifier``, ``llm:URL:MODEL``, ``local:MODEL``,
+``rm:MODEL`` -- or one judge config dict as in the judge stage). It writes ``metrics.json`` and
 ``responses.jsonl`` into its folder.
 
 ``gate`` config: ``metrics`` (a metrics.json, usually ``${eval.output}/metrics.json``) and ``gates`` (a list of
@@ -17,7 +19,7 @@ from pathlib import Path
 from posttrain.pipeline.spec import PipelineError, check_keys
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "max_new_tokens", "batch_size", "seed",
-             "backend")
+             "backend", "judge")
 GATE_KEYS = ("metrics", "gates", "gates_file")
 
 
@@ -33,14 +35,33 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     if not suites:
         raise PipelineError("config: key 'suites' is required (builtin suite names or files)")
     suites = [suites] if isinstance(suites, str) else list(suites)
+    judge = _win_rate_judge(params.get("judge"))
     try:
         return run_eval(params.get("model", "tiny-random"), suites, baseline=params.get("baseline"),
                         max_new_tokens=int(params.get("max_new_tokens", 256)),
                         batch_size=int(params.get("batch_size", 32)), seed=int(params.get("seed", 0)),
                         output_dir=output_dir, adapter=params.get("adapter"),
-                        baseline_adapter=params.get("baseline_adapter"), backend=params.get("backend", "hf"))
+                        baseline_adapter=params.get("baseline_adapter"), backend=params.get("backend", "hf"),
+                        judge=judge)
     except ValueError as e:  # a bad suite or option: one line for the user
         raise PipelineError(f"config: {str(e).splitlines()[0]}") from None
+
+
+def _win_rate_judge(spec):
+    """The judge object for ``judge:`` (None when absent); config problems are one-line PipelineErrors."""
+    if spec is None:
+        return None
+    from posttrain.judges.cli import parse_judge_spec
+    from posttrain.judges.judge_stage import JudgeConfigError, build_member
+    from posttrain.judges.types import PairwiseJudge, ScoringJudge
+
+    try:
+        member = build_member(parse_judge_spec(spec) if isinstance(spec, str) else spec)
+    except JudgeConfigError as e:
+        raise PipelineError(f"config: key 'judge': {str(e).replace('--judge ', '')}") from None
+    if not isinstance(member.judge, (PairwiseJudge, ScoringJudge)):
+        raise PipelineError(f"config: key 'judge': {spec!r} is neither a pairwise nor a scoring judge")
+    return member.judge
 
 
 def eval_inputs(params: dict) -> list[str]:
@@ -59,7 +80,7 @@ def eval_inputs(params: dict) -> list[str]:
 
 def run_gate_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.data.writers import atomic_write_json
-    from posttrain.eval.gates import GateConfigError, evaluate_gates, load_gates, parse_gates
+    from posttrain.eval.gates import GateConfigError, evaluate_gates, load_gates, parse_gates, record_verdicts
 
     check_keys(params, GATE_KEYS)
     if "metrics" not in params:
@@ -76,6 +97,9 @@ def run_gate_stage(params: dict, output_dir: Path, resume: bool) -> dict:
         raise PipelineError(f"config: key 'metrics': cannot read {params['metrics']}: {e}") from None
     results = evaluate_gates(metrics, gates)
     failed = [r for r in results if not r.passed]
+    # The verdicts also go into the eval's own manifest (as `posttrain gate` does), so that folder says whether its
+    # model passed. The eval stage's completion marker is the runner's stage.json, so this does not unmark it.
+    record_verdicts(params["metrics"], params.get("gates_file") or f"gate stage {output_dir.name}", results)
     atomic_write_json(output_dir / "gates.json", {
         "metrics": params["metrics"], "passed": not failed,
         "results": [{"metric": r.metric, "kind": r.kind, "threshold": r.threshold, "value": r.value,

@@ -169,6 +169,23 @@ def feedback_inputs(params: dict) -> list[str]:
     return [events] if isinstance(events, str) else list(events)
 
 
+def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
+    """``merge`` (export): fold an adapter folder and its lineage into a plain HF folder ``<output>/model``.
+    Config: ``model`` (an adapter folder, usually ``${dpo.output}/model``), ``dtype`` (float32 | bfloat16 |
+    float16, default float32)."""
+    from posttrain.models.policy import merge_to_folder
+
+    check_keys(params, ("model", "dtype"))
+    if "model" not in params:
+        raise PipelineError("config: key 'model' is required (an adapter folder, e.g. ${dpo.output}/model)")
+    try:
+        out = merge_to_folder(params["model"], output_dir / "model", dtype=str(params.get("dtype", "float32")))
+    except ValueError as e:
+        raise PipelineError(f"config: {e}") from None
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    return {"export_mb": size / 2**20}
+
+
 def _eval_stages() -> dict[str, StageSpec]:
     """``eval`` and ``gate``, registered only where ``posttrain.eval`` exists (``run_eval`` and ``evaluate_gates``
     are imported when the stage runs, so importing the registry stays cheap)."""
@@ -190,5 +207,7 @@ STAGES: dict[str, StageSpec] = {
     "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [],
                        main_metric="pairs_kept"),
     "feedback": StageSpec(run_feedback, feedback_inputs, marker="stage", main_metric="pairs"),
+    "merge": StageSpec(run_merge, lambda p: [p["model"]] if p.get("model") else [], marker="stage",
+                       main_metric="export_mb"),
     **_eval_stages(),
 }

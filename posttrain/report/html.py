@@ -177,9 +177,21 @@ def eval_section(run: dict) -> str:
             parts.append(f"<p><b>Win rate vs baseline: {escape(fmt(wr['win_rate'], 3))}</b>{escape(ci + lc)}; "
                          f"n={escape(fmt(wr.get('n')))}, wins {escape(fmt(wr.get('wins')))}, losses "
                          f"{escape(fmt(wr.get('losses')))}, ties {escape(fmt(wr.get('ties')))}</p>")
+            parts.append(slice_table(wr))
         else:
             parts.append('<p class="missing">win rate: not in this run (needs a baseline and a judge)</p>')
     return "".join(parts)
+
+
+def slice_table(wr: dict) -> str:
+    """Win rate per slice (``slice/<name>/win_rate`` etc. of the ``winrate/`` metrics), one row per slice."""
+    names = sorted({k[len("slice/"):].rsplit("/", 1)[0] for k in wr if k.startswith("slice/")})
+    if not names:
+        return ""
+    rows = [[name, wr.get(f"slice/{name}/n"), wr.get(f"slice/{name}/win_rate"),
+             f"{fmt(wr.get(f'slice/{name}/ci_low'), 3)} to {fmt(wr.get(f'slice/{name}/ci_high'), 3)}"]
+            for name in names]
+    return "<h4>Win rate per slice</h4>" + _table(["slice", "n", "win rate", "95% CI"], rows, num_cols=[1, 2])
 
 
 def _response_len(row: dict) -> float | None:

@@ -100,7 +100,35 @@ def test_eval_command_bad_input_exits_2(tmp_path):
     suite.write_text(json.dumps({"id": "x", "prompt": "p", "kind": "weird"}) + "\n")
     res = CliRunner().invoke(app, ["--model", "tiny-random", "--suite", str(suite), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "field 'kind'" in res.output and "bad.jsonl:1" in res.output
-    res = CliRunner().invoke(app, ["--model", "tiny-random", "--suite", "capability", "--judge", "verifier",
+    res = CliRunner().invoke(app, ["--model", "tiny-random", "--suite", "capability", "--judge", "oracle:x",
                                    "--baseline", "tiny-random", "-o", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "not a pairwise judge" in res.output
+    assert res.exit_code == 2 and "expected verifier, llm:URL:MODEL" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_win_rate_per_slice_with_a_scoring_judge():
+    """A verifier as the win-rate judge: the passing response wins, equal scores tie, rows it cannot score (a
+    refusal prompt) are left out; every slice gets its own rate."""
+    from posttrain.eval.run import judge_pairs
+    from posttrain.eval.suites import EvalRow
+    from posttrain.judges.verifiers import VerifierJudge
+
+    low = {"constraints": [{"kind": "lowercase", "args": {}}]}
+    rows = [EvalRow("constraints", "a", "constraint", [{"role": "user", "content": "x"}], {**low, "category": "cap"}),
+            EvalRow("constraints", "b", "constraint", [{"role": "user", "content": "x"}], {**low, "category": "cap"}),
+            EvalRow("constraints", "c", "constraint", [{"role": "user", "content": "x"}], {**low, "category": "def"}),
+            EvalRow("capability", "d", "exact", [{"role": "user", "content": "2+2?"}], {"answer": "4"}),
+            EvalRow("refusal", "e", "refusal_benign", [{"role": "user", "content": "kill a process?"}], {})]
+    model = [("paris", 1, "stop"), ("Paris", 1, "stop"), ("ok", 1, "stop"), ("4", 1, "stop"), ("sure", 1, "stop")]
+    base = [("Paris", 1, "stop"), ("Paris", 1, "stop"), ("OK", 1, "stop"), ("5", 1, "stop"), ("no", 1, "stop")]
+    metrics, winners = judge_pairs(VerifierJudge(), rows, model, base)
+    assert winners == ["a", "tie", "a", "a", None]
+    assert metrics["winrate/n"] == 4 and metrics["winrate/skipped"] == 1
+    assert metrics["winrate/win_rate"] == pytest.approx(3.5 / 4)
+    assert metrics["winrate/slice/constraints/cap/win_rate"] == pytest.approx(0.75)
+    assert metrics["winrate/slice/constraints/cap/n"] == 2
+    assert metrics["winrate/slice/constraints/def/win_rate"] == 1.0
+    assert metrics["winrate/slice/constraints/n"] == 3 and metrics["winrate/slice/capability/win_rate"] == 1.0
+    assert not any("refusal" in k for k in metrics)
+    lo, hi = metrics["winrate/slice/constraints/cap/ci_low"], metrics["winrate/slice/constraints/cap/ci_high"]
+    assert 0 < lo < 0.75 < hi <= 1

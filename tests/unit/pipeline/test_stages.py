@@ -67,3 +67,49 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == ("error: stages.sft.config: key 'optim.lr': "
                                                       "Input should be greater than 0")
+
+
+@pytest.mark.skipif("gate" not in STAGES, reason="posttrain.eval is not installed")
+def test_gate_stage_records_verdicts_in_the_eval_manifest(tmp_path):
+    metrics = tmp_path / "eval" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps({"capability/accuracy": 0.5}))
+    (tmp_path / "eval" / "manifest.json").write_text(json.dumps({"stage": "eval", "status": "completed"}))
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {"gate": {"command": "gate", "config": {
+        "metrics": str(metrics), "gates": [{"metric": "capability/accuracy", "min": 0.4}]}}}}
+    run_pipeline(parse_pipeline(tree, STAGES))
+    manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["gates"]["passed"] is True
+    assert manifest["gates"]["results"][0]["metric"] == "capability/accuracy"
+    assert manifest["gates"]["results"][0]["value"] == 0.5
+
+
+def test_merge_stage_exports_a_plain_folder(tmp_path, one_torch_thread):
+    """sft (LoRA, 1 step) -> merge: the export loads with plain transformers and gives the adapter's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models.policy import load_trained
+
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Say {w}.", "completion": f"{w}."}) + "\n"
+                             for w in ("one", "two", "three", "four")))
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {
+        "sft": {"command": "sft", "config": {"model": {"name": "tiny-random"}, "data": {"train": str(demos)},
+                                             "optim": {"batch_size": 4, "micro_batch_size": 4, "max_steps": 1,
+                                                       "lr": 0.01},
+                                             "train": {"progress": False}}},
+        "export": {"command": "merge", "config": {"model": "${sft.output}/model"}}}}
+    result = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    folder = Path(result["export"]["folder"]) / "model"
+    assert result["export"]["status"] == "done" and (folder / "model.safetensors").exists()
+    assert not (folder / "adapter_config.json").exists()
+    exported = AutoModelForCausalLM.from_pretrained(folder).eval()
+    adapter, _ = load_trained(str(Path(result["sft"]["folder"]) / "model"))
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(exported(ids).logits, adapter(ids).logits, atol=1e-5)
+    assert run_pipeline(parse_pipeline(tree, STAGES))["stages"]["export"]["status"] == "skipped"
+    tree["stages"]["export"]["config"] = {"model": str(demos)}
+    with pytest.raises(PipelineError, match="not an adapter folder"):
+        run_pipeline(parse_pipeline(tree, STAGES))

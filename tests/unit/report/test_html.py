@@ -59,7 +59,11 @@ def test_minimal_run_with_missing_parts_and_hostile_text(tmp_path):
         '{"step": 1, "loss": 2.0}\nnot json\n{"step": 2, "loss": NaN}\n{"step": 2, "split": "eval", "loss": 1.9}\n')
     write(run / "eval-aaaaaaaaaaaa" / "metrics.json", {"constraints/pass_rate": 0.6, "baseline/constraints/pass_rate":
                                                        0.5, "winrate/win_rate": 0.7, "winrate/ci_low": 0.55,
-                                                       "winrate/ci_high": 0.8, "winrate/n": 20})
+                                                       "winrate/ci_high": 0.8, "winrate/n": 20,
+                                                       "winrate/slice/constraints/capital/win_rate": 0.9,
+                                                       "winrate/slice/constraints/capital/n": 10,
+                                                       "winrate/slice/constraints/capital/ci_low": 0.6,
+                                                       "winrate/slice/constraints/capital/ci_high": 0.98})
     write(run / "eval-aaaaaaaaaaaa" / "responses.jsonl", [
         {"role": "model", "text": evil, "completion_tokens": 12},
         {"role": "baseline", "text": "plain words here", "completion_tokens": None}])
@@ -77,6 +81,7 @@ def test_minimal_run_with_missing_parts_and_hostile_text(tmp_path):
     assert "not in this run" in section(html, "pairs")  # judge folder missing
     ev = section(html, "eval")
     assert "+0.1" in ev and "0.7" in ev and "95% CI 0.55 to 0.8" in ev
+    assert "Win rate per slice" in ev and "constraints/capital" in ev and "0.6 to 0.98" in ev
     assert "<svg" in section(html, "lengths")
     gates = section(html, "gates")
     assert gates.count('class="fail"') >= 2 and gates.count('class="pass"') == 1
