@@ -613,17 +613,17 @@ def draw(rng, pools: dict, cat: str, constraint: str, wrong: bool, seen: set):
         except NoCandidates:
             continue
         seen.add(prompt)
-        return prompt, args, chosen, rejected
+        return prompt, args, chosen, rejected, item.correct.key
     raise AssertionError(f"cannot find a fresh prompt for {cat}/{constraint}/wrong={wrong}")
 
 
 def make_pairs(rng, pools: dict, n: int) -> list[dict]:
     rows, seen = [], set()
     for cat, constraint, wrong in cells(rng, n, sorted(pools)):
-        prompt, args, chosen, rejected = draw(rng, pools, cat, constraint, wrong, seen)
+        prompt, args, chosen, rejected, key = draw(rng, pools, cat, constraint, wrong, seen)
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "category": cat,
                      "constraint": constraint, "constraint_args": args,
-                     "rejected_kind": "wrong_answer" if wrong else "violates_constraint"})
+                     "rejected_kind": "wrong_answer" if wrong else "violates_constraint", "_answer": key})
     return rows
 
 
@@ -637,7 +637,7 @@ def make_kto(rng, pools: dict, n: int) -> list[dict]:
         for i in rng.sample(idx, len(idx) // 2):
             labels[i] = True
     for (cat, constraint, wrong), label in zip(triples, labels):
-        prompt, args, chosen, rejected = draw(rng, pools, cat, constraint, wrong, seen)
+        prompt, args, chosen, rejected, _ = draw(rng, pools, cat, constraint, wrong, seen)
         kind = "good" if label else "wrong_answer" if wrong else "violates_constraint"
         rows.append({"prompt": prompt, "completion": chosen if label else rejected, "label": label,
                      "category": cat, "constraint": constraint, "constraint_args": args, "kind": kind})
@@ -715,10 +715,26 @@ def length_stats(rows: list[dict]) -> dict:
             "equal": equal}
 
 
+def answer_fields(category: str, key: str) -> dict:
+    """How the verifiers check the content of a reply: the correct answer as a whole word, phrase or number
+    anywhere in it, case-insensitive (so ALL CAPS, JSON and bullet answers count). Not the math "final answer":
+    "There are 540 minutes in 9 hours." ends with the question's own number."""
+    if re.fullmatch(r"[\d.]+", key):
+        pattern = r"(?<![\d.])" + re.escape(key) + r"(?![\d]|\.\d)"
+    else:
+        pattern = r"\b" + re.escape(key) + r"\b"
+    return {"answer": pattern, "match": "regex", "match_options": {"ignore_case": True}}
+
+
 def prompt_rows(pairs: list[dict], split: str) -> list[dict]:
     return [{"id": f"{split}-{i:04d}", "prompt": r["prompt"], "category": r["category"],
-             "constraints": [{"kind": r["constraint"], "args": r["constraint_args"]}]}
+             "constraints": [{"kind": r["constraint"], "args": r["constraint_args"]}],
+             **answer_fields(r["category"], r["_answer"])}
             for i, r in enumerate(pairs)]
+
+
+def without_private(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
 def main() -> int:
@@ -747,8 +763,8 @@ def main() -> int:
               f"same length {stats['equal']:.3f}")
 
     write_jsonl(HERE / "sft_demos.jsonl", sft)
-    write_jsonl(HERE / "pairs_train.jsonl", pairs_train)
-    write_jsonl(HERE / "pairs_heldout.jsonl", pairs_heldout)
+    write_jsonl(HERE / "pairs_train.jsonl", without_private(pairs_train))
+    write_jsonl(HERE / "pairs_heldout.jsonl", without_private(pairs_heldout))
     write_jsonl(HERE / "kto.jsonl", kto)
     # Prompt pools for `posttrain generate` (candidates) and for eval: the same prompts as the pair files, each
     # carrying its constraint as data in the general `constraints` list form (docs/CANDIDATES.md).

@@ -44,6 +44,11 @@ def _first_sentence(s: str) -> str:
     return re.split(r"(?<=[.!?])\s", s.strip(), maxsplit=1)[0]
 
 
+def _trim(answer: str) -> str:
+    """Drop markup and the sentence's closing punctuation and quotes: '"The answer is 7."' and "24!" answer 7, 24."""
+    return answer.strip(" *`$\"'").rstrip(".!?").strip(" \"'")
+
+
 def extract_final_answer(text: str) -> str | None:
     """The answer ``text`` commits to, in this order: the last ``\\boxed{...}``; else what follows the last
     "answer is" / "answer:" (to the end of that sentence); else what follows "=" on the last non-empty line;
@@ -53,12 +58,12 @@ def extract_final_answer(text: str) -> str | None:
         return boxed
     said = list(_ANSWER_IS.finditer(text))
     if said:
-        answer = _first_sentence(text[said[-1].end():].split("\n", 1)[0]).strip(" *`$").rstrip(".")
+        answer = _trim(_first_sentence(text[said[-1].end():].split("\n", 1)[0]))
         if answer:
             return answer
     lines = [line for line in text.splitlines() if line.strip()]
     if lines and "=" in lines[-1]:
-        answer = _first_sentence(lines[-1].rsplit("=", 1)[1]).strip(" *`$").rstrip(".")
+        answer = _trim(_first_sentence(lines[-1].rsplit("=", 1)[1]))
         if answer:
             return answer
     numbers = _LAST_NUMBER.findall(text)

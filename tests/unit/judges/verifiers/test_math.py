@@ -11,6 +11,9 @@ from posttrain.judges.verifiers.math import (answers_equal, extract_final_answer
     (r"$\boxed{\{1, \{2\}\}}$", r"\{1, \{2\}\}"),
     (r"\boxed{a^{2}+b_{1}}", "a^{2}+b_{1}"),
     ("So the answer is 8. Hope this helps.", "8"),
+    ("The answer is 24!", "24"),  # closing punctuation and quotes are not part of the answer
+    ('"The answer is 7."', "7"),
+    ("x = 9?", "9"),
     ("The answer is 5, no wait, the final answer is: 7", "7"),
     ("**Answer:** 12", "12"),
     ("We compute 3 + 4\nx = 7.", "7"),
