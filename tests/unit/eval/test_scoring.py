@@ -79,7 +79,7 @@ def test_groups_without_rows_have_no_keys():
 
 def test_builtin_suites_load_and_reference_answers_score_right():
     sizes = {name: len(load_suite(name)) for name in BUILTIN_SUITES}
-    assert sizes == {"constraints": 120, "capability": 40, "refusal": 30}
+    assert sizes == {"constraints": 120, "capability": 120, "refusal": 30}
     cap = load_suite("capability")
     metrics, _ = score_suite(cap, [str(r.metadata["answer"]) for r in cap])
     assert metrics["capability/accuracy"] == 1.0
@@ -109,3 +109,19 @@ def test_bad_suite_rows_named(tmp_path):
 def test_unknown_suite_name():
     with pytest.raises(ValueError, match="no such suite file"):
         load_suite("not-a-suite")
+
+
+def test_capability_questions_are_not_in_the_shipped_training_data():
+    """The capability slice measures regressions, so none of its questions may be one the shipped demonstrations
+    or prompt pools teach (compared on the question before its '?', case-insensitive)."""
+    import json
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[3] / "examples" / "data"
+    asked = {json.loads(line)["prompt"] for name in ("prompts_train", "prompts_heldout")
+             for line in (data / f"{name}.jsonl").read_text().splitlines()}
+    asked |= {m["content"] for line in (data / "sft_demos.jsonl").read_text().splitlines()
+              for m in json.loads(line)["messages"] if m["role"] == "user"}
+    stems = {q.split("?")[0].lower() for q in asked}
+    overlap = [r.id for r in load_suite("capability") if r.prompt[-1]["content"].split("?")[0].lower() in stems]
+    assert overlap == []
