@@ -1,15 +1,20 @@
-"""Rendered sequences to padded tensors.
+"""Rendered sequences to tensors: padded (B, T) batches, or one padding-free packed row.
 
 Padding is on the right, so position ids are 0..len-1 for every row as in pretraining and the loss mask is a
 plain prefix-aligned copy. Pairs go into one batch, chosen rows ``[:B]`` then rejected rows ``[B:]``, so the
-policy (and the reference) runs one forward pass per step instead of two.
+policy (and the reference) runs one forward pass per step instead of two. Packed batches
+(``ops/packing.py``) keep the same order of sequences: chosen ``0..B-1``, then rejected ``B..2B-1``.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 
 from posttrain.data.render import Rendered
+from posttrain.ops.packing import pack_sequences
 
 
 def collate_sequences(seqs: list[Rendered], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -30,15 +35,34 @@ def collate_sequences(seqs: list[Rendered], pad_token_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
-def collate_pairs(pairs: list[tuple[Rendered, Rendered]], pad_token_id: int) -> dict:
-    """One (2B, T) batch: rows ``[:B]`` chosen, ``[B:]`` rejected, plus ``num_pairs`` = B."""
+def pack_rendered(seqs: list[Rendered]) -> dict:
+    """One packed row (``input_ids``, ``position_ids``, ``loss_mask``, ``seq_index``: (1, N); ``num_seqs``), no
+    ``attention_mask``: attention stays inside each sequence through the restarting ``position_ids``."""
+    batch = pack_sequences([s.input_ids for s in seqs], [s.loss_mask for s in seqs])
+    batch["attention_mask"] = None
+    return batch
+
+
+def collate_pairs(pairs: list[tuple[Rendered, Rendered]], pad_token_id: int, packing: bool = False) -> dict:
+    """One (2B, T) batch (or one packed row of 2B sequences): ``[:B]`` chosen, ``[B:]`` rejected; ``num_pairs``."""
     if not pairs:
         raise ValueError("cannot collate an empty batch")
-    batch = collate_sequences([c for c, _ in pairs] + [r for _, r in pairs], pad_token_id)
+    seqs = [c for c, _ in pairs] + [r for _, r in pairs]
+    batch = pack_rendered(seqs) if packing else collate_sequences(seqs, pad_token_id)
     batch["num_pairs"] = len(pairs)
     return batch
 
 
+def sequence_key(seq: Rendered) -> str:
+    """Content hash of a rendered sequence (token ids and loss mask): the key of cached reference log-probs.
+    It covers the data, the chat template, the truncation and max length, since all of them shape the tokens."""
+    h = hashlib.blake2b(np.asarray(seq.input_ids, dtype=np.int64).tobytes(), digest_size=16)
+    h.update(np.asarray(seq.loss_mask, dtype=np.int8).tobytes())
+    return h.hexdigest()
+
+
 def count_tokens(batch: dict) -> int:
-    """Non-padding tokens in a collated batch."""
+    """Non-padding tokens in a collated (or packed) batch."""
+    if batch.get("attention_mask") is None:
+        return int(batch["input_ids"].numel())
     return int(batch["attention_mask"].sum())

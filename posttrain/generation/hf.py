@@ -15,9 +15,15 @@ nondeterministic. Same rows + same batch size + same machine = identical output.
 
 Rows are sorted by prompt length (longest first, so an out-of-memory shows up in the first batch) and cut
 into batches of ``batch_size`` sequences. N candidates of a prompt are N rows (repeated prompts, not
-``num_return_sequences``) so each has its own seed. Plain dynamic cache: a static cache (without
-``torch.compile``) measured no faster on CPU (smollm2-135m, 4 prompts x 32 tokens, 4.0-4.8 s either way);
-compiling, prefix sharing and the like belong to the throughput work.
+``num_return_sequences``) so each has its own seed.
+
+Decoding (``decode="loop"``, the default) is our own loop over the KV cache rather than ``model.generate``: a
+row that finishes (EOS, its own token limit, a stop string) leaves the batch at once (its KV-cache rows are
+dropped), so the remaining steps cost only the rows still running, where ``generate`` keeps computing every
+row until the longest one ends. The prompt forward keeps only the last position's logits. Each row's output
+is the same as with ``decode="generate"`` (the same per-row noise; logits equal up to float rounding of the
+smaller batch). Measured on CPU (bench/generate.py, docs/PERFORMANCE.md): a static cache, with or without
+``torch.compile``, was not faster than the dynamic cache on CPU for these model sizes, so it is not used.
 """
 
 from __future__ import annotations
@@ -52,6 +58,24 @@ class RowSampling(LogitsProcessor):
         self.nucleus_idx = torch.tensor(nucleus, dtype=torch.long, device=device)
         self.top_p = torch.tensor([rows[picked[j]].top_p for j in nucleus], device=device)[:, None]
         self.generators = [torch.Generator(device=device).manual_seed(rows[b].seed) for b in picked]
+
+    def subset(self, keep: Sequence[int]) -> "RowSampling":
+        """The sampler of batch rows ``keep`` only (finished rows left the batch); each kept row continues its
+        own generator, so its samples do not depend on which other rows are still running."""
+        sub = object.__new__(RowSampling)
+        pos = {b: j for j, b in enumerate(self.idx.tolist())}  # batch row -> sampled index
+        nucleus = set(self.nucleus_idx.tolist())
+        picked = [k for k, b in enumerate(keep) if b in pos]  # new batch positions that sample
+        src = [pos[keep[k]] for k in picked]  # their old sampled index
+        sub.all_sampled = len(picked) == len(keep)
+        sub.idx = torch.tensor(picked, dtype=torch.long, device=self.idx.device)
+        sub.temperature = self.temperature[src] if src else self.temperature[:0]
+        sub.generators = [self.generators[j] for j in src]
+        nuc_new = [n for n, j in enumerate(src) if j in nucleus]
+        nuc_pos = {j: n for n, j in enumerate(self.nucleus_idx.tolist())}
+        sub.nucleus_idx = torch.tensor(nuc_new, dtype=torch.long, device=self.idx.device)
+        sub.top_p = self.top_p[[nuc_pos[src[n]] for n in nuc_new]] if nuc_new else self.top_p[:0]
+        return sub
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self.generators:
@@ -131,12 +155,14 @@ class RowStreamer:
 class HFGenerator:
     """``generate`` / ``generate_rows`` over a transformers causal LM. ``batch_size``: sequences per forward."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 32):
+    def __init__(self, model, tokenizer, *, batch_size: int = 32, decode: str = "loop"):
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos_token, so generation cannot stop")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        if decode not in ("loop", "generate"):
+            raise ValueError(f"decode must be 'loop' or 'generate', got {decode!r}")
+        self.model, self.tokenizer, self.batch_size, self.decode = model, tokenizer, batch_size, decode
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.device = next(model.parameters()).device
@@ -168,6 +194,10 @@ class HFGenerator:
                                  device=self.device)  # (B, width)
         attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
                                       device=self.device)
+        if self.decode == "loop":
+            with torch.inference_mode():
+                new_rows, lengths = self._decode_loop(rows, indices, input_ids, attention_mask, on_token)
+            return [self._finish(row, new_rows[b], lengths[b]) for b, row in enumerate(rows)]
         limits = RowLimits(rows, width, self.tokenizer, self.eos)
         streamer = RowStreamer(on_token, indices, limits, self.eos) if on_token else None
         with torch.inference_mode():
@@ -180,6 +210,64 @@ class HFGenerator:
             )
         new = out[:, width:].tolist()  # (B, <= max_new_tokens)
         return [self._finish(row, new[b], limits.lengths[b]) for b, row in enumerate(rows)]
+
+    def _decode_loop(self, rows: list[RowSpec], indices: list[int], input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor, on_token: TokenCallback | None
+                     ) -> tuple[list[list[int]], list[int | None]]:
+        """Sample until every row has finished, dropping finished rows from the batch (and the KV cache).
+
+        Returns each row's new tokens and the length it stopped at (None: it ended with EOS)."""
+        from transformers import DynamicCache
+
+        b = len(rows)
+        new: list[list[int]] = [[] for _ in range(b)]
+        lengths: list[int | None] = [None] * b
+        limits = [r.max_new_tokens for r in rows]
+        active = list(range(b))  # batch position -> row
+        sampler = RowSampling(rows, self.device)
+        cache = DynamicCache(config=self.model.config)
+        # Positions count from each row's first real token, as generate does for left padding.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+        prompt = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=cache, use_cache=True)
+        try:  # only the last position's logits: (B, 1, V) instead of (B, width, V)
+            out = self.model(**prompt, logits_to_keep=1)
+        except TypeError:  # a model whose forward has no logits_to_keep
+            out = self.model(**prompt)
+        while True:
+            scores = out.logits[:, -1, :].to(dtype=torch.float32)  # (A, V)
+            next_tokens = sampler(None, scores).argmax(dim=-1)  # (A,)
+            keep = []
+            for j, token in enumerate(next_tokens.tolist()):
+                r = active[j]
+                new[r].append(token)
+                if on_token is not None:
+                    on_token(indices[r], token)
+                step = len(new[r])
+                if token == self.eos:
+                    continue
+                if step >= limits[r]:
+                    lengths[r] = limits[r]
+                    continue
+                if rows[r].stop:
+                    text = self.tokenizer.decode(new[r], skip_special_tokens=True)
+                    if cut_at_stop(text, rows[r].stop)[1]:
+                        lengths[r] = step
+                        continue
+                keep.append(j)
+            if not keep:
+                return new, lengths
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+                cache.reorder_cache(idx)
+                attention_mask = attention_mask.index_select(0, idx)
+                next_tokens = next_tokens.index_select(0, idx)
+                active = [active[j] for j in keep]
+                sampler = sampler.subset(keep)
+            position_ids = attention_mask.sum(-1, keepdim=True) - 1  # (A, 1)
+            out = self.model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
+                             position_ids=position_ids, past_key_values=cache, use_cache=True)
 
     def _finish(self, row: RowSpec, new: list[int], stopped_at: int | None) -> GenOutput:
         tokens = new[: stopped_at if stopped_at is not None else row.max_new_tokens]

@@ -59,7 +59,10 @@ def kto_step_fns(policy, frozen_reference, *, beta, desirable_weight, undesirabl
         tokens = int(batch["attention_mask"].sum() + batch["kl_attention_mask"].sum())
         return losses.sum(), metrics, tokens
 
-    return StepFns(collate=collate, weight=weight, loss=loss, eval_loss=lambda m, b: loss(m, b, reduce=lambda t: t))
+    # No reference cache here: the KL rows pair row i with row i+1 of the micro-batch, so their reference
+    # log-probs depend on batch composition; the main rows alone would save only half the reference work.
+    return StepFns(collate=collate, weight=weight, loss=loss, eval_loss=lambda m, b: loss(m, b, reduce=lambda t: t),
+                   length=lambda item: len(item[0].input_ids))
 
 
 def train_kto(cfg) -> dict:

@@ -2,39 +2,52 @@
 SimPO, ORPO, optional RPO NLL term). The loss is picked by name from ``posttrain.losses.LOSSES``.
 
 Chosen and rejected sequences go through the policy in one forward pass (rows ``[:B]`` chosen, ``[B:]``
-rejected). The reference pass is skipped for reference-free losses.
+rejected; or one padding-free packed row with ``data.packing``). The reference pass is skipped for
+reference-free losses, and for every micro-batch whose reference log-probs are cached (``training/refcache.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from posttrain.data.collate import collate_pairs
+from posttrain.data.collate import collate_pairs, count_tokens, sequence_key
 from posttrain.losses import get_loss, preference_loss
-from posttrain.models.reference import build_reference, reference_model
-from posttrain.ops.logprobs import sequence_logps
+from posttrain.models.reference import build_reference, reference_model, reference_weights
+from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import run_training_stage, to_device
 
 
 def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params: dict, pad_token_id: int,
-                        device) -> StepFns:
+                        device, packing: bool = False, reference_cache=None) -> StepFns:
+    """``reference_cache``: a ``ReferenceCache`` (or None): looked up per micro-batch, filled on a miss."""
     spec = get_loss(loss_type)
+    cache = reference_cache if spec.needs_reference else None
 
     def collate(items):
-        return to_device(collate_pairs(items, pad_token_id), device)
+        batch = to_device(collate_pairs(items, pad_token_id, packing=packing), device)
+        if cache is not None:
+            batch["seq_keys"] = [sequence_key(c) for c, _ in items] + [sequence_key(r) for _, r in items]
+        return batch
 
     def weight(batch):
         return float(batch["num_pairs"])
 
+    def reference_logps(batch, like: torch.Tensor) -> torch.Tensor:
+        if cache is not None and (hit := cache.lookup(batch["seq_keys"])) is not None:
+            return torch.tensor(hit, dtype=like.dtype, device=like.device)
+        with torch.no_grad(), reference_model(policy, frozen_reference) as ref_model:
+            ref_logps, _, _ = batch_sequence_logps(ref_model, batch)
+        if cache is not None:
+            cache.store(batch["seq_keys"], ref_logps)
+        return ref_logps
+
     def loss(model, batch):
-        ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
         b = batch["num_pairs"]
-        logps, counts, _ = sequence_logps(model, ids, attn, mask)
+        logps, counts, _ = batch_sequence_logps(model, batch)
         ref = {}
         if spec.needs_reference:
-            with torch.no_grad(), reference_model(policy, frozen_reference) as ref_model:
-                ref_logps, _, _ = sequence_logps(ref_model, ids, attn, mask)
+            ref_logps = reference_logps(batch, logps)
             ref = {"reference_chosen_logps": ref_logps[:b], "reference_rejected_logps": ref_logps[b:]}
         losses, metrics = preference_loss(
             loss_type,
@@ -45,9 +58,11 @@ def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params
             **ref,
             **loss_params,
         )
-        return losses.sum(), metrics, int(attn.sum())
+        return losses.sum(), metrics, count_tokens(batch)
 
-    return StepFns(collate=collate, weight=weight, loss=loss)
+    return StepFns(collate=collate, weight=weight, loss=loss,
+                   length=lambda pair: len(pair[0].input_ids) + len(pair[1].input_ids),
+                   flush=cache.flush if cache is not None else None)
 
 
 def loss_params(loss_cfg) -> dict:
@@ -58,14 +73,32 @@ def loss_params(loss_cfg) -> dict:
     return params
 
 
+def open_reference_cache(cfg, policy, data, accelerator):
+    """The ``ReferenceCache`` of this reference and precision, or None when caching is off / not needed."""
+    from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
+
+    if not (cfg.loss.reference_cache and get_loss(cfg.loss.type).needs_reference):
+        return None
+    root = cfg.loss.reference_cache_dir or default_cache_dir(cfg.data.train)
+    key = fingerprint(reference_weights(policy, None), precision=str(accelerator.mixed_precision),
+                      device_type=accelerator.device.type)
+    return ReferenceCache(f"{root}/{key}")
+
+
 def train_preference(cfg) -> dict:
     spec = get_loss(cfg.loss.type)
 
     def build(model, data, accelerator):
-        frozen, kind = build_reference(model, cfg.loss.reference, spec.needs_reference)
+        cache = open_reference_cache(cfg, model, data, accelerator)
+        everything = [s for pair in data.train + data.eval for s in pair]
+        if cache is not None and cache.covers(sequence_key(s) for s in everything):
+            frozen = None  # every reference log-prob is on disk: no frozen copy, no reference pass
+        else:
+            frozen, _ = build_reference(model, cfg.loss.reference, spec.needs_reference)
         if frozen is not None:
             frozen.to(accelerator.device)
         return preference_step_fns(model, frozen, loss_type=cfg.loss.type, loss_params=loss_params(cfg.loss),
-                                   pad_token_id=data.tokenizer.pad_token_id, device=accelerator.device)
+                                   pad_token_id=data.tokenizer.pad_token_id, device=accelerator.device,
+                                   packing=cfg.data.packing, reference_cache=cache)
 
     return run_training_stage(cfg, "dpo", "preference", build)

@@ -1,32 +1,41 @@
-"""Supervised fine-tuning: token-mean NLL on assistant tokens only (every assistant turn of a conversation)."""
+"""Supervised fine-tuning: token-mean NLL on assistant tokens only (every assistant turn of a conversation).
+
+With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py``); the loss normaliser (loss
+tokens of the whole step) is the same either way, so packed and padded training take the same steps."""
 
 from __future__ import annotations
 
-from posttrain.data.collate import collate_sequences
+from posttrain.data.collate import collate_sequences, count_tokens, pack_rendered
 from posttrain.losses.sft import sft_loss
-from posttrain.ops.logprobs import sequence_logps
+from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import run_training_stage, to_device
 
 
-def sft_step_fns(pad_token_id: int, device) -> StepFns:
+def sft_step_fns(pad_token_id: int, device, packing: bool = False) -> StepFns:
     def collate(items):
-        return to_device(collate_sequences(items, pad_token_id), device)
+        return to_device(pack_rendered(items) if packing else collate_sequences(items, pad_token_id), device)
 
     def weight(batch):
-        # Loss tokens are targets, i.e. loss_mask shifted by one (the first token predicts nothing).
+        # Loss tokens are targets, i.e. loss_mask shifted by one (the first token predicts nothing; packing
+        # zeroes each sequence's first token, so the count is the same packed or padded).
         return float(batch["loss_mask"][:, 1:].sum())
 
     def loss(model, batch):
-        _, _, token_logps = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-        losses, metrics = sft_loss(token_logps, batch["loss_mask"][:, 1:])
-        return losses.sum(), {"nll": metrics["nll_mean"]}, int(batch["attention_mask"].sum())
+        logps_sum, counts, token_logps = batch_sequence_logps(model, batch)
+        if batch.get("seq_index") is not None:
+            losses = -logps_sum  # (S,) per packed sequence, as sft_loss gives per padded row
+            nll = losses.detach() / counts.clamp(min=1)
+        else:
+            losses, metrics = sft_loss(token_logps, batch["loss_mask"][:, 1:])
+            nll = metrics["nll_mean"]
+        return losses.sum(), {"nll": nll}, count_tokens(batch)
 
-    return StepFns(collate=collate, weight=weight, loss=loss)
+    return StepFns(collate=collate, weight=weight, loss=loss, length=lambda r: len(r.input_ids))
 
 
 def train_sft(cfg) -> dict:
     def build(model, data, accelerator):
-        return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device)
+        return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device, packing=cfg.data.packing)
 
     return run_training_stage(cfg, "sft", "sft", build)

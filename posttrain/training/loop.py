@@ -38,6 +38,10 @@ class StepFns:
     # Same contract for evaluation, where processes may run different numbers of micro-batches and so must not
     # issue collectives inside the loss; defaults to ``loss``.
     eval_loss: Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor], int]] | None = None
+    # Tokens in one item, for length-sorted batching (``data.sort_by_length``); None: the option is refused.
+    length: Callable[[Any], int] | None = None
+    # Called at every checkpoint and at the end of training (e.g. to write cached reference log-probs).
+    flush: Callable[[], None] | None = None
 
 
 @dataclass
@@ -64,6 +68,8 @@ class LoopSettings:
     resume: bool
     progress: bool
     desc: str = "train"
+    sort_by_length: bool = False
+    sort_window: int = 32
 
 
 def settings_from_config(cfg, desc: str) -> LoopSettings:
@@ -74,7 +80,8 @@ def settings_from_config(cfg, desc: str) -> LoopSettings:
         max_grad_norm=o.max_grad_norm, batch_size=o.batch_size, micro_batch_size=o.micro_batch_size,
         epochs=o.epochs, max_steps=o.max_steps, shuffle=cfg.data.shuffle, log_every=t.log_every,
         eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, resume=t.resume,
-        progress=t.progress, desc=desc,
+        progress=t.progress, desc=desc, sort_by_length=getattr(cfg.data, "sort_by_length", False),
+        sort_window=getattr(cfg.data, "sort_window", 32),
     )
 
 
@@ -86,15 +93,49 @@ def plan_steps(num_items: int, batch_size: int, epochs: float, max_steps: int | 
     return per_epoch, (max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch)))
 
 
-def step_indices(step: int, *, num_items: int, batch_size: int, steps_per_epoch: int, seed: int, shuffle: bool):
-    """Global example indices of optimizer step ``step``: a pure function of the step, so resume is exact."""
-    epoch, pos = divmod(step, steps_per_epoch)
+def epoch_order(epoch: int, *, num_items: int, batch_size: int, seed: int, shuffle: bool,
+                lengths: list[int] | None = None, sort_window: int = 0) -> list[int]:
+    """Every example index of one epoch, in training order: a seeded permutation (or 0..N-1).
+
+    With ``lengths`` and ``sort_window`` > 0 (length-sorted batching), the permutation is cut into windows of
+    ``sort_window * batch_size`` examples; each window is sorted by length, cut into batches, and its full
+    batches are put in a seeded random order (a partial batch stays last). Batches then hold similar lengths
+    (little padding) while the order is still random across windows and a pure function of (seed, epoch)."""
     if shuffle:
         g = torch.Generator().manual_seed(seed + 1000003 * epoch)
-        order = torch.randperm(num_items, generator=g)
+        order = torch.randperm(num_items, generator=g).tolist()
     else:
-        order = torch.arange(num_items)
-    return order[pos * batch_size : (pos + 1) * batch_size].tolist()
+        order = list(range(num_items))
+    if lengths is None or sort_window <= 0:
+        return order
+    g = torch.Generator().manual_seed(seed + 7919 * epoch + 1)
+    window = sort_window * batch_size
+    out: list[int] = []
+    for w0 in range(0, num_items, window):
+        chunk = sorted(order[w0: w0 + window], key=lambda i: lengths[i])
+        full = [chunk[i: i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+        rest = chunk[len(full) * batch_size:]
+        picks = torch.randperm(len(full), generator=g).tolist() if shuffle else range(len(full))
+        for b in picks:
+            out.extend(full[b])
+        out.extend(rest)
+    return out
+
+
+def step_indices(step: int, *, num_items: int, batch_size: int, steps_per_epoch: int, seed: int, shuffle: bool,
+                 lengths: list[int] | None = None, sort_window: int = 0, _orders: dict | None = None):
+    """Global example indices of optimizer step ``step``: a pure function of the step, so resume is exact.
+    ``_orders``: an optional one-entry memo of ``epoch_order`` (the order is recomputed per epoch only)."""
+    epoch, pos = divmod(step, steps_per_epoch)
+    if _orders is not None and epoch in _orders:
+        order = _orders[epoch]
+    else:
+        order = epoch_order(epoch, num_items=num_items, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                            lengths=lengths, sort_window=sort_window)
+        if _orders is not None:
+            _orders.clear()
+            _orders[epoch] = order
+    return order[pos * batch_size : (pos + 1) * batch_size]
 
 
 def micro_batches(indices: list[int], *, rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
@@ -155,6 +196,12 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     if s.batch_size % world:
         raise ConfigError(f"optim.batch_size={s.batch_size} must be divisible by the number of processes ({world})")
     per_epoch, total_steps = plan_steps(len(train_items), s.batch_size, s.epochs, s.max_steps)
+    lengths = None
+    if s.sort_by_length:
+        if fns.length is None:
+            raise ConfigError("data.sort_by_length is not supported by this trainer")
+        lengths = [int(fns.length(item)) for item in train_items]
+    orders: dict = {}
 
     optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas, eps=s.eps)
     warmup = resolve_warmup(total_steps, s.warmup_steps, s.warmup_ratio)
@@ -180,7 +227,8 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         idx = step_indices(step, num_items=len(train_items), batch_size=s.batch_size, steps_per_epoch=per_epoch,
-                           seed=s.seed, shuffle=s.shuffle)
+                           seed=s.seed, shuffle=s.shuffle, lengths=lengths, sort_window=s.sort_window,
+                           _orders=orders)
         batches = [fns.collate([train_items[i] for i in mb])
                    for mb in micro_batches(idx, rank=rank, world_size=world, micro_batch_size=s.micro_batch_size)]
         global_weight = float(reduce(torch.tensor([sum(float(fns.weight(b)) for b in batches)], dtype=torch.float64)))
@@ -222,6 +270,8 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
                             rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
                             extra={"total_steps": total_steps}, keep=s.keep_checkpoints)
+            if fns.flush:
+                fns.flush()
     if bar is not None:
         bar.close()
     summary = {"steps": total_steps, "train/" + "loss": last.get("loss", math.nan),
@@ -232,4 +282,6 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
         log.write({"step": total_steps, "split": "eval", **ev})
         summary.update({f"eval/{k}": v for k, v in ev.items()})
+    if fns.flush:
+        fns.flush()
     return summary

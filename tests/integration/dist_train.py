@@ -14,15 +14,16 @@ data, out, result_dir = sys.argv[1:4]
 seen = {}
 import posttrain.trainers.preference as pref  # noqa: E402
 
-real_build = pref.build_reference
+real_step_fns = pref.preference_step_fns
 
 
-def keep_policy(policy, mode, needs):
+def keep_policy(policy, *args, **kwargs):
+    # Called once per run with the (prepared) policy, whether the reference is a model or the on-disk cache.
     seen["policy"] = policy
-    return real_build(policy, mode, needs)
+    return real_step_fns(policy, *args, **kwargs)
 
 
-pref.build_reference = keep_policy
+pref.preference_step_fns = keep_policy
 cfg = load_config("dpo", None, [f"data.train={data}", "model.name=tiny-random", f"train.output_dir={out}",
                                 "train.progress=false", "optim.batch_size=8", "optim.micro_batch_size=2",
                                 "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",

@@ -1,0 +1,104 @@
+"""Generation: candidates/s of posttrain's HF backend against plain ``model.generate`` at the same batch size.
+
+    nice -n 19 .venv/bin/python bench/generate.py --model smollm2-135m-instruct --prompts 8 --n 4 --batch 16
+
+Rows:
+* plain model.generate: left-padded batches of ``--batch`` rows in the given order, ``do_sample=True`` with the
+  same temperature and top_p, ``num_return_sequences`` not used (one row per candidate, as ours).
+* posttrain decode=generate: ``HFGenerator`` on top of ``model.generate`` (per-row seeded sampling, prompts
+  sorted by length).
+* posttrain decode=loop (default): our decode loop, finished rows leave the batch.
+Every run is repeated ``--repeats`` times interleaved; the best time of each is reported (less noise from the
+shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    a = p.parse_args()
+    common.set_threads(a.threads)
+    import torch
+
+    from posttrain.generation.hf import HFGenerator
+    from posttrain.models.policy import load_trained
+
+    model, tok = load_trained(a.model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    rng = random.Random(0)
+    asks = ["Write a haiku about", "Explain briefly", "Give two facts about", "Say hello to",
+            "List three uses of", "What is", "Describe", "Tell a short story about"]
+    topics = ["the sea", "tea", "owls", "bread", "a clock", "snow in the mountains", "rivers", "kites"]
+    prompt_ids = [tok(tok.apply_chat_template([{"role": "user", "content": f"{rng.choice(asks)} {rng.choice(topics)}."}],
+                                              add_generation_prompt=True, tokenize=False),
+                      add_special_tokens=False)["input_ids"] for _ in range(a.prompts)]
+    rows_ids = [ids for ids in prompt_ids for _ in range(a.n)]
+    pad = tok.pad_token_id
+
+    def plain():
+        new = 0
+        for s in range(0, len(rows_ids), a.batch):
+            chunk = rows_ids[s: s + a.batch]
+            w = max(map(len, chunk))
+            ids = torch.tensor([[pad] * (w - len(c)) + c for c in chunk])
+            mask = torch.tensor([[0] * (w - len(c)) + [1] * len(c) for c in chunk])
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=a.temperature,
+                                     top_p=a.top_p, max_new_tokens=a.max_new_tokens, pad_token_id=pad,
+                                     eos_token_id=tok.eos_token_id)
+            for row in out[:, w:].tolist():
+                new += (row.index(tok.eos_token_id) + 1) if tok.eos_token_id in row else len(row)
+        return new
+
+    def ours(decode):
+        def run():
+            gen = HFGenerator(model, tok, batch_size=a.batch, decode=decode)
+            outs = gen.generate(prompt_ids, n=a.n, temperature=a.temperature, top_p=a.top_p,
+                                max_new_tokens=a.max_new_tokens, seed=0)
+            return sum(o.completion_tokens for c in outs for o in c)
+        return run
+
+    runs = {"plain model.generate": plain, "posttrain decode=generate": ours("generate"),
+            "posttrain decode=loop": ours("loop")}
+    ours("loop")()  # warm-up
+    best: dict[str, tuple[float, int]] = {}
+    for _ in range(a.repeats):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            n_new = fn()
+            dt = time.perf_counter() - t0
+            if name not in best or dt < best[name][0]:
+                best[name] = (dt, n_new)
+    base = best["plain model.generate"][0]
+    rows = []
+    for name, (dt, n_new) in best.items():
+        rows.append({"run": name, "seconds": round(dt, 2), "candidates/s": round(len(rows_ids) / dt, 2),
+                     "new tokens": n_new, "new tokens/s": round(n_new / dt, 1), "x plain": round(base / dt, 2)})
+    print(common.table(f"Generation {a.model}: {a.prompts} prompts x {a.n} candidates, batch {a.batch}, "
+                       f"max_new_tokens {a.max_new_tokens}, T={a.temperature}, top_p={a.top_p}, "
+                       f"{a.threads} threads, best of {a.repeats}\nmachine: {common.machine()}",
+                       rows, ["run", "seconds", "candidates/s", "new tokens", "new tokens/s", "x plain"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Cached reference log-probs: the reference model is fixed, so log pi_ref(y|x) of a sequence never changes.
+
+Key. A directory per *reference fingerprint* (a hash of the reference weights, their dtype, the device type and
+the autocast precision), and inside it one float per *sequence key* (``data/collate.py::sequence_key``, a hash of
+the rendered token ids and loss mask: it covers the data, the chat template, the truncation and max length).
+So a second epoch, a beta (or loss-type) sweep, or a rerun on the same data and model finds every value and
+runs no reference forward; a changed template or max length renders different tokens and simply misses.
+
+Storage. ``<cache_dir>/<fingerprint>/part-*.pt``: each flush writes the entries it added as a new part file
+(temp name, then rename), so several processes or runs never write the same file and a killed run leaves
+only complete parts. Loading merges every part. Values are float64 sums of token log-probs.
+
+Filling is lazy: the first epoch computes the reference log-probs of each micro-batch as it trains (no extra
+pass over the data) and stores them; a run that finds the whole train (and eval) set cached does not even
+build the frozen reference copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import torch
+
+
+def default_cache_dir(data_path: str) -> Path:
+    """``<data file>.refcache/`` beside a local data file or folder when writable, else ``$POSTTRAIN_CACHE/refcache``."""
+    from posttrain.models.builtin import cache_root
+
+    p = Path(data_path)
+    if p.exists() and os.access(p.parent, os.W_OK):
+        return p.parent / (p.name + ".refcache")
+    return cache_root() / "refcache"
+
+
+def fingerprint(named_tensors, *, precision: str, device_type: str) -> str:
+    """Hash of the reference weights (names, dtypes, shapes, bytes) plus how they are run."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{precision}|{device_type}".encode())
+    for name, t in sorted(named_tensors, key=lambda kv: kv[0]):
+        t = t.detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ReferenceCache:
+    """sequence key -> reference log-prob sum, loaded from and flushed to ``directory``."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.values: dict[str, float] = {}
+        self.new: dict[str, float] = {}
+        self.hits = self.misses = 0
+        if self.directory.is_dir():
+            for part in sorted(self.directory.glob("part-*.pt")):
+                self.values.update(torch.load(part, weights_only=True))
+
+    def covers(self, keys) -> bool:
+        return all(k in self.values for k in keys)
+
+    def lookup(self, keys: list[str]) -> list[float] | None:
+        """Every key's value, or None (counted as a miss) if any is absent."""
+        try:
+            out = [self.values[k] for k in keys]
+        except KeyError:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return out
+
+    def store(self, keys: list[str], values: torch.Tensor) -> None:
+        for k, v in zip(keys, values.detach().double().cpu().tolist()):
+            if k not in self.values:
+                self.values[k] = v
+                self.new[k] = v
+
+    def flush(self) -> None:
+        if not self.new:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}.pt"
+        tmp = self.directory / ("." + name + ".tmp")
+        torch.save(dict(self.new), tmp)
+        os.replace(tmp, self.directory / name)
+        self.new.clear()

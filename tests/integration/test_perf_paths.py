@@ -1,0 +1,162 @@
+"""The fast paths take the same steps as the plain path on tiny-random: packing, cached reference log-probs,
+length-sorted batching (split-head log-probs are on in every run; tests/unit/ops compares them to the plain
+path directly)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.models import reference as reference_mod
+from posttrain.training.metrics import read_metrics
+
+from .helpers import pair_rows, sft_rows, tiny_config, write_jsonl
+
+
+def _losses(out):
+    return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if r.get("split") != "eval"]
+
+
+def _varied_pairs(n=8):
+    rows = pair_rows(n)
+    for i, r in enumerate(rows):
+        r["chosen"] += " extra words" * (i % 4)
+        r["prompt"] += " please" * (3 - i % 4)
+    return rows
+
+
+def test_sft_packed_equals_padded_step_by_step(tmp_path, one_torch_thread):
+    from posttrain.trainers.sft import train_sft
+
+    rows = sft_rows(8)
+    for i, r in enumerate(rows):
+        r["messages"][1]["content"] += " and more" * (i * 2)
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    losses = {}
+    for packing in (False, True):
+        out = tmp_path / f"p{packing}"
+        train_sft(tiny_config("sft", data, out, f"data.packing={str(packing).lower()}", "data.max_length=160",
+                              "optim.micro_batch_size=2", "optim.lr=1e-3"))
+        losses[packing] = _losses(out)
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+
+
+def test_dpo_packing_and_cache_equal_plain_path_and_skip_reference(tmp_path, one_torch_thread):
+    """Plain (padded, no cache) vs packed + cached, 2 epochs: same losses step by step. The cached run pays the
+    reference only in epoch 1; a beta-sweep rerun on the same data pays nothing."""
+    from posttrain.trainers.preference import train_preference
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", _varied_pairs(8))
+    common = ["optim.batch_size=4", "optim.micro_batch_size=2", "optim.max_steps=null", "optim.epochs=2",
+              "data.shuffle=true", "optim.lr=5e-3", "data.max_length=96"]
+    plain = tmp_path / "plain"
+    train_preference(tiny_config("dpo", data, plain, *common, "loss.reference_cache=false"))
+    cache_dir = tmp_path / "refcache"
+    fast = tmp_path / "fast"
+    before = reference_mod.reference_passes()
+    train_preference(tiny_config("dpo", data, fast, *common, "data.packing=true",
+                                 f"loss.reference_cache_dir={cache_dir}"))
+    passes = reference_mod.reference_passes() - before
+    assert passes == 4  # epoch 1: 2 steps x 2 micro-batches; epoch 2: all cached
+    assert len(_losses(fast)) == 4
+    assert _losses(fast) == pytest.approx(_losses(plain), rel=1e-5, abs=1e-6)
+    assert list(cache_dir.glob("*/part-*.pt"))
+
+    before = reference_mod.reference_passes()
+    sweep = tmp_path / "sweep"
+    train_preference(tiny_config("dpo", data, sweep, *common, "loss.beta=0.3",
+                                 f"loss.reference_cache_dir={cache_dir}"))
+    assert reference_mod.reference_passes() - before == 0
+    # and the cached numbers are the reference's: the first step is policy == reference, loss log 2
+    assert _losses(sweep)[0] == pytest.approx(0.6931472, abs=1e-5)
+
+
+def test_full_finetune_rerun_builds_no_reference_copy(tmp_path, one_torch_thread, monkeypatch):
+    import posttrain.trainers.preference as pref
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
+    built = []
+    real = pref.build_reference
+    monkeypatch.setattr(pref, "build_reference", lambda *a: built.append(1) or real(*a))
+    args = ["peft.method=none", "optim.lr=1e-4"]
+    before = reference_mod.reference_passes()
+    pref.train_preference(tiny_config("dpo", data, tmp_path / "a", *args, "optim.max_steps=1"))  # half the data
+    assert built == [1] and (tmp_path / "pairs.jsonl.refcache").is_dir()  # default: beside the data file
+    assert reference_mod.reference_passes() - before == 1
+    before = reference_mod.reference_passes()
+    pref.train_preference(tiny_config("dpo", data, tmp_path / "b", *args, "optim.max_steps=2"))
+    assert built == [1, 1] and reference_mod.reference_passes() - before == 1  # step 1 cached, step 2 not
+    before = reference_mod.reference_passes()
+    pref.train_preference(tiny_config("dpo", data, tmp_path / "c", *args, "optim.max_steps=2", "loss.type=ipo"))
+    assert built == [1, 1] and reference_mod.reference_passes() - before == 0  # all cached: no copy, no pass
+
+
+def test_length_sorted_order_is_a_seeded_permutation_and_groups_lengths():
+    from posttrain.training.loop import epoch_order, step_indices
+
+    lengths = [((i * 37) % 101) + 1 for i in range(100)]
+    kw = dict(num_items=100, batch_size=4, seed=3, shuffle=True, lengths=lengths, sort_window=5)
+    order = epoch_order(0, **kw)
+    assert sorted(order) == list(range(100)) and order == epoch_order(0, **kw)
+    assert order != epoch_order(1, **kw)
+    spread = [max(lengths[i] for i in order[s:s + 4]) - min(lengths[i] for i in order[s:s + 4])
+              for s in range(0, 100, 4)]
+    plain = epoch_order(0, **{**kw, "sort_window": 0})
+    plain_spread = [max(lengths[i] for i in plain[s:s + 4]) - min(lengths[i] for i in plain[s:s + 4])
+                    for s in range(0, 100, 4)]
+    assert sum(spread) < sum(plain_spread) / 3
+    memo: dict = {}
+    steps = [step_indices(s, steps_per_epoch=25, **kw, _orders=memo) for s in range(30)]
+    assert steps == [step_indices(s, steps_per_epoch=25, **kw) for s in range(30)]  # resume needs only the step
+
+
+def test_sort_by_length_resume_reproduces_next_steps(tmp_path, one_torch_thread):
+    import shutil
+
+    from posttrain.trainers.sft import train_sft
+
+    rows = sft_rows(16)
+    for i, r in enumerate(rows):
+        r["messages"][1]["content"] += " more" * (i % 5)
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
+    args = ["data.sort_by_length=true", "data.sort_window=2", "data.shuffle=true", "optim.max_steps=6",
+            "optim.micro_batch_size=2", "train.save_every=2", "optim.lr=1e-3"]
+    full = tmp_path / "full"
+    train_sft(tiny_config("sft", data, full, *args))
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copytree(full / "checkpoints" / "step-000002", part / "checkpoints" / "step-000002")
+    (part / "metrics.jsonl").write_text("".join(
+        line + "\n" for line in (full / "metrics.jsonl").read_text().splitlines()[:2]))
+    train_sft(tiny_config("sft", data, part, *args, "train.resume=true"))
+    assert _losses(part) == pytest.approx(_losses(full), rel=1e-6, abs=1e-7)
+    assert len(_losses(full)) == 6  # crosses into the second epoch (4 steps per epoch)
+
+
+def test_generation_loop_matches_generate_row_for_row(one_torch_thread, smollm2_tokenizer):
+    """decode=loop (finished rows leave the batch) gives every row the same tokens as decode=generate: greedy and
+    sampled rows, nucleus and full-vocabulary rows, different token limits, in one batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from posttrain.generation.hf import HFGenerator
+    from posttrain.generation.types import RowSpec
+    from posttrain.models.builtin import TINY_RANDOM_SHAPE
+
+    tok = smollm2_tokenizer
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.eos_token_id, tie_word_embeddings=False, initializer_range=0.1,
+                             **TINY_RANDOM_SHAPE)
+        model = LlamaForCausalLM(config).eval()
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("hello there", "a much longer prompt about tea",
+                                                                       "x", "what is two plus two")]
+    rows = [RowSpec(prompts[i % 4], temperature=t, top_p=p, max_new_tokens=m, seed=100 + i)
+            for i, (t, p, m) in enumerate([(0.0, 1.0, 6), (1.0, 0.9, 12), (0.7, 1.0, 3), (1.3, 0.5, 12),
+                                           (1.0, 1.0, 9), (0.0, 1.0, 12), (0.9, 0.8, 1), (1.0, 0.95, 7)])]
+    a = HFGenerator(model, tok, batch_size=8, decode="generate").generate_rows(rows)
+    b = HFGenerator(model, tok, batch_size=8, decode="loop").generate_rows(rows)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert [o.finish_reason for o in a] == [o.finish_reason for o in b]
+    assert sorted({len(o.token_ids) for o in b}) == [1, 3, 6, 7, 9, 12]  # rows really left at different steps

@@ -1,0 +1,85 @@
+"""Padding-free packing: exact tensors, and packed log-probs equal to padded ones (values and gradients)."""
+
+import pytest
+import torch
+
+from posttrain.ops.logprobs import sequence_logps
+from posttrain.ops.packing import block_diagonal_causal_mask, pack_sequences
+
+
+def test_pack_sequences_exact_tensors():
+    batch = pack_sequences([[5, 6, 7], [8], [9, 10]], [[0, 1, 1], [1], [1, 1]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 0, 1]]
+    assert batch["seq_index"].tolist() == [[0, 0, 0, 1, 2, 2]]
+    # a sequence's first token is never a target (the previous sequence would predict it)
+    assert batch["loss_mask"].tolist() == [[0, 1, 1, 0, 0, 1]]
+    assert batch["num_seqs"] == 3 and batch["lengths"].tolist() == [3, 1, 2]
+    with pytest.raises(ValueError):
+        pack_sequences([], [])
+    with pytest.raises(ValueError):
+        pack_sequences([[1], []], [[0], []])
+
+
+def test_block_diagonal_mask():
+    mask = block_diagonal_causal_mask(torch.tensor([[0, 0, 1, 1, 1]]))[0, 0].int()
+    assert mask.tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
+
+
+def _model(attn_implementation):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, attn_implementation=attn_implementation)
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("split", [True, False])
+def test_packed_equals_padded_logps_and_gradients(one_torch_thread, attn, split):
+    model = _model(attn)
+    torch.manual_seed(3)
+    lengths = [9, 3, 14, 1, 6]
+    seqs = [torch.randint(1, 120, (n,)).tolist() for n in lengths]
+    masks = [[0] * min(2, n - 1) + [1] * (n - min(2, n - 1)) for n in lengths]
+    masks = [[0] + m[1:] for m in masks]  # first token is prompt, as rendered data always has
+    # padded batch
+    width = max(lengths)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    attn_mask = torch.zeros_like(ids)
+    loss = torch.zeros_like(ids)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)], attn_mask[i, : len(s)], loss[i, : len(s)] = torch.tensor(s), 1, torch.tensor(m)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, 1.5])
+    padded = sequence_logps(model, ids, attn_mask, loss, split=split)
+    (padded[0] * weights).sum().backward()
+    g_padded = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    packed_batch = pack_sequences(seqs, masks)
+    packed = sequence_logps(model, packed_batch["input_ids"], None, packed_batch["loss_mask"],
+                            packed_batch["position_ids"], seq_index=packed_batch["seq_index"],
+                            num_seqs=packed_batch["num_seqs"], split=split)
+    (packed[0] * weights).sum().backward()
+    assert torch.allclose(packed[0], padded[0], atol=1e-5), (packed[0], padded[0])
+    assert torch.equal(packed[1], padded[1])
+    assert packed[1].tolist() == [7.0, 1.0, 12.0, 0.0, 4.0]
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, g_padded[n], atol=1e-5), n
+
+
+def test_packing_without_restarting_positions_would_differ(one_torch_thread):
+    """The test above can fail: attention leaking across sequences changes the numbers."""
+    model = _model("sdpa")
+    seqs = [[3, 4, 5, 6], [7, 8, 9]]
+    masks = [[0, 1, 1, 1], [0, 1, 1]]
+    batch = pack_sequences(seqs, masks)
+    with torch.no_grad():
+        right = sequence_logps(model, batch["input_ids"], None, batch["loss_mask"], batch["position_ids"],
+                               seq_index=batch["seq_index"], num_seqs=2)[0]
+        leaky = sequence_logps(model, batch["input_ids"], None, batch["loss_mask"], None,
+                               seq_index=batch["seq_index"], num_seqs=2)[0]
+        alone = sequence_logps(model, torch.tensor([seqs[1]]), None, torch.tensor([masks[1]]))[0]
+    assert torch.allclose(right[1], alone[0], atol=1e-5)
+    assert not torch.allclose(leaky[1], alone[0], atol=1e-3)
