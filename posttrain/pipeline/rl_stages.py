@@ -1,0 +1,35 @@
+"""Pipeline stages ``reward_model``, ``ppo``, ``grpo`` and ``rejection_sft``: the config tree is the command's config
+(as in ``posttrain reward-model|ppo|grpo|rejection-sft``), the output folder is the stage's run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGE_COMMANDS = {"reward_model": "reward-model", "ppo": "ppo", "grpo": "grpo", "rejection_sft": "rejection-sft"}
+MAIN_METRICS = {"reward_model": "rewards/accuracy", "ppo": "reward/total", "grpo": "reward/total",
+                "rejection_sft": "rejection/winners"}
+
+
+def _runner(command: str):
+    def run(params: dict, output_dir: Path, resume: bool) -> dict:
+        from posttrain.pipeline.registry import training_config
+        from posttrain.trainers.rl_cli import trainer
+
+        return trainer(command)(training_config(command, params, output_dir, resume))
+
+    return run
+
+
+def rl_inputs(params: dict) -> list[str]:
+    """Model, adapter, data and (PPO/GRPO) the reward model: the files whose content decides the output."""
+    from posttrain.pipeline.registry import training_inputs
+
+    reward = (params.get("reward") or {}).get("reward_model")
+    return training_inputs(params) + ([reward] if reward else [])
+
+
+def rl_stages() -> dict:
+    from posttrain.pipeline.registry import StageSpec
+
+    return {name: StageSpec(_runner(command), rl_inputs, main_metric=MAIN_METRICS[name])
+            for name, command in STAGE_COMMANDS.items()}

@@ -1,0 +1,134 @@
+"""Rejection-sampling SFT (best-of-N distillation; DeepSeek-AI 2025, R1 sec. 2.3.3; Touvron et al. 2023, Llama 2
+sec. 3.2.3): sample N candidates per prompt with the generation backends (HF, or vLLM when installed), score them
+with judges (verifiers, reward model, LLM, local model; several are combined as in the judge stage), keep the best
+candidate of each prompt (if it reaches ``rejection.min_score``), then SFT on those winners with the shared loop.
+
+Outputs besides the run folder: ``candidates.jsonl`` (every candidate with its score), ``winners.jsonl`` (SFT
+layout: ``messages`` + score), ``model/``.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+
+from posttrain.config import ConfigError
+from posttrain.data.schema import DataErrors, SFTExample
+from posttrain.trainers.rl_common import load_prompt_items, sample
+
+
+def build_scorer(judge_specs: list[dict]):
+    """(score_many function, name) from judge config dicts, as the judge stage reads them."""
+    from posttrain.judges.ensemble import ScoringEnsemble
+    from posttrain.judges.judge_stage import JudgeConfigError, build_member
+
+    try:
+        members = [build_member(spec, i) for i, spec in enumerate(judge_specs)]
+    except JudgeConfigError as e:
+        raise ConfigError(f"rejection.{e}") from None
+    if not members:
+        raise ConfigError("rejection.judges: give at least one judge")
+    judge = members[0].judge if len(members) == 1 else ScoringEnsemble(members)
+
+    def score_many(items):
+        if hasattr(judge, "score_many"):
+            return judge.score_many(items)
+        return [judge.score(*it) for it in items]
+
+    return score_many, judge.name
+
+
+def pick_winners(scores: list[list[float]], min_score: float | None) -> list[int | None]:
+    """Index of the best candidate of each prompt (the first on ties; NaN scores never win), or None when no
+    candidate reaches ``min_score``."""
+    out = []
+    for row in scores:
+        best, best_i = -math.inf, None
+        for i, s in enumerate(row):
+            if not math.isnan(s) and s > best:
+                best, best_i = s, i
+        if best_i is not None and min_score is not None and best < min_score:
+            best_i = None
+        out.append(best_i)
+    return out
+
+
+def train_rejection_sft(cfg) -> dict:
+    from posttrain.data.render import render_dataset
+    from posttrain.data.writers import atomic_write_jsonl
+    from posttrain.generation.backends import load_generator
+    from posttrain.models.policy import load_policy, model_tokenizer, save_trained
+    from posttrain.trainers.sft import sft_step_fns
+    from posttrain.training.loop import fit, make_accelerator, settings_from_config
+    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything
+
+    r = cfg.rejection
+    accelerator = make_accelerator(cfg.train.precision)
+    tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
+    items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
+                                     max_prompt_length=cfg.data.max_prompt_length, need_verifiable=False)
+    score_many, judge_name = build_scorer(r.judges)
+    check_output_dir(cfg.train)
+    seed_everything(cfg.train.seed)
+    run = open_run_folder(cfg, "rejection_sft", True, lambda: None)
+    try:
+        generator, _ = load_generator(cfg.model.name, adapter=cfg.model.adapter, backend=r.backend,
+                                      batch_size=cfg.rollout.batch_size, seed=r.seed, cache_dir=cfg.model.cache_dir,
+                                      dtype=cfg.model.dtype)
+        outs = sample(generator, items, n=r.n, rollout_cfg=cfg.rollout, seed=r.seed)
+        del generator
+        gc.collect()
+        judged = score_many([(it.example.prompt, outs[p * r.n + i].text, it.example.metadata)
+                             for p, it in enumerate(items) for i in range(r.n)])
+        values = [[judged[p * r.n + i].value for i in range(r.n)] for p in range(len(items))]
+        winners = pick_winners(values, r.min_score)
+        candidates, winner_rows, examples = [], [], []
+        for p, it in enumerate(items):
+            for i in range(r.n):
+                o = outs[p * r.n + i]
+                candidates.append({"prompt_id": it.key, "candidate_index": i, "prompt": it.example.prompt,
+                                   "response": o.text, "score": values[p][i], "winner": winners[p] == i,
+                                   "completion_tokens": len(o.token_ids), "finish_reason": o.finish_reason})
+            w = winners[p]
+            if w is None or not outs[p * r.n + w].text.strip():
+                continue
+            messages = it.example.prompt + [{"role": "assistant", "content": outs[p * r.n + w].text}]
+            winner_rows.append({"messages": messages, "score": values[p][w], "prompt_id": it.key})
+            examples.append(SFTExample(messages, str(run.path / "winners.jsonl"), len(winner_rows)))
+        atomic_write_jsonl(run.path / "candidates.jsonl", candidates)
+        atomic_write_jsonl(run.path / "winners.jsonl", winner_rows)
+        finite = [v for row in values for v in row if not math.isnan(v)]
+        selection = {"rejection/judge": judge_name, "rejection/candidates": len(candidates),
+                     "rejection/winners": len(winner_rows),
+                     "rejection/mean_score": sum(finite) / len(finite) if finite else math.nan,
+                     "rejection/winner_mean_score": (sum(w["score"] for w in winner_rows) / len(winner_rows)
+                                                     if winner_rows else math.nan)}
+        if not examples:
+            raise ConfigError(f"rejection-sft: no winners among {len(candidates)} candidates (rejection.min_score="
+                              f"{r.min_score}); lower it or sample more (rejection.n)")
+        # A sampled text can re-tokenise differently after the chat template (BPE merging across the generation
+        # prompt): such winners cannot be trained on exactly, so they are dropped and counted, not fatal.
+        train, unrenderable = [], 0
+        for ex in examples:
+            try:
+                train += render_dataset([ex], tokenizer, max_length=cfg.max_length, truncation="drop")[0]
+            except DataErrors:
+                unrenderable += 1
+        render_stats = {"sft/kept": len(train), "sft/dropped_too_long": len(examples) - len(train) - unrenderable,
+                        "sft/dropped_unrenderable": unrenderable}
+        if len(train) < cfg.optim.batch_size:
+            raise ConfigError(f"rejection-sft: {len(train)} winners, fewer than optim.batch_size="
+                              f"{cfg.optim.batch_size}; lower the batch size or add prompts")
+        policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
+        policy.to(accelerator.device)
+        fns = sft_step_fns(tokenizer.pad_token_id, accelerator.device)
+        settings = settings_from_config(cfg, "rejection_sft")
+        summary = fit(policy, train, [], fns, settings, accelerator)
+        save_trained(policy, tokenizer, run.path / "model", lineage)
+        summary = {**stats, **selection, **render_stats, **summary}
+        run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "candidates": "candidates.jsonl",
+                             "winners": "winners.jsonl"})
+    except BaseException as e:
+        run.save(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    return summary

@@ -1,0 +1,279 @@
+"""Reward model: a sequence-classification head (one output) on any causal LM posttrain loads, or an HF classifier,
+trained with the Bradley-Terry loss on preference pairs (``losses/reward.py``), LoRA or full.
+
+Sequences are rendered exactly as ``judges/reward_model.py::RewardModelJudge`` renders them at scoring time (the
+chat template over prompt + response, no extra special tokens), and the score is the classifier's own pooled
+output, so training and judging see the same function. The saved ``model/`` is a plain HF sequence-classification
+folder (a LoRA adapter is merged into it): ``RewardModelJudge(out/model)`` loads it, so does ``reward.reward_model``
+in PPO/GRPO and ``{type: reward_model, model: ...}`` in the judge stage.
+
+Eval (held-out pairs): pairwise accuracy, the reward distribution, and how much the score follows response length
+(Pearson correlation of score and length, and the accuracy of "the longer one wins"): a length-biased reward
+model is a known failure mode, so it is measured and reported in ``reward_eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.config import ConfigError
+from posttrain.data.layouts import load_examples
+from posttrain.data.schema import DataError, DataErrors, PreferencePair
+from posttrain.losses.reward import bradley_terry_loss
+from posttrain.training.loop import StepFns
+from posttrain.training.stage import to_device
+
+
+@dataclass
+class RenderedPair:
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    margin: float
+    chosen_length: int  # response tokens
+    rejected_length: int
+
+
+def _response_text(messages) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def render_rm_pairs(pairs: list[PreferencePair], tokenizer, *, max_length: int, truncation: str,
+                    margin_key: str | None, margin_required: bool = True) -> tuple[list[RenderedPair], int]:
+    """(rendered pairs, pairs dropped as too long). ``truncation="truncate"`` keeps the *end* of a long
+    sequence (the response), as the judge does. Held-out pairs (``margin_required`` False) may lack the margin
+    field (0 is used)."""
+    out, dropped, errors = [], 0, []
+    for p in pairs:
+        margin = 0.0
+        if margin_key is not None:
+            value = p.metadata.get(margin_key)
+            if value is None and not margin_required:
+                value = 0.0
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                what = "missing" if value is None else f"got {value!r}"
+                errors.append(DataError(p.source, p.row, margin_key, f"loss.margin_key needs a number here: {what}"))
+                continue
+            margin = float(value)
+        sides = []
+        for reply in (p.chosen, p.rejected):
+            text = tokenizer.apply_chat_template(p.prompt + reply, tokenize=False)
+            sides.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if any(len(s) > max_length for s in sides):
+            if truncation == "drop":
+                dropped += 1
+                continue
+            sides = [s[-max_length:] for s in sides]
+        lengths = [len(tokenizer(_response_text(r), add_special_tokens=False)["input_ids"])
+                   for r in (p.chosen, p.rejected)]
+        out.append(RenderedPair(sides[0], sides[1], margin, lengths[0], lengths[1]))
+    if errors:
+        raise DataErrors(errors)
+    return out, dropped
+
+
+def collate_rm(pairs: list[RenderedPair], pad_token_id: int) -> dict:
+    """(2B, T) right-padded: rows ``[:B]`` chosen, ``[B:]`` rejected; ``margin`` (B,)."""
+    seqs = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, : len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "num_pairs": len(pairs),
+            "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32)}
+
+
+def rm_step_fns(*, pad_token_id: int, centering: float, use_margin: bool, device) -> StepFns:
+    def collate(items):
+        return to_device(collate_rm(items, pad_token_id), device)
+
+    def weight(batch):
+        return float(batch["num_pairs"])
+
+    def loss(model, batch):
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+        b = batch["num_pairs"]
+        losses, m = bradley_terry_loss(rewards[:b], rewards[b:], batch["margin"] if use_margin else None,
+                                       centering_coef=centering)
+        metrics = {f"rewards/{k}": v for k, v in m.items()}
+        return losses.sum(), metrics, int(batch["attention_mask"].sum())
+
+    return StepFns(collate=collate, weight=weight, loss=loss)
+
+
+def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
+    """A one-output sequence classifier on ``model.name`` (adapter lineage merged), with a fresh LoRA/DoRA
+    adapter (the score head fully trained) or fully trainable. Returns (model, base name)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from posttrain.models.policy import load_base, resolve_lineage
+    from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
+
+    base_name, adapters = resolve_lineage(model_cfg.name, model_cfg.adapter)
+    path = resolve_model_path(base_name, model_cfg.cache_dir)
+    dtype = torch_dtype(model_cfg.dtype)
+    torch.manual_seed(seed)  # the score head is freshly initialised
+    try:
+        if adapters:  # a trained folder: merge its lineage into the causal LM, then move the trunk over
+            causal, _, _ = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
+                                     dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
+            config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=model_cfg.trust_remote_code)
+            model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+            missing, _ = model.load_state_dict(causal.state_dict(), strict=False)
+            head = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
+            if set(missing) - head:
+                raise ModelError(f"model '{model_cfg.name}': its trunk does not fit a sequence classifier "
+                                 f"(missing {sorted(set(missing) - head)[:3]})")
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, ignore_mismatched_sizes=True, dtype=dtype,
+                trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model '{model_cfg.name}': cannot load it as a sequence classifier "
+                         f"({str(e).splitlines()[0]})") from None
+    model.config.pad_token_id = pad_token_id  # the classifier pools the last non-pad token
+    if peft_cfg.method != "none":
+        from peft import LoraConfig, get_peft_model
+
+        if peft_cfg.method == "qlora":
+            raise ConfigError("peft.method=qlora is not supported for reward models; use lora or none")
+        torch.manual_seed(seed)
+        model = get_peft_model(model, LoraConfig(r=peft_cfg.r, lora_alpha=peft_cfg.alpha, lora_dropout=peft_cfg.dropout,
+                                                 target_modules=peft_cfg.target_modules,
+                                                 use_dora=peft_cfg.method == "dora", task_type="SEQ_CLS"))
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, base_name
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    n = len(x)
+    if n < 2:
+        return math.nan
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in x))
+    sy = math.sqrt(sum((b - my) ** 2 for b in y))
+    return sxy / (sx * sy) if sx > 0 and sy > 0 else math.nan
+
+
+def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_size: int) -> dict:
+    """Accuracy, reward distribution and length sensitivity of the model's scores on ``pairs``."""
+    chosen, rejected = [], []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(pairs), micro_batch_size):
+            batch = fns.collate(pairs[i: i + micro_batch_size])
+            r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+            b = batch["num_pairs"]
+            chosen += r[:b].tolist()
+            rejected += r[b:].tolist()
+    model.train(was_training)
+    scores = chosen + rejected
+    lengths = [p.chosen_length for p in pairs] + [p.rejected_length for p in pairs]
+    ordered = sorted(scores)
+    n = len(pairs)
+
+    def quantile(q):
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+    mean = sum(scores) / len(scores)
+    unequal = [p for p in pairs if p.chosen_length != p.rejected_length]
+    return {
+        "pairs": n,
+        "accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
+        "margin_mean": sum(c - r for c, r in zip(chosen, rejected)) / n,
+        "reward_mean": mean,
+        "reward_std": math.sqrt(sum((s - mean) ** 2 for s in scores) / max(1, len(scores) - 1)),
+        "reward_min": ordered[0], "reward_p05": quantile(0.05), "reward_p50": quantile(0.5),
+        "reward_p95": quantile(0.95), "reward_max": ordered[-1],
+        "chosen_mean": sum(chosen) / n, "rejected_mean": sum(rejected) / n,
+        # length bias: does the score follow response length, and does the RM simply pick the longer reply?
+        "length_corr": pearson(scores, [float(x) for x in lengths]),
+        "margin_length_corr": pearson([c - r for c, r in zip(chosen, rejected)],
+                                      [float(p.chosen_length - p.rejected_length) for p in pairs]),
+        "longer_preferred_by_rm": (sum((c > r) == (p.chosen_length > p.rejected_length)
+                                       for c, r, p in zip(chosen, rejected, pairs) if p.chosen_length != p.rejected_length)
+                                   / len(unequal)) if unequal else math.nan,
+        "longer_is_chosen_in_data": (sum(p.chosen_length > p.rejected_length for p in unequal) / len(unequal))
+                                    if unequal else math.nan,
+    }
+
+
+def _split(examples, eval_fraction: float, seed: int):
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(eval_fraction * len(order))))
+    return [examples[i] for i in sorted(order[n_eval:])], [examples[i] for i in sorted(order[:n_eval])]
+
+
+def train_reward_model(cfg) -> dict:
+    from posttrain.models.policy import model_tokenizer
+    from posttrain.training.loop import fit, make_accelerator, settings_from_config
+    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything
+
+    d = cfg.data
+    accelerator = make_accelerator(cfg.train.precision)
+    tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
+    train_ex = load_examples(d.train, "preference", d.split)
+    eval_ex = load_examples(d.eval, "preference", None) if d.eval else []
+    if not eval_ex and d.eval_fraction > 0:
+        train_ex, eval_ex = _split(train_ex, d.eval_fraction, cfg.train.seed)
+    render = dict(max_length=d.max_length, truncation=d.truncation, margin_key=cfg.loss.margin_key)
+    train, dropped = render_rm_pairs(train_ex, tokenizer, **render)
+    evals, eval_dropped = (render_rm_pairs(eval_ex, tokenizer, **render, margin_required=False) if eval_ex
+                           else ([], 0))
+    if not train:
+        raise ConfigError(f"{d.train}: no pairs left at data.max_length={d.max_length} (truncation '{d.truncation}')")
+    stats = {"train/rows": len(train_ex), "train/kept": len(train), "train/dropped_too_long": dropped}
+    if eval_ex:
+        stats.update({"eval/rows": len(eval_ex), "eval/kept": len(evals), "eval/dropped_too_long": eval_dropped})
+    check_output_dir(cfg.train)
+    seed_everything(cfg.train.seed)
+    model, base_name = load_reward_model(cfg.model, cfg.peft, seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id)
+    fns = rm_step_fns(pad_token_id=tokenizer.pad_token_id, centering=cfg.loss.centering,
+                      use_margin=cfg.loss.margin_key is not None, device=accelerator.device)
+    is_main = accelerator.is_main_process
+    run = open_run_folder(cfg, "reward_model", is_main, accelerator.wait_for_everyone)
+    try:
+        summary = fit(model, train, evals, fns, settings_from_config(cfg, "reward_model"), accelerator)
+        accelerator.wait_for_everyone()
+        if is_main:
+            report = {"eval" if evals else "train": reward_report(model, evals or train, fns,
+                                                                  cfg.optim.micro_batch_size)}
+            if evals:
+                report["train"] = reward_report(model, train[: len(evals) * 4], fns, cfg.optim.micro_batch_size)
+            split = "eval" if evals else "train"
+            summary = {**stats, **summary, **{f"{split}/rm/{k}": v for k, v in report[split].items()}}
+            save_reward_model(model, tokenizer, run.path / "model", base_name)
+            (run.path / "reward_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+            corr = report[split]["length_corr"]
+            if isinstance(corr, float) and abs(corr) > 0.3:
+                print(f"posttrain: warning: the reward model's scores correlate with response length "
+                      f"(r={corr:.2f} on {split} pairs): check for length bias before using it as a PPO reward",
+                      flush=True)
+            run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "reward_eval": "reward_eval.json"})
+        accelerator.wait_for_everyone()
+    except BaseException as e:
+        if is_main:
+            run.save(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    return summary
+
+
+def save_reward_model(model, tokenizer, out_dir, base_name: str) -> None:
+    """A plain HF sequence-classification folder (LoRA merged), loadable by ``RewardModelJudge``."""
+    from posttrain.models.adapters import is_peft
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain = model.merge_and_unload() if is_peft(model) else model
+    plain.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "posttrain_reward_model.json").write_text(json.dumps({"base": base_name}, indent=2) + "\n")

@@ -1,0 +1,159 @@
+"""The online-RL loop (PPO, GRPO): rollouts, then several update epochs over minibatches of them.
+
+It is ``training/loop.py::fit`` with one level more: each *step* draws ``optim.batch_size`` prompts (a pure
+function of the step, as in ``fit``, so resume needs only the step number), samples completions with the current
+policy and scores them (``RLFns.rollout``), then runs ``epochs`` passes over the rollout batch, each split into
+``mini_batches`` optimizer steps of ``micro_batch_size`` sequences per forward pass. Within one optimizer step the
+loss is ``sum(micro-batch loss sums) / W`` with W the minibatch's total weight (tokens or sequences), known before
+the first forward, so the micro-batch size does not change the gradient. The optimizer, schedule (over all
+optimizer steps), checkpoints (plus the trainer's own state, e.g. the adaptive KL coefficient), metrics.jsonl and
+the progress bar are the same pieces ``fit`` uses.
+
+One process: rollouts, whitening and the KL controller are per batch; multi-process RL is not implemented.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from posttrain.config import ConfigError
+from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from posttrain.training.loop import LoopSettings, plan_steps, step_indices
+from posttrain.training.metrics import MetricSums, MetricsLog
+from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
+
+
+@dataclass
+class RLFns:
+    # (prompt items, step) -> (rollout batch: tensors with N rows first, plus "num_rows"; per-step metrics)
+    rollout: Callable[[list, int], tuple[dict, dict[str, float]]]
+    # loss normaliser contribution of a micro-batch (tokens or rows); no forward pass
+    weight: Callable[[dict], float]
+    # (model, micro-batch) -> (summed loss, per-row metrics (B,), tokens processed)
+    loss: Callable[[Any, dict], tuple[torch.Tensor, dict[str, torch.Tensor], int]]
+    # after the updates of a step: (record) -> extra fields to log (e.g. the new KL coefficient)
+    after_step: Callable[[dict], dict] | None = None
+    # trainer state saved in checkpoints (JSON-serialisable) and restored on resume
+    state: Callable[[], dict] = field(default=lambda: {})
+    load_state: Callable[[dict], None] = field(default=lambda s: None)
+
+
+def select_rows(batch: dict, rows: torch.Tensor) -> dict:
+    """The sub-batch of ``rows`` (a 1-D index tensor): tensors are indexed on dim 0, lists picked, others kept."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch["num_rows"]:
+            out[k] = v.index_select(0, rows.to(v.device))
+        elif isinstance(v, list) and len(v) == batch["num_rows"]:
+            out[k] = [v[i] for i in rows.tolist()]
+        else:
+            out[k] = v
+    out["num_rows"] = len(rows)
+    return out
+
+
+def split_even(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous (start, end) ranges covering range(n), sizes differing by at most one."""
+    if parts > n:
+        raise ConfigError(f"cannot split {n} rollout sequences into {parts} minibatches")
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, update_epochs: int,
+           mini_batches: int, on_log=None) -> dict:
+    """Train ``model`` in place on rollouts from ``prompts``. Returns a summary dict (last step's metrics)."""
+    if accelerator.num_processes > 1:
+        raise ConfigError("ppo/grpo run on one process (multi-process RL is not implemented); launch without "
+                          "torchrun/accelerate launch")
+    per_epoch, total_steps = plan_steps(len(prompts), s.batch_size, s.epochs, s.max_steps)
+    opt_steps = total_steps * update_epochs * mini_batches
+    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas, eps=s.eps)
+    warmup = resolve_warmup(opt_steps, s.warmup_steps, s.warmup_ratio)
+    scheduler = build_scheduler(optimizer, total_steps=opt_steps, warmup_steps=warmup, schedule=s.schedule)
+    model = accelerator.prepare(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    start = 0
+    if s.resume and (ckpt := latest_checkpoint(s.output_dir)) is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=0)
+        start = state["step"]
+        fns.load_state(state.get("rl", {}))
+        print(f"posttrain: resumed from {ckpt} (step {start} of {total_steps})", flush=True)
+    log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=True, resume_step=start if s.resume else None)
+    bar = None
+    if s.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, desc=s.desc, unit="step", dynamic_ncols=True)
+    identity = lambda t: t  # noqa: E731 (one process)
+    last: dict = {}
+    t_total, tokens_total = 0.0, 0
+    for step in range(start, total_steps):
+        t0 = time.perf_counter()
+        idx = step_indices(step, num_items=len(prompts), batch_size=s.batch_size, steps_per_epoch=per_epoch,
+                           seed=s.seed, shuffle=s.shuffle)
+        model.eval()
+        batch, rollout_metrics = fns.rollout([prompts[i] for i in idx], step)
+        t_rollout = time.perf_counter() - t0
+        model.train()
+        n = batch["num_rows"]
+        order_gen = torch.Generator().manual_seed(s.seed * 7919 + step)
+        sums, losses, norms, tokens = MetricSums(), [], [], 0
+        for _ in range(update_epochs):
+            perm = torch.randperm(n, generator=order_gen)
+            for lo, hi in split_even(n, mini_batches):
+                rows = perm[lo:hi]
+                micro = [select_rows(batch, rows[i:i + s.micro_batch_size])
+                         for i in range(0, len(rows), s.micro_batch_size)]
+                weight = sum(float(fns.weight(m)) for m in micro)
+                if weight <= 0:
+                    continue
+                loss_value = 0.0
+                for m in micro:
+                    with accelerator.autocast():
+                        loss_sum, metrics, n_tok = fns.loss(model, m)
+                        accelerator.backward(loss_sum / weight)
+                    loss_value += float(loss_sum.detach()) / weight
+                    tokens += n_tok
+                    sums.add(metrics)
+                max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
+                norms.append(float(accelerator.clip_grad_norm_(params, max_norm)))
+                losses.append(loss_value)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        t_total += dt
+        tokens_total += tokens
+        record = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4),
+                  "loss": sum(losses) / len(losses) if losses else math.nan,
+                  "lr": scheduler.get_last_lr()[0], "grad_norm": max(norms) if norms else math.nan,
+                  **rollout_metrics, **sums.reduced(identity),
+                  "rollout_s": round(t_rollout, 2), "step_s": round(dt, 2)}
+        if fns.after_step is not None:
+            record.update(fns.after_step(record))
+        last = record
+        if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
+            log.write(record)
+            if on_log:
+                on_log(record)
+        if bar is not None:
+            bar.set_postfix(reward=f"{record.get('reward/total', math.nan):.3f}", loss=f"{record['loss']:.4f}")
+            bar.update(1)
+        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
+            save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
+                            rank=0, world_size=1, barrier=lambda: None,
+                            extra={"total_steps": total_steps, "rl": fns.state()}, keep=s.keep_checkpoints)
+    if bar is not None:
+        bar.close()
+    summary = {"steps": total_steps, "train_time_s": round(t_total, 2),
+               "tokens_per_s": round(tokens_total / t_total, 1) if t_total else None}
+    summary.update({f"train/{k}": v for k, v in last.items() if k not in ("step", "epoch", "lr")})
+    return summary
