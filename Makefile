@@ -5,7 +5,7 @@ POSTTRAIN := $(VENV)/bin/posttrain
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all clean
+.PHONY: setup demo demo-dpo test test-slow test-all clean
 
 setup: $(VENV)/.setup-done
 
@@ -13,8 +13,16 @@ $(VENV)/.setup-done: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
 
-# SFT then DPO on the builtin SmolLM2-135M-Instruct with the shipped sample data; prints the metrics.
+# The quickstart pipeline on the builtin SmolLM2-135M-Instruct (examples/quickstart.yaml): SFT -> candidates ->
+# verifier judge -> pairs -> DPO -> eval vs the SFT model -> gates -> report -> export. Cached: a rerun skips
+# finished stages (runs/quickstart/report.html is the report).
 demo: setup
+	@$(POSTTRAIN) run examples/quickstart.yaml; rc=$$?; \
+	if [ $$rc -eq 1 ]; then echo "quickstart: a release gate failed (table above, runs/quickstart/report.html): the model was measured and not exported"; fi; \
+	[ $$rc -le 1 ]
+
+# The older two-stage demo: SFT then DPO on the shipped off-policy pairs; prints held-out reward accuracy.
+demo-dpo: setup
 	$(POSTTRAIN) sft examples/demo/sft.yaml train.output_dir=$(DEMO_DIR)/sft train.overwrite=true
 	$(POSTTRAIN) dpo examples/demo/dpo.yaml model.name=$(DEMO_DIR)/sft/model train.output_dir=$(DEMO_DIR)/dpo train.overwrite=true
 	$(PY) scripts/demo_summary.py $(DEMO_DIR)

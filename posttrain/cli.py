@@ -26,11 +26,15 @@ def _mount_stage_apps() -> None:
     from posttrain.feedback.cli import feedback_app
     from posttrain.eval.cli import eval_command, gate_command
     from posttrain.generation.cli import generate_command
+    from posttrain.hygiene.cli import data_app
     from posttrain.judges.cli import judge
     from posttrain.pipeline.cli import run_command, status_command
     from posttrain.report.cli import report_command
     from posttrain.serving.cli import serve_command
+    from posttrain.trainers.rl_cli import mount as mount_rl
 
+    app.add_typer(data_app, name="data", help="Data hygiene: exact and MinHash dedup, eval decontamination, PII "
+                                              "redaction, preference-data diagnostics.")
     app.add_typer(feedback_app, name="feedback", help="Production feedback (thumbs, edits, side-by-side, rankings, "
                                                       "Likert) to preference pairs and KTO rows.")
     app.command("judge", help="Score candidates with judges (verifiers, LLM, local model, reward model) and "
@@ -47,6 +51,7 @@ def _mount_stage_apps() -> None:
     app.command("status", help="Show a pipeline run: stage, status, key, wall time, main metric.")(status_command)
     app.command("report", help="Write RUN_DIR/report.html (self-contained) and print the run summary.")(
         report_command)
+    mount_rl(app)
 
 
 
@@ -132,9 +137,11 @@ def config_validate(
                               f"({' | '.join(COMMANDS)})")
         cfg = load_config(command, path, overrides or [])
         if data:
+            from posttrain.trainers.rl_cli import RL_COMMANDS, validate_data
             from posttrain.training.stage import load_stage_data
 
-            stats = load_stage_data(cfg, {"sft": "sft", "dpo": "preference", "kto": "unpaired"}[command]).stats
+            stats = (validate_data(command, cfg) if command in RL_COMMANDS else
+                     load_stage_data(cfg, {"sft": "sft", "dpo": "preference", "kto": "unpaired"}[command]).stats)
             typer.echo(" ".join(f"{k}={v}" for k, v in stats.items()), err=True)
     except _user_errors() as e:
         _fail(e)

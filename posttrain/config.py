@@ -46,6 +46,12 @@ class DataSection(Section):
     max_length: int = Field(512, gt=8)
     truncation: Literal["drop", "truncate"] = "drop"
     shuffle: bool = True
+    packing: bool = Field(False, description="padding-free: each micro-batch is one row of concatenated sequences "
+                                             "(SFT and preference training; see docs/PERFORMANCE.md)")
+    sort_by_length: bool = Field(False, description="group similar lengths into the same micro-batch (less "
+                                                    "padding when packing is off); order stays seeded")
+    sort_window: int = Field(32, gt=0, description="with sort_by_length: batches per window of the seeded "
+                                                   "permutation that are sorted by length")
 
 
 class OptimSection(Section):
@@ -84,6 +90,11 @@ class PreferenceLossSection(Section):
     gamma: float = Field(0.5, description="SimPO margin")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of an NLL term on chosen (RPO)")
     reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
+    reference_cache: bool = Field(True, description="store reference log-probs on disk, keyed by reference "
+                                                    "weights and sequence content; later epochs and reruns skip "
+                                                    "the reference forward")
+    reference_cache_dir: str | None = Field(None, description="default: <data.train>.refcache/ beside a local "
+                                                              "data file, else $POSTTRAIN_CACHE/refcache")
 
     @model_validator(mode="after")
     def _params_belong_to_loss(self):
@@ -142,6 +153,132 @@ class MergeConfig(Section):
 
 
 COMMANDS: dict[str, type[Section]] = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig}
+
+
+# --- reward model, PPO, GRPO, rejection-sampling SFT (docs/RL.md) ---
+
+class RewardModelLossSection(Section):
+    margin_key: str | None = Field(None, description="pair metadata field holding a per-pair margin (Llama 2)")
+    centering: float = Field(0.0, ge=0, description="coefficient of (r_c + r_r)^2, keeps rewards centred at 0")
+
+
+class RewardModelConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: DataSection
+    optim: OptimSection = OptimSection(lr=1e-4)
+    loss: RewardModelLossSection = RewardModelLossSection()
+    train: TrainSection = TrainSection()
+
+
+class PromptDataSection(Section):
+    train: str = Field(..., description="prompt rows (jsonl/...); metadata such as constraints/answer/tests is kept")
+    eval: str | None = Field(None, description="held-out prompts: greedy reward before and after training")
+    split: str | None = None
+    max_prompt_length: int = Field(256, gt=0, description="longer prompts are dropped (counted in the summary)")
+    shuffle: bool = True
+
+
+class RolloutSection(Section):
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(32, gt=0, description="sequences per generate call")
+    eval_temperature: float = Field(0.0, ge=0, description="held-out prompts (data.eval): 0 is greedy")
+    eval_samples: int = Field(1, gt=0, description="samples per held-out prompt (same seeds before and after)")
+
+
+class RLRewardSection(Section):
+    verifier_weight: float = Field(1.0, ge=0, description="weight of the verifiers (constraints, answer, tests)")
+    reward_model: str | None = Field(None, description="a reward-model folder (posttrain reward-model output)")
+    reward_model_weight: float = Field(1.0, ge=0)
+    reward_model_batch_size: int = Field(8, gt=0)
+    length_penalty: float = Field(0.0, ge=0, description="subtracted per completion token / max_new_tokens")
+    clip: float | None = Field(None, gt=0, description="clip the combined score to [-clip, clip]")
+    whiten: bool = Field(False, description="whiten scores over the rollout batch (mean kept)")
+
+    @model_validator(mode="after")
+    def _some_reward(self):
+        if self.verifier_weight == 0 and (self.reward_model is None or self.reward_model_weight == 0):
+            raise ValueError("no reward: set reward.verifier_weight > 0 or reward.reward_model")
+        return self
+
+
+class PPOSection(Section):
+    epochs: int = Field(4, gt=0, description="PPO epochs over each rollout batch")
+    mini_batches: int = Field(1, gt=0, description="optimizer steps per PPO epoch")
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float | None = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0, description="initial beta of the per-token KL penalty")
+    kl_target: float | None = Field(None, gt=0, description="adaptive KL controller target (None: fixed beta)")
+    kl_horizon: float = Field(10000.0, gt=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    whiten_advantages: bool = True
+    value_model: Literal["head", "separate"] = Field("head", description="value head on the policy trunk, or a "
+                                                                         "separate copy of the base")
+    reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
+
+
+class GRPOSection(Section):
+    num_generations: int = Field(4, gt=1, description="G samples per prompt")
+    iterations: int = Field(1, gt=0, description="passes over each rollout batch (mu)")
+    mini_batches: int = Field(1, gt=0, description="optimizer steps per pass")
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_high: float | None = Field(None, gt=0, description="DAPO clip-higher (default: clip_range)")
+    beta: float = Field(0.0, ge=0, description="k3 KL to the reference; 0 skips the reference pass")
+    loss_type: Literal["grpo", "token", "dr_grpo"] = "grpo"
+    scale_rewards: bool = Field(True, description="divide by the group std (Dr. GRPO: false)")
+    reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
+
+
+class PPOConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: PromptDataSection
+    rollout: RolloutSection = RolloutSection()
+    reward: RLRewardSection = RLRewardSection()
+    ppo: PPOSection = PPOSection()
+    optim: OptimSection = OptimSection(lr=1e-5, batch_size=8, micro_batch_size=8, schedule="constant")
+    train: TrainSection = TrainSection()
+
+
+class GRPOConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: PromptDataSection
+    rollout: RolloutSection = RolloutSection()
+    reward: RLRewardSection = RLRewardSection()
+    grpo: GRPOSection = GRPOSection()
+    optim: OptimSection = OptimSection(lr=1e-5, batch_size=4, micro_batch_size=8, schedule="constant")
+    train: TrainSection = TrainSection()
+
+
+class RejectionSection(Section):
+    n: int = Field(4, gt=0, description="candidates per prompt")
+    judges: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "verifier"}],
+                                         description="judge configs as in the judge stage")
+    min_score: float | None = Field(None, description="keep a winner only if its score is at least this")
+    backend: Literal["hf", "vllm"] = "hf"
+    seed: int = 0
+
+
+class RejectionSFTConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: PromptDataSection
+    rollout: RolloutSection = RolloutSection()
+    rejection: RejectionSection = RejectionSection()
+    max_length: int = Field(512, gt=8, description="SFT sequence limit (longer winners are dropped)")
+    optim: OptimSection = OptimSection()
+    train: TrainSection = TrainSection()
+
+
+COMMANDS.update({"reward-model": RewardModelConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
+                 "rejection-sft": RejectionSFTConfig})
 
 
 def read_yaml_file(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:

@@ -81,7 +81,11 @@ def build_member(spec: dict[str, Any], index: int = 0) -> Member:
                p.KEYWORD_ONLY) and n not in opts]
     if missing:
         raise JudgeConfigError(f"{where} ({kind}): missing key '{missing[0]}'")
-    return Member(cls(**opts), float(weight), (0.0, 1.0) if kind == "verifier" else None)
+    try:
+        judge = cls(**opts)
+    except ValueError as e:
+        raise JudgeConfigError(f"{where} ({kind}): {str(e).splitlines()[0]}") from None
+    return Member(judge, float(weight), (0.0, 1.0) if kind == "verifier" else None)
 
 
 def read_candidates(path: str | Path) -> list[dict[str, Any]]:

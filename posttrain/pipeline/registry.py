@@ -49,6 +49,13 @@ def training_config(command: str, params: dict, output_dir: Path, resume: bool):
 
 def _training(command: str) -> Callable[[dict, Path, bool], dict]:
     def run(params: dict, output_dir: Path, resume: bool) -> dict:
+        # Decontamination against the eval suites first (report by default; `decontaminate:` in the stage config).
+        from posttrain.hygiene.stage import decontaminate_then_train
+
+        return decontaminate_then_train(command, params, output_dir, resume, lambda p, r: train(p, output_dir, r),
+                                        check=lambda p: training_config(command, p, output_dir, resume))
+
+    def train(params: dict, output_dir: Path, resume: bool) -> dict:
         cfg = training_config(command, params, output_dir, resume)
         if command == "sft":
             from posttrain.trainers.sft import train_sft
@@ -67,8 +74,20 @@ def _training(command: str) -> Callable[[dict, Path, bool], dict]:
 
 def training_inputs(params: dict) -> list[str]:
     model, data = params.get("model") or {}, params.get("data") or {}
-    return [p for p in (model.get("name", "tiny-random"), model.get("adapter"), data.get("train"), data.get("eval"))
-            if p]
+    decontaminate = params.get("decontaminate")  # eval files of the pre-training decontamination (posttrain.hygiene)
+    eval_files = (decontaminate.get("eval_files") or []) if isinstance(decontaminate, dict) else []
+    return [p for p in (model.get("name", "tiny-random"), model.get("adapter"), data.get("train"), data.get("eval"),
+                        *eval_files) if p]
+
+
+def run_data(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.hygiene.stage import run_data_stage
+
+    return run_data_stage(params, output_dir, resume)
+
+
+def data_inputs(params: dict) -> list[str]:
+    return [p for p in [params.get("input"), *(params.get("eval_files") or [])] if p]
 
 
 GENERATE_KEYS = ("prompts", "model", "adapter", "limit", "constraint_kinds", "n", "temperature", "top_p",
@@ -169,6 +188,18 @@ def feedback_inputs(params: dict) -> list[str]:
     return [events] if isinstance(events, str) else list(events)
 
 
+def _mix_run(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.pipeline.mix import run_mix_stage
+
+    return run_mix_stage(params, output_dir, resume)
+
+
+def _mix_inputs(params: dict) -> list[str]:
+    from posttrain.pipeline.mix import mix_inputs
+
+    return mix_inputs(params)
+
+
 def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
     """``merge`` (export): fold an adapter folder and its lineage into a plain HF folder ``<output>/model``.
     Config: ``model`` (an adapter folder, usually ``${dpo.output}/model``), ``dtype`` (float32 | bfloat16 |
@@ -199,15 +230,25 @@ def _eval_stages() -> dict[str, StageSpec]:
             "gate": StageSpec(run_gate_stage, gate_inputs, marker="stage", main_metric="gates_passed")}
 
 
+def _rl_stages() -> dict[str, StageSpec]:
+    """``reward_model``, ``ppo``, ``grpo``, ``rejection_sft`` (trainers imported when the stage runs)."""
+    from posttrain.pipeline.rl_stages import rl_stages
+
+    return rl_stages()
+
+
 STAGES: dict[str, StageSpec] = {
     "sft": StageSpec(_training("sft"), training_inputs, main_metric="loss"),
     "dpo": StageSpec(_training("dpo"), training_inputs, main_metric="loss"),
     "kto": StageSpec(_training("kto"), training_inputs, main_metric="loss"),
+    "data": StageSpec(run_data, data_inputs, main_metric="rows_out"),
     "generate": StageSpec(run_generate, generate_inputs, marker="stage", main_metric="candidates_written"),
     "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [],
                        main_metric="pairs_kept"),
     "feedback": StageSpec(run_feedback, feedback_inputs, marker="stage", main_metric="pairs"),
     "merge": StageSpec(run_merge, lambda p: [p["model"]] if p.get("model") else [], marker="stage",
                        main_metric="export_mb"),
+    "mix": StageSpec(_mix_run, _mix_inputs, marker="stage", main_metric="rows"),
     **_eval_stages(),
+    **_rl_stages(),
 }

@@ -41,6 +41,12 @@ def _answer_component(response: str, metadata: dict[str, Any]) -> tuple[float, d
     return float(passed), {"match": kind, "reference": reference, "passed": passed, **detail}
 
 
+COMPONENTS = ("constraints", "answer", "tests")
+# metadata key -> the component it belongs to (dropped when that component is not checked)
+_SKIPPED_KEYS = {"constraints": "constraints", "constraint": "constraints", "constraint_args": "constraints",
+                 "answer": "answer", "match": "answer", "match_options": "answer", "tests": "tests"}
+
+
 @dataclass
 class VerifierJudge:
     """Scores one response against everything verifiable in its metadata. Each component (constraints, answer,
@@ -52,11 +58,22 @@ class VerifierJudge:
     name: str = "verifier"
     code_time_limit_s: float = 5.0
     code_memory_limit_mb: int = 512
+    # Which components to check when the metadata has them: "constraints", "answer", "tests" (default: all). A
+    # pool whose rows carry both a format constraint and an answer can be judged on the format alone.
+    components: tuple[str, ...] | list[str] = COMPONENTS
+
+    def __post_init__(self):
+        bad = [c for c in self.components if c not in COMPONENTS]
+        if bad or not self.components:
+            raise ValueError(f"verifier components must be a non-empty subset of {', '.join(COMPONENTS)}; "
+                             f"got {list(self.components)!r}")
+        self.components = tuple(self.components)
 
     def score(self, prompt: list[Message], response: str, metadata: dict[str, Any]) -> Score:
         values: list[float] = []
         passes: list[bool] = []
         details: dict[str, Any] = {}
+        metadata = {k: v for k, v in metadata.items() if k not in _SKIPPED_KEYS or _SKIPPED_KEYS[k] in self.components}
         constraints = constraints_from_metadata(metadata)  # validated first: a bad spec fails before any work
         if constraints:
             results = check_constraints(response, constraints)

@@ -113,3 +113,30 @@ def test_merge_stage_exports_a_plain_folder(tmp_path, one_torch_thread):
     tree["stages"]["export"]["config"] = {"model": str(demos)}
     with pytest.raises(PipelineError, match="not an adapter folder"):
         run_pipeline(parse_pipeline(tree, STAGES))
+
+
+def test_mix_stage_concatenates_layouts_with_limits(tmp_path):
+    from posttrain.data.layouts import load_examples
+    from posttrain.data.schema import DataErrors
+
+    a = tmp_path / "a.jsonl"  # TRL explicit prompt, plain strings
+    a.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": f"yes {i}", "rejected": f"no {i}"}) + "\n"
+                         for i in range(5)))
+    b = tmp_path / "b.jsonl"  # conversational
+    b.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi?"}],
+                             "chosen": [{"role": "assistant", "content": "Hello."}],
+                             "rejected": [{"role": "assistant", "content": "Go away."}]}) + "\n")
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {"mix": {"command": "mix", "config": {
+        "inputs": [str(b), {"path": str(a), "limit": 3}]}}}}
+    stage = run_pipeline(parse_pipeline(tree, STAGES))["stages"]["mix"]
+    assert stage["metrics"] == {"rows": 4, "rows/0": 1, "rows/1": 3}
+    out = load_examples(str(Path(stage["folder"]) / "train.jsonl"), "preference")
+    assert [p.prompt[-1]["content"] for p in out] == ["Hi?", "Q0?", "Q1?", "Q2?"]
+    assert out[0].rejected == [{"role": "assistant", "content": "Go away."}]
+    assert out[3].chosen == [{"role": "assistant", "content": "yes 2"}]
+    a.write_text(a.read_text() + json.dumps({"prompt": "Q?", "chosen": "same"}) + "\n")  # row 6: no 'rejected'
+    with pytest.raises(DataErrors, match=r"a.jsonl:6"):
+        run_pipeline(parse_pipeline(tree, STAGES))
+    tree["stages"]["mix"]["config"]["inputs"] = [{"path": str(b), "limit": 0}]
+    with pytest.raises(PipelineError, match=r"inputs\[0\]: 'limit' must be a positive integer"):
+        run_pipeline(parse_pipeline(tree, STAGES))

@@ -73,3 +73,24 @@ def test_exact_and_regex_match():
 def test_bad_metadata_raises(metadata, message):
     with pytest.raises(ValueError, match=message):
         VerifierJudge().score(PROMPT, "some response", metadata)
+
+
+def test_components_pick_what_is_checked():
+    """A row with a format constraint and an answer, judged on the format only (and the other way round)."""
+    import pytest
+
+    from posttrain.judges.judge_stage import JudgeConfigError, build_member
+
+    md = {"constraints": [{"kind": "lowercase", "args": {}}], "answer": r"\bparis\b", "match": "regex",
+          "match_options": {"ignore_case": True}}
+    prompt = [{"role": "user", "content": "Capital of France? Answer in lowercase."}]
+    both = VerifierJudge().score(prompt, "lyon", md)
+    assert both.value == 0.5 and both.passed is False and set(both.details) == {"constraints", "answer"}
+    fmt = VerifierJudge(components=["constraints"]).score(prompt, "lyon", md)
+    assert fmt.value == 1.0 and fmt.passed is True and set(fmt.details) == {"constraints"}
+    content = VerifierJudge(components=("answer",)).score(prompt, "PARIS", md)
+    assert content.value == 1.0 and set(content.details) == {"answer"}
+    with pytest.raises(ValueError, match="nothing to verify"):
+        VerifierJudge(components=["tests"]).score(prompt, "paris", md)
+    with pytest.raises(JudgeConfigError, match=r"judges\[0\] \(verifier\): verifier components must be"):
+        build_member({"type": "verifier", "components": ["format"]})
