@@ -20,3 +20,17 @@ def test_atomic_write_text_leaves_the_old_file_when_a_write_fails(tmp_path):
 def test_atomic_write_json_roundtrip(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"a": 1, "b": "é"})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1, "b": "é"}
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from posttrain.data.writers import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o644
