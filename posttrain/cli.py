@@ -174,11 +174,10 @@ def merge(
     from posttrain.models.policy import merge_to_folder
 
     try:
-        if not (Path(model) / "adapter_config.json").exists():
-            raise ConfigError(f"{model}: not an adapter folder (no adapter_config.json); nothing to merge")
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"--dtype '{dtype}': expected float32, bfloat16 or float16")
-        merge_to_folder(model, output, dtype=dtype, cache_dir=cache_dir)
+        try:
+            merge_to_folder(model, output, dtype=dtype, cache_dir=cache_dir)
+        except ValueError as e:  # not an adapter folder, unknown dtype: checked there, before any model loads
+            raise ConfigError(str(e)) from None
     except _user_errors() as e:
         _fail(e)
     typer.echo(f"merged {model} -> {output}")

@@ -29,19 +29,11 @@ def eval_command(
     from posttrain.data.schema import DataError, DataErrors
     from posttrain.eval.run import run_eval
     from posttrain.generation.types import BackendError
-    from posttrain.judges.judge_stage import JudgeConfigError
-    from posttrain.judges.types import PairwiseJudge, ScoringJudge
+    from posttrain.judges.judge_stage import JudgeConfigError, win_rate_judge
     from posttrain.models.resolve import ModelError
 
     try:
-        pairwise = None
-        if judge is not None:
-            from posttrain.judges.cli import parse_judge_spec
-            from posttrain.judges.judge_stage import build_member
-
-            pairwise = build_member(parse_judge_spec(judge)).judge
-            if not isinstance(pairwise, (PairwiseJudge, ScoringJudge)):
-                raise JudgeConfigError(f"--judge '{judge}': neither a pairwise nor a scoring judge")
+        pairwise = win_rate_judge(judge) if judge is not None else None
         metrics = run_eval(model, suite or DEFAULT_SUITES, baseline=baseline, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, seed=seed, judge=pairwise, output_dir=output, adapter=adapter,
                            backend=backend)

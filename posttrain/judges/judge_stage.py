@@ -326,3 +326,16 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
                {"pairs": "pairs.jsonl", "scores": "scores.jsonl", "summary": "summary.json",
                 **({"comparisons": "comparisons.jsonl"} if comparisons is not None else {})})
     return summary
+
+
+def win_rate_judge(spec: str | dict[str, Any]):
+    """The judge for a win rate against a baseline, from a spec string (``verifier``, ``llm:URL:MODEL``,
+    ``local:MODEL``, ``rm:MODEL``) or one judge config dict: pairwise (asked in both orders) or scoring (the higher
+    score wins). ``JudgeConfigError`` for anything else."""
+    from posttrain.judges.cli import parse_judge_spec
+    from posttrain.judges.types import PairwiseJudge, ScoringJudge
+
+    judge = build_member(parse_judge_spec(spec) if isinstance(spec, str) else spec).judge
+    if not isinstance(judge, (PairwiseJudge, ScoringJudge)):
+        raise JudgeConfigError(f"judge {spec!r}: neither a pairwise nor a scoring judge")
+    return judge

@@ -51,17 +51,12 @@ def _win_rate_judge(spec):
     """The judge object for ``judge:`` (None when absent); config problems are one-line PipelineErrors."""
     if spec is None:
         return None
-    from posttrain.judges.cli import parse_judge_spec
-    from posttrain.judges.judge_stage import JudgeConfigError, build_member
-    from posttrain.judges.types import PairwiseJudge, ScoringJudge
+    from posttrain.judges.judge_stage import JudgeConfigError, win_rate_judge
 
     try:
-        member = build_member(parse_judge_spec(spec) if isinstance(spec, str) else spec)
+        return win_rate_judge(spec)
     except JudgeConfigError as e:
         raise PipelineError(f"config: key 'judge': {str(e).replace('--judge ', '')}") from None
-    if not isinstance(member.judge, (PairwiseJudge, ScoringJudge)):
-        raise PipelineError(f"config: key 'judge': {spec!r} is neither a pairwise nor a scoring judge")
-    return member.judge
 
 
 def eval_inputs(params: dict) -> list[str]:
