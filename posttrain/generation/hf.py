@@ -20,7 +20,10 @@ into batches of ``batch_size`` sequences. N candidates of a prompt are N rows (r
 Decoding (``decode="loop"``, the default) is our own loop over the KV cache rather than ``model.generate``: a
 row that finishes (EOS, its own token limit, a stop string) leaves the batch at once (its KV-cache rows are
 dropped), so the remaining steps cost only the rows still running, where ``generate`` keeps computing every
-row until the longest one ends. The prompt forward keeps only the last position's logits. Each row's output
+row until the longest one ends. The prompt forward keeps only the last position's logits and does shared work
+once: a prompt repeated in the batch (the N candidates of one prompt) is run once, and the prefix every prompt
+of the batch starts with (a chat template's system prompt) is run once at batch 1; the KV cache is then
+expanded to every row. Each row's output
 is the same as with ``decode="generate"`` (the same per-row noise; logits equal up to float rounding of the
 smaller batch). Measured on CPU (bench/generate.py, docs/PERFORMANCE.md): a static cache, with or without
 ``torch.compile``, was not faster than the dynamic cache on CPU for these model sizes, so it is not used.
@@ -188,16 +191,16 @@ class HFGenerator:
 
     def _generate_batch(self, rows: list[RowSpec], indices: list[int], on_token: TokenCallback | None
                         ) -> list[GenOutput]:
+        if self.decode == "loop":
+            with torch.inference_mode():
+                new_rows, lengths = self._decode_loop(rows, indices, on_token)
+            return [self._finish(row, new_rows[b], lengths[b]) for b, row in enumerate(rows)]
         width = max(len(r.prompt_ids) for r in rows)
         # Left padding: every row's last prompt token sits at the same position, so new tokens line up.
         input_ids = torch.tensor([[self.pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in rows],
                                  device=self.device)  # (B, width)
         attention_mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
                                       device=self.device)
-        if self.decode == "loop":
-            with torch.inference_mode():
-                new_rows, lengths = self._decode_loop(rows, indices, input_ids, attention_mask, on_token)
-            return [self._finish(row, new_rows[b], lengths[b]) for b, row in enumerate(rows)]
         limits = RowLimits(rows, width, self.tokenizer, self.eos)
         streamer = RowStreamer(on_token, indices, limits, self.eos) if on_token else None
         with torch.inference_mode():
@@ -211,8 +214,7 @@ class HFGenerator:
         new = out[:, width:].tolist()  # (B, <= max_new_tokens)
         return [self._finish(row, new[b], limits.lengths[b]) for b, row in enumerate(rows)]
 
-    def _decode_loop(self, rows: list[RowSpec], indices: list[int], input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor, on_token: TokenCallback | None
+    def _decode_loop(self, rows: list[RowSpec], indices: list[int], on_token: TokenCallback | None
                      ) -> tuple[list[list[int]], list[int | None]]:
         """Sample until every row has finished, dropping finished rows from the batch (and the KV cache).
 
@@ -226,16 +228,9 @@ class HFGenerator:
         active = list(range(b))  # batch position -> row
         sampler = RowSampling(rows, self.device)
         cache = DynamicCache(config=self.model.config)
-        # Positions count from each row's first real token, as generate does for left padding.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
-        prompt = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=cache, use_cache=True)
-        try:  # only the last position's logits: (B, 1, V) instead of (B, width, V)
-            out = self.model(**prompt, logits_to_keep=1)
-        except TypeError:  # a model whose forward has no logits_to_keep
-            out = self.model(**prompt)
+        logits, attention_mask = self._prefill(rows, cache)
         while True:
-            scores = out.logits[:, -1, :].to(dtype=torch.float32)  # (A, V)
+            scores = logits[:, -1, :].to(dtype=torch.float32)  # (A, V)
             next_tokens = sampler(None, scores).argmax(dim=-1)  # (A,)
             keep = []
             for j, token in enumerate(next_tokens.tolist()):
@@ -266,8 +261,52 @@ class HFGenerator:
                 active = [active[j] for j in keep]
                 sampler = sampler.subset(keep)
             position_ids = attention_mask.sum(-1, keepdim=True) - 1  # (A, 1)
-            out = self.model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
-                             position_ids=position_ids, past_key_values=cache, use_cache=True)
+            logits = self.model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
+                                position_ids=position_ids, past_key_values=cache, use_cache=True).logits
+
+    def _forward_last(self, **kwargs) -> torch.Tensor:
+        """The model's logits at the last position only: (B, 1, V)."""
+        try:  # only the last position's logits instead of (B, width, V)
+            return self.model(**kwargs, logits_to_keep=1).logits[:, -1:]
+        except TypeError:  # a model whose forward has no logits_to_keep
+            return self.model(**kwargs).logits[:, -1:]
+
+    def _prefill(self, rows: list[RowSpec], cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the batch's prompts into ``cache``; return the last prompt position's logits (B, 1, V) and the
+        (B, L) attention mask over the cache.
+
+        Work shared between rows is done once: a prompt repeated in the batch (N candidates of one prompt) is
+        run once, and the longest prefix common to all distinct prompts (a chat template's system prompt) is
+        run once at batch 1. The cache is then expanded to every row. The rest of each prompt is left-padded
+        after the shared prefix, so the padding sits in the middle of a row; the mask hides it and positions
+        count real tokens only, exactly as with plain left padding."""
+        prompts = [tuple(r.prompt_ids) for r in rows]
+        distinct = list(dict.fromkeys(prompts))  # first-seen order
+        slot = {p: i for i, p in enumerate(distinct)}
+        expand = [slot[p] for p in prompts]
+        shared = shared_prefix_len(distinct) if len(distinct) > 1 else 0
+        if shared < MIN_SHARED_PREFIX:
+            shared = 0
+        prefix_mask = torch.ones(len(distinct), shared, dtype=torch.long, device=self.device)
+        if shared:
+            ids = torch.tensor([list(distinct[0][:shared])], device=self.device)
+            self._forward_last(input_ids=ids, position_ids=torch.arange(shared, device=self.device)[None],
+                               past_key_values=cache, use_cache=True)
+            cache.reorder_cache(torch.zeros(len(distinct), dtype=torch.long, device=self.device))
+        rest = [p[shared:] for p in distinct]
+        width = max(len(r) for r in rest)
+        input_ids = torch.tensor([[self.pad] * (width - len(r)) + list(r) for r in rest], device=self.device)
+        rest_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=self.device)
+        attention_mask = torch.cat([prefix_mask, rest_mask], dim=1)  # (U, shared + width)
+        # Positions count from each row's first real token, as generate does for left padding.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)[:, shared:]
+        logits = self._forward_last(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    past_key_values=cache, use_cache=True)
+        if len(distinct) < len(rows):
+            idx = torch.tensor(expand, dtype=torch.long, device=self.device)
+            cache.reorder_cache(idx)
+            logits, attention_mask = logits.index_select(0, idx), attention_mask.index_select(0, idx)
+        return logits, attention_mask
 
     def _finish(self, row: RowSpec, new: list[int], stopped_at: int | None) -> GenOutput:
         tokens = new[: stopped_at if stopped_at is not None else row.max_new_tokens]
@@ -281,3 +320,19 @@ class HFGenerator:
             text, hit = cut_at_stop(text, row.stop)
             reason = "stop" if hit else reason
         return GenOutput(text, tokens, reason)
+
+
+# Below this many tokens a common prefix is not worth its own forward pass.
+MIN_SHARED_PREFIX = 4
+
+
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of ``prompts``, leaving every prompt at least one token of its own
+    (the last prompt token must go through the model with the rest of its row)."""
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - 1
+    for i in range(max(n, 0)):
+        t = first[i]
+        if any(p[i] != t for p in prompts):
+            return i
+    return max(n, 0)

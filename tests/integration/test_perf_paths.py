@@ -134,12 +134,14 @@ def test_sort_by_length_resume_reproduces_next_steps(tmp_path, one_torch_thread)
     assert len(_losses(full)) == 6  # crosses into the second epoch (4 steps per epoch)
 
 
-def test_generation_loop_matches_generate_row_for_row(one_torch_thread, smollm2_tokenizer):
-    """decode=loop (finished rows leave the batch) gives every row the same tokens as decode=generate: greedy and
-    sampled rows, nucleus and full-vocabulary rows, different token limits, in one batch."""
+@pytest.mark.parametrize("chat", [False, True], ids=["raw", "chat-template"])
+def test_generation_loop_matches_generate_row_for_row(one_torch_thread, smollm2_tokenizer, chat):
+    """decode=loop (finished rows leave the batch; a repeated prompt and the prefix common to all prompts, here
+    the chat template's system prompt, are run once) gives every row the same tokens as decode=generate: greedy
+    and sampled rows, nucleus and full-vocabulary rows, different token limits, in one batch."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from posttrain.generation.hf import HFGenerator
+    from posttrain.generation.hf import MIN_SHARED_PREFIX, HFGenerator, shared_prefix_len
     from posttrain.generation.types import RowSpec
     from posttrain.models.builtin import TINY_RANDOM_SHAPE
 
@@ -150,8 +152,12 @@ def test_generation_loop_matches_generate_row_for_row(one_torch_thread, smollm2_
                              pad_token_id=tok.eos_token_id, tie_word_embeddings=False, initializer_range=0.1,
                              **TINY_RANDOM_SHAPE)
         model = LlamaForCausalLM(config).eval()
-    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in ("hello there", "a much longer prompt about tea",
-                                                                       "x", "what is two plus two")]
+    texts = ("hello there", "a much longer prompt about tea", "x", "what is two plus two")
+    if chat:
+        texts = tuple(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                              tokenize=False) for t in texts)
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert (shared_prefix_len(prompts) >= MIN_SHARED_PREFIX) == chat
     rows = [RowSpec(prompts[i % 4], temperature=t, top_p=p, max_new_tokens=m, seed=100 + i)
             for i, (t, p, m) in enumerate([(0.0, 1.0, 6), (1.0, 0.9, 12), (0.7, 1.0, 3), (1.3, 0.5, 12),
                                            (1.0, 1.0, 9), (0.0, 1.0, 12), (0.9, 0.8, 1), (1.0, 0.95, 7)])]

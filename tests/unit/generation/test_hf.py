@@ -144,3 +144,12 @@ def test_bad_settings_are_refused(tiny, prompt_ids):
     with pytest.raises(ValueError, match="temperature"):
         gen.generate(prompt_ids[:1], n=1, temperature=-1.0, top_p=1.0, max_new_tokens=4, seed=0)
     assert torch.is_grad_enabled()
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    from posttrain.generation.hf import shared_prefix_len
+
+    assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 7]]) == 2
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
+    assert shared_prefix_len([[5, 6], [7, 6]]) == 0
+    assert shared_prefix_len([[1], [1, 2]]) == 0
