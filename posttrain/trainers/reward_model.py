@@ -217,7 +217,7 @@ def _split(examples, eval_fraction: float, seed: int):
 def train_reward_model(cfg) -> dict:
     from posttrain.models.policy import model_tokenizer
     from posttrain.training.loop import fit, make_accelerator, settings_from_config
-    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything
+    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything, train_then_save
 
     d = cfg.data
     accelerator = make_accelerator(cfg.train.precision)
@@ -240,33 +240,27 @@ def train_reward_model(cfg) -> dict:
     model, base_name = load_reward_model(cfg.model, cfg.peft, seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id)
     fns = rm_step_fns(pad_token_id=tokenizer.pad_token_id, centering=cfg.loss.centering,
                       use_margin=cfg.loss.margin_key is not None, device=accelerator.device)
-    is_main = accelerator.is_main_process
-    run = open_run_folder(cfg, "reward_model", is_main, accelerator.wait_for_everyone)
-    try:
-        summary = fit(model, train, evals, fns, settings_from_config(cfg, "reward_model"), accelerator)
-        accelerator.wait_for_everyone()
-        if is_main:
-            report = {"eval" if evals else "train": reward_report(model, evals or train, fns,
-                                                                  cfg.optim.micro_batch_size)}
-            if evals:
-                report["train"] = reward_report(model, train[: len(evals) * 4], fns, cfg.optim.micro_batch_size)
-            split = "eval" if evals else "train"
-            summary = {**stats, **summary, **{f"{split}/rm/{k}": v for k, v in report[split].items()}}
-            save_reward_model(model, tokenizer, run.path / "model", base_name)
-            (run.path / "reward_eval.json").write_text(json.dumps(report, indent=2) + "\n")
-            corr = report[split]["length_corr"]
-            if isinstance(corr, float) and abs(corr) > 0.3:
-                print(f"posttrain: warning: the reward model's scores correlate with response length "
-                      f"(r={corr:.2f} on {split} pairs): check for length bias before using it as a PPO reward",
-                      flush=True)
-            run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "reward_eval": "reward_eval.json"})
-        accelerator.wait_for_everyone()
-    except BaseException as e:
-        if is_main:
-            run.save(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    return summary
+    run = open_run_folder(cfg, "reward_model", accelerator.is_main_process, accelerator.wait_for_everyone)
 
+    def save(summary: dict) -> dict:
+        report = {"eval" if evals else "train": reward_report(model, evals or train, fns, cfg.optim.micro_batch_size)}
+        if evals:
+            report["train"] = reward_report(model, train[: len(evals) * 4], fns, cfg.optim.micro_batch_size)
+        split = "eval" if evals else "train"
+        summary = {**stats, **summary, **{f"{split}/rm/{k}": v for k, v in report[split].items()}}
+        save_reward_model(model, tokenizer, run.path / "model", base_name)
+        (run.path / "reward_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        corr = report[split]["length_corr"]
+        if isinstance(corr, float) and abs(corr) > 0.3:
+            print(f"posttrain: warning: the reward model's scores correlate with response length "
+                  f"(r={corr:.2f} on {split} pairs): check for length bias before using it as a PPO reward",
+                  flush=True)
+        run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "reward_eval": "reward_eval.json"})
+        return summary
+
+    return train_then_save(run, accelerator, lambda: fit(model, train, evals, fns,
+                                                         settings_from_config(cfg, "reward_model"), accelerator),
+                           save)
 
 def save_reward_model(model, tokenizer, out_dir, base_name: str) -> None:
     """A plain HF sequence-classification folder (LoRA merged), loadable by ``RewardModelJudge``."""

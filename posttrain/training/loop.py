@@ -72,6 +72,43 @@ class LoopSettings:
     sort_window: int = 32
 
 
+def build_optimization(model, s: LoopSettings, total_steps: int):
+    """The optimizer over ``model``'s trainable parameters and its schedule over ``total_steps`` optimizer steps."""
+    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas, eps=s.eps)
+    warmup = resolve_warmup(total_steps, s.warmup_steps, s.warmup_ratio)
+    return optimizer, build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, schedule=s.schedule)
+
+
+def resume_from_checkpoint(s: LoopSettings, model, optimizer, scheduler, *, rank: int, total_steps: int
+                           ) -> tuple[int, dict]:
+    """(step to start at, the checkpoint's state) from the latest checkpoint when ``s.resume``; (0, {}) otherwise."""
+    if not s.resume or (ckpt := latest_checkpoint(s.output_dir)) is None:
+        return 0, {}
+    state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+    if rank == 0:
+        print(f"posttrain: resumed from {ckpt} (step {state['step']} of {total_steps})", flush=True)
+    return state["step"], state
+
+
+def progress_bar(s: LoopSettings, total_steps: int, start: int, enabled: bool = True):
+    """A tqdm bar over optimizer steps, or None when progress is off (or on ranks other than 0)."""
+    if not (enabled and s.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total_steps, initial=start, desc=s.desc, unit="step", dynamic_ncols=True)
+
+
+def optimizer_step(accelerator, params: list, optimizer, scheduler, max_grad_norm: float | None) -> float:
+    """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients. Returns the
+    gradient norm before clipping."""
+    grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def settings_from_config(cfg, desc: str) -> LoopSettings:
     o, t = cfg.optim, cfg.train
     return LoopSettings(
@@ -203,25 +240,12 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         lengths = [int(fns.length(item)) for item in train_items]
     orders: dict = {}
 
-    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas, eps=s.eps)
-    warmup = resolve_warmup(total_steps, s.warmup_steps, s.warmup_ratio)
-    scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, schedule=s.schedule)
+    optimizer, scheduler = build_optimization(model, s, total_steps)
     ddp_model = accelerator.prepare(model)
     params = [p for p in ddp_model.parameters() if p.requires_grad]
-
-    start = 0
-    if s.resume and (ckpt := latest_checkpoint(s.output_dir)) is not None:
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
-        start = state["step"]
-        if rank == 0:
-            print(f"posttrain: resumed from {ckpt} (step {start} of {total_steps})", flush=True)
+    start, _ = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps)
     log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
-
-    bar = None
-    if rank == 0 and s.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=start, desc=s.desc, unit="step", dynamic_ncols=True)
+    bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     ddp_model.train()
     tokens_total, t_train, last = 0, 0.0, {}
     for step in range(start, total_steps):
@@ -242,12 +266,8 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             loss_value += float(loss_sum.detach()) / global_weight
             tokens += n_tok
             sums.add(metrics)
-        max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
-        grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
         lr_now = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm)
         dt = time.perf_counter() - t0
         step_tokens, loss_all = reduce(torch.tensor([tokens, loss_value], dtype=torch.float64)).tolist()
         tokens_total += int(step_tokens)

@@ -23,10 +23,10 @@ from typing import Any, Callable
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from posttrain.training.loop import LoopSettings, plan_steps, step_indices
+from posttrain.training.checkpoint import save_checkpoint
+from posttrain.training.loop import (LoopSettings, build_optimization, optimizer_step, plan_steps, progress_bar,
+                                     resume_from_checkpoint, step_indices)
 from posttrain.training.metrics import MetricSums, MetricsLog
-from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
 
 
 @dataclass
@@ -74,24 +74,14 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                           "torchrun/accelerate launch")
     per_epoch, total_steps = plan_steps(len(prompts), s.batch_size, s.epochs, s.max_steps)
     opt_steps = total_steps * update_epochs * mini_batches
-    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas, eps=s.eps)
-    warmup = resolve_warmup(opt_steps, s.warmup_steps, s.warmup_ratio)
-    scheduler = build_scheduler(optimizer, total_steps=opt_steps, warmup_steps=warmup, schedule=s.schedule)
+    optimizer, scheduler = build_optimization(model, s, opt_steps)
     model = accelerator.prepare(model)
     params = [p for p in model.parameters() if p.requires_grad]
-
-    start = 0
-    if s.resume and (ckpt := latest_checkpoint(s.output_dir)) is not None:
-        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=0)
-        start = state["step"]
+    start, state = resume_from_checkpoint(s, model, optimizer, scheduler, rank=0, total_steps=total_steps)
+    if start:
         fns.load_state(state.get("rl", {}))
-        print(f"posttrain: resumed from {ckpt} (step {start} of {total_steps})", flush=True)
     log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=True, resume_step=start if s.resume else None)
-    bar = None
-    if s.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps, initial=start, desc=s.desc, unit="step", dynamic_ncols=True)
+    bar = progress_bar(s, total_steps, start)
     identity = lambda t: t  # noqa: E731 (one process)
     last: dict = {}
     t_total, tokens_total = 0.0, 0
@@ -123,12 +113,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                     loss_value += float(loss_sum.detach()) / weight
                     tokens += n_tok
                     sums.add(metrics)
-                max_norm = s.max_grad_norm if s.max_grad_norm is not None else float("inf")
-                norms.append(float(accelerator.clip_grad_norm_(params, max_norm)))
+                norms.append(optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm))
                 losses.append(loss_value)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         t_total += dt
         tokens_total += tokens

@@ -111,15 +111,28 @@ def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
     seed_everything(cfg.train.seed)
     model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
     fns = build_fns(model, data, accelerator)
+    run = open_run_folder(cfg, stage, accelerator.is_main_process, accelerator.wait_for_everyone)
+
+    def save(summary: dict) -> dict:
+        save_trained(model, tokenizer, run.path / "model", lineage)
+        summary = {**data.stats, **summary}
+        run.finish(summary, {"model": "model", "metrics": "metrics.jsonl"})
+        return summary
+
+    return train_then_save(run, accelerator,
+                           lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, stage), accelerator),
+                           save)
+
+
+def train_then_save(run: RunFolder, accelerator, train, save) -> dict:
+    """``train()`` on every process, then ``save(summary)`` on the main process, which writes the outputs, calls
+    ``run.finish`` and returns the final summary. Any failure marks the run folder failed and is re-raised."""
     is_main = accelerator.is_main_process
-    run = open_run_folder(cfg, stage, is_main, accelerator.wait_for_everyone)
     try:
-        summary = fit(model, data.train, data.eval, fns, settings_from_config(cfg, stage), accelerator)
+        summary = train()
         accelerator.wait_for_everyone()
         if is_main:
-            save_trained(model, tokenizer, run.path / "model", lineage)
-            summary = {**data.stats, **summary}
-            run.finish(summary, {"model": "model", "metrics": "metrics.jsonl"})
+            summary = save(summary)
         accelerator.wait_for_everyone()
     except BaseException as e:
         if is_main:
