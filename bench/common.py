@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -115,3 +116,93 @@ def rendered_tokens(kind: str, path: Path, model: str, max_length: int) -> int:
     if kind == "preference":
         return sum(len(c.input_ids) + len(r.input_ids) for c, r in items), len(items)
     return sum(len(r.input_ids) for r in items), len(items)
+
+
+LORA = dict(r=16, alpha=32)
+TABLE_COLUMNS = ["run", "train_s", "tokens/s", "peak_rss_mb", "x TRL tokens/s", "x TRL peak RSS", "loss"]
+
+
+def trainer_args(count_flag: str) -> argparse.ArgumentParser:
+    """The arguments every posttrain-vs-TRL benchmark takes; ``count_flag`` (e.g. "--pairs") sets the data size.
+    ``--side`` and the arguments after it are how the parent tells a child process what to run."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="tiny-random")
+    p.add_argument(count_flag, dest="count", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--side", choices=["posttrain", "trl"])
+    p.add_argument("--packing", default="false")
+    p.add_argument("--data")
+    p.add_argument("--out")
+    p.add_argument("--steps", type=int)
+    return p
+
+
+def posttrain_overrides(a, lr: float) -> list[str]:
+    """Config overrides for one epoch of a child's arguments ``a``, LoRA as ``LORA``, timed from the first step."""
+    return [f"data.train={a.data}", f"model.name={a.model}", f"train.output_dir={a.out}", "train.progress=false",
+            f"optim.batch_size={a.batch}", f"optim.micro_batch_size={a.batch}", f"optim.max_steps={a.steps}",
+            f"optim.lr={lr}", f"data.max_length={a.max_length}", "data.shuffle=false", "train.overwrite=true",
+            f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"data.packing={a.packing}", "optim.warmup_steps=0"]
+
+
+def trl_model(a):
+    """(model, tokenizer, LoRA config) for a TRL child, loaded as TRL users do."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_dir(a.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lora = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear", task_type="CAUSAL_LM",
+                      lora_dropout=0.0)
+    return model, tok, lora
+
+
+def trl_train_and_emit(make_trainer) -> None:
+    """Build a TRL trainer with ``make_trainer(callbacks)``, train it timing each optimizer step, emit the result."""
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    trainer = make_trainer([Timer()])
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    emit({"train_s": round(sum(times), 2), "loss": losses[-1] if losses else None})
+
+
+def compare_with_trl(script: str, runs: list[tuple[str, list[str]]], base: list[str], tmp: Path, tokens: int
+                     ) -> list[dict]:
+    """Run each (name, child args) in its own process; the last run is TRL, the reference of the ratios."""
+    rows = []
+    for name, extra in runs:
+        r = run_child(script, base + extra + ["--out", str(tmp / name.replace(" ", "_"))])
+        r["run"] = name
+        r["tokens/s"] = round(tokens / r["train_s"], 1)
+        rows.append(r)
+    trl = rows[-1]
+    for r in rows:
+        r["x TRL tokens/s"] = round(r["tokens/s"] / trl["tokens/s"], 2)
+        r["x TRL peak RSS"] = round(r["peak_rss_mb"] / trl["peak_rss_mb"], 2)
+    return rows
+
+
+def epoch_plan(kind: str, data: Path, a) -> tuple[int, int, list[str]]:
+    """(steps, tokens of those steps, child args every side shares) for one epoch over ``data``."""
+    tokens, kept = rendered_tokens(kind, data, a.model, a.max_length)
+    steps = kept // a.batch
+    tokens = tokens * steps * a.batch // kept  # the rows of the steps actually run
+    base = ["--model", a.model, "--batch", str(a.batch), "--max-length", str(a.max_length), "--threads",
+            str(a.threads), "--data", str(data), "--steps", str(steps)]
+    return steps, tokens, base

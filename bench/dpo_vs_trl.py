@@ -16,16 +16,15 @@ chat template) / training seconds. Rows:
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-LORA = dict(r=16, alpha=32)
+LR, BETA = 5e-5, 0.1
 
 
 def run_posttrain(a) -> None:
@@ -33,67 +32,34 @@ def run_posttrain(a) -> None:
     from posttrain.config import load_config
     from posttrain.trainers.preference import train_preference
 
-    overrides = [f"data.train={a.data}", f"model.name={a.model}", f"train.output_dir={a.out}", "train.progress=false",
-                 f"optim.batch_size={a.batch}", f"optim.micro_batch_size={a.batch}", f"optim.max_steps={a.steps}",
-                 "optim.lr=5e-5", f"data.max_length={a.max_length}", "data.shuffle=false", "train.overwrite=true",
-                 f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"data.packing={a.packing}",
-                 f"loss.reference_cache_dir={a.cache}", "optim.warmup_steps=0"]
+    overrides = common.posttrain_overrides(a, LR) + [f"loss.beta={BETA}", f"loss.reference_cache_dir={a.cache}"]
     summary = train_preference(load_config("dpo", None, overrides))
     common.emit({"train_s": summary["train_time_s"], "loss": summary["train/loss"]})
 
 
 def run_trl(a) -> None:
     common.set_threads(a.threads)
-    import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    path = common.model_dir(a.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    rows = [__import__("json").loads(line) for line in Path(a.data).read_text().splitlines()]
+    model, tok, lora = common.trl_model(a)
+    rows = [json.loads(line) for line in Path(a.data).read_text().splitlines()]
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                              "chosen": [{"role": "assistant", "content": r["chosen"]}],
                              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
-    times = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
-
     cfg = DPOConfig(output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
-                    max_length=a.max_length, learning_rate=5e-5, max_steps=a.steps, logging_steps=1,
+                    max_length=a.max_length, learning_rate=LR, max_steps=a.steps, logging_steps=1,
                     save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=42,
-                    dataloader_num_workers=0, beta=0.1, lr_scheduler_type="cosine", warmup_steps=0,
+                    dataloader_num_workers=0, beta=BETA, lr_scheduler_type="cosine", warmup_steps=0,
                     disable_tqdm=True)
-    trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Timer()],
-                         peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear",
-                                                task_type="CAUSAL_LM", lora_dropout=0.0))
-    trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    common.emit({"train_s": round(sum(times), 2), "loss": losses[-1] if losses else None})
+    common.trl_train_and_emit(lambda callbacks: DPOTrainer(model=model, args=cfg, train_dataset=ds,
+                                                           processing_class=tok, callbacks=callbacks,
+                                                           peft_config=lora))
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", default="tiny-random")
-    p.add_argument("--pairs", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--side", choices=["posttrain", "trl"])
-    p.add_argument("--packing", default="false")
-    p.add_argument("--data")
-    p.add_argument("--out")
+    p = common.trainer_args("--pairs")
     p.add_argument("--cache")
-    p.add_argument("--steps", type=int)
     a = p.parse_args()
     if a.side == "posttrain":
         return run_posttrain(a)
@@ -101,31 +67,17 @@ def main() -> None:
         return run_trl(a)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
-    data = common.write_jsonl(tmp / "pairs.jsonl", common.pair_rows(a.pairs))
-    tokens, kept = common.rendered_tokens("preference", data, a.model, a.max_length)
-    steps = kept // a.batch
-    tokens = tokens * steps * a.batch // kept  # the pairs of the steps actually run
-    base = ["--model", a.model, "--batch", str(a.batch), "--max-length", str(a.max_length), "--threads",
-            str(a.threads), "--data", str(data), "--steps", str(steps)]
+    data = common.write_jsonl(tmp / "pairs.jsonl", common.pair_rows(a.count))
+    steps, tokens, base = common.epoch_plan("preference", data, a)
     runs = [("posttrain padded", ["--side", "posttrain", "--packing", "false", "--cache", str(tmp / "c1")]),
             ("posttrain packed", ["--side", "posttrain", "--packing", "true", "--cache", str(tmp / "c2")]),
             ("posttrain packed, cached ref (rerun)", ["--side", "posttrain", "--packing", "true", "--cache",
                                                      str(tmp / "c2")]),
             ("TRL DPOTrainer", ["--side", "trl"])]
-    rows = []
-    for name, extra in runs:
-        r = common.run_child(__file__, base + extra + ["--out", str(tmp / name.replace(" ", "_"))])
-        r["run"] = name
-        r["tokens/s"] = round(tokens / r["train_s"], 1)
-        rows.append(r)
-    trl = rows[-1]
-    for r in rows:
-        r["x TRL tokens/s"] = round(r["tokens/s"] / trl["tokens/s"], 2)
-        r["x TRL peak RSS"] = round(r["peak_rss_mb"] / trl["peak_rss_mb"], 2)
-    print(common.table(f"DPO {a.model}: {a.pairs} pairs, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
-                       f"{tokens} tokens, LoRA r={LORA['r']}, {a.threads} threads\nmachine: {common.machine()}",
-                       rows, ["run", "train_s", "tokens/s", "peak_rss_mb", "x TRL tokens/s", "x TRL peak RSS",
-                              "loss"]))
+    rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
+    print(common.table(f"DPO {a.model}: {a.count} pairs, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
+                       f"{tokens} tokens, LoRA r={common.LORA['r']}, {a.threads} threads\n"
+                       f"machine: {common.machine()}", rows, common.TABLE_COLUMNS))
 
 
 if __name__ == "__main__":
