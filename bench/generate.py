@@ -7,7 +7,8 @@ Rows:
   same temperature and top_p, ``num_return_sequences`` not used (one row per candidate, as ours).
 * posttrain decode=generate: ``HFGenerator`` on top of ``model.generate`` (per-row seeded sampling, prompts
   sorted by length).
-* posttrain decode=loop (default): our decode loop, finished rows leave the batch.
+* posttrain decode=loop (default): our decode loop, finished rows leave the batch, a repeated prompt and the
+  prompts' common prefix (the chat template's system prompt) are prefilled once.
 Every run is repeated ``--repeats`` times interleaved; the best time of each is reported (less noise from the
 shared machine).
 """
