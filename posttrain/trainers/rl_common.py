@@ -67,7 +67,8 @@ class RewardFunction:
         if reward_cfg.verifier_weight > 0:
             from posttrain.judges.verifiers import VerifierJudge
 
-            self.verifier = VerifierJudge()
+            components = reward_cfg.verifier_components
+            self.verifier = VerifierJudge(components=components) if components else VerifierJudge()
         self.reward_model = None
         if reward_cfg.reward_model and reward_cfg.reward_model_weight > 0:
             from posttrain.judges.reward_model import RewardModelJudge

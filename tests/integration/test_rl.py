@@ -245,3 +245,20 @@ def test_ppo_full_finetune_separate_critic_reward_model(tmp_path, reward_model_r
     # the adaptive KL coefficient is checkpointed with the trainer state and restored on resume
     state = json.loads((out / "checkpoints" / "step-000001" / "state.json").read_text())
     assert state["rl"]["kl_coef"] == pytest.approx(rows[0]["kl_coef_next"])
+
+
+def test_reward_verifier_components_pick_what_is_scored():
+    """``reward.verifier_components`` limits the verifiers to the named checks: a reply in the right format with a
+    wrong answer scores 1 on the constraint alone and 0.5 on both (their mean)."""
+    from posttrain.config import RLRewardSection
+    from posttrain.data.schema import PromptExample
+    from posttrain.trainers.rl_common import RewardFunction
+
+    row = PromptExample([{"role": "user", "content": "What is 2 plus 2? Answer in all lowercase."}],
+                        metadata={"constraints": [{"kind": "lowercase", "args": {}}], "answer": "4"})
+    both = RewardFunction(RLRewardSection(), max_new_tokens=8)
+    only = RewardFunction(RLRewardSection(verifier_components=["constraints"]), max_new_tokens=8)
+    assert both([row], ["it is five."], [3])[0].tolist() == [0.5]
+    assert only([row], ["it is five."], [3])[0].tolist() == [1.0]
+    with pytest.raises(ValueError):
+        RLRewardSection(verifier_components=["style"])
