@@ -31,6 +31,7 @@ smaller batch). Measured on CPU (bench/generate.py, docs/PERFORMANCE.md): a stat
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -155,6 +156,17 @@ class RowStreamer:
         pass
 
 
+def cache_keyword(model) -> str:
+    """The forward keyword that takes a KV cache: ``cache`` from transformers 5.24 (``past_key_values`` is
+    deprecated there), ``past_key_values`` before. Looked up on the model under any PEFT wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(type(base).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class HFGenerator:
     """``generate`` / ``generate_rows`` over a transformers causal LM. ``batch_size``: sequences per forward."""
 
@@ -168,6 +180,7 @@ class HFGenerator:
         self.model, self.tokenizer, self.batch_size, self.decode = model, tokenizer, batch_size, decode
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.cache_kw = cache_keyword(model)
         self.device = next(model.parameters()).device
 
     def generate(self, prompt_ids: list[list[int]], *, n: int, temperature, top_p, max_new_tokens: int, seed: int,
@@ -262,7 +275,7 @@ class HFGenerator:
                 sampler = sampler.subset(keep)
             position_ids = attention_mask.sum(-1, keepdim=True) - 1  # (A, 1)
             logits = self.model(input_ids=next_tokens[:, None], attention_mask=attention_mask,
-                                position_ids=position_ids, past_key_values=cache, use_cache=True).logits
+                                position_ids=position_ids, **{self.cache_kw: cache}, use_cache=True).logits
 
     def _forward_last(self, **kwargs) -> torch.Tensor:
         """The model's logits at the last position only: (B, 1, V)."""
@@ -291,7 +304,7 @@ class HFGenerator:
         if shared:
             ids = torch.tensor([list(distinct[0][:shared])], device=self.device)
             self._forward_last(input_ids=ids, position_ids=torch.arange(shared, device=self.device)[None],
-                               past_key_values=cache, use_cache=True)
+                               **{self.cache_kw: cache}, use_cache=True)
             cache.reorder_cache(torch.zeros(len(distinct), dtype=torch.long, device=self.device))
         rest = [p[shared:] for p in distinct]
         width = max(len(r) for r in rest)
@@ -301,7 +314,7 @@ class HFGenerator:
         # Positions count from each row's first real token, as generate does for left padding.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_(min=0)[:, shared:]
         logits = self._forward_last(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                    past_key_values=cache, use_cache=True)
+                                    **{self.cache_kw: cache}, use_cache=True)
         if len(distinct) < len(rows):
             idx = torch.tensor(expand, dtype=torch.long, device=self.device)
             cache.reorder_cache(idx)

@@ -153,3 +153,31 @@ def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     assert shared_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
     assert shared_prefix_len([[5, 6], [7, 6]]) == 0
     assert shared_prefix_len([[1], [1, 2]]) == 0
+
+
+def test_decode_loop_passes_the_cache_by_the_models_own_keyword(tiny, prompt_ids):
+    """transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns); older 5.x only
+    has `past_key_values`. The loop uses whichever the model's forward declares, under a PEFT wrapper too."""
+    import inspect
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from posttrain.generation.hf import cache_keyword
+
+    model, tok = tiny
+    expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    assert cache_keyword(model) == expected
+    wrapped = get_peft_model(load_tiny_copy(), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert cache_keyword(wrapped) == expected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        HFGenerator(model, tok, batch_size=4).generate(prompt_ids[:2], n=2, temperature=1.0, top_p=1.0,
+                                                       max_new_tokens=4, seed=0)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+def load_tiny_copy():
+    from posttrain.models.policy import load_trained
+
+    return load_trained("tiny-random")[0]
