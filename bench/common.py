@@ -132,7 +132,8 @@ def trainer_args(count_flag: str) -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--side", choices=["posttrain", "trl"])
-    p.add_argument("--packing", default="false")
+    p.add_argument("--layout", choices=["padded", "packing", "prefix_sharing"], default="padded",
+                   help="posttrain's micro-batch layout (data.packing / data.prefix_sharing)")
     p.add_argument("--data")
     p.add_argument("--out")
     p.add_argument("--steps", type=int)
@@ -144,7 +145,8 @@ def posttrain_overrides(a, lr: float) -> list[str]:
     return [f"data.train={a.data}", f"model.name={a.model}", f"train.output_dir={a.out}", "train.progress=false",
             f"optim.batch_size={a.batch}", f"optim.micro_batch_size={a.batch}", f"optim.max_steps={a.steps}",
             f"optim.lr={lr}", f"data.max_length={a.max_length}", "data.shuffle=false", "train.overwrite=true",
-            f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"data.packing={a.packing}", "optim.warmup_steps=0"]
+            f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"data.packing={a.layout == 'packing'}",
+            f"data.prefix_sharing={a.layout == 'prefix_sharing'}", "optim.warmup_steps=0"]
 
 
 def trl_model(a):

@@ -10,7 +10,9 @@ chat template) / training seconds. Rows:
 
 * posttrain padded: split-head chunked log-probs, padded batches, reference computed (cache filling).
 * posttrain packed: the same with data.packing=true.
-* posttrain packed, cached ref: a rerun (second epoch / beta sweep) that finds every reference log-prob on disk.
+* posttrain prefix-shared: data.prefix_sharing=true (each pair's prompt and the system prompt computed once).
+* posttrain prefix-shared, cached ref: a rerun (second epoch / beta sweep) that finds every reference log-prob on
+  disk.
 * TRL: DPOTrainer defaults plus the same LoRA config (its reference is the adapter disabled, as ours).
 """
 
@@ -69,10 +71,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     data = common.write_jsonl(tmp / "pairs.jsonl", common.pair_rows(a.count))
     steps, tokens, base = common.epoch_plan("preference", data, a)
-    runs = [("posttrain padded", ["--side", "posttrain", "--packing", "false", "--cache", str(tmp / "c1")]),
-            ("posttrain packed", ["--side", "posttrain", "--packing", "true", "--cache", str(tmp / "c2")]),
-            ("posttrain packed, cached ref (rerun)", ["--side", "posttrain", "--packing", "true", "--cache",
-                                                     str(tmp / "c2")]),
+    runs = [("posttrain padded", ["--side", "posttrain", "--layout", "padded", "--cache", str(tmp / "c1")]),
+            ("posttrain packed", ["--side", "posttrain", "--layout", "packing", "--cache", str(tmp / "c2")]),
+            ("posttrain prefix-shared", ["--side", "posttrain", "--layout", "prefix_sharing", "--cache",
+                                         str(tmp / "c3")]),
+            ("posttrain prefix-shared, cached ref (rerun)", ["--side", "posttrain", "--layout", "prefix_sharing",
+                                                            "--cache", str(tmp / "c3")]),
             ("TRL DPOTrainer", ["--side", "trl"])]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     print(common.table(f"DPO {a.model}: {a.count} pairs, batch {a.batch}, max_length {a.max_length}, {steps} steps, "

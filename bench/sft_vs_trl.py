@@ -42,7 +42,7 @@ def run_trl(a) -> None:
                     max_length=a.max_length, learning_rate=LR, max_steps=a.steps, logging_steps=1,
                     save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=42,
                     dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0, disable_tqdm=True,
-                    packing=a.packing == "true", shuffle_dataset=False)
+                    packing=a.layout == "packing", shuffle_dataset=False)
     common.trl_train_and_emit(lambda callbacks: SFTTrainer(model=model, args=cfg, train_dataset=ds,
                                                            processing_class=tok, callbacks=callbacks,
                                                            peft_config=lora))
@@ -58,9 +58,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     data = common.write_jsonl(tmp / "sft.jsonl", common.sft_rows(a.count))
     steps, tokens, base = common.epoch_plan("sft", data, a)
-    runs = [("posttrain padded", ["--side", "posttrain", "--packing", "false"]),
-            ("posttrain packed", ["--side", "posttrain", "--packing", "true"]),
-            ("TRL SFTTrainer", ["--side", "trl", "--packing", "false"])]
+    runs = [("posttrain padded", ["--side", "posttrain", "--layout", "padded"]),
+            ("posttrain packed", ["--side", "posttrain", "--layout", "packing"]),
+            ("posttrain prefix-shared", ["--side", "posttrain", "--layout", "prefix_sharing"]),
+            ("TRL SFTTrainer", ["--side", "trl", "--layout", "padded"])]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     print(common.table(f"SFT {a.model}: {a.count} rows, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
                        f"{tokens} tokens, LoRA r={common.LORA['r']}, {a.threads} threads\n"

@@ -48,10 +48,21 @@ class DataSection(Section):
     shuffle: bool = True
     packing: bool = Field(False, description="padding-free: each micro-batch is one row of concatenated sequences "
                                              "(SFT and preference training; see docs/PERFORMANCE.md)")
+    prefix_sharing: bool = Field(False, description="preference training: each micro-batch is one row where a "
+                                 "prefix shared by several sequences (a pair's prompt, the system prompt) is stored "
+                                 "and computed once, under a tree attention mask (sdpa/eager; see "
+                                 "docs/PERFORMANCE.md)")
     sort_by_length: bool = Field(False, description="group similar lengths into the same micro-batch (less "
                                                     "padding when packing is off); order stays seeded")
     sort_window: int = Field(32, gt=0, description="with sort_by_length: batches per window of the seeded "
                                                    "permutation that are sorted by length")
+
+    @model_validator(mode="after")
+    def _one_layout(self):
+        if self.packing and self.prefix_sharing:
+            raise ValueError("data.packing and data.prefix_sharing are two layouts of a micro-batch: pick one "
+                             "(prefix_sharing also removes the padding)")
+        return self
 
 
 class OptimSection(Section):

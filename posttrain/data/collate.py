@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from posttrain.data.render import Rendered
-from posttrain.ops.packing import pack_sequences
+from posttrain.ops.packing import pack_sequences, prefix_tree
 
 
 def collate_sequences(seqs: list[Rendered], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -43,12 +43,17 @@ def pack_rendered(seqs: list[Rendered]) -> dict:
     return batch
 
 
-def collate_pairs(pairs: list[tuple[Rendered, Rendered]], pad_token_id: int, packing: bool = False) -> dict:
-    """One (2B, T) batch (or one packed row of 2B sequences): ``[:B]`` chosen, ``[B:]`` rejected; ``num_pairs``."""
+def collate_pairs(pairs: list[tuple[Rendered, Rendered]], pad_token_id: int, packing: bool = False,
+                  prefix_sharing: bool = False) -> dict:
+    """One (2B, T) batch (or one packed row of 2B sequences, or one prefix-tree row where shared prompt tokens
+    are stored once): ``[:B]`` chosen, ``[B:]`` rejected; ``num_pairs``."""
     if not pairs:
         raise ValueError("cannot collate an empty batch")
     seqs = [c for c, _ in pairs] + [r for _, r in pairs]
-    batch = pack_rendered(seqs) if packing else collate_sequences(seqs, pad_token_id)
+    if prefix_sharing:
+        batch = prefix_tree([s.input_ids for s in seqs], [s.loss_mask for s in seqs])
+    else:
+        batch = pack_rendered(seqs) if packing else collate_sequences(seqs, pad_token_id)
     batch["num_pairs"] = len(pairs)
     return batch
 
@@ -62,7 +67,10 @@ def sequence_key(seq: Rendered) -> str:
 
 
 def count_tokens(batch: dict) -> int:
-    """Non-padding tokens in a collated (or packed) batch."""
+    """Non-padding tokens in a collated (or packed) batch; a prefix-tree row counts every sequence's tokens
+    (what the other layouts process), not the fewer tokens its forward pass runs."""
+    if "num_tokens" in batch:
+        return int(batch["num_tokens"])
     if batch.get("attention_mask") is None:
         return int(batch["input_ids"].numel())
     return int(batch["attention_mask"].sum())

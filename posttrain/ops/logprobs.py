@@ -14,7 +14,9 @@ Two memory savings, both exact (same numbers as a full ``log_softmax`` to float 
   fall back to the plain path.
 
 Packed batches (``ops/packing.py``: several sequences in one row, ``position_ids`` restarting at 0) go through
-the same function with ``seq_index``; transformers then keeps attention inside each sequence.
+the same function with ``seq_index``; transformers then keeps attention inside each sequence. Prefix-tree rows
+(``ops/packing.py::prefix_tree``: shared prefixes stored once, a 4D tree mask) go through
+``tree_sequence_logps``.
 """
 
 from __future__ import annotations
@@ -267,9 +269,42 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     return sums, counts, token_logps
 
 
+def tree_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, split: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and counts of each sequence's loss tokens for a prefix-tree row
+    (``ops/packing.py::prefix_tree``): one forward over the shared tokens, under the tree's attention mask."""
+    attn = getattr(getattr(_causal_lm(model), "config", None), "_attn_implementation", None) or ""
+    if "flash" in str(attn):
+        raise RuntimeError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not "
+                           f"{attn}; turn prefix_sharing off or load the model with attn_implementation=sdpa")
+    mask = batch["tree_mask"]  # bool, True = attend: SDPA takes it as is, whatever the compute dtype
+    if attn == "eager":  # eager attention adds the mask to its scores: 0 where allowed, a large negative elsewhere
+        dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    pred, labels, seq = batch["pred_index"], batch["labels"], batch["target_seq"]
+    parts = split_head(model) if split else None
+    if parts is None:
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                       use_cache=False).logits[0]  # (N, V)
+        logps = gather_token_logps(logits[pred], labels, chunk_size=chunk_size)
+    else:
+        lm, _ = parts
+        with _head_removed(lm) as head:
+            hidden = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                           use_cache=False).logits[0]  # (N, H)
+        logps = head_token_logps(head, hidden[pred], labels, chunk_size)
+    n = int(batch["num_seqs"])
+    sums = logps.new_zeros(n).index_add(0, seq, logps)
+    counts = logps.new_zeros(n).index_add(0, seq, torch.ones_like(logps))
+    return sums, counts
+
+
 def batch_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE):
     """``sequence_logps`` of a collated batch: padded (``input_ids``/``attention_mask``/``loss_mask``) or packed
-    (plus ``position_ids``, ``seq_index``, ``num_seqs``; sums are then per sequence)."""
+    (plus ``position_ids``, ``seq_index``, ``num_seqs``; sums are then per sequence), or a prefix-tree row
+    (``pred_index`` ...: sums per sequence, and no per-token log-probs: the third value is None)."""
+    if batch.get("pred_index") is not None:
+        return (*tree_sequence_logps(model, batch, chunk_size=chunk_size), None)
     if batch.get("seq_index") is not None:
         return sequence_logps(model, batch["input_ids"], None, batch["loss_mask"], batch["position_ids"],
                               seq_index=batch["seq_index"], num_seqs=batch["num_seqs"], chunk_size=chunk_size)

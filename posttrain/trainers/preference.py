@@ -2,7 +2,8 @@
 SimPO, ORPO, optional RPO NLL term). The loss is picked by name from ``posttrain.losses.LOSSES``.
 
 Chosen and rejected sequences go through the policy in one forward pass (rows ``[:B]`` chosen, ``[B:]``
-rejected; or one padding-free packed row with ``data.packing``). The reference pass is skipped for
+rejected; or one padding-free packed row with ``data.packing``; or one prefix-tree row with
+``data.prefix_sharing``, where each pair's prompt and the batch's common system prompt are computed once). The reference pass is skipped for
 reference-free losses, and for every micro-batch whose reference log-probs are cached (``training/refcache.py``).
 """
 
@@ -19,13 +20,14 @@ from posttrain.training.stage import run_training_stage, to_device
 
 
 def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params: dict, pad_token_id: int,
-                        device, packing: bool = False, reference_cache=None) -> StepFns:
+                        device, packing: bool = False, prefix_sharing: bool = False, reference_cache=None
+                        ) -> StepFns:
     """``reference_cache``: a ``ReferenceCache`` (or None): looked up per micro-batch, filled on a miss."""
     spec = get_loss(loss_type)
     cache = reference_cache if spec.needs_reference else None
 
     def collate(items):
-        batch = to_device(collate_pairs(items, pad_token_id, packing=packing), device)
+        batch = to_device(collate_pairs(items, pad_token_id, packing=packing, prefix_sharing=prefix_sharing), device)
         if cache is not None:
             batch["seq_keys"] = [sequence_key(c) for c, _ in items] + [sequence_key(r) for _, r in items]
         return batch
@@ -99,6 +101,7 @@ def train_preference(cfg) -> dict:
             frozen.to(accelerator.device)
         return preference_step_fns(model, frozen, loss_type=cfg.loss.type, loss_params=loss_params(cfg.loss),
                                    pad_token_id=data.tokenizer.pad_token_id, device=accelerator.device,
-                                   packing=cfg.data.packing, reference_cache=cache)
+                                   packing=cfg.data.packing, prefix_sharing=cfg.data.prefix_sharing,
+                                   reference_cache=cache)
 
     return run_training_stage(cfg, "dpo", "preference", build)

@@ -1,29 +1,35 @@
 """Supervised fine-tuning: token-mean NLL on assistant tokens only (every assistant turn of a conversation).
 
-With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py``); the loss normaliser (loss
-tokens of the whole step) is the same either way, so packed and padded training take the same steps."""
+With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py``); with
+``data.prefix_sharing`` one prefix-tree row (the rows' common system prompt computed once). The loss normaliser
+(loss tokens of the whole step) is the same in every layout, so they all take the same steps."""
 
 from __future__ import annotations
 
 from posttrain.data.collate import collate_sequences, count_tokens, pack_rendered
+from posttrain.ops.packing import prefix_tree
 from posttrain.losses.sft import sft_loss
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import run_training_stage, to_device
 
 
-def sft_step_fns(pad_token_id: int, device, packing: bool = False) -> StepFns:
+def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharing: bool = False) -> StepFns:
     def collate(items):
+        if prefix_sharing:
+            return to_device(prefix_tree([r.input_ids for r in items], [r.loss_mask for r in items]), device)
         return to_device(pack_rendered(items) if packing else collate_sequences(items, pad_token_id), device)
 
     def weight(batch):
+        if "labels" in batch:  # prefix tree: one label per loss token (the first token is never one)
+            return float(batch["labels"].numel())
         # Loss tokens are targets, i.e. loss_mask shifted by one (the first token predicts nothing; packing
         # zeroes each sequence's first token, so the count is the same packed or padded).
         return float(batch["loss_mask"][:, 1:].sum())
 
     def loss(model, batch):
         logps_sum, counts, token_logps = batch_sequence_logps(model, batch)
-        if batch.get("seq_index") is not None:
+        if token_logps is None or batch.get("seq_index") is not None:
             losses = -logps_sum  # (S,) per packed sequence, as sft_loss gives per padded row
             nll = losses.detach() / counts.clamp(min=1)
         else:
@@ -36,6 +42,7 @@ def sft_step_fns(pad_token_id: int, device, packing: bool = False) -> StepFns:
 
 def train_sft(cfg) -> dict:
     def build(model, data, accelerator):
-        return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device, packing=cfg.data.packing)
+        return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device, packing=cfg.data.packing,
+                            prefix_sharing=cfg.data.prefix_sharing)
 
     return run_training_stage(cfg, "sft", "sft", build)

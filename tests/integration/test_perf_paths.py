@@ -25,7 +25,7 @@ def _varied_pairs(n=8):
     return rows
 
 
-def test_sft_packed_equals_padded_step_by_step(tmp_path, one_torch_thread):
+def test_sft_packed_and_prefix_shared_equal_padded_step_by_step(tmp_path, one_torch_thread):
     from posttrain.trainers.sft import train_sft
 
     rows = sft_rows(8)
@@ -33,13 +33,15 @@ def test_sft_packed_equals_padded_step_by_step(tmp_path, one_torch_thread):
         r["messages"][1]["content"] += " and more" * (i * 2)
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     losses = {}
-    for packing in (False, True):
-        out = tmp_path / f"p{packing}"
-        train_sft(tiny_config("sft", data, out, f"data.packing={str(packing).lower()}", "data.max_length=160",
-                              "optim.micro_batch_size=2", "optim.lr=1e-3"))
-        losses[packing] = _losses(out)
-    assert len(losses[True]) == 3
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+    for layout in ("padded", "packing", "prefix_sharing"):
+        out = tmp_path / layout
+        extra = [f"data.{layout}=true"] if layout != "padded" else []
+        train_sft(tiny_config("sft", data, out, *extra, "data.max_length=160", "optim.micro_batch_size=2",
+                              "optim.lr=1e-3"))
+        losses[layout] = _losses(out)
+    assert len(losses["packing"]) == 3
+    assert losses["packing"] == pytest.approx(losses["padded"], rel=1e-5, abs=1e-6)
+    assert losses["prefix_sharing"] == pytest.approx(losses["padded"], rel=1e-5, abs=1e-6)
 
 
 def test_dpo_packing_and_cache_equal_plain_path_and_skip_reference(tmp_path, one_torch_thread):
@@ -70,6 +72,48 @@ def test_dpo_packing_and_cache_equal_plain_path_and_skip_reference(tmp_path, one
     assert reference_mod.reference_passes() - before == 0
     # and the cached numbers are the reference's: the first step is policy == reference, loss log 2
     assert _losses(sweep)[0] == pytest.approx(0.6931472, abs=1e-5)
+
+
+def test_dpo_prefix_sharing_equals_plain_path_and_computes_fewer_tokens(tmp_path, one_torch_thread, monkeypatch):
+    """Prefix-tree micro-batches (each pair's prompt and the chat template's system prompt stored once): the same
+    losses step by step as padded batches, over 2 epochs with the reference cache, while the model's forward
+    passes see far fewer tokens."""
+    import posttrain.ops.logprobs as logprobs
+    from posttrain.trainers.preference import train_preference
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", _varied_pairs(8))
+    common = ["optim.batch_size=4", "optim.micro_batch_size=2", "optim.max_steps=null", "optim.epochs=2",
+              "data.shuffle=true", "optim.lr=5e-3", "data.max_length=96", "loss.reference_cache=false"]
+    seen = {"tree": 0, "padded": 0}
+    real_tree, real_target = logprobs.tree_sequence_logps, logprobs.target_token_logps
+
+    def count_tree(model, batch, *a, **kw):
+        seen["tree"] += batch["input_ids"].numel()
+        return real_tree(model, batch, *a, **kw)
+
+    def count_padded(model, input_ids, attention_mask, *a, **kw):
+        seen["padded"] += int(attention_mask.sum())
+        return real_target(model, input_ids, attention_mask, *a, **kw)
+
+    monkeypatch.setattr(logprobs, "tree_sequence_logps", count_tree)
+    monkeypatch.setattr(logprobs, "target_token_logps", count_padded)
+    plain, shared = tmp_path / "plain", tmp_path / "shared"
+    train_preference(tiny_config("dpo", data, plain, *common))
+    train_preference(tiny_config("dpo", data, shared, *common, "data.prefix_sharing=true"))
+    assert len(_losses(shared)) == 4
+    assert _losses(shared) == pytest.approx(_losses(plain), rel=1e-5, abs=1e-6)
+    assert 0 < seen["tree"] < 0.75 * seen["padded"]  # non-padding tokens of the padded run vs the tree's
+
+
+def test_prefix_sharing_and_packing_exclude_each_other_and_kto_refuses_both(tmp_path):
+    from posttrain.config import ConfigError
+    from posttrain.trainers.kto import train_kto
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
+    with pytest.raises(ConfigError, match="pick one"):
+        tiny_config("dpo", data, tmp_path / "x", "data.packing=true", "data.prefix_sharing=true")
+    with pytest.raises(ConfigError, match="kto: data.packing and data.prefix_sharing are not supported"):
+        train_kto(tiny_config("kto", data, tmp_path / "k", "data.prefix_sharing=true"))
 
 
 def test_full_finetune_rerun_builds_no_reference_copy(tmp_path, one_torch_thread, monkeypatch):

@@ -83,3 +83,79 @@ def test_packing_without_restarting_positions_would_differ(one_torch_thread):
         alone = sequence_logps(model, torch.tensor([seqs[1]]), None, torch.tensor([masks[1]]))[0]
     assert torch.allclose(right[1], alone[0], atol=1e-5)
     assert not torch.allclose(leaky[1], alone[0], atol=1e-3)
+
+
+def test_prefix_tree_exact_tensors():
+    from posttrain.ops.packing import prefix_tree
+
+    # Two "pairs" sharing a 2-token system prefix; each pair's chosen/rejected share their prompt.
+    seqs = [[1, 2, 5, 6, 7], [1, 2, 8, 9], [1, 2, 5, 6, 3], [1, 2, 8, 4, 4]]
+    masks = [[0, 0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 1, 1]]
+    t = prefix_tree(seqs, masks)
+    assert t["input_ids"].tolist() == [[1, 2, 5, 6, 7, 8, 9, 3, 4, 4]]
+    assert t["position_ids"].tolist() == [[0, 1, 2, 3, 4, 2, 3, 4, 3, 4]]
+    # targets: (predicting node, label, sequence)
+    assert list(zip(t["pred_index"].tolist(), t["labels"].tolist(), t["target_seq"].tolist())) == [
+        (3, 7, 0), (5, 9, 1), (3, 3, 2), (5, 4, 3), (8, 4, 3)]
+    mask = t["tree_mask"][0, 0]
+    assert mask[7].nonzero().flatten().tolist() == [0, 1, 2, 3, 7]  # "3" sees its own path only, not "7"
+    assert mask[9].nonzero().flatten().tolist() == [0, 1, 5, 8, 9]
+    assert t["num_seqs"] == 4 and t["num_tokens"] == 19
+    with pytest.raises(ValueError):
+        prefix_tree([], [])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("split", [True, False])
+def test_prefix_tree_equals_padded_logps_and_gradients(one_torch_thread, attn, split):
+    """Sequences sharing prefixes of several lengths (a system prompt for all, a prompt per pair, one pair whose
+    completions share their first tokens): one tree row gives the padded batch's sums, counts and gradients."""
+    from posttrain.ops.logprobs import tree_sequence_logps
+    from posttrain.ops.packing import prefix_tree
+
+    model = _model(attn)
+    torch.manual_seed(4)
+    system = torch.randint(1, 120, (5,)).tolist()
+    seqs, masks = [], []
+    for p_len, c_len, r_len, common in ((4, 3, 6, 0), (7, 5, 2, 0), (2, 4, 4, 2)):
+        prompt = system + torch.randint(1, 120, (p_len,)).tolist()
+        head = torch.randint(1, 120, (common,)).tolist()
+        for n in (c_len, r_len):
+            completion = head + torch.randint(1, 120, (n,)).tolist()
+            seqs.append(prompt + completion)
+            masks.append([0] * len(prompt) + [1] * len(completion))
+    width = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    attn_mask, loss = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)], attn_mask[i, : len(s)], loss[i, : len(s)] = torch.tensor(s), 1, torch.tensor(m)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, 1.5, -1.0])
+    padded = sequence_logps(model, ids, attn_mask, loss, split=split)
+    (padded[0] * weights).sum().backward()
+    g_padded = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    tree = prefix_tree(seqs, masks)
+    assert tree["input_ids"].shape[1] < sum(map(len, seqs)) - 20  # the shared tokens are stored once
+    sums, counts = tree_sequence_logps(model, tree, split=split)
+    (sums * weights).sum().backward()
+    assert torch.allclose(sums, padded[0], atol=1e-5), (sums, padded[0])
+    assert torch.equal(counts, padded[1])
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, g_padded[n], atol=1e-5), n
+
+
+def test_prefix_tree_without_its_mask_would_differ(one_torch_thread):
+    """The test above can fail: with plain causal attention a branch would see its sibling's tokens."""
+    from posttrain.ops.logprobs import tree_sequence_logps
+    from posttrain.ops.packing import prefix_tree
+
+    model = _model("sdpa")
+    tree = prefix_tree([[3, 4, 5, 6], [3, 4, 7, 8]], [[0, 0, 1, 1], [0, 0, 1, 1]])
+    with torch.no_grad():
+        right = tree_sequence_logps(model, tree)[0]
+        causal = dict(tree, tree_mask=torch.ones_like(tree["tree_mask"]).tril())
+        leaky = tree_sequence_logps(model, causal)[0]
+        alone = sequence_logps(model, torch.tensor([[3, 4, 7, 8]]), None, torch.tensor([[0, 0, 1, 1]]))[0]
+    assert torch.allclose(right[1], alone[0], atol=1e-5)
+    assert not torch.allclose(leaky[1], alone[0], atol=1e-3)
