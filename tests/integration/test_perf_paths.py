@@ -105,7 +105,7 @@ def test_dpo_prefix_sharing_equals_plain_path_and_computes_fewer_tokens(tmp_path
     assert 0 < seen["tree"] < 0.75 * seen["padded"]  # non-padding tokens of the padded run vs the tree's
 
 
-def test_prefix_sharing_and_packing_exclude_each_other_and_kto_refuses_both(tmp_path):
+def test_prefix_sharing_and_packing_exclude_each_other_and_kto_and_reward_model_refuse_them(tmp_path):
     from posttrain.config import ConfigError
     from posttrain.trainers.kto import train_kto
 
@@ -114,6 +114,10 @@ def test_prefix_sharing_and_packing_exclude_each_other_and_kto_refuses_both(tmp_
         tiny_config("dpo", data, tmp_path / "x", "data.packing=true", "data.prefix_sharing=true")
     with pytest.raises(ConfigError, match="kto: data.packing and data.prefix_sharing are not supported"):
         train_kto(tiny_config("kto", data, tmp_path / "k", "data.prefix_sharing=true"))
+    from posttrain.trainers.reward_model import train_reward_model
+
+    with pytest.raises(ConfigError, match="reward-model: data.packing and data.prefix_sharing are not supported"):
+        train_reward_model(tiny_config("reward-model", data, tmp_path / "r", "data.packing=true"))
 
 
 def test_full_finetune_rerun_builds_no_reference_copy(tmp_path, one_torch_thread, monkeypatch):
