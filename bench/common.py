@@ -134,6 +134,9 @@ def trainer_args(count_flag: str) -> argparse.ArgumentParser:
     p.add_argument("--side", choices=["posttrain", "trl"])
     p.add_argument("--layout", choices=["padded", "packing", "prefix_sharing"], default="padded",
                    help="posttrain's micro-batch layout (data.packing / data.prefix_sharing)")
+    p.add_argument("--checkpointing", choices=["on", "off"],
+                   help="activation (gradient) checkpointing; default: each side's own default (posttrain off, TRL "
+                        "on: TRL's SFTConfig and DPOConfig turn it on)")
     p.add_argument("--data")
     p.add_argument("--out")
     p.add_argument("--steps", type=int)
@@ -146,7 +149,13 @@ def posttrain_overrides(a, lr: float) -> list[str]:
             f"optim.batch_size={a.batch}", f"optim.micro_batch_size={a.batch}", f"optim.max_steps={a.steps}",
             f"optim.lr={lr}", f"data.max_length={a.max_length}", "data.shuffle=false", "train.overwrite=true",
             f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"data.packing={a.layout == 'packing'}",
-            f"data.prefix_sharing={a.layout == 'prefix_sharing'}", "optim.warmup_steps=0"]
+            f"data.prefix_sharing={a.layout == 'prefix_sharing'}", "optim.warmup_steps=0",
+            f"model.gradient_checkpointing={a.checkpointing == 'on'}"]
+
+
+def trl_checkpointing(a) -> dict:
+    """TRL config kwargs for ``--checkpointing`` (nothing: TRL's default, which is on)."""
+    return {} if a.checkpointing is None else {"gradient_checkpointing": a.checkpointing == "on"}
 
 
 def trl_model(a):

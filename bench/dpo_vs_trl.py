@@ -13,7 +13,10 @@ chat template) / training seconds. Rows:
 * posttrain prefix-shared: data.prefix_sharing=true (each pair's prompt and the system prompt computed once).
 * posttrain prefix-shared, cached ref: a rerun (second epoch / beta sweep) that finds every reference log-prob on
   disk.
-* TRL: DPOTrainer defaults plus the same LoRA config (its reference is the adapter disabled, as ours).
+* posttrain prefix-shared, checkpointing: with model.gradient_checkpointing=true, as TRL's default.
+* TRL: DPOTrainer defaults plus the same LoRA config (its reference is the adapter disabled, as ours); TRL's
+  DPOConfig turns activation checkpointing on by default, so it is run both ways (the ratios are against
+  its defaults, the last row).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def run_trl(a) -> None:
                     max_length=a.max_length, learning_rate=LR, max_steps=a.steps, logging_steps=1,
                     save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=42,
                     dataloader_num_workers=0, beta=BETA, lr_scheduler_type="cosine", warmup_steps=0,
-                    disable_tqdm=True)
+                    disable_tqdm=True, **common.trl_checkpointing(a))
     common.trl_train_and_emit(lambda callbacks: DPOTrainer(model=model, args=cfg, train_dataset=ds,
                                                            processing_class=tok, callbacks=callbacks,
                                                            peft_config=lora))
@@ -77,7 +80,10 @@ def main() -> None:
                                          str(tmp / "c3")]),
             ("posttrain prefix-shared, cached ref (rerun)", ["--side", "posttrain", "--layout", "prefix_sharing",
                                                             "--cache", str(tmp / "c3")]),
-            ("TRL DPOTrainer", ["--side", "trl"])]
+            ("posttrain prefix-shared, checkpointing", ["--side", "posttrain", "--layout", "prefix_sharing",
+                                                        "--checkpointing", "on", "--cache", str(tmp / "c4")]),
+            ("TRL DPOTrainer, no checkpointing", ["--side", "trl", "--checkpointing", "off"]),
+            ("TRL DPOTrainer (defaults: checkpointing on)", ["--side", "trl"])]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     print(common.table(f"DPO {a.model}: {a.count} pairs, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
                        f"{tokens} tokens, LoRA r={common.LORA['r']}, {a.threads} threads\n"

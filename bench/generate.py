@@ -1,6 +1,8 @@
 """Generation: candidates/s of posttrain's HF backend against plain ``model.generate`` at the same batch size.
 
     nice -n 19 .venv/bin/python bench/generate.py --model smollm2-135m-instruct --prompts 8 --n 4 --batch 16
+    nice -n 19 .venv/bin/python bench/generate.py --prompts-file examples/data/prompts_train.jsonl --prompts 64 \
+        --n 4 --batch 64 --max-new-tokens 48 --temperature 1.0 --top-p 1.0 --repeats 1   # the quickstart's workload
 
 Rows:
 * plain model.generate: left-padded batches of ``--batch`` rows in the given order, ``do_sample=True`` with the
@@ -16,6 +18,7 @@ shared machine).
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -36,6 +39,8 @@ def main() -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--prompts-file", help="a JSONL of {prompt: ...} rows (e.g. examples/data/prompts_train.jsonl): "
+                                          "the first --prompts of them instead of the synthetic open-ended asks")
     a = p.parse_args()
     common.set_threads(a.threads)
     import torch
@@ -46,13 +51,16 @@ def main() -> None:
     model, tok = load_trained(a.model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    rng = random.Random(0)
-    asks = ["Write a haiku about", "Explain briefly", "Give two facts about", "Say hello to",
-            "List three uses of", "What is", "Describe", "Tell a short story about"]
-    topics = ["the sea", "tea", "owls", "bread", "a clock", "snow in the mountains", "rivers", "kites"]
-    prompt_ids = [tok(tok.apply_chat_template([{"role": "user", "content": f"{rng.choice(asks)} {rng.choice(topics)}."}],
-                                              add_generation_prompt=True, tokenize=False),
-                      add_special_tokens=False)["input_ids"] for _ in range(a.prompts)]
+    if a.prompts_file:
+        texts = [json.loads(line)["prompt"] for line in Path(a.prompts_file).read_text().splitlines()[:a.prompts]]
+    else:
+        rng = random.Random(0)
+        asks = ["Write a haiku about", "Explain briefly", "Give two facts about", "Say hello to",
+                "List three uses of", "What is", "Describe", "Tell a short story about"]
+        topics = ["the sea", "tea", "owls", "bread", "a clock", "snow in the mountains", "rivers", "kites"]
+        texts = [f"{rng.choice(asks)} {rng.choice(topics)}." for _ in range(a.prompts)]
+    prompt_ids = [tok(tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                              tokenize=False), add_special_tokens=False)["input_ids"] for t in texts]
     rows_ids = [ids for ids in prompt_ids for _ in range(a.n)]
     pad = tok.pad_token_id
 
@@ -95,8 +103,9 @@ def main() -> None:
     for name, (dt, n_new) in best.items():
         rows.append({"run": name, "seconds": round(dt, 2), "candidates/s": round(len(rows_ids) / dt, 2),
                      "new tokens": n_new, "new tokens/s": round(n_new / dt, 1), "x plain": round(base / dt, 2)})
-    print(common.table(f"Generation {a.model}: {a.prompts} prompts x {a.n} candidates, batch {a.batch}, "
-                       f"max_new_tokens {a.max_new_tokens}, T={a.temperature}, top_p={a.top_p}, "
+    source = a.prompts_file or "synthetic open-ended prompts"
+    print(common.table(f"Generation {a.model}: {len(prompt_ids)} prompts ({source}) x {a.n} candidates, "
+                       f"batch {a.batch}, max_new_tokens {a.max_new_tokens}, T={a.temperature}, top_p={a.top_p}, "
                        f"{a.threads} threads, best of {a.repeats}\nmachine: {common.machine()}",
                        rows, ["run", "seconds", "candidates/s", "new tokens", "new tokens/s", "x plain"]))
 

@@ -5,7 +5,9 @@
 
 Both train on assistant tokens only (posttrain: messages with assistant masks; TRL: conversational
 prompt-completion rows, completion-only loss). Each side is its own process (peak RSS = its ru_maxrss), one
-epoch, timed over optimizer steps. tokens/s = prompt + completion tokens / training seconds.
+epoch, timed over optimizer steps. tokens/s = prompt + completion tokens / training seconds. TRL's SFTConfig turns
+activation checkpointing on by default, so TRL runs both ways and posttrain also runs with it on; the ratios are
+against TRL's defaults (the last row).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def run_trl(a) -> None:
                     max_length=a.max_length, learning_rate=LR, max_steps=a.steps, logging_steps=1,
                     save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=42,
                     dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0, disable_tqdm=True,
-                    packing=a.layout == "packing", shuffle_dataset=False)
+                    packing=a.layout == "packing", shuffle_dataset=False, **common.trl_checkpointing(a))
     common.trl_train_and_emit(lambda callbacks: SFTTrainer(model=model, args=cfg, train_dataset=ds,
                                                            processing_class=tok, callbacks=callbacks,
                                                            peft_config=lora))
@@ -61,7 +63,10 @@ def main() -> None:
     runs = [("posttrain padded", ["--side", "posttrain", "--layout", "padded"]),
             ("posttrain packed", ["--side", "posttrain", "--layout", "packing"]),
             ("posttrain prefix-shared", ["--side", "posttrain", "--layout", "prefix_sharing"]),
-            ("TRL SFTTrainer", ["--side", "trl", "--layout", "padded"])]
+            ("posttrain prefix-shared, checkpointing", ["--side", "posttrain", "--layout", "prefix_sharing",
+                                                        "--checkpointing", "on"]),
+            ("TRL SFTTrainer, no checkpointing", ["--side", "trl", "--checkpointing", "off"]),
+            ("TRL SFTTrainer (defaults: checkpointing on)", ["--side", "trl"])]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     print(common.table(f"SFT {a.model}: {a.count} rows, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
                        f"{tokens} tokens, LoRA r={common.LORA['r']}, {a.threads} threads\n"
