@@ -16,6 +16,19 @@ from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer
 LINEAGE_FILE = "posttrain.json"
 
 
+def enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing (works with frozen inputs under LoRA, and with DDP), through the
+    name the installed transformers prefers: ``activation_checkpointing_enable`` (5.24; the old name warns),
+    else ``gradient_checkpointing_enable``."""
+    import inspect
+
+    kwargs = {"use_reentrant": False}
+    new = getattr(model, "activation_checkpointing_enable", None)
+    if new is not None and "activation_checkpointing_kwargs" in inspect.signature(new).parameters:
+        new(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
 def resolve_lineage(name: str, adapter: str | None = None) -> tuple[str, list[str]]:
     """(base model name, adapters to merge in order) for a model name and an optional extra adapter."""
     base, adapters = name, []
@@ -70,9 +83,7 @@ def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None):
         model = attach_adapter(model, method=peft_cfg.method, r=peft_cfg.r, alpha=peft_cfg.alpha,
                                dropout=peft_cfg.dropout, target_modules=peft_cfg.target_modules)
     if model_cfg.gradient_checkpointing:
-        # Non-reentrant: works with frozen inputs (LoRA) and DDP. (transformers 5.2x also names this
-        # activation_checkpointing_enable with other kwargs; this name works across all 5.x.)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     lineage = {"base": base_name, "merged_adapters": merged, "adapter": peft_cfg.method != "none"}
     return model, tokenizer, lineage
 

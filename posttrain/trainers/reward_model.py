@@ -112,7 +112,7 @@ def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
     adapter (the score head fully trained) or fully trainable. Returns (model, base name)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from posttrain.models.policy import load_base, resolve_lineage
+    from posttrain.models.policy import enable_checkpointing, load_base, resolve_lineage
     from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
 
     base_name, adapters = resolve_lineage(model_cfg.name, model_cfg.adapter)
@@ -148,7 +148,7 @@ def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
                                                  target_modules=peft_cfg.target_modules,
                                                  use_dora=peft_cfg.method == "dora", task_type="SEQ_CLS"))
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model, base_name
 
 

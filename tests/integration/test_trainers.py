@@ -148,3 +148,19 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path):
         train_sft(tiny_config("sft", data, out, f"model.gradient_checkpointing={str(gc).lower()}"))
         losses[gc] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_checkpointing_is_really_on_under_lora_and_uses_the_current_name():
+    """The test above passes even if checkpointing silently stays off; here the decoder layers must be set to
+    checkpoint, through a PEFT wrapper, without transformers' deprecation warning for the old method name."""
+    import warnings
+
+    from posttrain.config import ModelSection, PeftSection
+    from posttrain.models.policy import load_policy
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _, _ = load_policy(ModelSection(name="tiny-random", gradient_checkpointing=True),
+                                  PeftSection(method="lora", r=4, alpha=8), seed=0)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    assert not [w for w in caught if "checkpointing_enable` is deprecated" in str(w.message)]
