@@ -209,6 +209,18 @@ def compare_with_trl(script: str, runs: list[tuple[str, list[str]]], base: list[
     return rows
 
 
+def trl_runs(trainer: str) -> list[tuple[str, list[str]]]:
+    """TRL without and with activation checkpointing (its default); the last is the reference of the ratios."""
+    return [(f"TRL {trainer}, no checkpointing", ["--side", "trl", "--checkpointing", "off"]),
+            (f"TRL {trainer} (defaults: checkpointing on)", ["--side", "trl"])]
+
+
+def print_comparison(what: str, unit: str, a, steps: int, tokens: int, rows: list[dict]) -> None:
+    print(table(f"{what} {a.model}: {a.count} {unit}, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
+                f"{tokens} tokens, LoRA r={LORA['r']}, {a.threads} threads\nmachine: {machine()}", rows,
+                TABLE_COLUMNS))
+
+
 def epoch_plan(kind: str, data: Path, a) -> tuple[int, int, list[str]]:
     """(steps, tokens of those steps, child args every side shares) for one epoch over ``data``."""
     tokens, kept = rendered_tokens(kind, data, a.model, a.max_length)

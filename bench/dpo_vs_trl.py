@@ -82,12 +82,9 @@ def main() -> None:
                                                             "--cache", str(tmp / "c3")]),
             ("posttrain prefix-shared, checkpointing", ["--side", "posttrain", "--layout", "prefix_sharing",
                                                         "--checkpointing", "on", "--cache", str(tmp / "c4")]),
-            ("TRL DPOTrainer, no checkpointing", ["--side", "trl", "--checkpointing", "off"]),
-            ("TRL DPOTrainer (defaults: checkpointing on)", ["--side", "trl"])]
+            *common.trl_runs("DPOTrainer")]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
-    print(common.table(f"DPO {a.model}: {a.count} pairs, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
-                       f"{tokens} tokens, LoRA r={common.LORA['r']}, {a.threads} threads\n"
-                       f"machine: {common.machine()}", rows, common.TABLE_COLUMNS))
+    common.print_comparison("DPO", "pairs", a, steps, tokens, rows)
 
 
 if __name__ == "__main__":

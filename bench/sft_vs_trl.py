@@ -65,12 +65,9 @@ def main() -> None:
             ("posttrain prefix-shared", ["--side", "posttrain", "--layout", "prefix_sharing"]),
             ("posttrain prefix-shared, checkpointing", ["--side", "posttrain", "--layout", "prefix_sharing",
                                                         "--checkpointing", "on"]),
-            ("TRL SFTTrainer, no checkpointing", ["--side", "trl", "--checkpointing", "off"]),
-            ("TRL SFTTrainer (defaults: checkpointing on)", ["--side", "trl"])]
+            *common.trl_runs("SFTTrainer")]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
-    print(common.table(f"SFT {a.model}: {a.count} rows, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
-                       f"{tokens} tokens, LoRA r={common.LORA['r']}, {a.threads} threads\n"
-                       f"machine: {common.machine()}", rows, common.TABLE_COLUMNS))
+    common.print_comparison("SFT", "rows", a, steps, tokens, rows)
 
 
 if __name__ == "__main__":
