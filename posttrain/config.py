@@ -126,6 +126,14 @@ class KTOLossSection(Section):
     reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
 
 
+def refuse_layouts(data: DataSection, command: str, why: str) -> None:
+    """For commands that train on padded batches only: data.packing / data.prefix_sharing are an error, not
+    silently ignored."""
+    if data.packing or data.prefix_sharing:
+        raise ValueError(f"{command}: data.packing and data.prefix_sharing are not supported ({why}); set them "
+                         f"to false")
+
+
 class SFTConfig(Section):
     model: ModelSection = ModelSection()
     peft: PeftSection = PeftSection()
@@ -155,6 +163,7 @@ class KTOConfig(Section):
     def _kl_needs_two(self):
         if self.optim.micro_batch_size < 2:
             raise ValueError("optim.micro_batch_size must be >= 2 for KTO (its KL reference point mismatches rows)")
+        refuse_layouts(self.data, "kto", "the KL rows pair each row with its neighbour in the micro-batch")
         return self
 
 
@@ -180,6 +189,11 @@ class RewardModelConfig(Section):
     optim: OptimSection = OptimSection(lr=1e-4)
     loss: RewardModelLossSection = RewardModelLossSection()
     train: TrainSection = TrainSection()
+
+    @model_validator(mode="after")
+    def _padded_only(self):
+        refuse_layouts(self.data, "reward-model", "the score is read at each sequence's last token of a padded batch")
+        return self
 
 
 class PromptDataSection(Section):

@@ -43,6 +43,11 @@ def pack_rendered(seqs: list[Rendered]) -> dict:
     return batch
 
 
+def tree_rendered(seqs: list[Rendered]) -> dict:
+    """One prefix-tree row (``ops/packing.py::prefix_tree``): shared prefixes stored once, a tree mask."""
+    return prefix_tree([s.input_ids for s in seqs], [s.loss_mask for s in seqs])
+
+
 def collate_pairs(pairs: list[tuple[Rendered, Rendered]], pad_token_id: int, packing: bool = False,
                   prefix_sharing: bool = False) -> dict:
     """One (2B, T) batch (or one packed row of 2B sequences, or one prefix-tree row where shared prompt tokens
@@ -51,7 +56,7 @@ def collate_pairs(pairs: list[tuple[Rendered, Rendered]], pad_token_id: int, pac
         raise ValueError("cannot collate an empty batch")
     seqs = [c for c, _ in pairs] + [r for _, r in pairs]
     if prefix_sharing:
-        batch = prefix_tree([s.input_ids for s in seqs], [s.loss_mask for s in seqs])
+        batch = tree_rendered(seqs)
     else:
         batch = pack_rendered(seqs) if packing else collate_sequences(seqs, pad_token_id)
     batch["num_pairs"] = len(pairs)

@@ -138,6 +138,15 @@ def _head_removed(lm):
         lm.lm_head = head
 
 
+def _trunk_forward(model, lm, **inputs) -> tuple[torch.Tensor, nn.Module]:
+    """(last hidden states, output head): ``model``'s forward with ``lm``'s head swapped for an identity."""
+    with _head_removed(lm) as head:
+        hidden = model(**inputs, use_cache=False).logits
+    if hidden.shape[-1] != getattr(head, "in_features", hidden.shape[-1]):
+        raise RuntimeError(f"{type(lm).__name__}: forward did not return hidden states with the head removed")
+    return hidden, head
+
+
 class _LinearHeadLogps(torch.autograd.Function):
     """log softmax(hidden @ W.T + b)[label] for hidden (N, H), W (V, H), labels (N,), ``chunk`` rows at a time.
 
@@ -220,12 +229,8 @@ def target_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Ten
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         labels[:, :-1] = input_ids[:, 1:].masked_fill(~target_mask, IGNORE_INDEX)
         return gather_token_logps(logits, labels, chunk_size=chunk_size)[:, :-1]
-    lm, _ = parts
-    with _head_removed(lm) as head:
-        hidden = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).logits  # (B, T, H): the head is an identity here
-    if hidden.shape[-1] != getattr(head, "in_features", hidden.shape[-1]):
-        raise RuntimeError(f"{type(lm).__name__}: forward did not return hidden states with the head removed")
+    hidden, head = _trunk_forward(model, parts[0], input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids)  # (B, T, H)
     where = target_mask.nonzero(as_tuple=True)  # target positions t: hidden[t] predicts input_ids[t + 1]
     selected = hidden[:, :-1][where]  # (N, H)
     labels = input_ids[:, 1:][where]  # (N,)
@@ -288,11 +293,9 @@ def tree_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE
                        use_cache=False).logits[0]  # (N, V)
         logps = gather_token_logps(logits[pred], labels, chunk_size=chunk_size)
     else:
-        lm, _ = parts
-        with _head_removed(lm) as head:
-            hidden = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                           use_cache=False).logits[0]  # (N, H)
-        logps = head_token_logps(head, hidden[pred], labels, chunk_size)
+        hidden, head = _trunk_forward(model, parts[0], input_ids=batch["input_ids"], attention_mask=mask,
+                                      position_ids=batch["position_ids"])  # (1, N, H)
+        logps = head_token_logps(head, hidden[0, pred], labels, chunk_size)
     n = int(batch["num_seqs"])
     sums = logps.new_zeros(n).index_add(0, seq, logps)
     counts = logps.new_zeros(n).index_add(0, seq, torch.ones_like(logps))

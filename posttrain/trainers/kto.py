@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.config import ConfigError
 from posttrain.data.collate import collate_sequences
 from posttrain.data.render import Rendered
 from posttrain.losses.kto import kto_loss
@@ -68,10 +67,6 @@ def kto_step_fns(policy, frozen_reference, *, beta, desirable_weight, undesirabl
 
 def train_kto(cfg) -> dict:
     from posttrain.training.loop import reduce_sum_fn
-
-    if cfg.data.packing or cfg.data.prefix_sharing:
-        raise ConfigError("kto: data.packing and data.prefix_sharing are not supported (the KL rows pair each "
-                          "row with its neighbour in the micro-batch); set them to false")
 
     def build(model, data, accelerator):
         frozen, _ = build_reference(model, cfg.loss.reference, needs_reference=True)

@@ -220,9 +220,6 @@ def train_reward_model(cfg) -> dict:
     from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything, train_then_save
 
     d = cfg.data
-    if d.packing or d.prefix_sharing:
-        raise ConfigError("reward-model: data.packing and data.prefix_sharing are not supported (the score is "
-                          "read at each sequence's last token of a padded batch); set them to false")
     accelerator = make_accelerator(cfg.train.precision)
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     train_ex = load_examples(d.train, "preference", d.split)

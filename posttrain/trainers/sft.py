@@ -6,8 +6,7 @@ With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py
 
 from __future__ import annotations
 
-from posttrain.data.collate import collate_sequences, count_tokens, pack_rendered
-from posttrain.ops.packing import prefix_tree
+from posttrain.data.collate import collate_sequences, count_tokens, pack_rendered, tree_rendered
 from posttrain.losses.sft import sft_loss
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
@@ -17,7 +16,7 @@ from posttrain.training.stage import run_training_stage, to_device
 def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharing: bool = False) -> StepFns:
     def collate(items):
         if prefix_sharing:
-            return to_device(prefix_tree([r.input_ids for r in items], [r.loss_mask for r in items]), device)
+            return to_device(tree_rendered(items), device)
         return to_device(pack_rendered(items) if packing else collate_sequences(items, pad_token_id), device)
 
     def weight(batch):

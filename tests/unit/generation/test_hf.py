@@ -168,7 +168,7 @@ def test_decode_loop_passes_the_cache_by_the_models_own_keyword(tiny, prompt_ids
     model, tok = tiny
     expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
     assert cache_keyword(model) == expected
-    wrapped = get_peft_model(load_tiny_copy(), LoraConfig(r=4, target_modules=["q_proj"]))
+    wrapped = get_peft_model(_fresh_tiny(), LoraConfig(r=4, target_modules=["q_proj"]))
     assert cache_keyword(wrapped) == expected
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -177,7 +177,7 @@ def test_decode_loop_passes_the_cache_by_the_models_own_keyword(tiny, prompt_ids
     assert not [w for w in caught if "past_key_values" in str(w.message)]
 
 
-def load_tiny_copy():
+def _fresh_tiny():
     from posttrain.models.policy import load_trained
 
     return load_trained("tiny-random")[0]
