@@ -132,8 +132,9 @@ def trainer_args(count_flag: str) -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--side", choices=["posttrain", "trl"])
-    p.add_argument("--layout", choices=["padded", "packing", "prefix_sharing"], default="padded",
-                   help="posttrain's micro-batch layout (data.packing / data.prefix_sharing)")
+    p.add_argument("--layout", choices=["default", "padded", "packing", "prefix_sharing"], default="default",
+                   help="posttrain's micro-batch layout: default (data.prefix_sharing=auto: prefix sharing here), "
+                        "padded (prefix_sharing=false), packing, prefix_sharing (explicitly true)")
     p.add_argument("--checkpointing", choices=["on", "off"],
                    help="activation (gradient) checkpointing; default: each side's own default (posttrain off, TRL "
                         "on: TRL's SFTConfig and DPOConfig turn it on)")
@@ -149,7 +150,8 @@ def posttrain_overrides(a, lr: float) -> list[str]:
             f"optim.batch_size={a.batch}", f"optim.micro_batch_size={a.batch}", f"optim.max_steps={a.steps}",
             f"optim.lr={lr}", f"data.max_length={a.max_length}", "data.shuffle=false", "train.overwrite=true",
             f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"data.packing={a.layout == 'packing'}",
-            f"data.prefix_sharing={a.layout == 'prefix_sharing'}", "optim.warmup_steps=0",
+            "data.prefix_sharing=" + {"default": "auto", "prefix_sharing": "true"}.get(a.layout, "false"),
+            "optim.warmup_steps=0",
             f"model.gradient_checkpointing={a.checkpointing == 'on'}"]
 
 

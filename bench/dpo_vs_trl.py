@@ -8,12 +8,14 @@ trains one epoch over the same pairs (steps = pairs / batch), and is timed over 
 tokens/s = prompt + completion tokens of every chosen and rejected sequence (posttrain's rendering of the same
 chat template) / training seconds. Rows:
 
-* posttrain padded: split-head chunked log-probs, padded batches, reference computed (cache filling).
+* posttrain padded: split-head chunked log-probs, padded batches (data.prefix_sharing=false), reference computed
+  (cache filling).
 * posttrain packed: the same with data.packing=true.
-* posttrain prefix-shared: data.prefix_sharing=true (each pair's prompt and the system prompt computed once).
-* posttrain prefix-shared, cached ref: a rerun (second epoch / beta sweep) that finds every reference log-prob on
-  disk.
-* posttrain prefix-shared, checkpointing: with model.gradient_checkpointing=true, as TRL's default.
+* posttrain default (prefix-shared): no layout option set, i.e. data.prefix_sharing=auto, which is prefix
+  sharing here (each pair's prompt and the system prompt computed once, rows of at most the model's
+  tree_row_tokens).
+* posttrain default, cached ref: a rerun (second epoch / beta sweep) that finds every reference log-prob on disk.
+* posttrain default, checkpointing: with model.gradient_checkpointing=true, as TRL's default.
 * TRL: DPOTrainer defaults plus the same LoRA config (its reference is the adapter disabled, as ours); TRL's
   DPOConfig turns activation checkpointing on by default, so it is run both ways (the ratios are against
   its defaults, the last row).
@@ -76,12 +78,12 @@ def main() -> None:
     steps, tokens, base = common.epoch_plan("preference", data, a)
     runs = [("posttrain padded", ["--side", "posttrain", "--layout", "padded", "--cache", str(tmp / "c1")]),
             ("posttrain packed", ["--side", "posttrain", "--layout", "packing", "--cache", str(tmp / "c2")]),
-            ("posttrain prefix-shared", ["--side", "posttrain", "--layout", "prefix_sharing", "--cache",
-                                         str(tmp / "c3")]),
-            ("posttrain prefix-shared, cached ref (rerun)", ["--side", "posttrain", "--layout", "prefix_sharing",
-                                                            "--cache", str(tmp / "c3")]),
-            ("posttrain prefix-shared, checkpointing", ["--side", "posttrain", "--layout", "prefix_sharing",
-                                                        "--checkpointing", "on", "--cache", str(tmp / "c4")]),
+            ("posttrain default (prefix-shared)", ["--side", "posttrain", "--layout", "default", "--cache",
+                                                   str(tmp / "c3")]),
+            ("posttrain default, cached ref (rerun)", ["--side", "posttrain", "--layout", "default",
+                                                       "--cache", str(tmp / "c3")]),
+            ("posttrain default, checkpointing", ["--side", "posttrain", "--layout", "default",
+                                                  "--checkpointing", "on", "--cache", str(tmp / "c4")]),
             *common.trl_runs("DPOTrainer")]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     common.print_comparison("DPO", "pairs", a, steps, tokens, rows)

@@ -62,9 +62,9 @@ def main() -> None:
     steps, tokens, base = common.epoch_plan("sft", data, a)
     runs = [("posttrain padded", ["--side", "posttrain", "--layout", "padded"]),
             ("posttrain packed", ["--side", "posttrain", "--layout", "packing"]),
-            ("posttrain prefix-shared", ["--side", "posttrain", "--layout", "prefix_sharing"]),
-            ("posttrain prefix-shared, checkpointing", ["--side", "posttrain", "--layout", "prefix_sharing",
-                                                        "--checkpointing", "on"]),
+            ("posttrain default (prefix-shared)", ["--side", "posttrain", "--layout", "default"]),
+            ("posttrain default, checkpointing", ["--side", "posttrain", "--layout", "default",
+                                                  "--checkpointing", "on"]),
             *common.trl_runs("SFTTrainer")]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     common.print_comparison("SFT", "rows", a, steps, tokens, rows)

@@ -48,10 +48,14 @@ class DataSection(Section):
     shuffle: bool = True
     packing: bool = Field(False, description="padding-free: each micro-batch is one row of concatenated sequences "
                                              "(SFT and preference training; see docs/PERFORMANCE.md)")
-    prefix_sharing: bool = Field(False, description="preference training: each micro-batch is one row where a "
-                                 "prefix shared by several sequences (a pair's prompt, the system prompt) is stored "
-                                 "and computed once, under a tree attention mask (sdpa/eager; see "
-                                 "docs/PERFORMANCE.md)")
+    prefix_sharing: bool | Literal["auto"] = Field(
+        "auto", description="SFT and preference training: each micro-batch becomes rows where a prefix shared by "
+        "several sequences (a pair's prompt, the system prompt) is stored and computed once, under a tree attention "
+        "mask (same losses; see docs/PERFORMANCE.md). auto: on unless data.packing is on or the model uses "
+        "flash-attention (which cannot take the tree mask)")
+    tree_row_tokens: int | None = Field(None, gt=0, description="with prefix sharing: most trie nodes in one row "
+                                        "(a row's attention is quadratic in its length, so a long micro-batch "
+                                        "splits into several rows); default from the model's size")
     sort_by_length: bool = Field(False, description="group similar lengths into the same micro-batch (less "
                                                     "padding when packing is off); order stays seeded")
     sort_window: int = Field(32, gt=0, description="with sort_by_length: batches per window of the seeded "
@@ -59,7 +63,7 @@ class DataSection(Section):
 
     @model_validator(mode="after")
     def _one_layout(self):
-        if self.packing and self.prefix_sharing:
+        if self.packing and self.prefix_sharing is True:
             raise ValueError("data.packing and data.prefix_sharing are two layouts of a micro-batch: pick one "
                              "(prefix_sharing also removes the padding)")
         return self
@@ -129,7 +133,7 @@ class KTOLossSection(Section):
 def refuse_layouts(data: DataSection, command: str, why: str) -> None:
     """For commands that train on padded batches only: data.packing / data.prefix_sharing are an error, not
     silently ignored."""
-    if data.packing or data.prefix_sharing:
+    if data.packing or data.prefix_sharing is True:
         raise ValueError(f"{command}: data.packing and data.prefix_sharing are not supported ({why}); set them "
                          f"to false")
 

@@ -43,20 +43,24 @@ def pack_rendered(seqs: list[Rendered]) -> dict:
     return batch
 
 
-def tree_rendered(seqs: list[Rendered]) -> dict:
-    """One prefix-tree row (``ops/packing.py::prefix_tree``): shared prefixes stored once, a tree mask."""
-    return prefix_tree([s.input_ids for s in seqs], [s.loss_mask for s in seqs])
+def tree_rendered(seqs: list[Rendered], units: list[list[int]] | None = None, max_row_tokens: int | None = None
+                  ) -> dict:
+    """Prefix-tree rows (``ops/packing.py::prefix_tree``): shared prefixes stored once, a tree mask per row."""
+    return prefix_tree([s.input_ids for s in seqs], [s.loss_mask for s in seqs], units=units,
+                       max_row_tokens=max_row_tokens)
 
 
 def collate_pairs(pairs: list[tuple[Rendered, Rendered]], pad_token_id: int, packing: bool = False,
-                  prefix_sharing: bool = False) -> dict:
-    """One (2B, T) batch (or one packed row of 2B sequences, or one prefix-tree row where shared prompt tokens
-    are stored once): ``[:B]`` chosen, ``[B:]`` rejected; ``num_pairs``."""
+                  prefix_sharing: bool = False, max_row_tokens: int | None = None) -> dict:
+    """One (2B, T) batch (or one packed row of 2B sequences, or prefix-tree rows where shared prompt tokens are
+    stored once, a pair's chosen and rejected always in the same row): ``[:B]`` chosen, ``[B:]`` rejected;
+    ``num_pairs``."""
     if not pairs:
         raise ValueError("cannot collate an empty batch")
     seqs = [c for c, _ in pairs] + [r for _, r in pairs]
     if prefix_sharing:
-        batch = tree_rendered(seqs)
+        b = len(pairs)
+        batch = tree_rendered(seqs, units=[[i, b + i] for i in range(b)], max_row_tokens=max_row_tokens)
     else:
         batch = pack_rendered(seqs) if packing else collate_sequences(seqs, pad_token_id)
     batch["num_pairs"] = len(pairs)

@@ -276,8 +276,8 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
 
 def tree_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, split: bool = True
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and counts of each sequence's loss tokens for a prefix-tree row
-    (``ops/packing.py::prefix_tree``): one forward over the shared tokens, under the tree's attention mask."""
+    """Summed log-probs and counts of each sequence's loss tokens for prefix-tree rows
+    (``ops/packing.py::prefix_tree``): one forward over the shared tokens, under the trees' attention mask."""
     attn = getattr(getattr(_causal_lm(model), "config", None), "_attn_implementation", None) or ""
     if "flash" in str(attn):
         raise RuntimeError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not "
@@ -290,12 +290,12 @@ def tree_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE
     parts = split_head(model) if split else None
     if parts is None:
         logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                       use_cache=False).logits[0]  # (N, V)
-        logps = gather_token_logps(logits[pred], labels, chunk_size=chunk_size)
+                       use_cache=False).logits  # (R, N, V)
+        logps = gather_token_logps(logits.reshape(-1, logits.shape[-1])[pred], labels, chunk_size=chunk_size)
     else:
         hidden, head = _trunk_forward(model, parts[0], input_ids=batch["input_ids"], attention_mask=mask,
-                                      position_ids=batch["position_ids"])  # (1, N, H)
-        logps = head_token_logps(head, hidden[0, pred], labels, chunk_size)
+                                      position_ids=batch["position_ids"])  # (R, N, H)
+        logps = head_token_logps(head, hidden.reshape(-1, hidden.shape[-1])[pred], labels, chunk_size)
     n = int(batch["num_seqs"])
     sums = logps.new_zeros(n).index_add(0, seq, logps)
     counts = logps.new_zeros(n).index_add(0, seq, torch.ones_like(logps))

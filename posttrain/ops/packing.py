@@ -51,8 +51,9 @@ def block_diagonal_causal_mask(seq_index: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
-def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]]) -> dict:
-    """One row holding S sequences as a token trie: a prefix shared by several sequences is stored once.
+def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]], *,
+                units: Sequence[Sequence[int]] | None = None, max_row_tokens: int | None = None) -> dict:
+    """Rows holding S sequences as token tries: a prefix shared by several sequences of a row is stored once.
 
     A DPO micro-batch is the main user: chosen and rejected share their prompt, and every row shares the chat
     template's system prompt, so the trie holds about a third of the tokens of the padded batch. Each trie node
@@ -60,45 +61,105 @@ def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequenc
     positions it has in each of the sequences that pass through it, so every hidden state equals the one a
     padded batch computes.
 
-    Returns ``input_ids`` / ``position_ids`` (1, N) long, ``tree_mask`` (1, 1, N, N) bool (True: query i may
-    attend to key j), and the targets of every sequence's loss tokens: ``pred_index`` (M,) the node whose
-    hidden state predicts the target, ``labels`` (M,) the target token, ``target_seq`` (M,) its sequence;
-    ``num_seqs`` = S, ``num_tokens`` = the sequences' total length (what a padded batch would process)."""
+    ``units``: groups of sequence indices kept in one row (a pair's chosen and rejected, so they share their
+    prompt); default one unit per sequence. ``max_row_tokens``: a unit that would take a row past this many
+    nodes starts a new row (a unit larger than it gets a row of its own); None: one row. The attention of a
+    row is quadratic in its length, so long micro-batches split into several rows, right-padded to the longest
+    (a padding node attends only to itself).
+
+    Returns ``input_ids`` / ``position_ids`` (R, N) long, ``tree_mask`` (R, 1, N, N) bool (True: query i may
+    attend to key j), and the targets of every sequence's loss tokens: ``pred_index`` (M,) the flat index
+    (row * N + node) of the hidden state that predicts the target, ``labels`` (M,) the target token,
+    ``target_seq`` (M,) its sequence; ``num_seqs`` = S, ``num_tokens`` = the sequences' total length (what a
+    padded batch would process), ``num_nodes`` = the tokens the forward pass really runs."""
     if not input_ids:
         raise ValueError("cannot pack an empty batch")
     if len(input_ids) != len(loss_masks):
         raise ValueError(f"{len(input_ids)} sequences but {len(loss_masks)} loss masks")
-    tokens: list[int] = []
-    depth: list[int] = []
-    parent: list[int] = []
-    children: dict[tuple[int, int], int] = {}  # (parent node or -1, token) -> node
-    pred, labels, target_seq = [], [], []
-    for s, (seq, mask) in enumerate(zip(input_ids, loss_masks)):
-        if len(seq) < 1:
-            raise ValueError("cannot pack an empty sequence")
+    if any(len(seq) < 1 for seq in input_ids):
+        raise ValueError("cannot pack an empty sequence")
+    units = [list(u) for u in units] if units is not None else [[s] for s in range(len(input_ids))]
+    if sorted(s for u in units for s in u) != list(range(len(input_ids))):
+        raise ValueError(f"units must cover each of the {len(input_ids)} sequences exactly once")
+    rows: list[_Trie] = [_Trie()]
+    pred: list[tuple[int, int]] = []
+    labels, target_seq = [], []
+    for unit in units:
+        if max_row_tokens is not None and rows[-1].size and \
+                rows[-1].size + rows[-1].new_nodes([input_ids[s] for s in unit]) > max_row_tokens:
+            rows.append(_Trie())
+        r, trie = len(rows) - 1, rows[-1]
+        for s in unit:
+            for node, token in trie.insert(input_ids[s], loss_masks[s]):
+                pred.append((r, node))
+                labels.append(token)
+                target_seq.append(s)
+    width = max(t.size for t in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    depth = torch.zeros(len(rows), width, dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding nodes see only themselves
+    for r, t in enumerate(rows):
+        ids[r, : t.size] = torch.tensor(t.tokens, dtype=torch.long)
+        depth[r, : t.size] = torch.tensor(t.depth, dtype=torch.long)
+        a = allowed[r]
+        for i, parent in enumerate(t.parent):  # nodes come after their parents: a node sees what its parent sees
+            if parent >= 0:
+                a[i] |= a[parent]
+    return {"input_ids": ids, "position_ids": depth, "tree_mask": allowed[:, None],
+            "pred_index": torch.tensor([r * width + node for r, node in pred], dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "target_seq": torch.tensor(target_seq, dtype=torch.long),
+            "num_seqs": len(input_ids), "num_tokens": sum(len(s) for s in input_ids),
+            "num_nodes": sum(t.size for t in rows)}
+
+
+class _Trie:
+    """One row of ``prefix_tree``: nodes in insertion order (a parent always before its children)."""
+
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.depth: list[int] = []
+        self.parent: list[int] = []
+        self.children: dict[tuple[int, int], int] = {}  # (parent node or -1, token) -> node
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def new_nodes(self, seqs: Sequence[Sequence[int]]) -> int:
+        """Nodes that inserting ``seqs`` would add (without inserting them)."""
+        extra: dict[tuple[int, int], int] = {}
+        for seq in seqs:
+            node = -1
+            for token in seq:
+                key = (node, int(token))
+                node = self.children.get(key, extra.get(key))
+                if node is None:
+                    node = extra[key] = -2 - len(extra)
+        return len(extra)
+
+    def insert(self, seq: Sequence[int], mask: Sequence[int]) -> list[tuple[int, int]]:
+        """Add ``seq``; returns (node whose hidden state predicts it, target token) for each loss token."""
+        targets = []
         node = -1
         for t, token in enumerate(seq):
             if t > 0 and mask[t]:
-                pred.append(node)
-                labels.append(token)
-                target_seq.append(s)
+                targets.append((node, int(token)))
             key = (node, int(token))
-            if key not in children:
-                children[key] = len(tokens)
-                tokens.append(int(token))
-                depth.append(t)
-                parent.append(node)
-            node = children[key]
-    n = len(tokens)
-    allowed = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):  # nodes come after their parents: a node sees what its parent sees, and itself
-        if parent[i] >= 0:
-            allowed[i] = allowed[parent[i]]
-        allowed[i, i] = True
-    return {"input_ids": torch.tensor([tokens], dtype=torch.long),
-            "position_ids": torch.tensor([depth], dtype=torch.long),
-            "tree_mask": allowed[None, None],
-            "pred_index": torch.tensor(pred, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "target_seq": torch.tensor(target_seq, dtype=torch.long),
-            "num_seqs": len(input_ids), "num_tokens": sum(len(s) for s in input_ids)}
+            if key not in self.children:
+                self.children[key] = len(self.tokens)
+                self.tokens.append(int(token))
+                self.depth.append(t)
+                self.parent.append(node)
+            node = self.children[key]
+        return targets
+
+
+def default_tree_row_tokens(config) -> int:
+    """A prefix-tree row's node budget for a model: where the row's attention (quadratic: about 4 * hidden FLOPs
+    per query-key pair and layer) costs about a quarter of its linear layers (about 8 * hidden^2 + 6 * hidden *
+    ffn per token and layer), i.e. (2 * hidden + 1.5 * ffn) / 4 tokens; at least 512. SmolLM2-135M: 864; a
+    7B Llama: about 6000."""
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    ffn = int(getattr(config, "intermediate_size", 0) or 4 * hidden)
+    return max(512, int((2 * hidden + 1.5 * ffn) / 4))

@@ -2,9 +2,10 @@
 SimPO, ORPO, optional RPO NLL term). The loss is picked by name from ``posttrain.losses.LOSSES``.
 
 Chosen and rejected sequences go through the policy in one forward pass (rows ``[:B]`` chosen, ``[B:]``
-rejected; or one padding-free packed row with ``data.packing``; or one prefix-tree row with
-``data.prefix_sharing``, where each pair's prompt and the batch's common system prompt are computed once). The reference pass is skipped for
-reference-free losses, and for every micro-batch whose reference log-probs are cached (``training/refcache.py``).
+rejected; or one padding-free packed row with ``data.packing``; or, by default (``data.prefix_sharing``),
+prefix-tree rows where each pair's prompt and the row's common system prompt are computed once). The reference
+pass is skipped for reference-free losses, and for every micro-batch whose reference log-probs are cached
+(``training/refcache.py``).
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ from posttrain.losses import get_loss, preference_loss
 from posttrain.models.reference import build_reference, reference_model, reference_weights
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
-from posttrain.training.stage import run_training_stage, to_device
+from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
 
 def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params: dict, pad_token_id: int,
-                        device, packing: bool = False, prefix_sharing: bool = False, reference_cache=None
-                        ) -> StepFns:
+                        device, packing: bool = False, prefix_sharing: bool = False,
+                        max_row_tokens: int | None = None, reference_cache=None) -> StepFns:
     """``reference_cache``: a ``ReferenceCache`` (or None): looked up per micro-batch, filled on a miss."""
     spec = get_loss(loss_type)
     cache = reference_cache if spec.needs_reference else None
 
     def collate(items):
-        batch = to_device(collate_pairs(items, pad_token_id, packing=packing, prefix_sharing=prefix_sharing), device)
+        batch = to_device(collate_pairs(items, pad_token_id, packing=packing, prefix_sharing=prefix_sharing,
+                                           max_row_tokens=max_row_tokens), device)
         if cache is not None:
             batch["seq_keys"] = [sequence_key(c) for c, _ in items] + [sequence_key(r) for _, r in items]
         return batch
@@ -91,6 +93,7 @@ def train_preference(cfg) -> dict:
     spec = get_loss(cfg.loss.type)
 
     def build(model, data, accelerator):
+        resolve_prefix_sharing(cfg, model)
         cache = open_reference_cache(cfg, model, data, accelerator)
         everything = [s for pair in data.train + data.eval for s in pair]
         if cache is not None and cache.covers(sequence_key(s) for s in everything):
@@ -102,6 +105,6 @@ def train_preference(cfg) -> dict:
         return preference_step_fns(model, frozen, loss_type=cfg.loss.type, loss_params=loss_params(cfg.loss),
                                    pad_token_id=data.tokenizer.pad_token_id, device=accelerator.device,
                                    packing=cfg.data.packing, prefix_sharing=cfg.data.prefix_sharing,
-                                   reference_cache=cache)
+                                   max_row_tokens=cfg.data.tree_row_tokens, reference_cache=cache)
 
     return run_training_stage(cfg, "dpo", "preference", build)

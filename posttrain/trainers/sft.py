@@ -1,7 +1,7 @@
 """Supervised fine-tuning: token-mean NLL on assistant tokens only (every assistant turn of a conversation).
 
 With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py``); with
-``data.prefix_sharing`` one prefix-tree row (the rows' common system prompt computed once). The loss normaliser
+``data.prefix_sharing`` (on by default) prefix-tree rows (the rows' common system prompt computed once). The loss normaliser
 (loss tokens of the whole step) is the same in every layout, so they all take the same steps."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from posttrain.data.collate import collate_sequences, count_tokens, pack_rendere
 from posttrain.losses.sft import sft_loss
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
-from posttrain.training.stage import run_training_stage, to_device
+from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
 
-def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharing: bool = False) -> StepFns:
+def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharing: bool = False,
+                 max_row_tokens: int | None = None) -> StepFns:
     def collate(items):
         if prefix_sharing:
-            return to_device(tree_rendered(items), device)
+            return to_device(tree_rendered(items, max_row_tokens=max_row_tokens), device)
         return to_device(pack_rendered(items) if packing else collate_sequences(items, pad_token_id), device)
 
     def weight(batch):
@@ -41,7 +42,8 @@ def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharin
 
 def train_sft(cfg) -> dict:
     def build(model, data, accelerator):
+        resolve_prefix_sharing(cfg, model)
         return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device, packing=cfg.data.packing,
-                            prefix_sharing=cfg.data.prefix_sharing)
+                            prefix_sharing=cfg.data.prefix_sharing, max_row_tokens=cfg.data.tree_row_tokens)
 
     return run_training_stage(cfg, "sft", "sft", build)

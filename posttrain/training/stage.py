@@ -79,6 +79,25 @@ def open_run_folder(cfg, stage: str, is_main: bool, barrier) -> RunFolder:
     return run
 
 
+def resolve_prefix_sharing(cfg, model) -> None:
+    """Turn ``data.prefix_sharing: auto`` into true/false for this model, and fill in ``data.tree_row_tokens``,
+    before the resolved config is written (so the run folder records the layout that ran). Flash-attention
+    cannot take the tree's 4D mask: auto turns sharing off there, an explicit true is an error."""
+    from posttrain.ops.logprobs import _causal_lm
+    from posttrain.ops.packing import default_tree_row_tokens
+
+    d = cfg.data
+    config = getattr(_causal_lm(model), "config", None)
+    attn = str(getattr(config, "_attn_implementation", "") or "")
+    if d.prefix_sharing == "auto":
+        d.prefix_sharing = not d.packing and "flash" not in attn
+    elif d.prefix_sharing and "flash" in attn:
+        raise ConfigError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not {attn}; "
+                          "set data.prefix_sharing=false (or auto)")
+    if d.prefix_sharing and d.tree_row_tokens is None:
+        d.tree_row_tokens = default_tree_row_tokens(config)
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
 

@@ -26,6 +26,10 @@ def _varied_pairs(n=8):
 
 
 def test_sft_packed_and_prefix_shared_equal_padded_step_by_step(tmp_path, one_torch_thread):
+    """Every layout takes the padded path's steps; the default (prefix_sharing: auto) resolves to prefix sharing
+    with the model's row budget, and the run folder records what ran."""
+    import yaml
+
     from posttrain.trainers.sft import train_sft
 
     rows = sft_rows(8)
@@ -33,15 +37,20 @@ def test_sft_packed_and_prefix_shared_equal_padded_step_by_step(tmp_path, one_to
         r["messages"][1]["content"] += " and more" * (i * 2)
     data = write_jsonl(tmp_path / "sft.jsonl", rows)
     losses = {}
-    for layout in ("padded", "packing", "prefix_sharing"):
+    layouts = {"padded": ["data.prefix_sharing=false"], "packing": ["data.packing=true"], "default": [],
+               "tree_rows": ["data.prefix_sharing=true", "data.tree_row_tokens=64"]}
+    for layout, extra in layouts.items():
         out = tmp_path / layout
-        extra = [f"data.{layout}=true"] if layout != "padded" else []
         train_sft(tiny_config("sft", data, out, *extra, "data.max_length=160", "optim.micro_batch_size=2",
                               "optim.lr=1e-3"))
         losses[layout] = _losses(out)
+        resolved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+        assert resolved["prefix_sharing"] is (layout in ("default", "tree_rows"))
+        if layout == "default":
+            assert resolved["tree_row_tokens"] >= 512
     assert len(losses["packing"]) == 3
-    assert losses["packing"] == pytest.approx(losses["padded"], rel=1e-5, abs=1e-6)
-    assert losses["prefix_sharing"] == pytest.approx(losses["padded"], rel=1e-5, abs=1e-6)
+    for layout in ("packing", "default", "tree_rows"):
+        assert losses[layout] == pytest.approx(losses["padded"], rel=1e-5, abs=1e-6), layout
 
 
 def test_dpo_packing_and_cache_equal_plain_path_and_skip_reference(tmp_path, one_torch_thread):
@@ -53,7 +62,8 @@ def test_dpo_packing_and_cache_equal_plain_path_and_skip_reference(tmp_path, one
     common = ["optim.batch_size=4", "optim.micro_batch_size=2", "optim.max_steps=null", "optim.epochs=2",
               "data.shuffle=true", "optim.lr=5e-3", "data.max_length=96"]
     plain = tmp_path / "plain"
-    train_preference(tiny_config("dpo", data, plain, *common, "loss.reference_cache=false"))
+    train_preference(tiny_config("dpo", data, plain, *common, "loss.reference_cache=false",
+                                 "data.prefix_sharing=false"))
     cache_dir = tmp_path / "refcache"
     fast = tmp_path / "fast"
     before = reference_mod.reference_passes()
@@ -75,20 +85,21 @@ def test_dpo_packing_and_cache_equal_plain_path_and_skip_reference(tmp_path, one
 
 
 def test_dpo_prefix_sharing_equals_plain_path_and_computes_fewer_tokens(tmp_path, one_torch_thread, monkeypatch):
-    """Prefix-tree micro-batches (each pair's prompt and the chat template's system prompt stored once): the same
-    losses step by step as padded batches, over 2 epochs with the reference cache, while the model's forward
-    passes see far fewer tokens."""
+    """Prefix-tree micro-batches (each pair's prompt and the chat template's system prompt stored once), the
+    default layout: the same losses step by step as padded batches, over 2 epochs, in one row per micro-batch
+    or split into rows at a small node budget, while the model's forward passes see far fewer tokens."""
     import posttrain.ops.logprobs as logprobs
     from posttrain.trainers.preference import train_preference
 
     data = write_jsonl(tmp_path / "pairs.jsonl", _varied_pairs(8))
     common = ["optim.batch_size=4", "optim.micro_batch_size=2", "optim.max_steps=null", "optim.epochs=2",
               "data.shuffle=true", "optim.lr=5e-3", "data.max_length=96", "loss.reference_cache=false"]
-    seen = {"tree": 0, "padded": 0}
+    seen = {"tree": 0, "padded": 0, "rows": set()}
     real_tree, real_target = logprobs.tree_sequence_logps, logprobs.target_token_logps
 
     def count_tree(model, batch, *a, **kw):
-        seen["tree"] += batch["input_ids"].numel()
+        seen["tree"] += batch["num_nodes"]
+        seen["rows"].add(batch["input_ids"].shape[0])
         return real_tree(model, batch, *a, **kw)
 
     def count_padded(model, input_ids, attention_mask, *a, **kw):
@@ -97,12 +108,48 @@ def test_dpo_prefix_sharing_equals_plain_path_and_computes_fewer_tokens(tmp_path
 
     monkeypatch.setattr(logprobs, "tree_sequence_logps", count_tree)
     monkeypatch.setattr(logprobs, "target_token_logps", count_padded)
-    plain, shared = tmp_path / "plain", tmp_path / "shared"
-    train_preference(tiny_config("dpo", data, plain, *common))
-    train_preference(tiny_config("dpo", data, shared, *common, "data.prefix_sharing=true"))
+    plain, shared, rows = tmp_path / "plain", tmp_path / "shared", tmp_path / "rows"
+    train_preference(tiny_config("dpo", data, plain, *common, "data.prefix_sharing=false"))
+    train_preference(tiny_config("dpo", data, shared, *common))  # the default: auto -> prefix sharing
     assert len(_losses(shared)) == 4
     assert _losses(shared) == pytest.approx(_losses(plain), rel=1e-5, abs=1e-6)
     assert 0 < seen["tree"] < 0.75 * seen["padded"]  # non-padding tokens of the padded run vs the tree's
+    assert seen["rows"] == {1}
+    train_preference(tiny_config("dpo", data, rows, *common, "data.tree_row_tokens=40"))  # a pair per row
+    assert _losses(rows) == pytest.approx(_losses(plain), rel=1e-5, abs=1e-6)
+    assert seen["rows"] == {1, 2}
+
+
+def test_auto_prefix_sharing_is_off_under_flash_attention_and_an_explicit_true_is_an_error(tmp_path):
+    from posttrain.config import ConfigError
+    from posttrain.models.policy import load_base
+    from posttrain.training.stage import resolve_prefix_sharing
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
+    model, _, _ = load_base("tiny-random", None)
+    cfg = tiny_config("dpo", data, tmp_path / "x")
+    resolve_prefix_sharing(cfg, model)
+    assert cfg.data.prefix_sharing is True and cfg.data.tree_row_tokens >= 512
+    model.config._attn_implementation = "flash_attention_2"  # the decision reads only this attribute
+    cfg = tiny_config("dpo", data, tmp_path / "x")
+    resolve_prefix_sharing(cfg, model)
+    assert cfg.data.prefix_sharing is False and cfg.data.tree_row_tokens is None
+    with pytest.raises(ConfigError, match="4D mask"):
+        resolve_prefix_sharing(tiny_config("dpo", data, tmp_path / "x", "data.prefix_sharing=true"), model)
+    cfg = tiny_config("dpo", data, tmp_path / "x", "data.packing=true")  # packing: auto is off
+    model.config._attn_implementation = "sdpa"
+    resolve_prefix_sharing(cfg, model)
+    assert cfg.data.prefix_sharing is False
+
+
+def test_default_tree_row_tokens_follows_model_size():
+    from types import SimpleNamespace
+
+    from posttrain.ops.packing import default_tree_row_tokens
+
+    assert default_tree_row_tokens(SimpleNamespace(hidden_size=576, intermediate_size=1536)) == 864  # SmolLM2-135M
+    assert default_tree_row_tokens(SimpleNamespace(hidden_size=4096, intermediate_size=11008)) == 6176  # 7B Llama
+    assert default_tree_row_tokens(SimpleNamespace(hidden_size=16, intermediate_size=64)) == 512
 
 
 def test_prefix_sharing_and_packing_exclude_each_other_and_kto_and_reward_model_refuse_them(tmp_path):

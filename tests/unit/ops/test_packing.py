@@ -100,16 +100,41 @@ def test_prefix_tree_exact_tensors():
     mask = t["tree_mask"][0, 0]
     assert mask[7].nonzero().flatten().tolist() == [0, 1, 2, 3, 7]  # "3" sees its own path only, not "7"
     assert mask[9].nonzero().flatten().tolist() == [0, 1, 5, 8, 9]
-    assert t["num_seqs"] == 4 and t["num_tokens"] == 19
+    assert t["num_seqs"] == 4 and t["num_tokens"] == 19 and t["num_nodes"] == 10
     with pytest.raises(ValueError):
         prefix_tree([], [])
 
 
+def test_prefix_tree_rows_split_at_the_budget_and_keep_units_together():
+    from posttrain.ops.packing import prefix_tree
+
+    seqs = [[1, 2, 5, 6, 7], [1, 2, 8, 9], [1, 2, 5, 6, 3], [1, 2, 8, 4, 4]]
+    masks = [[0, 0, 0, 0, 1], [0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 1, 1]]
+    # units (0, 2) and (1, 3): 6 nodes each; a budget of 8 puts them in two rows, the second padded to width 6
+    t = prefix_tree(seqs, masks, units=[[0, 2], [1, 3]], max_row_tokens=8)
+    assert t["input_ids"].tolist() == [[1, 2, 5, 6, 7, 3], [1, 2, 8, 9, 4, 4]]
+    assert t["position_ids"].tolist() == [[0, 1, 2, 3, 4, 4], [0, 1, 2, 3, 3, 4]]
+    # flat index row * 6 + node: sequence 1's target 9 is predicted by node 2 ("8") of row 1
+    assert list(zip(t["pred_index"].tolist(), t["labels"].tolist(), t["target_seq"].tolist())) == [
+        (3, 7, 0), (3, 3, 2), (8, 9, 1), (8, 4, 3), (10, 4, 3)]
+    assert t["tree_mask"].shape == (2, 1, 6, 6)
+    assert t["tree_mask"][1, 0, 5].nonzero().flatten().tolist() == [0, 1, 2, 4, 5]
+    assert t["num_nodes"] == 12 and t["num_tokens"] == 19
+    # a unit larger than the budget gets a row of its own; padding nodes see only themselves
+    t = prefix_tree([[1, 2, 3, 4, 5, 6], [7, 8]], [[0, 1, 1, 1, 1, 1], [0, 1]], max_row_tokens=4)
+    assert t["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 0, 0, 0, 0]]
+    assert t["tree_mask"][1, 0, 3].nonzero().flatten().tolist() == [3]
+    with pytest.raises(ValueError, match="exactly once"):
+        prefix_tree(seqs, masks, units=[[0, 1], [1, 2, 3]])
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("split", [True, False])
-def test_prefix_tree_equals_padded_logps_and_gradients(one_torch_thread, attn, split):
+@pytest.mark.parametrize("row_tokens", [None, 24])
+def test_prefix_tree_equals_padded_logps_and_gradients(one_torch_thread, attn, split, row_tokens):
     """Sequences sharing prefixes of several lengths (a system prompt for all, a prompt per pair, one pair whose
-    completions share their first tokens): one tree row gives the padded batch's sums, counts and gradients."""
+    completions share their first tokens): one tree row, or pairs split over padded rows at a node budget, gives
+    the padded batch's sums, counts and gradients."""
     from posttrain.ops.logprobs import tree_sequence_logps
     from posttrain.ops.packing import prefix_tree
 
@@ -135,8 +160,9 @@ def test_prefix_tree_equals_padded_logps_and_gradients(one_torch_thread, attn, s
     g_padded = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    tree = prefix_tree(seqs, masks)
-    assert tree["input_ids"].shape[1] < sum(map(len, seqs)) - 20  # the shared tokens are stored once
+    tree = prefix_tree(seqs, masks, units=[[0, 1], [2, 3], [4, 5]], max_row_tokens=row_tokens)
+    assert tree["num_nodes"] < sum(map(len, seqs)) - (20 if row_tokens is None else 10)  # shared tokens once
+    assert tree["input_ids"].shape[0] == (1 if row_tokens is None else 3)
     sums, counts = tree_sequence_logps(model, tree, split=split)
     (sums * weights).sum().backward()
     assert torch.allclose(sums, padded[0], atol=1e-5), (sums, padded[0])
