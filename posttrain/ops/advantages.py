@@ -7,6 +7,7 @@ Shapes: ``B`` sequences, ``T`` completion positions, right-padded; ``mask`` (B, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -34,10 +35,21 @@ def masked_var(x: Tensor, mask: Tensor | None = None, unbiased: bool = True) -> 
     return var
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, *, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor | None = None, *, shift_mean: bool = True, eps: float = 1e-8,
+           reduce: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """(x - mean) / std over the masked entries (``shift_mean`` False keeps the mean: used for rewards, whose sign
-    carries meaning). Entries outside the mask are returned as 0."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    carries meaning). Entries outside the mask are returned as 0. ``reduce``: sums a tensor over processes, so
+    the mean and (unbiased) variance are those of every process's entries together."""
+    if reduce is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+        xd, md = x.double(), m.double()
+        s = reduce(torch.stack([(xd * md).sum(), (xd * xd * md).sum(), md.sum()]).cpu())
+        n = float(s[2])
+        mean_d = s[0] / max(n, 1.0)
+        var_d = (s[1] / max(n, 1.0) - mean_d ** 2).clamp(min=0) * (n / (n - 1) if n > 1 else 1.0)
+        mean, var = mean_d.to(x.dtype).to(x.device), var_d.to(x.dtype).to(x.device)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -21,6 +21,7 @@ from posttrain.losses.rl import clipped_value_loss, entropy_from_logits, kl_esti
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import AdaptiveKLController, explained_variance, gae, token_rewards, whiten
 from posttrain.trainers.rl_common import completion_forward, rollout_tensors, run_rl_stage, sample
+from posttrain.training.loop import reduce_sum_fn
 from posttrain.training.rollout_loop import RLFns, select_rows
 
 
@@ -55,8 +56,9 @@ def build_value_trunk(cfg, seed: int):
 
 
 def ppo_fns(model: PolicyWithValueHead, frozen_reference, generator, reward_fn, *, rollout_cfg, seed: int, p,
-            pad_token_id: int, micro_batch_size: int, batch_size: int, device) -> RLFns:
-    """``p``: the ``ppo`` config section (read once here, passed as plain numbers below)."""
+            pad_token_id: int, micro_batch_size: int, batch_size: int, device, reduce=None) -> RLFns:
+    """``p``: the ``ppo`` config section (read once here, passed as plain numbers below). ``reduce``: sums a
+    tensor over processes (advantage whitening over every process's rollouts); None: one process."""
     T = rollout_cfg.temperature
     kl_ctl = AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon)
 
@@ -87,7 +89,7 @@ def ppo_fns(model: PolicyWithValueHead, frozen_reference, generator, reward_fn, 
         rewards = token_rewards(scores.to(device), kl, mask, kl_coef=kl_ctl.value)
         advantages, returns = gae(rewards, values * m, mask, gamma=p.gamma, lam=p.lam)
         if p.whiten_advantages:
-            advantages = whiten(advantages, mask)
+            advantages = whiten(advantages, mask, reduce=reduce)
         batch.update(old_logps=old_logps, old_values=values * m, advantages=advantages, returns=returns)
         seq_kl = kl.sum(-1)
         metrics.update({
@@ -152,7 +154,8 @@ def train_ppo(cfg) -> dict:
             frozen.to(accelerator.device)
         fns = ppo_fns(model, frozen, generator, reward_fn, rollout_cfg=cfg.rollout, seed=cfg.train.seed, p=p,
                       pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size,
-                      batch_size=cfg.optim.batch_size, device=accelerator.device)
+                      batch_size=cfg.optim.batch_size, device=accelerator.device,
+                      reduce=reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None)
 
         def save_value(out_dir):
             state = {k: v for k, v in model.state_dict().items() if k.startswith("value_head.")}

@@ -61,8 +61,9 @@ def load_prompt_items(source: str, tokenizer, *, split: str | None = None, max_p
 class RewardFunction:
     """Scores (prompt row, response text, token count) triples; see the module docstring for the formula."""
 
-    def __init__(self, reward_cfg, *, max_new_tokens: int, device: str | None = None):
-        self.cfg, self.max_new_tokens = reward_cfg, max_new_tokens
+    def __init__(self, reward_cfg, *, max_new_tokens: int, device: str | None = None, reduce=None):
+        """``reduce``: sums a tensor over processes (reward whitening over every process's rollouts)."""
+        self.cfg, self.max_new_tokens, self.reduce = reward_cfg, max_new_tokens, reduce
         self.verifier = None
         if reward_cfg.verifier_weight > 0:
             from posttrain.judges.verifiers import VerifierJudge
@@ -108,7 +109,7 @@ class RewardFunction:
             from posttrain.ops.advantages import whiten
 
             metrics["reward/total_raw"] = float(total.mean())
-            total = whiten(total, shift_mean=False)
+            total = whiten(total, shift_mean=False, reduce=self.reduce)
         if c.clip is not None:
             total = total.clamp(-c.clip, c.clip)
         metrics["reward/total"] = float(total.mean())
@@ -152,15 +153,34 @@ def make_generator(policy, tokenizer, batch_size: int):
 
 
 def heldout_reward(generator, items: list[PromptItem], reward_fn: RewardFunction, rollout_cfg, seed: int,
-                   prefix: str) -> dict[str, float]:
+                   prefix: str, accelerator=None) -> dict[str, float]:
     """``rollout.eval_samples`` completions of each held-out prompt at ``rollout.eval_temperature`` (0: greedy),
-    seeded identically before and after training, scored: ``{prefix}/reward/...`` metrics."""
+    seeded identically before and after training, scored: ``{prefix}/reward/...`` metrics. Under several
+    processes each samples its shard of the prompts and the metrics are averaged over all of them."""
+    from posttrain.training.rollout_loop import mean_over_processes
+
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    mine = items[rank::world]
     k = rollout_cfg.eval_samples
-    outs = sample(generator, items, n=k, rollout_cfg=rollout_cfg, seed=seed, temperature=rollout_cfg.eval_temperature)
-    examples = [it.example for it in items for _ in range(k)]
-    _, metrics = reward_fn(examples, [o.text for o in outs], [len(o.token_ids) for o in outs])
-    metrics["response_length"] = sum(len(o.token_ids) for o in outs) / len(outs)
+    metrics: dict[str, float] = {}
+    if mine:
+        outs = sample(generator, mine, n=k, rollout_cfg=rollout_cfg, seed=seed,
+                      temperature=rollout_cfg.eval_temperature)
+        examples = [it.example for it in mine for _ in range(k)]
+        reward_fn_local = reward_fn if not reward_fn.cfg.whiten else _unwhitened(reward_fn)
+        _, metrics = reward_fn_local(examples, [o.text for o in outs], [len(o.token_ids) for o in outs])
+        metrics["response_length"] = sum(len(o.token_ids) for o in outs) / len(outs)
+    metrics = mean_over_processes(metrics, len(mine) * k, world)
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def _unwhitened(reward_fn: RewardFunction) -> RewardFunction:
+    """The same reward without batch whitening (a held-out score is reported raw, per process shard)."""
+    import copy
+
+    plain = copy.copy(reward_fn)
+    plain.cfg = reward_fn.cfg.model_copy(update={"whiten": False})
+    return plain
 
 
 def mean_or_nan(values: list[float]) -> float:
@@ -174,9 +194,9 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     save)`` where the trained module is the policy or a policy + value-head wrapper and ``extra save(out_dir)``
     writes anything besides the policy (or is None)."""
     from posttrain.models.policy import load_policy, model_tokenizer, save_trained
-    from posttrain.training.loop import make_accelerator, settings_from_config
+    from posttrain.training.loop import make_accelerator, reduce_sum_fn, settings_from_config
     from posttrain.training.rollout_loop import fit_rl
-    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything
+    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything, train_then_save
 
     accelerator = make_accelerator(cfg.train.precision)
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
@@ -191,32 +211,37 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     seed_everything(cfg.train.seed)
     policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
     policy.to(accelerator.device)
-    reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens)
+    reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens,
+                               reduce=reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None)
     generator = make_generator(policy, tokenizer, cfg.rollout.batch_size)
     model, fns, extra_save = build(policy, tokenizer, reward_fn, generator, accelerator)
-    run = open_run_folder(cfg, stage, True, lambda: None)
-    if cfg.reward.reward_model:
+    run = open_run_folder(cfg, stage, accelerator.is_main_process, accelerator.wait_for_everyone)
+    if cfg.reward.reward_model and accelerator.is_main_process:
         run.add_input("reward.reward_model", cfg.reward.reward_model)
         run.save(status="running")
-    try:
-        summary = dict(stats)
-        if eval_items:
-            policy.eval()
-            summary.update(heldout_reward(generator, eval_items, reward_fn, cfg.rollout, cfg.train.seed, "eval_before"))
+
+    def heldout(prefix: str) -> dict:
+        if not eval_items:
+            return {}
+        policy.eval()
+        return heldout_reward(generator, eval_items, reward_fn, cfg.rollout, cfg.train.seed, prefix, accelerator)
+
+    def train() -> dict:
+        summary = {**stats, **heldout("eval_before")}
         summary.update(fit_rl(model, items, fns, settings_from_config(cfg, stage), accelerator,
                               update_epochs=update_epochs, mini_batches=mini_batches))
-        if eval_items:
-            policy.eval()
-            summary.update(heldout_reward(generator, eval_items, reward_fn, cfg.rollout, cfg.train.seed, "eval_after"))
+        summary.update(heldout("eval_after"))
+        return summary
+
+    def save(summary: dict) -> dict:
         save_trained(policy, tokenizer, run.path / "model", lineage)
         outputs = {"model": "model", "metrics": "metrics.jsonl"}
         if extra_save is not None:
             outputs.update(extra_save(run.path))
         run.finish(summary, outputs)
-    except BaseException as e:
-        run.save(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    return summary
+        return summary
+
+    return train_then_save(run, accelerator, train, save)
 
 
 def causal_parts(model):

@@ -9,7 +9,14 @@ the first forward, so the micro-batch size does not change the gradient. The opt
 optimizer steps), checkpoints (plus the trainer's own state, e.g. the adaptive KL coefficient), metrics.jsonl and
 the progress bar are the same pieces ``fit`` uses.
 
-One process: rollouts, whitening and the KL controller are per batch; multi-process RL is not implemented.
+Several processes (``torchrun`` / ``accelerate launch``, DDP semantics): ``optim.batch_size`` prompts per step over
+all processes; each process samples and scores its shard (prompts ``rank::world`` of the step), so rollouts run in
+parallel; its minibatches are the same fraction of its rollouts. Gradients are summed across processes by one
+all-reduce per optimizer step (``allreduce_gradients``) instead of through a DDP wrapper, because the RL losses
+call the trunk, the output head and the value head separately, outside any wrapper's forward. W is summed
+across processes too, so the step is the one process's step on the union of the shards when each update uses
+the whole rollout batch (``mini_batches`` 1). Batch statistics (reward/advantage whitening, the KL the controller
+sees, every logged metric) are taken over all processes (``RLFns`` builders receive a ``reduce``).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch
 from posttrain.config import ConfigError
 from posttrain.training.checkpoint import save_checkpoint
 from posttrain.training.loop import (LoopSettings, build_optimization, optimizer_step, plan_steps, progress_bar,
-                                     resume_from_checkpoint, step_indices)
+                                     reduce_sum_fn, resume_from_checkpoint, step_indices)
 from posttrain.training.metrics import MetricSums, MetricsLog
 
 
@@ -66,23 +73,67 @@ def split_even(n: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
+def allreduce_gradients(params: list, world: int, bucket_elems: int = 1 << 24) -> None:
+    """Sum every parameter's gradient over the ``world`` processes (a missing gradient counts as zeros), in
+    flat buckets of at most ``bucket_elems`` elements: one collective per bucket, not per parameter."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, p in enumerate(params):
+        bucket.append(p.grad)
+        size += p.grad.numel()
+        if size >= bucket_elems or i == len(params) - 1:
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset: offset + g.numel()].view_as(g))
+                offset += g.numel()
+            bucket, size = [], 0
+
+
+def mean_over_processes(metrics: dict[str, float], weight: float, world: int) -> dict[str, float]:
+    """The ``weight``-weighted mean of each metric over the processes (each process's value is a mean over its
+    ``weight`` rows); keys any process lacks are averaged over those that have them. One process: unchanged."""
+    if world == 1:
+        return dict(metrics)
+    import torch.distributed as dist
+
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, (float(weight), dict(metrics)))
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for _, m in gathered for k in m):
+        parts = [(w, m[key]) for w, m in gathered if key in m and w > 0]
+        total = sum(w for w, _ in parts)
+        out[key] = sum(w * v for w, v in parts) / total if total else math.nan
+    return out
+
+
 def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, update_epochs: int,
            mini_batches: int, on_log=None) -> dict:
     """Train ``model`` in place on rollouts from ``prompts``. Returns a summary dict (last step's metrics)."""
-    if accelerator.num_processes > 1:
-        raise ConfigError("ppo/grpo run on one process (multi-process RL is not implemented); launch without "
-                          "torchrun/accelerate launch")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    reduce = reduce_sum_fn(accelerator)
+    if s.batch_size % world:
+        raise ConfigError(f"optim.batch_size={s.batch_size} prompts per step must be divisible by the number of "
+                          f"processes ({world})")
     per_epoch, total_steps = plan_steps(len(prompts), s.batch_size, s.epochs, s.max_steps)
     opt_steps = total_steps * update_epochs * mini_batches
     optimizer, scheduler = build_optimization(model, s, opt_steps)
-    model = accelerator.prepare(model)
+    if world == 1:
+        model = accelerator.prepare(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    start, state = resume_from_checkpoint(s, model, optimizer, scheduler, rank=0, total_steps=total_steps)
+    start, state = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps)
     if start:
         fns.load_state(state.get("rl", {}))
-    log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=True, resume_step=start if s.resume else None)
-    bar = progress_bar(s, total_steps, start)
-    identity = lambda t: t  # noqa: E731 (one process)
+    log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
+    bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     last: dict = {}
     t_total, tokens_total = 0.0, 0
     for step in range(start, total_steps):
@@ -90,7 +141,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         idx = step_indices(step, num_items=len(prompts), batch_size=s.batch_size, steps_per_epoch=per_epoch,
                            seed=s.seed, shuffle=s.shuffle)
         model.eval()
-        batch, rollout_metrics = fns.rollout([prompts[i] for i in idx], step)
+        batch, rollout_metrics = fns.rollout([prompts[i] for i in idx[rank::world]], step)
+        rollout_metrics = mean_over_processes(rollout_metrics, batch["num_rows"], world)
         t_rollout = time.perf_counter() - t0
         model.train()
         n = batch["num_rows"]
@@ -102,7 +154,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                 rows = perm[lo:hi]
                 micro = [select_rows(batch, rows[i:i + s.micro_batch_size])
                          for i in range(0, len(rows), s.micro_batch_size)]
-                weight = sum(float(fns.weight(m)) for m in micro)
+                weight = float(reduce(torch.tensor([sum(float(fns.weight(m)) for m in micro)],
+                                                   dtype=torch.float64)))
                 if weight <= 0:
                     continue
                 loss_value = 0.0
@@ -113,29 +166,31 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                     loss_value += float(loss_sum.detach()) / weight
                     tokens += n_tok
                     sums.add(metrics)
+                allreduce_gradients(params, world)
                 norms.append(optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm))
-                losses.append(loss_value)
+                losses.append(float(reduce(torch.tensor([loss_value], dtype=torch.float64))))
         dt = time.perf_counter() - t0
         t_total += dt
+        tokens = int(reduce(torch.tensor([tokens], dtype=torch.float64)))
         tokens_total += tokens
         record = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4),
                   "loss": sum(losses) / len(losses) if losses else math.nan,
                   "lr": scheduler.get_last_lr()[0], "grad_norm": max(norms) if norms else math.nan,
-                  **rollout_metrics, **sums.reduced(identity),
+                  **rollout_metrics, **sums.reduced(reduce),
                   "rollout_s": round(t_rollout, 2), "step_s": round(dt, 2)}
         if fns.after_step is not None:
             record.update(fns.after_step(record))
         last = record
         if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
             log.write(record)
-            if on_log:
+            if on_log and rank == 0:
                 on_log(record)
         if bar is not None:
             bar.set_postfix(reward=f"{record.get('reward/total', math.nan):.3f}", loss=f"{record['loss']:.4f}")
             bar.update(1)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
             save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                            rank=0, world_size=1, barrier=lambda: None,
+                            rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
                             extra={"total_steps": total_steps, "rl": fns.state()}, keep=s.keep_checkpoints)
     if bar is not None:
         bar.close()

@@ -45,3 +45,52 @@ def test_two_process_dpo_matches_one_process(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
         assert a["tokens"] == b["tokens"]
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
+
+
+RL_SCRIPT = Path(__file__).with_name("dist_rl.py")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("command,extra", [
+    ("grpo", ["grpo.num_generations=4", "grpo.beta=0.04", "grpo.iterations=2"]),
+    ("ppo", ["ppo.epochs=2", "ppo.whiten_advantages=true", "reward.whiten=true"]),
+])
+def test_two_process_rl_matches_one_process(tmp_path, command, extra):
+    """GRPO / PPO under torchrun: each process samples half of each step's prompts; the gradients, the loss
+    normaliser, the whitening and the KL the controller sees are taken over both, so with whole-batch updates
+    the run takes the one-process run's steps (same losses, rewards, gradient norms and held-out reward) and both
+    replicas end with the same weights."""
+    from .test_rl import TEMPERATURE, letter_prompts
+
+    prompts = letter_prompts(tmp_path / "prompts.jsonl", 8)
+    args = [f"data.train={prompts}", f"data.eval={prompts}", "data.shuffle=false", "optim.schedule=constant",
+            "rollout.max_new_tokens=1", f"rollout.temperature={TEMPERATURE}", "optim.lr=1e-2",
+            f"rollout.eval_temperature={TEMPERATURE}", "rollout.eval_samples=4", "optim.batch_size=4",
+            "optim.micro_batch_size=4", "optim.max_steps=3", *extra]
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r1").mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
+    _run(torchrun + [str(RL_SCRIPT), command, str(tmp_path / "two"), str(tmp_path / "r2"), *args], tmp_path)
+    _run([sys.executable, str(RL_SCRIPT), command, str(tmp_path / "one"), str(tmp_path / "r1"), *args], tmp_path)
+
+    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["params"] == ranks[1]["params"]  # the summed gradients kept both replicas identical
+    timing = ("tokens_per_s", "train_time_s", "train/step_s", "train/rollout_s")
+    same = [{k: v for k, v in r["summary"].items() if k not in timing} for r in ranks]
+    assert same[0] == same[1]
+    one = json.loads((tmp_path / "r1" / "rank0.json").read_text())["summary"]
+    for key in ("eval_before/reward/pass_rate", "eval_after/reward/pass_rate", "eval_after/response_length"):
+        assert ranks[0]["summary"][key] == pytest.approx(one[key], abs=1e-6), key
+
+    two_rows = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    one_rows = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert [r["step"] for r in two_rows] == [1, 2, 3]
+    keys = ["loss", "grad_norm", "reward/total", "reward/pass_rate", "response_length"]
+    keys += ["kl"] if command == "grpo" else ["kl", "kl_coef_next", "value_loss", "score"]
+    for a, b in zip(two_rows, one_rows):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), (a["step"], key)  # float32 drift
+    assert any(r["grad_norm"] > 0 for r in two_rows)
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "two" / "rank1").exists()

@@ -1,0 +1,48 @@
+"""Run under torchrun by test_distributed.py: trains GRPO or PPO and writes this rank's view of the result."""
+
+import hashlib
+import json
+import os
+import sys
+
+import torch
+
+from posttrain.config import load_config
+
+command, out, result_dir = sys.argv[1:4]
+seen = {}
+if command == "grpo":
+    import posttrain.trainers.grpo as trainer
+
+    real = trainer.grpo_fns
+
+    def keep(policy, *args, **kwargs):
+        seen["model"] = policy
+        return real(policy, *args, **kwargs)
+
+    trainer.grpo_fns = keep
+    train = trainer.train_grpo
+else:
+    import posttrain.trainers.ppo as trainer
+
+    real = trainer.ppo_fns
+
+    def keep(model, *args, **kwargs):
+        seen["model"] = model  # the policy with its value head
+        return real(model, *args, **kwargs)
+
+    trainer.ppo_fns = keep
+    train = trainer.train_ppo
+
+torch.set_num_threads(1)
+cfg = load_config(command, None, ["model.name=tiny-random", f"train.output_dir={out}", "train.progress=false",
+                                  *sys.argv[4:]])
+summary = train(cfg)
+digest = hashlib.sha256()
+for name, p in sorted(seen["model"].named_parameters()):
+    if p.requires_grad:
+        digest.update(name.encode() + p.detach().cpu().numpy().tobytes())
+rank = int(os.environ.get("RANK", "0"))
+with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as fh:
+    json.dump({"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "params": digest.hexdigest(),
+               "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float))}}, fh)
