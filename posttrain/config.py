@@ -215,6 +215,10 @@ class RolloutSection(Section):
     batch_size: int = Field(32, gt=0, description="sequences per generate call")
     eval_temperature: float = Field(0.0, ge=0, description="held-out prompts (data.eval): 0 is greedy")
     eval_samples: int = Field(1, gt=0, description="samples per held-out prompt (same seeds before and after)")
+    backend: Literal["hf", "vllm"] = Field("hf", description="vllm: a colocated vLLM engine (GPU) that receives "
+                                           "the policy's weights before every rollout (PPO, GRPO)")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU memory share vLLM reserves "
+                                               "(the rest is training's)")
 
 
 class RLRewardSection(Section):
@@ -306,6 +310,12 @@ class RejectionSFTConfig(Section):
     max_length: int = Field(512, gt=8, description="SFT sequence limit (longer winners are dropped)")
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
+
+    @model_validator(mode="after")
+    def _one_backend_knob(self):
+        if self.rollout.backend != "hf":
+            raise ValueError("rejection-sft: the candidates' backend is rejection.backend, not rollout.backend")
+        return self
 
 
 COMMANDS.update({"reward-model": RewardModelConfig, "ppo": PPOConfig, "grpo": GRPOConfig,

@@ -10,6 +10,8 @@ arrives when a call finishes. Seeds are vLLM's own, so vLLM and HF candidates di
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 
 from posttrain.generation.types import (
@@ -72,3 +74,60 @@ class VLLMGenerator:
                 c = result.outputs[0]
                 outputs.append(GenOutput(c.text, list(c.token_ids), "stop" if c.finish_reason == "stop" else "length"))
         return outputs
+
+
+@contextlib.contextmanager
+def merged_weights(policy):
+    """The policy's weights as (name, tensor) pairs named as a plain Hugging Face checkpoint of its architecture
+    names them (what vLLM's ``load_weights`` takes), with any LoRA/DoRA adapter merged into the base weights for
+    the duration of the block (then unmerged: the tensors are the live parameters, valid inside the block only).
+    Adapter tensors themselves are left out; tied weights appear once."""
+    peft = hasattr(policy, "peft_config") and hasattr(policy, "merge_adapter")
+    if peft:
+        policy.merge_adapter()
+    try:
+        base = policy.get_base_model() if peft else policy
+        items = []
+        for name, param in base.named_parameters():
+            if "lora_" in name or ".original_module." in name:
+                continue  # merged already / the frozen copy of a module PEFT trains in full
+            name = name.replace(".base_layer", "").replace(".modules_to_save.default", "")
+            items.append((name, param.data))
+        yield items
+    finally:
+        if peft:
+            policy.unmerge_adapter()
+
+
+class PolicySyncedVLLM:
+    """Rollouts for PPO/GRPO with vLLM, colocated with training: a ``vllm.LLM`` built once from the starting
+    weights (``path``), into which the current policy's weights (adapter merged) are pushed before every
+    ``generate_rows`` call, so each step samples from the policy being trained. Under torchrun every process has
+    its own engine on its own GPU (vLLM's ``external_launcher`` executor, seed = rank)."""
+
+    def __init__(self, policy, tokenizer, path: str, *, batch_size: int, rank: int = 0,
+                 gpu_memory_utilization: float = 0.3):
+        vllm, _, _ = import_vllm()
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        if "MASTER_PORT" not in os.environ:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        self.policy = policy
+        self.llm = vllm.LLM(model=path, tokenizer=path, seed=rank, gpu_memory_utilization=gpu_memory_utilization,
+                            distributed_executor_backend="external_launcher")
+        self.inner = VLLMGenerator(self.llm, tokenizer, batch_size=batch_size)
+
+    def push_weights(self) -> None:
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        with merged_weights(self.policy) as weights:
+            for name, tensor in weights:
+                engine_model.load_weights([(name, tensor)])
+        self.llm.reset_prefix_cache()  # cached prefixes hold the old weights' keys and values
+
+    def generate_rows(self, rows: Sequence[RowSpec], on_token: TokenCallback | None = None) -> list[GenOutput]:
+        self.push_weights()
+        return self.inner.generate_rows(rows, on_token)

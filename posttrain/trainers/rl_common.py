@@ -146,10 +146,19 @@ def rollout_tensors(prompt_ids: list[list[int]], completion_ids: list[list[int]]
     return {k: v.to(device) for k, v in out.items()}
 
 
-def make_generator(policy, tokenizer, batch_size: int):
+def make_generator(policy, tokenizer, rollout_cfg, model_cfg, rank: int = 0):
+    """The rollout generator: HF generation on the live policy, or (``rollout.backend: vllm``) a colocated vLLM
+    engine that is sent the policy's weights before each rollout."""
+    if rollout_cfg.backend == "vllm":
+        from posttrain.generation.backends import _vllm_path
+        from posttrain.generation.vllm_backend import PolicySyncedVLLM
+
+        path = _vllm_path(model_cfg.name, model_cfg.adapter, model_cfg.cache_dir)
+        return PolicySyncedVLLM(policy, tokenizer, path, batch_size=rollout_cfg.batch_size, rank=rank,
+                                gpu_memory_utilization=rollout_cfg.vllm_gpu_memory_utilization)
     from posttrain.generation.hf import HFGenerator
 
-    return HFGenerator(policy, tokenizer, batch_size=batch_size)
+    return HFGenerator(policy, tokenizer, batch_size=rollout_cfg.batch_size)
 
 
 def heldout_reward(generator, items: list[PromptItem], reward_fn: RewardFunction, rollout_cfg, seed: int,
@@ -198,6 +207,10 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     from posttrain.training.rollout_loop import fit_rl
     from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything, train_then_save
 
+    if cfg.rollout.backend == "vllm":
+        from posttrain.generation.vllm_backend import import_vllm
+
+        import_vllm()  # a missing vllm fails before anything is loaded or written
     accelerator = make_accelerator(cfg.train.precision)
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     need = cfg.reward.verifier_weight > 0
@@ -213,7 +226,7 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     policy.to(accelerator.device)
     reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens,
                                reduce=reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None)
-    generator = make_generator(policy, tokenizer, cfg.rollout.batch_size)
+    generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, accelerator.process_index)
     model, fns, extra_save = build(policy, tokenizer, reward_fn, generator, accelerator)
     run = open_run_folder(cfg, stage, accelerator.is_main_process, accelerator.wait_for_everyone)
     if cfg.reward.reward_model and accelerator.is_main_process:
