@@ -274,28 +274,44 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     return sums, counts, token_logps
 
 
-def tree_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, split: bool = True
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and counts of each sequence's loss tokens for prefix-tree rows
-    (``ops/packing.py::prefix_tree``): one forward over the shared tokens, under the trees' attention mask."""
+def tree_forward_mask(model, tree_mask: torch.Tensor) -> torch.Tensor:
+    """The prefix-tree mask as ``model``'s attention takes it: bool for SDPA, additive float for eager; a clear
+    error for flash-attention (no 4D masks)."""
     attn = getattr(getattr(_causal_lm(model), "config", None), "_attn_implementation", None) or ""
     if "flash" in str(attn):
         raise RuntimeError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not "
                            f"{attn}; turn prefix_sharing off or load the model with attn_implementation=sdpa")
-    mask = batch["tree_mask"]  # bool, True = attend: SDPA takes it as is, whatever the compute dtype
     if attn == "eager":  # eager attention adds the mask to its scores: 0 where allowed, a large negative elsewhere
         dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
-    pred, labels, seq = batch["pred_index"], batch["labels"], batch["target_seq"]
-    parts = split_head(model) if split else None
+        return torch.zeros(tree_mask.shape, dtype=dtype, device=tree_mask.device).masked_fill_(
+            ~tree_mask, torch.finfo(dtype).min)
+    return tree_mask  # bool, True = attend: SDPA takes it as is, whatever the compute dtype
+
+
+def tree_target_hidden(model, batch: dict) -> tuple[torch.Tensor, nn.Module]:
+    """(hidden states that predict each target of prefix-tree rows (M, H), the output head), from one trunk
+    forward over the rows' distinct tokens. Needs a model whose logits are ``head(hidden)`` (``split_head``)."""
+    parts = split_head(model)
     if parts is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                       use_cache=False).logits  # (R, N, V)
-        logps = gather_token_logps(logits.reshape(-1, logits.shape[-1])[pred], labels, chunk_size=chunk_size)
+        raise RuntimeError(f"{type(_causal_lm(model)).__name__}: prefix sharing here needs logits = lm_head(hidden)")
+    hidden, head = _trunk_forward(model, parts[0], input_ids=batch["input_ids"],
+                                  attention_mask=tree_forward_mask(model, batch["tree_mask"]),
+                                  position_ids=batch["position_ids"])  # (R, N, H)
+    return hidden.reshape(-1, hidden.shape[-1])[batch["pred_index"]], head
+
+
+def tree_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE, split: bool = True
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and counts of each sequence's loss tokens for prefix-tree rows
+    (``ops/packing.py::prefix_tree``): one forward over the shared tokens, under the trees' attention mask."""
+    pred, labels, seq = batch["pred_index"], batch["labels"], batch["target_seq"]
+    if split and split_head(model) is not None:
+        hidden, head = tree_target_hidden(model, batch)
+        logps = head_token_logps(head, hidden, labels, chunk_size)
     else:
-        hidden, head = _trunk_forward(model, parts[0], input_ids=batch["input_ids"], attention_mask=mask,
-                                      position_ids=batch["position_ids"])  # (R, N, H)
-        logps = head_token_logps(head, hidden.reshape(-1, hidden.shape[-1])[pred], labels, chunk_size)
+        logits = model(input_ids=batch["input_ids"], attention_mask=tree_forward_mask(model, batch["tree_mask"]),
+                       position_ids=batch["position_ids"], use_cache=False).logits  # (R, N, V)
+        logps = gather_token_logps(logits.reshape(-1, logits.shape[-1])[pred], labels, chunk_size=chunk_size)
     n = int(batch["num_seqs"])
     sums = logps.new_zeros(n).index_add(0, seq, logps)
     counts = logps.new_zeros(n).index_add(0, seq, torch.ones_like(logps))

@@ -33,7 +33,8 @@ def no_grad_token_logps(model, batch: dict, micro_batch_size: int, temperature: 
 
 def grpo_fns(policy, frozen_reference, generator, reward_fn, *, num_generations: int, rollout_cfg, seed: int,
              beta: float, clip_range: float, clip_range_high: float | None, loss_type: str, scale_rewards: bool,
-             reuse: bool, pad_token_id: int, micro_batch_size: int, device) -> RLFns:
+             reuse: bool, pad_token_id: int, micro_batch_size: int, device, tree_row_tokens: int | None = None
+             ) -> RLFns:
     G, T = num_generations, rollout_cfg.temperature
 
     def rollout(items, step):
@@ -43,7 +44,8 @@ def grpo_fns(policy, frozen_reference, generator, reward_fn, *, num_generations:
         lengths = [len(c) for c in completions]
         scores, metrics = reward_fn(examples, [o.text for o in outs], lengths)
         advantages = group_advantages(scores, G, scale_std=scale_rewards)
-        batch = rollout_tensors([it.prompt_ids for it in items for _ in range(G)], completions, pad_token_id, device)
+        batch = rollout_tensors([it.prompt_ids for it in items for _ in range(G)], completions, pad_token_id, device,
+                                tree_row_tokens)
         batch.update(num_rows=len(outs), advantages=advantages.to(device))
         if reuse:  # several updates per batch: the ratio is to the sampling policy
             batch["old_logps"] = no_grad_token_logps(policy, batch, micro_batch_size, T)
@@ -91,7 +93,8 @@ def train_grpo(cfg) -> dict:
                        seed=cfg.train.seed, beta=g.beta, clip_range=g.clip_range, clip_range_high=g.clip_range_high,
                        loss_type=g.loss_type, scale_rewards=g.scale_rewards, reuse=g.iterations * g.mini_batches > 1,
                        pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size,
-                       device=accelerator.device)
+                       device=accelerator.device,
+                       tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None)
         return policy, fns, None
 
     return run_rl_stage(cfg, "grpo", build, update_epochs=g.iterations, mini_batches=g.mini_batches)

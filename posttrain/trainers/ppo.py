@@ -44,7 +44,7 @@ class PolicyWithValueHead(nn.Module):
         hidden, token_logps, logits = completion_forward(self.policy, batch, temperature, with_logits=True)
         if self.value_trunk is not None:
             hidden = completion_forward(self.value_trunk, batch, temperature)[0]
-        return token_logps, logits, self.value_head(hidden[:, :-1]).squeeze(-1).float()
+        return token_logps, logits, self.value_head(hidden).squeeze(-1).float()
 
 
 def build_value_trunk(cfg, seed: int):
@@ -56,7 +56,8 @@ def build_value_trunk(cfg, seed: int):
 
 
 def ppo_fns(model: PolicyWithValueHead, frozen_reference, generator, reward_fn, *, rollout_cfg, seed: int, p,
-            pad_token_id: int, micro_batch_size: int, batch_size: int, device, reduce=None) -> RLFns:
+            pad_token_id: int, micro_batch_size: int, batch_size: int, device, reduce=None,
+            tree_row_tokens: int | None = None) -> RLFns:
     """``p``: the ``ppo`` config section (read once here, passed as plain numbers below). ``reduce``: sums a
     tensor over processes (advantage whitening over every process's rollouts); None: one process."""
     T = rollout_cfg.temperature
@@ -70,7 +71,7 @@ def ppo_fns(model: PolicyWithValueHead, frozen_reference, generator, reward_fn, 
         completions = [o.token_ids for o in outs]
         lengths = [len(c) for c in completions]
         scores, metrics = reward_fn([it.example for it in items], [o.text for o in outs], lengths)
-        batch = rollout_tensors([it.prompt_ids for it in items], completions, pad_token_id, device)
+        batch = rollout_tensors([it.prompt_ids for it in items], completions, pad_token_id, device, tree_row_tokens)
         batch["num_rows"] = n = len(outs)
         mask = batch["completion_mask"]
         old_logps, values, ref_logps, entropies = [], [], [], []
@@ -155,7 +156,8 @@ def train_ppo(cfg) -> dict:
         fns = ppo_fns(model, frozen, generator, reward_fn, rollout_cfg=cfg.rollout, seed=cfg.train.seed, p=p,
                       pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size,
                       batch_size=cfg.optim.batch_size, device=accelerator.device,
-                      reduce=reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None)
+                      reduce=reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None,
+                      tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None)
 
         def save_value(out_dir):
             state = {k: v for k, v in model.state_dict().items() if k.startswith("value_head.")}

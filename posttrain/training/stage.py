@@ -90,7 +90,7 @@ def resolve_prefix_sharing(cfg, model) -> None:
     config = getattr(_causal_lm(model), "config", None)
     attn = str(getattr(config, "_attn_implementation", "") or "")
     if d.prefix_sharing == "auto":
-        d.prefix_sharing = not d.packing and "flash" not in attn
+        d.prefix_sharing = not getattr(d, "packing", False) and "flash" not in attn
     elif d.prefix_sharing and "flash" in attn:
         raise ConfigError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not {attn}; "
                           "set data.prefix_sharing=false (or auto)")

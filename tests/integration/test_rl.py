@@ -262,3 +262,42 @@ def test_reward_verifier_components_pick_what_is_scored():
     assert only([row], ["it is five."], [3])[0].tolist() == [1.0]
     with pytest.raises(ValueError):
         RLRewardSection(verifier_components=["style"])
+
+
+@pytest.mark.parametrize("command", ["grpo", "ppo"])
+def test_rl_prefix_sharing_takes_the_padded_step(tmp_path, monkeypatch, command):
+    """The default (data.prefix_sharing: auto) runs the log-prob passes over prefix-tree rows, where the samples of
+    one prompt share its forward pass (a row budget of 44 nodes also splits micro-batches into several rows):
+    the first step (rollout, reference and old log-probs, loss, gradient, value loss) equals the padded batch's.
+    One step only: after an Adam update, rounding-level gradient differences on near-zero entries become
+    lr-sized steps, so later steps are not comparable to 1e-4."""
+    import posttrain.ops.logprobs as logprobs
+
+    calls = []
+    real = logprobs.tree_target_hidden
+
+    def counting(model, tree):
+        calls.append(tree["input_ids"].shape)
+        return real(model, tree)
+
+    monkeypatch.setattr(logprobs, "tree_target_hidden", counting)
+    if command == "grpo":
+        from posttrain.trainers.grpo import train_grpo as train
+        extra = ["grpo.num_generations=4", "grpo.beta=0.04"]
+    else:
+        from posttrain.trainers.ppo import train_ppo as train
+        extra = ["ppo.epochs=1", "ppo.value_model=separate"]
+    args = ["optim.batch_size=4", "optim.micro_batch_size=8", "optim.max_steps=1", "data.eval=null",
+            *extra]  # rl_config: 1 new token, which passes about 2 times in 3: rewards vary, gradients are not 0
+    rows = {}
+    for layout, flags in (("padded", ["data.prefix_sharing=false"]), ("tree", ["data.tree_row_tokens=44"])):
+        (tmp_path / layout).mkdir()
+        train(rl_config(command, tmp_path / layout, *args, *flags, copies=2))
+        rows[layout] = read_metrics(tmp_path / layout / "out" / "metrics.jsonl")[0]
+        if layout == "padded":
+            assert not calls
+    assert calls and any(shape[0] > 1 for shape in calls)
+    tree, padded = rows["tree"], rows["padded"]
+    assert tree["reward/total"] == padded["reward/total"] and padded["grad_norm"] > 0
+    for key in ["loss", "grad_norm", "kl"] + (["value_loss", "entropy"] if command == "ppo" else []):
+        assert tree[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
