@@ -5,6 +5,10 @@ candidate of each prompt (if it reaches ``rejection.min_score``), then SFT on th
 
 Outputs besides the run folder: ``candidates.jsonl`` (every candidate with its score), ``winners.jsonl`` (SFT
 layout: ``messages`` + score), ``model/``.
+
+Under several processes (torchrun / accelerate launch) each samples and scores its shard of the prompts
+(``rank::world``; samples are seeded per prompt, so the candidates are those of one process), the shards are
+gathered in prompt order on every process, the main process writes the files, and SFT runs on the shared loop.
 """
 
 from __future__ import annotations
@@ -60,27 +64,31 @@ def train_rejection_sft(cfg) -> dict:
     from posttrain.models.policy import load_policy, model_tokenizer, save_trained
     from posttrain.trainers.sft import sft_step_fns
     from posttrain.training.loop import fit, make_accelerator, settings_from_config
-    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything
+    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything, train_then_save
 
     r = cfg.rejection
     accelerator = make_accelerator(cfg.train.precision)
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
                                      max_prompt_length=cfg.data.max_prompt_length, need_verifiable=False)
     score_many, judge_name = build_scorer(r.judges)
     check_output_dir(cfg.train)
     seed_everything(cfg.train.seed)
-    run = open_run_folder(cfg, "rejection_sft", True, lambda: None)
+    run = open_run_folder(cfg, "rejection_sft", is_main, accelerator.wait_for_everyone)
     try:
+        mine = items[rank::world]
         generator, _ = load_generator(cfg.model.name, adapter=cfg.model.adapter, backend=r.backend,
                                       batch_size=cfg.rollout.batch_size, seed=r.seed, cache_dir=cfg.model.cache_dir,
                                       dtype=cfg.model.dtype)
-        outs = sample(generator, items, n=r.n, rollout_cfg=cfg.rollout, seed=r.seed)
+        my_outs = sample(generator, mine, n=r.n, rollout_cfg=cfg.rollout, seed=r.seed) if mine else []
         del generator
         gc.collect()
-        judged = score_many([(it.example.prompt, outs[p * r.n + i].text, it.example.metadata)
-                             for p, it in enumerate(items) for i in range(r.n)])
-        values = [[judged[p * r.n + i].value for i in range(r.n)] for p in range(len(items))]
+        judged = score_many([(it.example.prompt, my_outs[p * r.n + i].text, it.example.metadata)
+                             for p, it in enumerate(mine) for i in range(r.n)])
+        my_values = [j.value for j in judged]
+        outs, flat = gather_prompt_major(my_outs, my_values, len(items), r.n, world)
+        values = [flat[p * r.n: (p + 1) * r.n] for p in range(len(items))]
         winners = pick_winners(values, r.min_score)
         candidates, winner_rows, examples = [], [], []
         for p, it in enumerate(items):
@@ -95,8 +103,9 @@ def train_rejection_sft(cfg) -> dict:
             messages = it.example.prompt + [{"role": "assistant", "content": outs[p * r.n + w].text}]
             winner_rows.append({"messages": messages, "score": values[p][w], "prompt_id": it.key})
             examples.append(SFTExample(messages, str(run.path / "winners.jsonl"), len(winner_rows)))
-        atomic_write_jsonl(run.path / "candidates.jsonl", candidates)
-        atomic_write_jsonl(run.path / "winners.jsonl", winner_rows)
+        if is_main:
+            atomic_write_jsonl(run.path / "candidates.jsonl", candidates)
+            atomic_write_jsonl(run.path / "winners.jsonl", winner_rows)
         finite = [v for row in values for v in row if not math.isnan(v)]
         selection = {"rejection/judge": judge_name, "rejection/candidates": len(candidates),
                      "rejection/winners": len(winner_rows),
@@ -123,12 +132,35 @@ def train_rejection_sft(cfg) -> dict:
         policy.to(accelerator.device)
         fns = sft_step_fns(tokenizer.pad_token_id, accelerator.device)
         settings = settings_from_config(cfg, "rejection_sft")
-        summary = fit(policy, train, [], fns, settings, accelerator)
+    except BaseException as e:
+        if is_main:
+            run.save(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+
+    def save(summary: dict) -> dict:
         save_trained(policy, tokenizer, run.path / "model", lineage)
         summary = {**stats, **selection, **render_stats, **summary}
         run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "candidates": "candidates.jsonl",
                              "winners": "winners.jsonl"})
-    except BaseException as e:
-        run.save(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    return summary
+        return summary
+
+    return train_then_save(run, accelerator, lambda: fit(policy, train, [], fns, settings, accelerator), save)
+
+
+def gather_prompt_major(my_outs: list, my_values: list[float], num_prompts: int, n: int, world: int
+                        ) -> tuple[list, list[float]]:
+    """Every process's candidates and scores for its prompts ``rank::world``, back in prompt-major order (row
+    p * n + i is candidate i of prompt p), on every process. One process: unchanged."""
+    if world == 1:
+        return my_outs, my_values
+    import torch.distributed as dist
+
+    shards: list = [None] * world
+    dist.all_gather_object(shards, (my_outs, my_values))
+    outs, values = [], []
+    for p in range(num_prompts):
+        shard_outs, shard_values = shards[p % world]
+        local = p // world
+        outs.extend(shard_outs[local * n: (local + 1) * n])
+        values.extend(shard_values[local * n: (local + 1) * n])
+    return outs, values

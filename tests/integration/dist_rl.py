@@ -1,4 +1,5 @@
-"""Run under torchrun by test_distributed.py: trains GRPO or PPO and writes this rank's view of the result."""
+"""Run under torchrun by test_distributed.py: trains GRPO, PPO or rejection-sampling SFT and writes this rank's
+view of the result."""
 
 import hashlib
 import json
@@ -11,27 +12,34 @@ from posttrain.config import load_config
 
 command, out, result_dir = sys.argv[1:4]
 seen = {}
+
+
+def keep_first_argument(module, name: str) -> None:
+    """Wrap ``module.name`` so that the model it is called with (its first argument) is kept in ``seen``."""
+    real = getattr(module, name)
+
+    def wrapper(model, *args, **kwargs):
+        seen["model"] = model
+        return real(model, *args, **kwargs)
+
+    setattr(module, name, wrapper)
+
+
 if command == "grpo":
     import posttrain.trainers.grpo as trainer
 
-    real = trainer.grpo_fns
-
-    def keep(policy, *args, **kwargs):
-        seen["model"] = policy
-        return real(policy, *args, **kwargs)
-
-    trainer.grpo_fns = keep
+    keep_first_argument(trainer, "grpo_fns")
     train = trainer.train_grpo
+elif command == "rejection-sft":
+    import posttrain.trainers.rejection_sft as trainer
+    import posttrain.training.loop as loop
+
+    keep_first_argument(loop, "fit")  # rejection-sft imports fit when it runs
+    train = trainer.train_rejection_sft
 else:
     import posttrain.trainers.ppo as trainer
 
-    real = trainer.ppo_fns
-
-    def keep(model, *args, **kwargs):
-        seen["model"] = model  # the policy with its value head
-        return real(model, *args, **kwargs)
-
-    trainer.ppo_fns = keep
+    keep_first_argument(trainer, "ppo_fns")  # the policy with its value head
     train = trainer.train_ppo
 
 torch.set_num_threads(1)

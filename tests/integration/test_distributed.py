@@ -94,3 +94,32 @@ def test_two_process_rl_matches_one_process(tmp_path, command, extra):
     assert any(r["grad_norm"] > 0 for r in two_rows)
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
     assert not (tmp_path / "two" / "rank1").exists()
+
+
+@pytest.mark.distributed
+def test_two_process_rejection_sft_matches_one_process(tmp_path):
+    """Each process samples and scores half of the prompts; the gathered candidates, the winners and the SFT steps
+    are those of one process."""
+    from .test_rl import letter_prompts
+
+    prompts = letter_prompts(tmp_path / "prompts.jsonl", 8)
+    args = [f"data.train={prompts}", "rollout.max_new_tokens=4", "rollout.temperature=1.0", "rejection.n=3",
+            "optim.batch_size=4", "optim.micro_batch_size=2", "optim.max_steps=2", "optim.lr=1e-3",
+            "max_length=96", "data.shuffle=false"]
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r1").mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+    _run(torchrun + [str(RL_SCRIPT), "rejection-sft", str(tmp_path / "two"), str(tmp_path / "r2"), *args], tmp_path)
+    _run([sys.executable, str(RL_SCRIPT), "rejection-sft", str(tmp_path / "one"), str(tmp_path / "r1"), *args],
+         tmp_path)
+    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["params"] == ranks[1]["params"]
+    for name in ("candidates.jsonl", "winners.jsonl"):
+        two = (tmp_path / "two" / name).read_text()
+        assert two == (tmp_path / "one" / name).read_text() and two.count("\n") >= 8, name
+    two = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    one = read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert [r["step"] for r in two] == [1, 2]
+    for a, b in zip(two, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
