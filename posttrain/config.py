@@ -49,10 +49,10 @@ class DataSection(Section):
     packing: bool = Field(False, description="padding-free: each micro-batch is one row of concatenated sequences "
                                              "(SFT and preference training; see docs/PERFORMANCE.md)")
     prefix_sharing: bool | Literal["auto"] = Field(
-        "auto", description="SFT and preference training: each micro-batch becomes rows where a prefix shared by "
-        "several sequences (a pair's prompt, the system prompt) is stored and computed once, under a tree attention "
-        "mask (same losses; see docs/PERFORMANCE.md). auto: on unless data.packing is on or the model uses "
-        "flash-attention (which cannot take the tree mask)")
+        "auto", description="SFT, preference and reward-model training: each micro-batch becomes rows where a "
+        "prefix shared by several sequences (a pair's prompt, the system prompt) is stored and computed once, under "
+        "a tree attention mask (same losses; see docs/PERFORMANCE.md). auto: on unless data.packing is on or the "
+        "model uses flash-attention (which cannot take the tree mask)")
     tree_row_tokens: int | None = Field(None, gt=0, description="with prefix sharing: most trie nodes in one row "
                                         "(a row's attention is quadratic in its length, so a long micro-batch "
                                         "splits into several rows); default from the model's size")
@@ -196,7 +196,9 @@ class RewardModelConfig(Section):
 
     @model_validator(mode="after")
     def _padded_only(self):
-        refuse_layouts(self.data, "reward-model", "the score is read at each sequence's last token of a padded batch")
+        if self.data.packing:
+            raise ValueError("reward-model: data.packing is not supported (the classifier pools each row's last "
+                             "token); prefix sharing is, and is on by default")
         return self
 
 

@@ -70,7 +70,8 @@ def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequenc
     Returns ``input_ids`` / ``position_ids`` (R, N) long, ``tree_mask`` (R, 1, N, N) bool (True: query i may
     attend to key j), and the targets of every sequence's loss tokens: ``pred_index`` (M,) the flat index
     (row * N + node) of the hidden state that predicts the target, ``labels`` (M,) the target token,
-    ``target_seq`` (M,) its sequence; ``num_seqs`` = S, ``num_tokens`` = the sequences' total length (what a
+    ``target_seq`` (M,) its sequence; ``last_index`` (S,) the flat index of each sequence's last token (where
+    a reward model reads its score); ``num_seqs`` = S, ``num_tokens`` = the sequences' total length (what a
     padded batch would process), ``num_nodes`` = the tokens the forward pass really runs."""
     if not input_ids:
         raise ValueError("cannot pack an empty batch")
@@ -84,6 +85,7 @@ def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequenc
     rows: list[_Trie] = [_Trie()]
     pred: list[tuple[int, int]] = []
     labels, target_seq = [], []
+    last: list[tuple[int, int]] = [(0, 0)] * len(input_ids)
     for unit in units:
         if max_row_tokens is not None and rows[-1].size and \
                 rows[-1].size + rows[-1].new_nodes([input_ids[s] for s in unit]) > max_row_tokens:
@@ -94,6 +96,7 @@ def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequenc
                 pred.append((r, node))
                 labels.append(token)
                 target_seq.append(s)
+            last[s] = (r, trie.end)
     width = max(t.size for t in rows)
     ids = torch.zeros(len(rows), width, dtype=torch.long)
     depth = torch.zeros(len(rows), width, dtype=torch.long)
@@ -109,6 +112,7 @@ def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequenc
             "pred_index": torch.tensor([r * width + node for r, node in pred], dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "target_seq": torch.tensor(target_seq, dtype=torch.long),
+            "last_index": torch.tensor([r * width + node for r, node in last], dtype=torch.long),
             "num_seqs": len(input_ids), "num_tokens": sum(len(s) for s in input_ids),
             "num_nodes": sum(t.size for t in rows)}
 
@@ -121,6 +125,7 @@ class _Trie:
         self.depth: list[int] = []
         self.parent: list[int] = []
         self.children: dict[tuple[int, int], int] = {}  # (parent node or -1, token) -> node
+        self.end = -1  # the last node of the last inserted sequence
 
     @property
     def size(self) -> int:
@@ -152,6 +157,7 @@ class _Trie:
                 self.depth.append(t)
                 self.parent.append(node)
             node = self.children[key]
+        self.end = node
         return targets
 
 

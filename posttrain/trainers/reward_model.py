@@ -7,6 +7,10 @@ output, so training and judging see the same function. The saved ``model/`` is a
 folder (a LoRA adapter is merged into it): ``RewardModelJudge(out/model)`` loads it, so does ``reward.reward_model``
 in PPO/GRPO and ``{type: reward_model, model: ...}`` in the judge stage.
 
+By default (``data.prefix_sharing: auto``) a micro-batch runs as prefix-tree rows: a pair's prompt and the
+system prompt go through the trunk once, and each sequence's score is read from the score head's output at its
+last token (``tree_rewards``), the position the classifier's own pooling reads in a padded batch.
+
 Eval (held-out pairs): pairwise accuracy, the reward distribution, and how much the score follows response length
 (Pearson correlation of score and length, and the accuracy of "the longer one wins"): a length-biased reward
 model is a known failure mode, so it is measured and reported in ``reward_eval.json``.
@@ -89,20 +93,72 @@ def collate_rm(pairs: list[RenderedPair], pad_token_id: int) -> dict:
             "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32)}
 
 
-def rm_step_fns(*, pad_token_id: int, centering: float, use_margin: bool, device) -> StepFns:
+def collate_rm_tree(pairs: list[RenderedPair], max_row_tokens: int | None) -> dict:
+    """Prefix-tree rows (``ops/packing.py::prefix_tree``) of the same 2B sequences: a pair's prompt (and the
+    system prompt) stored once; ``last_index`` says where each sequence's score is read."""
+    from posttrain.ops.packing import prefix_tree
+
+    seqs = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    b = len(pairs)
+    batch = prefix_tree(seqs, [[0] * len(x) for x in seqs], units=[[i, b + i] for i in range(b)],
+                        max_row_tokens=max_row_tokens)
+    batch.update(num_pairs=b, margin=torch.tensor([p.margin for p in pairs], dtype=torch.float32))
+    return batch
+
+
+def score_head(model):
+    """The classifier's per-position head (``score``: what HF's causal-LM sequence classifiers apply to every
+    hidden state before pooling the last token) under DDP / PEFT wrappers, or None for other classifiers."""
+    m = model
+    for _ in range(4):
+        if type(m).__name__ == "DistributedDataParallel":
+            m = m.module
+        elif hasattr(m, "get_base_model") and hasattr(m, "peft_config"):
+            m = m.get_base_model()
+        else:
+            break
+    head = getattr(m, "score", None)
+    return head if isinstance(head, torch.nn.Module) else None
+
+
+def tree_rewards(model, batch: dict) -> torch.Tensor:
+    """(2B,) scores of prefix-tree rows: one forward through ``model`` (so DDP still syncs), the score head's
+    output at every node captured, each sequence's read at its last token, which is what the classifier's own
+    pooling reads in a padded batch."""
+    from posttrain.ops.logprobs import tree_forward_mask
+
+    captured = []
+    handle = score_head(model).register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        model(input_ids=batch["input_ids"], attention_mask=tree_forward_mask(model, batch["tree_mask"]),
+              position_ids=batch["position_ids"])
+    finally:
+        handle.remove()
+    scores = captured[-1]  # (R, N, 1)
+    return scores.reshape(-1, scores.shape[-1])[batch["last_index"], 0].float()
+
+
+def rm_step_fns(*, pad_token_id: int, centering: float, use_margin: bool, device, prefix_sharing: bool = False,
+                max_row_tokens: int | None = None) -> StepFns:
     def collate(items):
+        if prefix_sharing:
+            return to_device(collate_rm_tree(items, max_row_tokens), device)
         return to_device(collate_rm(items, pad_token_id), device)
 
     def weight(batch):
         return float(batch["num_pairs"])
 
     def loss(model, batch):
-        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+        if "tree_mask" in batch:
+            rewards, tokens = tree_rewards(model, batch), int(batch["num_tokens"])
+        else:
+            rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+            tokens = int(batch["attention_mask"].sum())
         b = batch["num_pairs"]
         losses, m = bradley_terry_loss(rewards[:b], rewards[b:], batch["margin"] if use_margin else None,
                                        centering_coef=centering)
         metrics = {f"rewards/{k}": v for k, v in m.items()}
-        return losses.sum(), metrics, int(batch["attention_mask"].sum())
+        return losses.sum(), metrics, tokens
 
     return StepFns(collate=collate, weight=weight, loss=loss)
 
@@ -171,7 +227,10 @@ def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_si
     with torch.no_grad():
         for i in range(0, len(pairs), micro_batch_size):
             batch = fns.collate(pairs[i: i + micro_batch_size])
-            r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+            if "tree_mask" in batch:
+                r = tree_rewards(model, batch)
+            else:
+                r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
             b = batch["num_pairs"]
             chosen += r[:b].tolist()
             rejected += r[b:].tolist()
@@ -217,7 +276,8 @@ def _split(examples, eval_fraction: float, seed: int):
 def train_reward_model(cfg) -> dict:
     from posttrain.models.policy import model_tokenizer
     from posttrain.training.loop import fit, make_accelerator, settings_from_config
-    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything, train_then_save
+    from posttrain.training.stage import (check_output_dir, open_run_folder, resolve_prefix_sharing, seed_everything,
+                                          train_then_save)
 
     d = cfg.data
     accelerator = make_accelerator(cfg.train.precision)
@@ -238,8 +298,15 @@ def train_reward_model(cfg) -> dict:
     check_output_dir(cfg.train)
     seed_everything(cfg.train.seed)
     model, base_name = load_reward_model(cfg.model, cfg.peft, seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id)
+    if score_head(model) is None:  # a classifier that pools otherwise (e.g. an encoder's CLS): padded batches
+        if cfg.data.prefix_sharing is True:
+            raise ConfigError(f"reward-model: data.prefix_sharing needs a causal-LM classifier with a per-position "
+                              f"score head; {type(model).__name__} has none (set data.prefix_sharing=false)")
+        cfg.data.prefix_sharing = False
+    resolve_prefix_sharing(cfg, model)
     fns = rm_step_fns(pad_token_id=tokenizer.pad_token_id, centering=cfg.loss.centering,
-                      use_margin=cfg.loss.margin_key is not None, device=accelerator.device)
+                      use_margin=cfg.loss.margin_key is not None, device=accelerator.device,
+                      prefix_sharing=cfg.data.prefix_sharing, max_row_tokens=cfg.data.tree_row_tokens)
     run = open_run_folder(cfg, "reward_model", accelerator.is_main_process, accelerator.wait_for_everyone)
 
     def save(summary: dict) -> dict:

@@ -163,7 +163,7 @@ def test_prefix_sharing_and_packing_exclude_each_other_and_kto_and_reward_model_
         train_kto(tiny_config("kto", data, tmp_path / "k", "data.prefix_sharing=true"))
     from posttrain.trainers.reward_model import train_reward_model
 
-    with pytest.raises(ConfigError, match="reward-model: data.packing and data.prefix_sharing are not supported"):
+    with pytest.raises(ConfigError, match="reward-model: data.packing is not supported"):
         train_reward_model(tiny_config("reward-model", data, tmp_path / "r", "data.packing=true"))
 
 
@@ -261,3 +261,57 @@ def test_generation_loop_matches_generate_row_for_row(one_torch_thread, smollm2_
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
     assert [o.finish_reason for o in a] == [o.finish_reason for o in b]
     assert sorted({len(o.token_ids) for o in b}) == [1, 3, 6, 7, 9, 12]  # rows really left at different steps
+
+
+def test_reward_model_tree_rows_give_the_padded_scores_and_gradients(one_torch_thread):
+    """The reward model's prefix-tree path: scores read from the score head at each sequence's last node equal the
+    classifier's own pooled scores on the padded batch, and so do the gradients (one row, and pairs split over
+    rows at a small budget)."""
+    from posttrain.config import ModelSection, PeftSection
+    from posttrain.trainers.reward_model import (RenderedPair, collate_rm, collate_rm_tree, load_reward_model,
+                                                 tree_rewards)
+
+    torch.manual_seed(0)
+    model, _ = load_reward_model(ModelSection(name="tiny-random"), PeftSection(method="lora", r=4, alpha=8), seed=0,
+                                 pad_token_id=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    system = torch.randint(1, 120, (6,)).tolist()
+    pairs = []
+    for prompt_len, c_len, r_len in ((5, 4, 7), (9, 2, 3), (3, 6, 6)):
+        prompt = system + torch.randint(1, 120, (prompt_len,)).tolist()
+        pairs.append(RenderedPair(prompt + torch.randint(1, 120, (c_len,)).tolist(),
+                                  prompt + torch.randint(1, 120, (r_len,)).tolist(), 0.0, c_len, r_len))
+    padded = collate_rm(pairs, pad_token_id=0)
+    expected = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[:, 0]
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, 1.5, -1.0])
+    (expected * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads
+    for budget, rows in ((None, 1), (24, 3)):
+        model.zero_grad()
+        tree = collate_rm_tree(pairs, budget)
+        assert tree["input_ids"].shape[0] == rows
+        got = tree_rewards(model, tree)
+        assert torch.allclose(got, expected.detach(), atol=1e-5), (got, expected)
+        (got * weights).sum().backward()
+        for n, p in model.named_parameters():
+            if n in grads:
+                assert torch.allclose(p.grad, grads[n], atol=1e-5), n
+
+
+def test_reward_model_default_prefix_sharing_takes_the_padded_steps(tmp_path, one_torch_thread):
+    import yaml
+
+    from posttrain.trainers.reward_model import train_reward_model
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", _varied_pairs(8))
+    common = ["optim.batch_size=4", "optim.micro_batch_size=2", "optim.max_steps=4", "optim.lr=5e-3",
+              "data.max_length=96"]
+    train_reward_model(tiny_config("reward-model", data, tmp_path / "plain", *common, "data.prefix_sharing=false"))
+    train_reward_model(tiny_config("reward-model", data, tmp_path / "tree", *common))
+    assert yaml.safe_load((tmp_path / "tree" / "config.yaml").read_text())["data"]["prefix_sharing"] is True
+    assert len(_losses(tmp_path / "tree")) == 4
+    assert _losses(tmp_path / "tree") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-5, abs=1e-6)
