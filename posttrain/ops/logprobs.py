@@ -95,8 +95,9 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_softcapping", "logit_scal
 DEFAULT_CHUNK_SIZE = 256  # tokens per head chunk: 256 x 49k vocab x 4 bytes = 50 MB of float32 logits
 
 
-def _causal_lm(model):
-    """The innermost ``XForCausalLM`` under DDP / PEFT wrappers (the object that owns ``lm_head``)."""
+def unwrap_model(model):
+    """The innermost model under DDP / PEFT wrappers (the ``XForCausalLM`` that owns ``lm_head``, or the
+    ``XForSequenceClassification`` that owns ``score``)."""
     m = model
     for _ in range(4):
         if isinstance(m, nn.parallel.DistributedDataParallel) or type(m).__name__ == "DistributedDataParallel":
@@ -110,7 +111,7 @@ def _causal_lm(model):
 
 def split_head(model):
     """(causal LM, output head) when ``model``'s logits are exactly ``head(last hidden state)``, else None."""
-    lm = _causal_lm(model)
+    lm = unwrap_model(model)
     head = getattr(lm, "lm_head", None)
     if not isinstance(head, nn.Module) or not hasattr(lm, "get_output_embeddings"):
         return None
@@ -274,11 +275,21 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     return sums, counts, token_logps
 
 
+def attention_implementation(model) -> str:
+    """The attention implementation the model runs ("sdpa", "eager", "flash_attention_2", ...; "" if unknown)."""
+    return str(getattr(getattr(unwrap_model(model), "config", None), "_attn_implementation", None) or "")
+
+
+def takes_tree_mask(model) -> bool:
+    """Whether the model's attention accepts the prefix tree's 4D mask (flash-attention does not)."""
+    return "flash" not in attention_implementation(model)
+
+
 def tree_forward_mask(model, tree_mask: torch.Tensor) -> torch.Tensor:
     """The prefix-tree mask as ``model``'s attention takes it: bool for SDPA, additive float for eager; a clear
     error for flash-attention (no 4D masks)."""
-    attn = getattr(getattr(_causal_lm(model), "config", None), "_attn_implementation", None) or ""
-    if "flash" in str(attn):
+    attn = attention_implementation(model)
+    if not takes_tree_mask(model):
         raise RuntimeError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not "
                            f"{attn}; turn prefix_sharing off or load the model with attn_implementation=sdpa")
     if attn == "eager":  # eager attention adds the mask to its scores: 0 where allowed, a large negative elsewhere
@@ -293,7 +304,7 @@ def tree_target_hidden(model, batch: dict) -> tuple[torch.Tensor, nn.Module]:
     forward over the rows' distinct tokens. Needs a model whose logits are ``head(hidden)`` (``split_head``)."""
     parts = split_head(model)
     if parts is None:
-        raise RuntimeError(f"{type(_causal_lm(model)).__name__}: prefix sharing here needs logits = lm_head(hidden)")
+        raise RuntimeError(f"{type(unwrap_model(model)).__name__}: prefix sharing here needs logits = lm_head(hidden)")
     hidden, head = _trunk_forward(model, parts[0], input_ids=batch["input_ids"],
                                   attention_mask=tree_forward_mask(model, batch["tree_mask"]),
                                   position_ids=batch["position_ids"])  # (R, N, H)

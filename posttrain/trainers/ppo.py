@@ -21,7 +21,7 @@ from posttrain.losses.rl import clipped_value_loss, entropy_from_logits, kl_esti
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import AdaptiveKLController, explained_variance, gae, token_rewards, whiten
 from posttrain.trainers.rl_common import completion_forward, rollout_tensors, run_rl_stage, sample
-from posttrain.training.loop import reduce_sum_fn
+from posttrain.training.loop import cross_process_sum
 from posttrain.training.rollout_loop import RLFns, select_rows
 
 
@@ -156,7 +156,7 @@ def train_ppo(cfg) -> dict:
         fns = ppo_fns(model, frozen, generator, reward_fn, rollout_cfg=cfg.rollout, seed=cfg.train.seed, p=p,
                       pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size,
                       batch_size=cfg.optim.batch_size, device=accelerator.device,
-                      reduce=reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None,
+                      reduce=cross_process_sum(accelerator),
                       tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None)
 
         def save_value(out_dir):

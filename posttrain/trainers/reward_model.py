@@ -109,15 +109,9 @@ def collate_rm_tree(pairs: list[RenderedPair], max_row_tokens: int | None) -> di
 def score_head(model):
     """The classifier's per-position head (``score``: what HF's causal-LM sequence classifiers apply to every
     hidden state before pooling the last token) under DDP / PEFT wrappers, or None for other classifiers."""
-    m = model
-    for _ in range(4):
-        if type(m).__name__ == "DistributedDataParallel":
-            m = m.module
-        elif hasattr(m, "get_base_model") and hasattr(m, "peft_config"):
-            m = m.get_base_model()
-        else:
-            break
-    head = getattr(m, "score", None)
+    from posttrain.ops.logprobs import unwrap_model
+
+    head = getattr(unwrap_model(model), "score", None)
     return head if isinstance(head, torch.nn.Module) else None
 
 
@@ -138,6 +132,13 @@ def tree_rewards(model, batch: dict) -> torch.Tensor:
     return scores.reshape(-1, scores.shape[-1])[batch["last_index"], 0].float()
 
 
+def batch_rewards(model, batch: dict) -> torch.Tensor:
+    """(2B,) scores of a collated batch: prefix-tree rows (``tree_rewards``) or the classifier's pooled output."""
+    if "tree_mask" in batch:
+        return tree_rewards(model, batch)
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+
+
 def rm_step_fns(*, pad_token_id: int, centering: float, use_margin: bool, device, prefix_sharing: bool = False,
                 max_row_tokens: int | None = None) -> StepFns:
     def collate(items):
@@ -149,11 +150,8 @@ def rm_step_fns(*, pad_token_id: int, centering: float, use_margin: bool, device
         return float(batch["num_pairs"])
 
     def loss(model, batch):
-        if "tree_mask" in batch:
-            rewards, tokens = tree_rewards(model, batch), int(batch["num_tokens"])
-        else:
-            rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
-            tokens = int(batch["attention_mask"].sum())
+        rewards = batch_rewards(model, batch)
+        tokens = int(batch["num_tokens"]) if "tree_mask" in batch else int(batch["attention_mask"].sum())
         b = batch["num_pairs"]
         losses, m = bradley_terry_loss(rewards[:b], rewards[b:], batch["margin"] if use_margin else None,
                                        centering_coef=centering)
@@ -227,10 +225,7 @@ def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_si
     with torch.no_grad():
         for i in range(0, len(pairs), micro_batch_size):
             batch = fns.collate(pairs[i: i + micro_batch_size])
-            if "tree_mask" in batch:
-                r = tree_rewards(model, batch)
-            else:
-                r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+            r = batch_rewards(model, batch)
             b = batch["num_pairs"]
             chosen += r[:b].tolist()
             rejected += r[b:].tolist()

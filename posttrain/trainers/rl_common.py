@@ -77,9 +77,10 @@ class RewardFunction:
             self.reward_model = RewardModelJudge(reward_cfg.reward_model, batch_size=reward_cfg.reward_model_batch_size,
                                                  device=device)
 
-    def __call__(self, examples: list[PromptExample], texts: list[str], lengths: list[int]
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(scores (N,) float32, metrics: the mean of each component and of the total)."""
+    def __call__(self, examples: list[PromptExample], texts: list[str], lengths: list[int], *,
+                 batch_whitening: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scores (N,) float32, metrics: the mean of each component and of the total). ``batch_whitening``
+        False skips ``reward.whiten`` (held-out scores are reported raw, with no collective)."""
         c = self.cfg
         n = len(texts)
         total = torch.zeros(n, dtype=torch.float32)
@@ -105,7 +106,7 @@ class RewardFunction:
             penalty = c.length_penalty * torch.tensor(lengths, dtype=torch.float32) / self.max_new_tokens
             total -= penalty
             metrics["reward/length_penalty"] = float(penalty.mean())
-        if c.whiten and n > 1:
+        if c.whiten and batch_whitening and n > 1:
             from posttrain.ops.advantages import whiten
 
             metrics["reward/total_raw"] = float(total.mean())
@@ -180,20 +181,11 @@ def heldout_reward(generator, items: list[PromptItem], reward_fn: RewardFunction
         outs = sample(generator, mine, n=k, rollout_cfg=rollout_cfg, seed=seed,
                       temperature=rollout_cfg.eval_temperature)
         examples = [it.example for it in mine for _ in range(k)]
-        reward_fn_local = reward_fn if not reward_fn.cfg.whiten else _unwhitened(reward_fn)
-        _, metrics = reward_fn_local(examples, [o.text for o in outs], [len(o.token_ids) for o in outs])
+        _, metrics = reward_fn(examples, [o.text for o in outs], [len(o.token_ids) for o in outs],
+                               batch_whitening=False)
         metrics["response_length"] = sum(len(o.token_ids) for o in outs) / len(outs)
     metrics = mean_over_processes(metrics, len(mine) * k, world)
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
-
-
-def _unwhitened(reward_fn: RewardFunction) -> RewardFunction:
-    """The same reward without batch whitening (a held-out score is reported raw, per process shard)."""
-    import copy
-
-    plain = copy.copy(reward_fn)
-    plain.cfg = reward_fn.cfg.model_copy(update={"whiten": False})
-    return plain
 
 
 def mean_or_nan(values: list[float]) -> float:
@@ -207,7 +199,7 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     save)`` where the trained module is the policy or a policy + value-head wrapper and ``extra save(out_dir)``
     writes anything besides the policy (or is None)."""
     from posttrain.models.policy import load_policy, model_tokenizer, save_trained
-    from posttrain.training.loop import make_accelerator, reduce_sum_fn, settings_from_config
+    from posttrain.training.loop import cross_process_sum, make_accelerator, settings_from_config
     from posttrain.training.rollout_loop import fit_rl
     from posttrain.training.stage import (check_output_dir, open_run_folder, resolve_prefix_sharing, seed_everything,
                                           train_then_save)
@@ -230,7 +222,7 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
     policy.to(accelerator.device)
     reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens,
-                               reduce=reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None)
+                               reduce=cross_process_sum(accelerator))
     generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, accelerator.process_index)
     resolve_prefix_sharing(cfg, policy)
     model, fns, extra_save = build(policy, tokenizer, reward_fn, generator, accelerator)
@@ -267,11 +259,9 @@ def causal_parts(model):
     """(trunk, output head) of a causal LM under PEFT/DDP wrappers: ``trunk(...)`` gives the last hidden states,
     ``head`` maps them to logits. PEFT adapters live inside the trunk's layers, so ``disable_adapter`` still
     applies. (Models whose logits are more than ``head(hidden)``, e.g. soft-capped, are not supported here.)"""
-    m = model
-    if type(m).__name__ == "DistributedDataParallel":
-        m = m.module
-    if hasattr(m, "get_base_model") and hasattr(m, "peft_config"):
-        m = m.get_base_model()
+    from posttrain.ops.logprobs import unwrap_model
+
+    m = unwrap_model(model)
     return m.get_decoder(), m.get_output_embeddings()
 
 

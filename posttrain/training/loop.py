@@ -198,6 +198,11 @@ def reduce_sum_fn(accelerator):
     return reduce
 
 
+def cross_process_sum(accelerator):
+    """``reduce_sum_fn`` under several processes; None for one (callers then take their local statistics)."""
+    return reduce_sum_fn(accelerator) if accelerator.num_processes > 1 else None
+
+
 def evaluate(model, items: list, fns: StepFns, accelerator, micro_batch_size: int, progress: bool = False
              ) -> dict[str, float]:
     """Mean loss and metrics over ``items``, sharded across processes."""

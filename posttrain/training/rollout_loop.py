@@ -168,10 +168,12 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                     sums.add(metrics)
                 allreduce_gradients(params, world)
                 norms.append(optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm))
-                losses.append(float(reduce(torch.tensor([loss_value], dtype=torch.float64))))
+                losses.append(loss_value)
+        # one collective for the step: the minibatch losses (each a local sum / global weight) and the tokens
+        totals = reduce(torch.tensor(losses + [tokens], dtype=torch.float64)).tolist()
+        losses, tokens = totals[:-1], int(totals[-1])
         dt = time.perf_counter() - t0
         t_total += dt
-        tokens = int(reduce(torch.tensor([tokens], dtype=torch.float64)))
         tokens_total += tokens
         record = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4),
                   "loss": sum(losses) / len(losses) if losses else math.nan,

@@ -83,19 +83,17 @@ def resolve_prefix_sharing(cfg, model) -> None:
     """Turn ``data.prefix_sharing: auto`` into true/false for this model, and fill in ``data.tree_row_tokens``,
     before the resolved config is written (so the run folder records the layout that ran). Flash-attention
     cannot take the tree's 4D mask: auto turns sharing off there, an explicit true is an error."""
-    from posttrain.ops.logprobs import _causal_lm
+    from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
     from posttrain.ops.packing import default_tree_row_tokens
 
     d = cfg.data
-    config = getattr(_causal_lm(model), "config", None)
-    attn = str(getattr(config, "_attn_implementation", "") or "")
     if d.prefix_sharing == "auto":
-        d.prefix_sharing = not getattr(d, "packing", False) and "flash" not in attn
-    elif d.prefix_sharing and "flash" in attn:
-        raise ConfigError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not {attn}; "
-                          "set data.prefix_sharing=false (or auto)")
+        d.prefix_sharing = not getattr(d, "packing", False) and takes_tree_mask(model)
+    elif d.prefix_sharing and not takes_tree_mask(model):
+        raise ConfigError(f"data.prefix_sharing needs an attention that takes a 4D mask (sdpa or eager), not "
+                          f"{attention_implementation(model)}; set data.prefix_sharing=false (or auto)")
     if d.prefix_sharing and d.tree_row_tokens is None:
-        d.tree_row_tokens = default_tree_row_tokens(config)
+        d.tree_row_tokens = default_tree_row_tokens(unwrap_model(model).config)
 
 
 def seed_everything(seed: int) -> None:

@@ -39,3 +39,14 @@ def test_pick_winners():
     nan = math.nan
     assert pick_winners([[0.1, 0.9, 0.9], [nan, 0.2], [nan, nan]], None) == [1, 1, None]
     assert pick_winners([[0.1, 0.5], [1.0, 0.0]], min_score=0.8) == [None, 0]
+
+
+def test_prompts_per_step_must_divide_over_the_processes():
+    from types import SimpleNamespace
+
+    from posttrain.training.rollout_loop import fit_rl
+
+    three = SimpleNamespace(process_index=0, num_processes=3)
+    with pytest.raises(ConfigError, match=r"optim.batch_size=4 prompts per step must be divisible by the number of "
+                                          r"processes \(3\)"):
+        fit_rl(None, [], None, SimpleNamespace(batch_size=4), three, update_epochs=1, mini_batches=1)
