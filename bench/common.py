@@ -138,6 +138,9 @@ def trainer_args(count_flag: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpointing", choices=["on", "off"],
                    help="activation (gradient) checkpointing; default: each side's own default (posttrain off, TRL "
                         "on: TRL's SFTConfig and DPOConfig turn it on)")
+    p.add_argument("--checkpoint-every", type=int, default=1,
+                   help="posttrain with --checkpointing on: checkpoint every N-th decoder layer only "
+                        "(model.checkpoint_every)")
     p.add_argument("--data")
     p.add_argument("--out")
     p.add_argument("--steps", type=int)
@@ -152,7 +155,8 @@ def posttrain_overrides(a, lr: float) -> list[str]:
             f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}", f"data.packing={a.layout == 'packing'}",
             "data.prefix_sharing=" + {"default": "auto", "prefix_sharing": "true"}.get(a.layout, "false"),
             "optim.warmup_steps=0",
-            f"model.gradient_checkpointing={a.checkpointing == 'on'}"]
+            f"model.gradient_checkpointing={a.checkpointing == 'on'}",
+            *([f"model.checkpoint_every={a.checkpoint_every}"] if a.checkpointing == "on" else [])]
 
 
 def trl_checkpointing(a) -> dict:

@@ -6,8 +6,8 @@
 Both train on assistant tokens only (posttrain: messages with assistant masks; TRL: conversational
 prompt-completion rows, completion-only loss). Each side is its own process (peak RSS = its ru_maxrss), one
 epoch, timed over optimizer steps. tokens/s = prompt + completion tokens / training seconds. TRL's SFTConfig turns
-activation checkpointing on by default, so TRL runs both ways and posttrain also runs with it on; the ratios are
-against TRL's defaults (the last row).
+activation checkpointing on by default, so TRL runs both ways and posttrain also runs with it on (on every
+layer, and on every 2nd layer: ``model.checkpoint_every=2``); the ratios are against TRL's defaults (the last row).
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def main() -> None:
             ("posttrain default (prefix-shared)", ["--side", "posttrain", "--layout", "default"]),
             ("posttrain default, checkpointing", ["--side", "posttrain", "--layout", "default",
                                                   "--checkpointing", "on"]),
+            ("posttrain default, checkpointing every 2nd layer",
+             ["--side", "posttrain", "--layout", "default", "--checkpointing", "on", "--checkpoint-every", "2"]),
             *common.trl_runs("SFTTrainer")]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     common.print_comparison("SFT", "rows", a, steps, tokens, rows)

@@ -26,8 +26,19 @@ class ModelSection(Section):
     adapter: str | None = Field(None, description="PEFT adapter folder to load on top of the model")
     cache_dir: str | None = Field(None, description="where builtin models are converted and cached")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="activation checkpointing: keep fewer activations "
+                                         "for the backward and recompute them (less memory, more compute)")
+    checkpoint_every: int = Field(1, ge=1, description="with gradient_checkpointing: checkpoint every N-th decoder "
+                                  "layer only (1: all; 2: half of them, about half the memory saving for half the "
+                                  "recompute): a point between the two ends of the speed/memory trade")
     trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _checkpoint_every_needs_checkpointing(self):
+        if self.checkpoint_every > 1 and not self.gradient_checkpointing:
+            raise ValueError(f"model.checkpoint_every={self.checkpoint_every} only applies with "
+                             "model.gradient_checkpointing=true")
+        return self
 
 
 class PeftSection(Section):

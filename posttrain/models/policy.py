@@ -16,10 +16,13 @@ from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer
 LINEAGE_FILE = "posttrain.json"
 
 
-def enable_checkpointing(model) -> None:
+def enable_checkpointing(model, every: int = 1) -> None:
     """Non-reentrant activation checkpointing (works with frozen inputs under LoRA, and with DDP), through the
     name the installed transformers prefers: ``activation_checkpointing_enable`` (5.24; the old name warns),
-    else ``gradient_checkpointing_enable``."""
+    else ``gradient_checkpointing_enable``.
+
+    ``every`` > 1 keeps checkpointing on every ``every``-th decoder layer only (layers 0, every, 2 x every, ...):
+    the others keep their activations, so memory and recompute both land between the two ends."""
     import inspect
 
     kwargs = {"use_reentrant": False}
@@ -28,6 +31,21 @@ def enable_checkpointing(model) -> None:
         new(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if every > 1:
+        layers = checkpointed_layers(model)
+        if not layers:
+            raise ModelError(f"model.checkpoint_every={every}: {type(model).__name__} has no per-layer "
+                             "checkpointing (transformers' GradientCheckpointingLayer) to choose from; use "
+                             "checkpoint_every=1")
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = i % every == 0
+
+
+def checkpointed_layers(model) -> list:
+    """The decoder layers (transformers' ``GradientCheckpointingLayer``) in model order, checkpointed or not."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 def resolve_lineage(name: str, adapter: str | None = None) -> tuple[str, list[str]]:
     """(base model name, adapters to merge in order) for a model name and an optional extra adapter."""
@@ -83,7 +101,7 @@ def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None):
         model = attach_adapter(model, method=peft_cfg.method, r=peft_cfg.r, alpha=peft_cfg.alpha,
                                dropout=peft_cfg.dropout, target_modules=peft_cfg.target_modules)
     if model_cfg.gradient_checkpointing:
-        enable_checkpointing(model)
+        enable_checkpointing(model, every=model_cfg.checkpoint_every)
     lineage = {"base": base_name, "merged_adapters": merged, "adapter": peft_cfg.method != "none"}
     return model, tokenizer, lineage
 

@@ -202,7 +202,7 @@ def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
                                                  target_modules=peft_cfg.target_modules,
                                                  use_dora=peft_cfg.method == "dora", task_type="SEQ_CLS"))
     if model_cfg.gradient_checkpointing:
-        enable_checkpointing(model)
+        enable_checkpointing(model, every=model_cfg.checkpoint_every)
     return model, base_name
 
 

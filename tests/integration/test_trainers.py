@@ -143,11 +143,51 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path):
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
     losses = {}
-    for gc in (False, True):
-        out = tmp_path / f"gc{gc}"
-        train_sft(tiny_config("sft", data, out, f"model.gradient_checkpointing={str(gc).lower()}"))
-        losses[gc] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
-    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    for name, overrides in {"off": ["model.gradient_checkpointing=false"],
+                            "all": ["model.gradient_checkpointing=true"],
+                            "every2": ["model.gradient_checkpointing=true", "model.checkpoint_every=2"]}.items():
+        out = tmp_path / name
+        train_sft(tiny_config("sft", data, out, *overrides))
+        losses[name] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+    assert losses["all"] == pytest.approx(losses["off"], rel=1e-5)
+    assert losses["every2"] == pytest.approx(losses["off"], rel=1e-5)
+
+
+def test_checkpoint_every_keeps_the_activations_of_the_other_layers():
+    """checkpoint_every=2 checkpoints layers 0, 2, ...: the tensors autograd keeps for the backward (outside the
+    checkpointed regions) lie strictly between no checkpointing and checkpointing every layer."""
+    import torch
+
+    from posttrain.config import ModelSection, PeftSection
+    from posttrain.models.policy import checkpointed_layers, load_policy
+
+    saved = {}
+    for name, section in {"off": ModelSection(name="tiny-random"),
+                          "all": ModelSection(name="tiny-random", gradient_checkpointing=True),
+                          "every2": ModelSection(name="tiny-random", gradient_checkpointing=True,
+                                                 checkpoint_every=2)}.items():
+        model, _, _ = load_policy(section, PeftSection(method="lora", r=4, alpha=8), seed=0)
+        model.train()
+        flags = [layer.gradient_checkpointing for layer in checkpointed_layers(model)]
+        assert flags == {"off": [False, False], "all": [True, True], "every2": [True, False]}[name]
+        count = 0
+
+        def pack(t):
+            nonlocal count
+            count += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=torch.arange(3, 35)[None]).logits.sum().backward()
+        saved[name] = count
+    assert saved["all"] < saved["every2"] < saved["off"]
+
+
+def test_checkpoint_every_without_checkpointing_is_a_config_error(tmp_path):
+    from posttrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="checkpoint_every=2 only applies with model.gradient_checkpointing=true"):
+        load_config("sft", None, [f"data.train={tmp_path / 'x.jsonl'}", "model.checkpoint_every=2"])
 
 
 def test_checkpointing_is_really_on_under_lora_and_uses_the_current_name():
