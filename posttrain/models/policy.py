@@ -47,6 +47,7 @@ def checkpointed_layers(model) -> list:
 
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
+
 def resolve_lineage(name: str, adapter: str | None = None) -> tuple[str, list[str]]:
     """(base model name, adapters to merge in order) for a model name and an optional extra adapter."""
     base, adapters = name, []
