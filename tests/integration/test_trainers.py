@@ -204,3 +204,27 @@ def test_checkpointing_is_really_on_under_lora_and_uses_the_current_name():
                                   PeftSection(method="lora", r=4, alpha=8), seed=0)
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     assert not [w for w in caught if "checkpointing_enable` is deprecated" in str(w.message)]
+
+
+def test_checkpoint_every_on_a_model_without_decoder_layers_is_a_clear_error():
+    """A model whose checkpointing is not per layer (no transformers GradientCheckpointingLayer) cannot pick
+    every N-th layer: a ModelError that names the key, instead of silently checkpointing everything."""
+    import torch
+
+    from posttrain.models.policy import enable_checkpointing
+    from posttrain.models.resolve import ModelError
+
+    class WholeModelCheckpointing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 4)
+            self.enabled = False
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            self.enabled = True
+
+    model = WholeModelCheckpointing()
+    enable_checkpointing(model)  # every layer: fine
+    assert model.enabled
+    with pytest.raises(ModelError, match="model.checkpoint_every=2: WholeModelCheckpointing has no per-layer"):
+        enable_checkpointing(WholeModelCheckpointing(), every=2)
