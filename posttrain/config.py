@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `optim.lr=.inf` or `loss.beta=nan` is a config error, never a run that trains on it
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -382,6 +383,29 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
+def command_defaults(cls: type[Section]) -> dict[str, dict[str, Any]]:
+    """The values a command's sections set over the generic section defaults, e.g. DPO's ``optim.lr: 5e-5``
+    (from ``optim: OptimSection = OptimSection(lr=5e-5)``): section name -> {key: value}."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, field in cls.model_fields.items():
+        default = field.default
+        if isinstance(default, Section) and default.model_fields_set:
+            out[name] = default.model_dump(include=default.model_fields_set)
+    return out
+
+
+def _with_command_defaults(cls: type[Section], tree: dict) -> dict:
+    """``tree`` with the command's own section defaults filled in under every section the user gave in part.
+
+    Without this, a user who writes ``optim: {max_steps: 2}`` would get a fresh ``OptimSection`` with the generic
+    ``lr`` 2e-4 instead of DPO's 5e-5: a partial section must change only the keys it names."""
+    for name, defaults in command_defaults(cls).items():
+        given = tree.get(name)
+        if isinstance(given, dict):
+            tree[name] = {**defaults, **given}
+    return tree
+
+
 def load_config(command: str, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()):
     """Build the config for ``command`` from an optional YAML file and dotted overrides."""
     cls = COMMANDS[command]
@@ -394,13 +418,16 @@ def load_config(command: str, path: str | Path | None = None, overrides: list[st
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        loaded.pop("command", None)
+        declared = loaded.pop("command", None)
+        if declared is not None and declared != command:
+            raise ConfigError(f"{path}: key 'command': this file is a '{declared}' config, but it was given to "
+                              f"'posttrain {command}' (run `posttrain {declared} {path}`)")
         tree = loaded
     for text in overrides:
         keys, value = parse_override(text)
         _apply_override(tree, keys, value, text)
     try:
-        return cls.model_validate(tree)
+        return cls.model_validate(_with_command_defaults(cls, tree))
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, where)) from None
 

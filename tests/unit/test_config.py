@@ -64,3 +64,42 @@ def test_dump_roundtrip(tmp_path):
     cfg = load_config("kto", None, ["data.train=x", "loss.beta=0.2"])
     again = load_config("kto", write(tmp_path, dump_config(cfg)))
     assert again == cfg
+
+
+# --- issue 15: configs that mean what they say ---
+
+def test_partial_section_keeps_the_commands_own_defaults(tmp_path):
+    # DPO's optim.lr default is 5e-5; setting one other optim key (YAML or override) must not reset it to the
+    # generic 2e-4. PPO's optim.schedule default is constant; likewise.
+    cfg = load_config("dpo", None, ["data.train=x.jsonl", "optim.max_steps=2"])
+    assert cfg.optim.lr == 5e-5 and cfg.optim.max_steps == 2
+    p = tmp_path / "dpo.yaml"
+    p.write_text("data: {train: x.jsonl}\noptim: {max_steps: 2}\n")
+    assert load_config("dpo", p).optim.lr == 5e-5
+    ppo = load_config("ppo", None, ["data.train=x.jsonl", "optim.lr=3e-6"])
+    assert (ppo.optim.schedule, ppo.optim.lr, ppo.optim.batch_size) == ("constant", 3e-6, 8)
+    grpo = load_config("grpo", None, ["data.train=x.jsonl", "optim.max_steps=1"])
+    assert (grpo.optim.schedule, grpo.optim.lr, grpo.optim.batch_size) == ("constant", 1e-5, 4)
+    # an explicit value still wins over the command default
+    assert load_config("dpo", None, ["data.train=x.jsonl", "optim.lr=1e-3"]).optim.lr == 1e-3
+
+
+def test_config_show_of_a_partial_section_shows_the_command_default():
+    shown = dump_config(load_config("dpo", None, ["data.train=x.jsonl", "optim.max_steps=2"]))
+    assert "lr: 5.0e-05" in shown
+
+
+@pytest.mark.parametrize("override", ["optim.lr=.inf", "optim.lr=.nan", "loss.beta=.inf", "optim.max_grad_norm=.inf",
+                                      "loss.gamma=-.inf"])
+def test_non_finite_floats_are_rejected(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config("dpo", None, ["data.train=x.jsonl", override])
+
+
+def test_yaml_for_another_command_is_an_error(tmp_path):
+    p = tmp_path / "kto.yaml"
+    p.write_text("command: kto\ndata: {train: x.jsonl}\n")
+    with pytest.raises(ConfigError, match=r"kto.yaml: key 'command': this file is a 'kto' config, but it was given "
+                                          r"to 'posttrain dpo'"):
+        load_config("dpo", p)
+    assert load_config("kto", p).loss.beta == 0.1  # the matching command still reads it
