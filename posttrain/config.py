@@ -120,8 +120,9 @@ class PreferenceLossSection(Section):
     reference_cache: bool = Field(True, description="store reference log-probs on disk, keyed by reference "
                                                     "weights and sequence content; later epochs and reruns skip "
                                                     "the reference forward")
-    reference_cache_dir: str | None = Field(None, description="default: <data.train>.refcache/ beside a local "
-                                                              "data file, else $POSTTRAIN_CACHE/refcache")
+    reference_cache_dir: str | None = Field(None, description="default: <train.output_dir>/refcache/ (never "
+                                                              "beside the data); share one folder between runs, "
+                                                              "e.g. $POSTTRAIN_CACHE/refcache, to reuse values")
 
     @model_validator(mode="after")
     def _params_belong_to_loss(self):

@@ -83,7 +83,7 @@ def open_reference_cache(cfg, policy, data, accelerator):
 
     if not (cfg.loss.reference_cache and get_loss(cfg.loss.type).needs_reference):
         return None
-    root = cfg.loss.reference_cache_dir or default_cache_dir(cfg.data.train)
+    root = cfg.loss.reference_cache_dir or default_cache_dir(cfg.train.output_dir)  # never beside the data
     key = fingerprint(reference_weights(policy, None), precision=str(accelerator.mixed_precision),
                       device_type=accelerator.device.type)
     return ReferenceCache(f"{root}/{key}")

@@ -3,12 +3,20 @@
 Key. A directory per *reference fingerprint* (a hash of the reference weights, their dtype, the device type and
 the autocast precision), and inside it one float per *sequence key* (``data/collate.py::sequence_key``, a hash of
 the rendered token ids and loss mask: it covers the data, the chat template, the truncation and max length).
-So a second epoch, a beta (or loss-type) sweep, or a rerun on the same data and model finds every value and
-runs no reference forward; a changed template or max length renders different tokens and simply misses.
+So a second epoch or a resume, and (with a shared cache folder, see Location) a beta or loss-type sweep or a
+rerun on the same data and model, finds every value and runs no reference forward; a changed template or max
+length renders different tokens and simply misses.
 
 Storage. ``<cache_dir>/<fingerprint>/part-*.pt``: each flush writes the entries it added as a new part file
 (temp name, then rename), so several processes or runs never write the same file and a killed run leaves
-only complete parts. Loading merges every part. Values are float64 sums of token log-probs.
+only complete parts. Loading merges every part (tensors and plain data only, ``weights_only=True``); a part that
+does not load is skipped with a warning, its values computed again. Values are float64 sums of token log-probs.
+
+Location. ``loss.reference_cache_dir``, by default ``<train.output_dir>/refcache/``: the run's own folder, never
+beside the user's data (where it landed inside another pipeline stage's finished folder, or in a repository).
+Epochs and resumes of the run reuse it; to share one cache between runs (a beta sweep), point every run's
+``loss.reference_cache_dir`` at one folder, e.g. ``$POSTTRAIN_CACHE/refcache``: both keys are content hashes, so
+sharing is safe.
 
 Filling is lazy: the first epoch computes the reference log-probs of each micro-batch as it trains (no extra
 pass over the data) and stores them; a run that finds the whole train (and eval) set cached does not even
@@ -19,20 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import uuid
 from pathlib import Path
 
 import torch
 
 
-def default_cache_dir(data_path: str) -> Path:
-    """``<data file>.refcache/`` beside a local data file or folder when writable, else ``$POSTTRAIN_CACHE/refcache``."""
-    from posttrain.models.builtin import cache_root
-
-    p = Path(data_path)
-    if p.exists() and os.access(p.parent, os.W_OK):
-        return p.parent / (p.name + ".refcache")
-    return cache_root() / "refcache"
+def default_cache_dir(output_dir: str | Path) -> Path:
+    """``<output_dir>/refcache``: inside the run folder (see the module docstring)."""
+    return Path(output_dir) / "refcache"
 
 
 def fingerprint(named_tensors, *, precision: str, device_type: str) -> str:
@@ -56,7 +60,11 @@ class ReferenceCache:
         self.hits = self.misses = 0
         if self.directory.is_dir():
             for part in sorted(self.directory.glob("part-*.pt")):
-                self.values.update(torch.load(part, weights_only=True))
+                try:
+                    self.values.update(torch.load(part, weights_only=True))
+                except Exception as e:  # a damaged or foreign file: its values are simply computed again
+                    print(f"posttrain: warning: reference cache part {part} does not load ({type(e).__name__}): "
+                          "ignoring it", file=sys.stderr, flush=True)
 
     def covers(self, keys) -> bool:
         return all(k in self.values for k in keys)
