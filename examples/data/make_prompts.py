@@ -1,0 +1,269 @@
+"""Generate diverse instruction-following training prompts: many task types x many topics x many phrasings of
+each constraint kind, with a leave-out protocol.
+
+    python examples/data/make_prompts.py                                   # -> examples/data/prompts_diverse.jsonl
+    python examples/data/make_prompts.py --n 400 --seed 7 -o my_prompts.jsonl
+    python examples/data/make_prompts.py --hold-out-kinds lowercase,title --hold-out-templates 0
+
+Each row is a prompt row that `generate`, `judge`, `grpo`, `online-dpo` and `eval` read:
+``{"id", "prompt", "category", "constraints": [{"kind", "args"}], "phrasings": ["kind/template", ...]}``.
+The constraints are the verifier kinds of ``posttrain/judges/verifiers/constraints.py``; there is no answer key
+(open-ended tasks), so a verifier judge scores the constraints alone.
+
+Why this exists (issue 16): training prompts from one template per constraint kind and one task shape (short
+factual questions) teach the phrasing, not the skill. Here every kind has several independent phrasings, tasks are
+open-ended (explain, describe, list, write a note, give advice, ...), and a prompt may carry two constraints.
+
+Leave-out protocol: ``--hold-out-kinds`` drops every prompt that would use those constraint kinds, and
+``--hold-out-templates K`` drops phrasing template number K of every kind (0-based; the held-out phrasings can then
+be used to test transfer to an unseen wording). The header of the summary printed at the end lists what was held
+out; every row records its ``phrasings`` so an eval can tell which kinds and wordings a model was trained on.
+
+Deterministic (fixed seed, stdlib only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+TOPICS = [
+    "the water cycle", "recycling at home", "learning a new language", "keeping a houseplant alive",
+    "the history of the bicycle", "why the sky looks blue", "saving money on groceries", "a rainy afternoon",
+    "how bees make honey", "the benefits of walking", "planning a picnic", "public libraries", "volcanoes",
+    "the moon's phases", "making bread at home", "first day at a new job", "how vaccines train the body",
+    "electric cars", "the importance of sleep", "a trip to the mountains", "chess for beginners",
+    "composting kitchen scraps", "the life of a lighthouse keeper", "how rainbows form", "writing a good email",
+    "caring for a puppy", "the invention of paper", "solar panels", "a busy train station", "learning to swim",
+    "why leaves change colour in autumn", "the rules of football", "drinking enough water", "a quiet village",
+    "how a refrigerator keeps food cold", "visiting a museum", "the ocean's tides", "starting a vegetable garden",
+    "time management for students", "the northern lights", "a birthday surprise", "how airplanes stay in the air",
+    "reducing screen time", "the desert at night", "teamwork", "an old clock shop", "how to make a cup of tea",
+    "the benefits of reading", "penguins", "a thunderstorm", "cleaning a messy room", "the first moon landing",
+    "how clouds form", "a friendly robot", "riding the bus", "the smell of fresh coffee", "snow days",
+    "why exercise is good for the heart", "a lost umbrella", "the rainforest",
+]
+
+# Task shapes: {t} is the topic. None of these is a short factual question with a one-word answer.
+TASKS = [
+    ("explain", "Explain {t} to a curious ten-year-old."),
+    ("explain", "Can you explain {t} in simple words?"),
+    ("describe", "Describe {t}."),
+    ("describe", "Paint a picture in words of {t}."),
+    ("advice", "Give some practical advice about {t}."),
+    ("advice", "What tips would you share with someone interested in {t}?"),
+    ("note", "Write a short note to a friend about {t}."),
+    ("note", "Compose a brief message to a coworker that mentions {t}."),
+    ("story", "Tell a very short story about {t}."),
+    ("story", "Write a tiny tale involving {t}."),
+    ("opinion", "What do you think is most interesting about {t}?"),
+    ("reasons", "Why should people care about {t}?"),
+    ("summary", "Give a quick overview of {t}."),
+    ("blurb", "Write a blurb for a community newsletter about {t}."),
+]
+
+KEYWORDS = ["simple", "today", "friendly", "careful", "bright", "together", "small", "morning", "useful", "calm",
+            "happy", "clear", "gentle", "quick", "fresh"]
+OPENERS = ["Sure thing", "Here is my answer", "Good question", "Absolutely", "Well", "Alright", "Of course"]
+CLOSERS = ["Thanks for reading.", "That is all.", "Hope this helps!", "The end.", "Have a great day.",
+           "Any other questions?"]
+FORBIDDEN = ["very", "really", "thing", "good", "nice", "just"]
+
+
+def _kw(rng):
+    return {"keywords": rng.sample(KEYWORDS, rng.choice([1, 2]))}
+
+
+def _keywords_text(args):
+    return " and ".join(f"'{k}'" for k in args["keywords"])
+
+
+# kind -> (args sampler, [phrasing templates]). Each template is a function of args -> sentence. Phrasings of one
+# kind differ in wording and position of the key words, not only in punctuation.
+CONSTRAINTS = {
+    "lowercase": (lambda rng: {}, [
+        lambda a: "Write everything in lowercase letters.",
+        lambda a: "Do not use any capital letters at all.",
+        lambda a: "Your whole reply must be in lower case, including the first word.",
+        lambda a: "Keep every single letter small: no uppercase anywhere.",
+        lambda a: "Use only lowercase characters in your response.",
+    ]),
+    "all_caps": (lambda rng: {}, [
+        lambda a: "Write your entire response in capital letters.",
+        lambda a: "USE ONLY UPPERCASE LETTERS IN YOUR REPLY.",
+        lambda a: "Every letter of your answer should be a capital letter.",
+        lambda a: "Reply in all caps, as if you were shouting.",
+        lambda a: "No lowercase letters are allowed in your response.",
+    ]),
+    "no_commas": (lambda rng: {}, [
+        lambda a: "Do not use a single comma.",
+        lambda a: "Avoid commas entirely in your reply.",
+        lambda a: "Your response must contain no commas at all.",
+        lambda a: "Write it without any comma characters.",
+        lambda a: "Commas are forbidden here.",
+    ]),
+    "word_count": (lambda rng: {"max": rng.choice([25, 30, 40, 50])}, [
+        lambda a: f"Keep it under {a['max']} words.",
+        lambda a: f"Use no more than {a['max']} words.",
+        lambda a: f"Your reply should be at most {a['max']} words long.",
+        lambda a: f"Be brief: {a['max']} words maximum.",
+        lambda a: f"Limit yourself to {a['max']} words or fewer.",
+    ]),
+    "sentence_count": (lambda rng: {"max": rng.choice([2, 3])}, [
+        lambda a: f"Answer in at most {a['max']} sentences.",
+        lambda a: f"Use no more than {a['max']} sentences.",
+        lambda a: f"Your response must not exceed {a['max']} sentences.",
+        lambda a: f"Write {a['max']} sentences or fewer.",
+    ]),
+    "bullet_list": (lambda rng: {"n": rng.choice([2, 3, 4])}, [
+        lambda a: f"Format your answer as exactly {a['n']} bullet points, using markdown bullets such as '* '.",
+        lambda a: f"Give exactly {a['n']} bullet points (lines starting with '- ') and nothing else.",
+        lambda a: f"Respond with a markdown list of precisely {a['n']} bullets.",
+        lambda a: f"Your reply must be a bulleted list with {a['n']} items, no more and no fewer.",
+    ]),
+    "include_keywords": (_kw, [
+        lambda a: f"Make sure to include the word {_keywords_text(a)}.",
+        lambda a: f"Your response must mention {_keywords_text(a)}.",
+        lambda a: f"Use the word {_keywords_text(a)} somewhere in your answer.",
+        lambda a: f"Be sure that {_keywords_text(a)} appears in what you write.",
+    ]),
+    "exclude_keywords": (lambda rng: {"keywords": rng.sample(FORBIDDEN, 2)}, [
+        lambda a: f"Do not use the words {_keywords_text(a)}.",
+        lambda a: f"Avoid saying {_keywords_text(a)} anywhere.",
+        lambda a: f"The words {_keywords_text(a)} must not appear in your reply.",
+        lambda a: f"Write it without using {_keywords_text(a)}.",
+    ]),
+    "starts_with_phrase": (lambda rng: {"phrase": rng.choice(OPENERS)}, [
+        lambda a: f"Begin your reply with the words \"{a['phrase']}\".",
+        lambda a: f"Your very first words must be: {a['phrase']}",
+        lambda a: f"Open your answer with '{a['phrase']}'.",
+        lambda a: f"Start with exactly this phrase: {a['phrase']}",
+    ]),
+    "ends_with_phrase": (lambda rng: {"phrase": rng.choice(CLOSERS)}, [
+        lambda a: f"Finish your response with the exact phrase \"{a['phrase']}\"",
+        lambda a: f"The last words of your reply must be: {a['phrase']}",
+        lambda a: f"Close with '{a['phrase']}' and write nothing after it.",
+        lambda a: f"End with this exact sentence: {a['phrase']}",
+    ]),
+    "postscript": (lambda rng: {}, [
+        lambda a: "At the end, add a postscript starting with P.S.",
+        lambda a: "Include a P.S. line after the main text.",
+        lambda a: "Finish with a short postscript that begins with 'P.S.'.",
+        lambda a: "Add a note at the very end that starts with P.S.",
+    ]),
+    "title": (lambda rng: {}, [
+        lambda a: "Give your answer a title wrapped in double angular brackets, like <<my title>>.",
+        lambda a: "Put a title at the top inside << and >>.",
+        lambda a: "Start with a title written as <<Title>>.",
+        lambda a: "Your reply needs a title enclosed in double angle brackets, for example <<A Good Day>>.",
+    ]),
+    "double_quotes": (lambda rng: {}, [
+        lambda a: "Put your whole response inside double quotation marks.",
+        lambda a: "Enclose the entire reply in double quotes.",
+        lambda a: "Your answer must begin and end with a double quote character.",
+        lambda a: "Wrap everything you write in \"double quotes\".",
+    ]),
+    "highlighted_sections": (lambda rng: {"n": rng.choice([1, 2])}, [
+        lambda a: f"Highlight at least {a['n']} part(s) with markdown, like *this part*.",
+        lambda a: f"Use *asterisks* to emphasize at least {a['n']} phrase(s).",
+        lambda a: f"Mark at least {a['n']} key phrase(s) in italics with single asterisks, e.g. *key idea*.",
+        lambda a: f"Include {a['n']} or more highlighted sections in *markdown italics*.",
+    ]),
+    "paragraph_count": (lambda rng: {"n": 2}, [
+        lambda a: "Write exactly 2 paragraphs separated by a blank line.",
+        lambda a: "Your answer must have two paragraphs, with an empty line between them.",
+        lambda a: "Split your reply into 2 paragraphs (a blank line between them).",
+        lambda a: "Use precisely two paragraphs divided by the markdown divider ***.",
+    ]),
+    "placeholders": (lambda rng: {"n": rng.choice([1, 2])}, [
+        lambda a: f"Include at least {a['n']} placeholder(s) in square brackets, such as [name].",
+        lambda a: f"Leave at least {a['n']} blank(s) to fill in, written in square brackets like [date].",
+        lambda a: f"Use {a['n']} or more placeholders like [address] in your text.",
+    ]),
+}
+
+# Constraint kinds that cannot sensibly share one prompt (one would make the other impossible or trivial).
+CONFLICTS = [{"lowercase", "all_caps"}, {"bullet_list", "paragraph_count"}, {"double_quotes", "starts_with_phrase"},
+             {"double_quotes", "ends_with_phrase"}, {"double_quotes", "title"}, {"double_quotes", "bullet_list"},
+             {"double_quotes", "postscript"}, {"ends_with_phrase", "postscript"}, {"all_caps", "starts_with_phrase"},
+             {"all_caps", "ends_with_phrase"}, {"lowercase", "starts_with_phrase"}, {"lowercase", "ends_with_phrase"},
+             {"all_caps", "postscript"}, {"lowercase", "postscript"}, {"all_caps", "title"},
+             {"word_count", "paragraph_count"}, {"sentence_count", "bullet_list"},
+             {"sentence_count", "paragraph_count"}, {"all_caps", "include_keywords"},
+             {"all_caps", "placeholders"}, {"lowercase", "placeholders"}]
+
+
+def compatible(kinds: list[str]) -> bool:
+    return not any(set(pair) <= set(kinds) for pair in CONFLICTS)
+
+
+def make_rows(n: int, seed: int, *, hold_out_kinds=(), hold_out_templates=(), two_constraint_share: float = 0.35,
+              id_prefix: str = "diverse") -> list[dict]:
+    """``n`` prompt rows; each has one constraint, or two compatible ones (``two_constraint_share`` of rows)."""
+    unknown = set(hold_out_kinds) - set(CONSTRAINTS)
+    if unknown:
+        raise SystemExit(f"make_prompts: unknown constraint kind(s) {sorted(unknown)}; known: {', '.join(CONSTRAINTS)}")
+    kinds = [k for k in CONSTRAINTS if k not in set(hold_out_kinds)]
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    attempts = 0
+    while len(rows) < n:
+        attempts += 1
+        if attempts > 50 * n:
+            raise SystemExit(f"make_prompts: could not make {n} distinct prompts (made {len(rows)})")
+        count = 2 if rng.random() < two_constraint_share else 1
+        chosen = rng.sample(kinds, count)
+        if not compatible(chosen):
+            continue
+        category, task = rng.choice(TASKS)
+        topic = rng.choice(TOPICS)
+        sentences, constraints, phrasings = [], [], []
+        for kind in chosen:
+            sampler, templates = CONSTRAINTS[kind]
+            usable = [i for i in range(len(templates)) if i not in set(hold_out_templates)]
+            if not usable:
+                raise SystemExit(f"make_prompts: every phrasing of {kind} is held out")
+            i = rng.choice(usable)
+            args = sampler(rng)
+            sentences.append(templates[i](args))
+            constraints.append({"kind": kind, "args": args})
+            phrasings.append(f"{kind}/{i}")
+        prompt = " ".join([task.format(t=topic)] + sentences)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        rows.append({"id": f"{id_prefix}-{len(rows):04d}", "prompt": prompt, "category": category,
+                     "constraints": constraints, "phrasings": phrasings})
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=480, help="prompt rows to write")
+    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("-o", "--output", default=str(HERE / "prompts_diverse.jsonl"))
+    ap.add_argument("--hold-out-kinds", default="", help="comma-separated constraint kinds to leave out")
+    ap.add_argument("--hold-out-templates", default="", help="comma-separated phrasing template numbers (0-based) "
+                                                             "to leave out of every kind")
+    ap.add_argument("--two-constraint-share", type=float, default=0.35)
+    a = ap.parse_args(argv)
+    kinds = [k for k in a.hold_out_kinds.split(",") if k]
+    templates = [int(t) for t in a.hold_out_templates.split(",") if t]
+    rows = make_rows(a.n, a.seed, hold_out_kinds=kinds, hold_out_templates=templates,
+                     two_constraint_share=a.two_constraint_share)
+    out = Path(a.output)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    per_kind: dict[str, int] = {}
+    for r in rows:
+        for c in r["constraints"]:
+            per_kind[c["kind"]] = per_kind.get(c["kind"], 0) + 1
+    print(f"wrote {len(rows)} prompts to {out} (held out: kinds {kinds or 'none'}, templates {templates or 'none'})")
+    print("per kind: " + ", ".join(f"{k} {v}" for k, v in sorted(per_kind.items())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The shipped diverse-prompt generator (examples/data/make_prompts.py): valid verifier specs, the leave-out
+protocol, determinism, and that the shipped file is what the script writes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from posttrain.judges.verifiers.constraints import validate_constraint
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPT = ROOT / "examples" / "data" / "make_prompts.py"
+
+
+@pytest.fixture(scope="module")
+def gen():
+    spec = importlib.util.spec_from_file_location("make_prompts", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_row_is_a_valid_verifier_spec_and_compatible(gen):
+    rows = gen.make_rows(300, 3)
+    assert len({r["prompt"] for r in rows}) == 300
+    for r in rows:
+        kinds = [c["kind"] for c in r["constraints"]]
+        assert 1 <= len(kinds) <= 2 and len(set(kinds)) == len(kinds) and gen.compatible(kinds)
+        for c in r["constraints"]:
+            validate_constraint(c["kind"], c["args"])
+        assert [p.split("/")[0] for p in r["phrasings"]] == kinds
+
+
+def test_every_kind_has_several_phrasings(gen):
+    for kind, (_, templates) in gen.CONSTRAINTS.items():
+        assert len(templates) >= 3, kind
+        texts = {t({"max": 30, "n": 2, "keywords": ["calm"], "phrase": "Well"}) for t in templates}
+        assert len(texts) == len(templates), kind
+
+
+def test_hold_out_kinds_and_templates(gen):
+    rows = gen.make_rows(200, 5, hold_out_kinds=["lowercase", "title"], hold_out_templates=[0, 2])
+    kinds = {c["kind"] for r in rows for c in r["constraints"]}
+    assert "lowercase" not in kinds and "title" not in kinds and len(kinds) == len(gen.CONSTRAINTS) - 2
+    templates = {int(p.split("/")[1]) for r in rows for p in r["phrasings"]}
+    assert 0 not in templates and 2 not in templates and 1 in templates
+    with pytest.raises(SystemExit, match="unknown constraint kind"):
+        gen.make_rows(5, 0, hold_out_kinds=["no_such_kind"])
+
+
+def test_deterministic_and_shipped_file_matches(gen, tmp_path):
+    assert gen.make_rows(50, 9) == gen.make_rows(50, 9)
+    out = tmp_path / "p.jsonl"
+    gen.main(["-o", str(out)])
+    assert out.read_text() == (ROOT / "examples" / "data" / "prompts_diverse.jsonl").read_text()
+    first = json.loads(out.read_text().splitlines()[0])
+    assert set(first) == {"id", "prompt", "category", "constraints", "phrasings"}
