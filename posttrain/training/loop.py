@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from posttrain.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import MetricSums, MetricsLog
 from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
 
@@ -70,6 +72,9 @@ class LoopSettings:
     desc: str = "train"
     sort_by_length: bool = False
     sort_window: int = 32
+    # A step whose loss or gradient norm is NaN/inf: "fail" stops the run (no model saved, checkpoints kept),
+    # "skip" drops that update and goes on.
+    on_nonfinite: str = "fail"
 
 
 def build_optimization(model, s: LoopSettings, total_steps: int):
@@ -99,14 +104,73 @@ def progress_bar(s: LoopSettings, total_steps: int, start: int, enabled: bool = 
     return tqdm(total=total_steps, initial=start, desc=s.desc, unit="step", dynamic_ncols=True)
 
 
-def optimizer_step(accelerator, params: list, optimizer, scheduler, max_grad_norm: float | None) -> float:
-    """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients. Returns the
-    gradient norm before clipping."""
+class NonFiniteLoss(ConfigError):
+    """A step's loss, gradient norm or weights are NaN or infinite under ``train.on_nonfinite: fail``. A
+    ``ConfigError`` (one line, exit 2): the fixes are settings (a lower ``optim.lr``, ``optim.max_grad_norm``,
+    ``train.precision=fp32``) or the data."""
+
+
+ON_NONFINITE = ("fail", "skip")
+
+
+def check_on_nonfinite(s: LoopSettings) -> None:
+    if s.on_nonfinite not in ON_NONFINITE:
+        raise ConfigError(f"train.on_nonfinite '{s.on_nonfinite}': expected one of {', '.join(ON_NONFINITE)}")
+
+
+def optimizer_step(accelerator, params: list, optimizer, scheduler, max_grad_norm: float | None,
+                   loss: float = 0.0) -> tuple[float, bool]:
+    """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients. Returns (the
+    gradient norm before clipping, whether the update was applied).
+
+    When ``loss`` (the step's loss, the same on every process) or the norm is NaN or infinite the optimizer is
+    not stepped, so the weights keep their last finite values; the schedule still advances, so the learning rate
+    stays a function of the step number (what resume relies on)."""
     grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf))
-    optimizer.step()
-    scheduler.step()
+    applied = math.isfinite(grad_norm) and math.isfinite(loss)
+    if applied:
+        optimizer.step()
+        scheduler.step()
+    else:
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    return grad_norm, applied
+
+
+def _checkpoint_note(checkpoint: Path | None) -> str:
+    return (f"the last checkpoint, {checkpoint}, is kept (train.resume=true continues from it)"
+            if checkpoint is not None else "no checkpoint was saved before it")
+
+
+def on_nonfinite_step(s: LoopSettings, step: int, loss: float, grad_norm: float, is_main: bool,
+                      checkpoint: Path | None) -> None:
+    """After a step whose update was not applied: raise ``NonFiniteLoss`` (naming the step and ``checkpoint``,
+    the run's newest) under ``on_nonfinite: fail``; under ``skip``, print a warning (main process) and return."""
+    what = f"step {step}: loss {loss:.6g}, gradient norm {grad_norm:.6g}"
+    if s.on_nonfinite == "skip":
+        if is_main:
+            print(f"posttrain: warning: {what}: not finite, update skipped (train.on_nonfinite=skip)",
+                  file=sys.stderr, flush=True)
+        return
+    raise NonFiniteLoss(f"{what}: not finite, so the run stops without applying it or saving a model; "
+                        f"{_checkpoint_note(checkpoint)}. Lower optim.lr, set optim.max_grad_norm, use "
+                        "train.precision=fp32, check the data, or set train.on_nonfinite=skip to skip such steps")
+
+
+def check_finite_weights(model, step: int, reduce, checkpoint: Path | None) -> None:
+    """Raise ``NonFiniteLoss`` if any trainable weight is NaN or infinite after ``step`` (checked before each
+    checkpoint and before the model is returned for saving, so neither is ever written with such weights). The
+    verdict is summed over processes (``reduce``) so every process stops together, also when weights are
+    sharded."""
+    bad = next((n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None)
+    if float(reduce(torch.tensor([float(bad is not None)], dtype=torch.float64))[0]) == 0:
+        return
+    raise NonFiniteLoss(f"after step {step}: trainable weights hold NaN or infinite values"
+                        f"{f' (first: {bad})' if bad else ''}; the losses were finite but the update overflowed, "
+                        f"so nothing is saved; "
+                        f"{_checkpoint_note(checkpoint)}. Lower optim.lr or set optim.max_grad_norm")
 
 
 def settings_from_config(cfg, desc: str) -> LoopSettings:
@@ -118,7 +182,7 @@ def settings_from_config(cfg, desc: str) -> LoopSettings:
         epochs=o.epochs, max_steps=o.max_steps, shuffle=cfg.data.shuffle, log_every=t.log_every,
         eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, resume=t.resume,
         progress=t.progress, desc=desc, sort_by_length=getattr(cfg.data, "sort_by_length", False),
-        sort_window=getattr(cfg.data, "sort_window", 32),
+        sort_window=getattr(cfg.data, "sort_window", 32), on_nonfinite=getattr(t, "on_nonfinite", "fail"),
     )
 
 
@@ -237,6 +301,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     reduce = reduce_sum_fn(accelerator)
     if s.batch_size % world:
         raise ConfigError(f"optim.batch_size={s.batch_size} must be divisible by the number of processes ({world})")
+    check_on_nonfinite(s)
     per_epoch, total_steps = plan_steps(len(train_items), s.batch_size, s.epochs, s.max_steps)
     lengths = None
     if s.sort_by_length:
@@ -251,8 +316,9 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     start, _ = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps)
     log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
+    checkpoint = checkpoint_dir(s.output_dir, start) if start else None  # the newest, named if a step fails
     ddp_model.train()
-    tokens_total, t_train, last = 0, 0.0, {}
+    tokens_total, t_train, last, skipped = 0, 0.0, {}, 0
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         idx = step_indices(step, num_items=len(train_items), batch_size=s.batch_size, steps_per_epoch=per_epoch,
@@ -272,19 +338,26 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             tokens += n_tok
             sums.add(metrics)
         lr_now = scheduler.get_last_lr()[0]
-        grad_norm = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm)
-        dt = time.perf_counter() - t0
+        # The loss is summed over processes before the update so that every process takes the same decision
+        # on a non-finite step (the gradient norm is already global: gradients were all-reduced).
         step_tokens, loss_all = reduce(torch.tensor([tokens, loss_value], dtype=torch.float64)).tolist()
+        grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_all)
+        dt = time.perf_counter() - t0
         tokens_total += int(step_tokens)
         t_train += dt
         record = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "loss": loss_all,
                   "lr": lr_now, "grad_norm": grad_norm, "tokens": int(step_tokens),
                   "tokens_per_s": round(step_tokens / dt, 1), **sums.reduced(reduce)}
-        last = record
-        if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
-            log.write(record)
-            if on_log:
-                on_log(record)
+        if not applied:
+            skipped += 1
+            log.write({**record, "nonfinite": True})  # NaN/inf are written as null
+            on_nonfinite_step(s, step + 1, loss_all, grad_norm, rank == 0, checkpoint)
+        else:
+            last = record
+            if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
+                log.write(record)
+                if on_log:
+                    on_log(record)
         if bar is not None:
             bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{step_tokens / dt:.0f}")
             bar.update(1)
@@ -292,16 +365,24 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
             log.write({"step": step + 1, "split": "eval", **ev})
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
-            save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                            rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
-                            extra={"total_steps": total_steps}, keep=s.keep_checkpoints)
+            check_finite_weights(model, step + 1, reduce, checkpoint)
+            checkpoint = save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer,
+                                         scheduler=scheduler, rank=rank, world_size=world,
+                                         barrier=accelerator.wait_for_everyone, extra={"total_steps": total_steps},
+                                         keep=s.keep_checkpoints)
             if fns.flush:
                 fns.flush()
+    if skipped and skipped == total_steps - start:
+        raise NonFiniteLoss(f"train.on_nonfinite=skip: all {skipped} steps had a non-finite loss or gradient "
+                            "norm, so nothing was trained; lower optim.lr or check the data")
+    check_finite_weights(model, total_steps, reduce, checkpoint)
     if bar is not None:
         bar.close()
     summary = {"steps": total_steps, "train/" + "loss": last.get("loss", math.nan),
                "tokens_per_s": round(tokens_total / t_train, 1) if t_train else None,
                "train_time_s": round(t_train, 2)}
+    if s.on_nonfinite == "skip":
+        summary["train/skipped_steps"] = skipped
     summary.update({f"train/{k}": v for k, v in last.items() if k.startswith(("rewards/", "logps/", "nll"))})
     if eval_items:
         ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)

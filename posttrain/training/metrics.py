@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from posttrain.data.writers import strict_json
+
 
 class MetricSums:
     """Accumulates per-example metric tensors as (sum, count) pairs, ignoring NaN entries.
@@ -50,11 +52,11 @@ class MetricsLog:
             self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: dict) -> None:
+        """Append ``record`` as one line of strict JSON: NaN and infinities are written as null."""
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(clean) + "\n")
+            fh.write(strict_json(record) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -30,8 +30,9 @@ from typing import Any, Callable
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.training.checkpoint import save_checkpoint
-from posttrain.training.loop import (LoopSettings, build_optimization, optimizer_step, plan_steps, progress_bar,
+from posttrain.training.checkpoint import checkpoint_dir, save_checkpoint
+from posttrain.training.loop import (LoopSettings, NonFiniteLoss, build_optimization, check_finite_weights,
+                                     check_on_nonfinite, on_nonfinite_step, optimizer_step, plan_steps, progress_bar,
                                      reduce_sum_fn, resume_from_checkpoint, step_indices)
 from posttrain.training.metrics import MetricSums, MetricsLog
 
@@ -66,8 +67,9 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
 
 
 def split_even(n: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous (start, end) ranges covering range(n), sizes differing by at most one."""
-    if parts > n:
+    """``parts`` contiguous (start, end) ranges covering range(n), sizes differing by at most one. ``n`` 0 (online
+    DPO: a step whose samples all tied gives no pair) gives empty ranges, whose minibatches weigh 0 and are skipped."""
+    if parts > n > 0:
         raise ConfigError(f"cannot split {n} rollout sequences into {parts} minibatches")
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
@@ -123,6 +125,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     if s.batch_size % world:
         raise ConfigError(f"optim.batch_size={s.batch_size} prompts per step must be divisible by the number of "
                           f"processes ({world})")
+    check_on_nonfinite(s)
     per_epoch, total_steps = plan_steps(len(prompts), s.batch_size, s.epochs, s.max_steps)
     opt_steps = total_steps * update_epochs * mini_batches
     optimizer, scheduler = build_optimization(model, s, opt_steps)
@@ -135,7 +138,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     last: dict = {}
-    t_total, tokens_total = 0.0, 0
+    t_total, tokens_total, skipped_total, applied_total = 0.0, 0, 0, 0
+    checkpoint = checkpoint_dir(s.output_dir, start) if start else None  # the newest, named if an update fails
     for step in range(start, total_steps):
         t0 = time.perf_counter()
         idx = step_indices(step, num_items=len(prompts), batch_size=s.batch_size, steps_per_epoch=per_epoch,
@@ -147,7 +151,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         model.train()
         n = batch["num_rows"]
         order_gen = torch.Generator().manual_seed(s.seed * 7919 + step)
-        sums, losses, norms, tokens = MetricSums(), [], [], 0
+        sums, losses, norms, tokens, skipped = MetricSums(), [], [], 0, 0
         for _ in range(update_epochs):
             perm = torch.randperm(n, generator=order_gen)
             for lo, hi in split_even(n, mini_batches):
@@ -167,11 +171,20 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                     tokens += n_tok
                     sums.add(metrics)
                 allreduce_gradients(params, world)
-                norms.append(optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm))
+                # the minibatch loss over all processes, so that every process takes the same decision on a
+                # non-finite update (the gradient norm is already global after the all-reduce)
+                loss_value = float(reduce(torch.tensor([loss_value], dtype=torch.float64))[0])
+                norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_value)
+                if not applied:
+                    skipped += 1
+                    log.write({"step": step + 1, "update": len(norms) + skipped, "loss": loss_value,
+                               "grad_norm": norm, "nonfinite": True})  # NaN/inf are written as null
+                    on_nonfinite_step(s, step + 1, loss_value, norm, rank == 0, checkpoint)
+                    continue
+                norms.append(norm)
                 losses.append(loss_value)
-        # one collective for the step: the minibatch losses (each a local sum / global weight) and the tokens
-        totals = reduce(torch.tensor(losses + [tokens], dtype=torch.float64)).tolist()
-        losses, tokens = totals[:-1], int(totals[-1])
+        skipped_total, applied_total = skipped_total + skipped, applied_total + len(norms)
+        tokens = int(reduce(torch.tensor([tokens], dtype=torch.float64))[0])
         dt = time.perf_counter() - t0
         t_total += dt
         tokens_total += tokens
@@ -180,6 +193,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                   "lr": scheduler.get_last_lr()[0], "grad_norm": max(norms) if norms else math.nan,
                   **rollout_metrics, **sums.reduced(reduce),
                   "rollout_s": round(t_rollout, 2), "step_s": round(dt, 2)}
+        if skipped:
+            record["skipped_updates"] = skipped
         if fns.after_step is not None:
             record.update(fns.after_step(record))
         last = record
@@ -191,12 +206,21 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
             bar.set_postfix(reward=f"{record.get('reward/total', math.nan):.3f}", loss=f"{record['loss']:.4f}")
             bar.update(1)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
-            save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                            rank=rank, world_size=world, barrier=accelerator.wait_for_everyone,
-                            extra={"total_steps": total_steps, "rl": fns.state()}, keep=s.keep_checkpoints)
+            check_finite_weights(model, step + 1, reduce, checkpoint)
+            checkpoint = save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer,
+                                         scheduler=scheduler, rank=rank, world_size=world,
+                                         barrier=accelerator.wait_for_everyone,
+                                         extra={"total_steps": total_steps, "rl": fns.state()},
+                                         keep=s.keep_checkpoints)
     if bar is not None:
         bar.close()
+    if skipped_total and not applied_total:
+        raise NonFiniteLoss(f"train.on_nonfinite=skip: all {skipped_total} updates had a non-finite loss or "
+                            "gradient norm, so nothing was trained; lower optim.lr or check the rewards")
+    check_finite_weights(model, total_steps, reduce, checkpoint)
     summary = {"steps": total_steps, "train_time_s": round(t_total, 2),
                "tokens_per_s": round(tokens_total / t_total, 1) if t_total else None}
     summary.update({f"train/{k}": v for k, v in last.items() if k not in ("step", "epoch", "lr")})
+    if s.on_nonfinite == "skip":
+        summary["train/skipped_updates"] = skipped_total
     return summary
