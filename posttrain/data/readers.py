@@ -8,6 +8,7 @@ JSONL, CSV and Parquet are streamed so a large file is never held twice in memor
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -69,28 +70,74 @@ def _fail(errors: list[DataError] | None, error: DataError) -> None:
     errors.append(error)
 
 
-def _read_jsonl(source: str, path: Path, errors) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for line_number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+def not_utf8(source: str, raw: bytes, error: UnicodeDecodeError, line_number: int | None = None) -> DataError:
+    """The ``DataError`` for bytes that are not UTF-8 (e.g. a Latin-1 export), naming the line and column rather
+    than a byte offset. ``raw`` is one JSONL line numbered ``line_number`` (whose number is the row, as for every
+    JSONL error), or a whole file (JSON, CSV: the line is counted and named in the message, as rows there are
+    records)."""
+    start = raw.rfind(b"\n", 0, error.start) + 1
+    column = len(raw[start:error.start].decode("utf-8", "replace")) + 1
+    what = (f"not UTF-8 text (byte 0x{raw[error.start]:02x} at column {column}); save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)")
+    if line_number is not None:
+        return DataError(source, line_number, None, what)
+    line = raw.count(b"\n", 0, error.start) + 1
+    return DataError(source, None, None, f"line {line}: {what}")
+
+
+def _without_bom(raw: bytes) -> bytes:
+    return raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+
+
+def utf8_lines(source: str, path: Path, errors: list[DataError] | None = None) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file split at ``\\n`` (JSONL's line end; ``\\r\\n`` works too),
+    1-based, line ends kept. A byte-order mark, which many exporters write, is dropped. A line that is not UTF-8
+    is a ``DataError`` naming it (``not_utf8``); with ``errors`` it is appended there and the line skipped."""
+    with open(path, "rb") as fh:
+        for line_number, raw in enumerate(fh, 1):
+            if line_number == 1:
+                raw = _without_bom(raw)
             try:
-                value = json.loads(line)
-            except json.JSONDecodeError as e:
-                _fail(errors, DataError(source, line_number, None, f"invalid JSON: {e.msg} (column {e.colno})"))
-                continue
-            record = _object(source, line_number, value, errors)
-            if record is not None:
-                yield line_number, record
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _fail(errors, not_utf8(source, raw, e, line_number))
+
+
+def _locate_bad_byte(source: str, path: Path) -> DataError:
+    """After a text reader hit undecodable bytes: find the first one again, by line."""
+    raw = _without_bom(path.read_bytes())
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return not_utf8(source, raw, e)
+    return DataError(source, None, None, "not UTF-8 text")
+
+
+def _read_jsonl(source: str, path: Path, errors) -> Iterator[tuple[int, dict]]:
+    for line_number, line in utf8_lines(source, path, errors):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(errors, DataError(source, line_number, None, f"invalid JSON: {e.msg} (column {e.colno})"))
+            continue
+        record = _object(source, line_number, value, errors)
+        if record is not None:
+            yield line_number, record
 
 
 def _read_json(source: str, path: Path, errors) -> Iterator[tuple[int, dict]]:
     # A JSON document has to be parsed whole; use JSONL for files that do not fit in memory.
-    with open(path, encoding="utf-8") as fh:
-        try:
-            value = json.load(fh)
-        except json.JSONDecodeError as e:
-            raise DataError(source, None, None, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
+    raw = _without_bom(path.read_bytes())
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise not_utf8(source, raw, e) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(source, None, None, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}")
     if isinstance(value, dict):
         lists = [k for k in JSON_LIST_KEYS if isinstance(value.get(k), list)]
         if len(lists) != 1:
@@ -131,10 +178,14 @@ def _csv_cell(cell):
 
 
 def _read_csv(source: str, path: Path, errors) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        for row, record in enumerate(csv.DictReader(fh), 1):
-            # DictReader puts surplus cells under the key None; they belong to no column.
-            yield row, {k: _csv_cell(v) for k, v in record.items() if k is not None}
+    # utf-8-sig: a byte-order mark would otherwise become part of the first column's name.
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        try:
+            for row, record in enumerate(csv.DictReader(fh), 1):
+                # DictReader puts surplus cells under the key None; they belong to no column.
+                yield row, {k: _csv_cell(v) for k, v in record.items() if k is not None}
+        except UnicodeDecodeError:
+            raise _locate_bad_byte(source, path) from None
 
 
 def _rows(dataset) -> Iterator[tuple[int, dict]]:

@@ -134,3 +134,39 @@ def test_hub_id_offline_is_a_one_line_data_error(monkeypatch):
     with pytest.raises(DataErrors) as e:
         load_examples(source, "preference")
     assert len(e.value.errors) == 1 and str(e.value) == message
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_a_utf8_bom_is_accepted_in_every_text_format(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(BOM + "".join(json.dumps(r) + "\n" for r in ROWS).encode())
+    (tmp_path / "d.json").write_bytes(BOM + json.dumps(ROWS).encode())
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8"
+        writer = csv.DictWriter(fh, fieldnames=["messages", "tag"])
+        writer.writeheader()
+        writer.writerows({"messages": json.dumps(r["messages"]), "tag": r["tag"]} for r in ROWS)
+    for name in ("d.jsonl", "d.json", "d.csv"):
+        records = [record for _, record in read_records(str(tmp_path / name))]
+        assert records == ROWS, name  # the first key is "messages", not "\ufeffmessages"
+    assert [e.messages for e in load_examples(str(tmp_path / "d.jsonl"), "sft")] == [r["messages"] for r in ROWS]
+
+
+def test_a_latin1_file_names_its_line_and_column_not_a_byte_offset(tmp_path):
+    good = json.dumps(ROWS[0]).encode()
+    bad = '{"messages": [{"role": "user", "content": "café"}]}'.encode("latin-1")
+    (tmp_path / "d.jsonl").write_bytes(good + b"\n" + good + b"\n" + bad + b"\n")
+    with pytest.raises(DataError) as e:
+        list(read_records(str(tmp_path / "d.jsonl")))
+    assert str(e.value) == (f"{tmp_path / 'd.jsonl'}:3: not UTF-8 text (byte 0xe9 at column 47); save the file as "
+                            "UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    errors = []  # collecting mode: the bad line is reported and the others are still read
+    assert len(list(read_records(str(tmp_path / "d.jsonl"), errors=errors))) == 2
+    assert [err.row for err in errors] == [3]
+
+    (tmp_path / "d.csv").write_bytes("prompt,chosen\nok,fine\ncafé,x\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"d\.csv: line 3: not UTF-8 text \(byte 0xe9 at column 4\)"):
+        list(read_records(str(tmp_path / "d.csv")))
+    (tmp_path / "d.json").write_bytes(b'[\n{"a": 1},\n' + '{"a": "é"}]'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"d\.json: line 3: not UTF-8 text \(byte 0xe9 at column 8\)"):
+        list(read_records(str(tmp_path / "d.json")))
