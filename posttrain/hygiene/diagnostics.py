@@ -64,6 +64,14 @@ def _grams(text: str) -> set:
     return {tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)}
 
 
+def where(lines: list[int], total: int, shown: int = 10) -> str:
+    """``line 3`` / ``lines 3, 7`` / ``lines 3, 7, ... (10 of 25 listed)``: the rows (JSONL line numbers, else
+    record numbers) a warning is about, so the console names them as ``--json`` does."""
+    head = ", ".join(str(n) for n in lines[:shown])
+    more = f", ... ({min(len(lines), shown)} of {total} listed)" if total > min(len(lines), shown) else ""
+    return f"line{'s' if total > 1 else ''} {head}{more}"
+
+
 def jaccard(a: set, b: set) -> float:
     if not a and not b:
         return 1.0
@@ -195,9 +203,11 @@ class PairStats:
         if self.n >= 10 and self.longer["chosen"] / n >= 0.7:
             out.append(f"length bias: chosen is longer in {self.longer['chosen'] / n:.0%} of pairs")
         if self.n_identical:
-            out.append(f"{self.n_identical} pair(s) have identical chosen and rejected (no signal)")
+            out.append(f"{self.n_identical} pair(s) have identical chosen and rejected (no signal): "
+                       f"{where(self.identical, self.n_identical)}")
         if self.n_near:
-            out.append(f"{self.n_near} pair(s) are near-identical (word-trigram Jaccard >= {self.near_threshold})")
+            out.append(f"{self.n_near} pair(s) are near-identical (word-trigram Jaccard >= {self.near_threshold}): "
+                       f"{where([line for line, _ in self.near_identical], self.n_near)}")
         for name in flagged:
             c = self.format[name]
             out.append(f"format artifact: {name} in {c['chosen'] / n:.0%} of chosen vs {c['rejected'] / n:.0%} "

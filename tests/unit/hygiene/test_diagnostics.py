@@ -110,3 +110,25 @@ def test_template_consistency(tmp_path):
     for i in range(10):
         same.add(to_preference({"system": "You are terse.", "prompt": f"q{i}", "chosen": "a", "rejected": "b"}))
     assert compare(sft, same, "t", "t")["warnings"] == []
+
+
+def test_console_names_the_rows_of_identical_and_near_identical_pairs(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from posttrain.hygiene.cli import print_diagnostics
+
+    console = Console(record=True, width=300, file=io.StringIO())
+    print_diagnostics(_report(tmp_path), console)
+    text = console.export_text()
+    assert "warning: 1 pair(s) have identical chosen and rejected (no signal): line 3\n" in text
+    assert "warning: 1 pair(s) are near-identical (word-trigram Jaccard >= 0.75): line 5\n" in text
+
+
+def test_many_identical_rows_are_listed_up_to_ten():
+    stats = PairStats()
+    for line in range(1, 13):
+        stats.add(line, "same", "same", {})
+    assert "12 pair(s) have identical chosen and rejected (no signal): lines 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... " \
+           "(10 of 12 listed)" in stats.report()["warnings"]
