@@ -15,6 +15,10 @@ raw scores, so ``min_margin`` is in its units; several: the weighted mean of nor
 Outputs: ``pairs.jsonl`` (DPO layout), ``scores.jsonl`` (one row per candidate; pairwise: win rates),
 ``comparisons.jsonl`` (pairwise only), ``summary.json``, plus the run folder's ``config.yaml`` and
 ``manifest.json``. Every file is written atomically, after the input has been read and checked.
+
+Candidates a judge could not score (an unparseable LLM answer) and comparisons with an unparseable answer are
+counted in a warning (stderr and ``summary.json`` ``warnings``). A run that keeps no pair at all writes its
+outputs, marks the manifest failed and raises ``NoPairsKept``: an empty pairs file is never a success.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from posttrain.data.readers import utf8_lines
 from posttrain.data.schema import DataError, DataErrors
+from posttrain.data.writers import json_safe, strict_json
 from posttrain.judges import pairs as pairing
 from posttrain.judges.ensemble import Member, PairwiseEnsemble, agreement_stats, combine_scores
 from posttrain.judges.types import Score
@@ -39,6 +46,11 @@ CHUNK = 64  # candidates (or comparisons' prompts) per batch handed to a judge: 
 
 class JudgeConfigError(ValueError):
     """A judge or pair config is wrong; ``str()`` is one line naming the entry and the key."""
+
+
+class NoPairsKept(JudgeConfigError):
+    """Judging ran but kept no pair (every candidate unscored, all ties, every pair below the margin, ...).
+    The outputs are written for inspection and the manifest says failed; ``str()`` is one line with the counts."""
 
 
 def _judge_class(kind: str):
@@ -99,25 +111,25 @@ def _read_candidates(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]
     if not path.is_file():
         raise DataError(str(path), None, None, "no such file")
     rows, lines, errors, seen = [], [], [], set()
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                errors.append(DataError(str(path), n, None, f"not valid JSON ({e.msg})"))
-                continue
-            err = _check_row(row)
-            if err:
-                errors.append(DataError(str(path), n, err[0], err[1]))
-                continue
-            if (row["prompt_id"], row["candidate_index"]) in seen:
-                errors.append(DataError(str(path), n, "candidate_index",
-                                        f"repeats candidate {row['candidate_index']} of prompt '{row['prompt_id']}'"))
-            seen.add((row["prompt_id"], row["candidate_index"]))
-            rows.append(row)
-            lines.append(n)
+    # BOM dropped, a non-UTF-8 line reported by line number (and the other lines still checked)
+    for n, line in utf8_lines(str(path), path, errors):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            errors.append(DataError(str(path), n, None, f"not valid JSON ({e.msg})"))
+            continue
+        err = _check_row(row)
+        if err:
+            errors.append(DataError(str(path), n, err[0], err[1]))
+            continue
+        if (row["prompt_id"], row["candidate_index"]) in seen:
+            errors.append(DataError(str(path), n, "candidate_index",
+                                    f"repeats candidate {row['candidate_index']} of prompt '{row['prompt_id']}'"))
+        seen.add((row["prompt_id"], row["candidate_index"]))
+        rows.append(row)
+        lines.append(n)
     if errors:
         raise errors[0] if len(errors) == 1 else DataErrors(errors)
     if not rows:
@@ -191,17 +203,6 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="cand", disable=not enabled)
 
 
-def _finite(obj: Any) -> Any:
-    """NaN and infinities as null, so every output file is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines: list[int], source: str,
                   strategy: str, pair_opts: dict[str, Any], progress: bool):
     """Score every candidate, then build pairs from the scores: (pairs, pair summary, agreement, score rows)."""
@@ -213,10 +214,14 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
     # a bad row stops the run before an LLM or reward model is asked about that chunk.
     order = sorted(members, key=lambda m: hasattr(m.judge, "score_many"))
     scores: dict[tuple[str, int], Score] = {}
+    unscored: dict[str, list[tuple[int, Score]]] = {m.name: [] for m in members}  # (line, score) per judge
     with _progress(len(candidates), "judging", progress) as bar:
         for start in range(0, len(candidates), CHUNK):
             chunk, chunk_lines = candidates[start:start + CHUNK], lines[start:start + CHUNK]
             per_member = {m.name: _score_member(m, chunk, chunk_lines, source) for m in order}
+            for name, got_scores in per_member.items():
+                unscored[name] += [(line, sc) for line, sc in zip(chunk_lines, got_scores)
+                                   if not math.isfinite(sc.value)]
             got = per_member[names[0]] if len(members) == 1 else [
                 combine_scores(members, [per_member[m.name][i] for m in members]) for i in range(len(chunk))]
             scores.update({(r["prompt_id"], r["candidate_index"]): s for r, s in zip(chunk, got)})
@@ -230,7 +235,18 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
         agreement["over"] = "kept pairs"
     score_rows = [{"prompt_id": pid, "candidate_index": idx, "value": s.value, "passed": s.passed,
                    "details": s.details} for (pid, idx), s in scores.items()]
-    return rows, pair_summary, agreement, score_rows
+    warnings = [_unscored_warning(name, bad, len(candidates), source) for name, bad in unscored.items() if bad]
+    return rows, pair_summary, agreement, score_rows, warnings
+
+
+def _unscored_warning(judge: str, bad: list[tuple[int, Score]], total: int, source: str) -> str:
+    """One line: how many candidates ``judge`` gave no score, with the first one's line and reason."""
+    line, score = bad[0]
+    reason = (score.details or {}).get("reason") or "no score"
+    raw = (score.details or {}).get("raw")
+    shown = f", answer {raw.strip()[:80]!r}" if isinstance(raw, str) else ""
+    return (f"judge '{judge}' gave no score for {len(bad)} of {total} candidates (first: {source}:{line}: "
+            f"{reason}{shown}); they were left out of its scores")
 
 
 def _pairwise_mode(members: list[Member], candidates: list[dict[str, Any]], strategy: str,
@@ -252,7 +268,14 @@ def _pairwise_mode(members: list[Member], candidates: list[dict[str, Any]], stra
     agreement = judge.stats() | {"over": "all comparisons"} if isinstance(judge, PairwiseEnsemble) else None
     score_rows = [{"prompt_id": pid, "candidate_index": idx, "value": s.value, "passed": None, "details": s.details}
                   for (pid, idx), s in pairing.win_rates(candidates, comparisons).items()]
-    return rows, pair_summary, agreement, score_rows, comparisons
+    unparseable = [c for c in comparisons if "unparseable" in str((c.get("details") or {}).get("reason", ""))]
+    warnings = []
+    if unparseable:
+        first = unparseable[0]
+        warnings.append(f"{len(unparseable)} of {len(comparisons)} comparisons had an unparseable judge answer "
+                        f"and count as ties (first: prompt '{first['prompt_id']}', candidates {first['a_index']} vs "
+                        f"{first['b_index']}: {first['details']['reason']})")
+    return rows, pair_summary, agreement, score_rows, comparisons, warnings
 
 
 def score_statistics(score_rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -283,7 +306,13 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
     """Judge a candidates file and write pairs; returns the summary (also written to ``summary.json``)."""
     from posttrain.data.runfolder import RunFolder, atomic_write_json, atomic_write_text
 
+    from posttrain.data.writers import OutputPathError, check_output_path
+
     t0 = time.time()
+    try:
+        check_output_path(output_dir, "output folder")  # before any judge model loads or endpoint is asked
+    except OutputPathError as e:
+        raise JudgeConfigError(str(e)) from None
     strategy, pair_opts = _pair_options(pair_config or {})
     if not judges_config:
         raise JudgeConfigError("judges: at least one judge is needed")
@@ -294,19 +323,21 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
         raise JudgeConfigError(f"judges: two judges are named '{max(names, key=names.count)}'; give one a 'name'")
     out = Path(output_dir)
     if strategy in pairing.STRATEGIES:
-        rows, pair_summary, agreement, score_rows = _scoring_mode(
+        rows, pair_summary, agreement, score_rows, warnings = _scoring_mode(
             members, candidates, lines, str(candidates_path), strategy, pair_opts, progress)
         comparisons = None
     else:
-        rows, pair_summary, agreement, score_rows, comparisons = _pairwise_mode(
+        rows, pair_summary, agreement, score_rows, comparisons, warnings = _pairwise_mode(
             members, candidates, strategy, pair_opts, progress)
+    for warning in warnings:
+        print(f"posttrain judge: warning: {warning}", file=sys.stderr, flush=True)
 
     stats = score_statistics(score_rows) if comparisons is None else None
     judges_info = [{"name": m.name, "weight": m.weight, **({"stats": m.judge.stats()} if hasattr(m.judge, "stats")
                                                            else {})} for m in members]
-    summary = _finite({"candidates": str(candidates_path), "output_dir": str(out), "judges": judges_info,
-                       "pairs": pair_summary, "agreement": agreement, "scores": stats,
-                       "seconds": round(time.time() - t0, 2)})
+    summary = json_safe({"candidates": str(candidates_path), "output_dir": str(out), "judges": judges_info,
+                         "pairs": pair_summary, "agreement": agreement, "scores": stats, "warnings": warnings,
+                         "seconds": round(time.time() - t0, 2)})
 
     import yaml
 
@@ -315,16 +346,24 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
     run.write_config(yaml.safe_dump({"judges": judges_config, "pairs": pair_config or {}}, sort_keys=False))
 
     def jsonl(rows_: list[dict[str, Any]]) -> str:
-        return "".join(json.dumps(_finite(r), ensure_ascii=False, default=str) + "\n" for r in rows_)
+        return "".join(strict_json(r, ensure_ascii=False, default=str) + "\n" for r in rows_)
 
     atomic_write_text(out / "scores.jsonl", jsonl(score_rows))
     if comparisons is not None:
         atomic_write_text(out / "comparisons.jsonl", jsonl(comparisons))
     atomic_write_text(out / "pairs.jsonl", jsonl(rows))
     atomic_write_json(out / "summary.json", summary)
-    run.finish({"pairs_kept": pair_summary["pairs_kept"], "pairs_considered": pair_summary["pairs_considered"]},
-               {"pairs": "pairs.jsonl", "scores": "scores.jsonl", "summary": "summary.json",
-                **({"comparisons": "comparisons.jsonl"} if comparisons is not None else {})})
+    metrics = {"pairs_kept": pair_summary["pairs_kept"], "pairs_considered": pair_summary["pairs_considered"]}
+    if not rows:
+        # An empty pairs file would only fail later, in training, far from its cause: stop here, outputs kept.
+        reasons = ", ".join(f"{k} {v}" for k, v in pair_summary["dropped"].items() if v) or "no pairs proposed"
+        error = (f"no pairs kept from {len(candidates)} candidates of {pair_summary['prompts_in']} prompts "
+                 f"(dropped: {reasons}); see {out / 'scores.jsonl'}")
+        run.manifest["metrics"].update(metrics)
+        run.save(status="failed", error=error)
+        raise NoPairsKept(error)
+    run.finish(metrics, {"pairs": "pairs.jsonl", "scores": "scores.jsonl", "summary": "summary.json",
+                         **({"comparisons": "comparisons.jsonl"} if comparisons is not None else {})})
     return summary
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
+import math
 import os
 import random
 import threading
@@ -99,8 +100,10 @@ class LLMJudge:
     """Pairwise and pointwise judge over ``{base_url}/chat/completions``.
 
     The API key is read from the environment variable ``api_key_env`` and sent as ``Authorization: Bearer``;
-    without it no header is sent (local servers need none). ``cache_path=None`` uses ``default_cache_path()``;
-    ``use_cache=False`` turns caching off.
+    without it no header is sent (local servers need none). Keys live only in the environment, never in argv
+    (visible to every user in ``ps``): against a ``posttrain serve`` started with ``$POSTTRAIN_API_KEY``, set
+    ``api_key_env: POSTTRAIN_API_KEY``. ``stats()["unparseable"]`` counts answers with no verdict or score.
+    ``cache_path=None`` uses ``default_cache_path()``; ``use_cache=False`` turns caching off.
     """
 
     score_range = prompts.SCORE_RANGE
@@ -125,7 +128,8 @@ class LLMJudge:
         self.cache = AnswerCache(cache_path or default_cache_path()) if use_cache else None
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self.counters = {"requests": 0, "cache_hits": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.counters = {"requests": 0, "cache_hits": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                         "unparseable": 0}
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
@@ -189,13 +193,17 @@ class LLMJudge:
         return self.compare_many([(prompt, response_a, response_b, metadata)])[0]
 
     def compare_many(self, items: Sequence[tuple[list[Message], str, str, dict[str, Any]]]) -> list[Verdict]:
-        return prompts.both_orders(self.complete_many, [(p, a, b) for p, a, b, _ in items], self.rubric)
+        verdicts = prompts.both_orders(self.complete_many, [(p, a, b) for p, a, b, _ in items], self.rubric)
+        self._count(unparseable=sum(v.details.get("parsed", []).count(None) for v in verdicts))
+        return verdicts
 
     def score(self, prompt: list[Message], response: str, metadata: dict[str, Any]) -> Score:
         return self.score_many([(prompt, response, metadata)])[0]
 
     def score_many(self, items: Sequence[tuple[list[Message], str, dict[str, Any]]]) -> list[Score]:
-        return prompts.pointwise(self.complete_many, [(p, r) for p, r, _ in items], self.rubric)
+        scores = prompts.pointwise(self.complete_many, [(p, r) for p, r, _ in items], self.rubric)
+        self._count(unparseable=sum(math.isnan(s.value) for s in scores))
+        return scores
 
     def stats(self) -> dict[str, int]:
         with self._lock:

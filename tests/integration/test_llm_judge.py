@@ -288,3 +288,63 @@ def test_llm_judge_against_posttrain_serve_on_tiny_random(tmp_path, monkeypatch)
         assert second.stats()["requests"] == 0 and server.batcher.snapshot()["requests"] == served
     finally:
         server.close()
+
+
+def test_unparseable_scores_are_counted_and_no_pairs_is_a_failure(server, tmp_path, capsys):
+    from posttrain.judges.judge_stage import NoPairsKept, judge_candidates
+
+    server.answer = lambda body: "Looks fine to me."  # no "Score: N" anywhere
+    cands = write_candidates(tmp_path / "candidates.jsonl")
+    spec = {"type": "llm", "base_url": server.url, "model": "m", "cache_path": str(tmp_path / "c.sqlite")}
+    out = tmp_path / "out"
+    with pytest.raises(NoPairsKept) as e:
+        judge_candidates(cands, out, [spec])
+    assert str(e.value) == (f"no pairs kept from 6 candidates of 2 prompts (dropped: unscored 6, no_candidates 2); "
+                            f"see {out / 'scores.jsonl'}")
+    warning = (f"judge 'llm:m' gave no score for 6 of 6 candidates (first: {cands}:1: unparseable answer: no "
+               "'Score: N' in 1-10, answer 'Looks fine to me.'); they were left out of its scores")
+    assert f"posttrain judge: warning: {warning}" in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == str(e.value)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warnings"] == [warning] and summary["judges"][0]["stats"]["unparseable"] == 6
+    assert (out / "pairs.jsonl").read_text() == ""
+
+
+def test_some_unparseable_scores_warn_with_the_count_and_the_rest_pair(server, tmp_path, capsys):
+    from posttrain.judges.judge_stage import judge_candidates
+
+    server.answer = lambda body: "Hmm." if "meh" in body["messages"][-1]["content"] else prefers_good(body)
+    cands = write_candidates(tmp_path / "candidates.jsonl")
+    spec = {"type": "llm", "base_url": server.url, "model": "m", "cache_path": str(tmp_path / "c.sqlite")}
+    summary = judge_candidates(cands, tmp_path / "out", [spec])
+    assert summary["pairs"]["pairs_kept"] == 2 and summary["pairs"]["dropped"]["unscored"] == 2
+    assert "judge 'llm:m' gave no score for 2 of 6 candidates (first: " f"{cands}:3:" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "completed"
+
+
+def test_unparseable_verdicts_are_counted_and_all_ties_fail(server, tmp_path, capsys):
+    from posttrain.judges.judge_stage import NoPairsKept, judge_candidates
+
+    server.answer = lambda body: "Both have merit."
+    cands = write_candidates(tmp_path / "candidates.jsonl")
+    spec = {"type": "llm", "base_url": server.url, "model": "m", "cache_path": str(tmp_path / "c.sqlite")}
+    with pytest.raises(NoPairsKept, match=r"^no pairs kept from 6 candidates of 2 prompts \(dropped: tie 2\)"):
+        judge_candidates(cands, tmp_path / "out", [spec], {"strategy": "round_robin"})
+    assert ("6 of 6 comparisons had an unparseable judge answer and count as ties (first: prompt 'p0', candidates "
+            "0 vs 1: unparseable answer in order ab; unparseable answer in order ba)") in capsys.readouterr().err
+
+
+def test_cli_exits_2_when_no_pair_is_kept(server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from posttrain.cli import app
+
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
+    server.answer = lambda body: "no idea"
+    cands = write_candidates(tmp_path / "candidates.jsonl")
+    result = CliRunner().invoke(app, ["judge", "--candidates", str(cands), "-o", str(tmp_path / "out"),
+                                      "--judge", f"llm:{server.url}:m", "--no-progress"])
+    assert result.exit_code == 2
+    assert "warning: judge 'llm:m' gave no score for 6 of 6 candidates" in result.output
+    assert "error: no pairs kept from 6 candidates" in result.output
