@@ -27,12 +27,14 @@ def eval_command(
 ) -> None:
     """Greedy responses to eval suites, scored (pass rates, accuracy, refusal, length, win rate)."""
     from posttrain.data.schema import DataError, DataErrors
+    from posttrain.data.writers import check_output_path
     from posttrain.eval.run import run_eval
     from posttrain.generation.types import BackendError
     from posttrain.judges.judge_stage import JudgeConfigError, win_rate_judge
     from posttrain.models.resolve import ModelError
 
     try:
+        check_output_path(output, "--output")  # before any model loads (an OutputPathError is a ValueError)
         pairwise = win_rate_judge(judge) if judge is not None else None
         metrics = run_eval(model, suite or DEFAULT_SUITES, baseline=baseline, max_new_tokens=max_new_tokens,
                            batch_size=batch_size, seed=seed, judge=pairwise, output_dir=output, adapter=adapter,

@@ -44,6 +44,7 @@ def generate_command(
 ) -> None:
     """Sample N candidates per prompt into a JSONL file; rerun the same command to resume after a kill."""
     from posttrain.data.schema import DataError, DataErrors
+    from posttrain.data.writers import OutputPathError, check_output_path
     from posttrain.generation.backends import BACKENDS
     from posttrain.generation.types import BackendError
     from posttrain.models.resolve import ModelError
@@ -66,10 +67,11 @@ def generate_command(
             return
         from posttrain.generation.candidates import generate_candidates
 
+        check_output_path(output, "--output", folder=False)  # before the model loads
         summary = generate_candidates(prompts, output, model, n=n, temperatures=temps, top_p=top_ps,
                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       backend=backend, adapter=adapter, progress=progress)
-    except (DataError, DataErrors, ModelError, BackendError) as e:
+    except (DataError, DataErrors, ModelError, BackendError, OutputPathError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{summary['candidates_written']} candidates for {summary['prompts_generated']} prompts "

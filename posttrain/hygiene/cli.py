@@ -47,9 +47,11 @@ def _fail(err: BaseException) -> None:
 
 
 def _run(source: Path, output: Path, stage: str, **options) -> dict:
+    from posttrain.data.writers import check_output_path
     from posttrain.hygiene.clean import run_hygiene
 
     try:
+        check_output_path(output, "--output")
         cfg = _config(**options)
         report = run_hygiene(str(source), output, cfg, stage=stage)
     except _user_errors() as e:
@@ -201,13 +203,15 @@ def inspect(pairs: Path = typer.Argument(..., help="preference pairs (any layout
             near_identical: float = typer.Option(0.9, help="word-trigram Jaccard that makes a pair near-identical"),
             progress: bool = _PROGRESS) -> None:
     """Preference-data diagnostics: length bias, identical pairs, format artifacts, refusals, judge agreement."""
-    from posttrain.data.writers import atomic_write_json
+    from posttrain.data.writers import atomic_write_json, check_output_path
     from posttrain.hygiene.clean import progress_bar
     from posttrain.hygiene.diagnostics import PairStats
     from posttrain.hygiene.templates import TemplateProfile, chat_template, compare
     from posttrain.hygiene.text import stream_rows, text_fields
 
     try:
+        if json_path is not None:
+            check_output_path(json_path, "--json", folder=False)
         stats, pref_profile = PairStats(near_identical), TemplateProfile()
         with progress_bar(progress, "posttrain data inspect") as bar:
             for row in stream_rows(str(pairs), "preference"):

@@ -14,7 +14,8 @@ def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="0 = pick a free port"),
     api_key: str = typer.Option(None, "--api-key", envvar="POSTTRAIN_API_KEY",
-                                help="require 'Authorization: Bearer KEY' (also from $POSTTRAIN_API_KEY)"),
+                                help="require 'Authorization: Bearer KEY'. Prefer setting $POSTTRAIN_API_KEY: a "
+                                "key given as --api-key is visible to every user of the machine in `ps`"),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="sequences per batched generate"),
     batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0, help="how long a request waits for others "
                                         "to batch with"),

@@ -53,7 +53,15 @@ def load_stage_data(cfg, kind: str) -> StageData:
 
 
 def check_output_dir(train_cfg) -> None:
+    """``train.output_dir`` is a folder this process can write (or can create), and empty unless resuming or
+    overwriting; ``ConfigError`` naming the path otherwise. Called before the model is loaded."""
+    from posttrain.data.writers import OutputPathError, check_output_path
+
     out = Path(train_cfg.output_dir)
+    try:
+        check_output_path(out, "train.output_dir")
+    except OutputPathError as e:
+        raise ConfigError(str(e)) from None
     if out.exists() and any(out.iterdir()) and not train_cfg.resume and not train_cfg.overwrite:
         raise ConfigError(f"train.output_dir '{out}' is not empty; set train.resume=true to continue it "
                           "or train.overwrite=true to replace it")
@@ -122,9 +130,9 @@ def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
     from posttrain.models.policy import load_policy, save_trained
     from posttrain.training.loop import fit, make_accelerator, settings_from_config
 
+    check_output_dir(cfg.train)
     accelerator = make_accelerator(cfg.train.precision)
     data = load_stage_data(cfg, kind)
-    check_output_dir(cfg.train)
     seed_everything(cfg.train.seed)
     model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
     fns = build_fns(model, data, accelerator)
