@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 
 import typer
@@ -21,9 +23,22 @@ def serve_command(
                                         "to batch with"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="default max_tokens of a request"),
     served_name: str = typer.Option(None, "--served-name", help="model id clients see (default: MODEL)"),
+    context_length: int = typer.Option(None, "--context-length", min=2, help="tokens of prompt + completion a "
+                                       "request may use (default: the model config's max_position_embeddings)"),
+    max_body_bytes: int = typer.Option(None, "--max-body-bytes", min=1024, help="largest request body (default: 32 "
+                                       "bytes per context token + 64 KiB)"),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.1, help="seconds a request may take, "
+                                          "queue included; then its generation stops (finish_reason 'timeout')"),
+    drain_timeout: float = typer.Option(30.0, "--drain-timeout", min=0, help="on SIGTERM/Ctrl-C, seconds the "
+                                        "requests in flight get to finish before they are cut"),
+    stall_timeout: float = typer.Option(120.0, "--stall-timeout", min=0.1, help="/health answers 503 when the "
+                                        "generation worker makes no progress for this many seconds"),
+    max_connections: int = typer.Option(512, "--max-connections", min=1, help="requests handled at once; more get "
+                                        "503"),
     verbose: bool = typer.Option(False, "--verbose", help="log every request"),
 ) -> None:
-    """Serve MODEL over HTTP: /v1/models, /v1/chat/completions (stream too), /v1/stats. Ctrl-C stops it."""
+    """Serve MODEL over HTTP: /v1/models, /v1/chat/completions (stream too), /v1/stats, /health. SIGTERM or Ctrl-C
+    drains and stops it."""
     from posttrain.generation.types import BackendError
     from posttrain.models.resolve import ModelError
     from posttrain.serving.server import start_server
@@ -33,22 +48,40 @@ def serve_command(
     try:
         server, thread, url = start_server(model, host, port, adapter=adapter, api_key=api_key,
                                            max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                                           default_max_tokens=max_tokens, served_name=served_name, verbose=verbose)
+                                           default_max_tokens=max_tokens, served_name=served_name, verbose=verbose,
+                                           context_length=context_length, max_body_bytes=max_body_bytes,
+                                           request_timeout_s=request_timeout, drain_timeout_s=drain_timeout,
+                                           stall_timeout_s=stall_timeout, max_connections=max_connections)
     except (ModelError, BackendError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     except OSError as e:  # the port is taken, the host is not ours
         typer.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"serving {server.model_name} at {url}/v1 (OpenAI-compatible; Ctrl-C to stop)", err=True)
+    typer.echo(f"serving {server.model_name} at {url}/v1 (OpenAI-compatible; context {server.context_length} "
+               f"tokens, request body up to {server.max_body_bytes} bytes; Ctrl-C to stop)", err=True)
     typer.echo(url, err=False)  # the URL alone on stdout, for scripts (port 0)
     stop = threading.Event()
+
+    def on_signal(*_) -> None:
+        if stop.is_set():  # a second signal: stop draining
+            server.hurry()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     while not stop.is_set() and thread.is_alive():
         stop.wait(0.5)
-    typer.echo("shutting down: finishing the batch in flight", err=True)
-    server.close()
+    typer.echo(f"shutting down: no new connections; requests in flight get up to {drain_timeout:g} s to finish "
+               f"(--drain-timeout; signal again to stop now)", err=True)
+    if not server.close(drain_timeout):
+        typer.echo("drain timeout: the requests still running were answered 503", err=True)
+    if server.batcher.thread.is_alive():
+        # The worker is stuck inside one kernel call and ignores the stop; do not let it hold up the exit.
+        typer.echo("the generation worker did not stop; exiting without it", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 serve_app = typer.Typer(add_completion=False)

@@ -5,6 +5,11 @@ Supported fields: ``messages`` (required), ``model`` (optional; must be the serv
 ``max_completion_tokens`` (default: the server's), ``n`` (default 1), ``seed``, ``stream``, ``stop`` (a string or
 up to 4). Fields this server does not implement (``logprobs``, penalties, tools, ...) are ignored rather than
 refused, so stock OpenAI clients work; ``stream_options`` is accepted and ignored (no usage chunk).
+
+Limits that follow from the model's context (``context_length`` tokens), checked before any work is queued:
+``max_tokens`` below the context (``parse_chat_request``), prompt + ``max_tokens`` within it (``fit_to_context``),
+and the request body within ``body_limit(context_length)`` bytes, so a huge body is refused before it is parsed
+or tokenized.
 """
 
 from __future__ import annotations
@@ -20,6 +25,46 @@ class RequestError(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+# A generous bound on request-body bytes per prompt token: English text is 4-7 bytes per token (SmolLM2's tokens
+# average 6.9), JSON-escaped non-ASCII is 6 bytes per character (\uXXXX) at one or more tokens per character; only
+# whitespace-run and ASCII-art tokens are longer (up to 82 bytes in that vocabulary).
+BODY_BYTES_PER_TOKEN = 32
+# The JSON around the messages (keys, roles, sampling fields), which the bound above does not cover.
+BODY_OVERHEAD_BYTES = 64 << 10
+
+
+def body_limit(context_length: int) -> int:
+    """Largest request body worth reading for a model of ``context_length`` tokens: a larger body holds a prompt
+    that fits the context only if its text averages over 32 bytes per token (then raise ``--max-body-bytes``)."""
+    return context_length * BODY_BYTES_PER_TOKEN + BODY_OVERHEAD_BYTES
+
+
+def parse_content_length(value: str | None) -> int:
+    """The ``Content-Length`` header as a byte count (0 when absent), or a 400 naming the bad value."""
+    if value is None:
+        return 0
+    text = value.strip()
+    if not text.isdigit() or not text.isascii():  # isdigit alone accepts '²' and other Unicode digits
+        raise _bad("invalid_content_length", f"Content-Length must be a non-negative integer, got {value[:40]!r}")
+    return int(text)
+
+
+def fit_to_context(prompt_tokens: int, max_tokens: int, *, explicit: bool, context_length: int) -> int:
+    """The completion budget of a request whose prompt is ``prompt_tokens`` long: ``max_tokens`` when prompt +
+    ``max_tokens`` fits the context, the room left when ``max_tokens`` is the server's default, else a 400."""
+    room = context_length - prompt_tokens
+    if room < 1:
+        raise _bad("context_length_exceeded", f"the messages are {prompt_tokens} tokens, which leaves no room for "
+                   f"a completion in this model's context of {context_length} tokens")
+    if max_tokens <= room:
+        return max_tokens
+    if not explicit:  # the server's default shrinks to what fits; a number the client asked for is honoured or refused
+        return room
+    raise _bad("context_length_exceeded", f"the messages ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
+               f"{prompt_tokens + max_tokens} tokens is over this model's context of {context_length} tokens; "
+               f"ask for at most {room} tokens")
 
 
 def _bad(code: str, message: str) -> RequestError:
@@ -92,8 +137,10 @@ def _stop(body: dict) -> list[str]:
     return stops
 
 
-def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, max_n: int) -> dict[str, Any]:
-    """Plain values of a chat request, or ``RequestError``."""
+def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, max_n: int,
+                       context_length: int | None = None) -> dict[str, Any]:
+    """Plain values of a chat request, or ``RequestError``. ``max_tokens_given``: the client set the limit (so it
+    is refused, not shrunk, when the prompt leaves less room: ``fit_to_context``)."""
     if not isinstance(body, dict):
         raise _bad("invalid_request", "the request body must be a JSON object")
     model = body.get("model")
@@ -102,14 +149,19 @@ def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, m
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("invalid_value", f"'stream' must be true or false, got {stream!r}")
-    max_tokens = _integer(body, "max_completion_tokens", None, 1, None)
-    max_tokens = _integer(body, "max_tokens", max_tokens or default_max_tokens, 1, None)
+    given = _integer(body, "max_completion_tokens", None, 1, None)
+    given = _integer(body, "max_tokens", given, 1, None)
+    if given is not None and context_length is not None and given >= context_length:
+        key = "max_tokens" if body.get("max_tokens") is not None else "max_completion_tokens"
+        raise _bad("context_length_exceeded", f"'{key}' is {given}, but this model's context is {context_length} "
+                   f"tokens (prompt included)")
     seed = _integer(body, "seed", None, -(1 << 63), (1 << 63) - 1)
     return {
         "messages": _messages(body),
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        "max_tokens": max_tokens,
+        "max_tokens": given if given is not None else default_max_tokens,
+        "max_tokens_given": given is not None,
         "n": _integer(body, "n", 1, 1, max_n),
         "seed": seed,
         "stream": stream,

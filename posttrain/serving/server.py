@@ -1,263 +1,202 @@
 """An OpenAI-compatible chat server over a posttrain model: ``GET /v1/models``, ``POST /v1/chat/completions``
-(streaming with Server-Sent Events), ``GET /v1/stats``; stdlib ``http.server``, no extra dependencies.
+(streaming with Server-Sent Events), ``GET /v1/stats``, ``GET /health``; stdlib ``http.server``, no extra
+dependencies. One request is handled by ``handler.py``; this file is the server around it.
 
-Batching. One worker thread owns the model. Each HTTP request (its own thread) renders its messages through
-the chat template and queues a job of ``n`` rows; the worker takes the oldest job, waits up to
+Batching. One worker thread owns the model (``batcher.py``). Each HTTP request (its own thread) renders its
+messages through the chat template and queues a job of ``n`` rows; the worker takes the oldest job, waits up to
 ``batch_wait_ms`` for more, and runs every job that fits in ``max_batch_size`` sequences as one batched
 ``generate``. Sampling is per row (temperature, top-p, seed, token limit, stop strings: see
-``generation/hf.py``), so any requests can share a batch; a batch runs until its longest row is done.
-
-Streaming is token by token for every request, batched or not: the backend hands each new token to the
-request's thread, which decodes it incrementally, holds back a trailing partial UTF-8 character and any text
-that could be the start of a stop string, and sends the rest as ``chat.completion.chunk`` deltas; the last
-delta is whatever the final text adds, so the deltas concatenate to the non-streamed text. A backend that
-cannot stream (vLLM) would send the text in one chunk at the end.
+``generation/hf.py``), so any requests can share a batch; a row leaves the batch when it ends.
 
 Seeds: with ``seed`` in the request, choice i uses ``row_seed(seed, hash of the prompt tokens, i)``, so the
 same request gives the same answer whatever it was batched with (up to float rounding, see ``hf.py``).
+
+Limits, so that no one request can freeze the server:
+
+- the model's context (``context_length``, from its config): prompt + ``max_tokens`` must fit, checked before
+  the job is queued (400 naming the limit);
+- the request body: ``max_body_bytes``, by default ``requests.body_limit(context_length)``, checked on the
+  ``Content-Length`` header before the body is parsed or tokenized (413);
+- a deadline per request (``request_timeout_s`` after it arrived): its generation stops there and it is answered
+  with the text so far, ``finish_reason: "timeout"``; the worker moves on to the next batch;
+- ``max_connections`` requests at once (more get 503 at once), a listen backlog of ``LISTEN_BACKLOG``, and
+  ``io_timeout_s`` on every socket read and write;
+- ``/health`` answers 503 with the reason when the worker makes no progress for ``stall_timeout_s``;
+- ``close`` (SIGTERM) stops accepting, lets the requests in flight finish for up to ``drain_timeout_s``, then
+  stops the batch in flight and answers what is left with 503.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import queue
-import secrets
+import sys
 import threading
 import time
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
-from posttrain.generation.types import Generator, RowSpec, cut_at_stop, prompt_key, row_seed
-from posttrain.serving.batcher import Batcher, Job
-from posttrain.serving.requests import RequestError, parse_chat_request
+from posttrain.generation.types import BackendError, Generator
+from posttrain.serving.batcher import Batcher
+from posttrain.serving.handler import ChatHandler, StreamText, error_body
+from posttrain.serving.requests import body_limit
 
-MAX_BODY_BYTES = 8 << 20
+__all__ = ["ChatServer", "StreamText", "model_context_length", "start_server"]
+
+# The kernel's queue of connections not yet accepted (socketserver's default is 5: a burst of 30 clients saw
+# resets). Linux caps it at net.core.somaxconn (4096 on current kernels).
+LISTEN_BACKLOG = 1024
 
 
-class StreamText:
-    """Incremental detokenisation of one choice: ``push`` returns the text that is safe to send now."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.hold = max((len(s) for s in stop), default=1) - 1
-        self.token_ids: list[int] = []
-        self.sent = ""
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        if self.stopped:
-            return ""
-        self.token_ids.append(token)
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        text, self.stopped = cut_at_stop(text, self.stop)
-        end = len(text) if self.stopped else len(text) - self.hold
-        if not self.stopped and text.endswith("\ufffd"):  # a character whose bytes have not all arrived
-            end = min(end, len(text) - 1)
-        return self._send(text[:end])
-
-    def finish(self, final_text: str) -> str:
-        return self._send(final_text)
-
-    def _send(self, text: str) -> str:
-        if len(text) <= len(self.sent) or not text.startswith(self.sent):
-            return ""
-        delta, self.sent = text[len(self.sent):], text
-        return delta
+def model_context_length(generator: Generator) -> int | None:
+    """Tokens the model attends over, prompt and completion together, from its config; None when unknown."""
+    config = getattr(getattr(generator, "model", None), "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    try:  # vLLM knows its own limit
+        return int(generator.llm.llm_engine.model_config.max_model_len)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        pass
+    value = getattr(generator.tokenizer, "model_max_length", None)
+    return value if isinstance(value, int) and 0 < value < 10**7 else None  # unset tokenizers say 1e30
 
 
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address, *, generator: Generator, model_name: str, api_key: str | None = None,
                  max_batch_size: int = 8, batch_wait_ms: float = 10.0, default_max_tokens: int = 256,
-                 max_n: int = 16, request_timeout_s: float = 600.0, verbose: bool = False):
+                 max_n: int = 16, context_length: int | None = None, max_body_bytes: int | None = None,
+                 request_timeout_s: float = 600.0, drain_timeout_s: float = 30.0, stall_timeout_s: float = 120.0,
+                 max_connections: int = 512, io_timeout_s: float = 30.0, verbose: bool = False):
+        context_length = context_length or model_context_length(generator)
+        if context_length is None:
+            raise BackendError(f"cannot tell the context length of '{model_name}' from its config; pass "
+                               f"--context-length")
         super().__init__(address, ChatHandler)
         self.generator, self.tokenizer, self.model_name = generator, generator.tokenizer, model_name
-        self.api_key, self.default_max_tokens, self.max_n = api_key, default_max_tokens, max_n
-        self.request_timeout_s, self.verbose = request_timeout_s, verbose
+        self.context_length = context_length
+        self.max_body_bytes = max_body_bytes or body_limit(context_length)
+        self.api_key, self.max_n = api_key, max_n
+        self.default_max_tokens = min(default_max_tokens, context_length - 1)
+        self.request_timeout_s, self.drain_timeout_s = request_timeout_s, drain_timeout_s
+        self.max_connections, self.io_timeout_s, self.verbose = max_connections, io_timeout_s, verbose
         self.created = int(time.time())
         self.tokenizer_lock = threading.Lock()
-        self.batcher = Batcher(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+        self.batcher = Batcher(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                               stall_s=stall_timeout_s)
+        self.draining = False
+        self._active = 0  # connections being handled
+        self._idle = threading.Condition()
+        self._hurry = threading.Event()
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
-    def close(self) -> None:
-        """Graceful shutdown: stop accepting, let the batch in flight finish, answer queued requests 503."""
-        self.shutdown()
-        self.batcher.close()
-        self.server_close()
+    def health(self) -> str | None:
+        """None when the server can answer requests, else why not."""
+        return "the server is shutting down" if self.draining else self.batcher.health()
 
+    # Connections: counted, so that a flood cannot start unbounded threads and shutdown knows when all are done.
 
-def _error_body(message: str, kind: str, code: str | None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-class ChatHandler(BaseHTTPRequestHandler):
-    server: ChatServer
-    server_version = "posttrain-serve"
-
-    def log_message(self, format, *args) -> None:  # noqa: A002 (the stdlib's name)
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def _json(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, status: int, code: str, message: str) -> None:
-        kind = {401: "authentication_error", 404: "not_found_error", 500: "server_error",
-                503: "server_error"}.get(status, "invalid_request_error")
-        self._json(status, _error_body(message, kind, code))
-
-    def _authorised(self) -> bool:
-        key = self.server.api_key
-        if not key:
-            return True
-        given = self.headers.get("Authorization", "")
-        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), key.encode()):
-            return True
-        self._error(401, "invalid_api_key", "missing or wrong API key (send 'Authorization: Bearer <key>')")
-        return False
-
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        path = self.path.split("?")[0].rstrip("/")
-        if path == "/health":
-            return self._json(200, {"status": "ok"})
-        if not self._authorised():
+    def process_request(self, request, client_address) -> None:
+        with self._idle:
+            full = self._active >= self.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
             return
-        if path == "/v1/models":
-            return self._json(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "created": self.server.created,
-                 "owned_by": "posttrain"}]})
-        if path == "/v1/stats":
-            return self._json(200, self.server.batcher.snapshot())
-        self._error(404, "not_found", f"no route GET {path}")
-
-    def do_POST(self) -> None:  # noqa: N802
-        path = self.path.split("?")[0].rstrip("/")
-        if not self._authorised():
-            return
-        if path != "/v1/chat/completions":
-            return self._error(404, "not_found", f"no route POST {path}")
         try:
-            request = self._read_request()
-            job = Job(request["rows"], request["stream"])
-            self.server.batcher.submit(job)
-        except RequestError as e:
-            return self._error(e.status, e.code, e.message)
-        if request["stream"]:
-            self._stream(job, request)
+            super().process_request(request, client_address)
+        except BaseException:
+            self._leave()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def _refuse(self, request) -> None:
+        """503 to a connection over ``max_connections``, without reading its request."""
+        message = f"the server is handling {self.max_connections} requests (--max-connections); retry shortly"
+        body = json.dumps(error_body(message, "server_error", "server_busy")).encode()
+        head = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+                f"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.settimeout(1.0)
+            request.sendall(head + body)
+            request.shutdown(1)  # SHUT_WR: the answer is complete
+            request.recv(1 << 16)  # take the unread request, so that closing does not reset the answer away
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return  # a client that went away or stalled mid-request
+        self.log_failure(client_address, error)
+
+    def log_failure(self, client_address, error: BaseException | None) -> None:
+        if self.verbose:
+            import traceback
+
+            traceback.print_exc()
         else:
-            self._complete(job, request)
+            print(f"posttrain serve: error on a request from {client_address[0]}: {type(error).__name__}: {error} "
+                  f"(--verbose for the traceback)", file=sys.stderr)
 
-    def _read_request(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise RequestError(413, "request_too_large", f"request body over {MAX_BODY_BYTES} bytes")
-        try:
-            body = json.loads(self.rfile.read(length) or b"")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(400, "invalid_json", f"request body is not valid JSON: {e}") from None
-        s = self.server
-        req = parse_chat_request(body, model_name=s.model_name, default_max_tokens=s.default_max_tokens, max_n=s.max_n)
-        with s.tokenizer_lock:
-            try:
-                text = s.tokenizer.apply_chat_template(req["messages"], tokenize=False, add_generation_prompt=True)
-            except Exception as e:  # the template's own raise_exception ("roles must alternate", ...)
-                raise RequestError(400, "invalid_messages", f"the chat template rejected the messages: {e}") from None
-            prompt_ids = s.tokenizer(text, add_special_tokens=False)["input_ids"]
-        seed = req["seed"] if req["seed"] is not None else secrets.randbits(63)
-        key = prompt_key(prompt_ids)
-        req["rows"] = [RowSpec(prompt_ids, req["temperature"], req["top_p"], req["max_tokens"],
-                               row_seed(seed, key, i), req["stop"]) for i in range(req["n"])]
-        req["prompt_tokens"] = len(prompt_ids)
-        req["id"] = "chatcmpl-" + uuid.uuid4().hex[:24]
-        req["created"] = int(time.time())
-        return req
+    # Shutdown.
 
-    def _wait(self, job: Job) -> bool:
-        if not job.done.wait(self.server.request_timeout_s):
-            self._error(503, "timeout", "the request did not finish in time")
-            return False
-        if job.error:
-            status = 503 if "shut down" in job.error else 500
-            self._error(status, "server_error", job.error)
-            return False
-        return True
+    def close(self, drain_timeout_s: float | None = None) -> bool:
+        """Graceful shutdown: stop accepting (new connections are refused), let the requests in flight finish for
+        up to ``drain_timeout_s`` (default: the server's), then stop the batch in flight and answer what is left
+        with 503. True when every request in flight finished by itself."""
+        drain = self.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        self.draining = True
+        self.shutdown()  # serve_forever returns
+        self.server_close()  # the listening socket closes: connect() is refused from now on
+        drained = self._wait_idle(time.monotonic() + drain)
+        self.batcher.close(timeout_s=5.0)
+        self._wait_idle(time.monotonic() + 2.0)  # the requests just cut write their answers
+        return drained
 
-    def _complete(self, job: Job, req: dict) -> None:
-        if not self._wait(job):
-            return
-        outs = job.outputs or []
-        completion = sum(o.completion_tokens for o in outs)
-        self._json(200, {
-            "id": req["id"], "object": "chat.completion", "created": req["created"], "model": self.server.model_name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": o.text},
-                         "finish_reason": o.finish_reason, "logprobs": None} for i, o in enumerate(outs)],
-            "usage": {"prompt_tokens": req["prompt_tokens"], "completion_tokens": completion,
-                      "total_tokens": req["prompt_tokens"] + completion},
-        })
+    def hurry(self) -> None:
+        """End the drain of a ``close`` in progress now (a second Ctrl-C)."""
+        self._hurry.set()
 
-    def _chunk(self, req: dict, index: int, delta: dict, finish_reason: str | None) -> None:
-        chunk = {"id": req["id"], "object": "chat.completion.chunk", "created": req["created"],
-                 "model": self.server.model_name,
-                 "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
-        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        self.wfile.flush()
-
-    def _stream(self, job: Job, req: dict) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        texts = [StreamText(self.server.tokenizer, req["stop"]) for _ in job.rows]
-        try:
-            for i in range(len(job.rows)):
-                self._chunk(req, i, {"role": "assistant", "content": ""}, None)
-            deadline = time.monotonic() + self.server.request_timeout_s
-            while True:
-                item = job.tokens.get(timeout=max(0.0, deadline - time.monotonic()))
-                if item is None:
-                    break
-                delta = texts[item[0]].push(item[1])
-                if delta:
-                    self._chunk(req, item[0], {"content": delta}, None)
-            job.done.wait(1.0)
-            if job.error:  # headers are sent: report it in the stream, as OpenAI does
-                self.wfile.write(b"data: " + json.dumps(_error_body(job.error, "server_error", None)).encode()
-                                 + b"\n\n")
-            else:
-                for i, out in enumerate(job.outputs or []):
-                    rest = texts[i].finish(out.text)
-                    if rest:
-                        self._chunk(req, i, {"content": rest}, None)
-                    self._chunk(req, i, {}, out.finish_reason)
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
-        except queue.Empty:
-            self.wfile.write(b"data: " + json.dumps(_error_body("timed out", "server_error", "timeout")).encode()
-                             + b"\n\ndata: [DONE]\n\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away; its rows finish with the batch and are dropped
+    def _wait_idle(self, deadline: float) -> bool:
+        with self._idle:
+            while self._active > 0 and not self._hurry.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+            return self._active == 0
 
 
 def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, adapter: str | None = None,
                  api_key: str | None = None, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
                  default_max_tokens: int = 256, generator: Generator | None = None, served_name: str | None = None,
-                 verbose: bool = False, cache_dir: str | None = None) -> tuple[ChatServer, threading.Thread, str]:
+                 verbose: bool = False, cache_dir: str | None = None, **limits
+                 ) -> tuple[ChatServer, threading.Thread, str]:
     """Load the model (unless ``generator`` is given), bind, and serve in a daemon thread.
 
     Returns ``(server, thread, url)``; ``server.close()`` shuts down gracefully. ``port=0`` picks a free port
-    (read it from ``url``). ``served_name``: the model id clients see (default: the model name as given)."""
+    (read it from ``url``). ``served_name``: the model id clients see (default: the model name as given).
+    ``limits``: ``ChatServer``'s ``context_length``, ``max_body_bytes``, ``request_timeout_s``,
+    ``drain_timeout_s``, ``stall_timeout_s``, ``max_connections``, ``io_timeout_s``, ``max_n``."""
     from posttrain.generation.backends import load_generator, model_label
 
     if generator is None:
@@ -265,7 +204,7 @@ def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, ada
                                       cache_dir=cache_dir)
     server = ChatServer((host, port), generator=generator, model_name=served_name or model_label(model_name, adapter),
                         api_key=api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                        default_max_tokens=default_max_tokens, verbose=verbose)
+                        default_max_tokens=default_max_tokens, verbose=verbose, **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="posttrain-serve",
                               daemon=True)
     thread.start()

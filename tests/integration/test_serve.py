@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -158,20 +157,20 @@ def test_concurrent_requests_are_batched(server):
         srv.close()
 
 
-def test_serve_command_prints_its_url_and_shuts_down_on_sigterm():
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "POSTTRAIN_API_KEY": "k2"}
-    proc = subprocess.Popen([sys.executable, "-m", "posttrain.serving.cli", "tiny-random", "--port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        url = proc.stdout.readline().strip()  # the URL alone on stdout, once it listens
-        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
-        assert call(url, "/v1/models")[0] == 401  # the key came from $POSTTRAIN_API_KEY
-        status, body = call(url, "/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 2}, key="k2")
-        assert status == 200 and body["choices"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        assert "shutting down" in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def start_cli(*args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`posttrain serve tiny-random --port 0 ARGS` as a real process, and its URL once it listens (printed alone
+    on stdout). The command itself is tested in test_serve_limits.py (one process start: they are slow)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "posttrain.serving.cli", "tiny-random", "--port", "0", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()  # the URL alone on stdout, once it listens
+    if not url.startswith("http://127.0.0.1:"):
+        proc.kill()
+        raise AssertionError(f"no URL on stdout ({url!r}): {proc.communicate()[1]}")
+    return proc, url
+
+
+def stop_cli(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

@@ -1,10 +1,14 @@
-"""The serving layer without HTTP: request validation and incremental stream text."""
+"""The serving layer without HTTP: request validation, limits from the context, outputs cut by a deadline, and
+incremental stream text."""
 
 from __future__ import annotations
 
 import pytest
 
-from posttrain.serving.requests import RequestError, parse_chat_request
+from posttrain.generation.types import RowSpec
+from posttrain.serving.batcher import output_from_tokens
+from posttrain.serving.requests import (RequestError, body_limit, fit_to_context, parse_chat_request,
+                                        parse_content_length)
 from posttrain.serving.server import StreamText
 
 KW = dict(model_name="tiny", default_max_tokens=16, max_n=4)
@@ -40,6 +44,42 @@ def test_bad_requests(body, status, code):
     assert (e.value.status, e.value.code) == (status, code)
 
 
+def test_max_tokens_over_the_context_is_refused_before_tokenizing():
+    messages = [{"role": "user", "content": "hi"}]
+    for key in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(RequestError) as e:
+            parse_chat_request({"messages": messages, key: 1_000_000_000}, context_length=2048, **KW)
+        assert (e.value.status, e.value.code) == (400, "context_length_exceeded")
+        assert key in e.value.message and "2048" in e.value.message
+    r = parse_chat_request({"messages": messages, "max_tokens": 2047}, context_length=2048, **KW)
+    assert (r["max_tokens"], r["max_tokens_given"]) == (2047, True)
+    r = parse_chat_request({"messages": messages}, context_length=2048, **KW)
+    assert (r["max_tokens"], r["max_tokens_given"]) == (16, False)
+
+
+def test_fit_to_context():
+    assert fit_to_context(100, 50, explicit=True, context_length=2048) == 50
+    assert fit_to_context(2000, 48, explicit=True, context_length=2048) == 48  # exactly full
+    assert fit_to_context(2000, 256, explicit=False, context_length=2048) == 48  # the default shrinks
+    with pytest.raises(RequestError) as e:
+        fit_to_context(2000, 49, explicit=True, context_length=2048)
+    assert e.value.code == "context_length_exceeded"
+    assert all(s in e.value.message for s in ("2000 tokens", "49", "2049", "2048", "at most 48"))
+    with pytest.raises(RequestError) as e:
+        fit_to_context(2048, 256, explicit=False, context_length=2048)
+    assert "no room" in e.value.message and "2048" in e.value.message
+
+
+def test_body_limit_and_content_length():
+    assert body_limit(2048) == 2048 * 32 + 65536
+    assert body_limit(8192) > body_limit(2048)
+    assert parse_content_length(None) == 0 and parse_content_length(" 12 ") == 12
+    for bad in ("abc", "-5", "1.5", "1e3", "", "\u00b2"):
+        with pytest.raises(RequestError) as e:
+            parse_content_length(bad)
+        assert (e.value.status, e.value.code) == (400, "invalid_content_length")
+
+
 class CharTokenizer:
     """One token per byte, decoded as UTF-8 with replacement, like a byte-level BPE."""
 
@@ -66,3 +106,19 @@ def test_stream_holds_back_partial_characters_and_stop_prefixes():
     assert "".join(deltas) == final == "hello " and not any("E" in d for d in deltas)
     deltas, final = _stream("a EN b", ["END"])  # a stop prefix that never completes is released at the end
     assert "".join(deltas) == final == "a EN b"
+
+
+EOS = 300
+
+
+def test_output_from_tokens_follows_the_genoutput_contract():
+    tok, row = CharTokenizer(), RowSpec([1], 0.0, 1.0, 5, 0, ["!"])
+    assert output_from_tokens(tok, EOS, row, list(b"abc") + [EOS, 65], True).finish_reason == "stop"
+    out = output_from_tokens(tok, EOS, row, list(b"abc") + [EOS, 65], True)
+    assert (out.text, out.token_ids) == ("abc", [97, 98, 99, EOS])
+    out = output_from_tokens(tok, EOS, row, list(b"abcde"), True)
+    assert (out.text, out.finish_reason) == ("abcde", "length")
+    out = output_from_tokens(tok, EOS, row, list(b"ab!c"), True)
+    assert (out.text, out.finish_reason, out.completion_tokens) == ("ab", "stop", 4)
+    out = output_from_tokens(tok, EOS, row, list(b"ab"), False)  # cut by the deadline
+    assert (out.text, out.finish_reason) == ("ab", "timeout")
