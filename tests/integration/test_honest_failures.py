@@ -127,3 +127,36 @@ def test_serve_reads_the_key_from_the_environment_and_its_help_says_to_prefer_it
     option = inspect.signature(serve_command).parameters["api_key"].default
     assert option.envvar == "POSTTRAIN_API_KEY"
     assert "Prefer setting $POSTTRAIN_API_KEY" in option.help and "visible to every user" in option.help
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def test_bom_files_are_read_by_every_user_file_reader(tmp_path):
+    """Feedback events, eval suites, prompt files and judge candidates go through the data readers (or the same
+    line reader): a BOM is accepted everywhere, a Latin-1 line is named by file and line."""
+    from posttrain.data.schema import DataError
+    from posttrain.eval.suites import load_suite
+    from posttrain.feedback.events import read_events
+    from posttrain.generation.candidates import load_prompts
+    from posttrain.judges.judge_stage import read_candidates
+    from posttrain.models.policy import model_tokenizer
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(BOM + json.dumps({"event_id": "t1", "kind": "thumbs", "prompt": "Capital of France?",
+                                         "response": "Paris.", "rating": "up"}).encode() + b"\n")
+    got, errors, _ = read_events([str(events)])
+    assert [e.origin.event_id for e in got] == ["t1"] and errors == []
+    suite = tmp_path / "suite.jsonl"
+    suite.write_bytes(BOM + json.dumps({"id": "q1", "prompt": "2+2?", "kind": "exact", "answer": "4",
+                                        "match": "math"}).encode() + b"\n")
+    assert [r.id for r in load_suite(str(suite))] == ["q1"]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(BOM + b'{"prompt": "Say hi."}\n')
+    assert len(load_prompts(prompts, model_tokenizer("tiny-random"))) == 1
+    cands = tmp_path / "c.jsonl"
+    row = {"prompt_id": "p", "prompt": [{"role": "user", "content": "hi"}], "candidate_index": 0, "text": "x"}
+    cands.write_bytes(BOM + json.dumps(row).encode() + b"\n" + json.dumps(dict(row, candidate_index=1, text="caf"))
+                      .encode()[:-2] + 'é"}'.encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=rf"^{cands}:2: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        read_candidates(cands)
