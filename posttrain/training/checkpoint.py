@@ -1,23 +1,37 @@
 """Checkpoints that resume exactly: trainable weights, optimizer, scheduler, RNG of every rank, data position.
 
-Layout: ``OUTPUT/checkpoints/step-000010/{trainable.pt, optimizer.pt, scheduler.pt, rng-rank0.pt, state.json}``.
+Layout: ``OUTPUT/checkpoints/step-000010/{trainable.pt, optimizer.pt, scheduler.json, rng-rank0.pt, state.json}``.
 A checkpoint is written under a temporary name and renamed when complete, so a killed run never leaves a
-half-written one that looks finished; ``state.json`` is written last and marks completeness.
+half-written one that looks finished; ``state.json`` is written last, marks completeness and records every
+file's size and sha256.
+
+Loading never runs code from the run folder: every ``.pt`` is read with ``torch.load(weights_only=True)`` (tensors
+and plain containers only; RNG states are saved as tensors and ints, the scheduler as JSON), so a pickle planted
+in a checkpoint is refused, not executed. A checkpoint whose files do not match ``state.json`` (truncated,
+replaced) or do not load is skipped with a warning naming it, and the previous complete one is used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.data.runfolder import atomic_write_json
 
 _PREFIX = "step-"
+
+
+class CheckpointError(ConfigError):
+    """No checkpoint of a run folder can be loaded; ``str()`` is one line naming the folder and each problem."""
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -40,9 +54,12 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def rng_state() -> dict:
+    """Every generator's state as tensors, ints and tuples: loadable with ``weights_only=True``."""
+    _, key, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -50,7 +67,12 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+    else:  # a checkpoint written before RNG states were tensors: numpy's own state tuple
+        np.random.set_state(n)
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -60,12 +82,63 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"{_PREFIX}{step:06d}"
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    root = Path(output_dir) / "checkpoints"
+def _complete(root: Path) -> list[Path]:
+    """Finished checkpoints (``state.json`` present), oldest first."""
     if not root.is_dir():
-        return None
-    done = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "state.json").exists()]
-    return max(done, key=lambda p: int(p.name[len(_PREFIX) :]), default=None)
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()
+            and (p / "state.json").exists()]
+    return sorted(done, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _warn(message: str) -> None:
+    # Every process finds the same damage; one line is enough.
+    if os.environ.get("RANK", "0") == "0":
+        print(f"posttrain: warning: {message}", file=sys.stderr, flush=True)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be trusted (unreadable ``state.json``, a recorded file missing, or
+    of another size or sha256 than recorded), or None. Checkpoints written before files were recorded pass."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return f"state.json is unreadable ({type(e).__name__})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "state.json has no step"
+    for name, rec in (state.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        size = f.stat().st_size
+        if size != rec["size"]:
+            return f"{name} has {size} bytes, {rec['size']} recorded"
+        if _sha256(f) != rec["sha256"]:
+            return f"{name} changed since it was written (sha256 differs from the one recorded)"
+    return None
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint whose files match what ``state.json`` recorded; damaged newer ones are
+    skipped with a warning naming them. None when there is no complete checkpoint at all."""
+    done = _complete(Path(output_dir) / "checkpoints")
+    for path in reversed(done):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        _warn(f"checkpoint {path} is damaged ({problem}): skipping it")
+    if done:
+        raise CheckpointError(f"{Path(output_dir) / 'checkpoints'}: no checkpoint is intact (newest: {done[-1]}: "
+                              f"{checkpoint_problem(done[-1])}); remove the folder to start over")
+    return None
 
 
 def save_checkpoint(
@@ -82,10 +155,11 @@ def save_checkpoint(
     if rank == 0:
         torch.save(trainable_state(model), tmp / "trainable.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
     barrier()
     if rank == 0:
-        atomic_write_json(tmp / "state.json", {"step": step, "world_size": world_size, **extra})
+        files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+        atomic_write_json(tmp / "state.json", {"step": step, "world_size": world_size, **extra, "files": files})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _prune(Path(output_dir) / "checkpoints", keep)
@@ -94,20 +168,74 @@ def save_checkpoint(
 
 
 def _prune(root: Path, keep: int) -> None:
-    done = sorted(
-        (p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "state.json").exists()),
-        key=lambda p: int(p.name[len(_PREFIX) :].split(".")[0]),
-    )
-    for old in done[:-keep]:
+    for old in _complete(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _load_tensors(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_legacy_rng(path: Path):
+    """An RNG file from before RNG states were tensors holds numpy's state tuple: allow numpy arrays (data, not
+    code) and nothing else."""
+    array = np.zeros(1, dtype=np.uint32)
+    with torch.serialization.safe_globals([np.ndarray, np.dtype, type(array.dtype), array.__reduce__()[0]]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path: Path, rank: int) -> dict:
+    """Every file of one checkpoint, loaded (tensors and plain data only) but not yet applied; raises
+    ``CheckpointError`` naming the file that does not load."""
+    out = {"state": json.loads((path / "state.json").read_text())}
+    sources = {"trainable": "trainable.pt", "optimizer": "optimizer.pt",
+               "scheduler": "scheduler.json" if (path / "scheduler.json").exists() else "scheduler.pt",
+               "rng": f"rng-rank{rank}.pt"}
+    for part, name in sources.items():
+        f = path / name
+        if part == "rng" and not f.exists():  # resumed on more processes than saved: this rank keeps its seed
+            out[part] = None
+            continue
+        try:
+            if name.endswith(".json"):
+                out[part] = json.loads(f.read_text())
+            elif part == "rng":
+                try:
+                    out[part] = _load_tensors(f)
+                except Exception:
+                    out[part] = _load_legacy_rng(f)
+            else:
+                out[part] = _load_tensors(f)
+        except Exception as e:  # truncated zip, a planted pickle (refused by weights_only), missing file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CheckpointError(f"{f}: does not load ({type(e).__name__}: {first[:200]})") from None
+    return out
+
+
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int) -> dict:
-    state = json.loads((path / "state.json").read_text())
-    load_trainable_state(model, torch.load(path / "trainable.pt", map_location="cpu"))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
-    rng_file = path / f"rng-rank{rank}.pt"
-    if rng_file.exists():
-        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
-    return state
+    """Restore the checkpoint at ``path``; if one of its files does not load, warn and use the newest older
+    complete checkpoint that does (``CheckpointError`` when none does). Returns its ``state.json`` plus
+    ``checkpoint``: the folder actually loaded."""
+    older = [p for p in _complete(path.parent) if int(p.name[len(_PREFIX):]) < int(path.name[len(_PREFIX):])]
+    problems = []
+    for candidate in [path, *reversed(older)]:
+        problem = None if candidate == path else checkpoint_problem(candidate)
+        if problem is None:
+            try:
+                loaded = read_checkpoint(candidate, rank)
+                break
+            except CheckpointError as e:
+                problem = str(e)
+        problems.append(f"{candidate.name}: {problem}")
+        _warn(f"checkpoint {candidate} is damaged ({problem}): skipping it")
+    else:
+        raise CheckpointError(f"{path.parent}: no checkpoint loads ({'; '.join(problems)}); remove the folder "
+                              "to start over")
+    if candidate != path:
+        _warn(f"resuming from {candidate} instead of {path}")
+    load_trainable_state(model, loaded["trainable"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    if loaded["rng"] is not None:
+        set_rng_state(loaded["rng"])
+    return {**loaded["state"], "checkpoint": str(candidate)}
