@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.pipeline.spec import PipelineError, check_keys
+from posttrain.pipeline.spec import PipelineError, check_keys, check_types
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "max_new_tokens", "batch_size", "seed",
              "backend", "judge")
@@ -27,13 +27,44 @@ class GateFailed(RuntimeError):
     """At least one gate failed; ``str()`` is one line listing the failures."""
 
 
-def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
-    from posttrain.eval.run import run_eval
+def check_eval(params: dict, pending) -> None:
+    """Keys, types, suites (builtin names, existing files, or files an upstream stage writes) and the judge."""
+    from posttrain.eval.suites import BUILTIN_SUITES
+    from posttrain.generation.backends import BACKENDS
+    from posttrain.pipeline.registry import check_judge_entry
 
     check_keys(params, EVAL_KEYS)
     suites = params.get("suites")
     if not suites:
         raise PipelineError("config: key 'suites' is required (builtin suite names or files)")
+    check_types(params, {"model": (str,), "adapter": (str,), "suites": (str, list), "baseline": (str,),
+                         "baseline_adapter": (str,), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
+                         "backend": (str,), "judge": (str, dict)})
+    for suite in [suites] if isinstance(suites, str) else suites:
+        if not (isinstance(suite, str) and (suite in BUILTIN_SUITES or pending(suite) or Path(suite).is_file())):
+            raise PipelineError(f"config: key 'suites': no such suite file {suite!r} (builtin suites: "
+                                f"{', '.join(BUILTIN_SUITES)})")
+    if params.get("backend", "hf") not in BACKENDS:
+        raise PipelineError(f"config: key 'backend': '{params['backend']}' is not one of {', '.join(BACKENDS)}")
+    spec = params.get("judge")
+    if isinstance(spec, str):
+        from posttrain.judges.cli import parse_judge_spec
+        from posttrain.judges.judge_stage import JudgeConfigError
+
+        try:
+            spec = parse_judge_spec(spec)
+        except JudgeConfigError as e:
+            raise PipelineError(f"config: key 'judge': {str(e).replace('--judge ', '')}") from None
+    if spec is not None:
+        check_judge_entry(spec, "judge")
+
+
+def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.eval.run import run_eval
+    from posttrain.pipeline.registry import nothing_pending
+
+    check_eval(params, nothing_pending)
+    suites = params["suites"]
     suites = [suites] if isinstance(suites, str) else list(suites)
     judge = _win_rate_judge(params.get("judge"))
     try:
@@ -73,19 +104,33 @@ def eval_inputs(params: dict) -> list[str]:
                         params.get("baseline_adapter"), *paths) if p]
 
 
-def run_gate_stage(params: dict, output_dir: Path, resume: bool) -> dict:
-    from posttrain.data.writers import atomic_write_json
-    from posttrain.eval.gates import GateConfigError, evaluate_gates, load_gates, parse_gates, record_verdicts
+def gate_list(params: dict, pending) -> list | None:
+    """The stage's gates (None when ``gates_file`` is written by an upstream stage and not there yet)."""
+    from posttrain.eval.gates import GateConfigError, load_gates, parse_gates
 
     check_keys(params, GATE_KEYS)
     if "metrics" not in params:
         raise PipelineError("config: key 'metrics' is required (a metrics.json, e.g. ${eval.output}/metrics.json)")
     if ("gates" in params) == ("gates_file" in params):
         raise PipelineError("config: give exactly one of 'gates' (a list) and 'gates_file'")
+    if "gates_file" in params and pending(params["gates_file"]):
+        return None
     try:
-        gates = load_gates(params["gates_file"]) if "gates_file" in params else parse_gates(params["gates"], "gates")
+        return load_gates(params["gates_file"]) if "gates_file" in params else parse_gates(params["gates"], "gates")
     except GateConfigError as e:
         raise PipelineError(f"config: {e}") from None
+
+
+def check_gate(params: dict, pending) -> None:
+    gate_list(params, pending)
+
+
+def run_gate_stage(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.data.writers import atomic_write_json
+    from posttrain.eval.gates import evaluate_gates, record_verdicts
+    from posttrain.pipeline.registry import nothing_pending
+
+    gates = gate_list(params, nothing_pending)
     try:
         metrics = json.loads(Path(params["metrics"]).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -93,7 +138,8 @@ def run_gate_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     results = evaluate_gates(metrics, gates)
     failed = [r for r in results if not r.passed]
     # The verdicts also go into the eval's own manifest (as `posttrain gate` does), so that folder says whether its
-    # model passed. The eval stage's completion marker is the runner's stage.json, so this does not unmark it.
+    # model passed. The runner leaves a stage's manifest.json out of the outputs it verifies, so this does not make
+    # the finished eval stage look changed.
     record_verdicts(params["metrics"], params.get("gates_file") or f"gate stage {output_dir.name}", results)
     atomic_write_json(output_dir / "gates.json", {
         "metrics": params["metrics"], "passed": not failed,

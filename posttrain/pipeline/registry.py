@@ -1,27 +1,45 @@
-"""The stage table: pipeline command name -> how to run it into a folder and which input files it reads.
+"""The stage table: pipeline command name -> how to check its config, run it into a folder, and which input files
+it reads.
 
-``run(params, output_dir, resume)`` runs the stage with its config tree ``params`` (references already replaced by
-folders) and returns its metrics; ``resume`` is true when the folder holds a killed attempt. ``inputs(params)``
-lists the files/folders whose content decides the stage's output (hashed into its cache key); names that are not
-local paths (``tiny-random``, hub ids) are skipped by the hasher.
+``check(params, pending)`` validates the stage's config tree before any stage of the pipeline runs (structure,
+types, and the existence of user files; ``pending(path)`` is true for paths inside upstream stages' folders,
+which may not exist yet). ``run(params, output_dir, resume)`` runs the stage with its config tree ``params``
+(references already replaced by folders) and returns its metrics; ``resume`` is true when the folder holds a
+killed attempt. ``inputs(params)`` lists the files/folders whose content decides the stage's output (hashed
+into its cache key); names that are not local paths (``tiny-random``, hub ids) are skipped by the hasher.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from posttrain.pipeline.spec import PipelineError, check_keys
+from posttrain.pipeline.spec import PipelineError, check_keys, check_model, check_types
+
+Pending = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
 class StageSpec:
     run: Callable[[dict, Path, bool], dict]
     inputs: Callable[[dict], list[str]]
-    marker: str = "manifest"  # "manifest": the stage's own manifest.json says completed; "stage": runner's stage.json
+    check: Callable[[dict, Pending], None] | None = None
     main_metric: str | None = None
+
+
+def nothing_pending(path: str) -> bool:
+    """The ``pending`` of a stage that is about to run: its upstream outputs exist by now."""
+    return False
+
+
+def check_file(params: dict, key: str, pending: Pending) -> None:
+    """``params[key]`` (a path, when given) names an existing file, unless an upstream stage will write it."""
+    path = params.get(key)
+    if isinstance(path, str) and not pending(path) and not Path(path).is_file():
+        raise PipelineError(f"config: key '{key}': no such file {path}")
 
 
 def dotted_overrides(tree: dict, prefix: str = "") -> list[str]:
@@ -37,8 +55,13 @@ def dotted_overrides(tree: dict, prefix: str = "") -> list[str]:
 
 
 def training_config(command: str, params: dict, output_dir: Path, resume: bool):
-    from posttrain.config import ConfigError, load_config
+    from posttrain.config import COMMANDS, ConfigError, load_config
 
+    # dotted overrides carry no empty section, so a misspelt one (`trian: {}`) would otherwise pass unseen
+    sections = COMMANDS[command].model_fields
+    unknown = sorted(set(params) - set(sections))
+    if unknown:
+        raise PipelineError(f"config: key '{unknown[0]}': unknown key (expected: {', '.join(sections)})")
     overrides = dotted_overrides(params) + [f"train.output_dir={json.dumps(str(output_dir))}",
                                             f"train.resume={'true' if resume else 'false'}", "train.overwrite=false"]
     try:
@@ -72,6 +95,17 @@ def _training(command: str) -> Callable[[dict, Path, bool], dict]:
     return run
 
 
+def check_training(command: str) -> Callable[[dict, Pending], None]:
+    """The whole training config through ``posttrain.config.load_config`` (and the ``decontaminate`` key)."""
+    def check(params: dict, pending: Pending) -> None:
+        from posttrain.hygiene.stage import decontamination_settings
+
+        decontamination_settings(params)
+        training_config(command, {k: v for k, v in params.items() if k != "decontaminate"}, Path("<check>"), False)
+
+    return check
+
+
 def training_inputs(params: dict) -> list[str]:
     model, data = params.get("model") or {}, params.get("data") or {}
     decontaminate = params.get("decontaminate")  # eval files of the pre-training decontamination (posttrain.hygiene)
@@ -84,6 +118,15 @@ def run_data(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.hygiene.stage import run_data_stage
 
     return run_data_stage(params, output_dir, resume)
+
+
+def check_data(params: dict, pending: Pending) -> None:
+    from posttrain.hygiene.clean import HygieneConfig
+
+    rest = dict(params)
+    if not rest.pop("input", None):
+        raise PipelineError("config: key 'input' is required (the data file to clean)")
+    check_model(HygieneConfig, {"progress": False, **rest})
 
 
 def data_inputs(params: dict) -> list[str]:
@@ -111,14 +154,27 @@ def select_prompts(path: str, limit: int | None, kinds: list[str] | None) -> lis
     return rows
 
 
+def check_generate(params: dict, pending: Pending) -> None:
+    from posttrain.generation.backends import BACKENDS
+
+    check_keys(params, GENERATE_KEYS)
+    if "prompts" not in params:
+        raise PipelineError("config: key 'prompts' is required")
+    check_types(params, {"prompts": (str,), "model": (str,), "adapter": (str,), "limit": (int,),
+                         "constraint_kinds": (list,), "n": (int,), "temperature": (int, float, list),
+                         "top_p": (int, float, list), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
+                         "backend": (str,), "progress": (bool,)})
+    if params.get("backend", "hf") not in BACKENDS:
+        raise PipelineError(f"config: key 'backend': '{params['backend']}' is not one of {', '.join(BACKENDS)}")
+    check_file(params, "prompts", pending)
+
+
 def run_generate(params: dict, output_dir: Path, resume: bool) -> dict:
     """Writes ``prompts.jsonl`` (the selected prompts) and ``candidates.jsonl``; resumes its own file."""
     from posttrain.data.writers import atomic_write_jsonl
     from posttrain.generation.candidates import generate_candidates
 
-    check_keys(params, GENERATE_KEYS)
-    if "prompts" not in params:
-        raise PipelineError("config: key 'prompts' is required")
+    check_generate(params, nothing_pending)
     p = dict(params)
     prompts = output_dir / "prompts.jsonl"
     if not (resume and prompts.exists()):
@@ -137,12 +193,55 @@ def generate_inputs(params: dict) -> list[str]:
     return [p for p in (params.get("prompts"), params.get("model", "tiny-random"), params.get("adapter")) if p]
 
 
-def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
-    from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
+def check_judge_entry(spec: Any, where: str) -> None:
+    """One judge config dict (as in the judge stage's ``judges`` list) without building the judge, which may load
+    a model: its type, weight, and keys against the judge's constructor."""
+    from posttrain.judges.judge_stage import JUDGE_TYPES, _judge_class
+
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise PipelineError(f"config: {where}: needs a 'type' ({', '.join(JUDGE_TYPES)})")
+    opts = dict(spec)
+    kind, weight = opts.pop("type"), opts.pop("weight", 1.0)
+    if kind not in JUDGE_TYPES:
+        raise PipelineError(f"config: {where}: unknown type '{kind}'; expected one of {', '.join(JUDGE_TYPES)}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        raise PipelineError(f"config: {where} ({kind}): 'weight' must be a positive number, got {weight!r}")
+    params = inspect.signature(_judge_class(kind)).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(opts) - set(params))
+        if unknown:
+            raise PipelineError(f"config: {where} ({kind}): unknown key '{unknown[0]}'; expected one of "
+                                f"{', '.join(params)}, weight")
+    missing = [n for n, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
+               p.KEYWORD_ONLY) and n not in opts]
+    if missing:
+        raise PipelineError(f"config: {where} ({kind}): missing key '{missing[0]}'")
+
+
+def check_judge(params: dict, pending: Pending) -> None:
+    from posttrain.judges.judge_stage import PAIR_KEYS
+    from posttrain.judges.pairs import PAIRWISE_STRATEGIES, STRATEGIES
 
     check_keys(params, ("candidates", "judges", "pairs", "progress"))
     if "candidates" not in params:
         raise PipelineError("config: key 'candidates' is required")
+    check_types(params, {"candidates": (str,), "judges": (list,), "pairs": (dict,), "progress": (bool,)})
+    for i, spec in enumerate(params.get("judges") or []):
+        check_judge_entry(spec, f"judges[{i}]")
+    pairs = params.get("pairs") or {}
+    unknown = sorted(set(pairs) - set(PAIR_KEYS))
+    if unknown:
+        raise PipelineError(f"config: key 'pairs.{unknown[0]}': unknown key (expected: {', '.join(PAIR_KEYS)})")
+    if pairs.get("strategy", "best_vs_worst") not in STRATEGIES + PAIRWISE_STRATEGIES:
+        raise PipelineError(f"config: key 'pairs.strategy': '{pairs['strategy']}' is not one of "
+                            f"{', '.join(STRATEGIES + PAIRWISE_STRATEGIES)}")
+    check_file(params, "candidates", pending)
+
+
+def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
+
+    check_judge(params, nothing_pending)
     try:
         summary = judge_candidates(params["candidates"], output_dir, params.get("judges") or [{"type": "verifier"}],
                                    params.get("pairs"), progress=bool(params.get("progress", False)))
@@ -157,22 +256,35 @@ FEEDBACK_KEYS = ("events", "ranking_mode", "likert_min_gap", "likert_scale", "li
                  "max_pairs_per_prompt")
 
 
-def run_feedback(params: dict, output_dir: Path, resume: bool) -> dict:
-    from posttrain.feedback.cli import write_outputs
-    from posttrain.feedback.convert import ConvertOptions, convert_events
-    from posttrain.feedback.events import read_events
+def feedback_options(params: dict, pending: Pending = nothing_pending):
+    """(event files, ``ConvertOptions``) of a feedback stage's config; problems are one-line PipelineErrors."""
+    from posttrain.feedback.convert import ConvertOptions
 
     check_keys(params, FEEDBACK_KEYS)
     events = params.get("events")
     if not events:
         raise PipelineError("config: key 'events' is required (a file or a list of files)")
     events = [events] if isinstance(events, str) else list(events)
+    for path in events:
+        check_file({"events": path}, "events", pending)
     opts = {k: (tuple(v) if k in ("likert_scale", "likert_unpaired") and v is not None else v)
             for k, v in params.items() if k != "events"}
     try:
-        options = ConvertOptions(**opts)
-    except ValueError as e:
+        return events, ConvertOptions(**opts)
+    except (ValueError, TypeError) as e:
         raise PipelineError(f"config: {e}") from None
+
+
+def check_feedback(params: dict, pending: Pending) -> None:
+    feedback_options(params, pending)
+
+
+def run_feedback(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.feedback.cli import write_outputs
+    from posttrain.feedback.convert import convert_events
+    from posttrain.feedback.events import read_events
+
+    events, options = feedback_options(params)
     parsed, errors, lines = read_events(events, options.likert_scale)
     if not parsed:
         raise PipelineError(f"config: key 'events': no valid events in {lines} line(s)")
@@ -200,15 +312,33 @@ def _mix_inputs(params: dict) -> list[str]:
     return mix_inputs(params)
 
 
+def _mix_check(params: dict, pending: Pending) -> None:
+    from posttrain.pipeline.mix import KINDS, _entries
+
+    check_keys(params, ("inputs", "kind"))
+    if params.get("kind", "preference") not in KINDS:
+        raise PipelineError(f"config: key 'kind': '{params['kind']}' is not one of {', '.join(KINDS)}")
+    _entries(params)
+
+
+MERGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_merge(params: dict, pending: Pending) -> None:
+    check_keys(params, ("model", "dtype"))
+    if "model" not in params:
+        raise PipelineError("config: key 'model' is required (an adapter folder, e.g. ${dpo.output}/model)")
+    if str(params.get("dtype", "float32")) not in MERGE_DTYPES:
+        raise PipelineError(f"config: key 'dtype': '{params['dtype']}' is not one of {', '.join(MERGE_DTYPES)}")
+
+
 def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
     """``merge`` (export): fold an adapter folder and its lineage into a plain HF folder ``<output>/model``.
     Config: ``model`` (an adapter folder, usually ``${dpo.output}/model``), ``dtype`` (float32 | bfloat16 |
     float16, default float32)."""
     from posttrain.models.policy import merge_to_folder
 
-    check_keys(params, ("model", "dtype"))
-    if "model" not in params:
-        raise PipelineError("config: key 'model' is required (an adapter folder, e.g. ${dpo.output}/model)")
+    check_merge(params, nothing_pending)
     try:
         out = merge_to_folder(params["model"], output_dir / "model", dtype=str(params.get("dtype", "float32")))
     except ValueError as e:
@@ -224,10 +354,11 @@ def _eval_stages() -> dict[str, StageSpec]:
 
     if find_spec("posttrain.eval") is None:
         return {}
-    from posttrain.pipeline.eval_stages import eval_inputs, gate_inputs, run_eval_stage, run_gate_stage
+    from posttrain.pipeline.eval_stages import (check_eval, check_gate, eval_inputs, gate_inputs, run_eval_stage,
+                                                run_gate_stage)
 
-    return {"eval": StageSpec(run_eval_stage, eval_inputs, marker="stage"),
-            "gate": StageSpec(run_gate_stage, gate_inputs, marker="stage", main_metric="gates_passed")}
+    return {"eval": StageSpec(run_eval_stage, eval_inputs, check_eval),
+            "gate": StageSpec(run_gate_stage, gate_inputs, check_gate, main_metric="gates_passed")}
 
 
 def _rl_stages() -> dict[str, StageSpec]:
@@ -238,17 +369,17 @@ def _rl_stages() -> dict[str, StageSpec]:
 
 
 STAGES: dict[str, StageSpec] = {
-    "sft": StageSpec(_training("sft"), training_inputs, main_metric="loss"),
-    "dpo": StageSpec(_training("dpo"), training_inputs, main_metric="loss"),
-    "kto": StageSpec(_training("kto"), training_inputs, main_metric="loss"),
-    "data": StageSpec(run_data, data_inputs, main_metric="rows_out"),
-    "generate": StageSpec(run_generate, generate_inputs, marker="stage", main_metric="candidates_written"),
-    "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [],
+    "sft": StageSpec(_training("sft"), training_inputs, check_training("sft"), main_metric="loss"),
+    "dpo": StageSpec(_training("dpo"), training_inputs, check_training("dpo"), main_metric="loss"),
+    "kto": StageSpec(_training("kto"), training_inputs, check_training("kto"), main_metric="loss"),
+    "data": StageSpec(run_data, data_inputs, check_data, main_metric="rows_out"),
+    "generate": StageSpec(run_generate, generate_inputs, check_generate, main_metric="candidates_written"),
+    "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [], check_judge,
                        main_metric="pairs_kept"),
-    "feedback": StageSpec(run_feedback, feedback_inputs, marker="stage", main_metric="pairs"),
-    "merge": StageSpec(run_merge, lambda p: [p["model"]] if p.get("model") else [], marker="stage",
+    "feedback": StageSpec(run_feedback, feedback_inputs, check_feedback, main_metric="pairs"),
+    "merge": StageSpec(run_merge, lambda p: [p["model"]] if p.get("model") else [], check_merge,
                        main_metric="export_mb"),
-    "mix": StageSpec(_mix_run, _mix_inputs, marker="stage", main_metric="rows"),
+    "mix": StageSpec(_mix_run, _mix_inputs, _mix_check, main_metric="rows"),
     **_eval_stages(),
     **_rl_stages(),
 }

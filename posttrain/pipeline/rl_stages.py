@@ -20,6 +20,15 @@ def _runner(command: str):
     return run
 
 
+def _check(command: str):
+    def check(params: dict, pending) -> None:  # the whole config, before any stage of the pipeline runs
+        from posttrain.pipeline.registry import training_config
+
+        training_config(command, params, Path("<check>"), False)
+
+    return check
+
+
 def rl_inputs(params: dict) -> list[str]:
     """Model, adapter, data and (PPO/GRPO) the reward model: the files whose content decides the output."""
     from posttrain.pipeline.registry import training_inputs
@@ -31,5 +40,5 @@ def rl_inputs(params: dict) -> list[str]:
 def rl_stages() -> dict:
     from posttrain.pipeline.registry import StageSpec
 
-    return {name: StageSpec(_runner(command), rl_inputs, main_metric=MAIN_METRICS[name])
+    return {name: StageSpec(_runner(command), rl_inputs, _check(command), main_metric=MAIN_METRICS[name])
             for name, command in STAGE_COMMANDS.items()}

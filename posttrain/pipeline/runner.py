@@ -3,8 +3,17 @@
 A stage's key is sha256 over its command, its config with ``${stage.output}`` replaced by the upstream stage's
 *key* (not its folder, so keys do not depend on where the run lives), the content hashes of its input files, and
 the posttrain version. Changing a value changes that stage's key and, through references, every dependent's key;
-everything else keeps its folder and is skipped. A folder without a completion marker is a killed attempt: the
-stage runs again with ``resume=True``. ``force`` removes the folders of the named stages and their dependents.
+everything else keeps its folder and is skipped. ``force`` removes the folders of the named stages and their
+dependents.
+
+Every stage's config is checked (``StageSpec.check``) before the first stage runs, so a typo in the last stage
+costs nothing. A stage is complete when its folder holds the runner's ``stage.json``, written after the stage
+succeeded with the size and sha256 of every file the stage wrote (``outputs``) and of every input it read
+(``inputs``, upstream outputs included). Before skipping, both are checked again: a finished output that was
+truncated, edited or removed, or an input that changed since (an upstream stage recomputed to different bytes),
+means the folder is removed and the stage recomputed, with one line saying which file. A folder without
+``stage.json`` is a killed attempt: the stage runs again with ``resume=True`` (unless its own manifest says it
+completed: then its outputs were never recorded, and it is recomputed).
 
 Run-level records: ``run_dir/manifest.json`` (per stage: key, folder, status, wall time, metrics, inputs with
 hashes; package versions, git sha), rewritten atomically after every stage, and ``run_dir/latest/<name>`` links.
@@ -58,8 +67,10 @@ def stage_key(command: str, config: dict, upstream_keys: dict[str, str], input_h
 
 def plan_pipeline(spec: PipelineSpec, registry: dict[str, StageSpec] = STAGES,
                   hasher: Callable[[str], str | None] = content_hash, version: str | None = None) -> list[StagePlan]:
-    """Every stage's key, folder and resolved params, in run order. Inputs produced by upstream stages are not
-    hashed here (they do not exist yet; the upstream key stands for them)."""
+    """Every stage's key, folder and resolved params, in run order. Each stage's config is checked
+    (``StageSpec.check``) before its inputs are read, so a config error anywhere fails before any stage runs.
+    Inputs produced by upstream stages are not hashed here (they may not exist yet; the upstream key stands for
+    them)."""
     if version is None:
         from posttrain import __version__ as version
     for name, entry in spec.stages.items():
@@ -70,36 +81,108 @@ def plan_pipeline(spec: PipelineSpec, registry: dict[str, StageSpec] = STAGES,
     run_dir = Path(spec.run_dir)
     plans: dict[str, StagePlan] = {}
     for name in topological_order(deps):
-        entry = spec.stages[name]
+        entry, stage = spec.stages[name], registry[spec.stages[name].command]
         upstream = {d: plans[d] for d in deps[name]}
         params = substitute(entry.config, {d: str(p.folder) for d, p in upstream.items()})
-        produced = [str(p.folder) for p in upstream.values()]
-        hashes = {path: hasher(path) for path in registry[entry.command].inputs(params)
-                  if not any(path == f or path.startswith(f + os.sep) for f in produced)}
+        produced = [str(p.folder) for p in plans.values()]
+
+        def pending(path: str, produced: list[str] = produced) -> bool:
+            return any(str(path) == f or str(path).startswith(f + os.sep) for f in produced)
+
+        if stage.check is not None:
+            try:
+                stage.check(params, pending)
+            except PipelineError as e:  # stage messages start with "config: ..."; name the stage
+                raise PipelineError(f"stages.{name}.{e}") from None
+        hashes = {path: hasher(path) for path in stage.inputs(params) if not pending(path)}
         key = stage_key(entry.command, entry.config, {d: p.key for d, p in upstream.items()}, hashes, version)
         plans[name] = StagePlan(name, entry.command, deps[name], key, run_dir / f"{name}-{key[:12]}", params, hashes)
     return list(plans.values())
 
 
-def completed(folder: Path, spec: StageSpec) -> bool:
-    """The stage's completion marker: the runner's stage.json, or (stages with a run folder) a completed manifest."""
-    if (folder / STAGE_RECORD).exists():
-        return True
-    if spec.marker == "manifest" and (folder / "manifest.json").exists():
-        try:
-            return json.loads((folder / "manifest.json").read_text()).get("status") == "completed"
-        except (OSError, json.JSONDecodeError):
-            return False
-    return False
+# Not outputs: the runner's record itself, the stage's manifest (a gate adds its verdicts to the eval's manifest
+# after the eval finished) and training checkpoints (resume state; nothing reads them once the stage is done).
+_NOT_OUTPUTS = (STAGE_RECORD, "manifest.json")
+_NOT_OUTPUT_DIRS = ("checkpoints",)
 
 
-def _read_record(folder: Path) -> dict[str, Any]:
-    for name in (STAGE_RECORD, "manifest.json"):
-        try:
-            return json.loads((folder / name).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-    return {}
+def output_files(folder: Path) -> list[Path]:
+    """The files a finished stage wrote into ``folder`` that later runs verify, sorted."""
+    out = []
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder)
+        if f.is_file() and not (len(rel.parts) == 1 and rel.name in _NOT_OUTPUTS) \
+                and rel.parts[0] not in _NOT_OUTPUT_DIRS:
+            out.append(f)
+    return out
+
+
+def record_outputs(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {size, hash}}`` of every output file (hashing reads each file once)."""
+    return {str(f.relative_to(folder)): {"size": f.stat().st_size, "hash": content_hash(f)}
+            for f in output_files(folder)}
+
+
+def _short(digest: str | None) -> str:
+    return "none" if digest is None else digest[:19]  # "sha256:" + 12 hex digits
+
+
+def outputs_problem(folder: Path, outputs: dict[str, dict[str, Any]],
+                    hasher: Callable[[str], str | None] = content_hash) -> str | None:
+    """Why ``folder``'s recorded outputs can no longer be trusted (one line naming the file), or None. The size is
+    compared first so a truncated model file costs no hashing."""
+    for rel, rec in outputs.items():
+        f = folder / rel
+        if not f.is_file():
+            return f"{f} is missing since the stage finished"
+        size = f.stat().st_size
+        if size != rec["size"]:
+            return f"{f} changed since the stage finished ({size} bytes, {rec['size']} recorded)"
+        digest = hasher(str(f))
+        if digest != rec["hash"]:
+            return f"{f} changed since the stage finished (hash {_short(digest)}, {_short(rec['hash'])} recorded)"
+    return None
+
+
+def inputs_problem(inputs: dict[str, dict[str, Any]], hasher: Callable[[str], str | None]) -> str | None:
+    """Why an input recorded when the stage ran no longer matches (one line naming it), or None."""
+    for path, rec in inputs.items():
+        digest = hasher(path)
+        if digest != rec.get("hash"):
+            return f"input {path} changed since the stage ran (hash {_short(digest)}, {_short(rec.get('hash'))} " \
+                   "recorded)"
+    return None
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The runner's ``stage.json`` of ``folder``; None when absent or unreadable."""
+    try:
+        record = json.loads((folder / STAGE_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def stale_reason(folder: Path, hasher: Callable[[str], str | None]) -> str | None:
+    """None when ``folder`` holds a finished stage whose outputs and inputs are as recorded; otherwise why it must
+    be recomputed, or ``""`` when there is nothing finished there (absent, empty, or a killed attempt)."""
+    record = read_record(folder)
+    if record is None:
+        if (folder / STAGE_RECORD).exists():
+            return f"{folder / STAGE_RECORD} is unreadable"
+        if _manifest_completed(folder):
+            return f"{folder} finished without a stage record (its outputs were never recorded)"
+        return ""
+    if not isinstance(record.get("outputs"), dict):
+        return f"{folder / STAGE_RECORD} records no output hashes (written by an older posttrain)"
+    return outputs_problem(folder, record["outputs"], hasher) or inputs_problem(record.get("inputs") or {}, hasher)
+
+
+def _manifest_completed(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("status") == "completed"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
 
 
 def _link_latest(run_dir: Path, name: str, folder: Path) -> None:
@@ -129,7 +212,7 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
                  echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run (or skip) every stage; returns the run manifest, also written to ``run_dir/manifest.json``. A stage
     that raises is recorded as failed, the manifest is written, and the error propagates (dependents do not run)."""
-    plans = plan_pipeline(spec, registry)
+    plans = plan_pipeline(spec, registry)  # checks every stage's config: an error writes nothing
     deps = {p.name: p.after for p in plans}
     force = list(force)
     for name in force:
@@ -142,6 +225,13 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
                                 "forced": sorted(forced), "versions": package_versions(), "git_sha": git_sha(),
                                 "order": [p.name for p in plans], "stages": {}}
     say = echo or (lambda _: None)
+    hashes: dict[str, str | None] = {}  # content hashes of inputs, computed once until a stage writes something
+
+    def hasher(path: str) -> str | None:
+        if path not in hashes:
+            hashes[path] = content_hash(path)
+        return hashes[path]
+
     for plan in plans:
         stage = registry[plan.command]
         entry: dict[str, Any] = {"command": plan.command, "after": plan.after, "key": plan.key,
@@ -149,37 +239,18 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
         manifest["stages"][plan.name] = entry
         if plan.name in forced and plan.folder.exists():
             shutil.rmtree(plan.folder)
-        if completed(plan.folder, stage):
-            record = _read_record(plan.folder)
+        reason = stale_reason(plan.folder, hasher)
+        if reason is None:
+            record = read_record(plan.folder) or {}
             entry.update(status="skipped", wall_time_s=record.get("wall_time_s"), metrics=record.get("metrics", {}),
                          inputs=record.get("inputs", {}))
             say(f"{plan.name}: skipped (complete in {plan.folder})")
         else:
-            resume = plan.folder.exists() and any(plan.folder.iterdir())
-            plan.folder.mkdir(parents=True, exist_ok=True)
-            say(f"{plan.name}: {'resuming' if resume else 'running'} {plan.command} in {plan.folder}")
-            entry["status"] = "running"  # what a killed run leaves in the manifest
-            atomic_write_json(run_dir / "manifest.json", manifest)
-            t0 = time.time()
-            try:
-                try:
-                    metrics = stage.run(plan.params, plan.folder, resume) or {}
-                except PipelineError as e:  # stage messages start with "config: ..."; name the stage
-                    raise PipelineError(f"stages.{plan.name}.{e}") from None
-            except BaseException as e:
-                entry.update(status="failed", wall_time_s=round(time.time() - t0, 2),
-                             error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                manifest.update(status="failed", finished_at=_now())
-                atomic_write_json(run_dir / "manifest.json", manifest)
-                _report(run_dir, say)  # a failed gate is exactly when the report is read
-                raise
-            inputs = {path: {"hash": content_hash(path)} for path in stage.inputs(plan.params)}
-            entry.update(status="done", resumed=resume, wall_time_s=round(time.time() - t0, 2), metrics=metrics,
-                         inputs=inputs)
-            atomic_write_json(plan.folder / STAGE_RECORD, {
-                "stage": plan.name, "command": plan.command, "key": plan.key, "config": plan.params,
-                "inputs": inputs, "metrics": metrics, "wall_time_s": entry["wall_time_s"], "resumed": resume,
-                "finished_at": _now(), "versions": manifest["versions"], "git_sha": manifest["git_sha"]})
+            if reason:  # a finished stage that no longer matches its record: start it over, not resume it
+                say(f"{plan.name}: {reason}: recomputing")
+                shutil.rmtree(plan.folder)
+            entry.update(_run_stage(plan, stage, run_dir, manifest, entry, say))
+            hashes.clear()
         entry["main_metric"] = _main_metric(stage, entry.get("metrics") or {})
         _link_latest(run_dir, plan.name, plan.folder)
         atomic_write_json(run_dir / "manifest.json", manifest)
@@ -187,6 +258,36 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
     atomic_write_json(run_dir / "manifest.json", manifest)
     _report(run_dir, say)
     return manifest
+
+
+def _run_stage(plan: StagePlan, stage: StageSpec, run_dir: Path, manifest: dict[str, Any], entry: dict[str, Any],
+               say: Callable[[str], None]) -> dict[str, Any]:
+    """Run one stage into its folder and write its ``stage.json``; returns the manifest entry's new fields."""
+    resume = plan.folder.exists() and any(plan.folder.iterdir())
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    say(f"{plan.name}: {'resuming' if resume else 'running'} {plan.command} in {plan.folder}")
+    entry["status"] = "running"  # what a killed run leaves in the manifest
+    atomic_write_json(run_dir / "manifest.json", manifest)
+    t0 = time.time()
+    try:
+        try:
+            metrics = stage.run(plan.params, plan.folder, resume) or {}
+        except PipelineError as e:  # stage messages start with "config: ..."; name the stage
+            raise PipelineError(f"stages.{plan.name}.{e}") from None
+    except BaseException as e:
+        entry.update(status="failed", wall_time_s=round(time.time() - t0, 2),
+                     error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        manifest.update(status="failed", finished_at=_now())
+        atomic_write_json(run_dir / "manifest.json", manifest)
+        _report(run_dir, say)  # a failed gate is exactly when the report is read
+        raise
+    wall = round(time.time() - t0, 2)
+    inputs = {path: {"hash": content_hash(path)} for path in stage.inputs(plan.params)}
+    atomic_write_json(plan.folder / STAGE_RECORD, {
+        "stage": plan.name, "command": plan.command, "key": plan.key, "config": plan.params,
+        "inputs": inputs, "outputs": record_outputs(plan.folder), "metrics": metrics, "wall_time_s": wall,
+        "resumed": resume, "finished_at": _now(), "versions": manifest["versions"], "git_sha": manifest["git_sha"]})
+    return {"status": "done", "resumed": resume, "wall_time_s": wall, "metrics": metrics, "inputs": inputs}
 
 
 def _report(run_dir: Path, say: Callable[[str], None]) -> None:

@@ -66,6 +66,30 @@ def check_keys(params: dict, allowed: tuple[str, ...]) -> None:
         raise PipelineError(f"config: unknown key '{unknown[0]}' (expected: {', '.join(allowed)})")
 
 
+def check_types(params: dict, types: dict[str, tuple[type, ...]]) -> None:
+    """Each present, non-null ``params[key]`` is an instance of ``types[key]`` (a bool is not a number)."""
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping"}
+    for key, kinds in types.items():
+        value = params.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(dict.fromkeys(names[k] for k in kinds))
+            raise PipelineError(f"config: key '{key}': expected {expected}, got {value!r}")
+
+
+def check_model(model: type, params: dict, prefix: str = "") -> Any:
+    """``model(**params)`` for a pydantic model; the first problem as ``config: key '<prefix><key>': ...``."""
+    try:
+        return model(**params)
+    except ValidationError as e:
+        err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+        key = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise PipelineError(f"config: key '{prefix}{key}': {msg}") from None
+
+
 def deep_merge(base: dict, top: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in top.items():

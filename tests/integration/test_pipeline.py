@@ -198,3 +198,32 @@ def test_eval_and_gate_stages_after_dpo(first_run, tmp_path):
     assert manifest["stages"]["eval"]["status"] == "skipped" and manifest["stages"]["gate"]["status"] == "failed"
     verdict = json.loads((Path(manifest["stages"]["gate"]["folder"]) / "gates.json").read_text())
     assert verdict["passed"] is False and verdict["results"][0]["value"] == 2
+
+
+def test_a_truncated_stage_output_is_recomputed_before_a_downstream_stage_trains_on_it(first_run, tmp_path):
+    """Truncating judge's pairs.jsonl on a line boundary used to leave judge 'complete', so DPO (here forced, as
+    after a changed DPO setting) trained on the shorter file under the same cache key."""
+    src, first, reference = first_run
+    run_dir = tmp_path / "copy"
+    shutil.copytree(src, run_dir, symlinks=True)
+    pairs = run_dir / Path(first["stages"]["judge"]["folder"]).name / "pairs.jsonl"
+    full = pairs.read_text()
+    assert len(full.splitlines()) >= 2
+    torch.set_num_threads(1)
+    said: list[str] = []
+    for force in ((), ("dpo",)):
+        pairs.write_text(full.splitlines(keepends=True)[0])
+        said.clear()
+        manifest = run_pipeline(load_pipeline(EXAMPLE, overrides(run_dir), commands=STAGES), force, echo=said.append)
+        assert pairs.read_text() == full
+        line = next(s for s in said if s.startswith("judge: "))
+        assert line.startswith(f"judge: {pairs} changed since the stage finished (") and "recorded)" in line
+        assert line.endswith(": recomputing")
+        # judge rebuilt the same pairs, so DPO's recorded input still matches: skipped unless forced
+        assert statuses(manifest) == {"sft": "skipped", "generate": "skipped", "judge": "done",
+                                      "dpo": "done" if force else "skipped"}
+    assert losses(run_dir / Path(first["stages"]["dpo"]["folder"]).name) == pytest.approx(reference["losses"],
+                                                                                          rel=1e-5)
+    dpo = run_dir / Path(first["stages"]["dpo"]["folder"]).name
+    assert list((dpo / "refcache").glob("*/part-*.pt"))  # the reference cache lives in DPO's own folder
+    assert not list(pairs.parent.glob("*.refcache"))

@@ -20,7 +20,7 @@ def make_registry(calls: list, fail_in: set | None = None) -> dict[str, StageSpe
         (out / "out.txt").write_text(text.upper())
         return {"chars": len(text)}
 
-    return {"copy": StageSpec(copy_upper, lambda p: [p["src"]], marker="stage", main_metric="chars")}
+    return {"copy": StageSpec(copy_upper, lambda p: [p["src"]], main_metric="chars")}
 
 
 def pipeline(tmp_path: Path, **suffixes) -> dict:
