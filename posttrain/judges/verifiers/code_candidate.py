@@ -40,13 +40,13 @@ def candidate(rfd: int, wfd: int) -> None:
 
     def export(x):
         objects[id(x)] = x
-        return "h", id(x), type(x).__name__
+        return ["h", id(x), type(x).__name__]
 
     def resolve(node):
         if node[0] == "h":
             return objects[node[1]]
-        return lambda *a, **kw: request(("cb", node[1], [encode(v, export) for v in a],
-                                         [(k, encode(v, export)) for k, v in kw.items()]))
+        return lambda *a, **kw: request(["cb", node[1], [encode(v, export) for v in a],
+                                         [[k, encode(v, export)] for k, v in kw.items()]])
 
     def request(msg):
         chan.send(msg)
@@ -70,7 +70,7 @@ def candidate(rfd: int, wfd: int) -> None:
                 pos = [decode(v, resolve) for v in args[0]]
                 kw = {k: decode(v, resolve) for k, v in args[1]}
                 value = obj(*pos, **kw)
-                writeback = [(k, encode(v, export)) for k, v in [*enumerate(pos), *kw.items()] if type(v) in MUTABLE]
+                writeback = [[k, encode(v, export)] for k, v in [*enumerate(pos), *kw.items()] if type(v) in MUTABLE]
             elif kind == "binop":
                 value = getattr(operator, args[0])(obj, decode(args[1], resolve))
             elif kind == "isinstance":
@@ -82,7 +82,7 @@ def candidate(rfd: int, wfd: int) -> None:
             else:
                 value = {"len": len, "bool": bool, "str": str, "repr": repr, "float": float, "int": int,
                          "index": operator.index, "hash": hash, "iter": iter, "next": next}[kind](obj)
-            reply = ("ok", encode(value, export), writeback)
+            reply = ["ok", encode(value, export), writeback]
         except BaseException as e:  # noqa: BLE001 - everything the candidate raises goes back to the tests
             reply = error_message(e)
         sys.stdout.flush(), sys.stderr.flush()
@@ -93,14 +93,14 @@ def candidate(rfd: int, wfd: int) -> None:
     namespace = {"__name__": "solution", "__builtins__": builtins}
     try:
         exec(compile(source, "solution.py", "exec"), namespace)
-        names = [(k, ("m", v.__name__) if type(v) is type(sys) else encode(v, export))
+        names = [[k, ["m", v.__name__] if type(v) is type(sys) else encode(v, export)]
                  for k, v in namespace.items() if not k.startswith("__")]
     except BaseException as e:  # noqa: BLE001 - a crash while loading is the verdict's business
         sys.stdout.flush(), sys.stderr.flush()
-        chan.send(("load_error", describe(e), isinstance(e, MemoryError)))
+        chan.send(["load_error", describe(e), isinstance(e, MemoryError)])
         return
     sys.stdout.flush(), sys.stderr.flush()
-    chan.send(("hello", names))
+    chan.send(["hello", names])
     while True:
         serve(chan.recv())
 

@@ -46,10 +46,10 @@ _callbacks: list = []
 
 def _export(x):
     if isinstance(x, Handle):
-        return "h", x._hid
+        return ["h", x._hid]
     if callable(x):
         _callbacks.append(x)
-        return "c", len(_callbacks) - 1
+        return ["c", len(_callbacks) - 1]
     raise TypeError(f"cannot pass a {type(x).__name__} to the candidate's code: only plain data, callables and "
                     "objects the candidate made")
 
@@ -82,15 +82,13 @@ def _remote(kind: str, handle: Handle, *args, call=None):
     """Ask the candidate process to do ``kind`` on ``handle``; serves the callbacks it makes meanwhile."""
     if call is not None:
         pos, kw = call
-        args = ([encode(v, _export) for v in pos], [(k, encode(v, _export)) for k, v in kw.items()])
-        msg = ("op", kind, handle._hid, args)
+        args = [[encode(v, _export) for v in pos], [[k, encode(v, _export)] for k, v in kw.items()]]
+        msg = ["op", kind, handle._hid, args]
     else:
-        msg = ("op", kind, handle._hid, [encode(a, _export) for a in args])
+        msg = ["op", kind, handle._hid, [encode(a, _export) for a in args]]
     _chan.send(msg)
     while True:
         reply = _chan.recv()
-        if type(reply) is not tuple or not reply:
-            raise CandidateGone("malformed message from the candidate")
         if reply[0] == "ok" and len(reply) == 3 and type(reply[2]) is list:
             if call is not None:
                 _write_back(call, reply[2])
@@ -101,7 +99,7 @@ def _remote(kind: str, handle: Handle, *args, call=None):
             try:
                 pos = [decode(v, _resolve) for v in reply[2]]
                 kw = {k: decode(v, _resolve) for k, v in reply[3] if type(k) is str}
-                out = ("ok", encode(_callbacks[reply[1]](*pos, **kw), _export), [])
+                out = ["ok", encode(_callbacks[reply[1]](*pos, **kw), _export), []]
             except CandidateGone:
                 raise
             except Exception as e:  # noqa: BLE001 - the test callable's error goes back to the candidate
@@ -115,7 +113,7 @@ def _write_back(call, writeback) -> None:
     """Copy the candidate's changes to the lists, dicts, sets and bytearrays the tests passed, in place."""
     pos, kw = call
     for entry in writeback:
-        if type(entry) is not tuple or len(entry) != 2:
+        if type(entry) is not list or len(entry) != 2:
             raise CandidateGone("malformed message from the candidate")
         key, node = entry
         original = pos[key] if type(key) is int and 0 <= key < len(pos) else kw.get(key) if type(key) is str else None
@@ -203,12 +201,12 @@ def _namespace(names) -> dict:
     if type(names) is not list:
         raise CandidateGone("malformed names from the candidate")
     for entry in names:
-        if type(entry) is not tuple or len(entry) != 2 or type(entry[0]) is not str:
+        if type(entry) is not list or len(entry) != 2 or type(entry[0]) is not str:
             raise CandidateGone("malformed names from the candidate")
         name, node = entry
         if hasattr(builtins, name):
             continue
-        if type(node) is tuple and len(node) == 2 and node[0] == "m" and type(node[1]) is str:
+        if type(node) is list and len(node) == 2 and node[0] == "m" and type(node[1]) is str:
             top = node[1].partition(".")[0]
             if top in sys.stdlib_module_names and top not in ("antigravity", "this") or top == "numpy":
                 try:
@@ -241,10 +239,10 @@ def run_tests(source: str) -> dict:
     try:
         tree = ast.parse(source, "tests.py")
         first = _chan.recv()
-        if type(first) is tuple and len(first) == 3 and first[0] == "load_error":
+        if len(first) == 3 and first[0] == "load_error":
             report["error"], report["memory_exceeded"] = str(first[1])[-500:], first[2] is True
             return report
-        if type(first) is not tuple or len(first) != 2 or first[0] != "hello":
+        if len(first) != 2 or first[0] != "hello":
             raise CandidateGone("malformed greeting from the candidate")
         ns = _namespace(first[1])
         tests = set(planned_tests(tree))
@@ -293,7 +291,7 @@ def tests(rfd: int, wfd: int, verdict_fd: int) -> None:
         data = data[os.write(verdict_fd, data):]
     os.set_blocking(wfd, False)  # a candidate that stopped reading cannot hold the verdict back
     try:
-        _chan.send(("bye",))
+        _chan.send(["bye"])
     except CandidateGone:
         pass
 

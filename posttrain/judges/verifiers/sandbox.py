@@ -94,14 +94,19 @@ def python_paths(python: str) -> tuple[str, ...]:
                          check=True).stdout.split("\n")
     paths = {os.path.realpath(p) for p in out if p} | {p for p in out if p}
     paths.add(os.path.dirname(os.path.realpath(python)))
-    return tuple(sorted(p for p in paths if p != "/" and not (p + "/").startswith("/usr/")))
+    paths = sorted(p for p in paths if p != "/" and not (p + "/").startswith("/usr/"))
+    return tuple(p for p in paths if not any(p.startswith(q + "/") for q in paths))  # nested ones come along
 
 
 def command(sb: Sandbox, argv: list[str], *, python: str, files: dict[str, str], seccomp_fd: int | None) -> list[str]:
     """The argv that runs ``argv`` in ``sb``. ``files`` maps sandbox paths to host files bound read-only."""
     if sb.mode == "unsafe":
         return argv
-    cmd = ["bwrap", *sb.flags, "--ro-bind", "/usr", "/usr"]
+    sized = "--size" in _bwrap_options()  # bwrap >= 0.8; older ones get unbounded tmpfs (still private)
+    cmd = ["bwrap", *sb.flags, "--dev", "/dev", "--remount-ro", "/dev"]
+    for dest, size in (("/dev/shm", SHM_BYTES), ("/tmp", TMP_BYTES)):  # before the binds: a venv may be in /tmp
+        cmd += [*(["--size", str(size)] if sized else []), "--tmpfs", dest]
+    cmd += ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):  # merged-/usr symlinks, or real folders
         if os.path.islink(top):
             cmd += ["--symlink", os.readlink(top), top]
@@ -111,8 +116,7 @@ def command(sb: Sandbox, argv: list[str], *, python: str, files: dict[str, str],
         cmd += ["--ro-bind", path, path]
     for dest, src in files.items():
         cmd += ["--ro-bind", src, dest]
-    cmd += ["--dev", "/dev", "--remount-ro", "/dev", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
-            "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--remount-ro", "/", "--chdir", "/tmp"]
+    cmd += ["--remount-ro", "/", "--chdir", "/tmp"]
     if seccomp_fd is not None:
         cmd += ["--seccomp", str(seccomp_fd)]
     return [*cmd, "--", *argv]
@@ -191,12 +195,21 @@ def _probe(flags: tuple[str, ...], python: str) -> str | None:
 
 
 @lru_cache(maxsize=None)
+def _bwrap_options() -> str:
+    try:
+        return subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@lru_cache(maxsize=None)
 def _bwrap(python: str) -> Sandbox | str:
     """The first working bwrap flag set (with a user namespace, then without), or why none works."""
     if shutil.which("bwrap") is None:
         return "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
     reasons = []
-    for flags in (_USERNS + _COMMON, _COMMON):
+    userns = tuple(f for f in _USERNS if f != "--disable-userns" or f in _bwrap_options())  # bwrap >= 0.8
+    for flags in (userns + _COMMON, _COMMON):
         reason = _probe(flags, python)
         if reason is None:
             return Sandbox("bwrap", flags)

@@ -194,3 +194,14 @@ def test_the_verifier_folder_does_not_shadow_the_standard_library():
     code = "import code, math\nSTDLIB = hasattr(code, 'interact') and hasattr(math, 'sqrt')\n"
     result = run_python_tests(code, "assert STDLIB is True\n", time_limit_s=2, sandbox="unsafe")
     assert result.passed, result.error
+
+
+def test_plain_values_cross_both_ways_exactly():
+    code = "def echo(x):\n    return x\ndef big():\n    return 3 ** 30000\n"
+    tests = ("v = (1, 2.5, -0.0, 1 + 2j, b'\\x00\\xff', 'caf\\u00e9 \\u2603', None, True, [1, [2]], {'a': {1, 2}},\n"
+             "     frozenset({3}), bytearray(b'ab'), {(1, 2): 'tuple key'})\n"
+             "assert echo(v) == v and [type(x) for x in echo(v)] == [type(x) for x in v]\n"
+             "assert big() == 3 ** 30000 and echo(-(3 ** 30000)) == -(3 ** 30000)\n"
+             "import math\nassert math.isnan(echo(float('nan'))) and echo(float('-inf')) == float('-inf')\n")
+    result = run_python_tests(code, tests, time_limit_s=3)
+    assert result.passed, result.error

@@ -132,6 +132,18 @@ def test_tests_cannot_be_read_by_name(mode):
     assert result.passed and "FOUND []" in result.stdout_tail
 
 
+def test_honest_code_keeps_threads_temp_files_and_deep_recursion(mode):
+    code = ("import os, sys, tempfile, threading\n"
+            "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+            "def work():\n    out = []\n    t = threading.Thread(target=out.append, args=(depth(5000),))\n"
+            "    t.start(); t.join()\n"
+            "    path = os.path.join(tempfile.gettempdir(), 'scratch.txt')\n"
+            "    with open(path, 'w') as fh:\n        fh.write(str(out[0]))\n"
+            "    return int(open(path).read())\n")
+    result = run_python_tests(code, "assert work() == 5000\n", time_limit_s=3, sandbox=mode)
+    assert result.passed, result.error
+
+
 # ---- escapes: contained by bwrap; unsafe mode shows the hazard --------------------------------------------
 
 @pytest.fixture
@@ -276,3 +288,24 @@ def test_sandbox_mode_setting(monkeypatch):
             assert sandbox.resolve("auto").mode == "unsafe"  # once only
     finally:
         sandbox._bwrap.cache_clear()
+
+
+@pytest.mark.parametrize("node", [
+    ("l", []),                                   # a tuple, not a JSON list
+    ["d", [1]],                                  # a dict with a key and no value
+    ["n", "|O8", [1], "AAAAAAAAAAA="],           # a numpy array of object pointers
+    ["x", 1, ["c", 99]],                         # a wrapped value with a callback the tests never gave
+    ["h", "not an id", "T"],
+    ["i", "12 + 1"],
+    ["l", [["l", [["l", [["l", []]]]]]]],        # deeper than the limit below
+])
+def test_the_wire_rejects_malformed_values(node):
+    from posttrain.judges.verifiers import code_wire
+
+    def resolve(n):
+        if n[0] == "h" and type(n[1]) is int:
+            return object()
+        raise ValueError
+
+    with pytest.raises(code_wire.CandidateGone):
+        code_wire.decode(node, resolve, depth=code_wire.MAX_DEPTH)
