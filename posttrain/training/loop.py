@@ -91,7 +91,9 @@ def resume_from_checkpoint(s: LoopSettings, model, optimizer, scheduler, *, rank
         return 0, {}
     state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
     if rank == 0:
-        print(f"posttrain: resumed from {ckpt} (step {state['step']} of {total_steps})", flush=True)
+        # the checkpoint actually loaded: a damaged latest one falls back to the previous complete one
+        used = state.get("checkpoint", ckpt)
+        print(f"posttrain: resumed from {used} (step {state['step']} of {total_steps})", flush=True)
     return state["step"], state
 
 

@@ -174,10 +174,11 @@ def test_full_finetune_rerun_builds_no_reference_copy(tmp_path, one_torch_thread
     built = []
     real = pref.build_reference
     monkeypatch.setattr(pref, "build_reference", lambda *a: built.append(1) or real(*a))
-    args = ["peft.method=none", "optim.lr=1e-4"]
+    # runs share reference log-probs through one cache folder (the default is each run's own <output_dir>/refcache)
+    args = ["peft.method=none", "optim.lr=1e-4", f"loss.reference_cache_dir={tmp_path / 'shared'}"]
     before = reference_mod.reference_passes()
     pref.train_preference(tiny_config("dpo", data, tmp_path / "a", *args, "optim.max_steps=1"))  # half the data
-    assert built == [1] and (tmp_path / "pairs.jsonl.refcache").is_dir()  # default: beside the data file
+    assert built == [1] and list((tmp_path / "shared").glob("*/part-*.pt"))
     assert reference_mod.reference_passes() - before == 1
     before = reference_mod.reference_passes()
     pref.train_preference(tiny_config("dpo", data, tmp_path / "b", *args, "optim.max_steps=2"))
