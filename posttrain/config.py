@@ -108,6 +108,9 @@ class TrainSection(Section):
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    on_nonfinite: Literal["fail", "skip"] = Field(
+        "fail", description="a step whose loss or gradient norm is NaN/inf: fail stops the run (no model saved, "
+        "checkpoints kept); skip drops that update and goes on")
 
 
 class PreferenceLossSection(Section):

@@ -1,4 +1,5 @@
-"""The ``reward-model``, ``ppo``, ``grpo`` and ``rejection-sft`` commands (mounted by ``posttrain/cli.py``).
+"""The ``reward-model``, ``ppo``, ``grpo``, ``rejection-sft`` and ``online-dpo`` commands (mounted by
+``posttrain/cli.py``).
 
 Each takes an optional YAML config followed by dotted overrides, like ``posttrain dpo``::
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-RL_COMMANDS = ("reward-model", "ppo", "grpo", "rejection-sft")
+RL_COMMANDS = ("reward-model", "ppo", "grpo", "rejection-sft", "online-dpo")
 
 
 def trainer(command: str):
@@ -30,6 +31,10 @@ def trainer(command: str):
         from posttrain.trainers.rejection_sft import train_rejection_sft
 
         return train_rejection_sft
+    if command == "online-dpo":
+        from posttrain.trainers.online_dpo import train_online_dpo
+
+        return train_online_dpo
     raise KeyError(command)
 
 
@@ -73,6 +78,11 @@ def rejection_sft_command(args: list[str] = _ARGS) -> None:
     _run("rejection-sft", args)
 
 
+def online_dpo_command(args: list[str] = _ARGS) -> None:
+    """Online DPO (OAIF): each step samples from the current policy, judges label pairs, a DPO-family update."""
+    _run("online-dpo", args)
+
+
 def mount(app) -> None:
     app.command("reward-model", help="Train a Bradley-Terry reward model on preference pairs (accuracy, reward "
                                      "distribution, length bias).")(reward_model_command)
@@ -81,6 +91,8 @@ def mount(app) -> None:
         grpo_command)
     app.command("rejection-sft", help="Best-of-N sampling by a judge, then SFT on the winners.")(
         rejection_sft_command)
+    app.command("online-dpo", help="Online DPO: sample from the current policy, judges (verifier, reward model, LLM) "
+                                   "label pairs, a DPO-family step on them.")(online_dpo_command)
 
 
 def validate_data(command: str, cfg) -> dict:
@@ -99,7 +111,10 @@ def validate_data(command: str, cfg) -> dict:
         return {"train/kept": len(pairs), "train/dropped_too_long": dropped}
     from posttrain.trainers.rl_common import load_prompt_items
 
-    need = command != "rejection-sft" and cfg.reward.verifier_weight > 0
+    if command == "online-dpo":
+        need = any(j.get("type") == "verifier" for j in cfg.online.judges)
+    else:
+        need = command != "rejection-sft" and cfg.reward.verifier_weight > 0
     _, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
                                  max_prompt_length=cfg.data.max_prompt_length, need_verifiable=need)
     if cfg.data.eval:
