@@ -15,13 +15,18 @@ Accepted layouts:
   implicit prompt, and UltraFeedback-binarized, whose ``prompt`` string repeats the first user turn);
   Anthropic HH strings (``"\\n\\nHuman: ...\\n\\nAssistant: ..."``) with no ``prompt``.
 - Unpaired (KTO): ``prompt`` + ``completion`` + ``label`` (bool, 0/1, or "true"/"false").
-- Prompt: ``prompt`` (string or message list) or ``messages``.
+- Prompt: ``prompt`` (string or message list) or ``messages``. IFEval-format rows (google/IFEval
+  ``instruction_id_list`` + ``kwargs``, allenai/RLVR-IFeval ``ground_truth``) also get their instructions as
+  verifiable ``constraints`` in metadata (``judges/verifiers/ifeval.py`` maps each id to a constraint kind) and
+  IFEval's ``key`` as ``id``; an id with no verifier is an error naming it, or, with ``ifeval_unsupported="skip"``,
+  dropped (listed in ``ifeval_skipped``; a row left with none is skipped).
 
 Every kind accepts an optional ``system`` string, prepended as a system message.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -218,31 +223,81 @@ def to_unpaired(record: dict, source: str = "<memory>", row: int = 0) -> Unpaire
                            _metadata(record, ("prompt", "completion", "label", "system")))
 
 
-def to_prompt(record: dict, source: str = "<memory>", row: int = 0) -> PromptExample:
+class SkippedRow(DataError):
+    """A prompt row left with no instruction to verify once its unsupported IFEval ids were skipped."""
+
+
+IFEVAL_UNSUPPORTED = ("error", "skip")
+
+
+def _ifeval_metadata(record: dict, metadata: dict, source: str, row: int, unsupported: str) -> dict:
+    """``metadata`` plus the row's IFEval instructions as ``constraints`` (unchanged for other rows)."""
+    # The id -> constraint-kind map belongs to the verifiers (judges layer); it is plain data and stdlib code,
+    # imported here so that every prompt reader (generate, judge, grpo, eval) fails on a bad row before any work.
+    from posttrain.judges.verifiers.ifeval import IFEvalError, ifeval_constraints, read_ifeval
+
+    try:
+        found = read_ifeval(record)
+        if found is None:
+            return metadata
+        field, ids, kwargs = found
+        if _present(record, "constraints", "constraint"):
+            raise DataError(source, row, field, "the row has both IFEval instructions and 'constraints' or "
+                            "'constraint'; keep one")
+        constraints, skipped = ifeval_constraints(field, ids, kwargs, unsupported=unsupported)
+    except IFEvalError as e:
+        raise DataError(source, row, e.field, str(e)) from None
+    if not constraints:
+        raise SkippedRow(source, row, field, f"skipped: no instruction with a verifier ({', '.join(skipped)})")
+    out = {**metadata, "instruction_id_list": ids, "constraints": constraints}
+    if skipped:
+        out["ifeval_skipped"] = skipped
+    if out.get("id") is None and isinstance(record.get("key"), (int, str)) and not isinstance(record["key"], bool):
+        out["id"] = record["key"]
+    return out
+
+
+def to_prompt(record: dict, source: str = "<memory>", row: int = 0, *,
+              ifeval_unsupported: str = "error") -> PromptExample:
     if _present(record, "prompt"):
         prompt, used = _turns(record, "prompt", "user", source, row), ("prompt",)
     elif _present(record, "messages"):
         prompt, used = _messages(record["messages"], "messages", source, row), ("messages",)
     else:
         raise DataError(source, row, "prompt", f"missing (the row has: {', '.join(record) or 'nothing'})")
-    return PromptExample(_with_system(record, prompt, source, row), source, row, _metadata(record, used + ("system",)))
+    metadata = _ifeval_metadata(record, _metadata(record, used + ("system",)), source, row, ifeval_unsupported)
+    return PromptExample(_with_system(record, prompt, source, row), source, row, metadata)
 
 
 CONVERTERS = {"sft": to_sft, "preference": to_preference, "unpaired": to_unpaired, "prompt": to_prompt}
 
 
-def load_examples(source: str, kind: str, split: str | None = None) -> list[Example]:
+def load_examples(source: str, kind: str, split: str | None = None, *, ifeval_unsupported: str = "error",
+                  skipped: list[DataError] | None = None) -> list[Example]:
     """Read ``source``, convert every row to ``kind`` and validate it. Raises ``DataErrors`` listing every bad
-    row (one line each) so a user fixes the file in one go; nothing is returned unless every row is good."""
+    row (one line each) so a user fixes the file in one go; nothing is returned unless every row is good.
+    ``ifeval_unsupported`` (prompt rows): "error" or "skip" IFEval instruction ids with no verifier; rows skipped
+    whole are appended to ``skipped`` when given."""
     if kind not in CONVERTERS:
         raise ValueError(f"unknown data kind {kind!r} (expected one of {', '.join(CONVERTERS)})")
+    if ifeval_unsupported not in IFEVAL_UNSUPPORTED:
+        raise ValueError(f"ifeval_unsupported must be one of {', '.join(IFEVAL_UNSUPPORTED)}, got "
+                         f"{ifeval_unsupported!r}")
     convert = CONVERTERS[kind]
+    if kind == "prompt":
+        convert = functools.partial(to_prompt, ifeval_unsupported=ifeval_unsupported)
     examples: list[Example] = []
     errors: list[DataError] = []
+    n_skipped = 0
     try:
         for row, record in read_records(source, split, errors=errors):
             try:
                 example = convert(record, source, row)
+            except SkippedRow as e:
+                n_skipped += 1
+                if skipped is not None:
+                    skipped.append(e)
+                continue
             except DataError as e:
                 errors.append(e)
                 continue
@@ -253,7 +308,8 @@ def load_examples(source: str, kind: str, split: str | None = None) -> list[Exam
     except DataError as e:  # the source as a whole is unreadable (missing, wrong type, hub unreachable)
         errors.append(e)
     if not errors and not examples:
-        errors.append(DataError(source, None, None, "has no rows"))
+        left = f" left ({n_skipped} skipped: no instruction with a verifier)" if n_skipped else ""
+        errors.append(DataError(source, None, None, f"has no rows{left}"))
     if errors:
         raise DataErrors(errors)
     return examples

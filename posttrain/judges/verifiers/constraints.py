@@ -120,6 +120,26 @@ def exclamation_sentence(text: str) -> bool:
     return len(sentences(text)) == 1 and text.strip().endswith("!")
 
 
+def paragraph_first_word(text: str, n: int, nth: int, word: str) -> bool:
+    """Exactly ``n`` paragraphs (``counting.paragraphs``) and paragraph ``nth`` (1-based) starts with ``word``:
+    its first whitespace token, leading quotes stripped and cut at the first . , ? ! ' or ", equals ``word``
+    case-insensitively (IFEval's nth_paragraph_first_word)."""
+    paras = paragraphs(text)
+    if len(paras) != n or not 1 <= nth <= n:
+        return False
+    first = paras[nth - 1].split()[0].lstrip("'\"")
+    return re.split(r"[.,?!'\"]", first)[0].lower() == word.strip().lower()
+
+
+IFEVAL_RESPONSE_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
+
+
+def constrained_response(text: str, options: list[str] | tuple[str, ...] = IFEVAL_RESPONSE_OPTIONS) -> bool:
+    """The stripped text contains one of ``options`` (case-sensitive; IFEval's constrained_response, whose
+    default options are "My answer is yes.", "My answer is no." and "My answer is maybe.")."""
+    return any(option.strip() in text.strip() for option in options)
+
+
 def _json_value(text: str) -> tuple[bool, Any]:
     """(parsed, value) of the stripped text, or of the body of one ```json (or bare ```) fence around it all."""
     t = text.strip()
@@ -237,6 +257,8 @@ CONSTRAINTS: dict[str, ConstraintSpec] = {spec.name: spec for spec in (
     _spec("exact_word_count", exact_word_count, _N, "exactly n words"),
     _spec("sentence_count", sentence_count, {}, "min <= sentences <= max", _BOUNDS, ("min", "max")),
     _spec("paragraph_count", paragraph_count, _N, "exactly n paragraphs (blank line or *** between)"),
+    _spec("paragraph_first_word", paragraph_first_word, {**_N, "nth": "int", "word": "str"},
+          "exactly n paragraphs, paragraph nth starts with word"),
     _spec("include_keywords", include_keywords, {"keywords": "str_list"}, "every keyword appears"),
     _spec("exclude_keywords", exclude_keywords, {"keywords": "str_list"}, "no keyword appears"),
     _spec("keyword_frequency", keyword_frequency, {"keyword": "str", **_N}, "keyword count <relation> n", _REL),
@@ -249,6 +271,8 @@ CONSTRAINTS: dict[str, ConstraintSpec] = {spec.name: spec for spec in (
     _spec("double_quotes", double_quotes, {}, "wrapped in double quotes"),
     _spec("wrapped_in_quotes", double_quotes, {}, "alias of double_quotes"),
     _spec("exclamation_sentence", exclamation_sentence, {}, "one sentence ending with '!'"),
+    _spec("constrained_response", constrained_response, {}, "contains one of the given answer options",
+          {"options": "str_list"}),
     _spec("valid_json", valid_json, {}, "the whole response is JSON"),
     _spec("json_answer", json_answer, {}, 'a JSON object {"answer": ...} and nothing else'),
     _spec("bullet_list", bullet_list, _N, "exactly n markdown bullets", {"markers": "str"}),

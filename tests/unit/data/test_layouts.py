@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from posttrain.data.layouts import to_preference, to_prompt, to_sft, to_unpaired
@@ -161,3 +163,88 @@ def test_prompt_forms():
     assert to_prompt({"system": "x", "prompt": "q"}).prompt == [s("x"), u("q")]
     with pytest.raises(DataError, match="field 'prompt': missing"):
         to_prompt({"question": "q"})
+
+
+# ---- IFEval-format prompt rows ---------------------------------------------------------------------------------
+
+IFEVAL_TEN = [  # google/IFEval rows (nulls as in columnar copies), RLVR-IFeval ground truths, one plain row
+    {"key": 11, "prompt": "Write a poem. No commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+    {"key": 12, "prompt": "Essay of 300 words without commas.",
+     "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+     "kwargs": [{}, {"relation": "at least", "num_words": 300}]},
+    {"key": 13, "prompt": "A title and 3 bullets.",
+     "instruction_id_list": ["detectable_format:title", "detectable_format:number_bullet_lists"],
+     "kwargs": [{"num_bullets": None}, {"num_bullets": 3, "relation": None}]},
+    {"key": 14, "prompt": "In lowercase.", "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]},
+    {"key": 15, "prompt": "Mention tea twice, end with 'Bye.'",
+     "instruction_id_list": ["keywords:frequency", "startend:end_checker"],
+     "kwargs": [{"keyword": "tea", "frequency": 2, "relation": "at least"}, {"end_phrase": "Bye."}]},
+    {"key": 16, "prompt": "Quote it all.", "instruction_id_list": ["startend:quotation"], "kwargs": [{}]},
+    {"messages": [{"role": "user", "content": "Lowercase please."}],
+     "ground_truth": json.dumps({"func_name": "validate_lowercase", "N": None, "quantifier": None}),
+     "dataset": "ifeval"},
+    {"messages": [{"role": "user", "content": "About 50 words."}],
+     "ground_truth": json.dumps({"func_name": "validate_word_constraint", "N": 50, "quantifier": "at most"})},
+    {"messages": [{"role": "user", "content": "Two paragraphs, no commas, a P.S."}],
+     "ground_truth": "[{'instruction_id': ['length_constraints:number_paragraphs', 'punctuation:no_comma', "
+                     "'detectable_content:postscript'], 'kwargs': [{'num_paragraphs': 2}, None, "
+                     "{'postscript_marker': 'P.S.'}]}]"},
+    {"prompt": "A plain prompt with a math answer.", "ground_truth": "42"},
+]
+
+
+def test_ifeval_reader_on_ten_rows_against_a_hand_count(tmp_path):
+    from posttrain.data.layouts import load_examples
+
+    path = tmp_path / "ifeval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in IFEVAL_TEN))
+    examples = load_examples(str(path), "prompt")
+    assert len(examples) == 10
+    kinds: dict[str, int] = {}
+    for ex in examples:
+        for c in ex.metadata.get("constraints", []):
+            kinds[c["kind"]] = kinds.get(c["kind"], 0) + 1
+    # by hand: no_comma in rows 1, 2, 9; lowercase in 4 and 7; word counts in 2 and 8; one each of the rest
+    assert kinds == {"no_commas": 3, "lowercase": 2, "word_count": 2, "title": 1, "bullet_list": 1,
+                     "keyword_frequency": 1, "ends_with_phrase": 1, "double_quotes": 1, "paragraph_count": 1,
+                     "postscript": 1}
+    assert sum(kinds.values()) == 14 and sum(len(ex.metadata.get("constraints", [])) > 0 for ex in examples) == 9
+    assert [ex.metadata.get("id") for ex in examples[:6]] == [11, 12, 13, 14, 15, 16]  # IFEval's key is the id
+    assert examples[1].metadata["constraints"] == [{"kind": "no_commas", "args": {}},
+                                                   {"kind": "word_count", "args": {"min": 300}}]
+    assert examples[7].metadata["constraints"] == [{"kind": "word_count", "args": {"max": 50}}]
+    assert examples[7].metadata["instruction_id_list"] == ["length_constraints:number_words"]
+    assert examples[6].prompt == [u("Lowercase please.")]
+    assert examples[9].metadata == {"ground_truth": "42"}  # not IFEval: left as it was
+
+
+def test_ifeval_rows_with_unsupported_or_conflicting_instructions(tmp_path):
+    from posttrain.data.layouts import load_examples
+    from posttrain.data.schema import DataErrors
+
+    rows = [{"key": 1, "prompt": "Reply in German.", "instruction_id_list": ["language:response_language"],
+             "kwargs": [{"language": "de"}]},
+            {"key": 2, "prompt": "German, no commas.",
+             "instruction_id_list": ["language:response_language", "punctuation:no_comma"],
+             "kwargs": [{"language": "de"}, {}]},
+            {"key": 3, "prompt": "Both.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}],
+             "constraints": [{"kind": "lowercase", "args": {}}]}]
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataErrors) as e:
+        load_examples(str(path), "prompt")
+    lines = str(e.value).splitlines()
+    assert lines[0] == (f"{path}:1: field 'instruction_id_list': instruction id 'language:response_language' has "
+                        "no verifier (supported: see posttrain/judges/verifiers/ifeval.py IFEVAL_IDS; or skip such "
+                        "ids)")
+    assert lines[1].startswith(f"{path}:2: field 'instruction_id_list': instruction id 'language:response_language'")
+    assert lines[2] == (f"{path}:3: field 'instruction_id_list': the row has both IFEval instructions and "
+                        "'constraints' or 'constraint'; keep one")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    skipped: list = []
+    (ex,) = load_examples(str(path), "prompt", ifeval_unsupported="skip", skipped=skipped)
+    assert ex.metadata["constraints"] == [{"kind": "no_commas", "args": {}}]
+    assert ex.metadata["ifeval_skipped"] == ["language:response_language"]
+    assert [(s.row, s.field_name) for s in skipped] == [(1, "instruction_id_list")]
+    with pytest.raises(ValueError, match="ifeval_unsupported must be one of error, skip"):
+        load_examples(str(path), "prompt", ifeval_unsupported="ignore")
