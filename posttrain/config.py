@@ -342,8 +342,45 @@ class RejectionSFTConfig(Section):
         return self
 
 
+class OnlineSection(Section):
+    num_generations: int = Field(2, ge=2, description="samples per prompt and step from the current policy (a pair "
+                                 "needs two; OAIF uses 2)")
+    judges: list[dict[str, Any]] = Field(default_factory=lambda: [{"type": "verifier"}], min_length=1,
+                                         description="judge configs as in the judge stage (verifier, reward_model, "
+                                         "llm, local; several are combined, weighted)")
+    strategy: Literal["best_vs_worst", "all_above_margin", "round_robin", "all_pairs"] = Field(
+        "best_vs_worst", description="as the judge stage's pairs.strategy: best_vs_worst / all_above_margin score "
+        "each sample; round_robin / all_pairs compare two samples (an LLM judge: in both orders)")
+    min_score_gap: float = Field(0.0, ge=0, description="keep a pair only if chosen - rejected score >= this (judge "
+                                 "units; round_robin: win rates); equal scores never make a pair")
+    max_length_ratio: float | None = Field(None, ge=1, description="drop pairs whose longer response is more than "
+                                           "this many times the shorter (length-bias guard)")
+
+
+class OnlineDPOConfig(Section):
+    model: ModelSection = ModelSection()
+    peft: PeftSection = PeftSection()
+    data: PromptDataSection
+    rollout: RolloutSection = RolloutSection()
+    online: OnlineSection = OnlineSection()
+    loss: PreferenceLossSection = PreferenceLossSection(reference_cache=False)
+    # LoRA (the default peft) as offline DPO: 5e-5; full fine-tuning (peft.method=none) wants 5e-7 to 5e-6
+    optim: OptimSection = OptimSection(lr=5e-5, batch_size=8, micro_batch_size=8, schedule="constant")
+    train: TrainSection = TrainSection()
+
+    @model_validator(mode="after")
+    def _fresh_reference(self):
+        if self.loss.reference_cache or self.loss.reference_cache_dir:
+            raise ValueError("online-dpo: loss.reference_cache does not apply (every step's pairs are new samples, "
+                             "their reference log-probs are computed fresh); leave it false and unset its dir")
+        if getattr(self.loss, "reference_model", None) is not None:  # a pinned reference: not wired in here yet
+            raise ValueError("online-dpo: loss.reference_model is not supported; the reference is the model "
+                             "training starts from")
+        return self
+
+
 COMMANDS.update({"reward-model": RewardModelConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
-                 "rejection-sft": RejectionSFTConfig})
+                 "rejection-sft": RejectionSFTConfig, "online-dpo": OnlineDPOConfig})
 
 
 def read_yaml_file(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:
