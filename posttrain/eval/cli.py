@@ -7,7 +7,10 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_SUITES = ["constraints", "capability", "refusal"]
+def _default_suites() -> list[str]:
+    from posttrain.eval.suites import BUILTIN
+
+    return list(BUILTIN)
 
 
 def eval_command(
@@ -15,12 +18,22 @@ def eval_command(
     output: Path = typer.Option(..., "--output", "-o", help="output folder: responses.jsonl, metrics.json, "
                                 "manifest.json"),
     suite: list[str] = typer.Option(None, "--suite", help="repeatable: a builtin suite (constraints, capability, "
-                                    "refusal) or a suite JSONL path; default: all builtin suites"),
+                                    "refusal, constraints_ood, ifeval_sample, capability_freeform) or a suite file "
+                                    "(our rows or IFEval format), optionally NAME@N for its max new tokens; "
+                                    "default: all builtin suites"),
     baseline: str = typer.Option(None, "--baseline", help="a model to compare against (metrics under baseline/)"),
+    base: str = typer.Option(None, "--base", help="the model the recipe started from (metrics under base/; "
+                             "length, degeneration and formatting also relative to it)"),
+    trained_on: list[str] = typer.Option(None, "--trained-on", help="repeatable: a training file (prompts, pairs, "
+                                         "demos); its constraint kinds are marked trained in the per-kind metrics"),
+    trained_kinds: str = typer.Option(None, "--trained-kinds", help="comma-separated constraint kinds trained on "
+                                      "(with or instead of --trained-on)"),
+    ifeval_unsupported: str = typer.Option("error", "--ifeval-unsupported", help="error | skip: IFEval instruction "
+                                           "ids with no verifier"),
     adapter: str = typer.Option(None, "--adapter", help="an extra adapter folder to merge on top of --model"),
     judge: str = typer.Option(None, "--judge", help="a judge for win rate vs --baseline: llm:URL:MODEL | "
                               "local:MODEL (pairwise, both orders) | verifier | rm:MODEL (higher score wins)"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="budget of suites without their own"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
@@ -36,14 +49,20 @@ def eval_command(
     try:
         check_output_path(output, "--output")  # before any model loads (an OutputPathError is a ValueError)
         pairwise = win_rate_judge(judge) if judge is not None else None
-        metrics = run_eval(model, suite or DEFAULT_SUITES, baseline=baseline, max_new_tokens=max_new_tokens,
-                           batch_size=batch_size, seed=seed, judge=pairwise, output_dir=output, adapter=adapter,
-                           backend=backend)
+        kinds = [k.strip() for k in trained_kinds.split(",") if k.strip()] if trained_kinds is not None else None
+        metrics = run_eval(model, suite or _default_suites(), baseline=baseline, base=base,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, judge=pairwise,
+                           output_dir=output, adapter=adapter, backend=backend, trained_on=trained_on or None,
+                           trained_kinds=kinds, ifeval_unsupported=ifeval_unsupported)
     except (DataError, DataErrors, ModelError, BackendError, JudgeConfigError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    for key in sorted(metrics):
+    # Per-kind and per-suite keys are many; the terminal shows the headline ones, metrics.json has all.
+    detail = [k for k in metrics if "/kind/" in k or k.startswith(("suite/", "baseline/suite/", "base/suite/"))]
+    for key in sorted(set(metrics) - set(detail)):
         typer.echo(f"{key}: {metrics[key]:.4g}")
+    if detail:
+        typer.echo(f"(and {len(detail)} per-kind and per-suite metrics in {output / 'metrics.json'})")
 
 
 def _fmt(x: float | None) -> str:
@@ -74,11 +93,12 @@ def gate_command(
         raise typer.Exit(2) from None
     results = evaluate_gates(metrics, gate_list)
     table = Table(title=f"gates: {gates}")
-    for col in ("metric", "value", "baseline", "threshold", "verdict"):
+    for col in ("metric", "value", "reference", "threshold", "verdict"):
         table.add_column(col)
     for r in results:
         verdict = "[green]PASS[/green]" if r.passed else f"[red]FAIL[/red] ({r.reason})"
-        table.add_row(r.metric, _fmt(r.value), _fmt(r.baseline_value), f"{r.kind} {r.threshold:g}", verdict)
+        vs = f" vs {r.against}" if r.kind in ("min_delta", "max_drop") else ""
+        table.add_row(r.metric, _fmt(r.value), _fmt(r.baseline_value), f"{r.kind} {r.threshold:g}{vs}", verdict)
     Console().print(table)
     warning = record_verdicts(metrics_json, str(gates), results)
     if warning and (Path(metrics_json).parent / "manifest.json").exists():

@@ -6,6 +6,10 @@ A gates file (YAML) is a list, or a mapping with a ``gates`` list, of entries wi
 - ``min_delta: x`` value - baseline >= x   (baseline = ``baseline/<metric>`` in the same metrics.json)
 - ``max_drop: x``  baseline - value <= x
 
+A delta gate may add ``against: base`` to compare with ``base/<metric>`` (the base model the recipe started
+from, ``eval --base``) instead of the baseline (default ``against: baseline``): a model can beat the SFT
+baseline while both have drifted from the base.
+
 A metric (or, for delta gates, its baseline) missing from metrics.json is a *failing gate* with a reason, not a
 config error: the gates file is fine, the eval did not produce what it promised (a suite not run, no baseline),
 and that must block shipping just like a low score. Malformed gate entries are config errors (``GateConfigError``).
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 GATE_KINDS = ("min", "max", "min_delta", "max_drop")
+REFERENCES = ("baseline", "base")
 
 
 class GateConfigError(ValueError):
@@ -30,10 +35,14 @@ class Gate:
     metric: str
     kind: str
     threshold: float
+    against: str = "baseline"
 
 
 @dataclass
 class GateResult:
+    """``baseline_value``: the value a delta gate compares with (the baseline's, or the base model's when
+    ``against`` is "base")."""
+
     metric: str
     kind: str
     threshold: float
@@ -41,6 +50,7 @@ class GateResult:
     baseline_value: float | None
     passed: bool
     reason: str
+    against: str = "baseline"
 
 
 def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
@@ -54,10 +64,10 @@ def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
         where = f"{source}: gates[{i}]"
         if not isinstance(entry, dict):
             raise GateConfigError(f"{where}: expected a mapping like {{metric: ..., min: ...}}, got {entry!r}")
-        unknown = set(entry) - {"metric", *GATE_KINDS}
+        unknown = set(entry) - {"metric", "against", *GATE_KINDS}
         if unknown:
-            raise GateConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (expected metric and one of "
-                                  f"{', '.join(GATE_KINDS)})")
+            raise GateConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (expected metric, one of "
+                                  f"{', '.join(GATE_KINDS)}, and optionally against)")
         metric = entry.get("metric")
         if not isinstance(metric, str) or not metric:
             raise GateConfigError(f"{where}.metric: required, a metric name like 'constraints/pass_rate'")
@@ -68,7 +78,12 @@ def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
         value = entry[kinds[0]]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise GateConfigError(f"{where}.{kinds[0]}: must be a finite number, got {value!r}")
-        gates.append(Gate(metric, kinds[0], float(value)))
+        against = entry.get("against", "baseline")
+        if against not in REFERENCES:
+            raise GateConfigError(f"{where}.against: must be one of {', '.join(REFERENCES)}, got {against!r}")
+        if against != "baseline" and kinds[0] not in ("min_delta", "max_drop"):
+            raise GateConfigError(f"{where}.against: only min_delta and max_drop compare with a reference model")
+        gates.append(Gate(metric, kinds[0], float(value), against))
     return gates
 
 
@@ -85,11 +100,12 @@ def _number(metrics: dict[str, Any], key: str) -> float | None:
 
 def evaluate_gate(metrics: dict[str, Any], gate: Gate) -> GateResult:
     value = _number(metrics, gate.metric)
-    base = _number(metrics, f"baseline/{gate.metric}")
+    ref = f"{gate.against}/{gate.metric}"
+    base = _number(metrics, ref)
     t = gate.threshold
 
     def result(passed: bool, reason: str) -> GateResult:
-        return GateResult(gate.metric, gate.kind, t, value, base, passed, reason)
+        return GateResult(gate.metric, gate.kind, t, value, base, passed, reason, gate.against)
 
     if value is None:
         return result(False, f"metric '{gate.metric}' missing from metrics")
@@ -98,12 +114,14 @@ def evaluate_gate(metrics: dict[str, Any], gate: Gate) -> GateResult:
     if gate.kind == "max":
         return result(value <= t, f"{value:.4g} {'<=' if value <= t else '>'} max {t:g}")
     if base is None:
-        return result(False, f"baseline 'baseline/{gate.metric}' missing from metrics ({gate.kind} needs a baseline)")
+        return result(False, f"{gate.against} '{ref}' missing from metrics ({gate.kind} needs a {gate.against}"
+                      + (", eval --base" if gate.against == "base" else "") + ")")
+    vs = "" if gate.against == "baseline" else f" vs {gate.against}"
     if gate.kind == "min_delta":
         delta = value - base
-        return result(delta >= t, f"delta {delta:+.4g} {'>=' if delta >= t else '<'} min_delta {t:g}")
+        return result(delta >= t, f"delta{vs} {delta:+.4g} {'>=' if delta >= t else '<'} min_delta {t:g}")
     drop = base - value
-    return result(drop <= t, f"drop {drop:.4g} {'<=' if drop <= t else '>'} max_drop {t:g}")
+    return result(drop <= t, f"drop{vs} {drop:.4g} {'<=' if drop <= t else '>'} max_drop {t:g}")
 
 
 def evaluate_gates(metrics: dict[str, Any], gates: list[Gate]) -> list[GateResult]:

@@ -1,7 +1,9 @@
-"""``run_eval``: greedy responses of a model (and a baseline) to eval suites, scored, compared, written.
+"""``run_eval``: greedy responses of a model (and a baseline, and the base model) to eval suites, scored,
+compared, written.
 
 Output folder: ``responses.jsonl`` (one row per suite row and model), ``metrics.json`` (flat keys; the
-baseline's under ``baseline/``; win rates under ``winrate/``), ``manifest.json`` (inputs with content hashes,
+baseline's under ``baseline/``, the base model's under ``base/``; ratios and deltas against each from
+``drift.relative_metrics``; win rates under ``winrate/``), ``manifest.json`` (inputs with content hashes,
 settings, package versions, metrics, status; ``posttrain gate`` adds its verdicts under ``gates``). All atomic.
 """
 
@@ -17,37 +19,42 @@ from posttrain.eval.winrate import length_controlled_win_rate, win_indicators, w
 from posttrain.judges.types import PairwiseJudge, ScoringJudge
 
 
-def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int, batch_size: int, seed: int,
-                       adapter: str | None = None, backend: str = "hf") -> list[tuple[str, int, str]]:
-    """Greedy ``(text, completion_tokens, finish_reason)`` for each row's prompt, in row order."""
+def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int | list[int], batch_size: int,
+                       seed: int, adapter: str | None = None, backend: str = "hf") -> list[tuple[str, int, str]]:
+    """Greedy ``(text, completion_tokens, finish_reason)`` for each row's prompt, in row order.
+    ``max_new_tokens``: one budget for all rows, or one per row (rows are batched with rows of the same budget)."""
     from posttrain.data.render import render_prompt
     from posttrain.data.schema import PromptExample
     from posttrain.generation.backends import load_generator
 
     from tqdm.auto import tqdm
 
+    budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     generator, tokenizer = load_generator(model, adapter=adapter, backend=backend, batch_size=batch_size, seed=seed)
     prompt_ids = [render_prompt(PromptExample(r.prompt, r.source, r.row), tokenizer) for r in rows]
-    # Longest prompts first, in chunks of one batch each, so the bar moves per batch and padding stays low.
-    order = sorted(range(len(rows)), key=lambda i: -len(prompt_ids[i]))
+    # Per budget, longest prompts first, in chunks of one batch each, so the bar moves per batch and padding
+    # stays low.
     outs: list = [None] * len(rows)
     with tqdm(total=len(rows), desc=f"eval {model}", unit="prompt", dynamic_ncols=True) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
-            got = generator.generate([prompt_ids[i] for i in chunk], n=1, temperature=0.0, top_p=1.0,
-                                     max_new_tokens=max_new_tokens, seed=seed,
-                                     keys=[f"{rows[i].suite}/{rows[i].id}" for i in chunk])
-            for i, o in zip(chunk, got):
-                outs[i] = o[0]
-            bar.update(len(chunk))
+        for budget in sorted(set(budgets)):
+            order = sorted((i for i in range(len(rows)) if budgets[i] == budget), key=lambda i: -len(prompt_ids[i]))
+            for start in range(0, len(order), batch_size):
+                chunk = order[start: start + batch_size]
+                got = generator.generate([prompt_ids[i] for i in chunk], n=1, temperature=0.0, top_p=1.0,
+                                         max_new_tokens=budget, seed=seed,
+                                         keys=[f"{rows[i].suite}/{rows[i].id}" for i in chunk])
+                for i, o in zip(chunk, got):
+                    outs[i] = o[0]
+                bar.update(len(chunk))
     del generator  # free the model before the next one loads
     return [(o.text, o.completion_tokens, o.finish_reason) for o in outs]
 
 
-def _score(rows: list[EvalRow], gens: list[tuple[str, int, str]], label: str, role: str
-           ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    metrics, scores = score_suite(rows, [g[0] for g in gens], [g[1] for g in gens])
-    records = [{"suite": r.suite, "id": r.id, "kind": r.kind, "role": role, "model": label, "text": g[0],
+def _score(rows: list[EvalRow], gens: list[tuple[str, int, str]], label: str, role: str,
+           trained: set[str] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    metrics, scores = score_suite(rows, [g[0] for g in gens], [g[1] for g in gens], [g[2] for g in gens], trained)
+    records = [{"suite": r.suite, "group": r.group, "id": r.id, "kind": r.kind, "role": role, "model": label,
+                "text": g[0],
                 "completion_tokens": g[1], "finish_reason": g[2], "passed": s.passed, "score": s.score,
                 **({"details": s.details} if s.details else {})}
                for r, g, s in zip(rows, gens, scores)]
@@ -97,47 +104,96 @@ def judge_pairs(judge: PairwiseJudge | ScoringJudge, rows: list[EvalRow], model_
     return metrics, winners
 
 
-def run_eval(model: str, suites: list[str], *, baseline: str | None = None, max_new_tokens: int = 256,
-             batch_size: int = 32, seed: int = 0, judge: PairwiseJudge | ScoringJudge | None = None,
-             output_dir: str | Path, adapter: str | None = None, baseline_adapter: str | None = None,
-             backend: str = "hf") -> dict[str, float]:
-    """Evaluate ``model`` (and ``baseline``) on ``suites`` (builtin names or paths) and write the output folder.
-    Every suite is read and validated before any model loads. Returns the metrics written to metrics.json.
-    Win rates need both a baseline and a judge (pairwise, or scoring: the higher score wins); without a judge
-    they are skipped."""
-    from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
-    from posttrain.eval.suites import suite_path
-    from posttrain.generation.backends import model_label
+def load_suites(suites: list[str], max_new_tokens: int, ifeval_unsupported: str = "error"
+                ) -> tuple[list[EvalRow], list[int], list[dict[str, Any]]]:
+    """(rows of every suite, each row's token budget, the manifest's suite entries). Every suite is read and
+    validated here, before any model loads; a suite named twice is a ``ValueError``."""
+    from posttrain.data.runfolder import content_hash
+    from posttrain.data.schema import DataError
+    from posttrain.eval.suites import parse_suite
+
+    rows: list[EvalRow] = []
+    budgets: list[int] = []
+    entries = []
+    for s in suites:
+        spec = parse_suite(s)
+        skipped: list[DataError] = []
+        suite_rows = load_suite(s, ifeval_unsupported=ifeval_unsupported, skipped=skipped)
+        if any(r.suite == spec.name for r in rows):
+            raise ValueError(f"suites: '{s}' is given twice (suite name '{spec.name}')")
+        budget = spec.max_new_tokens or max_new_tokens
+        rows.extend(suite_rows)
+        budgets.extend([budget] * len(suite_rows))
+        skipped_ids = sorted({i for r in suite_rows for i in r.metadata.get("ifeval_skipped", [])})
+        entries.append({"suite": spec.name, "path": str(spec.path), "group": spec.group, "max_new_tokens": budget,
+                        "rows": len(suite_rows), "hash": content_hash(spec.path),
+                        **({"skipped_rows": len(skipped), "skipped_ids": skipped_ids}
+                           if ifeval_unsupported == "skip" else {})})
+    return rows, budgets, entries
+
+
+def combine_metrics(metrics: dict[str, float], refs: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The model's metrics, its ratios and deltas against each reference (``drift.relative_metrics``), and each
+    reference's metrics under ``<ref>/`` (the baseline's with its own drift from the base)."""
+    from posttrain.eval.drift import relative_metrics
+
+    out = dict(metrics)
+    for ref, ref_metrics in refs.items():
+        out |= relative_metrics(metrics, ref_metrics, ref)
+    for ref, ref_metrics in refs.items():
+        if ref == "baseline" and "base" in refs:  # how far the baseline itself had drifted from the base
+            ref_metrics = ref_metrics | relative_metrics(ref_metrics, refs["base"], "base")
+        out |= {f"{ref}/{k}": v for k, v in ref_metrics.items()}
+    return out
+
+
+def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base: str | None = None,
+             max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
+             judge: PairwiseJudge | ScoringJudge | None = None, output_dir: str | Path, adapter: str | None = None,
+             baseline_adapter: str | None = None, backend: str = "hf", trained_on: list[str] | None = None,
+             trained_kinds: list[str] | None = None, ifeval_unsupported: str = "error") -> dict[str, float]:
+    """Evaluate ``model`` (and ``baseline``, and ``base``: the model the recipe started from) on ``suites``
+    (builtin names or paths, optionally ``@N`` for a suite's budget) and write the output folder. Every suite is
+    read and validated before any model loads. Returns the metrics written to metrics.json.
+
+    ``max_new_tokens`` is the budget of suites without their own. ``trained_on`` (training files of any layout)
+    and ``trained_kinds`` name the constraint kinds the model was trained on: the per-kind metrics mark each kind
+    trained or unseen. Win rates need both a baseline and a judge (pairwise, or scoring: the higher score wins);
+    without a judge they are skipped. The base model's metrics go under ``base/``, and length, degeneration and
+    formatting are also given relative to it (``drift.relative_metrics``); a base equal to the baseline is not
+    generated twice."""
     from posttrain.data.runfolder import content_hash, package_versions
+    from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
+    from posttrain.eval.coverage import trained_kinds as read_trained_kinds
+    from posttrain.generation.backends import model_label
 
     started = time.time()
-    rows: list[EvalRow] = []
-    suite_inputs = []
-    for s in suites:
-        name, path = suite_path(s)
-        suite_rows = load_suite(s)
-        if any(r.suite == name for r in rows):
-            raise ValueError(f"suites: '{s}' is given twice (suite name '{name}')")
-        rows.extend(suite_rows)
-        suite_inputs.append({"suite": name, "path": str(path), "rows": len(suite_rows), "hash": content_hash(path)})
+    rows, budgets, suite_inputs = load_suites(suites, max_new_tokens, ifeval_unsupported)
     if judge is not None and baseline is None:
         raise ValueError("judge: a win-rate judge needs a baseline to compare against")
-    settings = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, backend=backend)
+    trained = (read_trained_kinds(trained_on or [], trained_kinds or [])
+               if trained_on is not None or trained_kinds is not None else None)
+    settings = dict(max_new_tokens=budgets, batch_size=batch_size, seed=seed, backend=backend)
 
     model_gens = generate_responses(model, rows, adapter=adapter, **settings)
-    metrics, records = _score(rows, model_gens, model_label(model, adapter), "model")
+    metrics, records = _score(rows, model_gens, model_label(model, adapter), "model", trained)
+    refs: dict[str, dict[str, float]] = {}
     if baseline is not None:
         base_gens = generate_responses(baseline, rows, adapter=baseline_adapter, **settings)
-        base_metrics, base_records = _score(rows, base_gens, model_label(baseline, baseline_adapter), "baseline")
-        if base_metrics.get("length/mean_tokens"):
-            metrics["length/ratio_to_baseline"] = metrics["length/mean_tokens"] / base_metrics["length/mean_tokens"]
+        refs["baseline"], base_records = _score(rows, base_gens, model_label(baseline, baseline_adapter),
+                                                "baseline", trained)
         if judge is not None:
             wr, winners = judge_pairs(judge, rows, model_gens, base_gens)
             metrics |= wr
             for rec, w in zip(records, winners):
                 rec["judge_winner"] = {"a": "model", "b": "baseline", "tie": "tie", None: None}[w]
-        metrics |= {f"baseline/{k}": v for k, v in base_metrics.items()}
         records += base_records
+    if base is not None:
+        same = base == baseline and baseline_adapter is None
+        gens = base_gens if same else generate_responses(base, rows, **settings)
+        refs["base"], base_model_records = _score(rows, gens, model_label(base, None), "base", trained)
+        records += base_model_records
+    metrics = combine_metrics(metrics, refs)
 
     out = Path(output_dir)
     atomic_write_jsonl(out / "responses.jsonl", records)
@@ -145,8 +201,11 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, max_
     atomic_write_json(out / "manifest.json", {
         "stage": "eval", "status": "completed",
         "inputs": {"model": model, "adapter": adapter, "baseline": baseline, "baseline_adapter": baseline_adapter,
-                   "suites": suite_inputs, "judge": getattr(judge, "name", None)},
-        "settings": settings | {"temperature": 0.0},
+                   "base": base, "suites": suite_inputs, "judge": getattr(judge, "name", None),
+                   "trained_on": [{"path": str(p), "hash": content_hash(p)} for p in trained_on or []],
+                   "trained_kinds": sorted(trained) if trained is not None else None},
+        "settings": {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed, "backend": backend,
+                     "temperature": 0.0, "ifeval_unsupported": ifeval_unsupported},
         "outputs": ["responses.jsonl", "metrics.json"], "metrics": metrics,
         "versions": package_versions(), "wall_time_s": time.time() - started,
     })

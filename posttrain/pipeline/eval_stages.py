@@ -1,7 +1,8 @@
 """The ``eval`` and ``gate`` pipeline stages, over ``posttrain.eval.run_eval`` and ``evaluate_gates``.
 
 ``eval`` config: ``model`` (default tiny-random), ``adapter``, ``suites`` (builtin names or files), ``baseline``,
-``baseline_adapter``, ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win rate vs the
+``baseline_adapter``, ``base`` (the model the recipe started from: metrics under ``base/``, drift relative to
+it), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win rate vs the
 baseline: a spec string as in ``posttrain judge --judge`` -- ``verifier``, ``llm:URL:MODEL``, ``local:MODEL``,
 ``rm:MODEL`` -- or one judge config dict as in the judge stage). It writes ``metrics.json`` and
 ``responses.jsonl`` into its folder.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from posttrain.pipeline.spec import PipelineError, check_keys, check_types
 
-EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "max_new_tokens", "batch_size", "seed",
-             "backend", "judge")
+EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "base", "max_new_tokens", "batch_size",
+             "seed", "backend", "judge")
 GATE_KEYS = ("metrics", "gates", "gates_file")
 
 
@@ -69,7 +70,7 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     judge = _win_rate_judge(params.get("judge"))
     try:
         return run_eval(params.get("model", "tiny-random"), suites, baseline=params.get("baseline"),
-                        max_new_tokens=int(params.get("max_new_tokens", 256)),
+                        base=params.get("base"), max_new_tokens=int(params.get("max_new_tokens", 256)),
                         batch_size=int(params.get("batch_size", 32)), seed=int(params.get("seed", 0)),
                         output_dir=output_dir, adapter=params.get("adapter"),
                         baseline_adapter=params.get("baseline_adapter"), backend=params.get("backend", "hf"),
@@ -101,7 +102,7 @@ def eval_inputs(params: dict) -> list[str]:
         except ValueError:
             paths.append(s)  # reported when the stage runs
     return [p for p in (params.get("model", "tiny-random"), params.get("adapter"), params.get("baseline"),
-                        params.get("baseline_adapter"), *paths) if p]
+                        params.get("baseline_adapter"), params.get("base"), *paths) if p]
 
 
 def gate_list(params: dict, pending) -> list | None:

@@ -114,3 +114,51 @@ def test_gate_command_unreadable_metrics_exits_2(tmp_path):
     (tmp_path / "metrics.json").write_text("{not json")
     res = CliRunner().invoke(_app(), args)
     assert res.exit_code == 2 and "cannot read metrics" in res.output
+
+
+def test_delta_gates_against_the_base_model():
+    metrics = {"group/out_of_distribution/pass_rate": 0.40, "baseline/group/out_of_distribution/pass_rate": 0.35,
+               "base/group/out_of_distribution/pass_rate": 0.45}
+    gates = parse_gates([{"metric": "group/out_of_distribution/pass_rate", "max_drop": 0.02, "against": "base"},
+                         {"metric": "group/out_of_distribution/pass_rate", "max_drop": 0.02},
+                         {"metric": "group/out_of_distribution/pass_rate", "min_delta": -0.05, "against": "base"}])
+    vs_base, vs_baseline, delta = evaluate_gates(metrics, gates)
+    # better than the baseline, but 5 points below the model the recipe started from
+    assert not vs_base.passed and vs_base.baseline_value == 0.45 and "drop vs base 0.05" in vs_base.reason
+    assert vs_baseline.passed and vs_baseline.baseline_value == 0.35 and vs_baseline.against == "baseline"
+    assert delta.passed and "delta vs base -0.05" in delta.reason
+    (missing,) = evaluate_gates({"group/out_of_distribution/pass_rate": 0.4}, gates[:1])
+    assert not missing.passed and "base/group/out_of_distribution/pass_rate" in missing.reason
+    assert "eval --base" in missing.reason
+
+
+@pytest.mark.parametrize("raw, message", [
+    ([{"metric": "a", "min_delta": 0, "against": "sft"}], r"gates\[0\]\.against: must be one of baseline, base"),
+    ([{"metric": "a", "min": 0.5, "against": "base"}], "only min_delta and max_drop compare"),
+])
+def test_bad_against(raw, message):
+    with pytest.raises(GateConfigError, match=message):
+        parse_gates(raw, "g.yaml")
+
+
+def test_shipped_gates_name_metrics_an_eval_of_the_builtin_suites_produces():
+    """Every gate of examples/gates.yaml finds its metric (and its reference's) in what ``run_eval`` writes for the
+    builtin suites with a baseline and a base model: a gate on a misspelt key would fail every release."""
+    from pathlib import Path
+
+    from posttrain.eval.gates import load_gates
+    from posttrain.eval.run import combine_metrics
+    from posttrain.eval.scoring import score_suite
+    from posttrain.eval.suites import BUILTIN, load_suite
+
+    gates = load_gates(Path(__file__).resolve().parents[3] / "examples" / "gates.yaml")
+    rows = [r for name in BUILTIN for r in load_suite(name)]
+    scored = {role: score_suite(rows, [text] * len(rows), [len(text.split())] * len(rows))[0]
+              for role, text in (("model", "A fine answer here."), ("baseline", "Another answer"),
+                                 ("base", "Yet another longer answer from the base model."))}
+    metrics = combine_metrics(scored["model"], {"baseline": scored["baseline"], "base": scored["base"]})
+    for gate in gates:
+        assert gate.metric in metrics, gate.metric
+        if gate.kind in ("min_delta", "max_drop"):
+            assert f"{gate.against}/{gate.metric}" in metrics, gate
+    assert any(g.against == "base" for g in gates) and len(gates) >= 12

@@ -132,3 +132,88 @@ def test_win_rate_per_slice_with_a_scoring_judge():
     assert not any("refusal" in k for k in metrics)
     lo, hi = metrics["winrate/slice/constraints/cap/ci_low"], metrics["winrate/slice/constraints/cap/ci_high"]
     assert 0 < lo < 0.75 < hi <= 1
+
+
+IFEVAL_ROWS = [
+    {"key": 1, "prompt": "Write a note. Use no commas.", "instruction_id_list": ["punctuation:no_comma"],
+     "kwargs": [{}]},
+    {"key": 2, "prompt": "Write a note in French, all lowercase.",
+     "instruction_id_list": ["language:response_language", "change_case:english_lowercase"],
+     "kwargs": [{"language": "fr"}, {}]},
+    {"key": 3, "prompt": "Reply in French.", "instruction_id_list": ["language:response_language"],
+     "kwargs": [{"language": "fr"}]},
+]
+
+
+def test_base_model_suite_budgets_and_trained_kinds(tmp_path, monkeypatch):
+    import posttrain.eval.run as run_module
+
+    suite = tmp_path / "mini.jsonl"
+    suite.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    ifeval = tmp_path / "ife.jsonl"
+    ifeval.write_text(json.dumps(IFEVAL_ROWS[0]) + "\n")
+    calls = []
+    real = run_module.generate_responses
+    monkeypatch.setattr(run_module, "generate_responses",
+                        lambda model, rows, **kw: calls.append(model) or real(model, rows, **kw))
+    metrics = run_eval("tiny-random", [f"{suite}@6", str(ifeval)], baseline="tiny-random", base="tiny-random",
+                       max_new_tokens=3, batch_size=4, trained_kinds=["lowercase"], output_dir=tmp_path / "out")
+    assert calls == ["tiny-random", "tiny-random"]  # the base equals the baseline: generated once, reused
+    out = tmp_path / "out"
+    rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert [r["role"] for r in rows] == ["model"] * 5 + ["baseline"] * 5 + ["base"] * 5
+    assert all(r["completion_tokens"] <= (6 if r["suite"] == "mini" else 3) for r in rows)
+    assert max(r["completion_tokens"] for r in rows if r["suite"] == "mini") > 3  # its own budget, not the run's
+    assert {r["group"] for r in rows} == {"custom"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [(s["suite"], s["max_new_tokens"]) for s in manifest["inputs"]["suites"]] == [("mini", 6), ("ife", 3)]
+    assert manifest["inputs"]["base"] == "tiny-random" and manifest["inputs"]["trained_kinds"] == ["lowercase"]
+    # the model is its own base: every ratio is 1 and every delta 0
+    assert metrics["length/ratio_to_base"] == metrics["length/ratio_to_baseline"] == 1.0
+    assert metrics["degeneration/delta_vs_base"] == 0.0 and metrics["format/unrequested_quotes_delta_vs_base"] == 0.0
+    assert metrics["base/constraints/pass_rate"] == metrics["constraints/pass_rate"]
+    assert metrics["baseline/length/ratio_to_base"] == 1.0  # the baseline's own drift from the base
+    assert metrics["constraints/n"] == 2  # the mini row and the IFEval row
+    assert metrics["constraints/kind/lowercase/trained"] == 1.0 and metrics["constraints/kind/no_commas/trained"] == 0
+    assert "group/custom/pass_rate" in metrics and "suite/ife/pass_rate" in metrics
+
+
+def test_ifeval_ids_without_a_verifier_error_or_skip(tmp_path):
+    from posttrain.data.schema import DataErrors
+    from posttrain.eval.run import load_suites
+
+    ifeval = tmp_path / "ife.jsonl"
+    ifeval.write_text("".join(json.dumps(r) + "\n" for r in IFEVAL_ROWS))
+    with pytest.raises(DataErrors) as e:
+        load_suites([str(ifeval)], 64)
+    assert str(e.value).splitlines() == [
+        f"{ifeval}:2: field 'instruction_id_list': instruction id 'language:response_language' has no verifier "
+        "(supported: see posttrain/judges/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)",
+        f"{ifeval}:3: field 'instruction_id_list': instruction id 'language:response_language' has no verifier "
+        "(supported: see posttrain/judges/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)"]
+    rows, budgets, entries = load_suites([str(ifeval)], 64, "skip")
+    assert [r.id for r in rows] == ["1", "2"] and budgets == [64, 64]
+    assert rows[1].metadata["constraints"] == [{"kind": "lowercase", "args": {}}]
+    assert entries[0]["skipped_rows"] == 1 and entries[0]["skipped_ids"] == ["language:response_language"]
+
+
+def test_eval_command_with_base_and_trained_kinds(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from posttrain.eval.cli import eval_command
+
+    app = typer.Typer()
+    app.command()(eval_command)
+    ifeval = tmp_path / "ife.jsonl"
+    ifeval.write_text("".join(json.dumps(r) + "\n" for r in IFEVAL_ROWS))
+    res = CliRunner().invoke(app, ["--model", "tiny-random", "--suite", f"{ifeval}@2", "--base", "tiny-random",
+                                   "--trained-kinds", "no_commas", "--ifeval-unsupported", "skip",
+                                   "-o", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["length/ratio_to_base"] == 1.0 and metrics["constraints/kind/no_commas/trained"] == 1.0
+    assert "length/ratio_to_base: 1" in res.output and "per-kind and per-suite metrics" in res.output
+    res = CliRunner().invoke(app, ["--model", "tiny-random", "--suite", "refusal", "--trained-kinds", "shouting",
+                                   "-o", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "unknown constraint kind 'shouting'" in res.output

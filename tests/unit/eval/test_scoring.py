@@ -4,7 +4,7 @@ import pytest
 
 from posttrain.data.schema import DataErrors
 from posttrain.eval.scoring import is_refusal, score_suite
-from posttrain.eval.suites import BUILTIN_SUITES, EvalRow, load_suite
+from posttrain.eval.suites import EvalRow, load_suite
 
 
 @pytest.mark.parametrize("text", [
@@ -78,8 +78,8 @@ def test_groups_without_rows_have_no_keys():
 
 
 def test_builtin_suites_load_and_reference_answers_score_right():
-    sizes = {name: len(load_suite(name)) for name in BUILTIN_SUITES}
-    assert sizes == {"constraints": 120, "capability": 120, "refusal": 30}
+    sizes = {name: len(load_suite(name)) for name in ("constraints", "capability", "refusal")}
+    assert sizes == {"constraints": 120, "capability": 120, "refusal": 30}  # unchanged by the new suites
     cap = load_suite("capability")
     metrics, _ = score_suite(cap, [str(r.metadata["answer"]) for r in cap])
     assert metrics["capability/accuracy"] == 1.0
@@ -125,3 +125,44 @@ def test_capability_questions_are_not_in_the_shipped_training_data():
     stems = {q.split("?")[0].lower() for q in asked}
     overlap = [r.id for r in load_suite("capability") if r.prompt[-1]["content"].split("?")[0].lower() in stems]
     assert overlap == []
+
+
+def test_group_and_suite_slices_side_by_side():
+    rows = [
+        EvalRow("constraints", "a", "constraint", [{"role": "user", "content": "q"}],
+                {"constraints": [{"kind": "lowercase", "args": {}}]}, group="in_distribution"),
+        EvalRow("constraints", "b", "constraint", [{"role": "user", "content": "q"}],
+                {"constraints": [{"kind": "lowercase", "args": {}}]}, group="in_distribution"),
+        EvalRow("ood", "c", "constraint", [{"role": "user", "content": "q"}],
+                {"constraints": [{"kind": "no_commas", "args": {}}, {"kind": "lowercase", "args": {}}]},
+                group="out_of_distribution"),
+        EvalRow("free", "d", "exact", [{"role": "user", "content": "q"}],
+                {"answer": r"(?i)\bnile\b", "match": "regex", "min_words": 4}, group="out_of_distribution"),
+    ]
+    responses = ["all lower", "Not Lower", "no commas, though", "The Nile is longest."]
+    metrics, scores = score_suite(rows, responses, finish_reasons=["stop", "length", "stop", "stop"])
+    assert [s.passed for s in scores] == [True, False, False, True]
+    assert metrics["group/in_distribution/pass_rate"] == 0.5 and metrics["group/in_distribution/n"] == 2
+    assert metrics["group/in_distribution/constraints/pass_rate"] == 0.5
+    assert metrics["group/out_of_distribution/pass_rate"] == 0.5 and metrics["group/out_of_distribution/n"] == 2
+    assert metrics["group/out_of_distribution/constraints/pass_rate"] == 0.0
+    assert metrics["group/out_of_distribution/capability/accuracy"] == 1.0
+    assert metrics["group/out_of_distribution/length/median_words"] == 3.5  # 3 and 4 words
+    assert metrics["suite/constraints/pass_rate"] == 0.5 and metrics["suite/free/pass_rate"] == 1.0
+    assert metrics["suite/ood/n"] == 1
+    assert metrics["length/truncated_rate"] == 0.25
+    # per kind, over constraint instances: lowercase passes in rows a and c, fails in b
+    assert metrics["constraints/kind/lowercase/pass_rate"] == pytest.approx(2 / 3)
+    assert metrics["constraints/kind/no_commas/pass_rate"] == 0.0
+
+
+@pytest.mark.parametrize("text, passed", [
+    ("Nile.", False),  # the fact, but not an explanation
+    ("The longest river in Africa is the Nile.", True),
+    ("The longest river in Africa is the Congo.", False),
+    ("THE NILE IS THE LONGEST ONE", True),  # regex matching is case-insensitive
+])
+def test_regex_answers_with_a_minimum_length(text, passed):
+    row = _row(0, "exact", answer=r"\bnile\b", match="regex", min_words=4)
+    metrics, scores = score_suite([row], [text])
+    assert scores[0].passed is passed

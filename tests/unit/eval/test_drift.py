@@ -1,0 +1,79 @@
+"""Degeneration, unrequested formatting and base-relative drift on hand-made responses, with exact values."""
+
+import pytest
+
+from posttrain.eval.drift import (degeneration_stats, format_stats, has_repeated_sentence, is_all_caps_answer,
+                                  is_repetitive, is_wrapped_in_quotes, relative_metrics, repeated_ngram_fraction)
+
+PROSE = "Tides rise and fall twice a day because the moon pulls on the oceans while Earth turns."
+LOOP = "The sky is blue. The sky is blue. The sky is blue."
+
+
+def test_repeated_ngram_fraction_exact():
+    assert repeated_ngram_fraction("a b c d a b c d") == pytest.approx(1 / 5)  # 5 four-grams, 4 distinct
+    # 12 words, 9 four-grams, 4 distinct ("the sky is blue", "sky is blue the", ...): 5 repeats
+    assert repeated_ngram_fraction(LOOP) == pytest.approx(5 / 9)
+    assert repeated_ngram_fraction(PROSE) == 0.0
+    assert repeated_ngram_fraction("too short") == 0.0  # fewer words than n: no n-grams
+    # case and punctuation do not make a repeat look new
+    assert repeated_ngram_fraction("One two three four. ONE, two; three four!") == pytest.approx(1 / 5)
+
+
+def test_repeated_sentence():
+    assert has_repeated_sentence("The sky is blue. the sky is BLUE!")
+    assert has_repeated_sentence("First line here\nThe sky is blue\nthe sky is blue.")  # line breaks split too
+    assert not has_repeated_sentence("Go now. Go now.")  # two words: below the 3-word minimum
+    assert not has_repeated_sentence("One two three. Four five six.")
+    assert not has_repeated_sentence(PROSE)
+
+
+def test_is_repetitive_threshold():
+    assert is_repetitive(LOOP)
+    assert not is_repetitive("a b c d a b c d")  # 0.2 < 0.3 and no sentence repeated
+    assert is_repetitive("a b c d a b c d a b c d")  # 5/9 >= 0.3
+    assert not is_repetitive(PROSE)
+
+
+def test_degeneration_stats_exact():
+    stats = degeneration_stats([PROSE, LOOP, "a b c d a b c d"])
+    assert stats == pytest.approx({"degeneration/repeat_rate": 1 / 3, "degeneration/repeated_sentence_rate": 1 / 3,
+                                   "degeneration/ngram_repeat_fraction": (0 + 5 / 9 + 1 / 5) / 3})
+    assert degeneration_stats([]) == {}
+
+
+def test_wrapped_in_quotes_and_all_caps():
+    assert is_wrapped_in_quotes('"Hello there."') and is_wrapped_in_quotes(' "x" ')
+    assert is_wrapped_in_quotes("“Hi.”")
+    assert not is_wrapped_in_quotes('He said "hi".') and not is_wrapped_in_quotes('""') and not is_wrapped_in_quotes("")
+    assert is_all_caps_answer("THE SKY IS BLUE.") and is_all_caps_answer("H2O IS WATER")
+    assert not is_all_caps_answer("DNA")  # a one-word answer is not shouting
+    assert not is_all_caps_answer("The SKY IS BLUE") and not is_all_caps_answer("12 34 56 78")
+
+
+def test_format_stats_only_count_rows_that_did_not_ask():
+    metadatas = [{}, {"constraints": [{"kind": "double_quotes", "args": {}}]}, {"constraint": "all_caps"}, {}]
+    texts = ['"Quoted answer here."', '"Asked for quotes."', "ALL CAPS AS ASKED", "NOT ASKED BUT SHOUTED"]
+    # quotes: rows 0, 2, 3 did not ask; only row 0 is wrapped. caps: rows 0, 1, 3 did not ask; only row 3 shouts.
+    assert format_stats(metadatas, texts) == pytest.approx({"format/unrequested_quotes_rate": 1 / 3,
+                                                            "format/unrequested_caps_rate": 1 / 3})
+    # an IFEval quotation instruction counts as asking for quotes
+    ifeval = {"instruction_id_list": ["startend:quotation"], "constraints": [{"kind": "double_quotes", "args": {}}]}
+    assert "format/unrequested_quotes_rate" not in format_stats([ifeval], ['"x y z"'])
+
+
+def test_relative_metrics_exact():
+    model = {"length/mean_tokens": 30.0, "length/mean_words": 20.0, "length/median_words": 10.0,
+             "group/out_of_distribution/length/median_words": 8.0, "degeneration/repeat_rate": 0.25,
+             "format/unrequested_quotes_rate": 0.5, "format/unrequested_caps_rate": 0.1,
+             "constraints/pass_rate": 0.4}
+    base = {"length/mean_tokens": 60.0, "length/mean_words": 40.0, "length/median_words": 40.0,
+            "group/out_of_distribution/length/median_words": 32.0, "degeneration/repeat_rate": 0.05,
+            "format/unrequested_quotes_rate": 0.0}
+    assert relative_metrics(model, base, "base") == pytest.approx({
+        "length/ratio_to_base": 0.5, "length/mean_words_ratio_to_base": 0.5,
+        "length/median_words_ratio_to_base": 0.25,
+        "group/out_of_distribution/length/median_words_ratio_to_base": 0.25,
+        "degeneration/delta_vs_base": 0.2, "format/unrequested_quotes_delta_vs_base": 0.5})
+    # a zero reference gives no ratio (rather than inf), so a gate on it fails as missing
+    assert "length/median_words_ratio_to_baseline" not in relative_metrics(
+        model, {"length/median_words": 0.0}, "baseline")
