@@ -150,6 +150,85 @@ def pairs_section(run: dict) -> str:
     return "".join(parts)
 
 
+# Eval keys shown in their own tables rather than the main one.
+_DETAIL_PREFIXES = ("baseline/", "base/", "winrate/", "group/", "suite/", "constraints/kind/")
+_REFS = ("baseline", "base")
+
+
+def _delta_cell(v: Any, ref: Any) -> Any:
+    v, b = finite(v), finite(ref)
+    if v is None or b is None:
+        return ""
+    delta = v - b
+    return ("raw", escape(f"{delta:+.4g}"), "pass" if delta > 0 else "fail" if delta < 0 else "num")
+
+
+def _ref_columns(metrics: dict) -> list[str]:
+    return [ref for ref in _REFS if any(k.startswith(f"{ref}/") for k in metrics)]
+
+
+def eval_metrics_table(metrics: dict) -> str:
+    """Headline metrics: model, each reference model (baseline, base) and the model's delta to each."""
+    refs = _ref_columns(metrics)
+    rows = []
+    for key, value in metrics.items():
+        if key.startswith(_DETAIL_PREFIXES):
+            continue
+        rows.append([key, value, *(metrics.get(f"{r}/{key}") for r in refs),
+                     *(_delta_cell(value, metrics.get(f"{r}/{key}")) for r in refs)])
+    header = ["metric", "model", *refs, *(f"delta vs {r}" for r in refs)]
+    return _table(header, rows, num_cols=range(1, 2 + len(refs)))
+
+
+def group_table(metrics: dict) -> str:
+    """Pass rates per row group (in distribution vs out of distribution) and per suite, side by side."""
+    refs = _ref_columns(metrics)
+    parts = []
+    for prefix, title in (("group", "In distribution vs out of distribution"), ("suite", "Per suite")):
+        names = sorted({k[len(prefix) + 1:].rsplit("/", 1)[0] for k in metrics
+                        if k.startswith(f"{prefix}/") and k.endswith("/pass_rate") and k.count("/") == 2})
+        if not names:
+            continue
+        rows = []
+        for name in names:
+            key = f"{prefix}/{name}"
+            row = [name, metrics.get(f"{key}/n"), metrics.get(f"{key}/pass_rate"),
+                   *(metrics.get(f"{r}/{key}/pass_rate") for r in refs)]
+            for sub in ("constraints/pass_rate", "capability/accuracy", "length/median_words"):
+                row += [metrics.get(f"{key}/{sub}"), *(metrics.get(f"{r}/{key}/{sub}") for r in refs)]
+            rows.append(row)
+        cols = ["model", *refs]
+        header = [prefix, "n", *(f"pass rate: {c}" for c in cols), *(f"constraints: {c}" for c in cols),
+                  *(f"capability: {c}" for c in cols), *(f"median words: {c}" for c in cols)]
+        parts.append(f"<h4>{escape(title)}</h4>" + _table(header, rows, num_cols=range(1, len(header))))
+    return "".join(parts)
+
+
+def kind_table(metrics: dict) -> str:
+    """Constraint pass rate per kind, each kind marked trained / unseen when the eval knew the training data."""
+    refs = _ref_columns(metrics)
+    kinds = sorted({k.split("/")[2] for k in metrics if k.startswith("constraints/kind/") and k.endswith("/pass_rate")})
+    if not kinds:
+        return ""
+    rows = []
+    for kind in kinds:
+        key = f"constraints/kind/{kind}"
+        trained = finite(metrics.get(f"{key}/trained"))
+        status = "" if trained is None else "trained" if trained else "unseen"
+        rows.append([kind, status, metrics.get(f"{key}/n"), metrics.get(f"{key}/pass_rate"),
+                     *(metrics.get(f"{r}/{key}/pass_rate") for r in refs),
+                     *(_delta_cell(metrics.get(f"{key}/pass_rate"), metrics.get(f"{r}/{key}/pass_rate"))
+                       for r in refs)])
+    header = ["constraint kind", "training", "n", "model", *refs, *(f"delta vs {r}" for r in refs)]
+    pooled = [[name, metrics.get(f"constraints/{name}/n"), metrics.get(f"constraints/{name}/pass_rate"),
+               *(metrics.get(f"{r}/constraints/{name}/pass_rate") for r in refs)]
+              for name in ("trained", "unseen") if f"constraints/{name}/pass_rate" in metrics]
+    out = "<h4>Constraint pass rate per kind</h4>" + _table(header, rows, num_cols=range(2, 4 + len(refs)))
+    if pooled:
+        out += _table(["kinds", "n", "model", *refs], pooled, num_cols=range(1, 3 + len(refs)))
+    return out
+
+
 def eval_section(run: dict) -> str:
     parts = []
     for s in _of(run["stages"], ["eval"]):
@@ -158,16 +237,9 @@ def eval_section(run: dict) -> str:
         if not metrics:
             parts.append(MISSING)
             continue
-        rows = []
-        for key, value in metrics.items():
-            if key.startswith(("baseline/", "winrate/")):
-                continue
-            base = metrics.get(f"baseline/{key}")
-            v, b = finite(value), finite(base)
-            delta = v - b if v is not None and b is not None else None
-            rows.append([key, value, base, ("raw", escape(f"{delta:+.4g}"), "pass" if delta > 0 else "fail"
-                                            if delta < 0 else "num") if delta is not None else ""])
-        parts.append(_table(["metric", "model", "baseline", "delta"], rows, num_cols=[1, 2]))
+        parts.append(eval_metrics_table(metrics))
+        parts.append(group_table(metrics))
+        parts.append(kind_table(metrics))
         wr = {k[len("winrate/"):]: v for k, v in metrics.items() if k.startswith("winrate/")}
         if finite(wr.get("win_rate")) is not None:
             ci = (f" (95% CI {fmt(wr.get('ci_low'), 3)} to {fmt(wr.get('ci_high'), 3)})"
@@ -212,7 +284,8 @@ def lengths_section(run: dict) -> str:
         by_role: dict[str, list] = {}
         for row in responses:
             by_role.setdefault(str(row.get("role", "model")), []).append(_response_len(row))
-        order = sorted(by_role, key=lambda r: (r != "baseline", r))  # before (baseline) then after (model)
+        # before (base, then baseline) then after (model)
+        order = sorted(by_role, key=lambda r: ({"base": 0, "baseline": 1}.get(r, 2), r))
         unit = "tokens" if any(finite(r.get("completion_tokens")) is not None for r in responses) else "words"
         parts.append('<div class="charts">' + histogram({r: by_role[r] for r in order},
                                                         f"{s['name']}: response length, baseline vs model",
