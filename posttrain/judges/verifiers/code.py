@@ -164,7 +164,8 @@ def _result(sb, report, plan, timed_out, candidate_rc, tests_rc, time_limit_s, s
         elif memory:
             error = "memory limit exceeded"
         elif report is None:
-            error = f"the tests process exited with code {tests_rc} without a verdict"
+            error = f"the tests process exited with code {tests_rc} without a verdict" + (
+                " (output limit)" if signal_of(sb, tests_rc) == signal.SIGXFSZ else "")
         else:
             error = f"exited with code {shown_rc} before reporting" + (
                 " (output limit)" if sig == signal.SIGXFSZ else "")

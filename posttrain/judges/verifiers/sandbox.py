@@ -1,18 +1,23 @@
 """Where the code verifier's two processes run: a bubblewrap sandbox, or (explicitly, with a warning) bare.
 
 ``bwrap`` mode (bubblewrap, Debian package ``bubblewrap``) gives each process its own user, pid, network, IPC and
-UTS namespaces: no network at all (an empty loopback of its own), a read-only view of only what Python needs
-(``/usr`` and the interpreter's prefixes: no ``/etc``, ``/home``, ``/root`` or ``/proc``), a private 64 MiB
-``/tmp``, no capabilities, no further user namespaces, and a seccomp filter that refuses to create processes
-(``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``; threads still work), so a fork bomb cannot spend the
-machine's pids. When the process ends its pid namespace ends with it, and ``--die-with-parent`` ends the
-namespace when the supervisor kills bwrap, so nothing it started outlives the verdict. Memory, CPU time and file
-size are capped with rlimits.
+UTS namespaces: no network at all (an empty loopback of its own), a read-only view of only ``/usr`` and the
+interpreter's own folders (its prefix and venv; no ``/etc``, ``/home``, ``/proc``, nor the rest of ``/root`` or
+the project), a private 64 MiB ``/tmp``, no capabilities, no further user namespaces, and a seccomp filter that
+refuses to create processes (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``; threads still work), so a
+fork bomb cannot spend the machine's pids. When the process ends its pid namespace ends with it, and
+``--die-with-parent`` ends the namespace when the supervisor kills bwrap, so nothing it started outlives the
+verdict. Memory, CPU time and file size are capped with rlimits (RLIMIT_NPROC would not bind: the sandboxed user
+maps to the caller, and root is exempt; hence the seccomp filter).
+
+Where user namespaces are refused (root in a container without them), the sandbox runs without one: the same
+namespaces otherwise, every capability dropped. Both flag sets are probed once per process.
 
 ``unsafe`` mode runs the same processes directly, limited only by rlimits and a process group: enough against
 honest mistakes, not against code written to escape (it can read the file system, reach the network through
-``_socket`` or a subprocess, and leave processes behind). ``auto`` uses bwrap when it is installed and works
-here, else unsafe with a one-time warning. ``POSTTRAIN_CODE_SANDBOX`` sets the default mode.
+``_socket`` or a subprocess, leave processes behind, and reach the tests process through /proc). ``auto`` uses
+bwrap when it is installed and works here, else unsafe with a one-time warning. ``POSTTRAIN_CODE_SANDBOX`` sets
+the default mode.
 """
 
 from __future__ import annotations
@@ -33,8 +38,7 @@ MODES = ("auto", "bwrap", "unsafe")
 ENV_VAR = "POSTTRAIN_CODE_SANDBOX"
 TMP_BYTES = 64 << 20
 SHM_BYTES = 16 << 20
-# The sandboxed user: nobody. Where user namespaces are refused (e.g. root in a container without them), the
-# second flag set still unshares everything else and drops every capability.
+# The sandboxed user: nobody (mapped to the caller's uid outside).
 _USERNS = ("--unshare-user", "--uid", "65534", "--gid", "65534", "--disable-userns")
 _COMMON = ("--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
            "--die-with-parent", "--new-session", "--cap-drop", "ALL")
@@ -122,6 +126,17 @@ def command(sb: Sandbox, argv: list[str], *, python: str, files: dict[str, str],
     return [*cmd, "--", *argv]
 
 
+def _seccomp_fd() -> int | None:
+    """An fd holding the process filter, for ``--seccomp`` (the caller closes it); None where there is none."""
+    program = no_new_processes_filter()
+    if program is None:
+        return None
+    fd = os.memfd_create("posttrain-seccomp")
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 def _limits(memory_bytes: int, cpu_seconds: int, file_bytes: int):
     def apply() -> None:  # runs in the child between fork and exec (of bwrap, or of python in unsafe mode)
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
@@ -135,12 +150,7 @@ def spawn(sb: Sandbox, argv: list[str], *, python: str, files: dict[str, str], c
           pass_fds: tuple[int, ...], memory_bytes: int, cpu_seconds: int, file_bytes: int) -> subprocess.Popen:
     """Start ``argv`` (a ``python`` command) in ``sb`` in a new session, with rlimits; ``cwd`` is used in unsafe
     mode only (bwrap starts in its private /tmp)."""
-    seccomp = no_new_processes_filter() if sb.mode == "bwrap" else None
-    fd = None
-    if seccomp is not None:
-        fd = os.memfd_create("posttrain-seccomp")  # bwrap reads the program from this fd
-        os.write(fd, seccomp)
-        os.lseek(fd, 0, os.SEEK_SET)
+    fd = _seccomp_fd() if sb.mode == "bwrap" else None
     try:
         return subprocess.Popen(
             command(sb, argv, python=python, files=files, seccomp_fd=fd), cwd=cwd, env=ENV, stdin=stdin,
@@ -152,14 +162,13 @@ def spawn(sb: Sandbox, argv: list[str], *, python: str, files: dict[str, str], c
 
 
 def stop(proc: subprocess.Popen) -> int:
-    """Kill ``proc``'s process group (bwrap's death takes its pid namespace along) and reap it; its exit code
-    (a signal death as ``-signal``, in bwrap's ``128 + signal`` convention too)."""
+    """Kill ``proc``'s process group (bwrap's death takes its pid namespace along) and reap it; returns its exit
+    code as Popen reports it (``signal_of`` reads bwrap's ``128 + signal``)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    rc = proc.wait()
-    return rc
+    return proc.wait()
 
 
 def signal_of(sb: Sandbox, rc: int | None) -> int | None:
@@ -177,12 +186,8 @@ def _probe(flags: tuple[str, ...], python: str) -> str | None:
     """None when the sandbox runs ``python`` here, else bwrap's complaint."""
     sb = Sandbox("bwrap", flags)
     fd = None
-    seccomp = no_new_processes_filter()
     try:
-        if seccomp is not None:
-            fd = os.memfd_create("posttrain-seccomp")
-            os.write(fd, seccomp)
-            os.lseek(fd, 0, os.SEEK_SET)
+        fd = _seccomp_fd()
         cmd = command(sb, [python, "-I", "-c", "pass"], python=python, files={}, seccomp_fd=fd)
         done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=60,
                               pass_fds=(fd,) if fd is not None else ())

@@ -205,3 +205,8 @@ def test_plain_values_cross_both_ways_exactly():
              "import math\nassert math.isnan(echo(float('nan'))) and echo(float('-inf')) == float('-inf')\n")
     result = run_python_tests(code, tests, time_limit_s=3)
     assert result.passed, result.error
+
+
+def test_flooding_the_output_is_stopped():
+    result = run_python_tests("import sys\nsys.stdout.write('x' * (9 << 20))\n", "assert True\n", time_limit_s=3)
+    assert not result.passed and "File too large" in result.error  # Python ignores SIGXFSZ: the write fails
