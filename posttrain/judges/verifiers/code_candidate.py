@@ -11,11 +11,12 @@ import operator
 import os
 import sys
 
-# -I leaves the script's folder off sys.path; it goes back off after the import, so that the folder's
+# -I leaves the script's folder off sys.path (3.11+); it goes (back) off after the import, so that the folder's
 # other modules (code.py, math.py) cannot shadow the standard library's for the code under test.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
 from code_wire import MUTABLE, Channel, decode, describe, encode, error_message  # noqa: E402
-del sys.path[0]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != _HERE]
 
 
 def _no_network() -> None:
@@ -54,9 +55,9 @@ def candidate(rfd: int, wfd: int) -> None:
             reply = chan.recv()
             if reply[0] == "ok":
                 return decode(reply[1], resolve)
-            if reply[0] == "err":
-                raise (getattr(builtins, reply[1], None) if reply[1] in ("MemoryError", "StopIteration")
-                       else RuntimeError)(reply[2])
+            if reply[0] == "err":  # a test callable raised: the same builtin type here, if it is one
+                cls = getattr(builtins, str(reply[1]), None)
+                raise (cls if isinstance(cls, type) and issubclass(cls, Exception) else RuntimeError)(reply[2])
             serve(reply)
 
     def serve(msg):

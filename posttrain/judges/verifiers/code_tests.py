@@ -27,12 +27,13 @@ import os
 import sys
 import types
 
-# -I leaves the script's folder off sys.path; it goes back off after the import, so that the folder's
+# -I leaves the script's folder off sys.path (3.11+); it goes (back) off after the import, so that the folder's
 # other modules (code.py, math.py) cannot shadow the standard library's for the code under test.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
 from code_wire import (BINOPS, MUTABLE, WRAPPERS, CandidateGone, Channel, decode, describe,  # noqa: E402
                        encode, error_message, planned_tests)
-del sys.path[0]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != _HERE]
 
 
 class CandidateError(Exception):

@@ -156,8 +156,10 @@ def test_candidate_objects_classes_and_in_place_changes():
 
 
 def test_callables_from_the_tests_can_be_passed_in():
-    code = "def apply_all(fn, xs, key=None):\n    return sorted((fn(x) for x in xs), key=key)\n"
-    tests = "assert apply_all(lambda x: x * 10, [3, 1, 2], key=lambda v: -v) == [30, 20, 10]\n"
+    code = ("def apply_all(fn, xs, key=None):\n    return sorted((fn(x) for x in xs), key=key)\n"
+            "def safe(fn, x):\n    try:\n        return fn(x)\n    except ValueError as e:\n        return 'caught ' + str(e)\n")
+    tests = ("assert apply_all(lambda x: x * 10, [3, 1, 2], key=lambda v: -v) == [30, 20, 10]\n"
+             "def bad(x):\n    raise ValueError('no')\nassert safe(bad, 1) == 'caught no'\n")
     result = run_python_tests(code, tests, time_limit_s=2)
     assert result.passed, result.error
 
