@@ -255,6 +255,9 @@ class RLRewardSection(Section):
     length_penalty: float = Field(0.0, ge=0, description="subtracted per completion token / max_new_tokens")
     clip: float | None = Field(None, gt=0, description="clip the combined score to [-clip, clip]")
     whiten: bool = Field(False, description="whiten scores over the rollout batch (mean kept)")
+    code_sandbox: Literal["auto", "bwrap", "unsafe"] | None = Field(
+        None, description="where code-test rewards run candidate code: auto (bubblewrap if it works, else unsafe "
+        "with a warning) | bwrap | unsafe; default $POSTTRAIN_CODE_SANDBOX or auto")
 
     @model_validator(mode="after")
     def _some_reward(self):

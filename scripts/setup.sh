@@ -32,4 +32,13 @@ if ! command -v chromium >/dev/null; then
       || echo "setup: could not install chromium (the report browser test will be skipped)"
   fi
 fi
+# Candidate code in the code verifier runs in a bubblewrap sandbox: install Debian's bubblewrap where we can.
+# Non-fatal: without it code runs unsandboxed (with a warning) and the sandbox tests are skipped.
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing bubblewrap for the code verifier's sandbox"
+    { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
+      || echo "setup: could not install bubblewrap (code verification will run unsandboxed)"
+  fi
+fi
 echo "setup: done ($("$VPY" -c 'import posttrain, torch, transformers; print("posttrain", posttrain.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -69,7 +69,8 @@ class RewardFunction:
             from posttrain.judges.verifiers import VerifierJudge
 
             components = reward_cfg.verifier_components
-            self.verifier = VerifierJudge(components=components) if components else VerifierJudge()
+            self.verifier = VerifierJudge(**({"components": components} if components else {}),
+                                          code_sandbox=reward_cfg.code_sandbox)
         self.reward_model = None
         if reward_cfg.reward_model and reward_cfg.reward_model_weight > 0:
             from posttrain.judges.reward_model import RewardModelJudge

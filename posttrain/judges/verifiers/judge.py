@@ -58,6 +58,8 @@ class VerifierJudge:
     name: str = "verifier"
     code_time_limit_s: float = 5.0
     code_memory_limit_mb: int = 512
+    # where candidate code runs: auto | bwrap | unsafe; None: $POSTTRAIN_CODE_SANDBOX or auto (verifiers/sandbox.py)
+    code_sandbox: str | None = None
     # Which components to check when the metadata has them: "constraints", "answer", "tests" (default: all). A
     # pool whose rows carry both a format constraint and an answer can be judged on the format alone.
     components: tuple[str, ...] | list[str] = COMPONENTS
@@ -68,6 +70,13 @@ class VerifierJudge:
             raise ValueError(f"verifier components must be a non-empty subset of {', '.join(COMPONENTS)}; "
                              f"got {list(self.components)!r}")
         self.components = tuple(self.components)
+        if self.code_sandbox is not None and "tests" in self.components:
+            from posttrain.judges.verifiers.sandbox import SandboxError, resolve
+
+            try:  # a bad or unavailable sandbox is one line now, not a failure at the first code row
+                resolve(self.code_sandbox)
+            except SandboxError as e:
+                raise ValueError(str(e)) from None
 
     def score(self, prompt: list[Message], response: str, metadata: dict[str, Any]) -> Score:
         values: list[float] = []
@@ -89,7 +98,7 @@ class VerifierJudge:
             if not isinstance(metadata["tests"], str) or not metadata["tests"].strip():
                 raise ValueError("metadata 'tests' must be non-empty Python test code")
             result = run_python_tests(extract_code(response), metadata["tests"], time_limit_s=self.code_time_limit_s,
-                                      memory_limit_mb=self.code_memory_limit_mb)
+                                      memory_limit_mb=self.code_memory_limit_mb, sandbox=self.code_sandbox)
             values.append(float(result.passed))
             passes.append(result.passed)
             details["tests"] = asdict(result)
