@@ -94,3 +94,9 @@ def test_components_pick_what_is_checked():
         VerifierJudge(components=["tests"]).score(prompt, "paris", md)
     with pytest.raises(JudgeConfigError, match=r"judges\[0\] \(verifier\): verifier components must be"):
         build_member({"type": "verifier", "components": ["format"]})
+
+
+def test_code_sandbox_setting_is_checked_at_construction():
+    with pytest.raises(ValueError, match="code sandbox must be one of auto, bwrap, unsafe"):
+        VerifierJudge(code_sandbox="nope")
+    VerifierJudge(code_sandbox="nope", components=["constraints"])  # no code is run: the setting is not used
