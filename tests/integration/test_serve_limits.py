@@ -37,7 +37,7 @@ def serve(generator):
     servers = []
 
     def start(gen=None, **options):
-        srv, _, _ = start_server("tiny-random", generator=gen or generator, batch_wait_ms=5, **options)
+        srv, _, _ = start_server("tiny-random", generator=gen or generator, **{"batch_wait_ms": 5, **options})
         servers.append(srv)
         return srv
 
@@ -152,14 +152,14 @@ def test_malformed_length_and_json_get_a_400_not_a_dropped_connection(serve, cap
 
 
 def test_the_deadline_cuts_a_long_generation_and_the_worker_moves_on(serve):
-    # Uncut, 2000 tokens take ~6 s here; with a 1.5 s deadline both long requests end near 1.5 s with what they
-    # have, and the short request queued behind them is answered right after, not after the 2000 tokens.
-    srv = serve(request_timeout_s=1.5)
+    # Uncut, 2000 tokens take ~6 s here; with a 1.5 s deadline both long requests (one batch) end near 1.5 s with
+    # what they have, and the short request queued behind them is answered right after, not after 2000 tokens.
+    srv = serve(request_timeout_s=1.5, batch_wait_ms=300)
     results: dict = {}
     threads = [in_thread(results, "stream", chat, srv.url, max_tokens=2000, temperature=0, stream=True),
                in_thread(results, "plain", chat, srv.url, max_tokens=2000, temperature=0)]
-    wait_for(lambda: srv.batcher.snapshot()["running"] >= 1)
-    time.sleep(0.5)
+    wait_for(lambda: srv.batcher.snapshot()["running"] == 2)
+    time.sleep(0.8)
     threads.append(in_thread(results, "short", chat, srv.url, max_tokens=3, temperature=0))
     for t in threads:
         t.join(timeout=60)
@@ -172,9 +172,9 @@ def test_the_deadline_cuts_a_long_generation_and_the_worker_moves_on(serve):
     assert status == 200 and chunks[-1]["choices"][0]["finish_reason"] == "timeout"
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     status, body = results["short"]
-    assert status == 200 and body["choices"][0]["finish_reason"] == "length", body
+    assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length"), body
     assert results["short_s"] < 4.0
-    assert srv.batcher.snapshot()["timed_out"] >= 2
+    assert srv.batcher.snapshot()["timed_out"] == 2
 
 
 def test_a_streaming_client_that_goes_away_frees_the_worker(serve):
@@ -210,13 +210,13 @@ class StalledGenerator:
 
 def test_health_reports_a_stuck_worker(serve, generator):
     stalled = StalledGenerator(generator)
-    srv = serve(stalled, context_length=CONTEXT, stall_timeout_s=0.5)
-    time.sleep(0.7)  # idle longer than the stall limit: an idle worker is not stuck
+    srv = serve(stalled, context_length=CONTEXT, stall_timeout_s=1.0)
+    time.sleep(1.3)  # idle longer than the stall limit: an idle worker is not stuck
     assert call(srv.url, "/health") == (200, {"status": "ok"})
     results: dict = {}
     thread = in_thread(results, "chat", chat, srv.url, max_tokens=2)
     assert stalled.entered.wait(20)
-    time.sleep(0.7)
+    time.sleep(1.3)
     status, body = call(srv.url, "/health")
     assert status == 503 and body["status"] == "unavailable", body
     assert "no progress" in body["reason"] and "1 requests running or queued" in body["reason"]
@@ -272,8 +272,8 @@ def test_serve_command_drains_requests_in_flight_on_sigterm_then_exits():
             return call(url, "/v1/chat/completions", {"messages": MESSAGES, "temperature": 0, **fields}, key="k2")
 
         results: dict = {}
-        threads = [in_thread(results, "long", post, max_tokens=2000, stream=True),
-                   in_thread(results, "medium", post, max_tokens=60)]
+        threads = [in_thread(results, "long", post, max_tokens=2000, n=2, stream=True),
+                   in_thread(results, "medium", post, max_tokens=30)]
         wait_for(lambda: call(url, "/v1/stats", key="k2")[1]["running"] == 2)  # both in one batch
         proc.send_signal(signal.SIGTERM)
         start = time.monotonic()
@@ -291,7 +291,7 @@ def test_serve_command_drains_requests_in_flight_on_sigterm_then_exits():
             t.join(timeout=30)
         status, body = results["medium"]  # finished within the drain
         assert status == 200 and body["choices"][0]["finish_reason"] == "length", body
-        assert body["usage"]["completion_tokens"] == 60
+        assert body["usage"]["completion_tokens"] == 30
         status, text = results["long"]  # ~6 s of work: cut at the drain deadline, and told why
         events = sse_events(text)
         assert status == 200 and events[-1]["error"]["code"] == "server_shutting_down", events[-1]
