@@ -209,9 +209,14 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
              "margin": r["margin"], "chosen_tokens": len(c.token_ids), "rejected_tokens": len(x.token_ids),
              "judge": r["judge"]} for r, (p, _, _), c, x in zip(rows, picks, chosen, rejected)], world))
         n = len(rows)
-        batch: dict = {"num_rows": n}
-        if n == 0:  # every prompt tied: this process has nothing to train on this step (fit_rl skips the update)
-            return batch, {}
+        pair_weight = [1.0] * n
+        if n == 0:
+            # Every prompt of this process tied. One pair of weight 0 (a sample against itself) stands in: alone
+            # everywhere, the step's weight is 0 and fit_rl skips the update; when other processes do have pairs,
+            # this one still runs the loss and the metric reductions they run (no gradient, NaN metrics).
+            picks, chosen, rejected, pair_weight = [(0, 0, 0)], outs[:1], outs[:1], [0.0]
+            n = 1
+        batch: dict = {"num_rows": n, "pair_weight": torch.tensor(pair_weight, device=device)}
         prompts = [items[p].prompt_ids for p, _, _ in picks]
         # chosen rows [:n], rejected rows [n:], one padded width, so a micro-batch of pairs is one forward pass
         seqs = rollout_tensors(prompts + prompts, [o.token_ids for o in chosen + rejected], pad_token_id, device,
@@ -227,7 +232,7 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
         return batch, {}
 
     def weight(batch):
-        return float(batch["num_rows"])
+        return float(batch["pair_weight"].sum())
 
     def loss(model, batch):
         b = batch["num_rows"]
@@ -242,7 +247,11 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
         losses, metrics = preference_loss(loss_type, policy_chosen_logps=logps[:b], policy_rejected_logps=logps[b:],
                                           chosen_lengths=counts[:b], rejected_lengths=counts[b:], **ref,
                                           **loss_kwargs)
-        return losses.sum(), metrics, int(seqs["attention_mask"].sum())
+        w = batch["pair_weight"]
+        real = w > 0
+        metrics = {k: torch.where(real, v, torch.full_like(v, math.nan)) for k, v in metrics.items()}
+        tokens = int((batch["chosen_attention_mask"].sum(-1) + batch["rejected_attention_mask"].sum(-1))[real].sum())
+        return (losses * w).sum(), metrics, tokens
 
     # The labelling statistics are already global (one reduce in the rollout); fit_rl would average rollout
     # metrics weighted by rows, i.e. pairs, which a step without any pair turns into NaN: they come in here instead.

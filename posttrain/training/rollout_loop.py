@@ -67,9 +67,8 @@ def select_rows(batch: dict, rows: torch.Tensor) -> dict:
 
 
 def split_even(n: int, parts: int) -> list[tuple[int, int]]:
-    """``parts`` contiguous (start, end) ranges covering range(n), sizes differing by at most one. ``n`` 0 (online
-    DPO: a step whose samples all tied gives no pair) gives empty ranges, whose minibatches weigh 0 and are skipped."""
-    if parts > n > 0:
+    """``parts`` contiguous (start, end) ranges covering range(n), sizes differing by at most one."""
+    if parts > n:
         raise ConfigError(f"cannot split {n} rollout sequences into {parts} minibatches")
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]

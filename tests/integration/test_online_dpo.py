@@ -234,3 +234,54 @@ def test_pipeline_stage_registered_with_judge_inputs(tmp_path):
     cfg = training_config("online-dpo", params, tmp_path / "stage", False)
     assert cfg.online.judges[1] == {"type": "reward_model", "model": "runs/rm/model"}
     assert cfg.online.num_generations == 4 and cfg.train.output_dir == str(tmp_path / "stage")
+
+
+TWO_PROCESS_SCRIPT = '''
+import json, os, sys
+import torch
+from posttrain.config import load_config
+from posttrain.trainers.online_dpo import train_online_dpo
+
+torch.set_num_threads(1)
+out, args = sys.argv[1], sys.argv[2:]
+summary = train_online_dpo(load_config("online-dpo", None, [f"train.output_dir={out}", *args]))
+with open(f"{out}.rank{os.environ.get('RANK', '0')}.json", "w") as fh:
+    json.dump({k: v for k, v in summary.items() if isinstance(v, (int, float))}, fh)
+'''
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one(tmp_path):
+    """Under torchrun each process samples, judges and pairs its half of a step's prompts: the pairs, their count
+    and the step (loss over all pairs, summed gradients) are one process's. Step 1 gives one process pairs and the
+    other none, which must still take part in every reduction (it runs a zero-weight pair)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    prompts = letter_prompts(tmp_path / "prompts.jsonl")
+    args = [a for a in base_args(tmp_path, prompts, "optim.max_steps=2", "optim.lr=1e-2",
+                                 "optim.micro_batch_size=2") if not a.startswith("train.output_dir")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29617"]
+    for cmd in (torchrun + [str(script), str(tmp_path / "two"), *args],
+                [sys.executable, str(script), str(tmp_path / "one"), *args]):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+    two, one = read_metrics(tmp_path / "two" / "metrics.jsonl"), read_metrics(tmp_path / "one" / "metrics.jsonl")
+    assert [r["step"] for r in two] == [1, 2] and two[0]["pairs/kept"] > 0
+    for a, b in zip(two, one):
+        for key in ("pairs/kept", "pairs/ties", "score/pass_rate", "length/chosen", "rewards/accuracy"):
+            assert a.get(key) == pytest.approx(b.get(key)), (a["step"], key)
+        for key in ("loss", "grad_norm", "logps/chosen"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    pairs = read_pairs(tmp_path / "one")
+    key = lambda p: (p["step"], p["prompt_id"])  # noqa: E731 (each process writes its shard's pairs, gathered)
+    assert sorted(read_pairs(tmp_path / "two"), key=key) == sorted(pairs, key=key)
+    # prompt rows 1, 3, ... are process 0's, 2, 4, ... process 1's: some step gave pairs to one process only
+    shards = {s: {(int(p["prompt_id"].split(":")[0]) - 1) % 2 for p in pairs if p["step"] == s} for s in (1, 2)}
+    assert any(len(owners) == 1 for owners in shards.values()), shards
+    ranks = [json.loads((tmp_path / f"two.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["pairs/trained"] == ranks[1]["pairs/trained"] == len(pairs)
