@@ -58,10 +58,12 @@ def _mount_stage_apps() -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from posttrain.data.schema import DataError, DataErrors
     from posttrain.generation.types import BackendError
+    from posttrain.judges.llm import JudgeError
     from posttrain.models.reference import ReferenceError_
     from posttrain.models.resolve import ModelError
 
-    return ConfigError, DataError, DataErrors, ModelError, ReferenceError_, BackendError
+    # JudgeError: an LLM judge endpoint that stays unreachable or answers errors (online DPO, rejection-SFT)
+    return ConfigError, DataError, DataErrors, ModelError, ReferenceError_, BackendError, JudgeError
 
 
 def _fail(err: BaseException) -> None:
