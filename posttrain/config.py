@@ -120,6 +120,10 @@ class PreferenceLossSection(Section):
     gamma: float = Field(0.5, description="SimPO margin")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of an NLL term on chosen (RPO)")
     reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
+    reference_model: str | None = Field(None, description="pin the reference to this model (builtin name, model or "
+                                        "adapter folder, hub id; same tokenizer as the policy), loaded as a frozen "
+                                        "copy: e.g. the SFT model for every round of iterated DPO. Default: the "
+                                        "model training starts from")
     reference_cache: bool = Field(True, description="store reference log-probs on disk, keyed by reference "
                                                     "weights and sequence content; later epochs and reruns skip "
                                                     "the reference forward")
@@ -136,6 +140,11 @@ class PreferenceLossSection(Section):
             if getattr(self, name) != type(self).model_fields[name].default and name not in spec.params:
                 raise ValueError(f"loss.{name} is not a parameter of loss '{self.type}' (it takes: "
                                  f"beta, rpo_alpha{''.join(', ' + p for p in spec.params)})")
+        if self.reference_model is not None and not spec.needs_reference:
+            raise ValueError(f"loss.reference_model is set but loss '{self.type}' uses no reference model")
+        if self.reference_model is not None and self.reference == "adapter-disabled":
+            raise ValueError("loss.reference_model is a separate frozen model; it cannot be combined with "
+                             "loss.reference=adapter-disabled (use auto or copy)")
         return self
 
 

@@ -1,8 +1,10 @@
 """The reference model of preference losses: the frozen starting checkpoint.
 
 With a LoRA/DoRA policy the reference is the same network with its adapter disabled (no second copy in memory);
-with full fine-tuning it is a frozen copy; reference-free losses (SimPO, ORPO) get none at all. Cached reference
-log-probs (``training/refcache.py``) replace the reference pass altogether once computed.
+with full fine-tuning it is a frozen copy; reference-free losses (SimPO, ORPO) get none at all. A *pinned*
+reference (``loss.reference_model``) is a frozen copy of another model, loaded from its own name: iterated DPO
+keeps the SFT model as the reference of every round while each round starts from the previous round's model.
+Cached reference log-probs (``training/refcache.py``) replace the reference pass altogether once computed.
 
 ``reference_passes()`` counts how often a reference model was entered (one per micro-batch that needed its
 log-probs), so tests can show that a cache hit costs no reference forward.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 
 from posttrain.models.adapters import is_peft
 
@@ -49,6 +52,37 @@ def build_reference(policy, mode: str, needs_reference: bool):
     frozen.requires_grad_(False)
     frozen.eval()
     return frozen, "copy"
+
+
+def same_model(name: str, start: str, start_adapter: str | None) -> bool:
+    """Whether ``name`` names the model training starts from (``model.name`` without ``model.adapter``): then
+    the ordinary reference (adapter disabled, or a copy of the policy before training) already is that model."""
+    if start_adapter:
+        return False
+    if name == start:
+        return True
+    a, b = Path(name).expanduser(), Path(start).expanduser()
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def load_reference_model(name: str, tokenizer, *, cache_dir=None, dtype="auto", trust_remote_code=False):
+    """The frozen pinned reference: ``name`` loaded with its adapter lineage merged, no gradients, eval mode.
+    The policy's sequences are scored by it token id for token id, so its tokenizer must have the policy
+    ``tokenizer``'s vocabulary; ``ReferenceError_`` (one line naming both) when it does not."""
+    from posttrain.models.policy import load_base, model_tokenizer
+
+    ref_vocab = model_tokenizer(name, cache_dir, trust_remote_code).get_vocab()
+    vocab = tokenizer.get_vocab()
+    if ref_vocab != vocab:
+        differ = sorted(set(ref_vocab.items()) ^ set(vocab.items()), key=lambda kv: kv[1])
+        raise ReferenceError_(
+            f"loss.reference_model '{name}': its tokenizer differs from the policy's ({len(ref_vocab)} vs "
+            f"{len(vocab)} tokens; first difference {differ[0][0]!r} at id {differ[0][1]}); the reference must share "
+            "the policy's vocabulary")
+    frozen, _, _ = load_base(name, None, cache_dir=cache_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    frozen.requires_grad_(False)
+    frozen.eval()
+    return frozen
 
 
 @contextlib.contextmanager

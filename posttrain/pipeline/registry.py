@@ -28,6 +28,7 @@ class StageSpec:
     inputs: Callable[[dict], list[str]]
     check: Callable[[dict, Pending], None] | None = None
     main_metric: str | None = None
+    tolerates_not_run: bool = False  # runs even when upstream stages were not run (their outputs absent)
 
 
 def nothing_pending(path: str) -> bool:
@@ -110,8 +111,9 @@ def training_inputs(params: dict) -> list[str]:
     model, data = params.get("model") or {}, params.get("data") or {}
     decontaminate = params.get("decontaminate")  # eval files of the pre-training decontamination (posttrain.hygiene)
     eval_files = (decontaminate.get("eval_files") or []) if isinstance(decontaminate, dict) else []
+    loss = params.get("loss") if isinstance(params.get("loss"), dict) else {}
     return [p for p in (model.get("name", "tiny-random"), model.get("adapter"), data.get("train"), data.get("eval"),
-                        *eval_files) if p]
+                        loss.get("reference_model"), *eval_files) if p]
 
 
 def run_data(params: dict, output_dir: Path, resume: bool) -> dict:
@@ -361,6 +363,14 @@ def _eval_stages() -> dict[str, StageSpec]:
             "gate": StageSpec(run_gate_stage, gate_inputs, check_gate, main_metric="gates_passed")}
 
 
+def _best_round_stage() -> dict[str, StageSpec]:
+    """``best_round``: the stage a ``rounds`` block adds after its last round (``pipeline/rounds.py``)."""
+    from posttrain.pipeline.rounds import best_round_inputs, check_best_round, run_best_round
+
+    return {"best_round": StageSpec(run_best_round, best_round_inputs, check_best_round, main_metric="best_round",
+                                    tolerates_not_run=True)}
+
+
 def _rl_stages() -> dict[str, StageSpec]:
     """``reward_model``, ``ppo``, ``grpo``, ``rejection_sft`` (trainers imported when the stage runs)."""
     from posttrain.pipeline.rl_stages import rl_stages
@@ -382,4 +392,5 @@ STAGES: dict[str, StageSpec] = {
     "mix": StageSpec(_mix_run, _mix_inputs, _mix_check, main_metric="rows"),
     **_eval_stages(),
     **_rl_stages(),
+    **_best_round_stage(),
 }

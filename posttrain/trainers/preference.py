@@ -5,7 +5,8 @@ Chosen and rejected sequences go through the policy in one forward pass (rows ``
 rejected; or one padding-free packed row with ``data.packing``; or, by default (``data.prefix_sharing``),
 prefix-tree rows where each pair's prompt and the row's common system prompt are computed once). The reference
 pass is skipped for reference-free losses, and for every micro-batch whose reference log-probs are cached
-(``training/refcache.py``).
+(``training/refcache.py``). The reference is the starting model (``models/reference.py``) unless
+``loss.reference_model`` pins another one (the SFT model in every round of iterated DPO: ``pipeline/rounds.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 
 from posttrain.data.collate import collate_pairs, count_tokens, sequence_key
 from posttrain.losses import get_loss, preference_loss
-from posttrain.models.reference import build_reference, reference_model, reference_weights
+from posttrain.models.reference import (build_reference, load_reference_model, reference_model, reference_weights,
+                                        same_model)
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
@@ -77,16 +79,28 @@ def loss_params(loss_cfg) -> dict:
     return params
 
 
-def open_reference_cache(cfg, policy, data, accelerator):
-    """The ``ReferenceCache`` of this reference and precision, or None when caching is off / not needed."""
+def open_reference_cache(cfg, policy, data, accelerator, pinned=None):
+    """The ``ReferenceCache`` of this reference and precision, or None when caching is off / not needed.
+    ``pinned``: the frozen ``loss.reference_model``, whose weights then make the fingerprint."""
     from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
 
     if not (cfg.loss.reference_cache and get_loss(cfg.loss.type).needs_reference):
         return None
     root = cfg.loss.reference_cache_dir or default_cache_dir(cfg.train.output_dir)  # never beside the data
-    key = fingerprint(reference_weights(policy, None), precision=str(accelerator.mixed_precision),
+    key = fingerprint(reference_weights(policy, pinned), precision=str(accelerator.mixed_precision),
                       device_type=accelerator.device.type)
     return ReferenceCache(f"{root}/{key}")
+
+
+def pinned_reference(cfg, tokenizer):
+    """The frozen ``loss.reference_model``, or None when it is unset, unused by the loss, or the very model
+    training starts from (then the ordinary reference is that model, at no extra load or memory)."""
+    name = cfg.loss.reference_model
+    if name is None or not get_loss(cfg.loss.type).needs_reference or same_model(name, cfg.model.name,
+                                                                                  cfg.model.adapter):
+        return None
+    return load_reference_model(name, tokenizer, cache_dir=cfg.model.cache_dir, dtype=cfg.model.dtype,
+                                trust_remote_code=cfg.model.trust_remote_code)
 
 
 def train_preference(cfg) -> dict:
@@ -94,10 +108,13 @@ def train_preference(cfg) -> dict:
 
     def build(model, data, accelerator):
         resolve_prefix_sharing(cfg, model)
-        cache = open_reference_cache(cfg, model, data, accelerator)
+        pinned = pinned_reference(cfg, data.tokenizer)
+        cache = open_reference_cache(cfg, model, data, accelerator, pinned)
         everything = [s for pair in data.train + data.eval for s in pair]
         if cache is not None and cache.covers(sequence_key(s) for s in everything):
             frozen = None  # every reference log-prob is on disk: no frozen copy, no reference pass
+        elif pinned is not None:
+            frozen = pinned
         else:
             frozen, _ = build_reference(model, cfg.loss.reference, spec.needs_reference)
         if frozen is not None:
