@@ -15,6 +15,13 @@ means the folder is removed and the stage recomputed, with one line saying which
 ``stage.json`` is a killed attempt: the stage runs again with ``resume=True`` (unless its own manifest says it
 completed: then its outputs were never recorded, and it is recomputed).
 
+A stage with a ``when`` condition (``spec.Condition``; the rounds of ``rounds.py`` use it to stop early) runs only
+if the condition holds on the metrics its stage recorded in this run; otherwise it is *not run* (status
+``not run`` and the reason in the manifest), and so is every stage that depends on it, except a stage whose
+``StageSpec.tolerates_not_run`` (the best_round stage: it picks among the rounds that ran). A folder an earlier
+run left for a stage that is not run now is kept (a later run whose condition holds skips it) but is no longer
+named in the manifest or under ``latest/``.
+
 Run-level records: ``run_dir/manifest.json`` (per stage: key, folder, status, wall time, metrics, inputs with
 hashes; package versions, git sha), rewritten atomically after every stage, and ``run_dir/latest/<name>`` links.
 """
@@ -34,6 +41,7 @@ from posttrain.data.writers import atomic_write_json
 from posttrain.pipeline.registry import STAGES, StageSpec
 from posttrain.pipeline.spec import (
     PipelineError,
+    Condition,
     PipelineSpec,
     dependencies,
     downstream,
@@ -43,6 +51,7 @@ from posttrain.pipeline.spec import (
 from posttrain.data.runfolder import content_hash, git_sha, package_versions
 
 STAGE_RECORD = "stage.json"  # written by the runner into a stage's folder after the stage succeeded
+NOT_RUN = "not run"  # the manifest status of a stage whose `when` condition (or an upstream's) did not hold
 
 
 @dataclass
@@ -54,6 +63,7 @@ class StagePlan:
     folder: Path
     params: dict[str, Any]  # the config with references replaced by upstream folders
     input_hashes: dict[str, str | None] = field(default_factory=dict)  # inputs outside the run, hashed
+    when: Condition | None = None
 
 
 def stage_key(command: str, config: dict, upstream_keys: dict[str, str], input_hashes: dict[str, str | None],
@@ -96,7 +106,8 @@ def plan_pipeline(spec: PipelineSpec, registry: dict[str, StageSpec] = STAGES,
                 raise PipelineError(f"stages.{name}.{e}") from None
         hashes = {path: hasher(path) for path in stage.inputs(params) if not pending(path)}
         key = stage_key(entry.command, entry.config, {d: p.key for d, p in upstream.items()}, hashes, version)
-        plans[name] = StagePlan(name, entry.command, deps[name], key, run_dir / f"{name}-{key[:12]}", params, hashes)
+        plans[name] = StagePlan(name, entry.command, deps[name], key, run_dir / f"{name}-{key[:12]}", params, hashes,
+                                entry.when)
     return list(plans.values())
 
 
@@ -185,6 +196,34 @@ def _manifest_completed(folder: Path) -> bool:
         return False
 
 
+def condition_reason(when: Condition, metrics: dict[str, Any]) -> str | None:
+    """None when ``when`` holds on ``metrics`` (what ``when.stage`` recorded), else why not, in one line. A metric
+    the stage did not record is a PipelineError (a misspelt name must not pass for "did not improve")."""
+    for key in (when.metric, when.baseline):
+        if key not in metrics:
+            raise PipelineError(f"when: stage {when.stage} recorded no metric '{key}' (it has: "
+                                f"{', '.join(sorted(metrics)[:10])}{', ...' if len(metrics) > 10 else ''})")
+    value, base = metrics[when.metric], metrics[when.baseline]
+    if value is not None and base is not None and value - base > when.min_gain:
+        return None
+
+    def show(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
+
+    return (f"{when.stage} did not improve {when.metric} by more than {when.min_gain:g} "
+            f"({show(base)} -> {show(value)})")
+
+
+def not_run_reason(plan: StagePlan, stage: StageSpec, entries: dict[str, dict[str, Any]]) -> str | None:
+    """Why ``plan`` is not run in this run (an upstream stage was not run, or its ``when`` does not hold), or
+    None. The reason of a stage left out because of an upstream one is that upstream's reason."""
+    for up in plan.after:
+        if entries[up].get("status") == NOT_RUN and (not stage.tolerates_not_run or
+                                                    (plan.when is not None and up == plan.when.stage)):
+            return entries[up]["reason"]
+    return condition_reason(plan.when, entries[plan.when.stage].get("metrics") or {}) if plan.when else None
+
+
 def _link_latest(run_dir: Path, name: str, folder: Path) -> None:
     latest = run_dir / "latest"
     latest.mkdir(parents=True, exist_ok=True)
@@ -237,6 +276,22 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
         entry: dict[str, Any] = {"command": plan.command, "after": plan.after, "key": plan.key,
                                  "folder": str(plan.folder)}
         manifest["stages"][plan.name] = entry
+        try:
+            why = not_run_reason(plan, stage, manifest["stages"])
+        except PipelineError as e:
+            entry.update(status="failed", error=f"PipelineError: stages.{plan.name}.{e}")
+            manifest.update(status="failed", finished_at=_now())
+            atomic_write_json(run_dir / "manifest.json", manifest)
+            raise PipelineError(f"stages.{plan.name}.{e}") from None
+        if why is not None:
+            del entry["folder"]  # an earlier run's folder may be there; it is not this run's output
+            latest = run_dir / "latest" / plan.name
+            if latest.is_symlink():
+                latest.unlink()
+            entry.update(status=NOT_RUN, reason=why, main_metric=None)
+            say(f"{plan.name}: not run: {why}")
+            atomic_write_json(run_dir / "manifest.json", manifest)
+            continue
         if plan.name in forced and plan.folder.exists():
             shutil.rmtree(plan.folder)
         reason = stale_reason(plan.folder, hasher)

@@ -1,7 +1,8 @@
 """The pipeline file: ``run_dir`` and named stages, each a command with its config tree.
 
 ``${name.output}`` inside any string value of a stage's config is that stage's output folder; it makes the stage
-depend on ``name``, as does ``after: [name]``. Stages run in dependency order, ties broken by file order.
+depend on ``name``, as does ``after: [name]`` and ``when: {stage: name, ...}``. Stages run in dependency order,
+ties broken by file order. A top-level ``rounds`` block (``rounds.py``) expands into ordinary stages at load time.
 """
 
 from __future__ import annotations
@@ -23,18 +24,30 @@ class PipelineError(ValueError):
     """A pipeline file problem a user can fix; ``str()`` is one line naming the key."""
 
 
+class Condition(BaseModel):
+    """``when``: run the stage only if ``stage``'s recorded ``metric`` exceeds its ``baseline`` metric by more
+    than ``min_gain``; otherwise it and its dependents are not run (``runner.py``)."""
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    metric: str
+    baseline: str
+    min_gain: float = 0.0
+
+
 class StageEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     command: str
     after: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
     config_file: str | None = None
+    when: Condition | None = None
 
 
 class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run_dir: str
     stages: dict[str, StageEntry]
+    rounds: dict[str, Any] | None = None  # checked and expanded by rounds.py
 
 
 def references(value: Any) -> list[str]:
@@ -105,7 +118,8 @@ def dependencies(stages: dict[str, StageEntry]) -> dict[str, list[str]]:
     deps: dict[str, list[str]] = {}
     for name, entry in stages.items():
         found: list[str] = []
-        for where, names in (("after", entry.after), ("config", references(entry.config))):
+        for where, names in (("after", entry.after), ("config", references(entry.config)),
+                             ("when.stage", [entry.when.stage] if entry.when else [])):
             for dep in names:
                 if dep not in stages:
                     raise PipelineError(f"stages.{name}.{where}: unknown stage '{dep}' "
@@ -165,6 +179,11 @@ def apply_overrides(tree: dict, overrides: Iterable[str]) -> dict:
         if keys == ["run_dir"]:
             tree["run_dir"] = value
             continue
+        if keys[0] == "rounds" and len(keys) > 1:  # rounds.count=3, rounds.stages.dpo.optim.lr=1e-5
+            from posttrain.pipeline.rounds import override_rounds
+
+            override_rounds(tree.get("rounds"), keys[1:], value, text)
+            continue
         if len(keys) < 2:
             raise PipelineError(f"override '{text}' must look like stage.section.key=value")
         if keys[0] not in stages:
@@ -199,14 +218,28 @@ def parse_pipeline(tree: dict, commands: Iterable[str] | None = None, base_dir: 
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = {"extra_forbidden": "unknown key", "missing": "required key is missing"}.get(err["type"], err["msg"])
         raise PipelineError(f"{where}: key '{key}': {msg}") from None
+    allowed = list(commands) if commands is not None else None
+    _prepare_stages(spec.stages, "stages", allowed, base_dir, where)
+    if spec.rounds is not None:
+        from posttrain.pipeline.rounds import expand_rounds, parse_rounds
+
+        rounds = parse_rounds(spec.rounds, where)
+        _prepare_stages(rounds.stages, "rounds.stages", allowed, base_dir, where)
+        spec = expand_rounds(spec, rounds, where)
     if not spec.stages:
         raise PipelineError(f"{where}: key 'stages': at least one stage is needed")
-    allowed = list(commands) if commands is not None else None
-    for name, entry in spec.stages.items():
+    topological_order(dependencies(spec.stages))  # unknown stages and cycles fail here, before anything runs
+    return spec
+
+
+def _prepare_stages(stages: dict[str, StageEntry], prefix: str, allowed: list[str] | None, base_dir: Path,
+                    where: str) -> None:
+    """Check names and commands; merge each ``config_file`` (relative to ``base_dir``) under its ``config``."""
+    for name, entry in stages.items():
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-            raise PipelineError(f"{where}: key 'stages.{name}': stage names use letters, digits, '_' and '-'")
+            raise PipelineError(f"{where}: key '{prefix}.{name}': stage names use letters, digits, '_' and '-'")
         if allowed is not None and entry.command not in allowed:
-            raise PipelineError(f"{where}: key 'stages.{name}.command': unknown command '{entry.command}' "
+            raise PipelineError(f"{where}: key '{prefix}.{name}.command': unknown command '{entry.command}' "
                                 f"(expected one of {', '.join(allowed)})")
         if entry.config_file:
             file = Path(entry.config_file)
@@ -214,11 +247,9 @@ def parse_pipeline(tree: dict, commands: Iterable[str] | None = None, base_dir: 
             try:
                 loaded = yaml.safe_load(file.read_text()) or {}
             except (OSError, yaml.YAMLError) as e:
-                raise PipelineError(f"{where}: key 'stages.{name}.config_file': cannot read {file}: "
+                raise PipelineError(f"{where}: key '{prefix}.{name}.config_file': cannot read {file}: "
                                     f"{str(e).splitlines()[0]}") from None
             if not isinstance(loaded, dict):
-                raise PipelineError(f"{where}: key 'stages.{name}.config_file': {file} is not a mapping")
+                raise PipelineError(f"{where}: key '{prefix}.{name}.config_file': {file} is not a mapping")
             loaded.pop("command", None)
             entry.config = deep_merge(loaded, entry.config)
-    topological_order(dependencies(spec.stages))  # unknown stages and cycles fail here, before anything runs
-    return spec
