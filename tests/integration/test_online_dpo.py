@@ -285,3 +285,22 @@ def test_two_processes_match_one(tmp_path):
     assert any(len(owners) == 1 for owners in shards.values()), shards
     ranks = [json.loads((tmp_path / f"two.rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["pairs/trained"] == ranks[1]["pairs/trained"] == len(pairs)
+
+
+def test_unreachable_llm_judge_is_one_error_line(tmp_path):
+    """An LLM judge endpoint that refuses every connection ends the command with exit 2 and one line naming it."""
+    import socket
+
+    from posttrain.cli import app
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Write about {TOPICS[i]}."} for i in range(8)])
+    judge = json.dumps([{"type": "llm", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m", "max_retries": 0,
+                         "cache_path": str(tmp_path / "judge.sqlite")}])
+    result = CliRunner().invoke(app, ["online-dpo", *base_args(tmp_path, prompts, "optim.max_steps=1",
+                                                               "rollout.temperature=1.0", "rollout.max_new_tokens=3",
+                                                               f"online.judges={judge}")])
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{port}" in result.output and "Traceback" not in result.output
