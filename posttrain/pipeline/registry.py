@@ -142,10 +142,19 @@ GENERATE_KEYS = ("prompts", "model", "adapter", "limit", "constraint_kinds", "n"
 def select_prompts(path: str, limit: int | None, kinds: list[str] | None) -> list[dict]:
     """The prompt rows to generate for: those whose constraints are all of ``kinds`` (when given), first ``limit``."""
     rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    try:  # utf-8-sig: files exported with a byte-order mark read like any other
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise PipelineError(f"config: prompts {path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x}); "
+                            "save the file as UTF-8") from None
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        row = json.loads(line)
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"config: prompts {path}:{number}: not a JSON object ({e.msg})") from None
         if kinds is not None:
             row_kinds = [c.get("kind") for c in row.get("constraints") or []]
             if not row_kinds or any(k not in kinds for k in row_kinds):

@@ -127,3 +127,15 @@ def test_select_prompts_filters_kinds_and_limits(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [r["prompt"] for r in select_prompts(str(path), 3, ["lowercase"])] == ["p1", "p3", "p5"]
     assert len(select_prompts(str(path), None, None)) == 11
+
+
+def test_select_prompts_reads_a_bom_and_names_bad_lines(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "p0"}\n{"prompt": "p1"}\n')
+    assert [r["prompt"] for r in select_prompts(str(path), None, None)] == ["p0", "p1"]
+    path.write_bytes(b'{"prompt": "p0"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(PipelineError, match=r"p.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
+        select_prompts(str(path), None, None)
+    path.write_text('{"prompt": "p0"}\n\n{"prompt": \n')
+    with pytest.raises(PipelineError, match=r"p.jsonl:3: not a JSON object"):
+        select_prompts(str(path), None, None)
