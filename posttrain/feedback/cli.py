@@ -147,7 +147,10 @@ def to_pairs(
     strict: bool = typer.Option(False, help="exit 2 and write nothing if any event is malformed"),
 ) -> None:
     """Convert feedback events into preference pairs (DPO) and unpaired rows (KTO), reporting conflicts."""
+    from posttrain.data.writers import check_output_path
+
     try:
+        check_output_path(output, "--output")  # before any event is read: a typo costs nothing
         options = ConvertOptions(ranking_mode, likert_min_gap, _range(likert_scale, "--likert-scale"),
                                  _range(likert_unpaired, "--likert-unpaired"), conflicts, max_pairs_per_prompt)
         events, errors, lines = read_events([str(p) for p in events_files], options.likert_scale)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from posttrain.data.writers import atomic_write_json
+from posttrain.data.writers import OutputPathError, atomic_write_json, check_output_path
 from posttrain.pipeline.registry import STAGES, StageSpec
 from posttrain.pipeline.spec import (
     PipelineError,
@@ -259,6 +259,10 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
             raise PipelineError(f"--force {name}: unknown stage (stages: {', '.join(deps)})")
     forced = downstream(deps, force)
     run_dir = Path(spec.run_dir)
+    try:  # a run_dir that is a file, inside a file or unwritable: one line now, not a traceback after stage 1
+        check_output_path(run_dir, "run_dir")
+    except OutputPathError as e:
+        raise PipelineError(str(e)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"run_dir": str(run_dir), "started_at": _now(), "status": "running",
                                 "forced": sorted(forced), "versions": package_versions(), "git_sha": git_sha(),

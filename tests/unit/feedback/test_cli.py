@@ -155,3 +155,11 @@ def test_conflict_table_shows_replies_literally(tmp_path):
                                           "choice": choice}) + "\n" for choice in ("a", "b")))
     result = runner.invoke(feedback_app, ["to-pairs", str(events), "-o", str(tmp_path / "out")])
     assert result.exit_code == 0 and "[b]x[/b]" in result.stdout
+
+
+def test_output_inside_a_file_is_one_line_before_reading_events(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    result = runner.invoke(feedback_app, ["to-pairs", str(tmp_path / "missing.jsonl"), "-o", str(blocker / "out")])
+    assert result.exit_code == 2
+    assert "--output" in result.output and "blocker" in result.output and "missing.jsonl" not in result.output

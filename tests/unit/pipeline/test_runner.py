@@ -139,3 +139,13 @@ def test_select_prompts_reads_a_bom_and_names_bad_lines(tmp_path):
     path.write_text('{"prompt": "p0"}\n\n{"prompt": \n')
     with pytest.raises(PipelineError, match=r"p.jsonl:3: not a JSON object"):
         select_prompts(str(path), None, None)
+
+
+def test_run_dir_that_cannot_be_a_folder_fails_before_any_stage(tmp_path):
+    calls: list = []
+    tree = pipeline(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    tree["run_dir"] = str(tmp_path / "afile" / "run")
+    with pytest.raises(PipelineError, match=r"run_dir .*afile"):
+        run_pipeline(parse_pipeline(tree), registry=make_registry(calls))
+    assert calls == []
