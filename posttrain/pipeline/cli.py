@@ -83,6 +83,8 @@ def print_status(manifest: dict) -> None:
     for name, entry in manifest.get("stages", {}).items():
         if entry.get("status") == "failed":
             typer.echo(f"{name} failed: {entry.get('error', '')}", err=True)
+        elif entry.get("status") == "not run":
+            typer.echo(f"{name} not run: {entry.get('reason', '')}", err=True)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Pipelines: run and status.")

@@ -83,6 +83,8 @@ def open_run_folder(cfg, stage: str, is_main: bool, barrier) -> RunFolder:
         run.add_input("data.train", cfg.data.train)
         if cfg.data.eval:
             run.add_input("data.eval", cfg.data.eval)
+        if getattr(getattr(cfg, "loss", None), "reference_model", None):  # a pinned reference is an input too
+            run.add_input("loss.reference_model", cfg.loss.reference_model)
         run.save(status="running")
     return run
 

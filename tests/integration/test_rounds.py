@@ -67,6 +67,8 @@ def test_round_two_starts_from_round_one_with_the_sft_model_pinned_as_reference(
         resolved = yaml.safe_load((folder(manifest, name) / "config.yaml").read_text())
         assert resolved["loss"]["reference_model"] == str(sft)
         assert manifest["stages"][name]["inputs"][str(sft)]["hash"].startswith("sha256:")
+        own = json.loads((folder(manifest, name) / "manifest.json").read_text())["inputs"]["loss.reference_model"]
+        assert own["location"] == str(sft) and own["hash"].startswith("sha256:")
     # round 2's reference log-probs are not its starting model's: at its first step policy != reference
     first_loss = json.loads((folder(manifest, "r2_dpo") / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert first_loss != pytest.approx(math.log(2), abs=1e-6)
