@@ -2,7 +2,8 @@
 
 ``eval`` config: ``model`` (default tiny-random), ``adapter``, ``suites`` (builtin names or files), ``baseline``,
 ``baseline_adapter``, ``base`` (the model the recipe started from: metrics under ``base/``, drift relative to
-it), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win rate vs the
+it), ``trained_on`` (training files: per-kind pass rates marked trained/unseen) or ``trained_kinds``,
+``ifeval_unsupported`` (error | skip), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win rate vs the
 baseline: a spec string as in ``posttrain judge --judge`` -- ``verifier``, ``llm:URL:MODEL``, ``local:MODEL``,
 ``rm:MODEL`` -- or one judge config dict as in the judge stage). It writes ``metrics.json`` and
 ``responses.jsonl`` into its folder.
@@ -20,7 +21,7 @@ from pathlib import Path
 from posttrain.pipeline.spec import PipelineError, check_keys, check_types
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "base", "max_new_tokens", "batch_size",
-             "seed", "backend", "judge")
+             "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported")
 GATE_KEYS = ("metrics", "gates", "gates_file")
 
 
@@ -40,9 +41,14 @@ def check_eval(params: dict, pending) -> None:
         raise PipelineError("config: key 'suites' is required (builtin suite names or files)")
     check_types(params, {"model": (str,), "adapter": (str,), "suites": (str, list), "baseline": (str,),
                          "baseline_adapter": (str,), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
-                         "backend": (str,), "judge": (str, dict)})
+                         "backend": (str,), "judge": (str, dict), "base": (str,), "trained_on": (str, list),
+                         "trained_kinds": (str, list), "ifeval_unsupported": (str,)})
+    if params.get("ifeval_unsupported", "error") not in ("error", "skip"):
+        raise PipelineError(f"config: key 'ifeval_unsupported': expected error or skip, got "
+                            f"{params['ifeval_unsupported']!r}")
     for suite in [suites] if isinstance(suites, str) else suites:
-        if not (isinstance(suite, str) and (suite in BUILTIN_SUITES or pending(suite) or Path(suite).is_file())):
+        name = _suite_name(suite)
+        if not (isinstance(name, str) and (name in BUILTIN_SUITES or pending(name) or Path(name).is_file())):
             raise PipelineError(f"config: key 'suites': no such suite file {suite!r} (builtin suites: "
                                 f"{', '.join(BUILTIN_SUITES)})")
     if params.get("backend", "hf") not in BACKENDS:
@@ -74,9 +80,22 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
                         batch_size=int(params.get("batch_size", 32)), seed=int(params.get("seed", 0)),
                         output_dir=output_dir, adapter=params.get("adapter"),
                         baseline_adapter=params.get("baseline_adapter"), backend=params.get("backend", "hf"),
-                        judge=judge)
+                        judge=judge, trained_on=_as_list(params.get("trained_on")),
+                        trained_kinds=_as_list(params.get("trained_kinds")),
+                        ifeval_unsupported=params.get("ifeval_unsupported", "error"))
     except ValueError as e:  # a bad suite or option: one line for the user
         raise PipelineError(f"config: {str(e).splitlines()[0]}") from None
+
+
+def _suite_name(suite):
+    """A suite entry without its ``@N`` budget (``constraints_ood@128`` -> ``constraints_ood``)."""
+    if isinstance(suite, str) and suite.rpartition("@")[2].isdigit():
+        return suite.rpartition("@")[0]
+    return suite
+
+
+def _as_list(value) -> list | None:
+    return None if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def _win_rate_judge(spec):
@@ -102,7 +121,8 @@ def eval_inputs(params: dict) -> list[str]:
         except ValueError:
             paths.append(s)  # reported when the stage runs
     return [p for p in (params.get("model", "tiny-random"), params.get("adapter"), params.get("baseline"),
-                        params.get("baseline_adapter"), params.get("base"), *paths) if p]
+                        params.get("baseline_adapter"), params.get("base"), *paths,
+                        *(_as_list(params.get("trained_on")) or [])) if p]
 
 
 def gate_list(params: dict, pending) -> list | None:

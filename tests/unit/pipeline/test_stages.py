@@ -140,3 +140,19 @@ def test_mix_stage_concatenates_layouts_with_limits(tmp_path):
     tree["stages"]["mix"]["config"]["inputs"] = [{"path": str(b), "limit": 0}]
     with pytest.raises(PipelineError, match=r"inputs\[0\]: 'limit' must be a positive integer"):
         run_pipeline(parse_pipeline(tree, STAGES))
+
+
+def test_eval_stage_takes_budgets_trained_on_and_ifeval_options(tmp_path):
+    from posttrain.pipeline.eval_stages import check_eval, eval_inputs
+    from posttrain.pipeline.registry import nothing_pending
+
+    train = tmp_path / "prompts.jsonl"
+    train.write_text('{"prompt": "p", "constraints": [{"kind": "lowercase", "args": {}}]}\n')
+    params = {"model": "tiny-random", "base": "tiny-random", "suites": ["constraints", "constraints_ood@128"],
+              "trained_on": [str(train)], "trained_kinds": "lowercase", "ifeval_unsupported": "skip"}
+    check_eval(params, nothing_pending)
+    assert str(train) in eval_inputs(params)
+    with pytest.raises(PipelineError, match="ifeval_unsupported"):
+        check_eval({**params, "ifeval_unsupported": "ignore"}, nothing_pending)
+    with pytest.raises(PipelineError, match="no such suite file 'nope@12'"):
+        check_eval({**params, "suites": ["nope@12"]}, nothing_pending)
