@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from posttrain.data.writers import atomic_write_json
 from posttrain.hygiene.clean import HygieneConfig, run_hygiene, summary_metrics
@@ -50,13 +50,9 @@ def _pipeline_error(message: str):
 
 
 def _validated(model, params: dict, prefix: str):
-    try:
-        return model(**params)
-    except ValidationError as e:
-        err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
-        key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise _pipeline_error(f"config: key '{prefix}{key}': {msg}") from None
+    from posttrain.pipeline.spec import check_model
+
+    return check_model(model, params, prefix)
 
 
 def run_data_stage(params: dict, output_dir: Path, resume: bool) -> dict:

@@ -71,19 +71,19 @@ def _judge_class(kind: str):
     return RewardModelJudge
 
 
-def build_member(spec: dict[str, Any], index: int = 0) -> Member:
-    """A judge (with its weight) from one config dict; unknown types and keys are errors naming them."""
-    where = f"judges[{index}]"
+def check_judge_spec(spec: Any, where: str) -> tuple[str, float, dict[str, Any]]:
+    """(type, weight, constructor options) of one judge config dict, checked without building the judge (which
+    may load a model): its type, weight, and keys against the judge's constructor. ``JudgeConfigError`` names
+    ``where`` and the key."""
     if not isinstance(spec, dict) or "type" not in spec:
         raise JudgeConfigError(f"{where}: needs a 'type' ({', '.join(JUDGE_TYPES)})")
     opts = dict(spec)
     kind, weight = opts.pop("type"), opts.pop("weight", 1.0)
     if kind not in JUDGE_TYPES:
         raise JudgeConfigError(f"{where}: unknown type '{kind}'; expected one of {', '.join(JUDGE_TYPES)}")
-    if not isinstance(weight, (int, float)) or weight <= 0:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
         raise JudgeConfigError(f"{where} ({kind}): 'weight' must be a positive number, got {weight!r}")
-    cls = _judge_class(kind)
-    params = inspect.signature(cls).parameters
+    params = inspect.signature(_judge_class(kind)).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(opts) - set(params))
         if unknown:
@@ -93,8 +93,15 @@ def build_member(spec: dict[str, Any], index: int = 0) -> Member:
                p.KEYWORD_ONLY) and n not in opts]
     if missing:
         raise JudgeConfigError(f"{where} ({kind}): missing key '{missing[0]}'")
+    return kind, float(weight), opts
+
+
+def build_member(spec: dict[str, Any], index: int = 0) -> Member:
+    """A judge (with its weight) from one config dict; unknown types and keys are errors naming them."""
+    where = f"judges[{index}]"
+    kind, weight, opts = check_judge_spec(spec, where)
     try:
-        judge = cls(**opts)
+        judge = _judge_class(kind)(**opts)
     except ValueError as e:
         raise JudgeConfigError(f"{where} ({kind}): {str(e).splitlines()[0]}") from None
     return Member(judge, float(weight), (0.0, 1.0) if kind == "verifier" else None)

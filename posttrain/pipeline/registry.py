@@ -11,7 +11,6 @@ into its cache key); names that are not local paths (``tiny-random``, hub ids) a
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,26 +206,12 @@ def generate_inputs(params: dict) -> list[str]:
 def check_judge_entry(spec: Any, where: str) -> None:
     """One judge config dict (as in the judge stage's ``judges`` list) without building the judge, which may load
     a model: its type, weight, and keys against the judge's constructor."""
-    from posttrain.judges.judge_stage import JUDGE_TYPES, _judge_class
+    from posttrain.judges.judge_stage import JudgeConfigError, check_judge_spec
 
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise PipelineError(f"config: {where}: needs a 'type' ({', '.join(JUDGE_TYPES)})")
-    opts = dict(spec)
-    kind, weight = opts.pop("type"), opts.pop("weight", 1.0)
-    if kind not in JUDGE_TYPES:
-        raise PipelineError(f"config: {where}: unknown type '{kind}'; expected one of {', '.join(JUDGE_TYPES)}")
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
-        raise PipelineError(f"config: {where} ({kind}): 'weight' must be a positive number, got {weight!r}")
-    params = inspect.signature(_judge_class(kind)).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(opts) - set(params))
-        if unknown:
-            raise PipelineError(f"config: {where} ({kind}): unknown key '{unknown[0]}'; expected one of "
-                                f"{', '.join(params)}, weight")
-    missing = [n for n, p in params.items() if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD,
-               p.KEYWORD_ONLY) and n not in opts]
-    if missing:
-        raise PipelineError(f"config: {where} ({kind}): missing key '{missing[0]}'")
+    try:
+        check_judge_spec(spec, where)
+    except JudgeConfigError as e:
+        raise PipelineError(f"config: {e}") from None
 
 
 def check_judge(params: dict, pending: Pending) -> None:
