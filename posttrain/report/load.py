@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-TRAINING = ("sft", "dpo", "kto", "reward_model", "ppo", "grpo")
+TRAINING = ("sft", "dpo", "kto", "reward_model", "ppo", "grpo", "rejection_sft", "online_dpo")
 _STAGE_DIR = re.compile(r"^(?P<name>.+)-[0-9a-f]{12}$")
 
 
