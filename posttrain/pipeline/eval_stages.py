@@ -3,8 +3,8 @@
 ``eval`` config: ``model`` (default tiny-random), ``adapter``, ``suites`` (builtin names or files), ``baseline``,
 ``baseline_adapter``, ``base`` (the model the recipe started from: metrics under ``base/``, drift relative to
 it), ``trained_on`` (training files: per-kind pass rates marked trained/unseen) or ``trained_kinds``,
-``ifeval_unsupported`` (error | skip), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win rate vs the
-baseline: a spec string as in ``posttrain judge --judge`` -- ``verifier``, ``llm:URL:MODEL``, ``local:MODEL``,
+``ifeval_unsupported`` (error | skip), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win
+rate vs the baseline: a spec string as in ``posttrain judge --judge`` -- ``verifier``, ``llm:URL:MODEL``, ``local:MODEL``,
 ``rm:MODEL`` -- or one judge config dict as in the judge stage). It writes ``metrics.json`` and
 ``responses.jsonl`` into its folder.
 
