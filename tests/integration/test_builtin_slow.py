@@ -37,9 +37,11 @@ def test_builtin_sft_then_dpo_lifts_heldout_reward_accuracy(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_pipeline_improves_heldout_constraints(tmp_path, monkeypatch):
-    """`make demo`'s pipeline, end to end on the builtin model (about 10 minutes on 2 cores): the DPO model follows
-    held-out constraints clearly more often than the SFT model, at about the same length. The release gates
-    themselves (+10 points, capability drop <= 2) are the pipeline's verdict, reported, not asserted here."""
+    """`make demo`'s pipeline, end to end on the builtin model: the DPO model follows held-out constraints of the
+    training data's own templates clearly more often than the SFT model, at about the same length, and the eval
+    measures the out-of-distribution suites and the base model alongside. The release gates themselves are the
+    pipeline's verdict, reported, not asserted here (issue 16: today's recipe does not carry its gain out of
+    distribution, and its out-of-distribution gates say so)."""
     import yaml
 
     from posttrain.pipeline.eval_stages import GateFailed
@@ -56,6 +58,11 @@ def test_quickstart_pipeline_improves_heldout_constraints(tmp_path, monkeypatch)
         pass
     (eval_dir,) = (tmp_path / "run").glob("eval-*")
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    assert metrics["constraints/pass_rate"] - metrics["baseline/constraints/pass_rate"] >= 0.05, metrics
-    assert 0.75 <= metrics["length/ratio_to_baseline"] <= 1.25, metrics
+    ind = "group/in_distribution/constraints/pass_rate"
+    assert metrics[ind] - metrics[f"baseline/{ind}"] >= 0.05, metrics
+    assert 0.75 <= metrics["group/in_distribution/length/mean_words_ratio_to_baseline"] <= 1.25, metrics
+    ood = "group/out_of_distribution"
+    for key in (f"{ood}/constraints/pass_rate", f"base/{ood}/constraints/pass_rate", "degeneration/delta_vs_base",
+                f"{ood}/length/median_words_ratio_to_base"):
+        assert key in metrics, key
     assert (tmp_path / "run" / "report.html").exists()
