@@ -283,36 +283,24 @@ def judge_inputs(judges: list[dict]) -> list[tuple[str, str]]:
 
 
 def train_online_dpo(cfg) -> dict:
-    from posttrain.models.policy import load_policy, model_tokenizer, save_trained
+    from posttrain.models.policy import save_trained
     from posttrain.trainers.preference import loss_params
-    from posttrain.trainers.rl_common import heldout_reward, load_prompt_items, make_generator
-    from posttrain.training.loop import make_accelerator, reduce_sum_fn, settings_from_config
+    from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
+    from posttrain.training.loop import reduce_sum_fn, settings_from_config
     from posttrain.training.rollout_loop import fit_rl
-    from posttrain.training.stage import (check_output_dir, open_run_folder, resolve_prefix_sharing, seed_everything,
-                                          train_then_save)
+    from posttrain.training.stage import open_run_folder, train_then_save
 
     o, spec = cfg.online, get_loss(cfg.loss.type)
-    if cfg.rollout.backend == "vllm":
+    if cfg.rollout.backend == "vllm":  # before the judges, which may load models
         from posttrain.generation.vllm_backend import import_vllm
 
-        import_vllm()  # a missing vllm fails before anything is loaded or written
+        import_vllm()
     members = build_judges(o.judges, o.strategy)
-    accelerator = make_accelerator(cfg.train.precision)
+    setup = load_rl_setup(cfg, need_verifiable=any(j.get("type") == "verifier" for j in o.judges))
+    accelerator, tokenizer, items, stats, eval_items = (setup.accelerator, setup.tokenizer, setup.items, setup.stats,
+                                                        setup.eval_items)
+    policy, lineage, generator = setup.policy, setup.lineage, setup.generator
     is_main = accelerator.is_main_process
-    tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
-    need = any(j.get("type") == "verifier" for j in o.judges)
-    items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
-                                     max_prompt_length=cfg.data.max_prompt_length, need_verifiable=need)
-    eval_items = []
-    if cfg.data.eval:
-        eval_items, _ = load_prompt_items(cfg.data.eval, tokenizer, max_prompt_length=cfg.data.max_prompt_length,
-                                          need_verifiable=need)
-    check_output_dir(cfg.train)
-    seed_everything(cfg.train.seed)
-    policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
-    policy.to(accelerator.device)
-    generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, accelerator.process_index)
-    resolve_prefix_sharing(cfg, policy)
     frozen, _ = build_reference(policy, cfg.loss.reference, spec.needs_reference)
     if frozen is not None:
         frozen.to(accelerator.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -193,39 +194,65 @@ def mean_or_nan(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+@dataclass
+class RLSetup:
+    """What every online trainer (PPO, GRPO, online DPO) loads before its own parts: prompts, policy, sampler."""
+
+    accelerator: Any
+    tokenizer: Any
+    items: list
+    stats: dict
+    eval_items: list
+    policy: Any
+    lineage: Any
+    generator: Any
+
+
+def load_rl_setup(cfg, need_verifiable: bool) -> RLSetup:
+    """Prompts (and held-out prompts) read and checked, the output folder checked, then the seeded policy and its
+    generator; a missing vllm fails before anything is loaded or written."""
+    from posttrain.models.policy import load_policy, model_tokenizer
+    from posttrain.training.loop import make_accelerator
+    from posttrain.training.stage import check_output_dir, resolve_prefix_sharing, seed_everything
+
+    if cfg.rollout.backend == "vllm":
+        from posttrain.generation.vllm_backend import import_vllm
+
+        import_vllm()
+    accelerator = make_accelerator(cfg.train.precision)
+    tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
+    items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
+                                     max_prompt_length=cfg.data.max_prompt_length, need_verifiable=need_verifiable)
+    eval_items = []
+    if cfg.data.eval:
+        eval_items, _ = load_prompt_items(cfg.data.eval, tokenizer, max_prompt_length=cfg.data.max_prompt_length,
+                                          need_verifiable=need_verifiable)
+    check_output_dir(cfg.train)
+    seed_everything(cfg.train.seed)
+    policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
+    policy.to(accelerator.device)
+    generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, accelerator.process_index)
+    resolve_prefix_sharing(cfg, policy)
+    return RLSetup(accelerator, tokenizer, items, stats, eval_items, policy, lineage, generator)
+
+
 def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: int) -> dict:
     """Load prompts (and held-out prompts), the policy and the reward; open the run folder; ``fit_rl``; save.
 
     ``build(policy, tokenizer, reward_fn, generator, accelerator)`` returns ``(trained module, RLFns, extra
     save)`` where the trained module is the policy or a policy + value-head wrapper and ``extra save(out_dir)``
     writes anything besides the policy (or is None)."""
-    from posttrain.models.policy import load_policy, model_tokenizer, save_trained
-    from posttrain.training.loop import cross_process_sum, make_accelerator, settings_from_config
+    from posttrain.models.policy import save_trained
+    from posttrain.training.loop import cross_process_sum, settings_from_config
     from posttrain.training.rollout_loop import fit_rl
-    from posttrain.training.stage import (check_output_dir, open_run_folder, resolve_prefix_sharing, seed_everything,
-                                          train_then_save)
+    from posttrain.training.stage import open_run_folder, train_then_save
 
-    if cfg.rollout.backend == "vllm":
-        from posttrain.generation.vllm_backend import import_vllm
-
-        import_vllm()  # a missing vllm fails before anything is loaded or written
-    accelerator = make_accelerator(cfg.train.precision)
-    tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
-    need = cfg.reward.verifier_weight > 0
-    items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
-                                     max_prompt_length=cfg.data.max_prompt_length, need_verifiable=need)
-    eval_items = []
-    if cfg.data.eval:
-        eval_items, _ = load_prompt_items(cfg.data.eval, tokenizer, max_prompt_length=cfg.data.max_prompt_length,
-                                          need_verifiable=need)
-    check_output_dir(cfg.train)
-    seed_everything(cfg.train.seed)
-    policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
-    policy.to(accelerator.device)
+    setup = load_rl_setup(cfg, need_verifiable=cfg.reward.verifier_weight > 0)
+    accelerator, tokenizer, items, stats, eval_items = (setup.accelerator, setup.tokenizer, setup.items, setup.stats,
+                                                        setup.eval_items)
+    policy, lineage, generator = setup.policy, setup.lineage, setup.generator
     reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens,
                                reduce=cross_process_sum(accelerator))
-    generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, accelerator.process_index)
-    resolve_prefix_sharing(cfg, policy)
     model, fns, extra_save = build(policy, tokenizer, reward_fn, generator, accelerator)
     run = open_run_folder(cfg, stage, accelerator.is_main_process, accelerator.wait_for_everyone)
     if cfg.reward.reward_model and accelerator.is_main_process:
