@@ -280,6 +280,10 @@ def test_llm_judge_against_posttrain_serve_on_tiny_random(tmp_path, monkeypatch)
         first = judge()
         verdicts = first.compare_many(items)
         assert all(v.winner in ("a", "b", "tie") for v in verdicts)
+        # a request is answered when its own rows finish; the server counts it when its whole batch ends
+        deadline = time.monotonic() + 20
+        while server.batcher.snapshot()["requests"] < 2 * len(items) and time.monotonic() < deadline:
+            time.sleep(0.02)
         served = server.batcher.snapshot()["requests"]
         assert first.stats()["requests"] == served == 2 * len(items)  # both orders, every pair
         second = judge()
