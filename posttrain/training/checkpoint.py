@@ -13,7 +13,6 @@ replaced) or do not load is skipped with a warning naming it, and the previous c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.data.runfolder import atomic_write_json
+from posttrain.data.runfolder import atomic_write_json, content_hash
 
 _PREFIX = "step-"
 
@@ -91,14 +90,6 @@ def _complete(root: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _warn(message: str) -> None:
     # Every process finds the same damage; one line is enough.
     if os.environ.get("RANK", "0") == "0":
@@ -121,7 +112,7 @@ def checkpoint_problem(path: Path) -> str | None:
         size = f.stat().st_size
         if size != rec["size"]:
             return f"{name} has {size} bytes, {rec['size']} recorded"
-        if _sha256(f) != rec["sha256"]:
+        if content_hash(f) != rec["hash"]:
             return f"{name} changed since it was written (sha256 differs from the one recorded)"
     return None
 
@@ -158,7 +149,7 @@ def save_checkpoint(
         atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
     barrier()
     if rank == 0:
-        files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+        files = {f.name: {"size": f.stat().st_size, "hash": content_hash(f)} for f in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "state.json", {"step": step, "world_size": world_size, **extra, "files": files})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from posttrain.training.checkpoint import CheckpointError, _sha256, load_checkpoint, save_checkpoint
+from posttrain.data.runfolder import content_hash
+from posttrain.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import read_metrics
 
 from .helpers import pair_rows, sft_rows, tiny_config, write_jsonl
@@ -68,7 +69,7 @@ def _plant(path: Path, marker: Path, rerecord: bool) -> None:
     if rerecord:
         state_file = path.parent / "state.json"
         state = json.loads(state_file.read_text())
-        state["files"][path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        state["files"][path.name] = {"size": path.stat().st_size, "hash": content_hash(path)}
         state_file.write_text(json.dumps(state))
 
 
