@@ -64,8 +64,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"judge -> {summary['output_dir']}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    for key in ("strategy", "prompts_in", "candidates_in", "pairs_considered", "pairs_kept"):
-        table.add_row(key.replace("_", " "), str(p[key]))
+    for key in ("strategy", "prompts_in", "candidates_in", "repaired", "pairs_considered", "pairs_kept"):
+        if key in p:
+            table.add_row(key.replace("_", " "), str(p[key]))
     for reason, n in p["dropped"].items():
         table.add_row(f"dropped: {reason}", str(n))
     length = p["length"]
@@ -102,8 +103,11 @@ def judge(
     judge_specs: list[str] = typer.Option(None, "--judge", help="verifier | llm:URL:MODEL | local:MODEL | "
                                           "reward_model:MODEL (repeatable)"),
     config: Path = typer.Option(None, "--config", help="YAML: a list of judges, or {judges: [...], pairs: {...}}"),
-    strategy: str = typer.Option(None, help="best_vs_worst | all_above_margin | round_robin | all_pairs "
+    strategy: str = typer.Option(None, help="best_vs_worst | all_above_margin | repair | round_robin | all_pairs "
                                  "(default: best_vs_worst)"),
+    repair: int = typer.Option(None, help="per prompt, pair up to N candidates that fail their constraints with a "
+                               "copy edited to obey them (verifiers/repair.py; default: 0, or 1 with --strategy "
+                               "repair)"),
     min_margin: float = typer.Option(None, help="drop pairs whose score margin is below this (default: 0)"),
     max_length_ratio: float = typer.Option(None, help="drop pairs whose longer/shorter length ratio exceeds this "
                                            "(default: no limit)"),
@@ -124,7 +128,7 @@ def judge(
         if not judges:
             raise JudgeConfigError("no judge: give --judge (e.g. --judge verifier) or --config judges.yaml")
         overrides = {"strategy": strategy, "min_margin": min_margin, "max_length_ratio": max_length_ratio,
-                     "length_balance": length_balance}
+                     "length_balance": length_balance, "repair": repair}
         pair_config = {**pair_config, **{k: v for k, v in overrides.items() if v is not None}}
         summary = judge_candidates(candidates, output, judges, pair_config, progress=progress)
     except (JudgeConfigError, JudgeError, DataError, DataErrors, ModelError) as e:

@@ -40,7 +40,7 @@ from posttrain.judges.types import Score
 
 JUDGE_TYPES = ("verifier", "llm", "local", "reward_model")
 PAIR_KEYS = ("strategy", "min_margin", "max_length_ratio", "length_balance", "length_balance_tolerance",
-             "length_unit", "tokenizer")
+             "length_unit", "tokenizer", "repair")
 CHUNK = 64  # candidates (or comparisons' prompts) per batch handed to a judge: the progress bar's step
 
 
@@ -160,6 +160,22 @@ def _check_row(row: Any) -> tuple[str | None, str] | None:
     return None
 
 
+def repair_count(strategy: str, repair: Any) -> int:
+    """The number of repaired pairs per prompt (``pairs.repair``; default 1 for the strategy ``repair``, else 0);
+    ``JudgeConfigError`` for a value that is not a count or that cannot work with the strategy."""
+    if repair is None:
+        repair = 1 if strategy == "repair" else 0
+    if isinstance(repair, bool) or not isinstance(repair, int) or repair < 0:
+        raise JudgeConfigError(f"pairs.repair: expected a count of repaired pairs per prompt (0 or more), "
+                               f"got {repair!r}")
+    if repair and strategy in pairing.PAIRWISE_STRATEGIES:
+        raise JudgeConfigError(f"pairs.repair works with a scoring strategy ({', '.join(pairing.STRATEGIES)}), "
+                               f"not '{strategy}'")
+    if strategy == "repair" and not repair:
+        raise JudgeConfigError("pairs.strategy 'repair' with pairs.repair 0 would propose no pair")
+    return repair
+
+
 def _pair_options(pair_config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     unknown = sorted(set(pair_config) - set(PAIR_KEYS))
     if unknown:
@@ -169,6 +185,7 @@ def _pair_options(pair_config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if strategy not in pairing.STRATEGIES + pairing.PAIRWISE_STRATEGIES:
         raise JudgeConfigError(f"pairs.strategy '{strategy}': expected one of "
                                f"{', '.join(pairing.STRATEGIES + pairing.PAIRWISE_STRATEGIES)}")
+    cfg["repair"] = repair_count(strategy, cfg.get("repair"))
     unit, tokenizer = cfg.pop("length_unit", "chars"), cfg.pop("tokenizer", None)
     if unit not in ("chars", "tokens"):
         raise JudgeConfigError(f"pairs.length_unit '{unit}': expected chars or tokens")
@@ -211,8 +228,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines: list[int], source: str,
-                  strategy: str, pair_opts: dict[str, Any], progress: bool):
-    """Score every candidate, then build pairs from the scores: (pairs, pair summary, agreement, score rows)."""
+                  strategy: str, pair_opts: dict[str, Any], progress: bool, repair: int = 0):
+    """Score every candidate, then build pairs from the scores: (pairs, pair summary, agreement, score rows).
+    ``repair`` > 0: also that many repaired copies per prompt of failing candidates, scored, paired with theirs."""
     names = [m.name for m in members]
     for m in members:
         if not hasattr(m.judge, "score"):
@@ -222,9 +240,10 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
     order = sorted(members, key=lambda m: hasattr(m.judge, "score_many"))
     scores: dict[tuple[str, int], Score] = {}
     unscored: dict[str, list[tuple[int, Score]]] = {m.name: [] for m in members}  # (line, score) per judge
-    with _progress(len(candidates), "judging", progress) as bar:
-        for start in range(0, len(candidates), CHUNK):
-            chunk, chunk_lines = candidates[start:start + CHUNK], lines[start:start + CHUNK]
+
+    def score(rows: list[dict[str, Any]], row_lines: list[int], bar) -> None:
+        for start in range(0, len(rows), CHUNK):
+            chunk, chunk_lines = rows[start:start + CHUNK], row_lines[start:start + CHUNK]
             per_member = {m.name: _score_member(m, chunk, chunk_lines, source) for m in order}
             for name, got_scores in per_member.items():
                 unscored[name] += [(line, sc) for line, sc in zip(chunk_lines, got_scores)
@@ -233,15 +252,25 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
                 combine_scores(members, [per_member[m.name][i] for m in members]) for i in range(len(chunk))]
             scores.update({(r["prompt_id"], r["candidate_index"]): s for r, s in zip(chunk, got)})
             bar.update(len(chunk))
+
+    with _progress(len(candidates), "judging", progress) as bar:
+        score(candidates, lines, bar)
+    candidate_keys = set(scores)
+    repaired = pairing.repair_rows(candidates, scores, repair) if repair else []
+    if repaired:
+        line_of = {(r["prompt_id"], r["candidate_index"]): line for r, line in zip(candidates, lines)}
+        with _progress(len(repaired), "judging repairs", progress) as bar:
+            score(repaired, [line_of[(r["prompt_id"], r["repaired_from"])] for r in repaired], bar)
     rows, pair_summary = pairing.build_pairs(candidates, scores, strategy=strategy, judge_meta={"judges": names},
-                                             **pair_opts)
+                                             repaired=repaired, **pair_opts)
+    pair_summary["repaired"] = len(repaired)
     pair_summary["score_units"] = "raw" if len(members) == 1 else "normalised"
     agreement = None
     if len(members) > 1:
         agreement = agreement_stats([r["judge"]["decisions"] for r in rows if "decisions" in r["judge"]])
         agreement["over"] = "kept pairs"
     score_rows = [{"prompt_id": pid, "candidate_index": idx, "value": s.value, "passed": s.passed,
-                   "details": s.details} for (pid, idx), s in scores.items()]
+                   "details": s.details} for (pid, idx), s in scores.items() if (pid, idx) in candidate_keys]
     warnings = [_unscored_warning(name, bad, len(candidates), source) for name, bad in unscored.items() if bad]
     return rows, pair_summary, agreement, score_rows, warnings
 
@@ -321,6 +350,7 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
     except OutputPathError as e:
         raise JudgeConfigError(str(e)) from None
     strategy, pair_opts = _pair_options(pair_config or {})
+    repair = pair_opts.pop("repair")
     if not judges_config:
         raise JudgeConfigError("judges: at least one judge is needed")
     candidates, lines = _read_candidates(candidates_path)
@@ -331,7 +361,7 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
     out = Path(output_dir)
     if strategy in pairing.STRATEGIES:
         rows, pair_summary, agreement, score_rows, warnings = _scoring_mode(
-            members, candidates, lines, str(candidates_path), strategy, pair_opts, progress)
+            members, candidates, lines, str(candidates_path), strategy, pair_opts, progress, repair)
         comparisons = None
     else:
         rows, pair_summary, agreement, score_rows, comparisons, warnings = _pairwise_mode(

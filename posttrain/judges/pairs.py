@@ -6,6 +6,13 @@ From a pairwise judge (``build_pairs_pairwise``): ``round_robin`` compares every
 its win rate (a win 1, a tie 0.5, over its comparisons) and proposes best vs worst; ``all_pairs`` proposes every
 comparison with its winner as chosen (scores 1 / 0; a tie 0.5 / 0.5).
 
+Repaired pairs (``repair_rows``, issue 16): a candidate that fails its instruction constraints is edited by
+``verifiers/repair.py`` into one that obeys them (same content, the model's own wording); the pair is (repaired,
+as sampled, tidied the same way: verbatim repeated sentences dropped, an unfinished tail cut), so the two differ in
+the constraint edit alone; the repaired copy is scored by the same judges. ``repair`` (per prompt, how many failing candidates to repair, lowest
+``candidate_index`` first) adds these pairs to a scoring strategy's; the strategy ``repair`` keeps only them. A
+repaired candidate has ``candidate_index`` ``-1 - i`` (i: the index it was repaired from) and ``repaired_from: i``.
+
 Each proposed pair meets the filters in this order and is dropped by the first it fails:
 ``duplicate`` (chosen and rejected texts identical), ``tie`` (equal scores), ``margin`` (chosen - rejected <
 ``min_margin``), ``length_ratio`` (longer / shorter > ``max_length_ratio``), ``duplicate`` (same prompt and the same
@@ -34,7 +41,7 @@ from typing import Any
 from posttrain.judges.ensemble import agreement, score_decisions
 from posttrain.judges.types import Score
 
-STRATEGIES = ("best_vs_worst", "all_above_margin")
+STRATEGIES = ("best_vs_worst", "all_above_margin", "repair")
 PAIRWISE_STRATEGIES = ("round_robin", "all_pairs")
 DROP_REASONS = ("unscored", "no_candidates", "duplicate", "tie", "margin", "length_ratio", "length_balance")
 TIE_TOLERANCE = 1e-9
@@ -87,6 +94,8 @@ def _score_proposals(group: list[tuple[dict[str, Any], Score]], strategy: str) -
             judge.update(agreement=agreement(decisions, "a"), decisions=decisions)
         return _Proposal(c[0]["prompt_id"], c[0]["prompt"], c[0], r[0], c[1].value, r[1].value, judge)
 
+    if strategy == "repair":  # (repaired, original): the repair is the chosen side whatever the scores say
+        return [make(group[0], group[1])]
     if strategy == "best_vs_worst":
         best = min(group, key=lambda x: (-x[1].value, x[0]["candidate_index"]))
         worst = min(group, key=lambda x: (x[1].value, x[0]["candidate_index"]))
@@ -184,18 +193,71 @@ def length_stats(rows: Sequence[dict[str, Any]], length_of: Callable[[str], int]
     return out
 
 
+def _last_user_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt or [] if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users and isinstance(users[-1], str) else ""
+
+
+def repair_rows(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, int], Score], per_prompt: int
+                ) -> list[dict[str, Any]]:
+    """Up to ``per_prompt`` repaired copies per prompt of candidates whose constraints fail (lowest
+    ``candidate_index`` first; candidates without constraints in their metadata, or that no repair fixes, are
+    skipped). Each copy has the repaired ``text``, ``candidate_index = -1 - i`` and ``repaired_from = i``."""
+    from posttrain.judges.verifiers.constraints import check_constraints, constraints_from_metadata
+    from posttrain.judges.verifiers.repair import repair, tidy
+
+    out = []
+    for rows in group_by_prompt(candidates).values():
+        made = 0
+        for row in rows:
+            if made >= per_prompt:
+                break
+            s = scores.get(_key(row))
+            if s is None or not math.isfinite(s.value):
+                continue
+            try:
+                constraints = constraints_from_metadata(dict(row.get("metadata") or {}))
+            except ValueError:
+                continue
+            if not constraints or all(r.passed for r in check_constraints(row["text"], constraints)):
+                continue
+            fixed = repair(row["text"], constraints, prompt=_last_user_text(row["prompt"]),
+                           truncated=row.get("finish_reason") == "length")
+            if fixed is None or fixed.strip() == row["text"].strip():
+                continue
+            out.append({**row, "text": fixed, "candidate_index": -1 - row["candidate_index"],
+                        "repaired_from": row["candidate_index"], "finish_reason": "repaired",
+                        "tidied_original": tidy(row["text"], truncated=row.get("finish_reason") == "length")})
+            made += 1
+    return out
+
+
 def build_pairs(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, int], Score], *,
                 strategy: str = "best_vs_worst", min_margin: float = 0.0, max_length_ratio: float | None = None,
                 length_balance: bool = False, length_balance_tolerance: float = 0.05,
-                tokenizer_or_len_fn: Any = None, judge_meta: dict[str, Any] | None = None
-                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(pair rows, summary) from candidate rows and their scores, keyed by (prompt_id, candidate_index)."""
+                tokenizer_or_len_fn: Any = None, judge_meta: dict[str, Any] | None = None,
+                repaired: Sequence[dict[str, Any]] = ()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(pair rows, summary) from candidate rows and their scores, keyed by (prompt_id, candidate_index).
+    ``repaired`` (from ``repair_rows``, scored in ``scores`` too) adds one (repaired, original) proposal each."""
     if strategy not in STRATEGIES:
         raise ValueError(f"pair strategy '{strategy}': expected one of {', '.join(STRATEGIES)}")
     dropped = dict.fromkeys(DROP_REASONS, 0)
     groups = group_by_prompt(candidates)
     proposals: list[_Proposal] = []
-    for rows in groups.values():
+    originals = {_key(r): r for r in candidates}
+    for rep in repaired:
+        orig = originals[(rep["prompt_id"], rep["repaired_from"])]
+        s_rep, s_orig = scores.get(_key(rep)), scores[_key(orig)]
+        if s_rep is None or not math.isfinite(s_rep.value):
+            dropped["unscored"] += 1
+            continue
+        # the rejected side is the candidate tidied as its repair was (loops dropped, an unfinished tail cut), so
+        # the pair differs in the constraint edit alone, not also in length or a loop
+        rejected = {**orig, "text": rep["tidied_original"]}
+        proposals += _score_proposals([(rep, s_rep), (rejected, s_orig)], "repair")
+    for rows in groups.values() if strategy != "repair" else ():
         scored = []
         for row in rows:
             s = scores.get(_key(row))

@@ -215,7 +215,7 @@ def check_judge_entry(spec: Any, where: str) -> None:
 
 
 def check_judge(params: dict, pending: Pending) -> None:
-    from posttrain.judges.judge_stage import PAIR_KEYS
+    from posttrain.judges.judge_stage import PAIR_KEYS, JudgeConfigError, repair_count
     from posttrain.judges.pairs import PAIRWISE_STRATEGIES, STRATEGIES
 
     check_keys(params, ("candidates", "judges", "pairs", "progress"))
@@ -231,6 +231,10 @@ def check_judge(params: dict, pending: Pending) -> None:
     if pairs.get("strategy", "best_vs_worst") not in STRATEGIES + PAIRWISE_STRATEGIES:
         raise PipelineError(f"config: key 'pairs.strategy': '{pairs['strategy']}' is not one of "
                             f"{', '.join(STRATEGIES + PAIRWISE_STRATEGIES)}")
+    try:
+        repair_count(pairs.get("strategy", "best_vs_worst"), pairs.get("repair"))
+    except JudgeConfigError as e:
+        raise PipelineError(f"config: {e}") from None
     check_file(params, "candidates", pending)
 
 

@@ -170,3 +170,60 @@ def test_stage_with_the_real_verifier(tmp_path):
     (pair,) = [json.loads(x) for x in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
     assert (pair["chosen"], pair["rejected"]) == ("The answer is 4.", "It is 5.")
     assert summary["pairs"]["pairs_kept"] == 1
+
+
+def _constraint_rows(texts, constraints, answer=None):
+    meta = {"constraints": constraints, **({"answer": answer} if answer else {})}
+    return [{**ROW, "prompt_id": "p0", "prompt": [{"role": "user", "content": "Describe bees. No capitals."}],
+             "candidate_index": i, "text": t, "metadata": meta} for i, t in enumerate(texts)]
+
+
+def test_repair_pairs_a_failing_candidate_with_its_edited_copy(tmp_path):
+    lower = [{"kind": "lowercase", "args": {}}]
+    cands = write(tmp_path / "c.jsonl", _constraint_rows(["Bees make honey.", "Bees are busy. Bees are busy.",
+                                                           "bees fly."], lower))
+    summary = judge_candidates(cands, tmp_path / "out", [{"type": "verifier"}], {"strategy": "repair", "repair": 2})
+    pairs = [json.loads(x) for x in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    # candidates 0 and 1 fail (capitals) and are repaired; 2 already passes. Candidate 1 loses its repeated
+    # sentence on both sides (the rejected is tidied as its repair was), so each pair differs in the case alone
+    assert [(p["chosen"], p["rejected"], p["margin"]) for p in pairs] == [
+        ("bees make honey.", "Bees make honey.", 1.0), ("bees are busy.", "Bees are busy.", 1.0)]
+    assert [(p["judge"]["chosen_index"], p["judge"]["rejected_index"]) for p in pairs] == [(-1, 0), (-2, 1)]
+    assert summary["pairs"]["repaired"] == 2 and summary["pairs"]["strategy"] == "repair"
+    # scores.jsonl and the pass statistics describe the sampled candidates only
+    scores = [json.loads(x) for x in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
+    assert [s["candidate_index"] for s in scores] == [0, 1, 2] and summary["scores"]["pass_rate"] == 1 / 3
+
+    # added to best_vs_worst: the best (2) vs the worst (0) plus one repair (the lowest failing index, 0)
+    judge_candidates(cands, tmp_path / "both", [{"type": "verifier"}], {"repair": 1})
+    pairs = [json.loads(x) for x in (tmp_path / "both" / "pairs.jsonl").read_text().splitlines()]
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("bees make honey.", "Bees make honey."),
+                                                             ("bees fly.", "Bees make honey.")]
+
+
+def test_repair_that_does_not_raise_the_score_is_dropped(tmp_path):
+    # the answer check fails both before and after the edit: the repaired copy is scored by the same verifier
+    # (constraint passes, answer still wrong: 0.5) against the original (0.0), so the pair is kept with margin 0.5;
+    # with min_margin 0.6 it is dropped as below the margin
+    cands = write(tmp_path / "c.jsonl", _constraint_rows(["It is Five."], [{"kind": "lowercase", "args": {}}],
+                                                         answer="4"))
+    judge_candidates(cands, tmp_path / "a", [{"type": "verifier"}], {"strategy": "repair"})
+    (pair,) = [json.loads(x) for x in (tmp_path / "a" / "pairs.jsonl").read_text().splitlines()]
+    assert (pair["chosen"], pair["margin"]) == ("it is five.", 0.5)
+    from posttrain.judges.judge_stage import NoPairsKept
+
+    with pytest.raises(NoPairsKept, match="margin 1"):
+        judge_candidates(cands, tmp_path / "b", [{"type": "verifier"}], {"strategy": "repair", "min_margin": 0.6})
+
+
+@pytest.mark.parametrize("pairs,message", [
+    ({"strategy": "repair", "repair": 0}, "would propose no pair"),
+    ({"repair": -1}, "expected a count of repaired pairs per prompt"),
+    ({"repair": True}, "expected a count"),
+    ({"strategy": "round_robin", "repair": 1}, "works with a scoring strategy"),
+])
+def test_repair_config_errors(tmp_path, pairs, message):
+    cands = write(tmp_path / "c.jsonl", [ROW])
+    with pytest.raises(JudgeConfigError, match=message):
+        judge_candidates(cands, tmp_path / "out", [{"type": "verifier"}], pairs)
+    assert not (tmp_path / "out").exists()
