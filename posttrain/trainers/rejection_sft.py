@@ -89,6 +89,9 @@ def train_rejection_sft(cfg) -> dict:
         my_values = [j.value for j in judged]
         outs, flat = gather_prompt_major(my_outs, my_values, len(items), r.n, world)
         values = [flat[p * r.n: (p + 1) * r.n] for p in range(len(items))]
+        repaired = repair_winners(items, outs, values, r.n, score_many) if r.repair else {}
+        for p, (_, value) in repaired.items():
+            values[p] = values[p] + [value]  # the repair is candidate n of its prompt for picking the winner
         winners = pick_winners(values, r.min_score)
         candidates, winner_rows, examples = [], [], []
         for p, it in enumerate(items):
@@ -98,10 +101,12 @@ def train_rejection_sft(cfg) -> dict:
                                    "response": o.text, "score": values[p][i], "winner": winners[p] == i,
                                    "completion_tokens": len(o.token_ids), "finish_reason": o.finish_reason})
             w = winners[p]
-            if w is None or not outs[p * r.n + w].text.strip():
+            text = repaired[p][0] if w == r.n else outs[p * r.n + w].text if w is not None else ""
+            if w is None or not text.strip():
                 continue
-            messages = it.example.prompt + [{"role": "assistant", "content": outs[p * r.n + w].text}]
-            winner_rows.append({"messages": messages, "score": values[p][w], "prompt_id": it.key})
+            messages = it.example.prompt + [{"role": "assistant", "content": text}]
+            winner_rows.append({"messages": messages, "score": values[p][w], "prompt_id": it.key,
+                                **({"repaired": True} if w == r.n else {})})
             examples.append(SFTExample(messages, str(run.path / "winners.jsonl"), len(winner_rows)))
         if is_main:
             atomic_write_jsonl(run.path / "candidates.jsonl", candidates)
@@ -109,6 +114,8 @@ def train_rejection_sft(cfg) -> dict:
         finite = [v for row in values for v in row if not math.isnan(v)]
         selection = {"rejection/judge": judge_name, "rejection/candidates": len(candidates),
                      "rejection/winners": len(winner_rows),
+                     **({"rejection/repaired_winners": sum(bool(w.get("repaired")) for w in winner_rows)}
+                        if r.repair else {}),
                      "rejection/mean_score": sum(finite) / len(finite) if finite else math.nan,
                      "rejection/winner_mean_score": (sum(w["score"] for w in winner_rows) / len(winner_rows)
                                                      if winner_rows else math.nan)}
@@ -145,6 +152,38 @@ def train_rejection_sft(cfg) -> dict:
         return summary
 
     return train_then_save(run, accelerator, lambda: fit(policy, train, [], fns, settings, accelerator), save)
+
+
+def repair_winners(items: list, outs: list, values: list[list[float]], n: int, score_many
+                   ) -> dict[int, tuple[str, float]]:
+    """prompt index -> (repaired text, its score) for prompts whose best candidate fails its instruction
+    constraints: candidates are tried best score first (then lowest index) and the first that
+    ``verifiers/repair.py`` can fix is repaired and scored by the same judges. Prompts without constraints, or
+    whose best candidate already obeys them, get nothing."""
+    from posttrain.judges.verifiers.constraints import check_constraints, constraints_from_metadata
+    from posttrain.judges.verifiers.repair import repair
+
+    wanted: dict[int, str] = {}
+    for p, it in enumerate(items):
+        try:
+            constraints = constraints_from_metadata(dict(it.example.metadata or {}))
+        except ValueError:
+            continue
+        if not constraints:
+            continue
+        order = sorted(range(n), key=lambda i: (-values[p][i] if not math.isnan(values[p][i]) else math.inf, i))
+        if all(c.passed for c in check_constraints(outs[p * n + order[0]].text, constraints)):
+            continue
+        for i in order:
+            o = outs[p * n + i]
+            prompt_text = next((m["content"] for m in reversed(it.example.prompt) if m["role"] == "user"), "")
+            fixed = repair(o.text, constraints, prompt=prompt_text, truncated=o.finish_reason == "length")
+            if fixed is not None:
+                wanted[p] = fixed
+                break
+    keys = list(wanted)
+    scored = score_many([(items[p].example.prompt, wanted[p], items[p].example.metadata) for p in keys]) if keys else []
+    return {p: (wanted[p], s.value) for p, s in zip(keys, scored)}
 
 
 def gather_prompt_major(my_outs: list, my_values: list[float], num_prompts: int, n: int, world: int

@@ -203,6 +203,42 @@ def test_rejection_sft_trains_on_best_of_n(tmp_path):
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
 
 
+def test_rejection_sft_repairs_winners_that_break_their_constraint(tmp_path):
+    from posttrain.judges.verifiers.constraints import check_constraint
+    from posttrain.trainers.rejection_sft import train_rejection_sft
+
+    # one candidate per prompt: tiny-random's 6 tokens obey "all capitals" only by chance, so nearly every winner
+    # is the repaired (upper-cased, tidied) copy of the prompt's only candidate
+    rows = [{"prompt": f"Say something about {t}.", "constraints": [{"kind": "all_caps", "args": {}}]}
+            for t in ["frogs", "hills", "lamps", "boats", "pears", "wolves", "drums", "forks"]]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    cfg = load_config("rejection-sft", None, [
+        f"data.train={prompts}", "model.name=tiny-random", f"train.output_dir={tmp_path / 'out'}",
+        "train.progress=false", "rollout.max_new_tokens=6", "rejection.n=1", "rejection.repair=true",
+        "optim.batch_size=4", "optim.micro_batch_size=4", "optim.max_steps=1", "max_length=64"])
+    summary = train_rejection_sft(cfg)
+    out = tmp_path / "out"
+    _completed(out)
+    candidates = {c["prompt_id"]: c for c in map(json.loads, (out / "candidates.jsonl").read_text().splitlines())}
+    winners = [json.loads(line) for line in (out / "winners.jsonl").read_text().splitlines()]
+    repaired = [w for w in winners if w.get("repaired")]
+    assert repaired and summary["rejection/repaired_winners"] == len(repaired)
+    for w in winners:
+        text, cand = w["messages"][-1]["content"], candidates[w["prompt_id"]]
+        assert check_constraint(text, "all_caps") and w["score"] == 1.0
+        if w.get("repaired"):  # the candidate as sampled failed; its repair is the same reply in capitals
+            assert cand["score"] < 1.0 and not check_constraint(cand["response"], "all_caps")
+            assert text.split() == tidy_text(cand).upper().split()
+        else:
+            assert text == cand["response"]
+
+
+def tidy_text(candidate):
+    from posttrain.judges.verifiers.repair import tidy
+
+    return tidy(candidate["response"], truncated=candidate["finish_reason"] == "length")
+
+
 def test_rl_stages_registered():
     from posttrain.pipeline.registry import STAGES
 
