@@ -4,6 +4,8 @@ each constraint kind, with a leave-out protocol.
     python examples/data/make_prompts.py                                   # -> examples/data/prompts_diverse.jsonl
     python examples/data/make_prompts.py --n 400 --seed 7 -o my_prompts.jsonl
     python examples/data/make_prompts.py --hold-out-kinds lowercase,title --hold-out-templates 0
+    python examples/data/make_prompts.py --eval-suite examples/data/prompts_diverse.jsonl --n 64 --seed 99 \
+        -o examples/data/prompts_diverse_heldout.jsonl          # in-distribution eval rows, none of the training's
 
 Each row is a prompt row that `generate`, `judge`, `grpo`, `online-dpo` and `eval` read:
 ``{"id", "prompt", "category", "constraints": [{"kind", "args"}], "phrasings": ["kind/template", ...]}``.
@@ -184,6 +186,78 @@ CONSTRAINTS = {
         lambda a: f"Leave at least {a['n']} blank(s) to fill in, written in square brackets like [date].",
         lambda a: f"Use {a['n']} or more placeholders like [address] in your text.",
     ]),
+    "keyword_frequency": (lambda rng: {"keyword": rng.choice(KEYWORDS), "n": rng.choice([2, 3]),
+                                       "relation": "at least"}, [
+        lambda a: f"Use the word '{a['keyword']}' at least {a['n']} times.",
+        lambda a: f"The word {a['keyword']} should appear {a['n']} or more times in your reply.",
+        lambda a: f"Mention '{a['keyword']}' no fewer than {a['n']} times.",
+        lambda a: f"Say \"{a['keyword']}\" {a['n']} times or more.",
+    ]),
+    "letter_frequency": (lambda rng: {"letter": rng.choice("aeinorst"), "n": rng.choice([5, 8, 10]),
+                                      "relation": "at least"}, [
+        lambda a: f"The letter '{a['letter']}' must appear at least {a['n']} times.",
+        lambda a: f"Include the letter {a['letter']} {a['n']} or more times.",
+        lambda a: f"Make sure your text contains the letter \"{a['letter']}\" no fewer than {a['n']} times.",
+    ]),
+    "sections": (lambda rng: {"n": rng.choice([2, 3]), "marker": "SECTION"}, [
+        lambda a: f"Divide your reply into {a['n']} sections, each headed SECTION 1, SECTION 2 and so on.",
+        lambda a: f"Organise the answer as {a['n']} parts; label each part with a line 'SECTION <number>'.",
+        lambda a: f"Write {a['n']} sections. Start every section with 'SECTION' followed by its number.",
+        lambda a: f"Your response needs exactly {a['n']} sections marked SECTION 1 to SECTION {a['n']}.",
+    ]),
+    "repeat_prompt": (lambda rng: {}, [
+        lambda a: "Before you answer, repeat my question word for word (leave out this sentence).",
+        lambda a: "First copy the request above exactly, then give your answer. Do not copy this sentence.",
+        lambda a: "Start by writing out the first sentence of this message unchanged, then reply to it.",
+        lambda a: "Repeat the request (without this instruction) at the top of your reply, then answer it.",
+    ]),
+    "two_responses": (lambda rng: {}, [
+        lambda a: "Give two different answers, separated by six asterisks: ******",
+        lambda a: "Write two distinct responses and put ****** between them.",
+        lambda a: "Provide two alternative replies divided by a line of six asterisks (******).",
+        lambda a: "I want two versions of the answer; separate them with ******.",
+    ]),
+    "exact_word_count": (lambda rng: {"n": rng.choice([5, 8, 10, 12])}, [
+        lambda a: f"Answer in exactly {a['n']} words.",
+        lambda a: f"Your reply must be precisely {a['n']} words long.",
+        lambda a: f"Use {a['n']} words, not one more and not one fewer.",
+        lambda a: f"Write a single line of exactly {a['n']} words.",
+    ]),
+    "exclamation_sentence": (lambda rng: {}, [
+        lambda a: "Answer in one sentence that ends with an exclamation mark.",
+        lambda a: "Reply with a single excited sentence ending in '!'.",
+        lambda a: "Use just one sentence, and finish it with an exclamation point.",
+        lambda a: "One sentence only, closing with !",
+    ]),
+    "capital_word_frequency": (lambda rng: {"n": rng.choice([2, 3, 4]), "relation": "at least"}, [
+        lambda a: f"Write at least {a['n']} words entirely in CAPITAL letters.",
+        lambda a: f"Put {a['n']} or more words in ALL CAPS for emphasis.",
+        lambda a: f"Include no fewer than {a['n']} fully capitalised words.",
+        lambda a: f"Emphasise at least {a['n']} words by writing them in UPPERCASE.",
+    ]),
+    "paragraph_first_word": (lambda rng: {"n": 2, "nth": 2, "word": rng.choice(["then", "also", "finally", "so"])}, [
+        lambda a: f"Write {a['n']} paragraphs separated by a blank line; the second paragraph must begin with the "
+                  f"word '{a['word']}'.",
+        lambda a: f"Use two paragraphs (blank line between them) and start paragraph 2 with \"{a['word']}\".",
+        lambda a: f"Your reply has exactly two paragraphs, and the second one opens with the word {a['word']}.",
+    ]),
+    "json_answer": (lambda rng: {}, [
+        lambda a: "Reply only with a JSON object of the form {\"answer\": \"...\"}.",
+        lambda a: "Format the whole response as JSON: one object whose only key is \"answer\".",
+        lambda a: "Output JSON and nothing else, like {\"answer\": \"your text\"}.",
+        lambda a: "Wrap your reply in a JSON object with a single field called answer.",
+    ]),
+    "constrained_response": (lambda rng: {}, [
+        lambda a: "Finish with one of: \"My answer is yes.\", \"My answer is no.\" or \"My answer is maybe.\"",
+        lambda a: "Include exactly one of these sentences: My answer is yes. / My answer is no. / My answer is "
+                  "maybe.",
+        lambda a: "Conclude by saying \"My answer is yes.\", \"My answer is no.\", or \"My answer is maybe.\"",
+    ]),
+    "forbidden_characters": (lambda rng: {"chars": rng.choice(["!", "?", ";", "-", "z"])}, [
+        lambda a: f"Do not use the character '{a['chars']}' anywhere.",
+        lambda a: f"The character {a['chars']} must not appear in your answer.",
+        lambda a: f"Write it without a single '{a['chars']}'.",
+    ]),
 }
 
 # Constraint kinds that cannot sensibly share one prompt (one would make the other impossible or trivial).
@@ -195,9 +269,20 @@ CONFLICTS = [{"lowercase", "all_caps"}, {"bullet_list", "paragraph_count"}, {"do
              {"word_count", "paragraph_count"}, {"sentence_count", "bullet_list"},
              {"sentence_count", "paragraph_count"}, {"all_caps", "include_keywords"},
              {"all_caps", "placeholders"}, {"lowercase", "placeholders"}]
+# the whole-reply formats (JSON, one sentence, a fixed word count, two answers, a repeated request) combine with
+# nothing else: one of them fixes the shape of the entire reply
+SOLO = {"json_answer", "exclamation_sentence", "exact_word_count", "two_responses", "repeat_prompt"}
 
 
 def compatible(kinds: list[str]) -> bool:
+    if len(kinds) > 1 and set(kinds) & SOLO:
+        return False
+    if "sections" in kinds and {"paragraph_count", "paragraph_first_word", "bullet_list"} & set(kinds):
+        return False
+    if "paragraph_first_word" in kinds and {"paragraph_count", "bullet_list", "word_count", "sentence_count"} & set(kinds):
+        return False
+    if "capital_word_frequency" in kinds and {"lowercase", "all_caps"} & set(kinds):
+        return False
     return not any(set(pair) <= set(kinds) for pair in CONFLICTS)
 
 
@@ -229,6 +314,8 @@ def make_rows(n: int, seed: int, *, hold_out_kinds=(), hold_out_templates=(), tw
                 raise SystemExit(f"make_prompts: every phrasing of {kind} is held out")
             i = rng.choice(usable)
             args = sampler(rng)
+            if kind == "repeat_prompt":  # the request to copy is the task sentence, not the instruction
+                args = {"prompt_to_repeat": task.format(t=topic)}
             sentences.append(templates[i](args))
             constraints.append({"kind": kind, "args": args})
             phrasings.append(f"{kind}/{i}")
@@ -250,11 +337,22 @@ def main(argv=None) -> None:
     ap.add_argument("--hold-out-templates", default="", help="comma-separated phrasing template numbers (0-based) "
                                                              "to leave out of every kind")
     ap.add_argument("--two-constraint-share", type=float, default=0.35)
+    ap.add_argument("--eval-suite", metavar="TRAIN.jsonl", default=None,
+                    help="write an in-distribution eval suite instead: rows the generator could have made for "
+                         "TRAIN.jsonl (same kinds and phrasings) but none of its prompts, with kind 'constraint' "
+                         "and group 'in_distribution' (`posttrain eval --suite FILE`)")
     a = ap.parse_args(argv)
     kinds = [k for k in a.hold_out_kinds.split(",") if k]
     templates = [int(t) for t in a.hold_out_templates.split(",") if t]
-    rows = make_rows(a.n, a.seed, hold_out_kinds=kinds, hold_out_templates=templates,
-                     two_constraint_share=a.two_constraint_share)
+    if a.eval_suite:
+        taken = {json.loads(line)["prompt"] for line in Path(a.eval_suite).read_text().splitlines() if line.strip()}
+        pool = make_rows(a.n + len(taken), a.seed, hold_out_kinds=kinds, hold_out_templates=templates,
+                         two_constraint_share=a.two_constraint_share, id_prefix="heldout-diverse")
+        rows = [{**r, "kind": "constraint", "group": "in_distribution"} for r in pool if r["prompt"] not in taken]
+        rows = rows[: a.n]
+    else:
+        rows = make_rows(a.n, a.seed, hold_out_kinds=kinds, hold_out_templates=templates,
+                         two_constraint_share=a.two_constraint_share)
     out = Path(a.output)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     per_kind: dict[str, int] = {}
