@@ -205,8 +205,7 @@ def repair_rows(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, in
     """Up to ``per_prompt`` repaired copies per prompt of candidates whose constraints fail (lowest
     ``candidate_index`` first; candidates without constraints in their metadata, or that no repair fixes, are
     skipped). Each copy has the repaired ``text``, ``candidate_index = -1 - i`` and ``repaired_from = i``."""
-    from posttrain.judges.verifiers.constraints import check_constraints, constraints_from_metadata
-    from posttrain.judges.verifiers.repair import repair, tidy
+    from posttrain.judges.verifiers.repair import repair_reply, tidy
 
     out = []
     for rows in group_by_prompt(candidates).values():
@@ -217,15 +216,9 @@ def repair_rows(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, in
             s = scores.get(_key(row))
             if s is None or not math.isfinite(s.value):
                 continue
-            try:
-                constraints = constraints_from_metadata(dict(row.get("metadata") or {}))
-            except ValueError:
-                continue
-            if not constraints or all(r.passed for r in check_constraints(row["text"], constraints)):
-                continue
-            fixed = repair(row["text"], constraints, prompt=_last_user_text(row["prompt"]),
-                           truncated=row.get("finish_reason") == "length")
-            if fixed is None or fixed.strip() == row["text"].strip():
+            fixed = repair_reply(row["text"], row.get("metadata"), prompt=_last_user_text(row["prompt"]),
+                                 truncated=row.get("finish_reason") == "length")
+            if fixed is None:
                 continue
             out.append({**row, "text": fixed, "candidate_index": -1 - row["candidate_index"],
                         "repaired_from": row["candidate_index"], "finish_reason": "repaired",

@@ -26,7 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from posttrain.judges.verifiers.constraints import IFEVAL_RESPONSE_OPTIONS, check_constraints, validate_constraint
+from posttrain.judges.verifiers.constraints import (
+    IFEVAL_RESPONSE_OPTIONS,
+    check_constraints,
+    constraints_from_metadata,
+    validate_constraint,
+)
 from posttrain.judges.verifiers.counting import compare, phrase_count, sentences, words
 
 _SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s|$)")
@@ -387,3 +392,18 @@ def repair(text: str, constraints: list[dict[str, Any]], *, prompt: str = "", tr
         out = REPAIRS[kind](out, ctx, **args)
     results = check_constraints(out, [{"kind": k, "args": a} for k, a in specs])
     return out if out.strip() and all(r.passed for r in results) else None
+
+
+def repair_reply(text: str, metadata: dict[str, Any] | None, *, prompt: str = "", truncated: bool = False
+                 ) -> str | None:
+    """``repair`` for a reply to a prompt row, its constraints read from the row's metadata
+    (``constraints_from_metadata``); ``None`` when the metadata has no valid constraint, the reply already obeys
+    them all (nothing to repair), or no edit makes it obey them."""
+    try:
+        constraints = constraints_from_metadata(dict(metadata or {}))
+    except ValueError:
+        return None
+    if not constraints or all(r.passed for r in check_constraints(text, constraints)):
+        return None
+    fixed = repair(text, constraints, prompt=prompt, truncated=truncated)
+    return None if fixed is None or fixed.strip() == text.strip() else fixed

@@ -101,3 +101,16 @@ def test_tidy_drops_loops_and_the_unfinished_tail():
     assert tidy("A list:\n- first item\n- second item.") == "A list:\n- first item\n- second item."
     # a cut that would throw away most of the reply is not made
     assert tidy("Short. " + "word " * 40, truncated=True).startswith("Short. word")
+
+
+def test_repair_reply_reads_the_rows_metadata():
+    from posttrain.judges.verifiers.repair import repair_reply
+
+    meta = {"constraints": [{"kind": "lowercase", "args": {}}]}
+    assert repair_reply("Bees fly.", meta) == "bees fly."
+    assert repair_reply("bees fly.", meta) is None  # already obeys: nothing to repair
+    assert repair_reply("Bees fly.", {"constraint": "ends_with_phrase", "constraint_args": {"phrase": "Bye."}}) == \
+        "Bees fly. Bye."
+    assert repair_reply("Bees fly.", {"answer": "4"}) is None  # no constraint to follow
+    assert repair_reply("Bees fly.", {"constraints": [{"kind": "shout"}]}) is None  # a bad spec is not repaired
+    assert repair_reply("Bees fly.", {"constraints": [{"kind": "word_count", "args": {"min": 50}}]}) is None
