@@ -200,9 +200,9 @@ CONSTRAINTS = {
         lambda a: f"Make sure your text contains the letter \"{a['letter']}\" no fewer than {a['n']} times.",
     ]),
     "sections": (lambda rng: {"n": rng.choice([2, 3]), "marker": "SECTION"}, [
-        lambda a: f"Divide your reply into {a['n']} sections, each headed SECTION 1, SECTION 2 and so on.",
+        lambda a: f"Divide your reply into {a['n']} sections; the first is headed SECTION 1, the next SECTION 2, etc.",
         lambda a: f"Organise the answer as {a['n']} parts; label each part with a line 'SECTION <number>'.",
-        lambda a: f"Write {a['n']} sections. Start every section with 'SECTION' followed by its number.",
+        lambda a: f"Write {a['n']} parts, each opening with the word SECTION and its number.",
         lambda a: f"Your response needs exactly {a['n']} sections marked SECTION 1 to SECTION {a['n']}.",
     ]),
     "repeat_prompt": (lambda rng: {}, [
@@ -214,25 +214,25 @@ CONSTRAINTS = {
     "two_responses": (lambda rng: {}, [
         lambda a: "Give two different answers, separated by six asterisks: ******",
         lambda a: "Write two distinct responses and put ****** between them.",
-        lambda a: "Provide two alternative replies divided by a line of six asterisks (******).",
+        lambda a: "Provide two alternative replies with ****** on its own line between them.",
         lambda a: "I want two versions of the answer; separate them with ******.",
     ]),
     "exact_word_count": (lambda rng: {"n": rng.choice([5, 8, 10, 12])}, [
         lambda a: f"Answer in exactly {a['n']} words.",
-        lambda a: f"Your reply must be precisely {a['n']} words long.",
+        lambda a: f"The reply has to contain {a['n']} words exactly.",
         lambda a: f"Use {a['n']} words, not one more and not one fewer.",
         lambda a: f"Write a single line of exactly {a['n']} words.",
     ]),
     "exclamation_sentence": (lambda rng: {}, [
         lambda a: "Answer in one sentence that ends with an exclamation mark.",
-        lambda a: "Reply with a single excited sentence ending in '!'.",
+        lambda a: "Give one enthusiastic sentence that ends in '!'.",
         lambda a: "Use just one sentence, and finish it with an exclamation point.",
         lambda a: "One sentence only, closing with !",
     ]),
     "capital_word_frequency": (lambda rng: {"n": rng.choice([2, 3, 4]), "relation": "at least"}, [
         lambda a: f"Write at least {a['n']} words entirely in CAPITAL letters.",
-        lambda a: f"Put {a['n']} or more words in ALL CAPS for emphasis.",
-        lambda a: f"Include no fewer than {a['n']} fully capitalised words.",
+        lambda a: f"Put {a['n']} or more words in capitals (LIKE THIS) to stress them.",
+        lambda a: f"Have {a['n']} or more words that are fully capitalised.",
         lambda a: f"Emphasise at least {a['n']} words by writing them in UPPERCASE.",
     ]),
     "paragraph_first_word": (lambda rng: {"n": 2, "nth": 2, "word": rng.choice(["then", "also", "finally", "so"])}, [
@@ -248,10 +248,14 @@ CONSTRAINTS = {
         lambda a: "Wrap your reply in a JSON object with a single field called answer.",
     ]),
     "constrained_response": (lambda rng: {}, [
-        lambda a: "Finish with one of: \"My answer is yes.\", \"My answer is no.\" or \"My answer is maybe.\"",
-        lambda a: "Include exactly one of these sentences: My answer is yes. / My answer is no. / My answer is "
-                  "maybe.",
-        lambda a: "Conclude by saying \"My answer is yes.\", \"My answer is no.\", or \"My answer is maybe.\"",
+        # the three options are IFEval's fixed answers (content, not phrasing); words between them keep this
+        # wording from running word for word into the OOD suite's lists of the same three sentences
+        lambda a: "End with 'My answer is yes.' if you agree, 'My answer is no.' if you disagree, or "
+                  "'My answer is maybe.' if you are unsure.",
+        lambda a: "Give your verdict at the end: for yes write My answer is yes. For no write My answer is no. "
+                  "When unsure write My answer is maybe.",
+        lambda a: "Close with a verdict sentence (agreeing: My answer is yes. disagreeing: My answer is no. "
+                  "undecided: My answer is maybe.)",
     ]),
     "forbidden_characters": (lambda rng: {"chars": rng.choice(["!", "?", ";", "-", "z"])}, [
         lambda a: f"Do not use the character '{a['chars']}' anywhere.",
