@@ -8,9 +8,9 @@ comparison with its winner as chosen (scores 1 / 0; a tie 0.5 / 0.5).
 
 Repaired pairs (``repair_rows``, issue 16): a candidate that fails its instruction constraints is edited by
 ``verifiers/repair.py`` into one that obeys them (same content, the model's own wording); the pair is (repaired,
-as sampled, tidied the same way: verbatim repeated sentences dropped, an unfinished tail cut), so the two differ in
-the constraint edit alone; the repaired copy is scored by the same judges. ``repair`` (per prompt, how many failing candidates to repair, lowest
-``candidate_index`` first) adds these pairs to a scoring strategy's; the strategy ``repair`` keeps only them. A
+as sampled, tidied the same way: verbatim repeated sentences dropped, an unfinished tail cut), so the two differ
+in the constraint edit alone; the repaired copy is scored by the same judges. ``repair`` (per prompt, how many
+failing candidates to repair, lowest ``candidate_index`` first) adds these pairs to a scoring strategy's; the strategy ``repair`` keeps only them. A
 repaired candidate has ``candidate_index`` ``-1 - i`` (i: the index it was repaired from) and ``repaired_from: i``.
 
 Each proposed pair meets the filters in this order and is dropped by the first it fails:
@@ -193,13 +193,6 @@ def length_stats(rows: Sequence[dict[str, Any]], length_of: Callable[[str], int]
     return out
 
 
-def _last_user_text(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content", "") for m in prompt or [] if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users and isinstance(users[-1], str) else ""
-
-
 def repair_rows(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, int], Score], per_prompt: int
                 ) -> list[dict[str, Any]]:
     """Up to ``per_prompt`` repaired copies per prompt of candidates whose constraints fail (lowest
@@ -216,13 +209,13 @@ def repair_rows(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, in
             s = scores.get(_key(row))
             if s is None or not math.isfinite(s.value):
                 continue
-            fixed = repair_reply(row["text"], row.get("metadata"), prompt=_last_user_text(row["prompt"]),
-                                 truncated=row.get("finish_reason") == "length")
+            truncated = row.get("finish_reason") == "length"
+            fixed = repair_reply(row["text"], row.get("metadata"), truncated=truncated)
             if fixed is None:
                 continue
             out.append({**row, "text": fixed, "candidate_index": -1 - row["candidate_index"],
                         "repaired_from": row["candidate_index"], "finish_reason": "repaired",
-                        "tidied_original": tidy(row["text"], truncated=row.get("finish_reason") == "length")})
+                        "tidied_original": tidy(row["text"], truncated=truncated)})
             made += 1
     return out
 

@@ -160,23 +160,18 @@ def repair_winners(items: list, outs: list, values: list[list[float]], n: int, s
     constraints: candidates are tried best score first (then lowest index) and the first that
     ``verifiers/repair.py`` can fix is repaired and scored by the same judges. Prompts without constraints, or
     whose best candidate already obeys them, get nothing."""
-    from posttrain.judges.verifiers.constraints import check_constraints, constraints_from_metadata
-    from posttrain.judges.verifiers.repair import repair_reply
+    from posttrain.judges.verifiers.constraints import check_constraints
+    from posttrain.judges.verifiers.repair import constraints_of, repair_reply
 
     wanted: dict[int, str] = {}
     for p, it in enumerate(items):
-        try:
-            constraints = constraints_from_metadata(dict(it.example.metadata or {}))
-        except ValueError:
-            continue
+        constraints = constraints_of(it.example.metadata)
         order = sorted(range(n), key=lambda i: (-values[p][i] if not math.isnan(values[p][i]) else math.inf, i))
         if not constraints or all(c.passed for c in check_constraints(outs[p * n + order[0]].text, constraints)):
             continue  # nothing to follow, or the best candidate already follows it
-        prompt_text = next((m["content"] for m in reversed(it.example.prompt) if m["role"] == "user"), "")
         for i in order:
             o = outs[p * n + i]
-            fixed = repair_reply(o.text, it.example.metadata, prompt=prompt_text,
-                                 truncated=o.finish_reason == "length")
+            fixed = repair_reply(o.text, it.example.metadata, truncated=o.finish_reason == "length")
             if fixed is not None:
                 wanted[p] = fixed
                 break

@@ -178,14 +178,19 @@ def test_ppo_learns_toy_task_with_adaptive_kl(tmp_path):
     assert after >= 0.9 and after >= before + 0.15, (before, after)
 
 
+def rejection_config(tmp_path, prompts, *overrides):
+    """A rejection-sft config on tiny-random writing to tmp_path/out, batches of 4, SFT rows of at most 64 tokens."""
+    return load_config("rejection-sft", None, [
+        f"data.train={prompts}", "model.name=tiny-random", f"train.output_dir={tmp_path / 'out'}",
+        "train.progress=false", "optim.batch_size=4", "optim.micro_batch_size=4", "max_length=64", *overrides])
+
+
 def test_rejection_sft_trains_on_best_of_n(tmp_path):
     from posttrain.trainers.rejection_sft import train_rejection_sft
 
     prompts = lowercase_prompts(tmp_path / "prompts.jsonl", 0, 8)
-    cfg = load_config("rejection-sft", None, [
-        f"data.train={prompts}", "model.name=tiny-random", f"train.output_dir={tmp_path / 'out'}",
-        "train.progress=false", "rollout.max_new_tokens=3", "rejection.n=4", "optim.batch_size=4",
-        "optim.micro_batch_size=4", "optim.max_steps=2", "optim.lr=1e-2", "max_length=64"])
+    cfg = rejection_config(tmp_path, prompts, "rollout.max_new_tokens=3", "rejection.n=4", "optim.max_steps=2",
+                           "optim.lr=1e-2")
     summary = train_rejection_sft(cfg)
     out = tmp_path / "out"
     _completed(out)
@@ -212,10 +217,8 @@ def test_rejection_sft_repairs_winners_that_break_their_constraint(tmp_path):
     rows = [{"prompt": f"Say something about {t}.", "constraints": [{"kind": "all_caps", "args": {}}]}
             for t in ["frogs", "hills", "lamps", "boats", "pears", "wolves", "drums", "forks"]]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
-    cfg = load_config("rejection-sft", None, [
-        f"data.train={prompts}", "model.name=tiny-random", f"train.output_dir={tmp_path / 'out'}",
-        "train.progress=false", "rollout.max_new_tokens=6", "rejection.n=1", "rejection.repair=true",
-        "optim.batch_size=4", "optim.micro_batch_size=4", "optim.max_steps=1", "max_length=64"])
+    cfg = rejection_config(tmp_path, prompts, "rollout.max_new_tokens=6", "rejection.n=1", "rejection.repair=true",
+                           "optim.max_steps=1")
     summary = train_rejection_sft(cfg)
     out = tmp_path / "out"
     _completed(out)

@@ -1,6 +1,6 @@
 """Constraint repair: the smallest edit that makes a response obey its instruction constraints.
 
-The inverse of ``constraints.py``: for each constraint kind, a pure function ``(text, ctx, **args) -> str`` that
+The inverse of ``constraints.py``: for each constraint kind, a pure function ``(text, **args) -> str`` that
 rewrites a response so that the kind's check passes while the content stays the model's own (lowercase it, wrap it
 in quotes, append the requested closing phrase, cut it to the word limit at a sentence boundary, split it into
 the requested bullets or sections, ...). ``repair(text, constraints)`` applies the repairs in a fixed order (shape,
@@ -23,7 +23,6 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from posttrain.judges.verifiers.constraints import (
@@ -38,12 +37,6 @@ _SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s|$)")
 _STOPWORDS = {"a", "an", "the", "of", "and", "or", "to", "in", "on", "is", "are", "was", "were", "it", "its", "for",
               "with", "that", "this", "as", "by", "at", "be", "can", "has", "have", "which", "from"}
 
-
-@dataclass(frozen=True)
-class RepairContext:
-    """What a repair may need besides the text: the user's request (for a title)."""
-
-    prompt: str = ""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -115,15 +108,15 @@ def _join_sentence(a: str, b: str) -> str:
 # ----------------------------------------------------------------------------------------------- the kinds
 
 
-def _lowercase(text: str, ctx: RepairContext) -> str:
+def _lowercase(text: str) -> str:
     return text.lower()
 
 
-def _all_caps(text: str, ctx: RepairContext) -> str:
+def _all_caps(text: str) -> str:
     return text.upper()
 
 
-def _capital_word_frequency(text: str, ctx: RepairContext, n: int, relation: str = "at least") -> str:
+def _capital_word_frequency(text: str, n: int, relation: str = "at least") -> str:
     toks = text.split(" ")
     idx = [i for i, w in enumerate(toks) if any(c.isalpha() for c in w)]
     caps = [i for i in idx if toks[i] == toks[i].upper()]
@@ -139,11 +132,11 @@ def _capital_word_frequency(text: str, ctx: RepairContext, n: int, relation: str
     return " ".join(toks)
 
 
-def _word_count(text: str, ctx: RepairContext, min: int | None = None, max: int | None = None) -> str:  # noqa: A002
+def _word_count(text: str, min: int | None = None, max: int | None = None) -> str:  # noqa: A002
     return _cut_words(text, max) if max is not None and len(words(text)) > max else text
 
 
-def _exact_word_count(text: str, ctx: RepairContext, n: int) -> str:
+def _exact_word_count(text: str, n: int) -> str:
     toks = text.split()
     if len(words(text)) <= n:
         return text
@@ -156,16 +149,16 @@ def _exact_word_count(text: str, ctx: RepairContext, n: int) -> str:
     return " ".join(kept).rstrip(",;:") + ("" if kept[-1][-1:] in ".!?" else ".")
 
 
-def _sentence_count(text: str, ctx: RepairContext, min: int | None = None, max: int | None = None) -> str:  # noqa: A002
+def _sentence_count(text: str, min: int | None = None, max: int | None = None) -> str:  # noqa: A002
     flat = _flat_sentences(text)
     return " ".join(flat[:max]) if max is not None and len(sentences(text)) > max else text
 
 
-def _paragraph_count(text: str, ctx: RepairContext, n: int) -> str:
+def _paragraph_count(text: str, n: int) -> str:
     return "\n\n".join(" ".join(g) for g in _groups(_flat_sentences(text), n)) or text
 
 
-def _paragraph_first_word(text: str, ctx: RepairContext, n: int, nth: int, word: str) -> str:
+def _paragraph_first_word(text: str, n: int, nth: int, word: str) -> str:
     groups = _groups(_flat_sentences(text), n)
     if not groups or not 1 <= nth <= n:
         return text
@@ -174,7 +167,7 @@ def _paragraph_first_word(text: str, ctx: RepairContext, n: int, nth: int, word:
     return "\n\n".join(" ".join(g) for g in groups)
 
 
-def _include_keywords(text: str, ctx: RepairContext, keywords: list[str]) -> str:
+def _include_keywords(text: str, keywords: list[str]) -> str:
     missing = [k for k in keywords if phrase_count(text, k) == 0]
     if not missing:
         return text
@@ -202,11 +195,11 @@ def _drop_sentences(text: str, keywords: list[str]) -> str:
     return out if words(out) else _remove_words(text, keywords)
 
 
-def _exclude_keywords(text: str, ctx: RepairContext, keywords: list[str]) -> str:
+def _exclude_keywords(text: str, keywords: list[str]) -> str:
     return _drop_sentences(text, keywords)
 
 
-def _keyword_frequency(text: str, ctx: RepairContext, keyword: str, n: int, relation: str = "at least") -> str:
+def _keyword_frequency(text: str, keyword: str, n: int, relation: str = "at least") -> str:
     count = phrase_count(text, keyword)
     if compare(count, relation, n):
         return text
@@ -217,19 +210,19 @@ def _keyword_frequency(text: str, ctx: RepairContext, keyword: str, n: int, rela
     return _drop_sentences(text, [keyword])
 
 
-def _letter_frequency(text: str, ctx: RepairContext, letter: str, n: int, relation: str = "at least") -> str:
+def _letter_frequency(text: str, letter: str, n: int, relation: str = "at least") -> str:
     return text
 
 
-def _no_commas(text: str, ctx: RepairContext) -> str:
+def _no_commas(text: str) -> str:
     return re.sub(r"\s*,\s*", " ", text).replace(" .", ".")
 
 
-def _forbidden_characters(text: str, ctx: RepairContext, chars: str) -> str:
+def _forbidden_characters(text: str, chars: str) -> str:
     return "".join(c for c in text if c not in chars)
 
 
-def _starts_with_phrase(text: str, ctx: RepairContext, phrase: str) -> str:
+def _starts_with_phrase(text: str, phrase: str) -> str:
     p = phrase.strip()
     if text.strip().startswith(p):
         return text
@@ -237,7 +230,7 @@ def _starts_with_phrase(text: str, ctx: RepairContext, phrase: str) -> str:
     return f"{p}{sep}{text.strip()}"
 
 
-def _ends_with_phrase(text: str, ctx: RepairContext, phrase: str) -> str:
+def _ends_with_phrase(text: str, phrase: str) -> str:
     p = phrase.strip()
     if text.strip().endswith(p):
         return text
@@ -247,44 +240,44 @@ def _ends_with_phrase(text: str, ctx: RepairContext, phrase: str) -> str:
     return f"{t} {p}"
 
 
-def _double_quotes(text: str, ctx: RepairContext) -> str:
+def _double_quotes(text: str) -> str:
     return f"\"{text.strip().replace(chr(34), chr(39))}\""
 
 
-def _exclamation_sentence(text: str, ctx: RepairContext) -> str:
+def _exclamation_sentence(text: str) -> str:
     flat = _flat_sentences(text)
     if not flat:
         return text
     return flat[0].replace("! ", ", ").replace("? ", ", ").replace(". ", ", ").rstrip(".!?") + "!"
 
 
-def _constrained_response(text: str, ctx: RepairContext,
+def _constrained_response(text: str,
                           options: list[str] | tuple[str, ...] = IFEVAL_RESPONSE_OPTIONS) -> str:
     if any(o.strip() in text for o in options):
         return text
     return _join_sentence(text, options[0].strip())
 
 
-def _json_answer(text: str, ctx: RepairContext) -> str:
+def _json_answer(text: str) -> str:
     return json.dumps({"answer": text.strip()})
 
 
-def _bullet_list(text: str, ctx: RepairContext, n: int, markers: str = "-*") -> str:
+def _bullet_list(text: str, n: int, markers: str = "-*") -> str:
     groups = _groups(_flat_sentences(text), n)
     marker = "*" if "*" in markers else markers[0]
     return "\n".join(f"{marker} {' '.join(g)}" for g in groups) if groups else text
 
 
-def _bullet_list_2(text: str, ctx: RepairContext) -> str:
-    return _bullet_list(text, ctx, 2, "-")
+def _bullet_list_2(text: str) -> str:
+    return _bullet_list(text, 2, "-")
 
 
-def _sections(text: str, ctx: RepairContext, n: int, marker: str = "SECTION") -> str:
+def _sections(text: str, n: int, marker: str = "SECTION") -> str:
     groups = _groups(_flat_sentences(text), n)
     return "\n\n".join(f"{marker} {i}\n{' '.join(g)}" for i, g in enumerate(groups, 1)) if groups else text
 
 
-def _title_text(text: str, ctx: RepairContext) -> str:
+def _title_text(text: str) -> str:
     first = (_flat_sentences(text) or [text])[0]
     toks = [re.sub(r"[^\w'-]", "", w) for w in first.split()[:6]]
     toks = [t for t in toks if t]
@@ -293,22 +286,22 @@ def _title_text(text: str, ctx: RepairContext) -> str:
     return " ".join(t if t.isupper() else t.capitalize() for t in toks) or "My Answer"
 
 
-def _title(text: str, ctx: RepairContext) -> str:
-    return f"<<{_title_text(text, ctx)}>>\n\n{text.strip()}"
+def _title(text: str) -> str:
+    return f"<<{_title_text(text)}>>\n\n{text.strip()}"
 
 
-def _placeholders(text: str, ctx: RepairContext, n: int) -> str:
+def _placeholders(text: str, n: int) -> str:
     have = sum(1 for m in re.findall(r"\[([^\[\]\n]*)\]", text) if m.strip())
     names = ["name", "date", "place", "time", "address", "number"]
     extra = [f"[{names[i % len(names)]}]" for i in range(max(n - have, 0))]
     return f"{text.rstrip()}\n\n{', '.join(extra)}" if extra else text
 
 
-def _postscript(text: str, ctx: RepairContext, marker: str = "P.S.") -> str:
+def _postscript(text: str, marker: str = "P.S.") -> str:
     return f"{text.rstrip()}\n\n{marker} Thanks for reading, and let me know if you have questions."
 
 
-def _highlighted_sections(text: str, ctx: RepairContext, n: int) -> str:
+def _highlighted_sections(text: str, n: int) -> str:
     out, done = text, 0
     for s in _flat_sentences(text):
         if done >= n:
@@ -321,16 +314,16 @@ def _highlighted_sections(text: str, ctx: RepairContext, n: int) -> str:
     return out
 
 
-def _ascii_only(text: str, ctx: RepairContext) -> str:
+def _ascii_only(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", text) if not (c.isalpha() and not c.isascii())
                    and not unicodedata.combining(c))
 
 
-def _repeat_prompt(text: str, ctx: RepairContext, prompt_to_repeat: str) -> str:
+def _repeat_prompt(text: str, prompt_to_repeat: str) -> str:
     return f"{prompt_to_repeat.strip()}\n\n{text.strip()}"
 
 
-def _two_responses(text: str, ctx: RepairContext) -> str:
+def _two_responses(text: str) -> str:
     halves = _groups(_flat_sentences(text), 2)
     return f"{' '.join(halves[0])}\n******\n{' '.join(halves[1])}" if halves else text
 
@@ -377,33 +370,37 @@ REPAIRS: dict[str, Callable[..., str]] = dict(_ORDER)
 _RANK = {kind: i for i, (kind, _) in enumerate(_ORDER)}
 
 
-def repair(text: str, constraints: list[dict[str, Any]], *, prompt: str = "", truncated: bool = False) -> str | None:
+def repair(text: str, constraints: list[dict[str, Any]], *, truncated: bool = False) -> str | None:
     """``text`` tidied and edited to obey every constraint (``[{"kind", "args"}]``), or ``None`` when the edits
     cannot make all of them pass (a kind without a repair, conflicting constraints, a minimum the text is short
     of). ``ValueError`` for a malformed constraint (as the verifier). Deterministic."""
     if not constraints or not text.strip():
         return None
-    ctx = RepairContext(prompt=prompt)
     specs = [(c["kind"], validate_constraint(c["kind"], c.get("args"))) for c in constraints]
     if any(kind not in REPAIRS for kind, _ in specs):
         return None
     out = tidy(text, truncated=truncated)
     for kind, args in sorted(specs, key=lambda s: _RANK[s[0]]):
-        out = REPAIRS[kind](out, ctx, **args)
+        out = REPAIRS[kind](out, **args)
     results = check_constraints(out, [{"kind": k, "args": a} for k, a in specs])
     return out if out.strip() and all(r.passed for r in results) else None
 
 
-def repair_reply(text: str, metadata: dict[str, Any] | None, *, prompt: str = "", truncated: bool = False
-                 ) -> str | None:
-    """``repair`` for a reply to a prompt row, its constraints read from the row's metadata
-    (``constraints_from_metadata``); ``None`` when the metadata has no valid constraint, the reply already obeys
-    them all (nothing to repair), or no edit makes it obey them."""
+def constraints_of(metadata: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A prompt row's constraints (``constraints_from_metadata``), or ``[]`` when it has none or a bad spec: a
+    row the verifier would reject is not repaired (the judge reports it)."""
     try:
-        constraints = constraints_from_metadata(dict(metadata or {}))
+        return constraints_from_metadata(dict(metadata or {}))
     except ValueError:
-        return None
+        return []
+
+
+def repair_reply(text: str, metadata: dict[str, Any] | None, *, truncated: bool = False) -> str | None:
+    """``repair`` for a reply to a prompt row, its constraints read from the row's metadata (``constraints_of``);
+    ``None`` when the row has no valid constraint, the reply already obeys them all (nothing to repair), or no edit
+    makes it obey them."""
+    constraints = constraints_of(metadata)
     if not constraints or all(r.passed for r in check_constraints(text, constraints)):
         return None
-    fixed = repair(text, constraints, prompt=prompt, truncated=truncated)
+    fixed = repair(text, constraints, truncated=truncated)
     return None if fixed is None or fixed.strip() == text.strip() else fixed

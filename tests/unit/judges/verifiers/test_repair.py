@@ -12,7 +12,7 @@ REPLY = "Bees collect nectar from flowers. They store it in the hive, and fan it
 
 
 def one(kind, text=REPLY, **args):
-    return repair(text, [{"kind": kind, "args": args}], prompt="Explain how bees make honey.")
+    return repair(text, [{"kind": kind, "args": args}])
 
 
 @pytest.mark.parametrize("kind,args,expected", [
