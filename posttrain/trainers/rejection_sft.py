@@ -111,7 +111,7 @@ def train_rejection_sft(cfg) -> dict:
         if is_main:
             atomic_write_jsonl(run.path / "candidates.jsonl", candidates)
             atomic_write_jsonl(run.path / "winners.jsonl", winner_rows)
-        finite = [v for row in values for v in row if not math.isnan(v)]
+        finite = [v for row in values for v in row[: r.n] if not math.isnan(v)]  # sampled candidates, not repairs
         selection = {"rejection/judge": judge_name, "rejection/candidates": len(candidates),
                      "rejection/winners": len(winner_rows),
                      **({"rejection/repaired_winners": sum(bool(w.get("repaired")) for w in winner_rows)}

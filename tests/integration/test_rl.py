@@ -226,6 +226,8 @@ def test_rejection_sft_repairs_winners_that_break_their_constraint(tmp_path):
     winners = [json.loads(line) for line in (out / "winners.jsonl").read_text().splitlines()]
     repaired = [w for w in winners if w.get("repaired")]
     assert repaired and summary["rejection/repaired_winners"] == len(repaired)
+    # the candidates' mean score is over what was sampled; the repairs count only as winners
+    assert summary["rejection/mean_score"] == pytest.approx(sum(c["score"] for c in candidates.values()) / 8)
     for w in winners:
         text, cand = w["messages"][-1]["content"], candidates[w["prompt_id"]]
         assert check_constraint(text, "all_caps") and w["score"] == 1.0
