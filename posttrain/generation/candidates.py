@@ -232,7 +232,4 @@ def measured_mean_new_tokens(candidates_path: str | os.PathLike) -> float | None
     return sum(counts) / len(counts) if counts else None
 
 
-from posttrain.generation.cost import cost_model, format_cost  # noqa: E402  (the --dry-run numbers live there)
-
-__all__ = ["PromptJob", "cost_model", "format_cost", "generate_candidates", "load_prompts", "measured_mean_new_tokens",
-           "prompt_id", "read_existing"]
+__all__ = ["PromptJob", "generate_candidates", "load_prompts", "measured_mean_new_tokens", "prompt_id", "read_existing"]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from posttrain.generation.candidates import load_prompts, measured_mean_new_tokens
+
 PAIRINGS = ("all-pairs", "best-vs-worst")
 
 
@@ -41,8 +43,6 @@ def cost_model(prompts_path: str | os.PathLike, tokenizer, *, n: int, max_new_to
                judge_output_tokens: int = 16, prices: dict[str, float] | None = None) -> dict[str, Any]:
     """Token counts (and money, given ``prices``) of generating and judging ``n`` candidates per prompt.
     Reads and renders every prompt, so bad rows raise ``DataErrors`` here, as in the real run."""
-    from posttrain.generation.candidates import load_prompts, measured_mean_new_tokens
-
     jobs = load_prompts(prompts_path, tokenizer)
     P = len(jobs)
     prompt_tokens = sum(len(j.prompt_ids) for j in jobs)

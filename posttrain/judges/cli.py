@@ -6,55 +6,14 @@ so it runs as ``posttrain judge --candidates ... -o ...`` with no sub-command na
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from posttrain.judges.specs import load_judges_file, parse_judge_spec  # noqa: F401  (re-exported for callers of the CLI module)
+
 judge_app = typer.Typer(add_completion=False, help="Judge candidates and build preference pairs.")
-
-_LLM_SPEC = re.compile(r"^llm:(https?://[^/\s]+(?:/[^:\s]*)?):(.+)$")
-
-
-def parse_judge_spec(spec: str) -> dict[str, Any]:
-    """``verifier`` | ``llm:URL:MODEL`` (the URL's path holds no ':'; the model may) | ``local:MODEL`` |
-    ``reward_model:MODEL`` (or ``rm:MODEL``) -> a judge config dict."""
-    from posttrain.judges.judge_stage import JudgeConfigError
-
-    if spec == "verifier":
-        return {"type": "verifier"}
-    m = _LLM_SPEC.match(spec)
-    if m:
-        return {"type": "llm", "base_url": m.group(1), "model": m.group(2)}
-    kind, _, model = spec.partition(":")
-    if kind in ("local", "reward_model", "rm") and model:
-        return {"type": "reward_model" if kind == "rm" else kind, "model": model}
-    raise JudgeConfigError(f"--judge '{spec}': expected verifier, llm:URL:MODEL, local:MODEL or reward_model:MODEL")
-
-
-def load_judges_file(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A YAML file holding a list of judge configs, or ``{judges: [...], pairs: {...}}``."""
-    import yaml
-
-    from posttrain.judges.judge_stage import JudgeConfigError
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise JudgeConfigError(f"{path}: cannot read it ({str(e).splitlines()[0]})") from None
-    if isinstance(data, list):
-        return data, {}
-    if isinstance(data, dict) and isinstance(data.get("judges"), list):
-        unknown = sorted(set(data) - {"judges", "pairs"})
-        if unknown:
-            raise JudgeConfigError(f"{path}: unknown key '{unknown[0]}'; expected judges, pairs")
-        pairs = data.get("pairs") or {}
-        if not isinstance(pairs, dict):
-            raise JudgeConfigError(f"{path}: 'pairs' must be a mapping")
-        return data["judges"], pairs
-    raise JudgeConfigError(f"{path}: expected a list of judges or a mapping with a 'judges' list")
-
 
 def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console

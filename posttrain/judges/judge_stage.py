@@ -36,16 +36,13 @@ from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import json_safe, strict_json
 from posttrain.judges import pairs as pairing
 from posttrain.judges.ensemble import Member, PairwiseEnsemble, agreement_stats, combine_scores
+from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
 from posttrain.judges.types import Score
 
 JUDGE_TYPES = ("verifier", "llm", "local", "reward_model")
 PAIR_KEYS = ("strategy", "min_margin", "max_length_ratio", "length_balance", "length_balance_tolerance",
              "length_unit", "tokenizer", "repair")
 CHUNK = 64  # candidates (or comparisons' prompts) per batch handed to a judge: the progress bar's step
-
-
-class JudgeConfigError(ValueError):
-    """A judge or pair config is wrong; ``str()`` is one line naming the entry and the key."""
 
 
 class NoPairsKept(JudgeConfigError):
@@ -408,7 +405,6 @@ def win_rate_judge(spec: str | dict[str, Any]):
     """The judge for a win rate against a baseline, from a spec string (``verifier``, ``llm:URL:MODEL``,
     ``local:MODEL``, ``rm:MODEL``) or one judge config dict: pairwise (asked in both orders) or scoring (the higher
     score wins). ``JudgeConfigError`` for anything else."""
-    from posttrain.judges.cli import parse_judge_spec
     from posttrain.judges.types import PairwiseJudge, ScoringJudge
 
     judge = build_member(parse_judge_spec(spec) if isinstance(spec, str) else spec).judge

@@ -29,7 +29,7 @@ def run_command(
     from posttrain.pipeline.eval_stages import GateFailed
     from posttrain.pipeline.registry import STAGES
     from posttrain.pipeline.runner import run_pipeline
-    from posttrain.pipeline.spec import load_pipeline
+    from posttrain.pipeline.load import load_pipeline
 
     try:
         spec = load_pipeline(pipeline_yaml, overrides or (), commands=STAGES)

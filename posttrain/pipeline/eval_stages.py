@@ -55,8 +55,7 @@ def check_eval(params: dict, pending) -> None:
         raise PipelineError(f"config: key 'backend': '{params['backend']}' is not one of {', '.join(BACKENDS)}")
     spec = params.get("judge")
     if isinstance(spec, str):
-        from posttrain.judges.cli import parse_judge_spec
-        from posttrain.judges.judge_stage import JudgeConfigError
+        from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
 
         try:
             spec = parse_judge_spec(spec)

@@ -47,7 +47,7 @@ def test_quickstart_pipeline_improves_heldout_constraints(tmp_path, monkeypatch)
     from posttrain.pipeline.eval_stages import GateFailed
     from posttrain.pipeline.registry import STAGES
     from posttrain.pipeline.runner import run_pipeline
-    from posttrain.pipeline.spec import parse_pipeline
+    from posttrain.pipeline.load import parse_pipeline
 
     tree = yaml.safe_load((ROOT / "examples/quickstart.yaml").read_text())
     tree["run_dir"] = str(tmp_path / "run")

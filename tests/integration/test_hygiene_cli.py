@@ -104,7 +104,7 @@ def test_inspect_prints_table_and_writes_json(tmp_path):
 
 def test_pipeline_decontaminates_before_training(tmp_path, one_torch_thread):
     from posttrain.pipeline.runner import run_pipeline
-    from posttrain.pipeline.spec import parse_pipeline
+    from posttrain.pipeline.load import parse_pipeline
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(7) + [{"prompt": EVAL_ROW["prompt"], "completion": "ok"}])
     tree = {"run_dir": str(tmp_path / "run"), "stages": {

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from posttrain.pipeline.cli import app
 from posttrain.pipeline.registry import STAGES
 from posttrain.pipeline.runner import run_pipeline
-from posttrain.pipeline.spec import load_pipeline
+from posttrain.pipeline.load import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "pipeline_tiny.yaml"

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from posttrain.pipeline.eval_stages import GateFailed
 from posttrain.pipeline.registry import STAGES
 from posttrain.pipeline.runner import run_pipeline
-from posttrain.pipeline.spec import load_pipeline
+from posttrain.pipeline.load import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "pipeline_tiny.yaml"

@@ -16,7 +16,7 @@ import yaml
 
 from posttrain.pipeline.registry import STAGES
 from posttrain.pipeline.runner import NOT_RUN, run_pipeline
-from posttrain.pipeline.spec import load_pipeline
+from posttrain.pipeline.load import load_pipeline
 from tests.integration.helpers import pair_rows, sft_rows, tiny_config, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]

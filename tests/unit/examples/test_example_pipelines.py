@@ -19,7 +19,7 @@ def test_the_pipeline_examples_are_found():
 def test_pipeline_example_plans(path, monkeypatch, tmp_path):
     from posttrain.pipeline.registry import STAGES
     from posttrain.pipeline.runner import plan_pipeline
-    from posttrain.pipeline.spec import parse_pipeline
+    from posttrain.pipeline.load import parse_pipeline
 
     monkeypatch.chdir(ROOT)  # the examples name their data relative to the repository root
     tree = yaml.safe_load(path.read_text())

@@ -8,8 +8,7 @@ import pytest
 
 from posttrain.data.render import render_prompt
 from posttrain.data.schema import DataErrors, PromptExample
-from posttrain.generation.candidates import cost_model, format_cost
-from posttrain.generation.cost import pairs_per_prompt
+from posttrain.generation.cost import cost_model, format_cost, pairs_per_prompt
 
 PROMPTS = [{"prompt": "Name a river."}, {"messages": [{"role": "user", "content": "Two words about tea."}]},
            {"prompt": "Count to three.", "system": "Be brief."}]

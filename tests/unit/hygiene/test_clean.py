@@ -185,7 +185,7 @@ def test_example_pipeline_parses():
     from pathlib import Path
 
     from posttrain.pipeline.registry import STAGES
-    from posttrain.pipeline.spec import load_pipeline
+    from posttrain.pipeline.load import load_pipeline
 
     spec = load_pipeline(Path(__file__).resolve().parents[3] / "examples" / "hygiene_pipeline.yaml", commands=STAGES)
     assert [s.command for s in spec.stages.values()] == ["data", "sft"]

@@ -9,7 +9,8 @@ import pytest
 
 from posttrain.pipeline.registry import STAGES, StageSpec
 from posttrain.pipeline.runner import run_pipeline
-from posttrain.pipeline.spec import PipelineError, parse_pipeline
+from posttrain.pipeline.load import parse_pipeline
+from posttrain.pipeline.spec import PipelineError
 
 
 def make_registry(calls: list) -> dict[str, StageSpec]:

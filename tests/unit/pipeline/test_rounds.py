@@ -10,7 +10,8 @@ import pytest
 from posttrain.config import ConfigError, load_config
 from posttrain.pipeline.registry import STAGES, StageSpec
 from posttrain.pipeline.runner import NOT_RUN, condition_reason, run_pipeline
-from posttrain.pipeline.spec import Condition, PipelineError, apply_overrides, parse_pipeline
+from posttrain.pipeline.load import apply_overrides, parse_pipeline
+from posttrain.pipeline.spec import Condition, PipelineError
 
 ROUND_STAGES = ["generate", "judge", "dpo", "eval"]
 

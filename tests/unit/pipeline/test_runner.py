@@ -7,7 +7,8 @@ import pytest
 
 from posttrain.pipeline.registry import StageSpec, dotted_overrides, select_prompts
 from posttrain.pipeline.runner import plan_pipeline, run_pipeline, stage_key
-from posttrain.pipeline.spec import PipelineError, parse_pipeline
+from posttrain.pipeline.load import parse_pipeline
+from posttrain.pipeline.spec import PipelineError
 
 
 def make_registry(calls: list, fail_in: set | None = None) -> dict[str, StageSpec]:

@@ -2,17 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.pipeline.spec import (
-    PipelineError,
-    apply_overrides,
-    dependencies,
-    downstream,
-    load_pipeline,
-    parse_pipeline,
-    references,
-    substitute,
-    topological_order,
-)
+from posttrain.pipeline.load import apply_overrides, load_pipeline, parse_pipeline
+from posttrain.pipeline.spec import PipelineError, dependencies, downstream, references, substitute, topological_order
 
 
 def tree(**stages):

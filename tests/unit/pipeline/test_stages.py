@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from posttrain.pipeline.cli import app
 from posttrain.pipeline.registry import STAGES
 from posttrain.pipeline.runner import run_pipeline
-from posttrain.pipeline.spec import PipelineError, parse_pipeline
+from posttrain.pipeline.load import parse_pipeline
+from posttrain.pipeline.spec import PipelineError
 
 EVENTS = [
     {"event_id": "t1", "kind": "thumbs", "prompt": "Capital of France?", "response": "Paris.", "rating": "up"},
