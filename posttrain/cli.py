@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from posttrain.commands import TRAINING_COMMANDS, TrainingCommand, data_stats
+from posttrain.commands import command as training_command
 from posttrain.config import COMMANDS, ConfigError, dump_config, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models, end to end.")
@@ -31,7 +33,6 @@ def _mount_stage_apps() -> None:
     from posttrain.pipeline.cli import run_command, status_command
     from posttrain.report.cli import report_command
     from posttrain.serving.cli import serve_command
-    from posttrain.trainers.rl_cli import mount as mount_rl
 
     app.add_typer(data_app, name="data", help="Data hygiene: exact and MinHash dedup, eval decontamination, PII "
                                               "redaction, preference-data diagnostics.")
@@ -51,8 +52,6 @@ def _mount_stage_apps() -> None:
     app.command("status", help="Show a pipeline run: stage, status, key, wall time, main metric.")(status_command)
     app.command("report", help="Write RUN_DIR/report.html (self-contained) and print the run summary.")(
         report_command)
-    mount_rl(app)
-
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -79,18 +78,13 @@ def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
 
 
 def _train(command: str, args: list[str] | None) -> None:
+    """``posttrain COMMAND [CONFIG.yaml] [section.key=value ...]`` for a row of the command table."""
     from posttrain.training.stage import print_summary
 
     path, overrides = _split_args(args)
     try:
         cfg = load_config(command, path, overrides)
-        if command == "sft":
-            from posttrain.trainers.sft import train_sft as run
-        elif command == "dpo":
-            from posttrain.trainers.preference import train_preference as run
-        else:
-            from posttrain.trainers.kto import train_kto as run
-        summary = run(cfg)
+        summary = training_command(command).trainer()(cfg)
     except _user_errors() as e:
         _fail(e)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -100,22 +94,17 @@ def _train(command: str, args: list[str] | None) -> None:
 _ARGS = typer.Argument(None, help="[CONFIG.yaml] [section.key=value ...]")
 
 
-@app.command()
-def sft(args: list[str] = _ARGS) -> None:
-    """Supervised fine-tuning (loss on assistant tokens only)."""
-    _train("sft", args)
+def _training_command(row: TrainingCommand):
+    def run(args: list[str] = _ARGS) -> None:
+        _train(row.name, args)
+
+    run.__doc__ = row.help
+    run.__name__ = row.name.replace("-", "_")
+    return run
 
 
-@app.command()
-def dpo(args: list[str] = _ARGS) -> None:
-    """Preference optimisation: loss.type = dpo | ipo | robust | hinge | simpo | orpo."""
-    _train("dpo", args)
-
-
-@app.command()
-def kto(args: list[str] = _ARGS) -> None:
-    """KTO on unpaired desirable/undesirable examples."""
-    _train("kto", args)
+for _row in TRAINING_COMMANDS:
+    app.command(_row.name, help=_row.help)(_training_command(_row))
 
 
 @config_app.command("validate")
@@ -139,11 +128,7 @@ def config_validate(
                               f"({' | '.join(COMMANDS)})")
         cfg = load_config(command, path, overrides or [])
         if data:
-            from posttrain.trainers.rl_cli import RL_COMMANDS, validate_data
-            from posttrain.training.stage import load_stage_data
-
-            stats = (validate_data(command, cfg) if command in RL_COMMANDS else
-                     load_stage_data(cfg, {"sft": "sft", "dpo": "preference", "kto": "unpaired"}[command]).stats)
+            stats = data_stats(command, cfg)
             typer.echo(" ".join(f"{k}={v}" for k, v in stats.items()), err=True)
     except _user_errors() as e:
         _fail(e)

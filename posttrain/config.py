@@ -6,6 +6,7 @@ errors that name the key. The resolved config is written to the output folder be
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,9 +202,6 @@ class MergeConfig(Section):
     output: str
 
 
-COMMANDS: dict[str, type[Section]] = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig}
-
-
 # --- reward model, PPO, GRPO, rejection-sampling SFT (docs/RL.md) ---
 
 class RewardModelLossSection(Section):
@@ -394,8 +392,10 @@ class OnlineDPOConfig(Section):
         return self
 
 
-COMMANDS.update({"reward-model": RewardModelConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
-                 "rejection-sft": RejectionSFTConfig, "online-dpo": OnlineDPOConfig})
+# command name -> config class: the one place that says it (the command table, posttrain/commands.py, reads it)
+COMMANDS: dict[str, type[Section]] = {"sft": SFTConfig, "dpo": DPOConfig, "kto": KTOConfig,
+                                      "reward-model": RewardModelConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
+                                      "rejection-sft": RejectionSFTConfig, "online-dpo": OnlineDPOConfig}
 
 
 def read_yaml_file(path: str | Path, what: str, error: type[Exception] = ConfigError) -> Any:
@@ -464,7 +464,6 @@ def _with_command_defaults(cls: type[Section], tree: dict) -> dict:
 
 def load_config(command: str, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()):
     """Build the config for ``command`` from an optional YAML file and dotted overrides."""
-    cls = COMMANDS[command]
     tree: dict = {}
     where = "<overrides>"
     if path is not None:
@@ -482,8 +481,16 @@ def load_config(command: str, path: str | Path | None = None, overrides: list[st
     for text in overrides:
         keys, value = parse_override(text)
         _apply_override(tree, keys, value, text)
+    return build_config(command, tree, where)
+
+
+def build_config(command: str, tree: dict, where: str = "<config>"):
+    """The config of ``command`` from a tree of sections (a pipeline stage's ``config:``), with the command's own
+    section defaults under every section given in part; problems raise ``ConfigError`` naming ``where`` and the
+    key."""
+    cls = COMMANDS[command]
     try:
-        return cls.model_validate(_with_command_defaults(cls, tree))
+        return cls.model_validate(_with_command_defaults(cls, copy.deepcopy(tree)))
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, where)) from None
 

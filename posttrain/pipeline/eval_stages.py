@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.pipeline.spec import PipelineError, check_keys, check_types
+from posttrain.pipeline.spec import PipelineError, check_judge_entry, check_keys, check_types, nothing_pending
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "base", "max_new_tokens", "batch_size",
              "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported")
@@ -33,7 +33,6 @@ def check_eval(params: dict, pending) -> None:
     """Keys, types, suites (builtin names, existing files, or files an upstream stage writes) and the judge."""
     from posttrain.eval.suites import BUILTIN_SUITES
     from posttrain.generation.backends import BACKENDS
-    from posttrain.pipeline.registry import check_judge_entry
 
     check_keys(params, EVAL_KEYS)
     suites = params.get("suites")
@@ -67,7 +66,6 @@ def check_eval(params: dict, pending) -> None:
 
 def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.eval.run import run_eval
-    from posttrain.pipeline.registry import nothing_pending
 
     check_eval(params, nothing_pending)
     suites = params["suites"]
@@ -148,7 +146,6 @@ def check_gate(params: dict, pending) -> None:
 def run_gate_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.data.writers import atomic_write_json
     from posttrain.eval.gates import evaluate_gates, record_verdicts
-    from posttrain.pipeline.registry import nothing_pending
 
     gates = gate_list(params, nothing_pending)
     try:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from posttrain.pipeline.spec import PipelineError, check_keys, check_model, check_types
-
-Pending = Callable[[str], bool]
+from posttrain.commands import TRAINING_COMMANDS, TrainingCommand
+from posttrain.commands import command as training_command
+from posttrain.pipeline.spec import (PipelineError, Pending, check_file, check_judge_entry, check_keys, check_model,
+                                     check_types, nothing_pending)
 
 
 @dataclass(frozen=True)
@@ -30,78 +31,53 @@ class StageSpec:
     tolerates_not_run: bool = False  # runs even when upstream stages were not run (their outputs absent)
 
 
-def nothing_pending(path: str) -> bool:
-    """The ``pending`` of a stage that is about to run: its upstream outputs exist by now."""
-    return False
-
-
-def check_file(params: dict, key: str, pending: Pending) -> None:
-    """``params[key]`` (a path, when given) names an existing file, unless an upstream stage will write it."""
-    path = params.get(key)
-    if isinstance(path, str) and not pending(path) and not Path(path).is_file():
-        raise PipelineError(f"config: key '{key}': no such file {path}")
-
-
-def dotted_overrides(tree: dict, prefix: str = "") -> list[str]:
-    """``{"optim": {"lr": 1e-4}}`` -> ``["optim.lr=0.0001"]``; values as JSON, which the override parser reads
-    back as YAML to the same value."""
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out += dotted_overrides(value, f"{prefix}{key}.")
-        elif not isinstance(value, dict):
-            out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
-
-
 def training_config(command: str, params: dict, output_dir: Path, resume: bool):
-    from posttrain.config import COMMANDS, ConfigError, load_config
+    """The config of training command ``command`` (CLI or stage name) built from a stage's config tree, with the
+    stage's folder as ``train.output_dir``; problems are one-line ``PipelineError``s naming the key."""
+    from posttrain.config import ConfigError, build_config
 
-    # dotted overrides carry no empty section, so a misspelt one (`trian: {}`) would otherwise pass unseen
-    sections = COMMANDS[command].model_fields
+    row = training_command(command)
+    # an empty misspelt section (`trian: {}`) would otherwise be dropped unseen by the section defaults
+    sections = row.config.model_fields
     unknown = sorted(set(params) - set(sections))
     if unknown:
         raise PipelineError(f"config: key '{unknown[0]}': unknown key (expected: {', '.join(sections)})")
-    overrides = dotted_overrides(params) + [f"train.output_dir={json.dumps(str(output_dir))}",
-                                            f"train.resume={'true' if resume else 'false'}", "train.overwrite=false"]
+    train = params.get("train")
+    tree = {**params, "train": {**(train if isinstance(train, dict) else {}), "output_dir": str(output_dir),
+                                "resume": resume, "overwrite": False}}
     try:
-        return load_config(command, None, overrides)
+        return build_config(row.name, tree, where="config")
     except ConfigError as e:
-        raise PipelineError(f"config: {str(e).splitlines()[0].removeprefix('<overrides>: ')}") from None
+        raise PipelineError(str(e).splitlines()[0]) from None
 
 
-def _training(command: str) -> Callable[[dict, Path, bool], dict]:
+def _training_run(row: TrainingCommand) -> Callable[[dict, Path, bool], dict]:
+    def train(params: dict, output_dir: Path, resume: bool) -> dict:
+        return row.trainer()(training_config(row.name, params, output_dir, resume))
+
+    if not row.decontaminate:
+        return train
+
     def run(params: dict, output_dir: Path, resume: bool) -> dict:
         # Decontamination against the eval suites first (report by default; `decontaminate:` in the stage config).
-        from posttrain.hygiene.stage import decontaminate_then_train
+        from posttrain.pipeline.hygiene_stages import decontaminate_then_train
 
-        return decontaminate_then_train(command, params, output_dir, resume, lambda p, r: train(p, output_dir, r),
-                                        check=lambda p: training_config(command, p, output_dir, resume))
-
-    def train(params: dict, output_dir: Path, resume: bool) -> dict:
-        cfg = training_config(command, params, output_dir, resume)
-        if command == "sft":
-            from posttrain.trainers.sft import train_sft
-
-            return train_sft(cfg)
-        if command == "dpo":
-            from posttrain.trainers.preference import train_preference
-
-            return train_preference(cfg)
-        from posttrain.trainers.kto import train_kto
-
-        return train_kto(cfg)
+        return decontaminate_then_train(row.name, params, output_dir, resume,
+                                        lambda p, r: train(p, output_dir, r),
+                                        check=lambda p: training_config(row.name, p, output_dir, resume))
 
     return run
 
 
-def check_training(command: str) -> Callable[[dict, Pending], None]:
-    """The whole training config through ``posttrain.config.load_config`` (and the ``decontaminate`` key)."""
+def _training_check(row: TrainingCommand) -> Callable[[dict, Pending], None]:
+    """The whole training config (and, for the commands that decontaminate first, the ``decontaminate`` key)."""
     def check(params: dict, pending: Pending) -> None:
-        from posttrain.hygiene.stage import decontamination_settings
+        if row.decontaminate:
+            from posttrain.pipeline.hygiene_stages import decontamination_settings
 
-        decontamination_settings(params)
-        training_config(command, {k: v for k, v in params.items() if k != "decontaminate"}, Path("<check>"), False)
+            decontamination_settings(params)
+            params = {k: v for k, v in params.items() if k != "decontaminate"}
+        training_config(row.name, params, Path("<check>"), False)
 
     return check
 
@@ -115,8 +91,15 @@ def training_inputs(params: dict) -> list[str]:
                         loss.get("reference_model"), *eval_files) if p]
 
 
+def training_stages() -> dict[str, StageSpec]:
+    """One stage per row of the command table (``posttrain/commands.py``); the trainer is imported when it runs."""
+    return {row.stage: StageSpec(_training_run(row), lambda p, row=row: training_inputs(p) + row.extra_inputs(p),
+                                 _training_check(row), main_metric=row.main_metric)
+            for row in TRAINING_COMMANDS}
+
+
 def run_data(params: dict, output_dir: Path, resume: bool) -> dict:
-    from posttrain.hygiene.stage import run_data_stage
+    from posttrain.pipeline.hygiene_stages import run_data_stage
 
     return run_data_stage(params, output_dir, resume)
 
@@ -201,17 +184,6 @@ def run_generate(params: dict, output_dir: Path, resume: bool) -> dict:
 
 def generate_inputs(params: dict) -> list[str]:
     return [p for p in (params.get("prompts"), params.get("model", "tiny-random"), params.get("adapter")) if p]
-
-
-def check_judge_entry(spec: Any, where: str) -> None:
-    """One judge config dict (as in the judge stage's ``judges`` list) without building the judge, which may load
-    a model: its type, weight, and keys against the judge's constructor."""
-    from posttrain.judges.judge_stage import JudgeConfigError, check_judge_spec
-
-    try:
-        check_judge_spec(spec, where)
-    except JudgeConfigError as e:
-        raise PipelineError(f"config: {e}") from None
 
 
 def check_judge(params: dict, pending: Pending) -> None:
@@ -369,17 +341,8 @@ def _best_round_stage() -> dict[str, StageSpec]:
                                     tolerates_not_run=True)}
 
 
-def _rl_stages() -> dict[str, StageSpec]:
-    """``reward_model``, ``ppo``, ``grpo``, ``rejection_sft`` (trainers imported when the stage runs)."""
-    from posttrain.pipeline.rl_stages import rl_stages
-
-    return rl_stages()
-
-
 STAGES: dict[str, StageSpec] = {
-    "sft": StageSpec(_training("sft"), training_inputs, check_training("sft"), main_metric="loss"),
-    "dpo": StageSpec(_training("dpo"), training_inputs, check_training("dpo"), main_metric="loss"),
-    "kto": StageSpec(_training("kto"), training_inputs, check_training("kto"), main_metric="loss"),
+    **training_stages(),
     "data": StageSpec(run_data, data_inputs, check_data, main_metric="rows_out"),
     "generate": StageSpec(run_generate, generate_inputs, check_generate, main_metric="candidates_written"),
     "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [], check_judge,
@@ -389,6 +352,5 @@ STAGES: dict[str, StageSpec] = {
                        main_metric="export_mb"),
     "mix": StageSpec(_mix_run, _mix_inputs, _mix_check, main_metric="rows"),
     **_eval_stages(),
-    **_rl_stages(),
     **_best_round_stage(),
 }

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -67,6 +68,33 @@ def substitute(value: Any, replacement: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [substitute(v, replacement) for v in value]
     return value
+
+
+Pending = Callable[[str], bool]  # pending(path): a path inside an upstream stage's folder, which may not exist yet
+
+
+def nothing_pending(path: str) -> bool:
+    """The ``pending`` of a stage that is about to run: its upstream outputs exist by now."""
+    return False
+
+
+def check_file(params: dict, key: str, pending: Pending) -> None:
+    """``params[key]`` (a path, when given) names an existing file, unless an upstream stage will write it."""
+    path = params.get(key)
+    if isinstance(path, str) and not pending(path) and not Path(path).is_file():
+        raise PipelineError(f"config: key '{key}': no such file {path}")
+
+
+def check_judge_entry(spec: Any, where: str) -> None:
+    """One judge config dict (as in the judge stage's ``judges`` list) without building the judge, which may load
+    a model: its type, weight, and keys against the judge's constructor."""
+    # imported here: the judges package imports torch (about 4 s), which a pipeline without judges never needs
+    from posttrain.judges.judge_stage import JudgeConfigError, check_judge_spec
+
+    try:
+        check_judge_spec(spec, where)
+    except JudgeConfigError as e:
+        raise PipelineError(f"config: {e}") from None
 
 
 def check_keys(params: dict, allowed: tuple[str, ...]) -> None:

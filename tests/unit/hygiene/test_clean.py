@@ -8,7 +8,7 @@ import yaml
 
 from posttrain.data.schema import DataError
 from posttrain.hygiene.clean import HygieneConfig, run_hygiene
-from posttrain.hygiene.stage import decontaminate_then_train, run_data_stage
+from posttrain.pipeline.hygiene_stages import decontaminate_then_train, run_data_stage
 
 EVAL_PROMPT = json.loads(
     __import__("posttrain.eval.suites", fromlist=["x"]).BUILTIN_SUITES["refusal"].read_text().splitlines()[0])

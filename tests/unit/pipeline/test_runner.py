@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.pipeline.registry import StageSpec, dotted_overrides, select_prompts
+from posttrain.pipeline.registry import StageSpec, select_prompts, training_config
 from posttrain.pipeline.runner import plan_pipeline, run_pipeline, stage_key
 from posttrain.pipeline.load import parse_pipeline
 from posttrain.pipeline.spec import PipelineError
@@ -110,15 +110,26 @@ def test_failed_stage_is_recorded_and_resumed(tmp_path):
     assert done["stages"]["a"]["status"] == "skipped" and done["stages"]["b"]["resumed"] is True
 
 
-def test_dotted_overrides_round_trip_through_the_config_parser():
-    from posttrain.config import parse_override
+def test_a_stage_config_tree_becomes_the_command_config_directly(tmp_path):
+    """No string round trip: the stage's tree is validated as the command's config, values as given (a float, a
+    string with spaces, a list, a null), the command's own defaults under a partial section, the stage folder as
+    train.output_dir."""
+    from posttrain.config import load_config
 
     tree = {"optim": {"lr": 1e-4, "max_steps": 2}, "data": {"train": "a b.jsonl", "eval": None},
-            "peft": {"target_modules": ["q_proj", "v_proj"]}, "train": {"progress": False}, "empty": {}}
-    parsed = [parse_override(o) for o in dotted_overrides(tree)]
-    assert parsed == [(["optim", "lr"], 1e-4), (["optim", "max_steps"], 2), (["data", "train"], "a b.jsonl"),
-                      (["data", "eval"], None), (["peft", "target_modules"], ["q_proj", "v_proj"]),
-                      (["train", "progress"], False)]
+            "peft": {"method": "lora", "target_modules": ["q_proj", "v_proj"]}, "train": {"progress": False}}
+    cfg = training_config("dpo", tree, tmp_path / "out", False)
+    assert (cfg.optim.lr, cfg.optim.max_steps, cfg.data.train, cfg.data.eval) == (1e-4, 2, "a b.jsonl", None)
+    assert cfg.peft.target_modules == ["q_proj", "v_proj"] and cfg.train.progress is False
+    assert (cfg.train.output_dir, cfg.train.resume, cfg.train.overwrite) == (str(tmp_path / "out"), False, False)
+    from_cli = load_config("dpo", None, ["optim.lr=1e-4", "optim.max_steps=2", "data.train=a b.jsonl",
+                                         "peft.method=lora", "peft.target_modules=[q_proj, v_proj]",
+                                         "train.progress=false", f"train.output_dir={tmp_path / 'out'}"])
+    assert cfg.model_dump() == from_cli.model_dump()
+    with pytest.raises(PipelineError, match=r"^config: key 'optim.lr': "):
+        training_config("dpo", {"optim": {"lr": "fast"}, "data": {"train": "x"}}, tmp_path, False)
+    with pytest.raises(PipelineError, match=r"^config: key 'trian': unknown key \(expected: "):
+        training_config("sft", {"trian": {}, "data": {"train": "x"}}, tmp_path, False)
 
 
 def test_select_prompts_filters_kinds_and_limits(tmp_path):

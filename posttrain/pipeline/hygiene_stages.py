@@ -23,11 +23,12 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from posttrain.commands import command as training_command
 from posttrain.data.writers import atomic_write_json
 from posttrain.hygiene.clean import HygieneConfig, run_hygiene, summary_metrics
 from posttrain.hygiene.decontam import DEFAULT_MIN_WORDS, DEFAULT_N
+from posttrain.pipeline.spec import PipelineError, check_model
 
-TRAINING_KINDS = {"sft": "sft", "dpo": "preference", "kto": "unpaired"}
 HYGIENE_DIR = "hygiene"
 
 
@@ -43,31 +44,15 @@ class DecontaminateSettings(BaseModel):
     remove_threshold: float = Field(0.0, ge=0.0, le=1.0)
 
 
-def _pipeline_error(message: str):
-    from posttrain.pipeline.spec import PipelineError
-
-    return PipelineError(message)
-
-
-def _validated(model, params: dict, prefix: str):
-    from posttrain.pipeline.spec import check_model
-
-    return check_model(model, params, prefix)
-
-
 def run_data_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     """The ``data`` pipeline stage (resume just runs the pass again: it is one streaming pass)."""
     params = dict(params)
     source = params.pop("input", None)
     if not source:
-        raise _pipeline_error("config: key 'input' is required (the data file to clean)")
-    cfg = _validated(HygieneConfig, {"progress": False, **params}, "")
+        raise PipelineError("config: key 'input' is required (the data file to clean)")
+    cfg = check_model(HygieneConfig, {"progress": False, **params}, "")
     report = run_hygiene(str(source), output_dir, cfg, stage="data")
     return summary_metrics(report)
-
-
-def data_inputs(params: dict) -> list[str]:
-    return [p for p in [params.get("input"), *(params.get("eval_files") or [])] if p]
 
 
 def decontamination_settings(params: dict) -> DecontaminateSettings:
@@ -75,14 +60,8 @@ def decontamination_settings(params: dict) -> DecontaminateSettings:
     if isinstance(value, bool):
         return DecontaminateSettings(enabled=value)
     if not isinstance(value, dict):
-        raise _pipeline_error("config: key 'decontaminate': must be true, false or a mapping")
-    return _validated(DecontaminateSettings, value, "decontaminate.")
-
-
-def training_hygiene_inputs(params: dict) -> list[str]:
-    """Eval files the decontamination of a training stage reads (they belong in its cache key)."""
-    value = params.get("decontaminate")
-    return list(value.get("eval_files") or []) if isinstance(value, dict) else []
+        raise PipelineError("config: key 'decontaminate': must be true, false or a mapping")
+    return check_model(DecontaminateSettings, value, "decontaminate.")
 
 
 def decontaminate_then_train(command: str, params: dict, output_dir: Path, resume: bool,
@@ -97,7 +76,7 @@ def decontaminate_then_train(command: str, params: dict, output_dir: Path, resum
     source = (params.get("data") or {}).get("train")
     if not settings.enabled or not source:
         return train(params, resume)
-    cfg = HygieneConfig(kind=TRAINING_KINDS[command], split=params["data"].get("split"), exact=False, near=False,
+    cfg = HygieneConfig(kind=training_command(command).data_kind, split=params["data"].get("split"), exact=False, near=False,
                         redact=False, diagnostics=False, decontaminate=True, ngram=settings.ngram,
                         min_words=settings.min_words, suites=settings.suites, eval_files=settings.eval_files,
                         decontaminate_fields=settings.fields, remove_contaminated=settings.remove,
