@@ -332,7 +332,7 @@ class RejectionSection(Section):
                                          description="judge configs as in the judge stage")
     min_score: float | None = Field(None, description="keep a winner only if its score is at least this")
     repair: bool = Field(False, description="when a prompt's best candidate fails its instruction constraints, train "
-                         "on a copy of a candidate edited to obey them (judges/verifiers/repair.py) if that scores "
+                         "on a copy of a candidate edited to obey them (verifiers/repair.py) if that scores "
                          "higher: the model's own reply, with the instruction followed")
     backend: Literal["hf", "vllm"] = "hf"
     seed: int = 0

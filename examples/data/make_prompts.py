@@ -9,7 +9,7 @@ each constraint kind, with a leave-out protocol.
 
 Each row is a prompt row that `generate`, `judge`, `grpo`, `online-dpo` and `eval` read:
 ``{"id", "prompt", "category", "constraints": [{"kind", "args"}], "phrasings": ["kind/template", ...]}``.
-The constraints are the verifier kinds of ``posttrain/judges/verifiers/constraints.py``; there is no answer key
+The constraints are the verifier kinds of ``posttrain/verifiers/constraints.py``; there is no answer key
 (open-ended tasks), so a verifier judge scores the constraints alone.
 
 Why this exists (issue 16): training prompts from one template per constraint kind and one task shape (short

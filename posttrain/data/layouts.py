@@ -17,7 +17,7 @@ Accepted layouts:
 - Unpaired (KTO): ``prompt`` + ``completion`` + ``label`` (bool, 0/1, or "true"/"false").
 - Prompt: ``prompt`` (string or message list) or ``messages``. IFEval-format rows (google/IFEval
   ``instruction_id_list`` + ``kwargs``, allenai/RLVR-IFeval ``ground_truth``) also get their instructions as
-  verifiable ``constraints`` in metadata (``judges/verifiers/ifeval.py`` maps each id to a constraint kind) and
+  verifiable ``constraints`` in metadata (``verifiers/ifeval.py`` maps each id to a constraint kind) and
   IFEval's ``key`` as ``id``; an id with no verifier is an error naming it, or, with ``ifeval_unsupported="skip"``,
   dropped (listed in ``ifeval_skipped``; a row left with none is skipped).
 
@@ -42,6 +42,7 @@ from posttrain.data.schema import (
     UnpairedExample,
 )
 from posttrain.data.validate import validate_example
+from posttrain.verifiers.ifeval import IFEvalError, ifeval_constraints, read_ifeval
 
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "tool": "tool"}
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -232,10 +233,6 @@ IFEVAL_UNSUPPORTED = ("error", "skip")
 
 def _ifeval_metadata(record: dict, metadata: dict, source: str, row: int, unsupported: str) -> dict:
     """``metadata`` plus the row's IFEval instructions as ``constraints`` (unchanged for other rows)."""
-    # The id -> constraint-kind map belongs to the verifiers (judges layer); it is plain data and stdlib code,
-    # imported here so that every prompt reader (generate, judge, grpo, eval) fails on a bad row before any work.
-    from posttrain.judges.verifiers.ifeval import IFEvalError, ifeval_constraints, read_ifeval
-
     try:
         found = read_ifeval(record)
         if found is None:

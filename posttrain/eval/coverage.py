@@ -20,7 +20,7 @@ from posttrain.data.schema import DataError
 
 def canonical_kind(kind: str) -> str:
     """The first name in ``CONSTRAINTS`` with the same rule (``uppercase`` -> ``all_caps``); unknown kinds as given."""
-    from posttrain.judges.verifiers.constraints import CONSTRAINTS
+    from posttrain.verifiers.constraints import CONSTRAINTS
 
     spec = CONSTRAINTS.get(kind)
     if spec is None:
@@ -31,7 +31,7 @@ def canonical_kind(kind: str) -> str:
 def _record_kinds(record: dict[str, Any]) -> set[str]:
     """Constraint kinds named by one training row: ``constraints``, ``constraint``, IFEval ids, also inside a
     nested ``metadata`` object (candidate and pair files keep prompt metadata there)."""
-    from posttrain.judges.verifiers.ifeval import IFEVAL_KINDS, IFEvalError, read_ifeval
+    from posttrain.verifiers.ifeval import IFEVAL_KINDS, IFEvalError, read_ifeval
 
     kinds: set[str] = set()
     for md in (record, record.get("metadata")):
@@ -53,7 +53,7 @@ def trained_kinds(files: Iterable[str] = (), kinds: Iterable[str] = ()) -> set[s
     """Canonical kinds named by any row of ``files`` (any layout: prompt, pair, candidate, SFT files with
     constraint metadata) plus ``kinds``. ``DataError`` for an unreadable file or an unknown kind name."""
     from posttrain.data.readers import read_records
-    from posttrain.judges.verifiers.constraints import CONSTRAINTS
+    from posttrain.verifiers.constraints import CONSTRAINTS
 
     out = set()
     for kind in kinds:

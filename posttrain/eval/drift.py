@@ -54,7 +54,7 @@ def has_repeated_sentence(text: str, min_words: int = MIN_SENTENCE_WORDS) -> boo
     constraint verifiers split them (``counting.sentences``: at . ! ? before whitespace, or a line break) and
     compared on their words (``repeated_ngram_fraction``'s tokens), so "The sky is blue." and "the sky is blue!"
     are the same sentence."""
-    from posttrain.judges.verifiers.counting import sentences
+    from posttrain.verifiers.counting import sentences
 
     seen: set[tuple[str, ...]] = set()
     for sentence in sentences(text):
@@ -76,7 +76,7 @@ def is_repetitive(text: str) -> bool:
 
 def is_wrapped_in_quotes(text: str) -> bool:
     """The whole stripped response is inside one pair of double quotes (the ``double_quotes`` verifier's rule)."""
-    from posttrain.judges.verifiers.constraints import double_quotes
+    from posttrain.verifiers.constraints import double_quotes
 
     return bool(text.strip()) and double_quotes(text)
 
@@ -84,7 +84,7 @@ def is_wrapped_in_quotes(text: str) -> bool:
 def is_all_caps_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
     """At least ``min_words`` words (``counting.words``) that contain a letter, and no lowercase letter anywhere:
     "DNA" or "H2O" alone is an answer, not shouting."""
-    from posttrain.judges.verifiers.counting import words
+    from posttrain.verifiers.counting import words
 
     lettered = [w for w in words(text) if any(c.isalpha() for c in w)]
     return len(lettered) >= min_words and not any(c.islower() for c in text)
@@ -92,7 +92,7 @@ def is_all_caps_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
 
 def asked_kinds(metadata: dict[str, Any]) -> set[str]:
     """The constraint kinds a row asks for (none for a row without constraints or with malformed ones)."""
-    from posttrain.judges.verifiers import constraints_from_metadata
+    from posttrain.verifiers import constraints_from_metadata
 
     try:
         return {c["kind"] for c in constraints_from_metadata(metadata)}

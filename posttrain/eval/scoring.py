@@ -49,7 +49,7 @@ class RowScore:
 
 
 def _answer_correct(text: str, answer: str, match: str) -> bool:
-    from posttrain.judges.verifiers import exact_match, math_answer_equal
+    from posttrain.verifiers import exact_match, math_answer_equal
 
     if match == "exact":
         return exact_match(text.strip().rstrip("."), answer, ignore_case=True)
@@ -62,7 +62,7 @@ def _answer_correct(text: str, answer: str, match: str) -> bool:
 
 def score_row(row: EvalRow, text: str) -> RowScore:
     """Score one response to one suite row (rows are validated by ``load_suite``)."""
-    from posttrain.judges.verifiers import check_constraints, constraints_from_metadata
+    from posttrain.verifiers import check_constraints, constraints_from_metadata
 
     if row.kind == "constraint":
         results = check_constraints(text, constraints_from_metadata(row.metadata))

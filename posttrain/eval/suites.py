@@ -106,7 +106,7 @@ def suite_path(name_or_path: str) -> tuple[str, Path]:
 
 def _check_row(ex: PromptExample) -> DataError | None:
     """The first problem of a suite row, as one line naming file, row and field; None when it is fine."""
-    from posttrain.judges.verifiers import constraints_from_metadata
+    from posttrain.verifiers import constraints_from_metadata
 
     md = ex.metadata
     kind = row_kind(md)

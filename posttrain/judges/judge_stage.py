@@ -52,7 +52,7 @@ class NoPairsKept(JudgeConfigError):
 
 def _judge_class(kind: str):
     if kind == "verifier":
-        from posttrain.judges.verifiers import VerifierJudge
+        from posttrain.judges.verifier import VerifierJudge
 
         return VerifierJudge
     if kind == "llm":

@@ -198,7 +198,7 @@ def repair_rows(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, in
     """Up to ``per_prompt`` repaired copies per prompt of candidates whose constraints fail (lowest
     ``candidate_index`` first; candidates without constraints in their metadata, or that no repair fixes, are
     skipped). Each copy has the repaired ``text``, ``candidate_index = -1 - i`` and ``repaired_from = i``."""
-    from posttrain.judges.verifiers.repair import repair_reply, tidy
+    from posttrain.verifiers.repair import repair_reply, tidy
 
     out = []
     for rows in group_by_prompt(candidates).values():

@@ -160,8 +160,8 @@ def repair_winners(items: list, outs: list, values: list[list[float]], n: int, s
     constraints: candidates are tried best score first (then lowest index) and the first that
     ``verifiers/repair.py`` can fix is repaired and scored by the same judges. Prompts without constraints, or
     whose best candidate already obeys them, get nothing."""
-    from posttrain.judges.verifiers.constraints import check_constraints
-    from posttrain.judges.verifiers.repair import constraints_of, repair_reply
+    from posttrain.verifiers.constraints import check_constraints
+    from posttrain.verifiers.repair import constraints_of, repair_reply
 
     wanted: dict[int, str] = {}
     for p, it in enumerate(items):

@@ -67,7 +67,7 @@ class RewardFunction:
         self.cfg, self.max_new_tokens, self.reduce = reward_cfg, max_new_tokens, reduce
         self.verifier = None
         if reward_cfg.verifier_weight > 0:
-            from posttrain.judges.verifiers import VerifierJudge
+            from posttrain.judges.verifier import VerifierJudge
 
             components = reward_cfg.verifier_components
             self.verifier = VerifierJudge(**({"components": components} if components else {}),

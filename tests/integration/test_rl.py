@@ -209,7 +209,7 @@ def test_rejection_sft_trains_on_best_of_n(tmp_path):
 
 
 def test_rejection_sft_repairs_winners_that_break_their_constraint(tmp_path):
-    from posttrain.judges.verifiers.constraints import check_constraint
+    from posttrain.verifiers.constraints import check_constraint
     from posttrain.trainers.rejection_sft import train_rejection_sft
 
     # one candidate per prompt: tiny-random's 6 tokens obey "all capitals" only by chance, so nearly every winner
@@ -239,7 +239,7 @@ def test_rejection_sft_repairs_winners_that_break_their_constraint(tmp_path):
 
 
 def tidy_text(candidate):
-    from posttrain.judges.verifiers.repair import tidy
+    from posttrain.verifiers.repair import tidy
 
     return tidy(candidate["response"], truncated=candidate["finish_reason"] == "length")
 

@@ -235,7 +235,7 @@ def test_ifeval_rows_with_unsupported_or_conflicting_instructions(tmp_path):
         load_examples(str(path), "prompt")
     lines = str(e.value).splitlines()
     assert lines[0] == (f"{path}:1: field 'instruction_id_list': instruction id 'language:response_language' has "
-                        "no verifier (supported: see posttrain/judges/verifiers/ifeval.py IFEVAL_IDS; or skip such "
+                        "no verifier (supported: see posttrain/verifiers/ifeval.py IFEVAL_IDS; or skip such "
                         "ids)")
     assert lines[1].startswith(f"{path}:2: field 'instruction_id_list': instruction id 'language:response_language'")
     assert lines[2] == (f"{path}:3: field 'instruction_id_list': the row has both IFEval instructions and "

@@ -111,7 +111,7 @@ def test_win_rate_per_slice_with_a_scoring_judge():
     refusal prompt) are left out; every slice gets its own rate."""
     from posttrain.eval.run import judge_pairs
     from posttrain.eval.suites import EvalRow
-    from posttrain.judges.verifiers import VerifierJudge
+    from posttrain.judges.verifier import VerifierJudge
 
     low = {"constraints": [{"kind": "lowercase", "args": {}}]}
     rows = [EvalRow("constraints", "a", "constraint", [{"role": "user", "content": "x"}], {**low, "category": "cap"}),
@@ -188,9 +188,9 @@ def test_ifeval_ids_without_a_verifier_error_or_skip(tmp_path):
         load_suites([str(ifeval)], 64)
     assert str(e.value).splitlines() == [
         f"{ifeval}:2: field 'instruction_id_list': instruction id 'language:response_language' has no verifier "
-        "(supported: see posttrain/judges/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)",
+        "(supported: see posttrain/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)",
         f"{ifeval}:3: field 'instruction_id_list': instruction id 'language:response_language' has no verifier "
-        "(supported: see posttrain/judges/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)"]
+        "(supported: see posttrain/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)"]
     rows, budgets, entries = load_suites([str(ifeval)], 64, "skip")
     assert [r.id for r in rows] == ["1", "2"] and budgets == [64, 64]
     assert rows[1].metadata["constraints"] == [{"kind": "lowercase", "args": {}}]

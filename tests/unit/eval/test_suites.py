@@ -11,7 +11,7 @@ import pytest
 from posttrain.data.schema import DataError
 from posttrain.eval.scoring import score_suite
 from posttrain.eval.suites import BUILTIN, BUILTIN_SUITES, IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, load_suite, parse_suite
-from posttrain.judges.verifiers import check_constraints, constraints_from_metadata
+from posttrain.verifiers import check_constraints, constraints_from_metadata
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "examples" / "data"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.judges.verifiers.constraints import validate_constraint
+from posttrain.verifiers.constraints import validate_constraint
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "examples" / "data" / "make_prompts.py"

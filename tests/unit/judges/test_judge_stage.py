@@ -164,7 +164,7 @@ def test_stage_reports_rows_a_judge_rejects_and_writes_nothing(tmp_path, fake_ju
 
 
 def test_stage_with_the_real_verifier(tmp_path):
-    pytest.importorskip("posttrain.judges.verifiers")
+    pytest.importorskip("posttrain.verifiers")
     cands = write(tmp_path / "c.jsonl", candidate_rows([["It is 5.", "The answer is 4."]]))
     summary = judge_candidates(cands, tmp_path / "out", [{"type": "verifier"}])
     (pair,) = [json.loads(x) for x in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]

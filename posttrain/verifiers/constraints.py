@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from posttrain.judges.verifiers.counting import RELATIONS, compare, paragraphs, phrase_count, sentences, words
+from posttrain.verifiers.counting import RELATIONS, compare, paragraphs, phrase_count, sentences, words
 
 # ----------------------------------------------------------------------------------------------- the kinds
 

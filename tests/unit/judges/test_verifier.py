@@ -1,7 +1,7 @@
 import pytest
 
 from posttrain.judges.types import ScoringJudge
-from posttrain.judges.verifiers import VerifierJudge
+from posttrain.judges.verifier import VerifierJudge
 
 PROMPT = [{"role": "user", "content": "What is 6 times 7? Answer in all lowercase."}]
 

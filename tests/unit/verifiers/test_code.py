@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from posttrain.judges.verifiers.code import extract_code, run_python_tests
+from posttrain.verifiers.code import extract_code, run_python_tests
 
 SOLUTION = "def add(a, b):\n    return a + b\n"
 

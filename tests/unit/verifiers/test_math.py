@@ -2,7 +2,7 @@ from fractions import Fraction
 
 import pytest
 
-from posttrain.judges.verifiers.math import (answers_equal, extract_final_answer, last_boxed, math_answer_equal,
+from posttrain.verifiers.math import (answers_equal, extract_final_answer, last_boxed, math_answer_equal,
                                              parse_number)
 
 

@@ -32,7 +32,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from posttrain.judges.verifiers.constraints import validate_constraint
+from posttrain.verifiers.constraints import validate_constraint
 
 UNSUPPORTED_IDS = ("language:response_language", "keywords:key_sentences", "detectable_content:rephrase_paragraph",
                    "detectable_format:rephrase", "multi-turn:constrained_start")
@@ -161,7 +161,7 @@ def ifeval_constraint(instruction_id: Any, kwargs: Any, field: str = "instructio
     if not isinstance(instruction_id, str) or instruction_id not in IFEVAL_IDS:
         why = "has no verifier" if instruction_id in UNSUPPORTED_IDS else "is not a known IFEval instruction id"
         raise IFEvalError(field, f"instruction id {_short(instruction_id)} {why} (supported: see "
-                          "posttrain/judges/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)", unsupported=True)
+                          "posttrain/verifiers/ifeval.py IFEVAL_IDS; or skip such ids)", unsupported=True)
     if kwargs is None:
         kwargs = {}
     if not isinstance(kwargs, dict):
@@ -194,7 +194,7 @@ def _from_rlvr_func(gt: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]
     func = gt["func_name"]
     if func not in RLVR_FUNCS:
         raise IFEvalError("ground_truth", f"func_name {_short(func)} is not a known RLVR-IFeval function "
-                          "(see posttrain/judges/verifiers/ifeval.py RLVR_FUNCS; or skip such ids)", unsupported=True)
+                          "(see posttrain/verifiers/ifeval.py RLVR_FUNCS; or skip such ids)", unsupported=True)
     instruction_id, names, fixed = RLVR_FUNCS[func]
     return [instruction_id], [{**fixed, **{names[k]: v for k, v in gt.items() if k in names and v is not None}}]
 

@@ -1,8 +1,8 @@
 import pytest
 
-from posttrain.judges.verifiers.constraints import (CONSTRAINTS, check_constraint, check_constraints,
+from posttrain.verifiers.constraints import (CONSTRAINTS, check_constraint, check_constraints,
                                                     constraints_from_metadata, validate_constraint)
-from posttrain.judges.verifiers.counting import paragraphs, sentences, words
+from posttrain.verifiers.counting import paragraphs, sentences, words
 
 # kind -> (args, responses that pass, responses that fail). Every kind in CONSTRAINTS must appear here.
 CASES = {

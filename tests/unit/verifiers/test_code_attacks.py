@@ -11,9 +11,9 @@ import warnings
 
 import pytest
 
-from posttrain.judges.verifiers import sandbox
-from posttrain.judges.verifiers.code import run_python_tests
-from tests.unit.judges.verifiers.test_code import processes_with
+from posttrain.verifiers import sandbox
+from posttrain.verifiers.code import run_python_tests
+from tests.unit.verifiers.test_code import processes_with
 
 WRONG = "def f(x):\n    return x\n"  # f(1) == 1, the tests want 2
 TESTS = ("assert f(1) == 2\nassert f(2) == 3\nassert f(3) == 4\n"
@@ -300,7 +300,7 @@ def test_sandbox_mode_setting(monkeypatch):
     ["l", [["l", [["l", [["l", []]]]]]]],        # deeper than the limit below
 ])
 def test_the_wire_rejects_malformed_values(node):
-    from posttrain.judges.verifiers import code_wire
+    from posttrain.verifiers import code_wire
 
     def resolve(n):
         if n[0] == "h" and type(n[1]) is int:

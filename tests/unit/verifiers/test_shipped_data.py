@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.judges.verifiers.constraints import check_constraint, constraints_from_metadata
+from posttrain.verifiers.constraints import check_constraint, constraints_from_metadata
 
-DATA = Path(__file__).resolve().parents[4] / "examples" / "data"
+DATA = Path(__file__).resolve().parents[3] / "examples" / "data"
 
 
 def rows(name):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from posttrain.judges.verifiers.constraints import CONSTRAINTS, check_constraint
-from posttrain.judges.verifiers.repair import REPAIRS, repair, tidy
+from posttrain.verifiers.constraints import CONSTRAINTS, check_constraint
+from posttrain.verifiers.repair import REPAIRS, repair, tidy
 
 REPLY = "Bees collect nectar from flowers. They store it in the hive, and fan it with their wings. The water " \
         "evaporates and honey is left."
@@ -104,7 +104,7 @@ def test_tidy_drops_loops_and_the_unfinished_tail():
 
 
 def test_repair_reply_reads_the_rows_metadata():
-    from posttrain.judges.verifiers.repair import repair_reply
+    from posttrain.verifiers.repair import repair_reply
 
     meta = {"constraints": [{"kind": "lowercase", "args": {}}]}
     assert repair_reply("Bees fly.", meta) == "bees fly."

@@ -1,6 +1,6 @@
 import pytest
 
-from posttrain.judges.verifiers.match import exact_match, regex_match
+from posttrain.verifiers.match import exact_match, regex_match
 
 
 def test_exact_match_options():

@@ -25,13 +25,13 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-from posttrain.judges.verifiers.constraints import (
+from posttrain.verifiers.constraints import (
     IFEVAL_RESPONSE_OPTIONS,
     check_constraints,
     constraints_from_metadata,
     validate_constraint,
 )
-from posttrain.judges.verifiers.counting import compare, phrase_count, sentences, words
+from posttrain.verifiers.counting import compare, phrase_count, sentences, words
 
 _SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s|$)")
 _STOPWORDS = {"a", "an", "the", "of", "and", "or", "to", "in", "on", "is", "are", "was", "were", "it", "its", "for",

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from posttrain.judges.types import Message, Score
-from posttrain.judges.verifiers.code import extract_code, run_python_tests
-from posttrain.judges.verifiers.constraints import check_constraints, constraints_from_metadata
-from posttrain.judges.verifiers.match import exact_match, regex_match
-from posttrain.judges.verifiers.math import extract_final_answer, math_answer_equal
+from posttrain.verifiers.code import extract_code, run_python_tests
+from posttrain.verifiers.constraints import check_constraints, constraints_from_metadata
+from posttrain.verifiers.match import exact_match, regex_match
+from posttrain.verifiers.math import extract_final_answer, math_answer_equal
 
 MATCH_KINDS = ("math", "exact", "regex")
 _MATCH_OPTIONS = {"math": (), "exact": ("ignore_case", "normalize_whitespace", "strip_punctuation"),
@@ -71,7 +71,7 @@ class VerifierJudge:
                              f"got {list(self.components)!r}")
         self.components = tuple(self.components)
         if self.code_sandbox is not None and "tests" in self.components:
-            from posttrain.judges.verifiers.sandbox import SandboxError, resolve
+            from posttrain.verifiers.sandbox import SandboxError, resolve
 
             try:  # a bad or unavailable sandbox is one line now, not a failure at the first code row
                 resolve(self.code_sandbox)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from posttrain.judges.verifiers.constraints import CONSTRAINTS, check_constraints
-from posttrain.judges.verifiers.ifeval import (IFEVAL_IDS, IFEVAL_KINDS, RLVR_FUNCS, UNSUPPORTED_IDS, IFEvalError,
+from posttrain.verifiers.constraints import CONSTRAINTS, check_constraints
+from posttrain.verifiers.ifeval import (IFEVAL_IDS, IFEVAL_KINDS, RLVR_FUNCS, UNSUPPORTED_IDS, IFEvalError,
                                                ifeval_constraint, ifeval_constraints, read_ifeval)
 
 # id -> (kwargs as IFEval writes them, the constraint we check, a reply that passes, a reply that fails)
@@ -162,7 +162,7 @@ def test_judge_and_rl_read_ifeval_rows_through_the_prompt_reader(tmp_path):
     """generate/judge/grpo read prompts with ``load_examples(..., "prompt")`` and score with ``VerifierJudge``:
     an IFEval row's instructions reach the verifier as constraints."""
     from posttrain.data.layouts import load_examples
-    from posttrain.judges.verifiers import VerifierJudge
+    from posttrain.judges.verifier import VerifierJudge
 
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"key": 5, "prompt": "Two bullets, no commas.",

@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from posttrain.judges.verifiers.code_wire import planned_tests
-from posttrain.judges.verifiers.sandbox import resolve, signal_of, spawn, stop
+from posttrain.verifiers.code_wire import planned_tests
+from posttrain.verifiers.sandbox import resolve, signal_of, spawn, stop
 
 HERE = Path(__file__).parent
 SCRIPTS = ("code_wire.py", "code_candidate.py", "code_tests.py")  # what the two processes run (stdlib only)
