@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from posttrain.losses import LOSSES, PAIRED_LOSS_TYPES, get_loss
+
 
 class ConfigError(ValueError):
     """A config problem a user can fix; ``str()`` names the file and key."""
@@ -115,8 +117,9 @@ class TrainSection(Section):
 
 
 class PreferenceLossSection(Section):
-    type: Literal["dpo", "ipo", "robust", "hinge", "simpo", "orpo"] = "dpo"
-    beta: float | None = Field(None, gt=0, description="default depends on the loss (dpo 0.1, simpo 2.0)")
+    type: Literal[PAIRED_LOSS_TYPES] = "dpo"
+    beta: float | None = Field(None, gt=0, description="default depends on the loss (losses.LOSSES: dpo 0.1, simpo "
+                                                       "2.0); resolved here, so config.yaml records the value used")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO for dpo, rDPO for robust")
     gamma: float = Field(0.5, description="SimPO margin")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of an NLL term on chosen (RPO)")
@@ -134,9 +137,11 @@ class PreferenceLossSection(Section):
 
     @model_validator(mode="after")
     def _params_belong_to_loss(self):
-        from posttrain.losses import get_loss
-
         spec = get_loss(self.type)
+        if self.beta is None:
+            # Not through __setattr__: that would mark beta as set, and command_defaults would then carry this
+            # loss's beta under a user's partial `loss` section that picks another loss type.
+            self.__dict__["beta"] = spec.default_beta
         for name in ("label_smoothing", "gamma"):
             if getattr(self, name) != type(self).model_fields[name].default and name not in spec.params:
                 raise ValueError(f"loss.{name} is not a parameter of loss '{self.type}' (it takes: "
@@ -150,7 +155,7 @@ class PreferenceLossSection(Section):
 
 
 class KTOLossSection(Section):
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(LOSSES["kto"].default_beta, gt=0)
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
     reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
@@ -297,11 +302,18 @@ class GRPOSection(Section):
     iterations: int = Field(1, gt=0, description="passes over each rollout batch (mu)")
     mini_batches: int = Field(1, gt=0, description="optimizer steps per pass")
     clip_range: float = Field(0.2, gt=0)
-    clip_range_high: float | None = Field(None, gt=0, description="DAPO clip-higher (default: clip_range)")
+    clip_range_high: float | None = Field(None, gt=0, description="DAPO clip-higher (default: clip_range, resolved here so "
+                                                                  "config.yaml records it)")
     beta: float = Field(0.0, ge=0, description="k3 KL to the reference; 0 skips the reference pass")
     loss_type: Literal["grpo", "token", "dr_grpo"] = "grpo"
     scale_rewards: bool = Field(True, description="divide by the group std (Dr. GRPO: false)")
     reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
+
+    @model_validator(mode="after")
+    def _resolve_clip_high(self):
+        if self.clip_range_high is None:  # not through __setattr__: see PreferenceLossSection._params_belong_to_loss
+            self.__dict__["clip_range_high"] = self.clip_range
+        return self
 
 
 class PPOConfig(Section):

@@ -33,17 +33,18 @@ LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in (
     LossSpec("sft", sft_loss, "sft", False, None, (), "negative log-likelihood of target tokens"),
     LossSpec("dpo", dpo_loss, "paired", True, 0.1, ("label_smoothing",),
              "Rafailov et al. 2023, DPO, eq. 7; label_smoothing > 0 is cDPO (Mitchell 2023)"),
+    LossSpec("ipo", ipo_loss, "paired", True, 0.1, (), "Azar et al. 2023, IPO, eq. 17"),
     LossSpec("robust", robust_dpo_loss, "paired", True, 0.1, ("label_smoothing",),
              "Chowdhury et al. 2024, Provably Robust DPO, eq. 9"),
     LossSpec("hinge", hinge_loss, "paired", True, 0.1, (), "Zhao et al. 2023, SLiC-HF (hinge on log-ratios)"),
-    LossSpec("ipo", ipo_loss, "paired", True, 0.1, (), "Azar et al. 2023, IPO, eq. 17"),
     LossSpec("simpo", simpo_loss, "paired", False, 2.0, ("gamma", "label_smoothing"), "Meng et al. 2024, SimPO, eq. 6"),
     LossSpec("orpo", orpo_loss, "paired", False, 0.1, (), "Hong et al. 2024, ORPO, eq. 6-7 (beta is lambda)"),
     LossSpec("kto", kto_loss, "unpaired", True, 0.1, ("desirable_weight", "undesirable_weight"),
              "Ethayarajh et al. 2024, KTO, eq. 8"),
 )}
 
-PAIRED_LOSS_TYPES: tuple[str, ...] = ("dpo", "ipo", "robust", "hinge", "simpo", "orpo")
+# the choices of `posttrain dpo`'s loss.type (config.py reads them from here)
+PAIRED_LOSS_TYPES: tuple[str, ...] = tuple(name for name, spec in LOSSES.items() if spec.kind == "paired")
 
 
 def get_loss(name: str) -> LossSpec:

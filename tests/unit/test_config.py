@@ -103,3 +103,27 @@ def test_yaml_for_another_command_is_an_error(tmp_path):
                                           r"to 'posttrain dpo'"):
         load_config("dpo", p)
     assert load_config("kto", p).loss.beta == 0.1  # the matching command still reads it
+
+
+@pytest.mark.parametrize("overrides, beta", [([], 0.1), (["loss.type=simpo"], 2.0), (["loss.type=ipo"], 0.1),
+                                              (["loss.type=simpo", "loss.beta=3.5"], 3.5)])
+def test_the_loss_default_beta_is_resolved_into_the_config(overrides, beta):
+    """config.yaml records the beta that was used (it recorded `beta: null` and the loss table picked the value)."""
+    for command in ("dpo", "online-dpo"):
+        cfg = load_config(command, None, ["data.train=x", *overrides])
+        assert cfg.loss.beta == beta
+        assert f"  beta: {beta}\n" in dump_config(cfg)
+        assert load_config(command, None, ["data.train=x", *overrides, f"loss.beta={beta}"]) == cfg
+
+
+def test_a_partial_loss_section_takes_its_own_loss_types_beta(tmp_path):
+    """The resolved DPO beta is not a command default: a YAML `loss: {type: simpo}` gets SimPO's 2.0, not 0.1."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {train: x}\nloss: {type: simpo, gamma: 1.0}\n")
+    assert load_config("dpo", path).loss.beta == 2.0
+
+
+def test_grpo_clip_range_high_defaults_to_clip_range_in_the_config():
+    cfg = load_config("grpo", None, ["data.train=x", "grpo.clip_range=0.3"])
+    assert cfg.grpo.clip_range_high == 0.3 and "clip_range_high: 0.3" in dump_config(cfg)
+    assert load_config("grpo", None, ["data.train=x", "grpo.clip_range_high=0.28"]).grpo.clip_range_high == 0.28
