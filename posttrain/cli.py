@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from posttrain.errors import fail
+
 from posttrain.commands import TRAINING_COMMANDS, TrainingCommand, data_stats
 from posttrain.commands import command as training_command
 from posttrain.config import COMMANDS, ConfigError, dump_config, load_config
@@ -65,11 +67,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, DataErrors, ModelError, ReferenceError_, BackendError, JudgeError
 
 
-def _fail(err: BaseException) -> None:
-    typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
-
-
 def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     args = list(args or [])
     if args and "=" not in args[0]:
@@ -86,7 +83,7 @@ def _train(command: str, args: list[str] | None) -> None:
         cfg = load_config(command, path, overrides)
         summary = training_command(command).trainer()(cfg)
     except _user_errors() as e:
-        _fail(e)
+        fail(e)
     if int(os.environ.get("RANK", "0")) == 0:
         print_summary(command, summary, cfg.train.output_dir)
 
@@ -131,7 +128,7 @@ def config_validate(
             stats = data_stats(command, cfg)
             typer.echo(" ".join(f"{k}={v}" for k, v in stats.items()), err=True)
     except _user_errors() as e:
-        _fail(e)
+        fail(e)
     typer.echo(dump_config(cfg), nl=False)
     typer.echo(f"ok: {path} is a valid `{command}` config", err=True)
 
@@ -147,7 +144,7 @@ def config_show(command: str, args: list[str] = _ARGS) -> None:
             overrides = ["data.train=<required>", *overrides]
         typer.echo(dump_config(load_config(command, path, overrides)), nl=False)
     except _user_errors() as e:
-        _fail(e)
+        fail(e)
 
 
 @app.command()
@@ -166,7 +163,7 @@ def merge(
         except ValueError as e:  # not an adapter folder, unknown dtype: checked there, before any model loads
             raise ConfigError(str(e)) from None
     except _user_errors() as e:
-        _fail(e)
+        fail(e)
     typer.echo(f"merged {model} -> {output}")
 
 
@@ -178,7 +175,7 @@ def models_prepare(name: str = typer.Argument("smollm2-135m-instruct")) -> None:
     try:
         typer.echo(resolve_model_path(name))
     except _user_errors() as e:
-        _fail(e)
+        fail(e)
 
 
 @models_app.command("list")

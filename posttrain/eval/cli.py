@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from posttrain.errors import fail
+
 def _default_suites() -> list[str]:
     from posttrain.eval.suites import BUILTIN
 
@@ -55,8 +57,7 @@ def eval_command(
                            output_dir=output, adapter=adapter, backend=backend, trained_on=trained_on or None,
                            trained_kinds=kinds, ifeval_unsupported=ifeval_unsupported)
     except (DataError, DataErrors, ModelError, BackendError, JudgeConfigError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     # Per-kind and per-suite keys are many; the terminal shows the headline ones, metrics.json has all.
     detail = [k for k in metrics if "/kind/" in k or k.startswith(("suite/", "baseline/suite/", "base/suite/"))]
     for key in sorted(set(metrics) - set(detail)):
@@ -89,8 +90,7 @@ def gate_command(
         if not isinstance(metrics, dict):
             raise GateConfigError(f"{metrics_json}: expected a JSON object of metrics")
     except GateConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     results = evaluate_gates(metrics, gate_list)
     table = Table(title=f"gates: {gates}")
     for col in ("metric", "value", "reference", "threshold", "verdict"):

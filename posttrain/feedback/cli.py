@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from posttrain.errors import fail
+
 from posttrain.data.schema import DataError
 from posttrain.data.writers import atomic_write_json, atomic_write_text, jsonl_text
 from posttrain.feedback.convert import (
@@ -155,15 +157,12 @@ def to_pairs(
                                  _range(likert_unpaired, "--likert-unpaired"), conflicts, max_pairs_per_prompt)
         events, errors, lines = read_events([str(p) for p in events_files], options.likert_scale)
     except (ValueError, DataError) as e:  # DataError is a ValueError; both are one line for the user
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     _print_errors(errors)
     if errors and strict:
-        typer.echo(f"error: {len(errors)} malformed event(s) of {lines}; --strict: nothing written", err=True)
-        raise typer.Exit(2)
+        fail(f"{len(errors)} malformed event(s) of {lines}; --strict: nothing written")
     if not events:
-        typer.echo(f"error: no valid events in {lines} line(s); nothing written", err=True)
-        raise typer.Exit(2)
+        fail(f"no valid events in {lines} line(s); nothing written")
     conversion = convert_events(events, options)
     conversion.summary = {"inputs": [str(p) for p in events_files], **conversion.summary}
     conversion.summary["events"] = {"lines": lines, "malformed": len(errors), **conversion.summary["events"]}

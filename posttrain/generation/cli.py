@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from posttrain.errors import fail
+
 
 def _numbers(values: list[str], name: str, low: float, high: float | None) -> list[float]:
     """Repeated options and comma lists, flattened: ``--temperature 0.7,1.0 --temperature 1.2``."""
@@ -72,8 +74,7 @@ def generate_command(
                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       backend=backend, adapter=adapter, progress=progress)
     except (DataError, DataErrors, ModelError, BackendError, OutputPathError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     typer.echo(f"{summary['candidates_written']} candidates for {summary['prompts_generated']} prompts "
                f"({summary['prompts_skipped']} already done) -> {summary['output']} in {summary['wall_time_s']:.1f} s"
                f" ({summary['candidates_per_s']:.2f} cand/s, {summary['tokens_per_s']:.0f} tok/s)")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from posttrain.errors import fail
+
 data_app = typer.Typer(no_args_is_help=True, help="Data hygiene: dedup (exact, MinHash), eval decontamination, "
                        "PII redaction, preference-data diagnostics.")
 
@@ -41,11 +43,6 @@ def _config(**kwargs):
         raise ValueError(f"option '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}") from None
 
 
-def _fail(err: BaseException) -> None:
-    typer.echo(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
-    raise typer.Exit(2)
-
-
 def _run(source: Path, output: Path, stage: str, **options) -> dict:
     from posttrain.data.writers import check_output_path
     from posttrain.hygiene.clean import run_hygiene
@@ -55,7 +52,7 @@ def _run(source: Path, output: Path, stage: str, **options) -> dict:
         cfg = _config(**options)
         report = run_hygiene(str(source), output, cfg, stage=stage)
     except _user_errors() as e:
-        _fail(e)
+        fail(e, first_line=True)
     _print_summary(report, output)
     return report
 
@@ -231,13 +228,13 @@ def inspect(pairs: Path = typer.Argument(..., help="preference pairs (any layout
             template = compare(sft_profile, pref_profile, *templates)
             result["template"] = template
     except _user_errors() as e:
-        _fail(e)
+        fail(e, first_line=True)
     except Exception as e:  # a model name that does not resolve (ModelError) is the user's to fix too
         from posttrain.models.resolve import ModelError
 
         if not isinstance(e, ModelError):
             raise
-        _fail(e)
+        fail(e, first_line=True)
     print_diagnostics(result, template=template)
     if json_path is not None:
         atomic_write_json(json_path, result)

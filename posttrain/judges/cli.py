@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from posttrain.errors import fail
+
 from posttrain.judges.specs import load_judges_file, parse_judge_spec  # noqa: F401  (re-exported for callers of the CLI module)
 
 judge_app = typer.Typer(add_completion=False, help="Judge candidates and build preference pairs.")
@@ -91,6 +93,5 @@ def judge(
         pair_config = {**pair_config, **{k: v for k, v in overrides.items() if v is not None}}
         summary = judge_candidates(candidates, output, judges, pair_config, progress=progress)
     except (JudgeConfigError, JudgeError, DataError, DataErrors, ModelError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     print_summary(summary)

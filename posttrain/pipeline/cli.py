@@ -8,12 +8,9 @@ from pathlib import Path
 
 import typer
 
+from posttrain.errors import fail
+
 from posttrain.pipeline.spec import PipelineError
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def run_command(
@@ -35,7 +32,7 @@ def run_command(
         spec = load_pipeline(pipeline_yaml, overrides or (), commands=STAGES)
         manifest = run_pipeline(spec, force, echo=lambda line: typer.echo(f"posttrain run: {line}", err=True))
     except (PipelineError, ConfigError, DataError, DataErrors) as e:
-        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        fail(e, first_line=True)
         return
     except GateFailed as e:  # a failed gate is a verdict, not a crash: exit 1, one line
         typer.echo(f"posttrain run: gate failed: {e}", err=True)
@@ -49,10 +46,10 @@ def status_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        _fail(f"{path}: no pipeline manifest (is {run_dir} a run_dir of `posttrain run`?)")
+        fail(f"{path}: no pipeline manifest (is {run_dir} a run_dir of `posttrain run`?)")
         return
     except json.JSONDecodeError as e:
-        _fail(f"{path}: not valid JSON: {e}")
+        fail(f"{path}: not valid JSON: {e}")
         return
     print_status(manifest)
 

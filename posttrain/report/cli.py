@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from posttrain.errors import fail
+
 from posttrain.report.html import write_report
 from posttrain.report.terminal import print_summary
 
@@ -16,8 +18,7 @@ __all__ = ["report_command", "write_report", "app"]
 def report_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a pipeline's run_dir")) -> None:
     """Write a self-contained HTML report (training curves, pairs, eval, lengths, gates) into RUN_DIR."""
     if not run_dir.is_dir():
-        typer.echo(f"error: {run_dir}: no such folder (give the run_dir of `posttrain run`)", err=True)
-        raise typer.Exit(2)
+        fail(f"{run_dir}: no such folder (give the run_dir of `posttrain run`)")
     path = write_report(run_dir)
     print_summary(run_dir)
     typer.echo(f"report: {path}")

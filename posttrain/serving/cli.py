@@ -9,6 +9,8 @@ import threading
 
 import typer
 
+from posttrain.errors import fail
+
 
 def serve_command(
     model: str = typer.Argument(..., help="builtin name, HF folder, hub id, or a trained run's model folder"),
@@ -53,11 +55,9 @@ def serve_command(
                                            request_timeout_s=request_timeout, drain_timeout_s=drain_timeout,
                                            stall_timeout_s=stall_timeout, max_connections=max_connections)
     except (ModelError, BackendError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     except OSError as e:  # the port is taken, the host is not ours
-        typer.echo(f"error: cannot listen on {host}:{port}: {e.strerror or e}", err=True)
-        raise typer.Exit(2) from None
+        fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
     typer.echo(f"serving {server.model_name} at {url}/v1 (OpenAI-compatible; context {server.context_length} "
                f"tokens, request body up to {server.max_body_bytes} bytes; Ctrl-C to stop)", err=True)
     typer.echo(url, err=False)  # the URL alone on stdout, for scripts (port 0)
