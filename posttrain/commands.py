@@ -112,7 +112,7 @@ def data_stats(name: str, cfg) -> dict:
                                          max_length=d.max_length, truncation=d.truncation,
                                          margin_key=cfg.loss.margin_key)
         return {"train/kept": len(pairs), "train/dropped_too_long": dropped}
-    from posttrain.trainers.rl_common import load_prompt_items
+    from posttrain.generation.prompts import load_prompt_items
 
     if row.name == "online-dpo":
         need = any(j.get("type") == "verifier" for j in cfg.online.judges)

@@ -1,6 +1,6 @@
 """GRPO / RLVR: G samples per prompt, group-normalised advantages, clipped token-level loss, optional k3 KL to the
 reference (Shao et al. 2024, DeepSeekMath), with the Dr. GRPO (Liu et al. 2025) and DAPO token-level (Yu et al.
-2025) length normalisations. Rewards: verifiers and/or a reward model (``rl_common.RewardFunction``).
+2025) length normalisations. Rewards: verifiers and/or a reward model (``judges/reward.py::RewardFunction``).
 
 With ``grpo.iterations * grpo.mini_batches == 1`` each rollout batch is used for one optimizer step, so the
 sampling policy is the current one: the ratio is exactly 1 and the old log-probs need no extra forward pass.
@@ -13,7 +13,9 @@ import torch
 from posttrain.losses.rl import grpo_token_losses, reduce_sequence_losses, sequence_loss_weight
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import group_advantages
-from posttrain.trainers.rl_common import completion_forward, rollout_tensors, run_rl_stage, sample
+from posttrain.generation.prompts import sample
+from posttrain.ops.rollout import completion_forward, rollout_tensors
+from posttrain.trainers.rl_common import run_rl_stage
 from posttrain.training.rollout_loop import RLFns, select_rows
 
 

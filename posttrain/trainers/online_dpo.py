@@ -32,7 +32,8 @@ from posttrain.config import ConfigError
 from posttrain.losses import get_loss, preference_loss
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.trainers.grpo import no_grad_token_logps
-from posttrain.trainers.rl_common import completion_forward, rollout_tensors, sample
+from posttrain.generation.prompts import sample
+from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.training.rollout_loop import RLFns
 
 SCORING_STRATEGIES = ("best_vs_worst", "all_above_margin")  # the rest compare two samples (pairwise judges)

@@ -20,7 +20,9 @@ from torch import nn
 from posttrain.losses.rl import clipped_value_loss, entropy_from_logits, kl_estimate, ppo_clip_loss
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import AdaptiveKLController, explained_variance, gae, token_rewards, whiten
-from posttrain.trainers.rl_common import completion_forward, rollout_tensors, run_rl_stage, sample
+from posttrain.generation.prompts import sample
+from posttrain.ops.rollout import completion_forward, rollout_tensors
+from posttrain.trainers.rl_common import run_rl_stage
 from posttrain.training.loop import cross_process_sum
 from posttrain.training.rollout_loop import RLFns, select_rows
 

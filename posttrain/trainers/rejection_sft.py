@@ -18,7 +18,7 @@ import math
 
 from posttrain.config import ConfigError
 from posttrain.data.schema import DataErrors, SFTExample
-from posttrain.trainers.rl_common import load_prompt_items, sample
+from posttrain.generation.prompts import load_prompt_items, sample
 
 
 def build_scorer(judge_specs: list[dict]):

@@ -18,7 +18,6 @@ model is a known failure mode, so it is measured and reported in ``reward_eval.j
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch
 from posttrain.config import ConfigError
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors, PreferencePair
+from posttrain.data.writers import atomic_write_json
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import to_device
@@ -311,7 +311,7 @@ def train_reward_model(cfg) -> dict:
         split = "eval" if evals else "train"
         summary = {**stats, **summary, **{f"{split}/rm/{k}": v for k, v in report[split].items()}}
         save_reward_model(model, tokenizer, run.path / "model", base_name)
-        (run.path / "reward_eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(run.path / "reward_eval.json", report)
         corr = report[split]["length_corr"]
         if isinstance(corr, float) and abs(corr) > 0.3:
             print(f"posttrain: warning: the reward model's scores correlate with response length "
@@ -332,4 +332,4 @@ def save_reward_model(model, tokenizer, out_dir, base_name: str) -> None:
     plain = model.merge_and_unload() if is_peft(model) else model
     plain.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    (out_dir / "posttrain_reward_model.json").write_text(json.dumps({"base": base_name}, indent=2) + "\n")
+    atomic_write_json(out_dir / "posttrain_reward_model.json", {"base": base_name})

@@ -293,7 +293,7 @@ def test_reward_verifier_components_pick_what_is_scored():
     wrong answer scores 1 on the constraint alone and 0.5 on both (their mean)."""
     from posttrain.config import RLRewardSection
     from posttrain.data.schema import PromptExample
-    from posttrain.trainers.rl_common import RewardFunction
+    from posttrain.judges.reward import RewardFunction
 
     row = PromptExample([{"role": "user", "content": "What is 2 plus 2? Answer in all lowercase."}],
                         metadata={"constraints": [{"kind": "lowercase", "args": {}}], "answer": "4"})

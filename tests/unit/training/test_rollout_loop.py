@@ -7,7 +7,7 @@ import torch
 
 from posttrain.config import ConfigError
 from posttrain.trainers.rejection_sft import pick_winners
-from posttrain.trainers.rl_common import rollout_tensors
+from posttrain.ops.rollout import rollout_tensors
 from posttrain.training.rollout_loop import select_rows, split_even
 
 

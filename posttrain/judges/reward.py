@@ -1,0 +1,70 @@
+"""The reward of the online trainers (PPO, GRPO): verifiers and/or a reward model, weighted, each component
+logged.
+
+``score = verifier_weight * verifier + reward_model_weight * reward_model - length_penalty * len / L``, then
+optionally whitened over the batch and clipped to [-clip, clip]. The verifier component is ``VerifierJudge``'s
+value in [0, 1] (the fraction of the prompt's constraints passed, the math answer, the code tests), read from the
+prompt row's metadata; the reward model is any ``posttrain reward-model`` output (or HF classifier with one label).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.data.schema import DataError, DataErrors, PromptExample
+from posttrain.judges.reward_model import RewardModelJudge
+from posttrain.judges.verifier import VerifierJudge
+from posttrain.ops.advantages import whiten
+
+class RewardFunction:
+    """Scores (prompt row, response text, token count) triples; see the module docstring for the formula."""
+
+    def __init__(self, reward_cfg, *, max_new_tokens: int, device: str | None = None, reduce=None):
+        """``reduce``: sums a tensor over processes (reward whitening over every process's rollouts)."""
+        self.cfg, self.max_new_tokens, self.reduce = reward_cfg, max_new_tokens, reduce
+        self.verifier = None
+        if reward_cfg.verifier_weight > 0:
+            components = reward_cfg.verifier_components
+            self.verifier = VerifierJudge(**({"components": components} if components else {}),
+                                          code_sandbox=reward_cfg.code_sandbox)
+        self.reward_model = None
+        if reward_cfg.reward_model and reward_cfg.reward_model_weight > 0:
+            self.reward_model = RewardModelJudge(reward_cfg.reward_model, batch_size=reward_cfg.reward_model_batch_size,
+                                                 device=device)
+
+    def __call__(self, examples: list[PromptExample], texts: list[str], lengths: list[int], *,
+                 batch_whitening: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scores (N,) float32, metrics: the mean of each component and of the total). ``batch_whitening``
+        False skips ``reward.whiten`` (held-out scores are reported raw, with no collective)."""
+        c = self.cfg
+        n = len(texts)
+        total = torch.zeros(n, dtype=torch.float32)
+        metrics: dict[str, float] = {}
+        if self.verifier is not None:
+            results = []
+            for ex, text in zip(examples, texts):
+                try:
+                    results.append(self.verifier.score(ex.prompt, text, ex.metadata))
+                except ValueError as e:
+                    raise DataErrors([DataError(ex.source, ex.row, "constraints", str(e))]) from None
+            values = torch.tensor([r.value for r in results], dtype=torch.float32)
+            total += c.verifier_weight * values
+            metrics["reward/verifier"] = float(values.mean())
+            metrics["reward/pass_rate"] = sum(bool(r.passed) for r in results) / n
+        if self.reward_model is not None:
+            rm = torch.tensor(self.reward_model.rewards([(ex.prompt, t) for ex, t in zip(examples, texts)]),
+                              dtype=torch.float32)
+            total += c.reward_model_weight * rm
+            metrics["reward/reward_model"] = float(rm.mean())
+            metrics["reward/reward_model_std"] = float(rm.std()) if n > 1 else 0.0
+        if c.length_penalty > 0:
+            penalty = c.length_penalty * torch.tensor(lengths, dtype=torch.float32) / self.max_new_tokens
+            total -= penalty
+            metrics["reward/length_penalty"] = float(penalty.mean())
+        if c.whiten and batch_whitening and n > 1:
+            metrics["reward/total_raw"] = float(total.mean())
+            total = whiten(total, shift_mean=False, reduce=self.reduce)
+        if c.clip is not None:
+            total = total.clamp(-c.clip, c.clip)
+        metrics["reward/total"] = float(total.mean())
+        return total, metrics
