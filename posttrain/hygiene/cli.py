@@ -1,4 +1,5 @@
-"""``posttrain data``: dedup, decontaminate, redact, clean (all three) and inspect (preference diagnostics).
+"""``posttrain data``: dedup, decontaminate, redact, clean (all three), inspect (preference diagnostics) and
+augment (constraint augmentation of plain replies into SFT rows, ``data/augment.py``).
 
 Every command but ``inspect`` streams INPUT into an output folder: ``clean.jsonl`` (kept rows, in their original
 layout), ``removed.jsonl``, ``contamination.jsonl``, ``clusters.jsonl`` (near dedup), ``report.json``,
@@ -239,3 +240,32 @@ def inspect(pairs: Path = typer.Argument(..., help="preference pairs (any layout
     if json_path is not None:
         atomic_write_json(json_path, result)
         typer.echo(f"diagnostics: {json_path}")
+
+
+@data_app.command("augment")
+def augment(candidates: Path = typer.Argument(..., help="candidates of plain task prompts (posttrain generate)"),
+            output: Path = typer.Option(..., "--output", "-o", help="SFT rows to write (JSONL)"),
+            per_reply: int = typer.Option(3, help="constrained examples made from each reply"),
+            plain_share: float = typer.Option(0.25, help="share of replies also kept under the bare task"),
+            two_constraint_share: float = typer.Option(0.35, help="share of examples asking for two constraints"),
+            hold_out_kinds: str = typer.Option("", help="comma-separated constraint kinds never used"),
+            min_words: int = typer.Option(8, help="skip a reply shorter than this once tidied"),
+            seed: int = typer.Option(0)) -> None:
+    """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
+    them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
+    from posttrain.data.augment import AugmentSettings, augment_file
+    from posttrain.data.writers import check_output_path
+
+    try:
+        check_output_path(output, "--output", folder=False)
+        settings = AugmentSettings(per_reply=per_reply, plain_share=plain_share,
+                                   two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
+                                   hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))
+        stats = augment_file(candidates, output, settings)
+    except _user_errors() as e:
+        fail(e, first_line=True)
+    per_kind = stats.pop("per_kind")
+    typer.echo(f"wrote {stats['examples']} examples to {output} ({stats['constrained_examples']} constrained, "
+               f"{stats['plain_examples']} plain) from {stats['replies_used']} of {stats['replies']} replies "
+               f"(skipped: {stats['skipped_short']} short, {stats['skipped_constrained']} with constraints)")
+    typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))

@@ -224,6 +224,44 @@ def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
             **{k: scores[k] for k in ("pass_rate", "mean_score") if scores.get(k) is not None}}
 
 
+AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "min_words", "seed")
+
+
+def augment_settings(params: dict, pending: Pending = nothing_pending):
+    """``AugmentSettings`` of an ``augment`` stage's config (``data/augment.py``); one-line PipelineErrors."""
+    from posttrain.data.augment import AugmentSettings
+
+    check_keys(params, AUGMENT_KEYS)
+    if "candidates" not in params:
+        raise PipelineError("config: key 'candidates' is required (e.g. ${generate.output}/candidates.jsonl)")
+    check_types(params, {"candidates": (str,), "per_reply": (int,), "plain_share": (int, float),
+                         "two_constraint_share": (int, float), "hold_out_kinds": (list,), "min_words": (int,),
+                         "seed": (int,)})
+    check_file(params, "candidates", pending)
+    options = {k: v for k, v in params.items() if k != "candidates"}
+    options["hold_out_kinds"] = tuple(options.get("hold_out_kinds") or ())
+    try:
+        return AugmentSettings(**options)
+    except ValueError as e:
+        raise PipelineError(f"config: {e}") from None
+
+
+def check_augment(params: dict, pending: Pending) -> None:
+    augment_settings(params, pending)
+
+
+def run_augment(params: dict, output_dir: Path, resume: bool) -> dict:
+    """``augment``: writes ``sft.jsonl`` (train on it with ``data: {train: ${augment.output}/sft.jsonl}``) and
+    ``summary.json`` (counts, per kind)."""
+    from posttrain.data.augment import augment_file
+    from posttrain.data.writers import atomic_write_json
+
+    settings = augment_settings(params)
+    stats = augment_file(params["candidates"], output_dir / "sft.jsonl", settings)
+    atomic_write_json(output_dir / "summary.json", stats)
+    return {k: v for k, v in stats.items() if k != "per_kind"}
+
+
 FEEDBACK_KEYS = ("events", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
                  "max_pairs_per_prompt")
 
@@ -348,6 +386,8 @@ STAGES: dict[str, StageSpec] = {
     "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [], check_judge,
                        main_metric="pairs_kept"),
     "feedback": StageSpec(run_feedback, feedback_inputs, check_feedback, main_metric="pairs"),
+    "augment": StageSpec(run_augment, lambda p: [p["candidates"]] if p.get("candidates") else [],
+                         check_augment, main_metric="examples"),
     "merge": StageSpec(run_merge, lambda p: [p["model"]] if p.get("model") else [], check_merge,
                        main_metric="export_mb"),
     "mix": StageSpec(_mix_run, _mix_inputs, _mix_check, main_metric="rows"),

@@ -1,0 +1,173 @@
+"""Constraint augmentation: a model's own plain replies turned into instruction-following SFT examples.
+
+For each reply to a task with no constraint (``posttrain generate`` on plain task prompts), ``per_reply`` times:
+sample one constraint kind (or two compatible ones, ``two_constraint_share`` of the time), one of its phrasings
+(``verifiers/phrasings.py``), append the instruction sentences to the task, and repair the reply to obey them
+(``verifiers/repair.py``: lowercase it, add the title, cut it to the word limit, ...). The example is kept only if
+the verifier then passes every constraint. ``plain_share`` of the replies are also kept as they are, under the
+bare task: anchors that keep the model answering plainly when nothing is asked (without them a format learnt from
+the edits, e.g. quotes around the whole answer, leaks into every answer).
+
+Why (issue 16): self-distillation keeps the base model's style and length, so capability and length do not
+drift, but a 135M model rarely samples a reply that follows an unfamiliar constraint, and repairing what it
+sampled for each constrained prompt gives one example per sampled reply. Here one sampled reply gives
+``per_reply`` examples, every kind gets about the same number of them, and the edit is the only difference
+between examples that share a reply. It is the forward direction of constraint back-translation (Qi et al. 2024,
+which adds to a prompt the constraints its reply already meets).
+
+Rows in: candidates (``prompt`` messages ending in the user's task, ``text``, optional ``finish_reason``,
+``prompt_id``, ``candidate_index``, ``metadata``). A row whose metadata already carries constraints is skipped
+(its reply was shaped by them). Rows out: ``{"messages": [..., user: task + instructions, assistant: edited
+reply], "constraints", "phrasings", "source": {"prompt_id", "candidate_index"}}``, which ``posttrain sft`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from posttrain.data.readers import utf8_lines
+from posttrain.data.schema import DataError, DataErrors
+from posttrain.data.writers import atomic_write_jsonl
+from posttrain.verifiers.constraints import check_constraints
+from posttrain.verifiers.phrasings import CONSTRAINTS, compatible
+from posttrain.verifiers.counting import words
+from posttrain.verifiers.repair import repair, tidy
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    per_reply: int = 3  # constrained examples made from each reply
+    plain_share: float = 0.25  # share of replies also kept under the bare task
+    two_constraint_share: float = 0.35  # share of examples that ask for two compatible constraints
+    hold_out_kinds: tuple[str, ...] = ()  # constraint kinds never used (a leave-out run)
+    min_words: int = 8  # a reply shorter than this once tidied is skipped
+    seed: int = 0
+    max_tries: int = 40  # draws per reply before giving up on reaching per_reply
+    kinds: tuple[str, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.hold_out_kinds) - set(CONSTRAINTS))
+        if unknown:
+            raise ValueError(f"hold_out_kinds: unknown constraint kind(s) {', '.join(unknown)} (known: "
+                             f"{', '.join(CONSTRAINTS)})")
+        if self.per_reply < 0 or self.min_words < 0 or self.max_tries < 1:
+            raise ValueError("per_reply and min_words must be >= 0, max_tries >= 1")
+        for name in ("plain_share", "two_constraint_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        kinds = tuple(k for k in CONSTRAINTS if k not in set(self.hold_out_kinds))
+        if not kinds:
+            raise ValueError("hold_out_kinds: every constraint kind is held out")
+        object.__setattr__(self, "kinds", kinds)
+
+
+def read_candidates(path: str | Path) -> list[dict[str, Any]]:
+    """Candidate rows; every bad row is a ``DataError`` naming the file, line and field (all of them at once)."""
+    source, rows, errors = str(path), [], []
+    for line_number, line in utf8_lines(source, Path(path)):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(DataError(source, line_number, None, f"not a JSON object ({e.msg})"))
+            continue
+        if not isinstance(row, dict):
+            errors.append(DataError(source, line_number, None, "not a JSON object"))
+            continue
+        prompt = row.get("prompt")
+        if not (isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict)
+                and prompt[-1].get("role") == "user" and isinstance(prompt[-1].get("content"), str)):
+            errors.append(DataError(source, line_number, "prompt", "expected a list of chat messages ending with "
+                                                                   "the user's task"))
+            continue
+        if not isinstance(row.get("text"), str):
+            errors.append(DataError(source, line_number, "text", "expected the reply as a string"))
+            continue
+        rows.append({**row, "_line": line_number})
+    if errors:
+        raise DataErrors(errors)
+    return rows
+
+
+def _draw(rng: random.Random, settings: AugmentSettings, task: str) -> tuple[list[dict], list[str], list[str]]:
+    """(constraints, their instruction sentences, "kind/template" ids) of one draw, or empty lists when the
+    drawn kinds cannot share a prompt."""
+    count = 2 if rng.random() < settings.two_constraint_share else 1
+    chosen = rng.sample(settings.kinds, min(count, len(settings.kinds)))
+    if not compatible(chosen):
+        return [], [], []
+    constraints, sentences, phrasings = [], [], []
+    for kind in chosen:
+        sampler, templates = CONSTRAINTS[kind]
+        i = rng.randrange(len(templates))
+        args = {"prompt_to_repeat": task} if kind == "repeat_prompt" else sampler(rng)
+        constraints.append({"kind": kind, "args": args})
+        sentences.append(templates[i](args))
+        phrasings.append(f"{kind}/{i}")
+    return constraints, sentences, phrasings
+
+
+def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple[list[dict], dict[str, Any]]:
+    """SFT rows made from candidate rows (see the module docstring), and counts. Deterministic: each reply's
+    draws are seeded by (seed, prompt id, candidate index), so a row's examples do not depend on its neighbours."""
+    out: list[dict] = []
+    stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
+                             "skipped_short": 0, "plain_examples": 0, "constrained_examples": 0,
+                             "replies_short_of_per_reply": 0}
+    per_kind = {k: 0 for k in settings.kinds}
+    for row in rows:
+        if (row.get("metadata") or {}).get("constraints"):
+            stats["skipped_constrained"] += 1
+            continue
+        reply = tidy(row["text"], truncated=row.get("finish_reason") == "length")
+        if len(words(reply)) < settings.min_words:
+            stats["skipped_short"] += 1
+            continue
+        stats["replies_used"] += 1
+        *context, user = row["prompt"]
+        task = user["content"].strip()
+        source = {"prompt_id": row.get("prompt_id"), "candidate_index": row.get("candidate_index")}
+        rng = random.Random(f"{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:{row['_line']}")
+        if rng.random() < settings.plain_share:
+            out.append({"messages": [*context, {"role": "user", "content": task},
+                                     {"role": "assistant", "content": reply}],
+                        "constraints": [], "phrasings": [], "source": source})
+            stats["plain_examples"] += 1
+        made, seen = 0, set()
+        for _ in range(settings.max_tries):
+            if made >= settings.per_reply:
+                break
+            constraints, sentences, phrasings = _draw(rng, settings, task)
+            if not constraints or tuple(phrasings) in seen:
+                continue
+            edited = repair(reply, constraints)
+            if edited is None or not all(r.passed for r in check_constraints(edited, constraints)):
+                continue
+            seen.add(tuple(phrasings))
+            out.append({"messages": [*context, {"role": "user", "content": " ".join([task, *sentences])},
+                                     {"role": "assistant", "content": edited}],
+                        "constraints": constraints, "phrasings": phrasings, "source": source})
+            for c in constraints:
+                per_kind[c["kind"]] += 1
+            made += 1
+        stats["constrained_examples"] += made
+        stats["replies_short_of_per_reply"] += made < settings.per_reply
+    stats["examples"] = len(out)
+    stats["per_kind"] = per_kind
+    return out, stats
+
+
+def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSettings) -> dict[str, Any]:
+    """Read ``candidates``, write the SFT rows to ``output`` (atomically: a failed run leaves no partial file),
+    return the counts. ``DataErrors`` for bad rows before anything is written."""
+    rows, stats = augment_rows(read_candidates(candidates), settings)
+    if not rows:
+        raise DataErrors([DataError(str(candidates), None, None, "no example made: every reply was skipped (too "
+                                    f"short under min_words={settings.min_words}, or its prompt had constraints)")])
+    atomic_write_jsonl(output, rows)
+    return stats

@@ -1,0 +1,168 @@
+"""Constraint augmentation (posttrain/data/augment.py): plain replies -> instruction-following SFT rows whose
+replies are the originals repaired to obey the sampled constraints, checked by the verifier."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from posttrain.data.augment import AugmentSettings, augment_file, augment_rows, read_candidates
+from posttrain.data.layouts import load_examples
+from posttrain.data.schema import DataErrors
+from posttrain.verifiers.constraints import check_constraints
+from posttrain.verifiers.phrasings import CONSTRAINTS
+from posttrain.verifiers.repair import repair, tidy
+
+REPLY_A = ("Bees collect nectar from flowers. They carry it back to the hive in their stomachs. Inside, they pass "
+           "it from bee to bee and fan it with their wings. The water evaporates and the nectar thickens into "
+           "honey. Finally they seal it in wax cells for the winter.")
+REPLY_B = ("Libraries lend books for free. They also offer quiet rooms to study, computers, and classes for "
+           "children and adults. Many host reading clubs. A library card costs nothing and opens all of this to "
+           "anyone who lives nearby. Visit")  # cut at the token limit: the unfinished tail goes
+
+
+def candidate(pid, task, text, finish="stop", metadata=None):
+    return {"prompt_id": pid, "candidate_index": 0, "prompt": [{"role": "user", "content": task}], "text": text,
+            "finish_reason": finish, "metadata": metadata or {}}
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def candidates(tmp_path):
+    return write(tmp_path / "c.jsonl", [
+        candidate("a", "Explain how bees make honey.", REPLY_A),
+        candidate("b", "Describe public libraries.", REPLY_B, finish="length"),
+        candidate("c", "Say hi.", "Hi there!"),  # 2 words: skipped
+        candidate("d", "Describe penguins. Use no commas.", REPLY_A,
+                  metadata={"constraints": [{"kind": "no_commas", "args": {}}]}),  # shaped by its constraint
+    ])
+
+
+def test_every_example_is_the_reply_repaired_to_obey_its_constraints(candidates):
+    rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(per_reply=4, plain_share=1.0, seed=3))
+    assert {k: v for k, v in stats.items() if k != "per_kind"} == {
+        "replies": 4, "replies_used": 2, "skipped_constrained": 1, "skipped_short": 1, "plain_examples": 2,
+        "constrained_examples": 8, "replies_short_of_per_reply": 0, "examples": 10}
+    assert sum(stats["per_kind"].values()) == sum(len(r["constraints"]) for r in rows)
+    originals = {"a": (REPLY_A, "Explain how bees make honey.", False),
+                 "b": (REPLY_B, "Describe public libraries.", True)}
+    for row in rows:
+        reply, task, truncated = originals[row["source"]["prompt_id"]]
+        user, assistant = row["messages"][-2]["content"], row["messages"][-1]["content"]
+        assert row["messages"][-1]["role"] == "assistant" and user.startswith(task)
+        if not row["constraints"]:
+            assert (user, assistant) == (task, tidy(reply, truncated=truncated))
+            continue
+        assert all(r.passed for r in check_constraints(assistant, row["constraints"]))
+        assert assistant == repair(tidy(reply, truncated=truncated), row["constraints"])
+        for constraint, phrasing in zip(row["constraints"], row["phrasings"]):
+            kind, i = phrasing.split("/")
+            assert kind == constraint["kind"] and CONSTRAINTS[kind][1][int(i)](constraint["args"]) in user
+    assert not any("Visit" in r["messages"][-1]["content"] for r in rows)  # the cut-off tail is gone
+    # a reply's examples ask for different phrasings of constraints
+    for pid in "ab":
+        asked = [tuple(r["phrasings"]) for r in rows if r["source"]["prompt_id"] == pid and r["constraints"]]
+        assert len(asked) == len(set(asked)) == 4
+
+
+def test_deterministic_per_row_and_hold_out_kinds_are_never_used(candidates):
+    rows = read_candidates(candidates)
+    held = ("lowercase", "title", "json_answer")
+    settings = AugmentSettings(per_reply=5, plain_share=0.0, seed=1, hold_out_kinds=held)
+    first, _ = augment_rows(rows, settings)
+    again, _ = augment_rows(list(reversed(rows)), settings)
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, first)) == sorted(map(key, again))
+    assert not {c["kind"] for r in first for c in r["constraints"]} & set(held)
+    other, _ = augment_rows(rows, AugmentSettings(per_reply=5, plain_share=0.0, seed=2, hold_out_kinds=held))
+    assert sorted(map(key, other)) != sorted(map(key, first))
+
+
+def test_output_is_sft_data(candidates, tmp_path):
+    out = tmp_path / "sft.jsonl"
+    stats = augment_file(candidates, out, AugmentSettings(per_reply=2, plain_share=0.5))
+    examples = load_examples(str(out), "sft", None)
+    assert len(examples) == stats["examples"] > 0
+    assert all(ex.metadata["source"]["prompt_id"] in ("a", "b") for ex in examples)
+
+
+def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(candidate("a", "Explain bees.", REPLY_A)) + "\n{not json\n"
+                   + json.dumps({"prompt": "Explain bees.", "text": "x"}) + "\n"
+                   + json.dumps({"prompt": [{"role": "user", "content": "Hi"}], "text": 3}) + "\n")
+    out = tmp_path / "sft.jsonl"
+    with pytest.raises(DataErrors) as info:
+        augment_file(bad, out, AugmentSettings())
+    assert [str(e) for e in info.value.errors] == [
+        f"{bad}:2: not a JSON object (Expecting property name enclosed in double quotes)",
+        f"{bad}:3: field 'prompt': expected a list of chat messages ending with the user's task",
+        f"{bad}:4: field 'text': expected the reply as a string"]
+    assert not out.exists()
+    short = write(tmp_path / "short.jsonl", [candidate("a", "Say hi.", "Hi!")])
+    with pytest.raises(DataErrors, match="no example made"):
+        augment_file(short, out, AugmentSettings())
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"hold_out_kinds": ("lowercase", "nope")}, "unknown constraint kind(s) nope"),
+    ({"plain_share": 1.5}, "plain_share must be in [0, 1]"),
+    ({"per_reply": -1}, "per_reply and min_words must be >= 0"),
+    ({"hold_out_kinds": tuple(CONSTRAINTS)}, "every constraint kind is held out")])
+def test_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        AugmentSettings(**kwargs)
+
+
+def test_cli(candidates, tmp_path):
+    from posttrain.cli import app
+
+    out = tmp_path / "sft.jsonl"
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
+                                      "--plain-share", "0"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 examples" in result.output and "from 2 of 4 replies (skipped: 1 short, 1 with constraints)" \
+        in result.output
+    assert len(out.read_text().splitlines()) == 4
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--hold-out-kinds", "x"])
+    assert result.exit_code == 2 and "error: hold_out_kinds: unknown constraint kind(s) x" in result.output
+
+
+def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
+    from posttrain.pipeline.load import parse_pipeline
+    from posttrain.pipeline.runner import run_pipeline
+
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {
+        "augment": {"command": "augment", "config": {"candidates": str(candidates), "per_reply": 2,
+                                                     "plain_share": 0.5, "hold_out_kinds": ["lowercase"]}},
+        "sft": {"command": "sft", "config": {
+            "model": {"name": "tiny-random"}, "data": {"train": "${augment.output}/sft.jsonl", "max_length": 128},
+            "optim": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 1}, "train": {"progress": False},
+            "decontaminate": False}}}}
+    manifest = run_pipeline(parse_pipeline(tree))
+    stage = manifest["stages"]["augment"]
+    summary = json.loads((Path(stage["folder"]) / "summary.json").read_text())
+    assert stage["metrics"]["examples"] == summary["examples"] == 4 + summary["plain_examples"]
+    assert summary["per_kind"].get("lowercase") is None
+    assert manifest["stages"]["sft"]["status"] == "done"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({}, "config: key 'candidates' is required"),
+    ({"candidates": "c.jsonl", "per_reply": "two"}, "config: key 'per_reply'"),
+    ({"candidates": "c.jsonl", "plain_share": 2.0}, "config: plain_share must be in [0, 1]"),
+    ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])
+def test_pipeline_stage_config_is_checked_before_anything_runs(tmp_path, config, message):
+    from posttrain.pipeline.registry import STAGES
+    from posttrain.pipeline.spec import PipelineError
+
+    write(tmp_path / "c.jsonl", [candidate("a", "Explain bees.", REPLY_A)])
+    config = {k: (str(tmp_path / v) if k == "candidates" else v) for k, v in config.items()}
+    with pytest.raises(PipelineError, match=message.replace("[", r"\[")):
+        STAGES["augment"].check(config, lambda path: False)
