@@ -250,6 +250,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             two_constraint_share: float = typer.Option(0.35, help="share of examples asking for two constraints"),
             hold_out_kinds: str = typer.Option("", help="comma-separated constraint kinds never used"),
             min_words: int = typer.Option(8, help="skip a reply shorter than this once tidied"),
+            skip_truncated: bool = typer.Option(True, help="skip replies cut at the token limit"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -260,6 +261,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         check_output_path(output, "--output", folder=False)
         settings = AugmentSettings(per_reply=per_reply, plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
+                                   skip_truncated=skip_truncated,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))
         stats = augment_file(candidates, output, settings)
     except _user_errors() as e:
@@ -267,5 +269,6 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
     per_kind = stats.pop("per_kind")
     typer.echo(f"wrote {stats['examples']} examples to {output} ({stats['constrained_examples']} constrained, "
                f"{stats['plain_examples']} plain) from {stats['replies_used']} of {stats['replies']} replies "
-               f"(skipped: {stats['skipped_short']} short, {stats['skipped_constrained']} with constraints)")
+               f"(skipped: {stats['skipped_short']} short, {stats['skipped_truncated']} cut at the token limit, "
+               f"{stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))

@@ -44,9 +44,11 @@ def candidates(tmp_path):
 
 
 def test_every_example_is_the_reply_repaired_to_obey_its_constraints(candidates):
-    rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(per_reply=4, plain_share=1.0, seed=3))
+    rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(per_reply=4, plain_share=1.0, seed=3,
+                                                                            skip_truncated=False))
     assert {k: v for k, v in stats.items() if k != "per_kind"} == {
-        "replies": 4, "replies_used": 2, "skipped_constrained": 1, "skipped_short": 1, "plain_examples": 2,
+        "replies": 4, "replies_used": 2, "skipped_constrained": 1, "skipped_short": 1, "skipped_truncated": 0,
+        "plain_examples": 2,
         "constrained_examples": 8, "replies_short_of_per_reply": 0, "examples": 10}
     assert sum(stats["per_kind"].values()) == sum(len(r["constraints"]) for r in rows)
     originals = {"a": (REPLY_A, "Explain how bees make honey.", False),
@@ -73,19 +75,26 @@ def test_every_example_is_the_reply_repaired_to_obey_its_constraints(candidates)
 def test_deterministic_per_row_and_hold_out_kinds_are_never_used(candidates):
     rows = read_candidates(candidates)
     held = ("lowercase", "title", "json_answer")
-    settings = AugmentSettings(per_reply=5, plain_share=0.0, seed=1, hold_out_kinds=held)
+    settings = AugmentSettings(per_reply=5, plain_share=0.0, seed=1, hold_out_kinds=held, skip_truncated=False)
     first, _ = augment_rows(rows, settings)
     again, _ = augment_rows(list(reversed(rows)), settings)
     key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
     assert sorted(map(key, first)) == sorted(map(key, again))
     assert not {c["kind"] for r in first for c in r["constraints"]} & set(held)
-    other, _ = augment_rows(rows, AugmentSettings(per_reply=5, plain_share=0.0, seed=2, hold_out_kinds=held))
+    other, _ = augment_rows(rows, AugmentSettings(per_reply=5, plain_share=0.0, seed=2, hold_out_kinds=held,
+                                                  skip_truncated=False))
     assert sorted(map(key, other)) != sorted(map(key, first))
+
+
+def test_replies_cut_at_the_token_limit_are_skipped_by_default(candidates):
+    rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(per_reply=2, plain_share=1.0))
+    assert (stats["replies_used"], stats["skipped_truncated"], stats["examples"]) == (1, 1, 3)
+    assert {r["source"]["prompt_id"] for r in rows} == {"a"}
 
 
 def test_output_is_sft_data(candidates, tmp_path):
     out = tmp_path / "sft.jsonl"
-    stats = augment_file(candidates, out, AugmentSettings(per_reply=2, plain_share=0.5))
+    stats = augment_file(candidates, out, AugmentSettings(per_reply=2, plain_share=0.5, skip_truncated=False))
     examples = load_examples(str(out), "sft", None)
     assert len(examples) == stats["examples"] > 0
     assert all(ex.metadata["source"]["prompt_id"] in ("a", "b") for ex in examples)
@@ -127,9 +136,12 @@ def test_cli(candidates, tmp_path):
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
                                       "--plain-share", "0"])
     assert result.exit_code == 0, result.output
-    assert "wrote 4 examples" in result.output and "from 2 of 4 replies (skipped: 1 short, 1 with constraints)" \
-        in result.output
-    assert len(out.read_text().splitlines()) == 4
+    assert "wrote 2 examples" in result.output and \
+        "from 1 of 4 replies (skipped: 1 short, 1 cut at the token limit, 1 with constraints)" in result.output
+    assert len(out.read_text().splitlines()) == 2
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
+                                      "--plain-share", "0", "--no-skip-truncated"])
+    assert result.exit_code == 0 and "wrote 4 examples" in result.output
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--hold-out-kinds", "x"])
     assert result.exit_code == 2 and "error: hold_out_kinds: unknown constraint kind(s) x" in result.output
 
@@ -148,7 +160,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     manifest = run_pipeline(parse_pipeline(tree))
     stage = manifest["stages"]["augment"]
     summary = json.loads((Path(stage["folder"]) / "summary.json").read_text())
-    assert stage["metrics"]["examples"] == summary["examples"] == 4 + summary["plain_examples"]
+    assert stage["metrics"]["examples"] == summary["examples"] == 2 + summary["plain_examples"]
+    assert summary["skipped_truncated"] == 1
     assert summary["per_kind"].get("lowercase") is None
     assert manifest["stages"]["sft"]["status"] == "done"
 
