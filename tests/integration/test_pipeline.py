@@ -128,7 +128,8 @@ def test_sigkill_during_dpo_resumes_to_the_uninterrupted_result(first_run, tmp_p
     deadline = time.monotonic() + 150
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if list(dpo.glob("checkpoints/*/state.json")):
+            # a finished checkpoint: not step-N.tmp/, whose state.json exists just before its rename to step-N/
+            if [p for p in dpo.glob("checkpoints/*/state.json") if not p.parent.name.endswith(".tmp")]:
                 break
             time.sleep(0.01)
         assert proc.poll() is None, f"the run ended before it was killed: {proc.stdout.read().decode()[-2000:]}"
