@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from posttrain.data.readers import utf8_lines
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import atomic_write_jsonl
-from posttrain.verifiers.constraints import check_constraints
 from posttrain.verifiers.phrasings import CONSTRAINTS, compatible
 from posttrain.verifiers.counting import words
 from posttrain.verifiers.repair import repair, tidy
@@ -49,7 +48,6 @@ class AugmentSettings:
     # teach answers as long as the sampling budget (issue 16 run H: 69% truncated, answers 68% longer than the base)
     seed: int = 0
     max_tries: int = 40  # draws per reply before giving up on reaching per_reply
-    kinds: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.hold_out_kinds) - set(CONSTRAINTS))
@@ -61,10 +59,13 @@ class AugmentSettings:
         for name in ("plain_share", "two_constraint_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        kinds = tuple(k for k in CONSTRAINTS if k not in set(self.hold_out_kinds))
-        if not kinds:
+        if not self.kinds:
             raise ValueError("hold_out_kinds: every constraint kind is held out")
-        object.__setattr__(self, "kinds", kinds)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The constraint kinds drawn from: every verifier kind with a phrasing, less the held-out ones."""
+        return tuple(k for k in CONSTRAINTS if k not in set(self.hold_out_kinds))
 
 
 def read_candidates(path: str | Path) -> list[dict[str, Any]]:
@@ -96,11 +97,11 @@ def read_candidates(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _draw(rng: random.Random, settings: AugmentSettings, task: str) -> tuple[list[dict], list[str], list[str]]:
+def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...], task: str) -> tuple[list[dict], list[str], list[str]]:
     """(constraints, their instruction sentences, "kind/template" ids) of one draw, or empty lists when the
     drawn kinds cannot share a prompt."""
     count = 2 if rng.random() < settings.two_constraint_share else 1
-    chosen = rng.sample(settings.kinds, min(count, len(settings.kinds)))
+    chosen = rng.sample(kinds, min(count, len(kinds)))
     if not compatible(chosen):
         return [], [], []
     constraints, sentences, phrasings = [], [], []
@@ -121,7 +122,8 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
     stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
                              "skipped_short": 0, "skipped_truncated": 0, "plain_examples": 0, "constrained_examples": 0,
                              "replies_short_of_per_reply": 0}
-    per_kind = {k: 0 for k in settings.kinds}
+    kinds = settings.kinds
+    per_kind = {k: 0 for k in kinds}
     for row in rows:
         if (row.get("metadata") or {}).get("constraints"):
             stats["skipped_constrained"] += 1
@@ -148,11 +150,11 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
         for _ in range(settings.max_tries):
             if made >= settings.per_reply:
                 break
-            constraints, sentences, phrasings = _draw(rng, settings, task)
+            constraints, sentences, phrasings = _draw(rng, settings, kinds, task)
             if not constraints or tuple(phrasings) in seen:
                 continue
-            edited = repair(reply, constraints)
-            if edited is None or not all(r.passed for r in check_constraints(edited, constraints)):
+            edited = repair(reply, constraints)  # None unless the verifier passes every constraint
+            if edited is None:
                 continue
             seen.add(tuple(phrasings))
             out.append({"messages": [*context, {"role": "user", "content": " ".join([task, *sentences])},
