@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from posttrain.data.readers import utf8_lines
 from posttrain.data.schema import DataError, DataErrors
@@ -43,6 +43,9 @@ class AugmentSettings:
     plain_share: float = 0.25  # share of replies also kept under the bare task
     two_constraint_share: float = 0.35  # share of examples that ask for two compatible constraints
     hold_out_kinds: tuple[str, ...] = ()  # constraint kinds never used (a leave-out run)
+    kind_weights: Mapping[str, float] = field(default_factory=dict)  # relative draw weight per kind (default 1;
+    # 0 = never drawn): a kind needs enough examples to be learnt (issue 16 probe K: ~45 rows of lowercase were
+    # not enough, ~90 at a higher learning rate moved it), so the dose goes to the kinds the model fails
     min_words: int = 8  # a reply shorter than this once tidied is skipped
     skip_truncated: bool = True  # skip replies cut at the token limit (finish_reason "length"): trained on, they
     # teach answers as long as the sampling budget (issue 16 run H: 69% truncated, answers 68% longer than the base)
@@ -50,22 +53,30 @@ class AugmentSettings:
     max_tries: int = 40  # draws per reply before giving up on reaching per_reply
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.hold_out_kinds) - set(CONSTRAINTS))
-        if unknown:
-            raise ValueError(f"hold_out_kinds: unknown constraint kind(s) {', '.join(unknown)} (known: "
-                             f"{', '.join(CONSTRAINTS)})")
+        for name, given in (("hold_out_kinds", self.hold_out_kinds), ("kind_weights", self.kind_weights)):
+            unknown = sorted(set(given) - set(CONSTRAINTS))
+            if unknown:
+                raise ValueError(f"{name}: unknown constraint kind(s) {', '.join(unknown)} (known: "
+                                 f"{', '.join(CONSTRAINTS)})")
+        for kind, weight in self.kind_weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+                raise ValueError(f"kind_weights: {kind}: expected a number >= 0, got {weight!r}")
         if self.per_reply < 0 or self.min_words < 0 or self.max_tries < 1:
             raise ValueError("per_reply and min_words must be >= 0, max_tries >= 1")
         for name in ("plain_share", "two_constraint_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.kinds:
-            raise ValueError("hold_out_kinds: every constraint kind is held out")
+            raise ValueError("hold_out_kinds / kind_weights: every constraint kind is held out or weighted 0")
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The constraint kinds drawn from: every verifier kind with a phrasing, less the held-out ones."""
-        return tuple(k for k in CONSTRAINTS if k not in set(self.hold_out_kinds))
+        """The constraint kinds drawn from: every verifier kind with a phrasing, less the held-out ones and
+        those weighted 0."""
+        return tuple(k for k in CONSTRAINTS if k not in set(self.hold_out_kinds) and self.weight(k) > 0)
+
+    def weight(self, kind: str) -> float:
+        return float(self.kind_weights.get(kind, 1.0))
 
 
 def read_candidates(path: str | Path) -> list[dict[str, Any]]:
@@ -100,8 +111,16 @@ def read_candidates(path: str | Path) -> list[dict[str, Any]]:
 def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...], task: str) -> tuple[list[dict], list[str], list[str]]:
     """(constraints, their instruction sentences, "kind/template" ids) of one draw, or empty lists when the
     drawn kinds cannot share a prompt."""
-    count = 2 if rng.random() < settings.two_constraint_share else 1
-    chosen = rng.sample(kinds, min(count, len(kinds)))
+    count = min(2 if rng.random() < settings.two_constraint_share else 1, len(kinds))
+    weights = [settings.weight(k) for k in kinds]
+    if len(set(weights)) == 1:
+        chosen = rng.sample(kinds, count)
+    else:  # weighted, without replacement
+        pool, chosen = list(zip(kinds, weights)), []
+        for _ in range(count):
+            (kind, _w), = rng.choices(pool, weights=[w for _k, w in pool])
+            chosen.append(kind)
+            pool = [(k, w) for k, w in pool if k != kind]
     if not compatible(chosen):
         return [], [], []
     constraints, sentences, phrasings = [], [], []

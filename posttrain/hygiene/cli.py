@@ -242,6 +242,20 @@ def inspect(pairs: Path = typer.Argument(..., help="preference pairs (any layout
         typer.echo(f"diagnostics: {json_path}")
 
 
+def _kind_weights(text: str) -> dict[str, float]:
+    """``kind=weight,...`` of ``--kind-weights``; ValueError naming the option on a malformed item."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, value = item.partition("=")
+        try:
+            weights[kind.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--kind-weights: expected kind=number, got {item!r}") from None
+        if not sep:
+            raise ValueError(f"--kind-weights: expected kind=number, got {item!r}")
+    return weights
+
+
 @data_app.command("augment")
 def augment(candidates: Path = typer.Argument(..., help="candidates of plain task prompts (posttrain generate)"),
             output: Path = typer.Option(..., "--output", "-o", help="SFT rows to write (JSONL)"),
@@ -249,6 +263,8 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             plain_share: float = typer.Option(0.25, help="share of replies also kept under the bare task"),
             two_constraint_share: float = typer.Option(0.35, help="share of examples asking for two constraints"),
             hold_out_kinds: str = typer.Option("", help="comma-separated constraint kinds never used"),
+            kind_weights: str = typer.Option("", help="relative draw weights, e.g. lowercase=3,title=0.5 "
+                                                       "(others 1, 0 = never)"),
             min_words: int = typer.Option(8, help="skip a reply shorter than this once tidied"),
             skip_truncated: bool = typer.Option(True, help="skip replies cut at the token limit"),
             seed: int = typer.Option(0)) -> None:
@@ -259,7 +275,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
 
     try:
         check_output_path(output, "--output", folder=False)
-        settings = AugmentSettings(per_reply=per_reply, plain_share=plain_share,
+        settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    skip_truncated=skip_truncated,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))

@@ -224,8 +224,8 @@ def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
             **{k: scores[k] for k in ("pass_rate", "mean_score") if scores.get(k) is not None}}
 
 
-AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "min_words",
-                "skip_truncated", "seed")
+AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "kind_weights",
+                "min_words", "skip_truncated", "seed")
 
 
 def augment_settings(params: dict, pending: Pending = nothing_pending):
@@ -236,7 +236,8 @@ def augment_settings(params: dict, pending: Pending = nothing_pending):
     if "candidates" not in params:
         raise PipelineError("config: key 'candidates' is required (e.g. ${generate.output}/candidates.jsonl)")
     check_types(params, {"candidates": (str,), "per_reply": (int,), "plain_share": (int, float),
-                         "two_constraint_share": (int, float), "hold_out_kinds": (list,), "min_words": (int,),
+                         "two_constraint_share": (int, float), "hold_out_kinds": (list,), "kind_weights": (dict,),
+                         "min_words": (int,),
                          "skip_truncated": (bool,), "seed": (int,)})
     check_file(params, "candidates", pending)
     options = {k: v for k, v in params.items() if k != "candidates"}

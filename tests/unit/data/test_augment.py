@@ -86,6 +86,26 @@ def test_deterministic_per_row_and_hold_out_kinds_are_never_used(candidates):
     assert sorted(map(key, other)) != sorted(map(key, first))
 
 
+def test_kind_weights_set_the_dose_per_kind(tmp_path):
+    rows = read_candidates(write(tmp_path / "c.jsonl", [candidate(f"p{i}", "Explain how bees make honey.", REPLY_A)
+                                                        for i in range(120)]))
+    base = dict(per_reply=2, plain_share=0.0, two_constraint_share=0.5, seed=4)
+    plain, plain_stats = augment_rows(rows, AugmentSettings(**base))
+    # equal weights are the unweighted draw, example for example
+    same, _ = augment_rows(rows, AugmentSettings(**base, kind_weights={k: 2.5 for k in CONSTRAINTS}))
+    assert same == plain
+    weighted, stats = augment_rows(rows, AugmentSettings(**base, kind_weights={"lowercase": 12, "title": 0}))
+    per_kind = stats["per_kind"]
+    assert "title" not in per_kind and not any(c["kind"] == "title" for r in weighted for c in r["constraints"])
+    others = [v for k, v in per_kind.items() if k != "lowercase"]
+    # ~12x the dose of any other kind (draws that repair() cannot satisfy are redrawn, so not exactly 12)
+    assert per_kind["lowercase"] > 6 * max(others) and per_kind["lowercase"] > 6 * plain_stats["per_kind"]["lowercase"]
+    assert stats["constrained_examples"] == plain_stats["constrained_examples"] == 240
+    for row in weighted:
+        kinds = [c["kind"] for c in row["constraints"]]
+        assert len(kinds) == len(set(kinds))  # two constraints of one prompt are never the same kind
+
+
 def test_replies_cut_at_the_token_limit_are_skipped_by_default(candidates):
     rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(per_reply=2, plain_share=1.0))
     assert (stats["replies_used"], stats["skipped_truncated"], stats["examples"]) == (1, 1, 3)
@@ -123,7 +143,10 @@ def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
     ({"hold_out_kinds": ("lowercase", "nope")}, "unknown constraint kind(s) nope"),
     ({"plain_share": 1.5}, "plain_share must be in [0, 1]"),
     ({"per_reply": -1}, "per_reply and min_words must be >= 0"),
-    ({"hold_out_kinds": tuple(CONSTRAINTS)}, "every constraint kind is held out")])
+    ({"hold_out_kinds": tuple(CONSTRAINTS)}, "every constraint kind is held out"),
+    ({"kind_weights": {"lowercase": 2, "loud": 1}}, "kind_weights: unknown constraint kind(s) loud"),
+    ({"kind_weights": {"lowercase": -1}}, "kind_weights: lowercase: expected a number >= 0, got -1"),
+    ({"kind_weights": {k: 0 for k in CONSTRAINTS}}, "every constraint kind is held out or weighted 0")])
 def test_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         AugmentSettings(**kwargs)
@@ -145,6 +168,17 @@ def test_cli(candidates, tmp_path):
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--hold-out-kinds", "x"])
     assert result.exit_code == 2 and "error: hold_out_kinds: unknown constraint kind(s) x" in result.output
 
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "3",
+                                      "--kind-weights", "lowercase=4,title=0"])
+    assert result.exit_code == 0, result.output
+    assert not any(c["kind"] == "title" for line in out.read_text().splitlines()
+                   for c in json.loads(line)["constraints"])
+    assert "title" not in result.output.split("per kind:")[1]
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "x.jsonl"),
+                                      "--kind-weights", "lowercase:3"])
+    assert result.exit_code == 2 and "--kind-weights: expected kind=number, got 'lowercase:3'" in result.output
+    assert not (tmp_path / "x.jsonl").exists()
+
 
 def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     from posttrain.pipeline.load import parse_pipeline
@@ -152,7 +186,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
 
     tree = {"run_dir": str(tmp_path / "run"), "stages": {
         "augment": {"command": "augment", "config": {"candidates": str(candidates), "per_reply": 2,
-                                                     "plain_share": 0.5, "hold_out_kinds": ["lowercase"]}},
+                                                     "plain_share": 0.5, "hold_out_kinds": ["lowercase"],
+                                                     "kind_weights": {"title": 3, "all_caps": 0}}},
         "sft": {"command": "sft", "config": {
             "model": {"name": "tiny-random"}, "data": {"train": "${augment.output}/sft.jsonl", "max_length": 128},
             "optim": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 1}, "train": {"progress": False},
@@ -162,7 +197,7 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     summary = json.loads((Path(stage["folder"]) / "summary.json").read_text())
     assert stage["metrics"]["examples"] == summary["examples"] == 2 + summary["plain_examples"]
     assert summary["skipped_truncated"] == 1
-    assert summary["per_kind"].get("lowercase") is None
+    assert summary["per_kind"].get("lowercase") is None and summary["per_kind"].get("all_caps") is None
     assert manifest["stages"]["sft"]["status"] == "done"
 
 
@@ -170,6 +205,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     ({}, "config: key 'candidates' is required"),
     ({"candidates": "c.jsonl", "per_reply": "two"}, "config: key 'per_reply'"),
     ({"candidates": "c.jsonl", "plain_share": 2.0}, "config: plain_share must be in [0, 1]"),
+    ({"candidates": "c.jsonl", "kind_weights": ["lowercase"]}, "config: key 'kind_weights'"),
+    ({"candidates": "c.jsonl", "kind_weights": {"lowercase": "x"}}, "config: kind_weights: lowercase: expected a num"),
     ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])
 def test_pipeline_stage_config_is_checked_before_anything_runs(tmp_path, config, message):
     from posttrain.pipeline.registry import STAGES
