@@ -289,27 +289,22 @@ def train_online_dpo(cfg) -> dict:
     from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
     from posttrain.training.loop import reduce_sum_fn, settings_from_config
     from posttrain.training.rollout_loop import fit_rl
-    from posttrain.training.stage import open_run_folder, train_then_save
+    from posttrain.training.stage import StageRun
 
     o, spec = cfg.online, get_loss(cfg.loss.type)
     if cfg.rollout.backend == "vllm":  # before the judges, which may load models
         from posttrain.generation.vllm_backend import import_vllm
 
         import_vllm()
+    run = StageRun(cfg, "online_dpo")
+    accelerator, is_main = run.accelerator, run.is_main
     members = build_judges(o.judges, o.strategy)
-    setup = load_rl_setup(cfg, need_verifiable=any(j.get("type") == "verifier" for j in o.judges))
-    accelerator, tokenizer, items, stats, eval_items = (setup.accelerator, setup.tokenizer, setup.items, setup.stats,
-                                                        setup.eval_items)
-    policy, lineage, generator = setup.policy, setup.lineage, setup.generator
-    is_main = accelerator.is_main_process
+    setup = load_rl_setup(cfg, run, need_verifiable=any(j.get("type") == "verifier" for j in o.judges))
+    tokenizer, policy, generator = setup.tokenizer, setup.policy, setup.generator
     frozen, _ = build_reference(policy, cfg.loss.reference, spec.needs_reference)
     if frozen is not None:
         frozen.to(accelerator.device)
-    run = open_run_folder(cfg, "online_dpo", is_main, accelerator.wait_for_everyone)
-    if is_main and judge_inputs(o.judges):
-        for name, folder in judge_inputs(o.judges):
-            run.add_input(name, folder)
-        run.save(status="running")
+    run.open(dict(judge_inputs(o.judges)))
     fns = online_dpo_fns(
         policy, frozen, generator, members, num_generations=o.num_generations, strategy=o.strategy,
         pair_opts={"min_margin": o.min_score_gap, "max_length_ratio": o.max_length_ratio}, rollout_cfg=cfg.rollout,
@@ -320,14 +315,14 @@ def train_online_dpo(cfg) -> dict:
     reward = judge_reward(members)
 
     def heldout(prefix: str) -> dict:
-        if not eval_items:
+        if not setup.eval_items:
             return {}
         policy.eval()
-        return heldout_reward(generator, eval_items, reward, cfg.rollout, cfg.train.seed, prefix, accelerator)
+        return heldout_reward(generator, setup.eval_items, reward, cfg.rollout, cfg.train.seed, prefix, accelerator)
 
     def train() -> dict:
-        summary = {**stats, **heldout("eval_before")}
-        summary.update(fit_rl(policy, items, fns, settings_from_config(cfg, "online_dpo"), accelerator,
+        summary = {**setup.stats, **heldout("eval_before")}
+        summary.update(fit_rl(policy, setup.items, fns, settings_from_config(cfg, "online_dpo"), accelerator,
                               update_epochs=1, mini_batches=1))
         summary["pairs/trained"] = fns.state()["pairs"]
         if not summary["pairs/trained"]:
@@ -337,13 +332,12 @@ def train_online_dpo(cfg) -> dict:
         summary.update(heldout("eval_after"))
         return summary
 
-    def save(summary: dict) -> dict:
-        save_trained(policy, tokenizer, run.path / "model", lineage)
+    def save(summary: dict, path) -> tuple[dict, dict]:
+        save_trained(policy, tokenizer, path / "model", setup.lineage)
         for m in members:  # LLM judges: requests, cache hits, retries, tokens (this process's)
             if hasattr(m.judge, "stats"):
                 summary.update({f"judge/{m.name}/{k}": v for k, v in m.judge.stats().items()
                                 if isinstance(v, (int, float))})
-        run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "pairs": "pairs.jsonl"})
-        return summary
+        return summary, {"pairs": "pairs.jsonl"}
 
-    return train_then_save(run, accelerator, train, save)
+    return run.train_and_save(train, save)

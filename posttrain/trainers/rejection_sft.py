@@ -63,20 +63,19 @@ def train_rejection_sft(cfg) -> dict:
     from posttrain.generation.backends import load_generator
     from posttrain.models.policy import load_policy, model_tokenizer, save_trained
     from posttrain.trainers.sft import sft_step_fns
-    from posttrain.training.loop import fit, make_accelerator, settings_from_config
-    from posttrain.training.stage import check_output_dir, open_run_folder, seed_everything, train_then_save
+    from posttrain.training.loop import fit, settings_from_config
+    from posttrain.training.stage import StageRun
 
     r = cfg.rejection
-    accelerator = make_accelerator(cfg.train.precision)
+    run = StageRun(cfg, "rejection_sft")
+    accelerator = run.accelerator
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
                                      max_prompt_length=cfg.data.max_prompt_length, need_verifiable=False)
     score_many, judge_name = build_scorer(r.judges)
-    check_output_dir(cfg.train)
-    seed_everything(cfg.train.seed)
-    run = open_run_folder(cfg, "rejection_sft", is_main, accelerator.wait_for_everyone)
-    try:
+    run.open()
+    with run.guard():  # sampling and judging happen inside the run folder: a failure there marks it failed
         mine = items[rank::world]
         generator, _ = load_generator(cfg.model.name, adapter=cfg.model.adapter, backend=r.backend,
                                       batch_size=cfg.rollout.batch_size, seed=r.seed, cache_dir=cfg.model.cache_dir,
@@ -139,19 +138,13 @@ def train_rejection_sft(cfg) -> dict:
         policy.to(accelerator.device)
         fns = sft_step_fns(tokenizer.pad_token_id, accelerator.device)
         settings = settings_from_config(cfg, "rejection_sft")
-    except BaseException as e:
-        if is_main:
-            run.save(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
 
-    def save(summary: dict) -> dict:
-        save_trained(policy, tokenizer, run.path / "model", lineage)
-        summary = {**stats, **selection, **render_stats, **summary}
-        run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "candidates": "candidates.jsonl",
-                             "winners": "winners.jsonl"})
-        return summary
+    def save(summary: dict, path) -> tuple[dict, dict]:
+        save_trained(policy, tokenizer, path / "model", lineage)
+        return {**stats, **selection, **render_stats, **summary}, {"candidates": "candidates.jsonl",
+                                                                    "winners": "winners.jsonl"}
 
-    return train_then_save(run, accelerator, lambda: fit(policy, train, [], fns, settings, accelerator), save)
+    return run.train_and_save(lambda: fit(policy, train, [], fns, settings, accelerator), save)
 
 
 def repair_winners(items: list, outs: list, values: list[list[float]], n: int, score_many

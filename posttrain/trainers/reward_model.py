@@ -19,7 +19,6 @@ model is a known failure mode, so it is measured and reported in ``reward_eval.j
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 
 import torch
@@ -261,26 +260,18 @@ def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_si
     }
 
 
-def _split(examples, eval_fraction: float, seed: int):
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(eval_fraction * len(order))))
-    return [examples[i] for i in sorted(order[n_eval:])], [examples[i] for i in sorted(order[:n_eval])]
-
-
 def train_reward_model(cfg) -> dict:
     from posttrain.models.policy import model_tokenizer
-    from posttrain.training.loop import fit, make_accelerator, settings_from_config
-    from posttrain.training.stage import (check_output_dir, open_run_folder, resolve_prefix_sharing, seed_everything,
-                                          train_then_save)
+    from posttrain.training.loop import fit, settings_from_config
+    from posttrain.training.stage import StageRun, resolve_prefix_sharing, split_off_eval
 
     d = cfg.data
-    accelerator = make_accelerator(cfg.train.precision)
+    run = StageRun(cfg, "reward_model")
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     train_ex = load_examples(d.train, "preference", d.split)
     eval_ex = load_examples(d.eval, "preference", None) if d.eval else []
     if not eval_ex and d.eval_fraction > 0:
-        train_ex, eval_ex = _split(train_ex, d.eval_fraction, cfg.train.seed)
+        train_ex, eval_ex = split_off_eval(train_ex, d.eval_fraction, cfg.train.seed)
     render = dict(max_length=d.max_length, truncation=d.truncation, margin_key=cfg.loss.margin_key)
     train, dropped = render_rm_pairs(train_ex, tokenizer, **render)
     evals, eval_dropped = (render_rm_pairs(eval_ex, tokenizer, **render, margin_required=False) if eval_ex
@@ -290,8 +281,6 @@ def train_reward_model(cfg) -> dict:
     stats = {"train/rows": len(train_ex), "train/kept": len(train), "train/dropped_too_long": dropped}
     if eval_ex:
         stats.update({"eval/rows": len(eval_ex), "eval/kept": len(evals), "eval/dropped_too_long": eval_dropped})
-    check_output_dir(cfg.train)
-    seed_everything(cfg.train.seed)
     model, base_name = load_reward_model(cfg.model, cfg.peft, seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id)
     if score_head(model) is None:  # a classifier that pools otherwise (e.g. an encoder's CLS): padded batches
         if cfg.data.prefix_sharing is True:
@@ -300,29 +289,28 @@ def train_reward_model(cfg) -> dict:
         cfg.data.prefix_sharing = False
     resolve_prefix_sharing(cfg, model)
     fns = rm_step_fns(pad_token_id=tokenizer.pad_token_id, centering=cfg.loss.centering,
-                      use_margin=cfg.loss.margin_key is not None, device=accelerator.device,
+                      use_margin=cfg.loss.margin_key is not None, device=run.accelerator.device,
                       prefix_sharing=cfg.data.prefix_sharing, max_row_tokens=cfg.data.tree_row_tokens)
-    run = open_run_folder(cfg, "reward_model", accelerator.is_main_process, accelerator.wait_for_everyone)
+    run.open()
 
-    def save(summary: dict) -> dict:
+    def save(summary: dict, path) -> tuple[dict, dict]:
         report = {"eval" if evals else "train": reward_report(model, evals or train, fns, cfg.optim.micro_batch_size)}
         if evals:
             report["train"] = reward_report(model, train[: len(evals) * 4], fns, cfg.optim.micro_batch_size)
         split = "eval" if evals else "train"
         summary = {**stats, **summary, **{f"{split}/rm/{k}": v for k, v in report[split].items()}}
-        save_reward_model(model, tokenizer, run.path / "model", base_name)
-        atomic_write_json(run.path / "reward_eval.json", report)
+        save_reward_model(model, tokenizer, path / "model", base_name)
+        atomic_write_json(path / "reward_eval.json", report)
         corr = report[split]["length_corr"]
         if isinstance(corr, float) and abs(corr) > 0.3:
             print(f"posttrain: warning: the reward model's scores correlate with response length "
                   f"(r={corr:.2f} on {split} pairs): check for length bias before using it as a PPO reward",
                   flush=True)
-        run.finish(summary, {"model": "model", "metrics": "metrics.jsonl", "reward_eval": "reward_eval.json"})
-        return summary
+        return summary, {"reward_eval": "reward_eval.json"}
 
-    return train_then_save(run, accelerator, lambda: fit(model, train, evals, fns,
-                                                         settings_from_config(cfg, "reward_model"), accelerator),
-                           save)
+    return run.train_and_save(
+        lambda: fit(model, train, evals, fns, settings_from_config(cfg, "reward_model"), run.accelerator), save)
+
 
 def save_reward_model(model, tokenizer, out_dir, base_name: str) -> None:
     """A plain HF sequence-classification folder (LoRA merged), loadable by ``RewardModelJudge``."""

@@ -13,6 +13,10 @@ from typing import Any
 
 from posttrain.generation.prompts import PromptItem, load_prompt_items, make_generator, sample
 from posttrain.judges.reward import RewardFunction
+from posttrain.models.policy import load_policy, model_tokenizer, save_trained
+from posttrain.training.loop import cross_process_sum, settings_from_config
+from posttrain.training.rollout_loop import fit_rl, mean_over_processes
+from posttrain.training.stage import StageRun, resolve_prefix_sharing
 
 
 def heldout_reward(generator, items: list[PromptItem], reward_fn: RewardFunction, rollout_cfg, seed: int,
@@ -20,8 +24,6 @@ def heldout_reward(generator, items: list[PromptItem], reward_fn: RewardFunction
     """``rollout.eval_samples`` completions of each held-out prompt at ``rollout.eval_temperature`` (0: greedy),
     seeded identically before and after training, scored: ``{prefix}/reward/...`` metrics. Under several
     processes each samples its shard of the prompts and the metrics are averaged over all of them."""
-    from posttrain.training.rollout_loop import mean_over_processes
-
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     mine = items[rank::world]
     k = rollout_cfg.eval_samples
@@ -45,7 +47,6 @@ def mean_or_nan(values: list[float]) -> float:
 class RLSetup:
     """What every online trainer (PPO, GRPO, online DPO) loads before its own parts: prompts, policy, sampler."""
 
-    accelerator: Any
     tokenizer: Any
     items: list
     stats: dict
@@ -55,18 +56,13 @@ class RLSetup:
     generator: Any
 
 
-def load_rl_setup(cfg, need_verifiable: bool) -> RLSetup:
-    """Prompts (and held-out prompts) read and checked, the output folder checked, then the seeded policy and its
-    generator; a missing vllm fails before anything is loaded or written."""
-    from posttrain.models.policy import load_policy, model_tokenizer
-    from posttrain.training.loop import make_accelerator
-    from posttrain.training.stage import check_output_dir, resolve_prefix_sharing, seed_everything
-
+def load_rl_setup(cfg, run: StageRun, need_verifiable: bool) -> RLSetup:
+    """Prompts (and held-out prompts) read and checked, then the seeded policy and its generator; a missing vllm
+    fails before anything is loaded or written."""
     if cfg.rollout.backend == "vllm":
         from posttrain.generation.vllm_backend import import_vllm
 
         import_vllm()
-    accelerator = make_accelerator(cfg.train.precision)
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
                                      max_prompt_length=cfg.data.max_prompt_length, need_verifiable=need_verifiable)
@@ -74,59 +70,45 @@ def load_rl_setup(cfg, need_verifiable: bool) -> RLSetup:
     if cfg.data.eval:
         eval_items, _ = load_prompt_items(cfg.data.eval, tokenizer, max_prompt_length=cfg.data.max_prompt_length,
                                           need_verifiable=need_verifiable)
-    check_output_dir(cfg.train)
-    seed_everything(cfg.train.seed)
     policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
-    policy.to(accelerator.device)
-    generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, accelerator.process_index)
+    policy.to(run.accelerator.device)
+    generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, run.accelerator.process_index)
     resolve_prefix_sharing(cfg, policy)
-    return RLSetup(accelerator, tokenizer, items, stats, eval_items, policy, lineage, generator)
+    return RLSetup(tokenizer, items, stats, eval_items, policy, lineage, generator)
 
 
 def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: int) -> dict:
-    """Load prompts (and held-out prompts), the policy and the reward; open the run folder; ``fit_rl``; save.
+    """PPO and GRPO: load prompts (and held-out prompts), the policy and the reward; open the run folder;
+    ``fit_rl`` between two held-out reward measurements; save.
 
     ``build(policy, tokenizer, reward_fn, generator, accelerator)`` returns ``(trained module, RLFns, extra
     save)`` where the trained module is the policy or a policy + value-head wrapper and ``extra save(out_dir)``
-    writes anything besides the policy (or is None)."""
-    from posttrain.models.policy import save_trained
-    from posttrain.training.loop import cross_process_sum, settings_from_config
-    from posttrain.training.rollout_loop import fit_rl
-    from posttrain.training.stage import open_run_folder, train_then_save
-
-    setup = load_rl_setup(cfg, need_verifiable=cfg.reward.verifier_weight > 0)
-    accelerator, tokenizer, items, stats, eval_items = (setup.accelerator, setup.tokenizer, setup.items, setup.stats,
-                                                        setup.eval_items)
-    policy, lineage, generator = setup.policy, setup.lineage, setup.generator
+    writes anything besides the policy and returns those outputs (or is None)."""
+    run = StageRun(cfg, stage)
+    accelerator = run.accelerator
+    setup = load_rl_setup(cfg, run, need_verifiable=cfg.reward.verifier_weight > 0)
+    policy, tokenizer, generator = setup.policy, setup.tokenizer, setup.generator
     reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens,
                                reduce=cross_process_sum(accelerator))
     model, fns, extra_save = build(policy, tokenizer, reward_fn, generator, accelerator)
-    run = open_run_folder(cfg, stage, accelerator.is_main_process, accelerator.wait_for_everyone)
-    if cfg.reward.reward_model and accelerator.is_main_process:
-        run.add_input("reward.reward_model", cfg.reward.reward_model)
-        run.save(status="running")
+    run.open({"reward.reward_model": cfg.reward.reward_model} if cfg.reward.reward_model else {})
 
     def heldout(prefix: str) -> dict:
-        if not eval_items:
+        if not setup.eval_items:
             return {}
         policy.eval()
-        return heldout_reward(generator, eval_items, reward_fn, cfg.rollout, cfg.train.seed, prefix, accelerator)
+        return heldout_reward(generator, setup.eval_items, reward_fn, cfg.rollout, cfg.train.seed, prefix,
+                              accelerator)
 
     def train() -> dict:
-        summary = {**stats, **heldout("eval_before")}
-        summary.update(fit_rl(model, items, fns, settings_from_config(cfg, stage), accelerator,
+        summary = {**setup.stats, **heldout("eval_before")}
+        summary.update(fit_rl(model, setup.items, fns, settings_from_config(cfg, stage), accelerator,
                               update_epochs=update_epochs, mini_batches=mini_batches))
         summary.update(heldout("eval_after"))
         return summary
 
-    def save(summary: dict) -> dict:
-        save_trained(policy, tokenizer, run.path / "model", lineage)
-        outputs = {"model": "model", "metrics": "metrics.jsonl"}
-        if extra_save is not None:
-            outputs.update(extra_save(run.path))
-        run.finish(summary, outputs)
-        return summary
+    def save(summary: dict, path) -> tuple[dict, dict]:
+        save_trained(policy, tokenizer, path / "model", setup.lineage)
+        return summary, (extra_save(path) if extra_save is not None else {})
 
-    return train_then_save(run, accelerator, train, save)
-
-
+    return run.train_and_save(train, save)

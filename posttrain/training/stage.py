@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,15 @@ class StageData:
     stats: dict
 
 
+def split_off_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, eval): ``fraction`` of the rows (at least one) drawn as held-out rows by a seeded shuffle; both
+    keep the file's order."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(fraction * len(order))))
+    return [examples[i] for i in sorted(order[n_eval:])], [examples[i] for i in sorted(order[:n_eval])]
+
+
 def load_stage_data(cfg, kind: str) -> StageData:
     """Read, validate and render train (and eval) data; raises DataErrors before any output exists."""
     d = cfg.data
@@ -33,11 +43,7 @@ def load_stage_data(cfg, kind: str) -> StageData:
     train_examples = load_examples(d.train, kind, d.split)
     eval_examples = load_examples(d.eval, kind, None) if d.eval else []
     if not eval_examples and d.eval_fraction > 0:
-        order = list(range(len(train_examples)))
-        random.Random(cfg.train.seed).shuffle(order)
-        n_eval = max(1, int(round(d.eval_fraction * len(order))))
-        eval_examples = [train_examples[i] for i in sorted(order[:n_eval])]
-        train_examples = [train_examples[i] for i in sorted(order[n_eval:])]
+        train_examples, eval_examples = split_off_eval(train_examples, d.eval_fraction, cfg.train.seed)
     train, train_stats = render_dataset(train_examples, tokenizer, max_length=d.max_length, truncation=d.truncation)
     evals, eval_stats = (render_dataset(eval_examples, tokenizer, max_length=d.max_length, truncation=d.truncation)
                          if eval_examples else ([], None))
@@ -67,26 +73,84 @@ def check_output_dir(train_cfg) -> None:
                           "or train.overwrite=true to replace it")
 
 
-def open_run_folder(cfg, stage: str, is_main: bool, barrier) -> RunFolder:
-    out = Path(cfg.train.output_dir)
-    if is_main:
-        if cfg.train.overwrite and not cfg.train.resume and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-    barrier()
-    run = RunFolder(out, stage)
-    if is_main:
-        run.write_config(dump_config(cfg))
-        run.add_input("model", cfg.model.name)
-        if cfg.model.adapter:
-            run.add_input("adapter", cfg.model.adapter)
-        run.add_input("data.train", cfg.data.train)
-        if cfg.data.eval:
-            run.add_input("data.eval", cfg.data.eval)
-        if getattr(getattr(cfg, "loss", None), "reference_model", None):  # a pinned reference is an input too
-            run.add_input("loss.reference_model", cfg.loss.reference_model)
-        run.save(status="running")
-    return run
+class StageRun:
+    """One training command's run around its loop, the same for every trainer (sft, the DPO family, kto,
+    reward-model, rejection-sft, ppo, grpo, online-dpo):
+
+    - constructing it checks ``train.output_dir`` (before anything slow is loaded), makes the accelerator and
+      seeds every RNG;
+    - ``open(inputs)`` (after the data and model are checked and loaded) replaces or creates the folder and writes
+      the resolved config and the manifest with the run's inputs (model, adapter, data, pinned reference, plus the
+      trainer's own, e.g. a reward model);
+    - inside ``guard()``, and in ``train_and_save``, a failure marks the manifest ``failed`` with the error and is
+      re-raised;
+    - ``train_and_save(train, save)`` runs ``train()`` on every process, then ``save(summary, path)`` on the main
+      one, which writes the outputs and returns (final summary, outputs besides ``model`` and ``metrics``); the
+      manifest is finished with them.
+    """
+
+    def __init__(self, cfg, stage: str):
+        from posttrain.training.loop import make_accelerator
+
+        check_output_dir(cfg.train)
+        self.cfg, self.stage = cfg, stage
+        self.accelerator = make_accelerator(cfg.train.precision)
+        self.is_main = self.accelerator.is_main_process
+        self.folder: RunFolder | None = None
+        seed_everything(cfg.train.seed)
+
+    @property
+    def path(self) -> Path:
+        if self.folder is None:
+            raise RuntimeError("StageRun.open() first")
+        return self.folder.path
+
+    def open(self, inputs: dict[str, str] | None = None) -> RunFolder:
+        cfg, out = self.cfg, Path(self.cfg.train.output_dir)
+        if self.is_main:
+            if cfg.train.overwrite and not cfg.train.resume and out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.folder = RunFolder(out, self.stage)
+        if self.is_main:
+            self.folder.write_config(dump_config(cfg))
+            for name, value in {**standard_inputs(cfg), **(inputs or {})}.items():
+                self.folder.add_input(name, value)
+            self.folder.save(status="running")
+        return self.folder
+
+    @contextmanager
+    def guard(self):
+        try:
+            yield
+        except BaseException as e:
+            if self.is_main and self.folder is not None:
+                self.folder.save(status="failed", error=f"{type(e).__name__}: {e}")
+            raise
+
+    def train_and_save(self, train, save) -> dict:
+        with self.guard():
+            summary = train()
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                summary, outputs = save(summary, self.path)
+                self.folder.finish(summary, {"model": "model", "metrics": "metrics.jsonl", **outputs})
+            self.accelerator.wait_for_everyone()
+        return summary
+
+
+def standard_inputs(cfg) -> dict[str, str]:
+    """The inputs every training run records in its manifest (their content keys the pipeline's cache)."""
+    inputs = {"model": cfg.model.name}
+    if cfg.model.adapter:
+        inputs["adapter"] = cfg.model.adapter
+    inputs["data.train"] = cfg.data.train
+    if cfg.data.eval:
+        inputs["data.eval"] = cfg.data.eval
+    if getattr(getattr(cfg, "loss", None), "reference_model", None):  # a pinned reference is an input too
+        inputs["loss.reference_model"] = cfg.loss.reference_model
+    return inputs
 
 
 def resolve_prefix_sharing(cfg, model) -> None:
@@ -127,45 +191,24 @@ def print_summary(stage: str, metrics: dict, out_dir: str) -> None:
 
 
 def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
-    """Load and check data, load the policy, open the run folder, ``fit``, save. ``build_fns(model, data,
-    accelerator)`` returns the trainer's ``StepFns``. Returns the summary metrics."""
+    """The offline trainers (sft, the DPO family, kto): load and check data, load the policy, open the run folder,
+    ``fit``, save. ``build_fns(model, data, accelerator)`` returns the trainer's ``StepFns``. Returns the summary
+    metrics."""
     from posttrain.models.policy import load_policy, save_trained
-    from posttrain.training.loop import fit, make_accelerator, settings_from_config
+    from posttrain.training.loop import fit, settings_from_config
 
-    check_output_dir(cfg.train)
-    accelerator = make_accelerator(cfg.train.precision)
+    run = StageRun(cfg, stage)
     data = load_stage_data(cfg, kind)
-    seed_everything(cfg.train.seed)
     model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
-    fns = build_fns(model, data, accelerator)
-    run = open_run_folder(cfg, stage, accelerator.is_main_process, accelerator.wait_for_everyone)
+    fns = build_fns(model, data, run.accelerator)
+    run.open()
 
-    def save(summary: dict) -> dict:
-        save_trained(model, tokenizer, run.path / "model", lineage)
-        summary = {**data.stats, **summary}
-        run.finish(summary, {"model": "model", "metrics": "metrics.jsonl"})
-        return summary
+    def save(summary: dict, path: Path) -> tuple[dict, dict]:
+        save_trained(model, tokenizer, path / "model", lineage)
+        return {**data.stats, **summary}, {}
 
-    return train_then_save(run, accelerator,
-                           lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, stage), accelerator),
-                           save)
-
-
-def train_then_save(run: RunFolder, accelerator, train, save) -> dict:
-    """``train()`` on every process, then ``save(summary)`` on the main process, which writes the outputs, calls
-    ``run.finish`` and returns the final summary. Any failure marks the run folder failed and is re-raised."""
-    is_main = accelerator.is_main_process
-    try:
-        summary = train()
-        accelerator.wait_for_everyone()
-        if is_main:
-            summary = save(summary)
-        accelerator.wait_for_everyone()
-    except BaseException as e:
-        if is_main:
-            run.save(status="failed", error=f"{type(e).__name__}: {e}")
-        raise
-    return summary
+    return run.train_and_save(
+        lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, stage), run.accelerator), save)
 
 
 def to_device(batch: dict, device) -> dict:

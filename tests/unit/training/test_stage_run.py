@@ -1,0 +1,101 @@
+"""training/stage.py::StageRun: the run around every trainer's loop (output folder checked first, config and
+inputs recorded, a failure marks the manifest failed, outputs and summary recorded on success)."""
+
+import json
+
+import pytest
+import yaml
+
+from posttrain.config import ConfigError, build_config
+from posttrain.training.stage import StageRun, split_off_eval
+
+
+def config(tmp_path, **train):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    ref = tmp_path / "ref"
+    ref.mkdir(exist_ok=True)
+    (ref / "weights.bin").write_bytes(b"reference")
+    return build_config("dpo", {"model": {"name": "tiny-random"}, "data": {"train": str(data)},
+                                "loss": {"reference_model": str(ref)},
+                                "train": {"output_dir": str(tmp_path / "out"), "progress": False, **train}})
+
+
+def manifest(tmp_path):
+    return json.loads((tmp_path / "out" / "manifest.json").read_text())
+
+
+def test_open_records_the_config_and_every_input(tmp_path):
+    cfg = config(tmp_path)
+    run = StageRun(cfg, "dpo")
+    extra = tmp_path / "rm"
+    extra.mkdir()
+    run.open({"reward.reward_model": str(extra)})
+    m = manifest(tmp_path)
+    assert m["status"] == "running" and m["stage"] == "dpo"
+    assert list(m["inputs"]) == ["model", "data.train", "loss.reference_model", "reward.reward_model"]
+    assert m["inputs"]["data.train"]["hash"] and m["inputs"]["loss.reference_model"]["hash"]
+    written = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert written["loss"]["beta"] == 0.1 and written["train"]["output_dir"] == str(tmp_path / "out")
+
+
+def test_success_records_summary_and_outputs(tmp_path):
+    run = StageRun(config(tmp_path), "dpo")
+    run.open()
+
+    def save(summary, path):
+        (path / "model").mkdir()
+        (path / "model" / "w").write_text("1")
+        (path / "extra.json").write_text("{}")
+        return {**summary, "saved": 1}, {"extra": "extra.json"}
+
+    assert run.train_and_save(lambda: {"loss": 0.5}, save) == {"loss": 0.5, "saved": 1}
+    m = manifest(tmp_path)
+    assert m["status"] == "completed" and m["metrics"] == {"loss": 0.5, "saved": 1}
+    assert set(m["outputs"]) == {"model", "metrics", "extra"} and m["outputs"]["extra"]["hash"]
+
+
+@pytest.mark.parametrize("where", ["train", "save"])
+def test_a_failure_in_training_or_saving_marks_the_run_failed_and_is_raised(tmp_path, where):
+    run = StageRun(config(tmp_path), "dpo")
+    run.open()
+
+    def boom(*_):
+        raise RuntimeError(f"{where} broke")
+
+    with pytest.raises(RuntimeError, match=f"{where} broke"):
+        run.train_and_save(boom if where == "train" else lambda: {}, boom if where == "save" else None)
+    m = manifest(tmp_path)
+    assert (m["status"], m["error"]) == ("failed", f"RuntimeError: {where} broke")
+
+
+def test_guard_marks_failed_only_once_the_folder_is_open(tmp_path):
+    run = StageRun(config(tmp_path), "dpo")
+    with pytest.raises(ValueError):
+        with run.guard():
+            raise ValueError("before open")
+    assert not (tmp_path / "out").exists()  # nothing written for a failure before the folder is opened
+    run.open()
+    with pytest.raises(ValueError):
+        with run.guard():
+            raise ValueError("while sampling")
+    assert manifest(tmp_path)["error"] == "ValueError: while sampling"
+
+
+def test_output_dir_checked_before_anything_else(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not empty; set train.resume=true"):
+        StageRun(config(tmp_path), "dpo")
+    run = StageRun(config(tmp_path, overwrite=True), "dpo")
+    assert (tmp_path / "out" / "keep.txt").exists()  # replaced only when the run folder is opened
+    run.open()
+    assert not (tmp_path / "out" / "keep.txt").exists()
+
+
+def test_split_off_eval_is_seeded_and_keeps_order():
+    rows = list(range(20))
+    train, held = split_off_eval(rows, 0.25, seed=3)
+    assert len(held) == 5 and sorted(train + held) == rows and train == sorted(train) and held == sorted(held)
+    assert split_off_eval(rows, 0.25, seed=3) == (train, held) and split_off_eval(rows, 0.25, seed=4) != (train, held)
+    assert len(split_off_eval(rows, 0.001, seed=0)[1]) == 1
