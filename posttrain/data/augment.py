@@ -23,13 +23,12 @@ reply], "constraints", "phrasings", "source": {"prompt_id", "candidate_index"}}`
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from posttrain.data.readers import utf8_lines
+from posttrain.data.candidate_rows import read_candidate_rows
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import atomic_write_jsonl
 from posttrain.verifiers.phrasings import CONSTRAINTS, compatible
@@ -80,32 +79,15 @@ class AugmentSettings:
 
 
 def read_candidates(path: str | Path) -> list[dict[str, Any]]:
-    """Candidate rows; every bad row is a ``DataError`` naming the file, line and field (all of them at once)."""
-    source, rows, errors = str(path), [], []
-    for line_number, line in utf8_lines(source, Path(path)):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append(DataError(source, line_number, None, f"not a JSON object ({e.msg})"))
-            continue
-        if not isinstance(row, dict):
-            errors.append(DataError(source, line_number, None, "not a JSON object"))
-            continue
-        prompt = row.get("prompt")
-        if not (isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict)
-                and prompt[-1].get("role") == "user" and isinstance(prompt[-1].get("content"), str)):
-            errors.append(DataError(source, line_number, "prompt", "expected a list of chat messages ending with "
-                                                                   "the user's task"))
-            continue
-        if not isinstance(row.get("text"), str):
-            errors.append(DataError(source, line_number, "text", "expected the reply as a string"))
-            continue
-        rows.append({**row, "_line": line_number})
+    """Candidate rows (``data/candidate_rows.py``, the reader the judge stage uses), each with its line number
+    under ``_line``, whose prompt must end with the user's task; every bad row is a ``DataError`` naming the file,
+    line and field (all of them at once)."""
+    rows, lines = read_candidate_rows(path)
+    errors = [DataError(str(path), line, "prompt", "must end with the user's task (a 'user' message)")
+              for row, line in zip(rows, lines) if row["prompt"][-1]["role"] != "user"]
     if errors:
-        raise DataErrors(errors)
-    return rows
+        raise errors[0] if len(errors) == 1 else DataErrors(errors)
+    return [{**row, "_line": line} for row, line in zip(rows, lines)]
 
 
 def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...], task: str) -> tuple[list[dict], list[str], list[str]]:

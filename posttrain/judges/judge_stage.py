@@ -24,14 +24,13 @@ outputs, marks the manifest failed and raises ``NoPairsKept``: an empty pairs fi
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from posttrain.data.readers import utf8_lines
+from posttrain.data.candidate_rows import read_candidate_rows
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import json_safe, strict_json
 from posttrain.judges import pairs as pairing
@@ -106,55 +105,7 @@ def build_member(spec: dict[str, Any], index: int = 0) -> Member:
 
 def read_candidates(path: str | Path) -> list[dict[str, Any]]:
     """Candidate rows (docs/CANDIDATES.md), every row checked; all errors reported at once."""
-    return _read_candidates(path)[0]
-
-
-def _read_candidates(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """(rows, their 1-based line numbers)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(str(path), None, None, "no such file")
-    rows, lines, errors, seen = [], [], [], set()
-    # BOM dropped, a non-UTF-8 line reported by line number (and the other lines still checked)
-    for n, line in utf8_lines(str(path), path, errors):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            errors.append(DataError(str(path), n, None, f"not valid JSON ({e.msg})"))
-            continue
-        err = _check_row(row)
-        if err:
-            errors.append(DataError(str(path), n, err[0], err[1]))
-            continue
-        if (row["prompt_id"], row["candidate_index"]) in seen:
-            errors.append(DataError(str(path), n, "candidate_index",
-                                    f"repeats candidate {row['candidate_index']} of prompt '{row['prompt_id']}'"))
-        seen.add((row["prompt_id"], row["candidate_index"]))
-        rows.append(row)
-        lines.append(n)
-    if errors:
-        raise errors[0] if len(errors) == 1 else DataErrors(errors)
-    if not rows:
-        raise DataError(str(path), None, None, "no candidate rows")
-    return rows, lines
-
-
-def _check_row(row: Any) -> tuple[str | None, str] | None:
-    if not isinstance(row, dict):
-        return None, "expected a JSON object"
-    for key, kind in (("prompt_id", str), ("text", str), ("candidate_index", int)):
-        if not isinstance(row.get(key), kind) or isinstance(row.get(key), bool):
-            return key, f"missing or not a {kind.__name__}"
-    prompt = row.get("prompt")
-    if not isinstance(prompt, list) or not prompt or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in prompt):
-        return "prompt", "must be a non-empty list of {role, content} messages"
-    if not isinstance(row.get("metadata", {}), dict):
-        return "metadata", "must be an object"
-    return None
+    return read_candidate_rows(path)[0]
 
 
 def repair_count(strategy: str, repair: Any) -> int:
@@ -350,7 +301,7 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
     repair = pair_opts.pop("repair")
     if not judges_config:
         raise JudgeConfigError("judges: at least one judge is needed")
-    candidates, lines = _read_candidates(candidates_path)
+    candidates, lines = read_candidate_rows(candidates_path)
     members = [build_member(spec, i) for i, spec in enumerate(judges_config)]
     names = [m.name for m in members]
     if len(set(names)) != len(names):

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from posttrain.data.augment import AugmentSettings, augment_file, augment_rows, read_candidates
 from posttrain.data.layouts import load_examples
-from posttrain.data.schema import DataErrors
+from posttrain.data.schema import DataError, DataErrors
 from posttrain.verifiers.constraints import check_constraints
 from posttrain.verifiers.phrasings import CONSTRAINTS
 from posttrain.verifiers.repair import repair, tidy
@@ -123,15 +123,28 @@ def test_output_is_sft_data(candidates, tmp_path):
 def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(candidate("a", "Explain bees.", REPLY_A)) + "\n{not json\n"
-                   + json.dumps({"prompt": "Explain bees.", "text": "x"}) + "\n"
-                   + json.dumps({"prompt": [{"role": "user", "content": "Hi"}], "text": 3}) + "\n")
+                   + json.dumps({**candidate("b", "x", "y"), "prompt": "Explain bees."}) + "\n"
+                   + json.dumps({**candidate("c", "Hi", "y"), "text": 3}) + "\n"
+                   + json.dumps(candidate("a", "Explain bees.", REPLY_A)) + "\n")
     out = tmp_path / "sft.jsonl"
     with pytest.raises(DataErrors) as info:
         augment_file(bad, out, AugmentSettings())
     assert [str(e) for e in info.value.errors] == [
-        f"{bad}:2: not a JSON object (Expecting property name enclosed in double quotes)",
-        f"{bad}:3: field 'prompt': expected a list of chat messages ending with the user's task",
-        f"{bad}:4: field 'text': expected the reply as a string"]
+        f"{bad}:2: not valid JSON (Expecting property name enclosed in double quotes)",
+        f"{bad}:3: field 'prompt': must be a non-empty list of {{role, content}} messages",
+        f"{bad}:4: field 'text': missing or not a str",
+        f"{bad}:5: field 'candidate_index': repeats candidate 0 of prompt 'a'"]
+    assert not out.exists()
+    # the judge stage reads candidates with the same reader (data/candidate_rows.py), so the same errors
+    from posttrain.judges.judge_stage import read_candidates as judge_reader
+
+    with pytest.raises(DataErrors) as same:
+        judge_reader(bad)
+    assert [str(e) for e in same.value.errors] == [str(e) for e in info.value.errors]
+    ends_with_reply = write(tmp_path / "reply.jsonl", [{**candidate("a", "Explain bees.", REPLY_A), "prompt": [
+        {"role": "user", "content": "Explain bees."}, {"role": "assistant", "content": "Sure."}]}])
+    with pytest.raises(DataError, match=r"reply.jsonl:1: field 'prompt': must end with the user's task"):
+        augment_file(ends_with_reply, out, AugmentSettings())
     assert not out.exists()
     short = write(tmp_path / "short.jsonl", [candidate("a", "Say hi.", "Hi!")])
     with pytest.raises(DataErrors, match="no example made"):
