@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from posttrain.data.render import Rendered
-from posttrain.ops.packing import pack_sequences, prefix_tree
+from posttrain.ops.packing import Layout, layout_of, pack_sequences, prefix_tree
 
 
-def collate_sequences(seqs: list[Rendered], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """``input_ids``, ``attention_mask``, ``loss_mask``: each (B, T) long, T = the longest sequence."""
+def collate_sequences(seqs: list[Rendered], pad_token_id: int) -> dict:
+    """A ``Layout.PADDED`` batch: ``input_ids``, ``attention_mask``, ``loss_mask``, each (B, T) long, T = the
+    longest sequence."""
     if not seqs:
         raise ValueError("cannot collate an empty batch")
     if pad_token_id is None:
@@ -32,15 +33,13 @@ def collate_sequences(seqs: list[Rendered], pad_token_id: int) -> dict[str, torc
         input_ids[i, :n] = torch.tensor(s.input_ids, dtype=torch.long)
         attention_mask[i, :n] = 1
         loss_mask[i, :n] = torch.tensor(s.loss_mask, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+    return {"layout": Layout.PADDED, "input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
 def pack_rendered(seqs: list[Rendered]) -> dict:
     """One packed row (``input_ids``, ``position_ids``, ``loss_mask``, ``seq_index``: (1, N); ``num_seqs``), no
     ``attention_mask``: attention stays inside each sequence through the restarting ``position_ids``."""
-    batch = pack_sequences([s.input_ids for s in seqs], [s.loss_mask for s in seqs])
-    batch["attention_mask"] = None
-    return batch
+    return pack_sequences([s.input_ids for s in seqs], [s.loss_mask for s in seqs])
 
 
 def tree_rendered(seqs: list[Rendered], units: list[list[int]] | None = None, max_row_tokens: int | None = None
@@ -78,8 +77,9 @@ def sequence_key(seq: Rendered) -> str:
 def count_tokens(batch: dict) -> int:
     """Non-padding tokens in a collated (or packed) batch; a prefix-tree row counts every sequence's tokens
     (what the other layouts process), not the fewer tokens its forward pass runs."""
-    if "num_tokens" in batch:
+    layout = layout_of(batch)
+    if layout is Layout.TREE:
         return int(batch["num_tokens"])
-    if batch.get("attention_mask") is None:
+    if layout is Layout.PACKED:
         return int(batch["input_ids"].numel())
     return int(batch["attention_mask"].sum())

@@ -26,3 +26,18 @@ def sft_loss(token_logps: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.
     tokens = mask.sum(-1).to(token_logps.dtype)
     metrics = {"tokens": tokens, "nll_mean": (losses / tokens.clamp(min=1)).detach()}
     return losses, metrics
+
+
+def sft_loss_from_sums(logps_sum: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``sft_loss`` of sequences given as sums: packed and prefix-tree batches yield each sequence's summed
+    target log-prob and loss-token count, not a (B, T) grid.
+
+    Args:
+        logps_sum: (S,) float, sum_t m_it log p(y_it | y_i<t) per sequence.
+        counts: (S,) float, loss tokens per sequence.
+
+    Returns:
+        the same ``losses`` (S,) and ``metrics`` as ``sft_loss``.
+    """
+    losses = -logps_sum
+    return losses, {"tokens": counts, "nll_mean": (losses / counts.clamp(min=1)).detach()}

@@ -14,8 +14,36 @@ number of loss tokens, and with it the loss normaliser, is the same packed or pa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 
 import torch
+
+
+class Layout(str, Enum):
+    """How a collated batch holds its sequences. Every batch builder writes one under ``batch["layout"]``, and the
+    consumers (``ops/logprobs.py::batch_sequence_logps``, ``data/collate.py::count_tokens``, the SFT and reward-model
+    steps) dispatch on it instead of guessing from which keys are present.
+
+    - ``PADDED``: (B, T) right-padded rows, ``input_ids`` / ``attention_mask`` (/ ``loss_mask``)
+      (``data/collate.py::collate_sequences``);
+    - ``PACKED``: one row of S sequences back to back, ``position_ids`` restarting, ``seq_index``, ``num_seqs``, no
+      attention mask (``pack_sequences``);
+    - ``TREE``: prefix-tree rows, shared prefixes stored once, a 4D ``tree_mask``, one entry per loss token in
+      ``pred_index`` / ``labels`` / ``target_seq`` (``prefix_tree``).
+    """
+
+    PADDED = "padded"
+    PACKED = "packed"
+    TREE = "tree"
+
+
+def layout_of(batch: dict) -> Layout:
+    """The batch's ``Layout``; a ValueError for a dict no batch builder made."""
+    try:
+        return Layout(batch["layout"])
+    except (KeyError, ValueError):
+        raise ValueError(f"not a collated batch: 'layout' is {batch.get('layout')!r}, expected one of "
+                         f"{[m.value for m in Layout]} (build batches with data/collate.py or ops/packing.py)") from None
 
 
 def pack_sequences(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequence[int]]) -> dict:
@@ -37,8 +65,8 @@ def pack_sequences(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequ
     seq_index = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # (N,)
     position_ids = torch.arange(len(ids)) - starts[seq_index]
     mask[starts] = 0
-    return {"input_ids": ids[None], "position_ids": position_ids[None], "loss_mask": mask[None],
-            "seq_index": seq_index[None], "num_seqs": len(lengths), "lengths": lengths}
+    return {"layout": Layout.PACKED, "input_ids": ids[None], "position_ids": position_ids[None],
+            "loss_mask": mask[None], "seq_index": seq_index[None], "num_seqs": len(lengths), "lengths": lengths}
 
 
 def block_diagonal_causal_mask(seq_index: torch.Tensor) -> torch.Tensor:
@@ -108,7 +136,7 @@ def prefix_tree(input_ids: Sequence[Sequence[int]], loss_masks: Sequence[Sequenc
         for i, parent in enumerate(t.parent):  # nodes come after their parents: a node sees what its parent sees
             if parent >= 0:
                 a[i] |= a[parent]
-    return {"input_ids": ids, "position_ids": depth, "tree_mask": allowed[:, None],
+    return {"layout": Layout.TREE, "input_ids": ids, "position_ids": depth, "tree_mask": allowed[:, None],
             "pred_index": torch.tensor([r * width + node for r, node in pred], dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "target_seq": torch.tensor(target_seq, dtype=torch.long),

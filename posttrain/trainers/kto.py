@@ -13,7 +13,7 @@ from posttrain.data.render import Rendered
 from posttrain.losses.kto import kto_loss
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.logprobs import sequence_logps
-from posttrain.training.loop import StepFns
+from posttrain.training.loop import StepFns, reduce_sum_fn
 from posttrain.training.stage import run_training_stage, to_device
 
 
@@ -66,8 +66,6 @@ def kto_step_fns(policy, frozen_reference, *, beta, desirable_weight, undesirabl
 
 
 def train_kto(cfg) -> dict:
-    from posttrain.training.loop import reduce_sum_fn
-
     def build(model, data, accelerator):
         frozen, _ = build_reference(model, cfg.loss.reference, needs_reference=True)
         if frozen is not None:

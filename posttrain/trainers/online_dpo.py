@@ -29,12 +29,20 @@ from pathlib import Path
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.losses import get_loss, preference_loss
-from posttrain.models.reference import build_reference, reference_model
-from posttrain.trainers.grpo import no_grad_token_logps
+from posttrain.data.schema import DataError, DataErrors
 from posttrain.generation.prompts import sample
+from posttrain.judges.ensemble import PairwiseEnsemble, combine_scores
+from posttrain.judges.judge_stage import JudgeConfigError, build_member
+from posttrain.losses import get_loss, preference_loss
+from posttrain.models.policy import save_trained
+from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.rollout import completion_forward, rollout_tensors
-from posttrain.training.rollout_loop import RLFns
+from posttrain.trainers.grpo import no_grad_token_logps
+from posttrain.trainers.preference import loss_params
+from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
+from posttrain.training.loop import reduce_sum_fn, settings_from_config
+from posttrain.training.rollout_loop import RLFns, fit_rl
+from posttrain.training.stage import StageRun
 
 SCORING_STRATEGIES = ("best_vs_worst", "all_above_margin")  # the rest compare two samples (pairwise judges)
 SEQ_KEYS = ("input_ids", "attention_mask", "loss_mask", "completion_mask")
@@ -42,8 +50,6 @@ SEQ_KEYS = ("input_ids", "attention_mask", "loss_mask", "completion_mask")
 
 def build_judges(specs: list[dict], strategy: str) -> list:
     """The judges (``ensemble.Member``s) from judge-stage config dicts; a bad entry is a ConfigError naming it."""
-    from posttrain.judges.judge_stage import JudgeConfigError, build_member
-
     try:
         members = [build_member(spec, i) for i, spec in enumerate(specs)]
     except JudgeConfigError as e:
@@ -63,9 +69,6 @@ def score_responses(members: list, examples: list, texts: list[str]) -> list:
     """One ``Score`` per (prompt row, response): one judge's own score, several judges' weighted mean of normalised
     scores (``ensemble.combine_scores``, as the judge stage combines them). A row whose metadata a verifier
     rejects is a DataError naming the prompt file and row."""
-    from posttrain.data.schema import DataError, DataErrors
-    from posttrain.judges.ensemble import combine_scores
-
     items = [(ex.prompt, t, dict(ex.metadata)) for ex, t in zip(examples, texts)]
     columns = []
     for m in members:
@@ -90,8 +93,6 @@ def judge_pairs(members: list, items: list, outs: list, n: int, strategy: str, p
     pairwise ones compare every two samples of a prompt (``compare_round_robin``). The rows' ``prompt_id`` is the
     prompt's position in ``items``, ``judge.chosen_index`` / ``rejected_index`` the samples' indices within it."""
     from posttrain.judges import pairs as pairing
-    from posttrain.judges.ensemble import PairwiseEnsemble
-
     candidates = [{"prompt_id": str(p), "candidate_index": i, "prompt": it.example.prompt,
                    "text": outs[p * n + i].text, "metadata": dict(it.example.metadata)}
                   for p, it in enumerate(items) for i in range(n)]
@@ -284,13 +285,6 @@ def judge_inputs(judges: list[dict]) -> list[tuple[str, str]]:
 
 
 def train_online_dpo(cfg) -> dict:
-    from posttrain.models.policy import save_trained
-    from posttrain.trainers.preference import loss_params
-    from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
-    from posttrain.training.loop import reduce_sum_fn, settings_from_config
-    from posttrain.training.rollout_loop import fit_rl
-    from posttrain.training.stage import StageRun
-
     o, spec = cfg.online, get_loss(cfg.loss.type)
     if cfg.rollout.backend == "vllm":  # before the judges, which may load models
         from posttrain.generation.vllm_backend import import_vllm

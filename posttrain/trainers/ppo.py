@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from posttrain.generation.prompts import sample
 from posttrain.losses.rl import clipped_value_loss, entropy_from_logits, kl_estimate, ppo_clip_loss
+from posttrain.models.policy import load_policy
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import AdaptiveKLController, explained_variance, gae, token_rewards, whiten
-from posttrain.generation.prompts import sample
 from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.trainers.rl_common import run_rl_stage
 from posttrain.training.loop import cross_process_sum
@@ -51,8 +52,6 @@ class PolicyWithValueHead(nn.Module):
 
 def build_value_trunk(cfg, seed: int):
     """A separate critic trunk: the base model again, with its own adapter (or fully trainable)."""
-    from posttrain.models.policy import load_policy
-
     model, _, _ = load_policy(cfg.model, cfg.peft, seed=seed + 1)
     return model
 

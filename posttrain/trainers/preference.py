@@ -19,6 +19,7 @@ from posttrain.models.reference import (build_reference, load_reference_model, r
                                         same_model)
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
+from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
 
@@ -82,8 +83,6 @@ def loss_params(loss_cfg) -> dict:
 def open_reference_cache(cfg, policy, data, accelerator, pinned=None):
     """The ``ReferenceCache`` of this reference and precision, or None when caching is off / not needed.
     ``pinned``: the frozen ``loss.reference_model``, whose weights then make the fingerprint."""
-    from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
-
     if not (cfg.loss.reference_cache and get_loss(cfg.loss.type).needs_reference):
         return None
     root = cfg.loss.reference_cache_dir or default_cache_dir(cfg.train.output_dir)  # never beside the data

@@ -17,15 +17,23 @@ import gc
 import math
 
 from posttrain.config import ConfigError
+from posttrain.data.render import render_dataset
 from posttrain.data.schema import DataErrors, SFTExample
+from posttrain.data.writers import atomic_write_jsonl
+from posttrain.generation.backends import load_generator
 from posttrain.generation.prompts import load_prompt_items, sample
+from posttrain.judges.ensemble import ScoringEnsemble
+from posttrain.judges.judge_stage import JudgeConfigError, build_member
+from posttrain.models.policy import load_policy, model_tokenizer, save_trained
+from posttrain.trainers.sft import sft_step_fns
+from posttrain.training.loop import fit, settings_from_config
+from posttrain.training.stage import StageRun
+from posttrain.verifiers.constraints import check_constraints
+from posttrain.verifiers.repair import constraints_of, repair_reply
 
 
 def build_scorer(judge_specs: list[dict]):
     """(score_many function, name) from judge config dicts, as the judge stage reads them."""
-    from posttrain.judges.ensemble import ScoringEnsemble
-    from posttrain.judges.judge_stage import JudgeConfigError, build_member
-
     try:
         members = [build_member(spec, i) for i, spec in enumerate(judge_specs)]
     except JudgeConfigError as e:
@@ -58,14 +66,6 @@ def pick_winners(scores: list[list[float]], min_score: float | None) -> list[int
 
 
 def train_rejection_sft(cfg) -> dict:
-    from posttrain.data.render import render_dataset
-    from posttrain.data.writers import atomic_write_jsonl
-    from posttrain.generation.backends import load_generator
-    from posttrain.models.policy import load_policy, model_tokenizer, save_trained
-    from posttrain.trainers.sft import sft_step_fns
-    from posttrain.training.loop import fit, settings_from_config
-    from posttrain.training.stage import StageRun
-
     r = cfg.rejection
     run = StageRun(cfg, "rejection_sft")
     accelerator = run.accelerator
@@ -153,9 +153,6 @@ def repair_winners(items: list, outs: list, values: list[list[float]], n: int, s
     constraints: candidates are tried best score first (then lowest index) and the first that
     ``verifiers/repair.py`` can fix is repaired and scored by the same judges. Prompts without constraints, or
     whose best candidate already obeys them, get nothing."""
-    from posttrain.verifiers.constraints import check_constraints
-    from posttrain.verifiers.repair import constraints_of, repair_reply
-
     wanted: dict[int, str] = {}
     for p, it in enumerate(items):
         constraints = constraints_of(it.example.metadata)

@@ -24,12 +24,18 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import ConfigError
+from posttrain.data.collate import count_tokens
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors, PreferencePair
 from posttrain.data.writers import atomic_write_json
 from posttrain.losses.reward import bradley_terry_loss
-from posttrain.training.loop import StepFns
-from posttrain.training.stage import to_device
+from posttrain.models.adapters import is_peft
+from posttrain.models.policy import enable_checkpointing, load_base, model_tokenizer, resolve_lineage
+from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
+from posttrain.ops.logprobs import tree_forward_mask, unwrap_model
+from posttrain.ops.packing import Layout, layout_of, prefix_tree
+from posttrain.training.loop import StepFns, fit, settings_from_config
+from posttrain.training.stage import StageRun, resolve_prefix_sharing, split_off_eval, to_device
 
 
 @dataclass
@@ -88,15 +94,13 @@ def collate_rm(pairs: list[RenderedPair], pad_token_id: int) -> dict:
     for i, s in enumerate(seqs):
         input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         attention_mask[i, : len(s)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "num_pairs": len(pairs),
+    return {"layout": Layout.PADDED, "input_ids": input_ids, "attention_mask": attention_mask, "num_pairs": len(pairs),
             "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32)}
 
 
 def collate_rm_tree(pairs: list[RenderedPair], max_row_tokens: int | None) -> dict:
     """Prefix-tree rows (``ops/packing.py::prefix_tree``) of the same 2B sequences: a pair's prompt (and the
     system prompt) stored once; ``last_index`` says where each sequence's score is read."""
-    from posttrain.ops.packing import prefix_tree
-
     seqs = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
     b = len(pairs)
     batch = prefix_tree(seqs, [[0] * len(x) for x in seqs], units=[[i, b + i] for i in range(b)],
@@ -108,8 +112,6 @@ def collate_rm_tree(pairs: list[RenderedPair], max_row_tokens: int | None) -> di
 def score_head(model):
     """The classifier's per-position head (``score``: what HF's causal-LM sequence classifiers apply to every
     hidden state before pooling the last token) under DDP / PEFT wrappers, or None for other classifiers."""
-    from posttrain.ops.logprobs import unwrap_model
-
     head = getattr(unwrap_model(model), "score", None)
     return head if isinstance(head, torch.nn.Module) else None
 
@@ -118,8 +120,6 @@ def tree_rewards(model, batch: dict) -> torch.Tensor:
     """(2B,) scores of prefix-tree rows: one forward through ``model`` (so DDP still syncs), the score head's
     output at every node captured, each sequence's read at its last token, which is what the classifier's own
     pooling reads in a padded batch."""
-    from posttrain.ops.logprobs import tree_forward_mask
-
     captured = []
     handle = score_head(model).register_forward_hook(lambda module, args, out: captured.append(out))
     try:
@@ -133,7 +133,7 @@ def tree_rewards(model, batch: dict) -> torch.Tensor:
 
 def batch_rewards(model, batch: dict) -> torch.Tensor:
     """(2B,) scores of a collated batch: prefix-tree rows (``tree_rewards``) or the classifier's pooled output."""
-    if "tree_mask" in batch:
+    if layout_of(batch) is Layout.TREE:
         return tree_rewards(model, batch)
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
 
@@ -150,7 +150,7 @@ def rm_step_fns(*, pad_token_id: int, centering: float, use_margin: bool, device
 
     def loss(model, batch):
         rewards = batch_rewards(model, batch)
-        tokens = int(batch["num_tokens"]) if "tree_mask" in batch else int(batch["attention_mask"].sum())
+        tokens = count_tokens(batch)
         b = batch["num_pairs"]
         losses, m = bradley_terry_loss(rewards[:b], rewards[b:], batch["margin"] if use_margin else None,
                                        centering_coef=centering)
@@ -164,9 +164,6 @@ def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
     """A one-output sequence classifier on ``model.name`` (adapter lineage merged), with a fresh LoRA/DoRA
     adapter (the score head fully trained) or fully trainable. Returns (model, base name)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from posttrain.models.policy import enable_checkpointing, load_base, resolve_lineage
-    from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
 
     base_name, adapters = resolve_lineage(model_cfg.name, model_cfg.adapter)
     path = resolve_model_path(base_name, model_cfg.cache_dir)
@@ -261,10 +258,6 @@ def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_si
 
 
 def train_reward_model(cfg) -> dict:
-    from posttrain.models.policy import model_tokenizer
-    from posttrain.training.loop import fit, settings_from_config
-    from posttrain.training.stage import StageRun, resolve_prefix_sharing, split_off_eval
-
     d = cfg.data
     run = StageRun(cfg, "reward_model")
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
@@ -314,8 +307,6 @@ def train_reward_model(cfg) -> dict:
 
 def save_reward_model(model, tokenizer, out_dir, base_name: str) -> None:
     """A plain HF sequence-classification folder (LoRA merged), loadable by ``RewardModelJudge``."""
-    from posttrain.models.adapters import is_peft
-
     out_dir.mkdir(parents=True, exist_ok=True)
     plain = model.merge_and_unload() if is_peft(model) else model
     plain.save_pretrained(str(out_dir))

@@ -7,8 +7,9 @@ With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py
 from __future__ import annotations
 
 from posttrain.data.collate import collate_sequences, count_tokens, pack_rendered, tree_rendered
-from posttrain.losses.sft import sft_loss
+from posttrain.losses.sft import sft_loss, sft_loss_from_sums
 from posttrain.ops.logprobs import batch_sequence_logps
+from posttrain.ops.packing import Layout, layout_of
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
@@ -21,7 +22,7 @@ def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharin
         return to_device(pack_rendered(items) if packing else collate_sequences(items, pad_token_id), device)
 
     def weight(batch):
-        if "labels" in batch:  # prefix tree: one label per loss token (the first token is never one)
+        if layout_of(batch) is Layout.TREE:  # one label per loss token (the first token is never one)
             return float(batch["labels"].numel())
         # Loss tokens are targets, i.e. loss_mask shifted by one (the first token predicts nothing; packing
         # zeroes each sequence's first token, so the count is the same packed or padded).
@@ -29,13 +30,11 @@ def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharin
 
     def loss(model, batch):
         logps_sum, counts, token_logps = batch_sequence_logps(model, batch)
-        if token_logps is None or batch.get("seq_index") is not None:
-            losses = -logps_sum  # (S,) per packed sequence, as sft_loss gives per padded row
-            nll = losses.detach() / counts.clamp(min=1)
-        else:
+        if layout_of(batch) is Layout.PADDED:
             losses, metrics = sft_loss(token_logps, batch["loss_mask"][:, 1:])
-            nll = metrics["nll_mean"]
-        return losses.sum(), {"nll": nll}, count_tokens(batch)
+        else:  # packed and tree batches give per-sequence sums
+            losses, metrics = sft_loss_from_sums(logps_sum, counts)
+        return losses.sum(), {"nll": metrics["nll_mean"]}, count_tokens(batch)
 
     return StepFns(collate=collate, weight=weight, loss=loss, length=lambda r: len(r.input_ids))
 

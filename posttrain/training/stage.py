@@ -15,8 +15,12 @@ import torch
 from posttrain.config import ConfigError, dump_config
 from posttrain.data.layouts import load_examples
 from posttrain.data.render import render_dataset
-from posttrain.models.policy import model_tokenizer
 from posttrain.data.runfolder import RunFolder
+from posttrain.data.writers import OutputPathError, check_output_path
+from posttrain.models.policy import load_policy, model_tokenizer, save_trained
+from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
+from posttrain.ops.packing import default_tree_row_tokens
+from posttrain.training.loop import fit, make_accelerator, settings_from_config
 
 
 @dataclass
@@ -61,8 +65,6 @@ def load_stage_data(cfg, kind: str) -> StageData:
 def check_output_dir(train_cfg) -> None:
     """``train.output_dir`` is a folder this process can write (or can create), and empty unless resuming or
     overwriting; ``ConfigError`` naming the path otherwise. Called before the model is loaded."""
-    from posttrain.data.writers import OutputPathError, check_output_path
-
     out = Path(train_cfg.output_dir)
     try:
         check_output_path(out, "train.output_dir")
@@ -90,8 +92,6 @@ class StageRun:
     """
 
     def __init__(self, cfg, stage: str):
-        from posttrain.training.loop import make_accelerator
-
         check_output_dir(cfg.train)
         self.cfg, self.stage = cfg, stage
         self.accelerator = make_accelerator(cfg.train.precision)
@@ -157,9 +157,6 @@ def resolve_prefix_sharing(cfg, model) -> None:
     """Turn ``data.prefix_sharing: auto`` into true/false for this model, and fill in ``data.tree_row_tokens``,
     before the resolved config is written (so the run folder records the layout that ran). Flash-attention
     cannot take the tree's 4D mask: auto turns sharing off there, an explicit true is an error."""
-    from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
-    from posttrain.ops.packing import default_tree_row_tokens
-
     d = cfg.data
     if d.prefix_sharing == "auto":
         d.prefix_sharing = not getattr(d, "packing", False) and takes_tree_mask(model)
@@ -194,9 +191,6 @@ def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
     """The offline trainers (sft, the DPO family, kto): load and check data, load the policy, open the run folder,
     ``fit``, save. ``build_fns(model, data, accelerator)`` returns the trainer's ``StepFns``. Returns the summary
     metrics."""
-    from posttrain.models.policy import load_policy, save_trained
-    from posttrain.training.loop import fit, settings_from_config
-
     run = StageRun(cfg, stage)
     data = load_stage_data(cfg, kind)
     model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)

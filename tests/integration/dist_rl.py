@@ -32,9 +32,8 @@ if command == "grpo":
     train = trainer.train_grpo
 elif command == "rejection-sft":
     import posttrain.trainers.rejection_sft as trainer
-    import posttrain.training.loop as loop
 
-    keep_first_argument(loop, "fit")  # rejection-sft imports fit when it runs
+    keep_first_argument(trainer, "fit")  # the policy rejection-sft trains
     train = trainer.train_rejection_sft
 else:
     import posttrain.trainers.ppo as trainer

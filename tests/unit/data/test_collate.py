@@ -3,6 +3,7 @@ import torch
 
 from posttrain.data.collate import collate_pairs, collate_sequences, count_tokens
 from posttrain.data.render import Rendered
+from posttrain.ops.packing import Layout, layout_of
 
 PAD = 2
 
@@ -11,8 +12,9 @@ def test_collate_sequences_right_pads_exactly():
     a = Rendered([5, 6, 7, 8], [0, 0, 1, 1], prompt_length=2)
     b = Rendered([9, 10], [0, 1], prompt_length=1)
     batch = collate_sequences([a, b], PAD)
-    assert set(batch) == {"input_ids", "attention_mask", "loss_mask"}
-    assert all(t.dtype == torch.long and t.shape == (2, 4) for t in batch.values())
+    assert set(batch) == {"layout", "input_ids", "attention_mask", "loss_mask"} and batch["layout"] is Layout.PADDED
+    assert all(batch[k].dtype == torch.long and batch[k].shape == (2, 4)
+               for k in ("input_ids", "attention_mask", "loss_mask"))
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, PAD, PAD]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert batch["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 0, 0]]
@@ -41,3 +43,17 @@ def test_collate_rejects_an_empty_batch_and_a_missing_pad_id():
         collate_pairs([], PAD)
     with pytest.raises(ValueError, match="pad_token_id is None"):
         collate_sequences([Rendered([1], [1], 0)], None)
+
+
+def test_every_layout_is_tagged_and_counts_the_same_tokens():
+    pairs = [(Rendered([1, 2, 3], [0, 1, 1], 1), Rendered([1, 2, 4], [0, 1, 1], 1)),
+             (Rendered([7, 8], [0, 1], 1), Rendered([7, 9, 9], [0, 1, 1], 1))]
+    padded = collate_pairs(pairs, PAD)
+    packed = collate_pairs(pairs, PAD, packing=True)
+    tree = collate_pairs(pairs, PAD, prefix_sharing=True)
+    assert [layout_of(b) for b in (padded, packed, tree)] == [Layout.PADDED, Layout.PACKED, Layout.TREE]
+    # every sequence's tokens, whichever layout (the tree's forward runs fewer: 1, 2 and 7 stored once)
+    assert count_tokens(padded) == count_tokens(packed) == count_tokens(tree) == 11
+    assert tree["num_nodes"] == 8
+    with pytest.raises(ValueError, match="not a collated batch: 'layout' is None"):
+        count_tokens({"input_ids": torch.ones(1, 3, dtype=torch.long)})
