@@ -116,6 +116,13 @@ class TrainSection(Section):
         "checkpoints kept); skip drops that update and goes on")
 
 
+class ParallelSection(Section):
+    strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="ddp: every process holds the whole model; fsdp2: parameters, gradients and optimizer "
+        "state sharded over the processes per decoder layer (torch FSDP2, training/parallel.py; sft, dpo family, "
+        "kto, rejection-sft)")
+
+
 class PreferenceLossSection(Section):
     type: Literal[PAIRED_LOSS_TYPES] = "dpo"
     beta: float | None = Field(None, gt=0, description="default depends on the loss (losses.LOSSES: dpo 0.1, simpo "
@@ -175,6 +182,7 @@ class SFTConfig(Section):
     data: DataSection
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
 
 class DPOConfig(Section):
@@ -184,6 +192,7 @@ class DPOConfig(Section):
     optim: OptimSection = OptimSection(lr=5e-5)
     loss: PreferenceLossSection = PreferenceLossSection()
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
 
 class KTOConfig(Section):
@@ -193,6 +202,7 @@ class KTOConfig(Section):
     optim: OptimSection = OptimSection(lr=5e-5)
     loss: KTOLossSection = KTOLossSection()
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
     @model_validator(mode="after")
     def _kl_needs_two(self):
@@ -221,6 +231,7 @@ class RewardModelConfig(Section):
     optim: OptimSection = OptimSection(lr=1e-4)
     loss: RewardModelLossSection = RewardModelLossSection()
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
     @model_validator(mode="after")
     def _padded_only(self):
@@ -325,6 +336,7 @@ class PPOConfig(Section):
     ppo: PPOSection = PPOSection()
     optim: OptimSection = OptimSection(lr=1e-5, batch_size=8, micro_batch_size=8, schedule="constant")
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
 
 class GRPOConfig(Section):
@@ -336,6 +348,7 @@ class GRPOConfig(Section):
     grpo: GRPOSection = GRPOSection()
     optim: OptimSection = OptimSection(lr=1e-5, batch_size=4, micro_batch_size=8, schedule="constant")
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
 
 class RejectionSection(Section):
@@ -359,6 +372,7 @@ class RejectionSFTConfig(Section):
     max_length: int = Field(512, gt=8, description="SFT sequence limit (longer winners are dropped)")
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
     @model_validator(mode="after")
     def _one_backend_knob(self):
@@ -392,6 +406,7 @@ class OnlineDPOConfig(Section):
     # LoRA (the default peft) as offline DPO: 5e-5; full fine-tuning (peft.method=none) wants 5e-7 to 5e-6
     optim: OptimSection = OptimSection(lr=5e-5, batch_size=8, micro_batch_size=8, schedule="constant")
     train: TrainSection = TrainSection()
+    parallel: ParallelSection = ParallelSection()
 
     @model_validator(mode="after")
     def _fresh_reference(self):

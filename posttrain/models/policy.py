@@ -107,11 +107,16 @@ def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None):
     return model, tokenizer, lineage
 
 
-def save_trained(model, tokenizer, out_dir: str | Path, lineage: dict) -> Path:
-    """Adapter (PEFT format) or full weights, the tokenizer, and the lineage file."""
+def save_trained(model, tokenizer, out_dir: str | Path, lineage: dict, state_dict: dict | None = None) -> Path:
+    """Adapter (PEFT format) or full weights, the tokenizer, and the lineage file. ``state_dict``: the model's
+    full weights when they are sharded over processes (``training/parallel.py::full_state_dict``); the folder is
+    then the same as an unsharded run writes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
+    if state_dict is not None:
+        model.save_pretrained(str(out), state_dict=state_dict)
+    else:
+        model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     if is_peft(model):
         (out / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")

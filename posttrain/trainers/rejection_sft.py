@@ -140,11 +140,11 @@ def train_rejection_sft(cfg) -> dict:
         settings = settings_from_config(cfg, "rejection_sft")
 
     def save(summary: dict, path) -> tuple[dict, dict]:
-        save_trained(policy, tokenizer, path / "model", lineage)
+        save_trained(policy, tokenizer, path / "model", lineage, state_dict=run.full_state)
         return {**stats, **selection, **render_stats, **summary}, {"candidates": "candidates.jsonl",
                                                                     "winners": "winners.jsonl"}
 
-    return run.train_and_save(lambda: fit(policy, train, [], fns, settings, accelerator), save)
+    return run.train_and_save(lambda: fit(policy, train, [], fns, settings, accelerator), save, model=policy)
 
 
 def repair_winners(items: list, outs: list, values: list[list[float]], n: int, score_many

@@ -28,6 +28,7 @@ from posttrain.config import ConfigError
 from posttrain.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import MetricSums, MetricsLog
 from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
+from posttrain.training.parallel import check_optimizer_covers, gradient_sync, shard, total_norm
 
 
 @dataclass
@@ -75,6 +76,7 @@ class LoopSettings:
     # A step whose loss or gradient norm is NaN/inf: "fail" stops the run (no model saved, checkpoints kept),
     # "skip" drops that update and goes on.
     on_nonfinite: str = "fail"
+    parallel: str = "ddp"  # parallel.strategy: ddp | fsdp2 (training/parallel.py)
 
 
 def build_optimization(model, s: LoopSettings, total_steps: int):
@@ -121,14 +123,17 @@ def check_on_nonfinite(s: LoopSettings) -> None:
 
 
 def optimizer_step(accelerator, params: list, optimizer, scheduler, max_grad_norm: float | None,
-                   loss: float = 0.0) -> tuple[float, bool]:
+                   loss: float = 0.0, sharded: bool = False) -> tuple[float, bool]:
     """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients. Returns (the
     gradient norm before clipping, whether the update was applied).
 
     When ``loss`` (the step's loss, the same on every process) or the norm is NaN or infinite the optimizer is
     not stepped, so the weights keep their last finite values; the schedule still advances, so the learning rate
     stays a function of the step number (what resume relies on)."""
-    grad_norm = float(accelerator.clip_grad_norm_(params, max_grad_norm if max_grad_norm is not None else math.inf))
+    limit = max_grad_norm if max_grad_norm is not None else math.inf
+    # sharded (DTensor) gradients: torch's clip computes the global norm over the shards
+    grad_norm = (total_norm(torch.nn.utils.clip_grad_norm_(params, limit)) if sharded
+                 else float(accelerator.clip_grad_norm_(params, limit)))
     applied = math.isfinite(grad_norm) and math.isfinite(loss)
     if applied:
         optimizer.step()
@@ -166,7 +171,8 @@ def check_finite_weights(model, step: int, reduce, checkpoint: Path | None) -> N
     checkpoint and before the model is returned for saving, so neither is ever written with such weights). The
     verdict is summed over processes (``reduce``) so every process stops together, also when weights are
     sharded."""
-    bad = next((n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()), None)
+    bad = next((n for n, p in model.named_parameters()
+                if p.requires_grad and not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()), None)
     if float(reduce(torch.tensor([float(bad is not None)], dtype=torch.float64))[0]) == 0:
         return
     raise NonFiniteLoss(f"after step {step}: trainable weights hold NaN or infinite values"
@@ -185,6 +191,7 @@ def settings_from_config(cfg, desc: str) -> LoopSettings:
         eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, resume=t.resume,
         progress=t.progress, desc=desc, sort_by_length=getattr(cfg.data, "sort_by_length", False),
         sort_window=getattr(cfg.data, "sort_window", 32), on_nonfinite=getattr(t, "on_nonfinite", "fail"),
+        parallel=cfg.parallel.strategy if hasattr(cfg, "parallel") else "ddp",
     )
 
 
@@ -312,8 +319,15 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         lengths = [int(fns.length(item)) for item in train_items]
     orders: dict = {}
 
+    sharded = s.parallel == "fsdp2" and world > 1
+    if sharded:
+        if s.save_every or s.resume:
+            raise ConfigError("parallel.strategy=fsdp2 with train.save_every or train.resume: sharded checkpoints "
+                              "are not written yet; run without them or with parallel.strategy=ddp")
+        shard(model, accelerator.device, world)  # before the optimizer: it must hold the sharded parameters
     optimizer, scheduler = build_optimization(model, s, total_steps)
-    ddp_model = accelerator.prepare(model)
+    ddp_model = model if sharded else accelerator.prepare(model)
+    check_optimizer_covers(ddp_model, optimizer)
     params = [p for p in ddp_model.parameters() if p.requires_grad]
     start, _ = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps)
     log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
@@ -331,8 +345,11 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         global_weight = float(reduce(torch.tensor([sum(float(fns.weight(b)) for b in batches)], dtype=torch.float64)))
         sums, loss_value, tokens = MetricSums(), 0.0, 0
         for i, batch in enumerate(batches):
-            # Only the last micro-batch all-reduces gradients; DDP averages over processes, hence "* world".
-            sync = contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(ddp_model)
+            # Only the last micro-batch all-reduces (DDP) or reduce-scatters (FSDP2) gradients; both average over
+            # processes, hence "* world".
+            last_micro_batch = i == len(batches) - 1
+            gradient_sync(ddp_model, last_micro_batch)
+            sync = contextlib.nullcontext() if last_micro_batch or sharded else accelerator.no_sync(ddp_model)
             with sync, accelerator.autocast():
                 loss_sum, metrics, n_tok = fns.loss(ddp_model, batch)
                 accelerator.backward(loss_sum * (world / global_weight))
@@ -343,7 +360,8 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         # The loss is summed over processes before the update so that every process takes the same decision
         # on a non-finite step (the gradient norm is already global: gradients were all-reduced).
         step_tokens, loss_all = reduce(torch.tensor([tokens, loss_value], dtype=torch.float64)).tolist()
-        grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_all)
+        grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_all,
+                                            sharded=sharded)
         dt = time.perf_counter() - t0
         tokens_total += int(step_tokens)
         t_train += dt

@@ -21,6 +21,7 @@ from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
 from posttrain.ops.packing import default_tree_row_tokens
 from posttrain.training.loop import fit, make_accelerator, settings_from_config
+from posttrain.training.parallel import full_state_dict
 
 
 @dataclass
@@ -92,11 +93,13 @@ class StageRun:
     """
 
     def __init__(self, cfg, stage: str):
+        check_parallel(cfg, stage)
         check_output_dir(cfg.train)
         self.cfg, self.stage = cfg, stage
         self.accelerator = make_accelerator(cfg.train.precision)
         self.is_main = self.accelerator.is_main_process
         self.folder: RunFolder | None = None
+        self.full_state: dict | None = None  # the trained model's gathered weights when it was sharded
         seed_everything(cfg.train.seed)
 
     @property
@@ -129,15 +132,34 @@ class StageRun:
                 self.folder.save(status="failed", error=f"{type(e).__name__}: {e}")
             raise
 
-    def train_and_save(self, train, save) -> dict:
+    def train_and_save(self, train, save, model=None) -> dict:
+        """``model``: the trained module; when the loop sharded it (``parallel.strategy=fsdp2``), its full weights
+        are gathered on the main process (every process takes part) into ``self.full_state`` for ``save``."""
         with self.guard():
             summary = train()
+            if model is not None:
+                self.full_state = full_state_dict(model)
             self.accelerator.wait_for_everyone()
             if self.is_main:
                 summary, outputs = save(summary, self.path)
                 self.folder.finish(summary, {"model": "model", "metrics": "metrics.jsonl", **outputs})
             self.accelerator.wait_for_everyone()
         return summary
+
+
+FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft")  # the trainers on training/loop.py::fit with save_trained
+
+
+def check_parallel(cfg, stage: str) -> None:
+    """``parallel.strategy=fsdp2`` only where it runs: a one-line ConfigError before anything is loaded."""
+    if getattr(getattr(cfg, "parallel", None), "strategy", "ddp") != "fsdp2":
+        return
+    if stage not in FSDP2_STAGES:
+        raise ConfigError(f"parallel.strategy=fsdp2: {stage} does not run sharded yet (sharded: sft, the dpo family, "
+                          "kto, rejection-sft); use parallel.strategy=ddp")
+    if cfg.train.save_every or cfg.train.resume:
+        raise ConfigError("parallel.strategy=fsdp2 with train.save_every or train.resume: sharded checkpoints are "
+                          "not written yet; run without them or with parallel.strategy=ddp")
 
 
 def standard_inputs(cfg) -> dict[str, str]:
@@ -198,11 +220,12 @@ def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
     run.open()
 
     def save(summary: dict, path: Path) -> tuple[dict, dict]:
-        save_trained(model, tokenizer, path / "model", lineage)
+        save_trained(model, tokenizer, path / "model", lineage, state_dict=run.full_state)
         return {**data.stats, **summary}, {}
 
     return run.train_and_save(
-        lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, stage), run.accelerator), save)
+        lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, stage), run.accelerator), save,
+        model=model)
 
 
 def to_device(batch: dict, device) -> dict:

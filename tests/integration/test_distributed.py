@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from posttrain.training.metrics import read_metrics
 
@@ -123,3 +124,56 @@ def test_two_process_rejection_sft_matches_one_process(tmp_path):
     for a, b in zip(two, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
+
+
+FSDP_SCRIPT = Path(__file__).with_name("dist_fsdp.py")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("command,peft,port", [("dpo", "lora", 29536), ("sft", "none", 29537)])
+def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, peft, port):
+    """parallel.strategy=fsdp2 under torchrun (gloo): each process holds about half of every parameter (trainable
+    and frozen, measured from its local shards), the per-step losses and gradient norms equal one process on the
+    same global batch, and the saved model is the one a single process saves (same logits)."""
+    from .helpers import sft_rows
+
+    rows = pair_rows(16) if command == "dpo" else sft_rows(16)
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    args = [f"data.train={data}", f"peft.method={peft}", "optim.batch_size=8", "optim.micro_batch_size=2",
+            "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
+            "optim.max_grad_norm=1.0"]
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r1").mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    _run(torchrun + [str(FSDP_SCRIPT), command, str(tmp_path / "two"), str(tmp_path / "r2"), *args,
+                     "parallel.strategy=fsdp2"], tmp_path)
+    _run([sys.executable, str(FSDP_SCRIPT), command, str(tmp_path / "one"), str(tmp_path / "r1"), *args], tmp_path)
+
+    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    one = json.loads((tmp_path / "r1" / "rank0.json").read_text())
+    assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
+    for kind in ("trainable", "frozen"):
+        total = one["full"][kind]
+        assert ranks[0]["full"][kind] == total and ranks[0]["held"][kind] + ranks[1]["held"][kind] == total, kind
+        for r in ranks:  # about half each (a dimension of odd size splits unevenly)
+            assert 0.45 * total <= r["held"][kind] <= 0.55 * total, (kind, r["held"][kind], total)
+
+    two = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r.get("split") != "eval"]
+    single = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r.get("split") != "eval"]
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(two, single):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["tokens"] == b["tokens"]
+    assert two[-1]["loss"] != two[0]["loss"]  # the optimizer steps the parameters the sharded model uses
+    assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
+
+    from posttrain.models.policy import load_trained
+
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    logits = []
+    for run in ("two", "one"):
+        model, _ = load_trained(str(tmp_path / run / "model"))
+        with torch.no_grad():
+            logits.append(model(input_ids=ids).logits)
+    assert torch.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)

@@ -99,3 +99,34 @@ def test_split_off_eval_is_seeded_and_keeps_order():
     assert len(held) == 5 and sorted(train + held) == rows and train == sorted(train) and held == sorted(held)
     assert split_off_eval(rows, 0.25, seed=3) == (train, held) and split_off_eval(rows, 0.25, seed=4) != (train, held)
     assert len(split_off_eval(rows, 0.001, seed=0)[1]) == 1
+
+
+def test_fsdp2_stops_before_anything_where_it_does_not_run_yet(tmp_path):
+    cfg = config(tmp_path, save_every=2)
+    cfg.parallel.strategy = "fsdp2"
+    with pytest.raises(ConfigError, match=r"^parallel.strategy=fsdp2 with train.save_every or train.resume: "):
+        StageRun(cfg, "dpo")
+    rm = build_config("reward-model", {"model": {"name": "tiny-random"}, "data": {"train": str(tmp_path / "p.jsonl")},
+                                       "parallel": {"strategy": "fsdp2"},
+                                       "train": {"output_dir": str(tmp_path / "out")}})
+    with pytest.raises(ConfigError, match=r"^parallel.strategy=fsdp2: reward_model does not run sharded yet"):
+        StageRun(rm, "reward_model")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="parallel.strategy"):
+        build_config("sft", {"data": {"train": "x.jsonl"}, "parallel": {"strategy": "zero3"}})
+
+
+def test_an_optimizer_built_before_sharding_is_caught():
+    """fully_shard replaces every parameter; an optimizer built before holds the old tensors (the loss would never
+    move). Replacing a parameter the same way is what check_optimizer_covers must notice."""
+    import torch
+
+    from posttrain.training.parallel import check_optimizer_covers
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    model[1].bias.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    check_optimizer_covers(model, optimizer)
+    model[0].weight = torch.nn.Parameter(model[0].weight.detach().clone())  # what sharding does to every parameter
+    with pytest.raises(RuntimeError, match=r"does not hold 1 of the model's trainable parameters \(first: 0.weight\)"):
+        check_optimizer_covers(model, optimizer)

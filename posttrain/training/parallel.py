@@ -1,0 +1,89 @@
+"""How a trained model is spread over processes (``parallel.strategy``).
+
+- ``ddp`` (default): every process holds the whole model, optimizer state and reference; accelerate wraps the model
+  in DistributedDataParallel, which all-reduces (averages) gradients on the last micro-batch of a step.
+- ``fsdp2``: torch's FSDP2 (``torch.distributed.fsdp.fully_shard``; Zhao et al. 2023, "PyTorch FSDP"). Every
+  decoder layer is one unit and the root (embeddings, final norm, head) another; each process keeps 1/world of
+  every parameter (a DTensor shard), so the optimizer state it builds afterwards is 1/world too. A unit's full
+  weights are all-gathered just before its forward (and again for its backward) and freed after; gradients are
+  reduce-scattered (averaged), so the loop's loss scaling (``world / W``) is the same as under DDP. The same code
+  runs on CPU (gloo) and GPU (NCCL): accelerate does not apply FSDP on CPU, so the API is called directly.
+
+The optimizer must be built *after* sharding: ``fully_shard`` replaces every parameter with a sharded one, and an
+optimizer built before would step tensors the model no longer uses (``check_optimizer_covers`` stops that).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STRATEGIES = ("ddp", "fsdp2")
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks, the units FSDP shards one at a time: the modules whose class the HF model
+    names in ``_no_split_modules`` (``LlamaDecoderLayer``, ...), found under PEFT wrappers too."""
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"parallel.strategy=fsdp2: {type(model).__name__} names no decoder layer class "
+                         "(_no_split_modules), so it cannot be sharded per layer; use parallel.strategy=ddp")
+    return layers
+
+
+def shard(model: nn.Module, device: torch.device | str, world: int) -> nn.Module:
+    """``fully_shard`` every decoder layer, then the root, over ``world`` processes; in place (the returned module is
+    ``model``, its class now also an ``FSDPModule``)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(torch.device(device).type, (world,))
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def local_numel(param: torch.Tensor) -> int:
+    """Elements this process holds of ``param`` (its shard for a DTensor)."""
+    return param.to_local().numel() if hasattr(param, "to_local") else param.numel()
+
+
+def gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """FSDP2's no_sync: without it every micro-batch would reduce-scatter; the step's sum is the same either way."""
+    if is_sharded(model):
+        model.set_requires_gradient_sync(enabled)
+
+
+def total_norm(norm) -> float:
+    """A gradient norm as a float; ``clip_grad_norm_`` over DTensor gradients returns a DTensor."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Every trainable parameter the model uses is one the optimizer steps; a RuntimeError otherwise (an optimizer
+    built before the model was sharded or wrapped holds the replaced tensors: the loss would never move)."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        raise RuntimeError(f"the optimizer does not hold {len(missing)} of the model's trainable parameters (first: "
+                           f"{missing[0]}); it was built before the model was sharded or wrapped")
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict on CPU, gathered on the main process (other processes get an empty dict);
+    None when ``model`` is not sharded. A collective: every process must call it."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -1,0 +1,51 @@
+"""Run under torchrun (or alone) by test_distributed.py: trains SFT or DPO with the given overrides and writes this
+rank's view: how many parameter elements it holds (its shards under parallel.strategy=fsdp2), split into
+trainable and frozen, and the summary."""
+
+import json
+import os
+import sys
+
+import torch
+
+from posttrain.config import load_config
+from posttrain.training.parallel import is_sharded, local_numel
+
+command, out, result_dir = sys.argv[1:4]
+seen = {}
+
+if command == "sft":
+    import posttrain.trainers.sft as trainer
+
+    train = trainer.train_sft
+else:
+    import posttrain.trainers.preference as trainer
+
+    train = trainer.train_preference
+import posttrain.training.stage as stage  # noqa: E402
+
+real_fit = stage.fit
+
+
+def keep_model(model, *args, **kwargs):
+    seen["model"] = model
+    return real_fit(model, *args, **kwargs)
+
+
+stage.fit = keep_model
+torch.set_num_threads(1)
+cfg = load_config(command, None, ["model.name=tiny-random", f"train.output_dir={out}", "train.progress=false",
+                                  *sys.argv[4:]])
+summary = train(cfg)
+model = seen["model"]
+held = {"trainable": 0, "frozen": 0}
+full = {"trainable": 0, "frozen": 0}
+for p in model.parameters():
+    kind = "trainable" if p.requires_grad else "frozen"
+    held[kind] += local_numel(p)
+    full[kind] += p.numel()
+rank = int(os.environ.get("RANK", "0"))
+with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as fh:
+    json.dump({"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "sharded": is_sharded(model),
+               "held": held, "full": full, "summary": {k: v for k, v in summary.items()
+                                                         if isinstance(v, (int, float, str))}}, fh)
