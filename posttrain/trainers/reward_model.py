@@ -18,7 +18,6 @@ model is a known failure mode, so it is measured and reported in ``reward_eval.j
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +28,10 @@ from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors, PreferencePair
 from posttrain.data.writers import atomic_write_json
 from posttrain.losses.reward import bradley_terry_loss
+from posttrain.eval.reward_stats import reward_stats
 from posttrain.models.adapters import is_peft
-from posttrain.models.policy import enable_checkpointing, load_base, model_tokenizer, resolve_lineage
-from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
+from posttrain.models.policy import model_tokenizer
+from posttrain.models.reward import load_reward_model
 from posttrain.ops.logprobs import tree_forward_mask, unwrap_model
 from posttrain.ops.packing import Layout, layout_of, prefix_tree
 from posttrain.training.loop import StepFns, fit, settings_from_config
@@ -160,61 +160,8 @@ def rm_step_fns(*, pad_token_id: int, centering: float, use_margin: bool, device
     return StepFns(collate=collate, weight=weight, loss=loss)
 
 
-def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
-    """A one-output sequence classifier on ``model.name`` (adapter lineage merged), with a fresh LoRA/DoRA
-    adapter (the score head fully trained) or fully trainable. Returns (model, base name)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    base_name, adapters = resolve_lineage(model_cfg.name, model_cfg.adapter)
-    path = resolve_model_path(base_name, model_cfg.cache_dir)
-    dtype = torch_dtype(model_cfg.dtype)
-    torch.manual_seed(seed)  # the score head is freshly initialised
-    try:
-        if adapters:  # a trained folder: merge its lineage into the causal LM, then move the trunk over
-            causal, _, _ = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
-                                     dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
-            config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=model_cfg.trust_remote_code)
-            model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
-            missing, _ = model.load_state_dict(causal.state_dict(), strict=False)
-            head = {n for n, _ in model.named_parameters() if not n.startswith(model.base_model_prefix + ".")}
-            if set(missing) - head:
-                raise ModelError(f"model '{model_cfg.name}': its trunk does not fit a sequence classifier "
-                                 f"(missing {sorted(set(missing) - head)[:3]})")
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, ignore_mismatched_sizes=True, dtype=dtype,
-                trust_remote_code=model_cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"model '{model_cfg.name}': cannot load it as a sequence classifier "
-                         f"({str(e).splitlines()[0]})") from None
-    model.config.pad_token_id = pad_token_id  # the classifier pools the last non-pad token
-    if peft_cfg.method != "none":
-        from peft import LoraConfig, get_peft_model
-
-        if peft_cfg.method == "qlora":
-            raise ConfigError("peft.method=qlora is not supported for reward models; use lora or none")
-        torch.manual_seed(seed)
-        model = get_peft_model(model, LoraConfig(r=peft_cfg.r, lora_alpha=peft_cfg.alpha, lora_dropout=peft_cfg.dropout,
-                                                 target_modules=peft_cfg.target_modules,
-                                                 use_dora=peft_cfg.method == "dora", task_type="SEQ_CLS"))
-    if model_cfg.gradient_checkpointing:
-        enable_checkpointing(model, every=model_cfg.checkpoint_every)
-    return model, base_name
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    n = len(x)
-    if n < 2:
-        return math.nan
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sx = math.sqrt(sum((a - mx) ** 2 for a in x))
-    sy = math.sqrt(sum((b - my) ** 2 for b in y))
-    return sxy / (sx * sy) if sx > 0 and sy > 0 else math.nan
-
-
 def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_size: int) -> dict:
-    """Accuracy, reward distribution and length sensitivity of the model's scores on ``pairs``."""
+    """The model's scores of ``pairs`` and their statistics (``eval/reward_stats.py``)."""
     chosen, rejected = [], []
     was_training = model.training
     model.eval()
@@ -226,35 +173,7 @@ def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_si
             chosen += r[:b].tolist()
             rejected += r[b:].tolist()
     model.train(was_training)
-    scores = chosen + rejected
-    lengths = [p.chosen_length for p in pairs] + [p.rejected_length for p in pairs]
-    ordered = sorted(scores)
-    n = len(pairs)
-
-    def quantile(q):
-        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
-
-    mean = sum(scores) / len(scores)
-    unequal = [p for p in pairs if p.chosen_length != p.rejected_length]
-    return {
-        "pairs": n,
-        "accuracy": sum(c > r for c, r in zip(chosen, rejected)) / n,
-        "margin_mean": sum(c - r for c, r in zip(chosen, rejected)) / n,
-        "reward_mean": mean,
-        "reward_std": math.sqrt(sum((s - mean) ** 2 for s in scores) / max(1, len(scores) - 1)),
-        "reward_min": ordered[0], "reward_p05": quantile(0.05), "reward_p50": quantile(0.5),
-        "reward_p95": quantile(0.95), "reward_max": ordered[-1],
-        "chosen_mean": sum(chosen) / n, "rejected_mean": sum(rejected) / n,
-        # length bias: does the score follow response length, and does the RM simply pick the longer reply?
-        "length_corr": pearson(scores, [float(x) for x in lengths]),
-        "margin_length_corr": pearson([c - r for c, r in zip(chosen, rejected)],
-                                      [float(p.chosen_length - p.rejected_length) for p in pairs]),
-        "longer_preferred_by_rm": (sum((c > r) == (p.chosen_length > p.rejected_length)
-                                       for c, r, p in zip(chosen, rejected, pairs) if p.chosen_length != p.rejected_length)
-                                   / len(unequal)) if unequal else math.nan,
-        "longer_is_chosen_in_data": (sum(p.chosen_length > p.rejected_length for p in unequal) / len(unequal))
-                                    if unequal else math.nan,
-    }
+    return reward_stats(chosen, rejected, [p.chosen_length for p in pairs], [p.rejected_length for p in pairs])
 
 
 def train_reward_model(cfg) -> dict:
