@@ -19,6 +19,7 @@ from posttrain.models.reference import (build_reference, load_reference_model, r
                                         same_model)
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
+from posttrain.training.parallel import is_sharded, on_every_process
 from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
@@ -41,7 +42,10 @@ def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params
         return float(batch["num_pairs"])
 
     def reference_logps(batch, like: torch.Tensor) -> torch.Tensor:
-        if cache is not None and (hit := cache.lookup(batch["seq_keys"])) is not None:
+        hit = cache.lookup(batch["seq_keys"]) if cache is not None else None
+        if cache is not None and is_sharded(policy) and not on_every_process(hit is not None):
+            hit = None  # a forward of a sharded model is a collective: every process runs it, or none does
+        if hit is not None:
             return torch.tensor(hit, dtype=like.dtype, device=like.device)
         with torch.no_grad(), reference_model(policy, frozen_reference) as ref_model:
             ref_logps, _, _ = batch_sequence_logps(ref_model, batch)

@@ -1,6 +1,9 @@
 """Checkpoints that resume exactly: trainable weights, optimizer, scheduler, RNG of every rank, data position.
 
 Layout: ``OUTPUT/checkpoints/step-000010/{trainable.pt, optimizer.pt, scheduler.json, rng-rank0.pt, state.json}``.
+Under ``parallel.strategy=fsdp2`` every process writes its own shards instead (``trainable-rank{r}.pt``,
+``optimizer-rank{r}.pt``: local tensors of the sharded parameters and of their optimizer state), and such a
+checkpoint resumes with the same number of processes and strategy (anything else is a one-line error).
 A checkpoint is written under a temporary name and renamed when complete, so a killed run never leaves a
 half-written one that looks finished; ``state.json`` is written last, marks completeness and records every
 file's size and sha256.
@@ -33,9 +36,15 @@ class CheckpointError(ConfigError):
     """No checkpoint of a run folder can be loaded; ``str()`` is one line naming the folder and each problem."""
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded (DTensor) tensor, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """Parameters that train (LoRA matrices, or every weight in full fine-tuning), keyed by name."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """Parameters that train (LoRA matrices, or every weight in full fine-tuning), keyed by name; this process's
+    shards when the model is sharded."""
+    return {n: _local(p).detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
@@ -49,7 +58,37 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
         )
     with torch.no_grad():
         for n, t in state.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+            target = _local(params[n])
+            if target.shape != t.shape:
+                raise RuntimeError(f"checkpoint does not match the model: {n} has shape {tuple(t.shape)} in the "
+                                   f"checkpoint, {tuple(target.shape)} here")
+            target.copy_(t.to(target.device, target.dtype))
+
+
+def optimizer_state(optimizer) -> dict:
+    """``optimizer.state_dict()`` with sharded state tensors replaced by this process's shards (plain tensors:
+    loadable with ``weights_only=True``)."""
+    sd = optimizer.state_dict()
+    return {**sd, "state": {i: {k: (_local(v).detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
+                                for k, v in st.items()} for i, st in sd["state"].items()}}
+
+
+def load_optimizer_state(optimizer, sd: dict) -> None:
+    """Inverse of ``optimizer_state``: a shard saved for a sharded parameter becomes a DTensor laid out as the
+    parameter again (same mesh and placements) before the optimizer loads it."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for i, st in sd["state"].items():
+        p = params[int(i)]
+        if hasattr(p, "to_local"):
+            from torch.distributed.tensor import DTensor
+
+            st = {k: (DTensor.from_local(v.to(p.device), p.device_mesh, p.placements, run_check=False,
+                                         shape=p.shape, stride=p.stride())
+                      if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape == p.to_local().shape else v)
+                  for k, v in st.items()}
+        state[i] = st
+    optimizer.load_state_dict({**sd, "state": state})
 
 
 def rng_state() -> dict:
@@ -133,9 +172,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(
-    output_dir, *, step: int, model, optimizer, scheduler, rank: int, world_size: int, barrier, extra: dict, keep: int
+    output_dir, *, step: int, model, optimizer, scheduler, rank: int, world_size: int, barrier, extra: dict, keep: int,
+    sharded: bool = False,
 ) -> Path:
-    """Every rank saves its RNG; rank 0 saves weights and optimizer (identical across DDP ranks)."""
+    """Every rank saves its RNG; rank 0 saves weights and optimizer (identical across DDP ranks), or, ``sharded``,
+    every rank saves its own shards of both."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
@@ -143,14 +184,19 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    if sharded:
+        torch.save(trainable_state(model), tmp / f"trainable-rank{rank}.pt")
+        torch.save(optimizer_state(optimizer), tmp / f"optimizer-rank{rank}.pt")
     if rank == 0:
-        torch.save(trainable_state(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded:
+            torch.save(trainable_state(model), tmp / "trainable.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
     barrier()
     if rank == 0:
         files = {f.name: {"size": f.stat().st_size, "hash": content_hash(f)} for f in sorted(tmp.iterdir())}
-        atomic_write_json(tmp / "state.json", {"step": step, "world_size": world_size, **extra, "files": files})
+        atomic_write_json(tmp / "state.json", {"step": step, "world_size": world_size, "sharded": sharded, **extra,
+                                               "files": files})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _prune(Path(output_dir) / "checkpoints", keep)
@@ -175,11 +221,24 @@ def _load_legacy_rng(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def check_layout(path: Path, state: dict, *, sharded: bool, world_size: int) -> None:
+    """A sharded checkpoint resumes only as it was saved (same strategy and number of processes), an unsharded one
+    only unsharded; a one-line ``CheckpointError`` otherwise."""
+    saved_sharded, saved_world = bool(state.get("sharded")), state.get("world_size")
+    if saved_sharded != sharded or (sharded and saved_world != world_size):
+        how = (f"by {saved_world} processes with parallel.strategy=fsdp2" if saved_sharded
+               else "unsharded (parallel.strategy=ddp)")
+        now = f"{world_size} processes with parallel.strategy=fsdp2" if sharded else "parallel.strategy=ddp"
+        raise CheckpointError(f"{path}: saved {how}; this run has {now}: resume it as it was saved")
+
+
 def read_checkpoint(path: Path, rank: int) -> dict:
     """Every file of one checkpoint, loaded (tensors and plain data only) but not yet applied; raises
     ``CheckpointError`` naming the file that does not load."""
     out = {"state": json.loads((path / "state.json").read_text())}
-    sources = {"trainable": "trainable.pt", "optimizer": "optimizer.pt",
+    shards = bool(out["state"].get("sharded"))
+    sources = {"trainable": f"trainable-rank{rank}.pt" if shards else "trainable.pt",
+               "optimizer": f"optimizer-rank{rank}.pt" if shards else "optimizer.pt",
                "scheduler": "scheduler.json" if (path / "scheduler.json").exists() else "scheduler.pt",
                "rng": f"rng-rank{rank}.pt"}
     for part, name in sources.items():
@@ -203,10 +262,12 @@ def read_checkpoint(path: Path, rank: int) -> dict:
     return out
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int) -> dict:
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int, sharded: bool = False,
+                    world_size: int = 1) -> dict:
     """Restore the checkpoint at ``path``; if one of its files does not load, warn and use the newest older
     complete checkpoint that does (``CheckpointError`` when none does). Returns its ``state.json`` plus
     ``checkpoint``: the folder actually loaded."""
+    check_layout(path, json.loads((path / "state.json").read_text()), sharded=sharded, world_size=world_size)
     older = [p for p in _complete(path.parent) if int(p.name[len(_PREFIX):]) < int(path.name[len(_PREFIX):])]
     problems = []
     for candidate in [path, *reversed(older)]:
@@ -225,7 +286,7 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int) -> di
     if candidate != path:
         _warn(f"resuming from {candidate} instead of {path}")
     load_trainable_state(model, loaded["trainable"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    load_optimizer_state(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     if loaded["rng"] is not None:
         set_rng_state(loaded["rng"])

@@ -28,7 +28,7 @@ from posttrain.config import ConfigError
 from posttrain.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import MetricSums, MetricsLog
 from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
-from posttrain.training.parallel import check_optimizer_covers, gradient_sync, shard, total_norm
+from posttrain.training.parallel import check_optimizer_covers, gradient_sync, is_sharded, shard, total_norm
 
 
 @dataclass
@@ -86,12 +86,13 @@ def build_optimization(model, s: LoopSettings, total_steps: int):
     return optimizer, build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, schedule=s.schedule)
 
 
-def resume_from_checkpoint(s: LoopSettings, model, optimizer, scheduler, *, rank: int, total_steps: int
-                           ) -> tuple[int, dict]:
+def resume_from_checkpoint(s: LoopSettings, model, optimizer, scheduler, *, rank: int, total_steps: int,
+                           sharded: bool = False, world_size: int = 1) -> tuple[int, dict]:
     """(step to start at, the checkpoint's state) from the latest checkpoint when ``s.resume``; (0, {}) otherwise."""
     if not s.resume or (ckpt := latest_checkpoint(s.output_dir)) is None:
         return 0, {}
-    state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+    state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, sharded=sharded,
+                            world_size=world_size)
     if rank == 0:
         # the checkpoint actually loaded: a damaged latest one falls back to the previous complete one
         used = state.get("checkpoint", ckpt)
@@ -283,6 +284,8 @@ def evaluate(model, items: list, fns: StepFns, accelerator, micro_batch_size: in
 
     reduce = reduce_sum_fn(accelerator)
     mine = items[accelerator.process_index :: accelerator.num_processes]
+    if is_sharded(model):  # every forward is a collective: each process runs all rows (the same numbers)
+        mine, reduce = items, (lambda t: t)
     sums = MetricSums()
     loss_sum, weight = 0.0, 0.0
     was_training = model.training
@@ -321,15 +324,13 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
 
     sharded = s.parallel == "fsdp2" and world > 1
     if sharded:
-        if s.save_every or s.resume:
-            raise ConfigError("parallel.strategy=fsdp2 with train.save_every or train.resume: sharded checkpoints "
-                              "are not written yet; run without them or with parallel.strategy=ddp")
         shard(model, accelerator.device, world)  # before the optimizer: it must hold the sharded parameters
     optimizer, scheduler = build_optimization(model, s, total_steps)
     ddp_model = model if sharded else accelerator.prepare(model)
     check_optimizer_covers(ddp_model, optimizer)
     params = [p for p in ddp_model.parameters() if p.requires_grad]
-    start, _ = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps)
+    start, _ = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps,
+                                      sharded=sharded, world_size=world)
     log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     checkpoint = checkpoint_dir(s.output_dir, start) if start else None  # the newest, named if a step fails
@@ -389,7 +390,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             checkpoint = save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer,
                                          scheduler=scheduler, rank=rank, world_size=world,
                                          barrier=accelerator.wait_for_everyone, extra={"total_steps": total_steps},
-                                         keep=s.keep_checkpoints)
+                                         keep=s.keep_checkpoints, sharded=sharded)
             if fns.flush:
                 fns.flush()
     if skipped and skipped == total_steps - start:

@@ -69,6 +69,18 @@ def total_norm(norm) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
+def on_every_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (one all-reduce; ``flag`` itself without a process group). Under
+    FSDP every forward all-gathers, so a choice to skip one (a cached reference) must be the same everywhere."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
 def check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Every trainable parameter the model uses is one the optimizer steps; a RuntimeError otherwise (an optimizer
     built before the model was sharded or wrapped holds the replaced tensors: the loss would never move)."""

@@ -157,9 +157,6 @@ def check_parallel(cfg, stage: str) -> None:
     if stage not in FSDP2_STAGES:
         raise ConfigError(f"parallel.strategy=fsdp2: {stage} does not run sharded yet (sharded: sft, the dpo family, "
                           "kto, rejection-sft); use parallel.strategy=ddp")
-    if cfg.train.save_every or cfg.train.resume:
-        raise ConfigError("parallel.strategy=fsdp2 with train.save_every or train.resume: sharded checkpoints are "
-                          "not written yet; run without them or with parallel.strategy=ddp")
 
 
 def standard_inputs(cfg) -> dict[str, str]:

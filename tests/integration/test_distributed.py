@@ -141,7 +141,7 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     args = [f"data.train={data}", f"peft.method={peft}", "optim.batch_size=8", "optim.micro_batch_size=2",
             "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
-            "optim.max_grad_norm=1.0"]
+            "optim.max_grad_norm=1.0", "data.eval_fraction=0.2", "train.eval_every=2"]  # 3 eval rows: uneven shards
     (tmp_path / "r2").mkdir()
     (tmp_path / "r1").mkdir()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
@@ -166,6 +166,9 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
         assert a["tokens"] == b["tokens"]
     assert two[-1]["loss"] != two[0]["loss"]  # the optimizer steps the parameters the sharded model uses
+    evals = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if r.get("split") == "eval"]
+             for run in ("two", "one")]
+    assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], rel=1e-4)
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
 
     from posttrain.models.policy import load_trained
@@ -177,3 +180,52 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
         with torch.no_grad():
             logits.append(model(input_ids=ids).logits)
     assert torch.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.distributed
+def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path):
+    """Each process writes its shards (weights and optimizer state); a run resumed from the step-2 checkpoint
+    takes the uninterrupted run's steps 3-4 and saves the same adapter; resuming it on one process (or unsharded)
+    stops with one line."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "data.jsonl", pair_rows(24))
+    args = [f"data.train={data}", "peft.method=lora", "optim.batch_size=8", "optim.micro_batch_size=2",
+            "optim.max_steps=4", "train.save_every=2", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=true",
+            "parallel.strategy=fsdp2"]
+    (tmp_path / "r").mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29538"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    _run(torchrun + [str(FSDP_SCRIPT), "dpo", str(full), str(tmp_path / "r"), *args], tmp_path)
+    step2 = full / "checkpoints" / "step-000002"
+    state = json.loads((step2 / "state.json").read_text())
+    assert state["sharded"] is True and state["world_size"] == 2
+    assert {"trainable-rank0.pt", "trainable-rank1.pt", "optimizer-rank0.pt", "optimizer-rank1.pt"} <= set(
+        state["files"])
+    shards = [torch.load(step2 / f"trainable-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert shards[0].keys() == shards[1].keys() and any(not torch.equal(shards[0][k], shards[1][k]) for k in shards[0])
+
+    part.mkdir()
+    shutil.copytree(full / "checkpoints", part / "checkpoints")
+    (part / "metrics.jsonl").write_text("".join(
+        line + "\n" for line in (full / "metrics.jsonl").read_text().splitlines()[:2]))
+    _run(torchrun + [str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args, "train.resume=true"], tmp_path)
+    a = [r for r in read_metrics(full / "metrics.jsonl") if r.get("split") != "eval"]
+    b = [r for r in read_metrics(part / "metrics.jsonl") if r.get("split") != "eval"]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a[2:], b[2:]):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6, abs=1e-7)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+    wa = load_file(full / "model" / "adapter_model.safetensors")
+    wb = load_file(part / "model" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    one = subprocess.run([sys.executable, str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args,
+                          "train.resume=true", "optim.max_steps=5"], capture_output=True, text=True, timeout=600,
+                         env=env, cwd=tmp_path)
+    assert one.returncode != 0
+    assert ("saved by 2 processes with parallel.strategy=fsdp2; this run has parallel.strategy=ddp: resume it as "
+            "it was saved") in one.stderr
