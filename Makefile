@@ -5,7 +5,7 @@ POSTTRAIN := $(VENV)/bin/posttrain
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-dpo test test-slow test-all clean
+.PHONY: setup demo demo-dpo test test-slow test-all gpu-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -36,6 +36,11 @@ test-slow: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU: the tests marked `gpu` and one table (scripts/gpu_check.sh); on CPU it says what it
+# would run and exits 0.
+gpu-check: setup
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf runs .pytest_cache
