@@ -90,11 +90,11 @@ def read_candidates(path: str | Path) -> list[dict[str, Any]]:
     return [{**row, "_line": line} for row, line in zip(rows, lines)]
 
 
-def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...], task: str) -> tuple[list[dict], list[str], list[str]]:
+def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...], weights: list[float], task: str
+          ) -> tuple[list[dict], list[str], list[str]]:
     """(constraints, their instruction sentences, "kind/template" ids) of one draw, or empty lists when the
     drawn kinds cannot share a prompt."""
     count = min(2 if rng.random() < settings.two_constraint_share else 1, len(kinds))
-    weights = [settings.weight(k) for k in kinds]
     if len(set(weights)) == 1:
         chosen = rng.sample(kinds, count)
     else:  # weighted, without replacement
@@ -124,6 +124,7 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
                              "skipped_short": 0, "skipped_truncated": 0, "plain_examples": 0, "constrained_examples": 0,
                              "replies_short_of_per_reply": 0}
     kinds = settings.kinds
+    weights = [settings.weight(k) for k in kinds]  # once per run, not per draw
     per_kind = {k: 0 for k in kinds}
     for row in rows:
         if (row.get("metadata") or {}).get("constraints"):
@@ -151,7 +152,7 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
         for _ in range(settings.max_tries):
             if made >= settings.per_reply:
                 break
-            constraints, sentences, phrasings = _draw(rng, settings, kinds, task)
+            constraints, sentences, phrasings = _draw(rng, settings, kinds, weights, task)
             if not constraints or tuple(phrasings) in seen:
                 continue
             edited = repair(reply, constraints)  # None unless the verifier passes every constraint

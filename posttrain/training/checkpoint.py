@@ -28,6 +28,7 @@ import torch
 
 from posttrain.config import ConfigError
 from posttrain.data.runfolder import atomic_write_json, content_hash
+from posttrain.training.parallel import local
 
 _PREFIX = "step-"
 
@@ -36,15 +37,10 @@ class CheckpointError(ConfigError):
     """No checkpoint of a run folder can be loaded; ``str()`` is one line naming the folder and each problem."""
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This process's shard of a sharded (DTensor) tensor, the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """Parameters that train (LoRA matrices, or every weight in full fine-tuning), keyed by name; this process's
     shards when the model is sharded."""
-    return {n: _local(p).detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: local(p).detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
@@ -58,7 +54,7 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
         )
     with torch.no_grad():
         for n, t in state.items():
-            target = _local(params[n])
+            target = local(params[n])
             if target.shape != t.shape:
                 raise RuntimeError(f"checkpoint does not match the model: {n} has shape {tuple(t.shape)} in the "
                                    f"checkpoint, {tuple(target.shape)} here")
@@ -69,7 +65,7 @@ def optimizer_state(optimizer) -> dict:
     """``optimizer.state_dict()`` with sharded state tensors replaced by this process's shards (plain tensors:
     loadable with ``weights_only=True``)."""
     sd = optimizer.state_dict()
-    return {**sd, "state": {i: {k: (_local(v).detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
+    return {**sd, "state": {i: {k: (local(v).detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
                                 for k, v in st.items()} for i, st in sd["state"].items()}}
 
 

@@ -28,7 +28,7 @@ from posttrain.config import ConfigError
 from posttrain.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import MetricSums, MetricsLog
 from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
-from posttrain.training.parallel import check_optimizer_covers, gradient_sync, is_sharded, shard, total_norm
+from posttrain.training.parallel import check_optimizer_covers, gradient_sync, is_sharded, local, shard, total_norm
 
 
 @dataclass
@@ -173,7 +173,7 @@ def check_finite_weights(model, step: int, reduce, checkpoint: Path | None) -> N
     verdict is summed over processes (``reduce``) so every process stops together, also when weights are
     sharded."""
     bad = next((n for n, p in model.named_parameters()
-                if p.requires_grad and not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()), None)
+                if p.requires_grad and not torch.isfinite(local(p)).all()), None)
     if float(reduce(torch.tensor([float(bad is not None)], dtype=torch.float64))[0]) == 0:
         return
     raise NonFiniteLoss(f"after step {step}: trainable weights hold NaN or infinite values"
@@ -192,7 +192,7 @@ def settings_from_config(cfg, desc: str) -> LoopSettings:
         eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, resume=t.resume,
         progress=t.progress, desc=desc, sort_by_length=getattr(cfg.data, "sort_by_length", False),
         sort_window=getattr(cfg.data, "sort_window", 32), on_nonfinite=getattr(t, "on_nonfinite", "fail"),
-        parallel=cfg.parallel.strategy if hasattr(cfg, "parallel") else "ddp",
+        parallel=cfg.parallel.strategy,
     )
 
 

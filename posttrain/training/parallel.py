@@ -18,9 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STRATEGIES = ("ddp", "fsdp2")
-
-
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The model's repeated blocks, the units FSDP shards one at a time: the modules whose class the HF model
     names in ``_no_split_modules`` (``LlamaDecoderLayer``, ...), found under PEFT wrappers too."""
@@ -53,9 +50,14 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded (DTensor) tensor, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def local_numel(param: torch.Tensor) -> int:
     """Elements this process holds of ``param`` (its shard for a DTensor)."""
-    return param.to_local().numel() if hasattr(param, "to_local") else param.numel()
+    return local(param).numel()
 
 
 def gradient_sync(model: nn.Module, enabled: bool) -> None:

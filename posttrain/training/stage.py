@@ -152,7 +152,7 @@ FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft")  # the trainers on trainin
 
 def check_parallel(cfg, stage: str) -> None:
     """``parallel.strategy=fsdp2`` only where it runs: a one-line ConfigError before anything is loaded."""
-    if getattr(getattr(cfg, "parallel", None), "strategy", "ddp") != "fsdp2":
+    if cfg.parallel.strategy != "fsdp2":
         return
     if stage not in FSDP2_STAGES:
         raise ConfigError(f"parallel.strategy=fsdp2: {stage} does not run sharded yet (sharded: sft, the dpo family, "

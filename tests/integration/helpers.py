@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from posttrain.config import load_config
 
@@ -55,3 +58,31 @@ def tiny_config(command: str, data_path: Path, out: Path, *overrides: str):
         "data.shuffle=false",
     ]
     return load_config(command, None, base + list(overrides))
+
+
+def stopped_after_step_2(full: Path, part: Path) -> None:
+    """``part`` as a run that stopped right after its step-2 checkpoint: ``full``'s checkpoints (only step 2 with
+    save_every=2 and 4 steps) and its first two metrics lines."""
+    part.mkdir()
+    shutil.copytree(full / "checkpoints", part / "checkpoints")
+    (part / "metrics.jsonl").write_text("".join(
+        line + "\n" for line in (full / "metrics.jsonl").read_text().splitlines()[:2]))
+
+
+def assert_resumed_like(full: Path, part: Path) -> dict:
+    """The run resumed in ``part`` logged steps 1-4 and took ``full``'s steps 3-4 (loss, gradient norm) to the same
+    adapter. Returns the two adapters' weights."""
+    from safetensors.torch import load_file
+
+    from posttrain.training.metrics import read_metrics
+
+    full_rows = [r for r in read_metrics(full / "metrics.jsonl") if r.get("split") != "eval"]
+    resumed = [r for r in read_metrics(part / "metrics.jsonl") if r.get("split") != "eval"]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full_rows[2:], resumed[2:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    wa = load_file(full / "model" / "adapter_model.safetensors")
+    wb = load_file(part / "model" / "adapter_model.safetensors")
+    assert all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)
+    return {"full": wa, "part": wb}

@@ -14,7 +14,7 @@ import torch
 
 from posttrain.training.metrics import read_metrics
 
-from .helpers import pair_rows, write_jsonl
+from .helpers import assert_resumed_like, pair_rows, stopped_after_step_2, write_jsonl
 
 SCRIPT = Path(__file__).with_name("dist_train.py")
 
@@ -187,10 +187,6 @@ def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path):
     """Each process writes its shards (weights and optimizer state); a run resumed from the step-2 checkpoint
     takes the uninterrupted run's steps 3-4 and saves the same adapter; resuming it on one process (or unsharded)
     stops with one line."""
-    import shutil
-
-    from safetensors.torch import load_file
-
     data = write_jsonl(tmp_path / "data.jsonl", pair_rows(24))
     args = [f"data.train={data}", "peft.method=lora", "optim.batch_size=8", "optim.micro_batch_size=2",
             "optim.max_steps=4", "train.save_every=2", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=true",
@@ -207,20 +203,10 @@ def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path):
     shards = [torch.load(step2 / f"trainable-rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert shards[0].keys() == shards[1].keys() and any(not torch.equal(shards[0][k], shards[1][k]) for k in shards[0])
 
-    part.mkdir()
-    shutil.copytree(full / "checkpoints", part / "checkpoints")
-    (part / "metrics.jsonl").write_text("".join(
-        line + "\n" for line in (full / "metrics.jsonl").read_text().splitlines()[:2]))
+    stopped_after_step_2(full, part)
     _run(torchrun + [str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args, "train.resume=true"], tmp_path)
-    a = [r for r in read_metrics(full / "metrics.jsonl") if r.get("split") != "eval"]
-    b = [r for r in read_metrics(part / "metrics.jsonl") if r.get("split") != "eval"]
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
-    for x, y in zip(a[2:], b[2:]):
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6, abs=1e-7)
-        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
-    wa = load_file(full / "model" / "adapter_model.safetensors")
-    wb = load_file(part / "model" / "adapter_model.safetensors")
-    assert wa.keys() == wb.keys() and all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)
+    weights = assert_resumed_like(full, part)
+    assert weights["full"].keys() == weights["part"].keys()
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     one = subprocess.run([sys.executable, str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args,

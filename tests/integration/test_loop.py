@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from safetensors.torch import load_file
 
 from posttrain.training.metrics import read_metrics
 
-from .helpers import pair_rows, sft_rows, tiny_config, write_jsonl
+from .helpers import assert_resumed_like, pair_rows, sft_rows, stopped_after_step_2, tiny_config, write_jsonl
 
 
 def _train(command, cfg):
@@ -53,24 +51,13 @@ def test_resume_reproduces_next_steps(tmp_path):
     common = ["optim.max_steps=4", "train.save_every=2", "optim.lr=1e-3", "data.shuffle=true"]
     full = tmp_path / "full"
     _train("dpo", tiny_config("dpo", data, full, *common))
-    full_rows = [r for r in read_metrics(full / "metrics.jsonl") if r.get("split") != "eval"]
 
     # A run that stopped after its step-2 checkpoint: its folder holds only what existed at that point.
     part = tmp_path / "part"
-    part.mkdir()
-    shutil.copytree(full / "checkpoints", part / "checkpoints")
-    (part / "metrics.jsonl").write_text("".join(
-        line + "\n" for line in (full / "metrics.jsonl").read_text().splitlines()[:2]))
+    stopped_after_step_2(full, part)
     assert [p.name for p in (part / "checkpoints").iterdir()] == ["step-000002"]
     _train("dpo", tiny_config("dpo", data, part, *common, "train.resume=true"))
-    resumed = [r for r in read_metrics(part / "metrics.jsonl") if r.get("split") != "eval"]
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
-    for a, b in zip(full_rows[2:], resumed[2:]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
-    wa = load_file(full / "model" / "adapter_model.safetensors")
-    wb = load_file(part / "model" / "adapter_model.safetensors")
-    assert all((wa[k] - wb[k]).abs().max() < 1e-6 for k in wa)
+    assert_resumed_like(full, part)
 
 
 def test_eval_split_and_eval_loss(tmp_path):
