@@ -15,6 +15,7 @@ from posttrain.generation.prompts import PromptItem, load_prompt_items, make_gen
 from posttrain.judges.reward import RewardFunction
 from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.training.loop import cross_process_sum, settings_from_config
+from posttrain.training.parallel import gathered
 from posttrain.training.rollout_loop import fit_rl, mean_over_processes
 from posttrain.training.stage import StageRun, resolve_prefix_sharing
 
@@ -97,8 +98,9 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
         if not setup.eval_items:
             return {}
         policy.eval()
-        return heldout_reward(generator, setup.eval_items, reward_fn, cfg.rollout, cfg.train.seed, prefix,
-                              accelerator)
+        with gathered(policy):  # after a sharded run: each process samples its share with the full weights
+            return heldout_reward(generator, setup.eval_items, reward_fn, cfg.rollout, cfg.train.seed, prefix,
+                                  accelerator)
 
     def train() -> dict:
         summary = {**setup.stats, **heldout("eval_before")}
@@ -108,7 +110,8 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
         return summary
 
     def save(summary: dict, path) -> tuple[dict, dict]:
-        save_trained(policy, tokenizer, path / "model", setup.lineage)
+        save_trained(policy, tokenizer, path / "model", setup.lineage, state_dict=run.full_state)
         return summary, (extra_save(path) if extra_save is not None else {})
 
-    return run.train_and_save(train, save)
+    # sharded (GRPO under parallel.strategy=fsdp2): the policy's full weights are gathered for saving
+    return run.train_and_save(train, save, model=policy if model is policy else None)

@@ -15,8 +15,29 @@ optimizer built before would step tensors the model no longer uses (``check_opti
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+
+from posttrain.config import ConfigError
+
+
+def launcher_strategy(distributed_type, configured: str, world: int) -> str:
+    """The strategy a run uses given how it was launched: ``accelerate launch`` with an FSDP config
+    (``examples/accelerate/fsdp2.yaml``) selects ``fsdp2`` (posttrain shards through torch's API, the engine
+    accelerate's FSDP2 drives); a DeepSpeed config stops with one line; anything else keeps ``configured``."""
+    kind = getattr(distributed_type, "value", distributed_type)
+    if kind == "DEEPSPEED":
+        raise ConfigError("accelerate launch with a DeepSpeed config: posttrain does not drive DeepSpeed (ZeRO) yet; "
+                          "launch with examples/accelerate/fsdp2.yaml (parameters, gradients and optimizer state "
+                          "sharded, as ZeRO-3) or torchrun with parallel.strategy=fsdp2")
+    if kind == "FSDP":
+        if world == 1:
+            raise ConfigError("accelerate launch with an FSDP config and 1 process: there is nothing to shard over; "
+                              "set num_processes to the number of GPUs or launch without the FSDP config")
+        return "fsdp2"
+    return configured
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The model's repeated blocks, the units FSDP shards one at a time: the modules whose class the HF model
@@ -37,10 +58,14 @@ def shard(model: nn.Module, device: torch.device | str, world: int) -> nn.Module
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
     mesh = init_device_mesh(torch.device(device).type, (world,))
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    if hasattr(model, "generate"):  # generate enters through the root (its lazy init), not through a layer
+        register_fsdp_forward_method(model, "generate")
     return model
 
 
@@ -48,6 +73,31 @@ def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
+
+
+@contextmanager
+def gathered(model: nn.Module):
+    """Every process holds the full weights of a sharded model for the duration, and its forwards make no
+    collective calls: for sampling, where each process decodes its own prompts for as many steps as they need
+    (a sharded forward all-gathers, so processes decoding unequal numbers of tokens would wait on each other
+    forever). Costs one full copy of the weights per process while it lasts (as a colocated inference engine
+    does); the shards are restored after. No-op for a model that is not sharded."""
+    if not is_sharded(model):
+        yield model
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+            # FSDP2's defaults: layers reshard after forward, the root keeps its (small) weights for the backward
+            unit.set_reshard_after_forward(unit is not model, recurse=False)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,11 @@ call the trunk, the output head and the value head separately, outside any wrapp
 across processes too, so the step is the one process's step on the union of the shards when each update uses
 the whole rollout batch (``mini_batches`` 1). Batch statistics (reward/advantage whitening, the KL the controller
 sees, every logged metric) are taken over all processes (``RLFns`` builders receive a ``reduce``).
+
+``parallel.strategy=fsdp2`` (GRPO): the model is sharded before the optimizer is built, each rollout runs with the
+weights gathered (``training/parallel.py::gathered``: decoding makes no collective call, so processes may decode
+different lengths), FSDP reduce-scatters (averages) the gradients instead of ``allreduce_gradients`` (sums), so the
+loss is scaled by the process count, and each process checkpoints its shards.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from posttrain.training.loop import (LoopSettings, NonFiniteLoss, build_optimiza
                                      check_on_nonfinite, on_nonfinite_step, optimizer_step, plan_steps, progress_bar,
                                      reduce_sum_fn, resume_from_checkpoint, step_indices)
 from posttrain.training.metrics import MetricSums, MetricsLog
+from posttrain.training.parallel import check_optimizer_covers, gathered, gradient_sync, shard
 
 
 @dataclass
@@ -127,11 +133,19 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     check_on_nonfinite(s)
     per_epoch, total_steps = plan_steps(len(prompts), s.batch_size, s.epochs, s.max_steps)
     opt_steps = total_steps * update_epochs * mini_batches
+    sharded = s.parallel == "fsdp2" and world > 1
+    if sharded:
+        shard(model, accelerator.device, world)  # before the optimizer: it must hold the sharded parameters
     optimizer, scheduler = build_optimization(model, s, opt_steps)
     if world == 1:
         model = accelerator.prepare(model)
+    check_optimizer_covers(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
-    start, state = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps)
+    # gradients are summed over processes by allreduce_gradients (DDP semantics), or averaged by FSDP's
+    # reduce-scatter: the loss is then scaled by the process count so that both give the same step
+    scale = world if sharded else 1
+    start, state = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps,
+                                          sharded=sharded, world_size=world)
     if start:
         fns.load_state(state.get("rl", {}))
     log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
@@ -144,7 +158,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         idx = step_indices(step, num_items=len(prompts), batch_size=s.batch_size, steps_per_epoch=per_epoch,
                            seed=s.seed, shuffle=s.shuffle)
         model.eval()
-        batch, rollout_metrics = fns.rollout([prompts[i] for i in idx[rank::world]], step)
+        with gathered(model):  # sampling: each process decodes its prompts for as long as they need
+            batch, rollout_metrics = fns.rollout([prompts[i] for i in idx[rank::world]], step)
         rollout_metrics = mean_over_processes(rollout_metrics, batch["num_rows"], world)
         t_rollout = time.perf_counter() - t0
         model.train()
@@ -162,18 +177,21 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                 if weight <= 0:
                     continue
                 loss_value = 0.0
-                for m in micro:
+                for j, m in enumerate(micro):
+                    gradient_sync(model, j == len(micro) - 1)
                     with accelerator.autocast():
                         loss_sum, metrics, n_tok = fns.loss(model, m)
-                        accelerator.backward(loss_sum / weight)
+                        accelerator.backward(loss_sum * scale / weight)
                     loss_value += float(loss_sum.detach()) / weight
                     tokens += n_tok
                     sums.add(metrics)
-                allreduce_gradients(params, world)
+                if not sharded:
+                    allreduce_gradients(params, world)
                 # the minibatch loss over all processes, so that every process takes the same decision on a
                 # non-finite update (the gradient norm is already global after the all-reduce)
                 loss_value = float(reduce(torch.tensor([loss_value], dtype=torch.float64))[0])
-                norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_value)
+                norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_value,
+                                               sharded=sharded)
                 if not applied:
                     skipped += 1
                     log.write({"step": step + 1, "update": len(norms) + skipped, "loss": loss_value,
@@ -210,7 +228,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                                          scheduler=scheduler, rank=rank, world_size=world,
                                          barrier=accelerator.wait_for_everyone,
                                          extra={"total_steps": total_steps, "rl": fns.state()},
-                                         keep=s.keep_checkpoints)
+                                         keep=s.keep_checkpoints, sharded=sharded)
     if bar is not None:
         bar.close()
     if skipped_total and not applied_total:

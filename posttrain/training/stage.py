@@ -21,7 +21,7 @@ from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
 from posttrain.ops.packing import default_tree_row_tokens
 from posttrain.training.loop import fit, make_accelerator, settings_from_config
-from posttrain.training.parallel import full_state_dict
+from posttrain.training.parallel import full_state_dict, launcher_strategy
 
 
 @dataclass
@@ -97,6 +97,11 @@ class StageRun:
         check_output_dir(cfg.train)
         self.cfg, self.stage = cfg, stage
         self.accelerator = make_accelerator(cfg.train.precision)
+        launched = launcher_strategy(self.accelerator.distributed_type, cfg.parallel.strategy,
+                                     self.accelerator.num_processes)
+        if launched != cfg.parallel.strategy:  # recorded in config.yaml: the run says how it ran
+            cfg.parallel.strategy = launched
+            check_parallel(cfg, stage)
         self.is_main = self.accelerator.is_main_process
         self.folder: RunFolder | None = None
         self.full_state: dict | None = None  # the trained model's gathered weights when it was sharded
@@ -147,7 +152,9 @@ class StageRun:
         return summary
 
 
-FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft")  # the trainers on training/loop.py::fit with save_trained
+# sft, dpo family, kto, rejection-sft: training/loop.py::fit; grpo: training/rollout_loop.py::fit_rl (sampling with
+# the weights gathered); each saves through save_trained(state_dict=StageRun.full_state)
+FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft", "grpo")
 
 
 def check_parallel(cfg, stage: str) -> None:
@@ -156,7 +163,7 @@ def check_parallel(cfg, stage: str) -> None:
         return
     if stage not in FSDP2_STAGES:
         raise ConfigError(f"parallel.strategy=fsdp2: {stage} does not run sharded yet (sharded: sft, the dpo family, "
-                          "kto, rejection-sft); use parallel.strategy=ddp")
+                          "kto, rejection-sft, grpo); use parallel.strategy=ddp")
 
 
 def standard_inputs(cfg) -> dict[str, str]:

@@ -1,6 +1,6 @@
-"""Run under torchrun (or alone) by test_distributed.py: trains SFT or DPO with the given overrides and writes this
-rank's view: how many parameter elements it holds (its shards under parallel.strategy=fsdp2), split into
-trainable and frozen, and the summary."""
+"""Run under torchrun (or alone) by test_distributed.py: trains SFT, DPO or GRPO with the given overrides and
+writes this rank's view: how many parameter elements it holds (its shards under parallel.strategy=fsdp2), split
+into trainable and frozen, and the summary."""
 
 import json
 import os
@@ -18,21 +18,31 @@ if command == "sft":
     import posttrain.trainers.sft as trainer
 
     train = trainer.train_sft
+elif command == "grpo":
+    import posttrain.trainers.grpo as trainer
+
+    train = trainer.train_grpo
 else:
     import posttrain.trainers.preference as trainer
 
     train = trainer.train_preference
+import posttrain.trainers.rl_common as rl_common  # noqa: E402
 import posttrain.training.stage as stage  # noqa: E402
 
-real_fit = stage.fit
+
+def keep_model(module, name: str) -> None:
+    """Wrap the loop ``module.name`` so that the model it trains (its first argument) is kept in ``seen``."""
+    real = getattr(module, name)
+
+    def wrapper(model, *args, **kwargs):
+        seen["model"] = model
+        return real(model, *args, **kwargs)
+
+    setattr(module, name, wrapper)
 
 
-def keep_model(model, *args, **kwargs):
-    seen["model"] = model
-    return real_fit(model, *args, **kwargs)
-
-
-stage.fit = keep_model
+keep_model(stage, "fit")
+keep_model(rl_common, "fit_rl")
 torch.set_num_threads(1)
 cfg = load_config(command, None, ["model.name=tiny-random", f"train.output_dir={out}", "train.progress=false",
                                   *sys.argv[4:]])

@@ -3,6 +3,8 @@ inputs recorded, a failure marks the manifest failed, outputs and summary record
 
 import json
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -110,6 +112,38 @@ def test_fsdp2_stops_before_anything_where_it_does_not_run_yet(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="parallel.strategy"):
         build_config("sft", {"data": {"train": "x.jsonl"}, "parallel": {"strategy": "zero3"}})
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp2", "multi_node"])
+def test_shipped_accelerate_configs_select_their_strategy(name):
+    """examples/accelerate/*.yaml parse with accelerate's own reader; launched with them, a run takes the strategy
+    their distributed_type names (FSDP -> fsdp2, plain multi-GPU keeps the configured one)."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    from posttrain.training.parallel import launcher_strategy
+
+    root = Path(__file__).parents[3]
+    cluster = ClusterConfig.from_yaml_file(str(root / "examples" / "accelerate" / f"{name}.yaml"))
+    expected = {"ddp": ("MULTI_GPU", "ddp"), "fsdp2": ("FSDP", "fsdp2"), "multi_node": ("FSDP", "fsdp2")}[name]
+    assert (cluster.distributed_type.value, launcher_strategy(cluster.distributed_type, "ddp",
+                                                              cluster.num_processes)) == expected
+    if name == "multi_node":
+        assert cluster.num_machines == 2 and cluster.num_processes == 16
+
+
+def test_launch_type_decides_the_strategy_or_stops_with_one_line():
+    from accelerate.utils import DistributedType
+
+    from posttrain.training.parallel import launcher_strategy
+
+    assert launcher_strategy(DistributedType.NO, "ddp", 1) == "ddp"
+    assert launcher_strategy(DistributedType.MULTI_CPU, "fsdp2", 2) == "fsdp2"  # torchrun + the config key
+    assert launcher_strategy(DistributedType.FSDP, "ddp", 8) == "fsdp2"
+    with pytest.raises(ConfigError, match=r"^accelerate launch with a DeepSpeed config: posttrain does not drive "
+                                          r"DeepSpeed \(ZeRO\) yet; launch with examples/accelerate/fsdp2.yaml"):
+        launcher_strategy(DistributedType.DEEPSPEED, "ddp", 8)
+    with pytest.raises(ConfigError, match="FSDP config and 1 process: there is nothing to shard over"):
+        launcher_strategy(DistributedType.FSDP, "ddp", 1)
 
 
 def test_an_optimizer_built_before_sharding_is_caught():
