@@ -35,6 +35,7 @@ from posttrain.models.reward import load_reward_model
 from posttrain.ops.logprobs import tree_forward_mask, unwrap_model
 from posttrain.ops.packing import Layout, layout_of, prefix_tree
 from posttrain.training.loop import StepFns, fit, settings_from_config
+from posttrain.training.parallel import gathered
 from posttrain.training.stage import StageRun, resolve_prefix_sharing, split_off_eval, to_device
 
 
@@ -205,13 +206,27 @@ def train_reward_model(cfg) -> dict:
                       prefix_sharing=cfg.data.prefix_sharing, max_row_tokens=cfg.data.tree_row_tokens)
     run.open()
 
+    split = "eval" if evals else "train"
+    report: dict = {}
+
+    def train_and_report() -> dict:
+        summary = fit(model, train, evals, fns, settings_from_config(cfg, "reward_model"), run.accelerator)
+        # every process scores the report's pairs (a sharded forward is a collective; with the weights gathered
+        # no forward is), so the main process has it when it saves
+        with gathered(model):
+            report[split] = reward_report(model, evals or train, fns, cfg.optim.micro_batch_size)
+            if evals:
+                report["train"] = reward_report(model, train[: len(evals) * 4], fns, cfg.optim.micro_batch_size)
+        return summary
+
     def save(summary: dict, path) -> tuple[dict, dict]:
-        report = {"eval" if evals else "train": reward_report(model, evals or train, fns, cfg.optim.micro_batch_size)}
-        if evals:
-            report["train"] = reward_report(model, train[: len(evals) * 4], fns, cfg.optim.micro_batch_size)
-        split = "eval" if evals else "train"
         summary = {**stats, **summary, **{f"{split}/rm/{k}": v for k, v in report[split].items()}}
-        save_reward_model(model, tokenizer, path / "model", base_name)
+        trained = model
+        if run.full_state is not None:  # sharded: the gathered weights into a fresh unsharded classifier to merge
+            trained, _ = load_reward_model(cfg.model, cfg.peft, seed=cfg.train.seed,
+                                           pad_token_id=tokenizer.pad_token_id)
+            trained.load_state_dict(run.full_state)
+        save_reward_model(trained, tokenizer, path / "model", base_name)
         atomic_write_json(path / "reward_eval.json", report)
         corr = report[split]["length_corr"]
         if isinstance(corr, float) and abs(corr) > 0.3:
@@ -220,8 +235,7 @@ def train_reward_model(cfg) -> dict:
                   flush=True)
         return summary, {"reward_eval": "reward_eval.json"}
 
-    return run.train_and_save(
-        lambda: fit(model, train, evals, fns, settings_from_config(cfg, "reward_model"), run.accelerator), save)
+    return run.train_and_save(train_and_report, save, model=model)
 
 
 def save_reward_model(model, tokenizer, out_dir, base_name: str) -> None:

@@ -220,7 +220,9 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
             if on_log and rank == 0:
                 on_log(record)
         if bar is not None:
-            bar.set_postfix(reward=f"{record.get('reward/total', math.nan):.3f}", loss=f"{record['loss']:.4f}")
+            # PPO/GRPO log the reward, online DPO its judges' mean score
+            reward = record.get("reward/total", record.get("score/mean", math.nan))
+            bar.set_postfix(reward=f"{reward:.3f}", loss=f"{record['loss']:.4f}")
             bar.update(1)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
             check_finite_weights(model, step + 1, reduce, checkpoint)

@@ -152,9 +152,9 @@ class StageRun:
         return summary
 
 
-# sft, dpo family, kto, rejection-sft: training/loop.py::fit; grpo: training/rollout_loop.py::fit_rl (sampling with
-# the weights gathered); each saves through save_trained(state_dict=StageRun.full_state)
-FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft", "grpo")
+# sft, dpo family, kto, rejection-sft, reward-model: training/loop.py::fit; grpo: training/rollout_loop.py::fit_rl
+# (sampling with the weights gathered); each saves the weights gathered into StageRun.full_state
+FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft", "reward_model", "grpo")
 
 
 def check_parallel(cfg, stage: str) -> None:
@@ -163,7 +163,7 @@ def check_parallel(cfg, stage: str) -> None:
         return
     if stage not in FSDP2_STAGES:
         raise ConfigError(f"parallel.strategy=fsdp2: {stage} does not run sharded yet (sharded: sft, the dpo family, "
-                          "kto, rejection-sft, grpo); use parallel.strategy=ddp")
+                          "kto, rejection-sft, reward-model, grpo); use parallel.strategy=ddp")
 
 
 def standard_inputs(cfg) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Run under torchrun (or alone) by test_distributed.py: trains SFT, DPO or GRPO with the given overrides and
+"""Run under torchrun (or alone) by test_distributed.py: trains SFT, DPO, GRPO or a reward model with the given overrides and
 writes this rank's view: how many parameter elements it holds (its shards under parallel.strategy=fsdp2), split
 into trainable and frozen, and the summary."""
 
@@ -22,6 +22,10 @@ elif command == "grpo":
     import posttrain.trainers.grpo as trainer
 
     train = trainer.train_grpo
+elif command == "reward-model":
+    import posttrain.trainers.reward_model as trainer
+
+    train = trainer.train_reward_model
 else:
     import posttrain.trainers.preference as trainer
 
@@ -43,6 +47,8 @@ def keep_model(module, name: str) -> None:
 
 keep_model(stage, "fit")
 keep_model(rl_common, "fit_rl")
+if command == "reward-model":
+    keep_model(trainer, "fit")
 torch.set_num_threads(1)
 cfg = load_config(command, None, ["model.name=tiny-random", f"train.output_dir={out}", "train.progress=false",
                                   *sys.argv[4:]])

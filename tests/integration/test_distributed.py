@@ -183,6 +183,52 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
 
 
 @pytest.mark.distributed
+def test_fsdp2_reward_model_matches_one_process(tmp_path):
+    """The reward model under fsdp2: half the parameters per process, the same losses, gradient norms and held-out
+    report as one process (every process scores the report with the weights gathered), and the saved classifier
+    (LoRA merged into a fresh unsharded copy from the gathered weights) scores as the one-process one."""
+    data = write_jsonl(tmp_path / "data.jsonl", pair_rows(20))
+    args = [f"data.train={data}", "peft.method=lora", "optim.batch_size=8", "optim.micro_batch_size=2",
+            "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
+            "data.eval_fraction=0.2"]
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r1").mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29542"]
+    _run(torchrun + [str(FSDP_SCRIPT), "reward-model", str(tmp_path / "two"), str(tmp_path / "r2"), *args,
+                     "parallel.strategy=fsdp2"], tmp_path)
+    _run([sys.executable, str(FSDP_SCRIPT), "reward-model", str(tmp_path / "one"), str(tmp_path / "r1"), *args],
+         tmp_path)
+
+    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    one = json.loads((tmp_path / "r1" / "rank0.json").read_text())
+    assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
+    for kind in ("trainable", "frozen"):  # (the one-process model had its LoRA merged in place by the save)
+        total = ranks[0]["full"][kind]
+        assert ranks[0]["held"][kind] + ranks[1]["held"][kind] == total, kind
+        for r in ranks:
+            assert 0.4 * total <= r["held"][kind] <= 0.6 * total, (kind, r["held"][kind], total)
+    two = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r.get("split") != "eval"]
+    single = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r.get("split") != "eval"]
+    assert [r["step"] for r in two] == [1, 2, 3]
+    for a, b in zip(two, single):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    reports = [json.loads((tmp_path / run / "reward_eval.json").read_text()) for run in ("two", "one")]
+    assert reports[0]["eval"]["accuracy"] == reports[1]["eval"]["accuracy"]
+    assert reports[0]["eval"]["chosen_mean"] == pytest.approx(reports[1]["eval"]["chosen_mean"], rel=1e-4, abs=1e-6)
+
+    from transformers import AutoModelForSequenceClassification
+
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    scores = []
+    for run in ("two", "one"):
+        model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / run / "model"))
+        with torch.no_grad():
+            scores.append(model(input_ids=ids).logits)
+    assert torch.allclose(scores[0], scores[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("peft,port", [("lora", 29539), ("none", 29540)])
 def test_fsdp2_grpo_matches_one_process(tmp_path, peft, port):
     """GRPO under parallel.strategy=fsdp2: each process samples its half of the prompts with the weights

@@ -104,11 +104,10 @@ def test_split_off_eval_is_seeded_and_keeps_order():
 
 
 def test_fsdp2_stops_before_anything_where_it_does_not_run_yet(tmp_path):
-    rm = build_config("reward-model", {"model": {"name": "tiny-random"}, "data": {"train": str(tmp_path / "p.jsonl")},
-                                       "parallel": {"strategy": "fsdp2"},
-                                       "train": {"output_dir": str(tmp_path / "out")}})
-    with pytest.raises(ConfigError, match=r"^parallel.strategy=fsdp2: reward_model does not run sharded yet"):
-        StageRun(rm, "reward_model")
+    ppo = build_config("ppo", {"model": {"name": "tiny-random"}, "data": {"train": str(tmp_path / "p.jsonl")},
+                               "parallel": {"strategy": "fsdp2"}, "train": {"output_dir": str(tmp_path / "out")}})
+    with pytest.raises(ConfigError, match=r"^parallel.strategy=fsdp2: ppo does not run sharded yet"):
+        StageRun(ppo, "ppo")
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="parallel.strategy"):
         build_config("sft", {"data": {"train": "x.jsonl"}, "parallel": {"strategy": "zero3"}})
