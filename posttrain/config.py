@@ -120,7 +120,7 @@ class ParallelSection(Section):
     strategy: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="ddp: every process holds the whole model; fsdp2: parameters, gradients and optimizer "
         "state sharded over the processes per decoder layer (torch FSDP2, training/parallel.py; sft, dpo family, "
-        "kto, rejection-sft, reward-model, grpo)")
+        "kto, rejection-sft, reward-model, grpo, online-dpo)")
 
 
 class PreferenceLossSection(Section):

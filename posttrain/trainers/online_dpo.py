@@ -43,6 +43,7 @@ from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
 from posttrain.training.loop import reduce_sum_fn, settings_from_config
 from posttrain.training.rollout_loop import RLFns, fit_rl
 from posttrain.training.stage import StageRun
+from posttrain.training.parallel import gathered, is_sharded, max_over_processes
 
 SCORING_STRATEGIES = ("best_vs_worst", "all_above_margin")  # the rest compare two samples (pairwise judges)
 SEQ_KEYS = ("input_ids", "attention_mask", "loss_mask", "completion_mask")
@@ -211,13 +212,18 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
              "margin": r["margin"], "chosen_tokens": len(c.token_ids), "rejected_tokens": len(x.token_ids),
              "judge": r["judge"]} for r, (p, _, _), c, x in zip(rows, picks, chosen, rejected)], world))
         n = len(rows)
-        pair_weight = [1.0] * n
-        if n == 0:
-            # Every prompt of this process tied. One pair of weight 0 (a sample against itself) stands in: alone
-            # everywhere, the step's weight is 0 and fit_rl skips the update; when other processes do have pairs,
-            # this one still runs the loss and the metric reductions they run (no gradient, NaN metrics).
-            picks, chosen, rejected, pair_weight = [(0, 0, 0)], outs[:1], outs[:1], [0.0]
-            n = 1
+        # Pairs of weight 0 (a sample against itself) fill in: when every prompt of this process tied, one stands
+        # in (alone everywhere, the step's weight is 0 and fit_rl skips the update; when other processes do have
+        # pairs, this one still runs the loss and the metric reductions they run: no gradient, NaN metrics). A
+        # sharded policy's forward is a collective, so there every process fills up to the most pairs any has and
+        # all run the same number of micro-batches.
+        target = max(n, 1)
+        if is_sharded(policy):
+            target = max_over_processes(target)
+        fill = target - n
+        pair_weight = [1.0] * n + [0.0] * fill
+        picks, chosen, rejected = picks + [(0, 0, 0)] * fill, chosen + outs[:1] * fill, rejected + outs[:1] * fill
+        n = target
         batch: dict = {"num_rows": n, "pair_weight": torch.tensor(pair_weight, device=device)}
         prompts = [items[p].prompt_ids for p, _, _ in picks]
         # chosen rows [:n], rejected rows [n:], one padded width, so a micro-batch of pairs is one forward pass
@@ -312,7 +318,9 @@ def train_online_dpo(cfg) -> dict:
         if not setup.eval_items:
             return {}
         policy.eval()
-        return heldout_reward(generator, setup.eval_items, reward, cfg.rollout, cfg.train.seed, prefix, accelerator)
+        with gathered(policy):  # after a sharded run: each process samples its share with the full weights
+            return heldout_reward(generator, setup.eval_items, reward, cfg.rollout, cfg.train.seed, prefix,
+                                  accelerator)
 
     def train() -> dict:
         summary = {**setup.stats, **heldout("eval_before")}
@@ -327,11 +335,11 @@ def train_online_dpo(cfg) -> dict:
         return summary
 
     def save(summary: dict, path) -> tuple[dict, dict]:
-        save_trained(policy, tokenizer, path / "model", setup.lineage)
+        save_trained(policy, tokenizer, path / "model", setup.lineage, state_dict=run.full_state)
         for m in members:  # LLM judges: requests, cache hits, retries, tokens (this process's)
             if hasattr(m.judge, "stats"):
                 summary.update({f"judge/{m.name}/{k}": v for k, v in m.judge.stats().items()
                                 if isinstance(v, (int, float))})
         return summary, {"pairs": "pairs.jsonl"}
 
-    return run.train_and_save(train, save)
+    return run.train_and_save(train, save, model=policy)

@@ -133,6 +133,17 @@ def on_every_process(flag: bool) -> bool:
     return bool(t.item())
 
 
+def max_over_processes(value: int) -> int:
+    """The largest ``value`` over the processes (``value`` itself without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([int(value)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Every trainable parameter the model uses is one the optimizer steps; a RuntimeError otherwise (an optimizer
     built before the model was sharded or wrapped holds the replaced tensors: the loss would never move)."""

@@ -152,9 +152,10 @@ class StageRun:
         return summary
 
 
-# sft, dpo family, kto, rejection-sft, reward-model: training/loop.py::fit; grpo: training/rollout_loop.py::fit_rl
-# (sampling with the weights gathered); each saves the weights gathered into StageRun.full_state
-FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft", "reward_model", "grpo")
+# sft, dpo family, kto, rejection-sft, reward-model: training/loop.py::fit; grpo, online-dpo:
+# training/rollout_loop.py::fit_rl (sampling with the weights gathered); each saves the weights gathered into
+# StageRun.full_state
+FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft", "reward_model", "grpo", "online_dpo")
 
 
 def check_parallel(cfg, stage: str) -> None:
@@ -163,7 +164,7 @@ def check_parallel(cfg, stage: str) -> None:
         return
     if stage not in FSDP2_STAGES:
         raise ConfigError(f"parallel.strategy=fsdp2: {stage} does not run sharded yet (sharded: sft, the dpo family, "
-                          "kto, rejection-sft, reward-model, grpo); use parallel.strategy=ddp")
+                          "kto, rejection-sft, reward-model, grpo, online-dpo); use parallel.strategy=ddp")
 
 
 def standard_inputs(cfg) -> dict[str, str]:

@@ -239,22 +239,31 @@ def test_pipeline_stage_registered_with_judge_inputs(tmp_path):
 TWO_PROCESS_SCRIPT = '''
 import json, os, sys
 import torch
+import posttrain.trainers.online_dpo as trainer
 from posttrain.config import load_config
-from posttrain.trainers.online_dpo import train_online_dpo
+from posttrain.training.parallel import is_sharded
 
 torch.set_num_threads(1)
 out, args = sys.argv[1], sys.argv[2:]
-summary = train_online_dpo(load_config("online-dpo", None, [f"train.output_dir={out}", *args]))
+seen, real_fit_rl = {}, trainer.fit_rl
+def keep(model, *a, **k):
+    seen["model"] = model
+    return real_fit_rl(model, *a, **k)
+trainer.fit_rl = keep
+summary = trainer.train_online_dpo(load_config("online-dpo", None, [f"train.output_dir={out}", *args]))
 with open(f"{out}.rank{os.environ.get('RANK', '0')}.json", "w") as fh:
-    json.dump({k: v for k, v in summary.items() if isinstance(v, (int, float))}, fh)
+    json.dump({**{k: v for k, v in summary.items() if isinstance(v, (int, float))},
+               "sharded": is_sharded(seen["model"])}, fh)
 '''
 
 
 @pytest.mark.distributed
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("strategy,port", [("ddp", 29617), ("fsdp2", 29618)])
+def test_two_processes_match_one(tmp_path, strategy, port):
     """Under torchrun each process samples, judges and pairs its half of a step's prompts: the pairs, their count
     and the step (loss over all pairs, summed gradients) are one process's. Step 1 gives one process pairs and the
-    other none, which must still take part in every reduction (it runs a zero-weight pair)."""
+    other none, which must still take part in every reduction (it runs a zero-weight pair). Under fsdp2 the
+    process with fewer pairs fills up with zero-weight pairs so both run the same sharded forwards."""
     import os
     import subprocess
     import sys
@@ -265,8 +274,8 @@ def test_two_processes_match_one(tmp_path):
     args = [a for a in base_args(tmp_path, prompts, "optim.max_steps=2", "optim.lr=1e-2",
                                  "optim.micro_batch_size=2") if not a.startswith("train.output_dir")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29617"]
-    for cmd in (torchrun + [str(script), str(tmp_path / "two"), *args],
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    for cmd in (torchrun + [str(script), str(tmp_path / "two"), *args, f"parallel.strategy={strategy}"],
                 [sys.executable, str(script), str(tmp_path / "one"), *args]):
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -285,6 +294,7 @@ def test_two_processes_match_one(tmp_path):
     assert any(len(owners) == 1 for owners in shards.values()), shards
     ranks = [json.loads((tmp_path / f"two.rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["pairs/trained"] == ranks[1]["pairs/trained"] == len(pairs)
+    assert [r["sharded"] for r in ranks] == [strategy == "fsdp2"] * 2
 
 
 def test_unreachable_llm_judge_is_one_error_line(tmp_path):
