@@ -141,8 +141,10 @@ def _head_removed(lm):
         lm.lm_head = head
 
 
-def _trunk_forward(model, lm, **inputs) -> tuple[torch.Tensor, nn.Module]:
-    """(last hidden states, output head): ``model``'s forward with ``lm``'s head swapped for an identity."""
+def trunk_forward(model, lm, **inputs) -> tuple[torch.Tensor, nn.Module]:
+    """(last hidden states, output head): ``model``'s forward with ``lm``'s head swapped for an identity. Through
+    ``model`` itself, not its inner decoder: wrappers' forward hooks run (FSDP2 all-gathers the root's weights in
+    them; calling the decoder directly would meet the embeddings still sharded)."""
     with _head_removed(lm) as head:
         hidden = model(**inputs, use_cache=False).logits
     if hidden.shape[-1] != getattr(head, "in_features", hidden.shape[-1]):
@@ -232,7 +234,7 @@ def target_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Ten
         labels = torch.full_like(input_ids, IGNORE_INDEX)
         labels[:, :-1] = input_ids[:, 1:].masked_fill(~target_mask, IGNORE_INDEX)
         return gather_token_logps(logits, labels, chunk_size=chunk_size)[:, :-1]
-    hidden, head = _trunk_forward(model, parts[0], input_ids=input_ids, attention_mask=attention_mask,
+    hidden, head = trunk_forward(model, parts[0], input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=position_ids)  # (B, T, H)
     where = target_mask.nonzero(as_tuple=True)  # target positions t: hidden[t] predicts input_ids[t + 1]
     selected = hidden[:, :-1][where]  # (N, H)
@@ -307,7 +309,7 @@ def tree_target_hidden(model, batch: dict) -> tuple[torch.Tensor, nn.Module]:
     parts = split_head(model)
     if parts is None:
         raise RuntimeError(f"{type(unwrap_model(model)).__name__}: prefix sharing here needs logits = lm_head(hidden)")
-    hidden, head = _trunk_forward(model, parts[0], input_ids=batch["input_ids"],
+    hidden, head = trunk_forward(model, parts[0], input_ids=batch["input_ids"],
                                   attention_mask=tree_forward_mask(model, batch["tree_mask"]),
                                   position_ids=batch["position_ids"])  # (R, N, H)
     return hidden.reshape(-1, hidden.shape[-1])[batch["pred_index"]], head

@@ -31,14 +31,6 @@ def rollout_tensors(prompt_ids: list[list[int]], completion_ids: list[list[int]]
     return out
 
 
-def causal_parts(model):
-    """(trunk, output head) of a causal LM under PEFT/DDP wrappers: ``trunk(...)`` gives the last hidden states,
-    ``head`` maps them to logits. PEFT adapters live inside the trunk's layers, so ``disable_adapter`` still
-    applies. (Models whose logits are more than ``head(hidden)``, e.g. soft-capped, are not supported here.)"""
-    m = logprobs.unwrap_model(model)
-    return m.get_decoder(), m.get_output_embeddings()
-
-
 def completion_forward(model, batch: dict, temperature: float = 1.0, with_logits: bool = False):
     """One forward pass scoring the completion tokens only: the head runs on the K completion positions, never
     on the whole (N, T, V), so prompts cost a trunk pass and nothing more. With ``batch["tree_row_tokens"]`` set
@@ -62,9 +54,13 @@ def completion_forward(model, batch: dict, temperature: float = 1.0, with_logits
         hidden = selected.new_zeros((*where.shape, selected.shape[-1])).index_put(where.nonzero(as_tuple=True),
                                                                                   selected)
     else:
-        trunk, head = causal_parts(model)
-        full = trunk(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     use_cache=False).last_hidden_state  # (N, T, H)
+        parts = logprobs.split_head(model)
+        if parts is None:
+            raise RuntimeError(f"{type(logprobs.unwrap_model(model)).__name__}: scoring completions needs logits = "
+                               "lm_head(hidden) (models with soft-capped or scaled logits are not supported here)")
+        # through the model's own forward (PEFT's disable_adapter and FSDP's hooks apply), head swapped out
+        full, head = logprobs.trunk_forward(model, parts[0], input_ids=batch["input_ids"],
+                                            attention_mask=batch["attention_mask"])  # (N, T, H)
         hidden = full[:, :-1]
         selected = hidden[where]
     logits = head(selected).float()  # (K, V)

@@ -229,12 +229,13 @@ def test_fsdp2_reward_model_matches_one_process(tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("peft,port", [("lora", 29539), ("none", 29540)])
-def test_fsdp2_grpo_matches_one_process(tmp_path, peft, port):
+@pytest.mark.parametrize("peft,prefix_sharing,port", [("lora", "true", 29539), ("none", "false", 29540)])
+def test_fsdp2_grpo_matches_one_process(tmp_path, peft, prefix_sharing, port):
     """GRPO under parallel.strategy=fsdp2: each process samples its half of the prompts with the weights
     gathered (its decode needs no collective, so processes may run different numbers of generate calls: the 3
     held-out prompts split 2/1), then trains on its shards; losses, rewards, KL and gradient norms equal one
-    process, each process holds about half of the parameters, and the saved model gives the same logits. One
+    process, each process holds about half of the parameters, and the saved model gives the same logits; in
+    prefix-tree rows and padded rows (both score completions through the root forward, where FSDP gathers). One
     new token per answer, as in the DDP test: the letter task then has reward signal (with longer answers every
     sample passes, the gradient is float noise that Adam scales up, and no two runs agree)."""
     from .test_rl import TEMPERATURE, letter_prompts
@@ -245,7 +246,7 @@ def test_fsdp2_grpo_matches_one_process(tmp_path, peft, port):
             f"peft.method={peft}", "rollout.max_new_tokens=1", f"rollout.temperature={TEMPERATURE}",
             "optim.lr=1e-2" if peft == "lora" else "optim.lr=1e-3", f"rollout.eval_temperature={TEMPERATURE}",
             "rollout.eval_samples=2", "optim.batch_size=4", "optim.micro_batch_size=4", "optim.max_steps=3",
-            "grpo.num_generations=4", "grpo.beta=0.04", "grpo.iterations=2"]
+            "grpo.num_generations=4", "grpo.beta=0.04", "grpo.iterations=2", f"data.prefix_sharing={prefix_sharing}"]
     (tmp_path / "r2").mkdir()
     (tmp_path / "r1").mkdir()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
