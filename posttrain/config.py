@@ -119,8 +119,7 @@ class TrainSection(Section):
 class ParallelSection(Section):
     strategy: Literal["ddp", "fsdp2"] = Field(
         "ddp", description="ddp: every process holds the whole model; fsdp2: parameters, gradients and optimizer "
-        "state sharded over the processes per decoder layer (torch FSDP2, training/parallel.py; sft, dpo family, "
-        "kto, rejection-sft, reward-model, grpo, online-dpo)")
+        "state sharded over the processes per decoder layer (torch FSDP2, training/parallel.py; every trainer)")
 
 
 class PreferenceLossSection(Section):

@@ -160,8 +160,8 @@ def train_ppo(cfg) -> dict:
                       reduce=cross_process_sum(accelerator),
                       tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None)
 
-        def save_value(out_dir):
-            state = {k: v for k, v in model.state_dict().items() if k.startswith("value_head.")}
+        def save_value(out_dir, full_state):
+            state = {k: v for k, v in (full_state or model.state_dict()).items() if k.startswith("value_head.")}
             torch.save(state, out_dir / "value_head.pt")
             return {"value_head": "value_head.pt"}
 

@@ -83,8 +83,9 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     ``fit_rl`` between two held-out reward measurements; save.
 
     ``build(policy, tokenizer, reward_fn, generator, accelerator)`` returns ``(trained module, RLFns, extra
-    save)`` where the trained module is the policy or a policy + value-head wrapper and ``extra save(out_dir)``
-    writes anything besides the policy and returns those outputs (or is None)."""
+    save)`` where the trained module is the policy or a policy + value-head wrapper and ``extra save(out_dir,
+    full_state)`` writes anything besides the policy and returns those outputs (or is None); ``full_state`` is the
+    trained module's gathered state dict when it was sharded, else None."""
     run = StageRun(cfg, stage)
     accelerator = run.accelerator
     setup = load_rl_setup(cfg, run, need_verifiable=cfg.reward.verifier_weight > 0)
@@ -98,7 +99,7 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
         if not setup.eval_items:
             return {}
         policy.eval()
-        with gathered(policy):  # after a sharded run: each process samples its share with the full weights
+        with gathered(model):  # after a sharded run: each process samples its share with the full weights
             return heldout_reward(generator, setup.eval_items, reward_fn, cfg.rollout, cfg.train.seed, prefix,
                                   accelerator)
 
@@ -110,8 +111,11 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
         return summary
 
     def save(summary: dict, path) -> tuple[dict, dict]:
-        save_trained(policy, tokenizer, path / "model", setup.lineage, state_dict=run.full_state)
-        return summary, (extra_save(path) if extra_save is not None else {})
+        full = run.full_state  # the trained module's gathered weights when it was sharded (parallel.strategy=fsdp2)
+        policy_state = full
+        if full is not None and model is not policy:  # PPO: the policy inside its value-head wrapper
+            policy_state = {k[len("policy."):]: v for k, v in full.items() if k.startswith("policy.")}
+        save_trained(policy, tokenizer, path / "model", setup.lineage, state_dict=policy_state)
+        return summary, (extra_save(path, full) if extra_save is not None else {})
 
-    # sharded (GRPO under parallel.strategy=fsdp2): the policy's full weights are gathered for saving
-    return run.train_and_save(train, save, model=policy if model is policy else None)
+    return run.train_and_save(train, save, model=model)

@@ -39,6 +39,21 @@ def launcher_strategy(distributed_type, configured: str, world: int) -> str:
         return "fsdp2"
     return configured
 
+def check_combination(cfg) -> None:
+    """Combinations with ``parallel.strategy=fsdp2`` that have not run stop before anything loads, in one line."""
+    if cfg.parallel.strategy != "fsdp2":
+        return
+    peft = getattr(cfg, "peft", None)
+    if peft is not None and peft.method == "qlora":
+        raise ConfigError("peft.method=qlora with parallel.strategy=fsdp2: 4-bit base weights are not sharded by "
+                          "posttrain; use peft.method=lora with fsdp2, or qlora with parallel.strategy=ddp")
+    rollout = getattr(cfg, "rollout", None)
+    if rollout is not None and rollout.backend == "vllm":
+        raise ConfigError("rollout.backend=vllm with parallel.strategy=fsdp2: syncing sharded weights into the "
+                          "colocated vLLM engine has not run on a GPU yet; use parallel.strategy=ddp with vllm, or "
+                          "rollout.backend=hf with fsdp2")
+
+
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The model's repeated blocks, the units FSDP shards one at a time: the modules whose class the HF model
     names in ``_no_split_modules`` (``LlamaDecoderLayer``, ...), found under PEFT wrappers too."""
@@ -87,6 +102,9 @@ def gathered(model: nn.Module):
         return
     from torch.distributed.fsdp import FSDPModule
 
+    # FSDP takes the first unit to run forward as the root; decoding may enter through a submodule (PPO's policy
+    # inside its value-head wrapper), so the root is settled first (a no-op once it is)
+    model._get_fsdp_state()._lazy_init()
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for unit in units:
         unit.unshard()

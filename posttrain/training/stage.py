@@ -21,7 +21,7 @@ from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
 from posttrain.ops.packing import default_tree_row_tokens
 from posttrain.training.loop import fit, make_accelerator, settings_from_config
-from posttrain.training.parallel import full_state_dict, launcher_strategy
+from posttrain.training.parallel import check_combination, full_state_dict, launcher_strategy
 
 
 @dataclass
@@ -93,7 +93,6 @@ class StageRun:
     """
 
     def __init__(self, cfg, stage: str):
-        check_parallel(cfg, stage)
         check_output_dir(cfg.train)
         self.cfg, self.stage = cfg, stage
         self.accelerator = make_accelerator(cfg.train.precision)
@@ -101,7 +100,7 @@ class StageRun:
                                      self.accelerator.num_processes)
         if launched != cfg.parallel.strategy:  # recorded in config.yaml: the run says how it ran
             cfg.parallel.strategy = launched
-            check_parallel(cfg, stage)
+        check_combination(cfg)
         self.is_main = self.accelerator.is_main_process
         self.folder: RunFolder | None = None
         self.full_state: dict | None = None  # the trained model's gathered weights when it was sharded
@@ -150,21 +149,6 @@ class StageRun:
                 self.folder.finish(summary, {"model": "model", "metrics": "metrics.jsonl", **outputs})
             self.accelerator.wait_for_everyone()
         return summary
-
-
-# sft, dpo family, kto, rejection-sft, reward-model: training/loop.py::fit; grpo, online-dpo:
-# training/rollout_loop.py::fit_rl (sampling with the weights gathered); each saves the weights gathered into
-# StageRun.full_state
-FSDP2_STAGES = ("sft", "dpo", "kto", "rejection_sft", "reward_model", "grpo", "online_dpo")
-
-
-def check_parallel(cfg, stage: str) -> None:
-    """``parallel.strategy=fsdp2`` only where it runs: a one-line ConfigError before anything is loaded."""
-    if cfg.parallel.strategy != "fsdp2":
-        return
-    if stage not in FSDP2_STAGES:
-        raise ConfigError(f"parallel.strategy=fsdp2: {stage} does not run sharded yet (sharded: sft, the dpo family, "
-                          "kto, rejection-sft, reward-model, grpo, online-dpo); use parallel.strategy=ddp")
 
 
 def standard_inputs(cfg) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Run under torchrun (or alone) by test_distributed.py: trains SFT, DPO, GRPO or a reward model with the given overrides and
+"""Run under torchrun (or alone) by test_distributed.py: trains SFT, DPO, GRPO, PPO or a reward model with the given overrides and
 writes this rank's view: how many parameter elements it holds (its shards under parallel.strategy=fsdp2), split
 into trainable and frozen, and the summary."""
 
@@ -22,6 +22,10 @@ elif command == "grpo":
     import posttrain.trainers.grpo as trainer
 
     train = trainer.train_grpo
+elif command == "ppo":
+    import posttrain.trainers.ppo as trainer
+
+    train = trainer.train_ppo
 elif command == "reward-model":
     import posttrain.trainers.reward_model as trainer
 

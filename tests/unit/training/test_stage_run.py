@@ -103,12 +103,22 @@ def test_split_off_eval_is_seeded_and_keeps_order():
     assert len(split_off_eval(rows, 0.001, seed=0)[1]) == 1
 
 
-def test_fsdp2_stops_before_anything_where_it_does_not_run_yet(tmp_path):
-    ppo = build_config("ppo", {"model": {"name": "tiny-random"}, "data": {"train": str(tmp_path / "p.jsonl")},
-                               "parallel": {"strategy": "fsdp2"}, "train": {"output_dir": str(tmp_path / "out")}})
-    with pytest.raises(ConfigError, match=r"^parallel.strategy=fsdp2: ppo does not run sharded yet"):
-        StageRun(ppo, "ppo")
+@pytest.mark.parametrize("command,override,message", [
+    ("dpo", {"peft": {"method": "qlora"}}, "peft.method=qlora with parallel.strategy=fsdp2: 4-bit base weights"),
+    ("grpo", {"rollout": {"backend": "vllm"}}, "rollout.backend=vllm with parallel.strategy=fsdp2: syncing sharded"),
+])
+def test_fsdp2_combinations_not_run_yet_stop_before_anything(tmp_path, command, override, message):
+    cfg = build_config(command, {"model": {"name": "tiny-random"}, "data": {"train": str(tmp_path / "p.jsonl")},
+                                 "parallel": {"strategy": "fsdp2"}, "train": {"output_dir": str(tmp_path / "out")},
+                                 **override})
+    with pytest.raises(ConfigError, match="^" + message):
+        StageRun(cfg, command)
     assert not (tmp_path / "out").exists()
+    cfg.parallel.strategy = "ddp"
+    StageRun(cfg, command)  # the same config under ddp passes this check
+
+
+def test_an_unknown_parallel_strategy_is_a_config_error():
     with pytest.raises(ConfigError, match="parallel.strategy"):
         build_config("sft", {"data": {"train": "x.jsonl"}, "parallel": {"strategy": "zero3"}})
 
