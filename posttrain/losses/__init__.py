@@ -53,19 +53,20 @@ def get_loss(name: str) -> LossSpec:
     return LOSSES[name]
 
 
-def preference_loss(loss_type: str, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+def preference_loss(loss: str | LossSpec, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                     reference_chosen_logps: torch.Tensor | None = None,
                     reference_rejected_logps: torch.Tensor | None = None, chosen_lengths: torch.Tensor,
                     rejected_lengths: torch.Tensor, beta: float | None = None, rpo_alpha: float = 0.0,
                     **params) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Any paired loss by name, with shapes as in ``posttrain.losses.dpo``: logps and lengths (B,), returns
-    losses (B,) and detached (B,) metrics.
+    """Any paired loss, by name or by its ``LossSpec`` (what a trainer looked up once per run), with shapes as in
+    ``posttrain.losses.dpo``: logps and lengths (B,), returns losses (B,) and detached (B,) metrics.
 
     ``beta`` None takes the loss's default. ``params`` may hold values for parameters other losses declare as
     long as they are None; a non-None value the loss does not declare is an error. ``rpo_alpha`` > 0 adds
     rpo_alpha * the chosen token-mean NLL (RPO, Pang et al. 2024) and the metric ``nll/chosen``.
     """
-    spec = get_loss(loss_type)
+    spec = loss if isinstance(loss, LossSpec) else get_loss(loss)
+    loss_type = spec.name
     if spec.kind != "paired":
         raise ValueError(f"loss '{loss_type}' trains on {spec.kind} data, not pairs; paired losses: "
                          f"{', '.join(PAIRED_LOSS_TYPES)}")

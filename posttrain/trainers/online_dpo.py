@@ -33,7 +33,7 @@ from posttrain.data.schema import DataError, DataErrors
 from posttrain.generation.prompts import sample
 from posttrain.judges.ensemble import PairwiseEnsemble, combine_scores
 from posttrain.judges.judge_stage import JudgeConfigError, build_member
-from posttrain.losses import get_loss, preference_loss
+from posttrain.losses import LossSpec, get_loss, preference_loss
 from posttrain.models.policy import save_trained
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.rollout import completion_forward, rollout_tensors
@@ -190,10 +190,10 @@ def step_metrics(reduce, outs, rows, summary, scores, chosen, rejected) -> dict:
 
 
 def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generations: int, strategy: str,
-                   pair_opts: dict, rollout_cfg, seed: int, loss_type: str, loss_kwargs: dict, pad_token_id: int,
+                   pair_opts: dict, rollout_cfg, seed: int, spec: LossSpec, loss_kwargs: dict, pad_token_id: int,
                    micro_batch_size: int, device, reduce, pairs_log: PairsLog, world: int = 1,
                    tree_row_tokens: int | None = None) -> RLFns:
-    G, spec = num_generations, get_loss(loss_type)
+    G = num_generations
     labelled: dict = {}  # the last rollout's global statistics, logged by after_step
     trained = {"pairs": 0}  # pairs of every step so far, over all processes (in checkpoints)
 
@@ -252,7 +252,7 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
         if spec.needs_reference:
             ref = {"reference_chosen_logps": batch["reference_chosen_logps"],
                    "reference_rejected_logps": batch["reference_rejected_logps"]}
-        losses, metrics = preference_loss(loss_type, policy_chosen_logps=logps[:b], policy_rejected_logps=logps[b:],
+        losses, metrics = preference_loss(spec, policy_chosen_logps=logps[:b], policy_rejected_logps=logps[b:],
                                           chosen_lengths=counts[:b], rejected_lengths=counts[b:], **ref,
                                           **loss_kwargs)
         w = batch["pair_weight"]
@@ -308,7 +308,7 @@ def train_online_dpo(cfg) -> dict:
     fns = online_dpo_fns(
         policy, frozen, generator, members, num_generations=o.num_generations, strategy=o.strategy,
         pair_opts={"min_margin": o.min_score_gap, "max_length_ratio": o.max_length_ratio}, rollout_cfg=cfg.rollout,
-        seed=cfg.train.seed, loss_type=cfg.loss.type, loss_kwargs=loss_params(cfg.loss),
+        seed=cfg.train.seed, spec=spec, loss_kwargs=loss_params(cfg.loss, spec),
         pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size, device=accelerator.device,
         reduce=reduce_sum_fn(accelerator), pairs_log=PairsLog(run.path / "pairs.jsonl", is_main),
         world=accelerator.num_processes, tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.data.collate import collate_pairs, count_tokens, sequence_key
-from posttrain.losses import get_loss, preference_loss
+from posttrain.losses import LossSpec, get_loss, preference_loss
 from posttrain.models.reference import (build_reference, load_reference_model, reference_model, reference_weights,
                                         same_model)
 from posttrain.ops.logprobs import batch_sequence_logps
@@ -24,11 +24,11 @@ from posttrain.training.refcache import ReferenceCache, default_cache_dir, finge
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
 
-def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params: dict, pad_token_id: int,
+def preference_step_fns(policy, frozen_reference, *, spec: LossSpec, loss_params: dict, pad_token_id: int,
                         device, packing: bool = False, prefix_sharing: bool = False,
                         max_row_tokens: int | None = None, reference_cache=None) -> StepFns:
-    """``reference_cache``: a ``ReferenceCache`` (or None): looked up per micro-batch, filled on a miss."""
-    spec = get_loss(loss_type)
+    """``spec``: the run's loss (``losses.get_loss(cfg.loss.type)``, looked up once). ``reference_cache``: a
+    ``ReferenceCache`` (or None): looked up per micro-batch, filled on a miss."""
     cache = reference_cache if spec.needs_reference else None
 
     def collate(items):
@@ -61,7 +61,7 @@ def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params
             ref_logps = reference_logps(batch, logps)
             ref = {"reference_chosen_logps": ref_logps[:b], "reference_rejected_logps": ref_logps[b:]}
         losses, metrics = preference_loss(
-            loss_type,
+            spec,
             policy_chosen_logps=logps[:b],
             policy_rejected_logps=logps[b:],
             chosen_lengths=counts[:b].float(),
@@ -76,18 +76,17 @@ def preference_step_fns(policy, frozen_reference, *, loss_type: str, loss_params
                    flush=cache.flush if cache is not None else None)
 
 
-def loss_params(loss_cfg) -> dict:
+def loss_params(loss_cfg, spec: LossSpec) -> dict:
     """The config values the chosen loss declares, plus beta and rpo_alpha (which every paired loss takes)."""
-    spec = get_loss(loss_cfg.type)
     params = {"beta": loss_cfg.beta, "rpo_alpha": loss_cfg.rpo_alpha}
     params.update({name: getattr(loss_cfg, name) for name in spec.params if hasattr(loss_cfg, name)})
     return params
 
 
-def open_reference_cache(cfg, policy, data, accelerator, pinned=None):
+def open_reference_cache(cfg, spec: LossSpec, policy, accelerator, pinned=None):
     """The ``ReferenceCache`` of this reference and precision, or None when caching is off / not needed.
     ``pinned``: the frozen ``loss.reference_model``, whose weights then make the fingerprint."""
-    if not (cfg.loss.reference_cache and get_loss(cfg.loss.type).needs_reference):
+    if not (cfg.loss.reference_cache and spec.needs_reference):
         return None
     root = cfg.loss.reference_cache_dir or default_cache_dir(cfg.train.output_dir)  # never beside the data
     key = fingerprint(reference_weights(policy, pinned), precision=str(accelerator.mixed_precision),
@@ -95,24 +94,23 @@ def open_reference_cache(cfg, policy, data, accelerator, pinned=None):
     return ReferenceCache(f"{root}/{key}")
 
 
-def pinned_reference(cfg, tokenizer):
-    """The frozen ``loss.reference_model``, or None when it is unset, unused by the loss, or the very model
-    training starts from (then the ordinary reference is that model, at no extra load or memory)."""
+def pinned_reference(cfg, spec: LossSpec, tokenizer):
+    """The frozen ``loss.reference_model``, or None when it is unset, unused by the loss (``spec``), or the very
+    model training starts from (then the ordinary reference is that model, at no extra load or memory)."""
     name = cfg.loss.reference_model
-    if name is None or not get_loss(cfg.loss.type).needs_reference or same_model(name, cfg.model.name,
-                                                                                  cfg.model.adapter):
+    if name is None or not spec.needs_reference or same_model(name, cfg.model.name, cfg.model.adapter):
         return None
     return load_reference_model(name, tokenizer, cache_dir=cfg.model.cache_dir, dtype=cfg.model.dtype,
                                 trust_remote_code=cfg.model.trust_remote_code)
 
 
 def train_preference(cfg) -> dict:
-    spec = get_loss(cfg.loss.type)
+    spec = get_loss(cfg.loss.type)  # the one lookup of the run's loss; everything below takes the spec
 
     def build(model, data, accelerator):
         resolve_prefix_sharing(cfg, model)
-        pinned = pinned_reference(cfg, data.tokenizer)
-        cache = open_reference_cache(cfg, model, data, accelerator, pinned)
+        pinned = pinned_reference(cfg, spec, data.tokenizer)
+        cache = open_reference_cache(cfg, spec, model, accelerator, pinned)
         everything = [s for pair in data.train + data.eval for s in pair]
         if cache is not None and cache.covers(sequence_key(s) for s in everything):
             frozen = None  # every reference log-prob is on disk: no frozen copy, no reference pass
@@ -122,7 +120,7 @@ def train_preference(cfg) -> dict:
             frozen, _ = build_reference(model, cfg.loss.reference, spec.needs_reference)
         if frozen is not None:
             frozen.to(accelerator.device)
-        return preference_step_fns(model, frozen, loss_type=cfg.loss.type, loss_params=loss_params(cfg.loss),
+        return preference_step_fns(model, frozen, spec=spec, loss_params=loss_params(cfg.loss, spec),
                                    pad_token_id=data.tokenizer.pad_token_id, device=accelerator.device,
                                    packing=cfg.data.packing, prefix_sharing=cfg.data.prefix_sharing,
                                    max_row_tokens=cfg.data.tree_row_tokens, reference_cache=cache)

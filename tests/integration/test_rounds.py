@@ -147,10 +147,11 @@ def test_pinned_reference_log_probs_are_the_named_models(tmp_path):
 
 
 def test_pinned_reference_that_is_the_start_costs_no_second_model():
+    from posttrain.losses import get_loss
     from posttrain.trainers.preference import pinned_reference
 
     cfg = tiny_config("dpo", Path("pairs.jsonl"), Path("out"), "loss.reference_model=tiny-random")
-    assert pinned_reference(cfg, tokenizer=None) is None  # the ordinary reference already is tiny-random
+    assert pinned_reference(cfg, get_loss(cfg.loss.type), tokenizer=None) is None  # the ordinary reference already is tiny-random
 
 
 def test_pinned_reference_with_another_vocabulary_is_one_line(tmp_path):
