@@ -1,0 +1,141 @@
+"""Memory per process and throughput, DDP vs FSDP2, full fine-tuning under ``torchrun --nproc_per_node 2``.
+
+    nice -n 19 .venv/bin/python bench/fsdp_memory.py --steps 4
+
+The model is SmolLM2-135M's architecture (30 decoder layers, hidden 576, vocab 49152; 135M parameters) with random
+weights, so parameters, gradients and AdamW's two moments (4 x 540 MB in float32) dominate a process's memory.
+Each strategy runs ``posttrain sft`` (peft.method=none) in a fresh ``torchrun`` pair (gloo, one thread each), and
+each process reports what it holds after the run: parameter elements (its local shards under fsdp2), optimizer
+state (AdamW's exp_avg/exp_avg_sq, local shards), its peak RSS, and the run's tokens/s. Under fsdp2 the
+parameter and optimizer bytes per process should be about half of DDP's (each process keeps 1/2 of every
+weight); peak RSS falls less, because the process also holds the all-gathered layer it is computing, the
+activations, the Python/torch runtime, and the full model it loaded before sharding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def random_llama(out: Path) -> Path:
+    """SmolLM2-135M's config and tokenizer with freshly initialised weights, saved as a plain HF folder."""
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    src = common.model_dir("smollm2-135m-instruct")
+    config = AutoConfig.from_pretrained(src)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(src).save_pretrained(str(out))
+    return out
+
+
+def child(a) -> None:
+    """One process of the torchrun pair: train, then report what this process holds."""
+    common.set_threads(1)
+    import torch
+
+    import posttrain.training.loop as loop
+    import posttrain.training.stage as stage
+    from posttrain.config import load_config
+    from posttrain.trainers.sft import train_sft
+    from posttrain.training.parallel import local
+
+    seen: dict = {}
+    real_fit, real_build = stage.fit, loop.build_optimization
+
+    def keep_model(model, *args, **kwargs):
+        seen["model"] = model
+        return real_fit(model, *args, **kwargs)
+
+    def keep_optimizer(*args, **kwargs):
+        seen["optimizer"], scheduler = real_build(*args, **kwargs)
+        return seen["optimizer"], scheduler
+
+    stage.fit, loop.build_optimization = keep_model, keep_optimizer
+    cfg = load_config("sft", None, [
+        f"model.name={a.model}", "peft.method=none", f"data.train={a.data}", f"train.output_dir={a.out}",
+        "train.progress=false", "train.overwrite=true", f"optim.batch_size={a.batch}",
+        f"optim.micro_batch_size={a.micro}", f"optim.max_steps={a.steps}", "optim.lr=1e-5", "data.max_length=256",
+        "data.shuffle=false", "optim.warmup_steps=0", f"parallel.strategy={a.strategy}"])
+    summary = train_sft(cfg)
+
+    def nbytes(t: torch.Tensor) -> int:
+        t = local(t)
+        return t.numel() * t.element_size()
+
+    params = sum(nbytes(p) for p in seen["model"].parameters())
+    optim = sum(nbytes(v) for state in seen["optimizer"].state.values() for v in state.values()
+                if isinstance(v, torch.Tensor) and v.dim() > 0)
+    rank = int(os.environ.get("RANK", "0"))
+    Path(a.result, f"rank{rank}.json").write_text(json.dumps({
+        "params_mb": params / 2**20, "optimizer_mb": optim / 2**20, "peak_rss_mb": common.peak_rss_mb(),
+        "tokens_per_s": summary.get("tokens_per_s"), "train_s": summary.get("train_time_s"),
+        "loss": summary.get("train/loss")}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--micro", type=int, default=4)
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--work", default="/tmp/posttrain-bench-fsdp")
+    p.add_argument("--child", action="store_true")
+    p.add_argument("--strategy", choices=["ddp", "fsdp2"])
+    p.add_argument("--model")
+    p.add_argument("--data")
+    p.add_argument("--out")
+    p.add_argument("--result")
+    a = p.parse_args()
+    if a.child:
+        child(a)
+        return
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = random_llama(work / "random-llama-135m")
+    data = common.write_jsonl(work / "sft.jsonl", common.sft_rows(a.rows))
+    print(common.machine())
+    rows = []
+    for strategy in ("ddp", "fsdp2"):
+        result = work / f"result-{strategy}"
+        result.mkdir(exist_ok=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+             __file__, "--child", "--strategy", strategy, "--model", str(model), "--data", str(data),
+             "--out", str(work / f"run-{strategy}"), "--result", str(result), "--steps", str(a.steps),
+             "--batch", str(a.batch), "--micro", str(a.micro)],
+            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+        if proc.returncode:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"{strategy}: torchrun failed")
+        ranks = [json.loads((result / f"rank{r}.json").read_text()) for r in (0, 1)]
+        rows.append({"strategy": strategy,
+                     "params MB/proc": round(max(r["params_mb"] for r in ranks), 1),
+                     "optimizer MB/proc": round(max(r["optimizer_mb"] for r in ranks), 1),
+                     "peak RSS MB/proc": round(max(r["peak_rss_mb"] for r in ranks), 1),
+                     "tokens/s": ranks[0]["tokens_per_s"], "loss": round(ranks[0]["loss"], 4),
+                     "wall_s": round(time.perf_counter() - t0, 1)})
+    ddp = rows[0]
+    for r in rows:
+        for key in ("params MB/proc", "optimizer MB/proc", "peak RSS MB/proc", "tokens/s"):
+            r[f"x DDP {key.split(' ')[0]}"] = round(r[key] / ddp[key], 3) if ddp[key] else None
+    print(common.table(f"DDP vs FSDP2, full fine-tuning, 2 processes x 1 thread, {a.steps} steps of {a.batch} rows",
+                       rows, list(rows[0].keys())))
+
+
+if __name__ == "__main__":
+    main()
