@@ -41,4 +41,13 @@ if ! command -v bwrap >/dev/null; then
       || echo "setup: could not install bubblewrap (code verification will run unsandboxed)"
   fi
 fi
+# The feedback store is tested against a real PostgreSQL server: install Debian's postgresql where we can.
+# Non-fatal: without it, only the PostgreSQL store tests are skipped (SQLite ones still run).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing postgresql for the feedback store's tests"
+    { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } \
+      || echo "setup: could not install postgresql (the PostgreSQL store tests will be skipped)"
+  fi
+fi
 echo "setup: done ($("$VPY" -c 'import posttrain, torch, transformers; print("posttrain", posttrain.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'))"

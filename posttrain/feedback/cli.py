@@ -1,5 +1,6 @@
 """``posttrain feedback to-pairs``: production feedback logs -> pairs.jsonl, unpaired.jsonl, conflicts.jsonl and
-summary.json in one output folder. The main CLI mounts ``feedback_app`` as ``posttrain feedback``."""
+summary.json in one output folder; ``posttrain feedback export``: a feedback store's events -> the JSONL to-pairs
+reads. The main CLI mounts ``feedback_app`` as ``posttrain feedback``."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from posttrain.feedback.convert import (
     unpaired_row,
 )
 from posttrain.feedback.events import read_events
+from posttrain.feedback.store import FeedbackStore, StoreError
 
 feedback_app = typer.Typer(no_args_is_help=True, help="Production feedback (thumbs, edits, side-by-side, "
                            "rankings, Likert) -> training data.")
@@ -35,7 +37,7 @@ SHOWN_CONFLICTS = 3
 @feedback_app.callback()
 def _group() -> None:
     """Production feedback (thumbs, edits, side-by-side, rankings, Likert) -> training data."""
-    # A callback keeps `to-pairs` a named subcommand even though it is the only one.
+    # A callback keeps the commands named subcommands (typer would run a lone command directly).
 
 
 def _range(text: str | None, option: str) -> tuple[float, float] | None:
@@ -174,3 +176,17 @@ def to_pairs(
     if errors:
         typer.echo(f"warning: {len(errors)} malformed event(s) skipped (listed above); --strict makes them fatal",
                    err=True)
+
+
+@feedback_app.command("export")
+def export(
+    store: str = typer.Option(..., "--store", help="the feedback store: a SQLite file path, sqlite:///PATH or "
+                              "postgresql://USER@HOST:PORT/DB"),
+    output: Path = typer.Option(..., "-o", "--output", help="events JSONL to write (the format to-pairs reads)"),
+) -> None:
+    """Every feedback event in a store -> events JSONL (then: posttrain feedback to-pairs OUTPUT -o DIR)."""
+    try:
+        count = FeedbackStore(store).export_events(output)
+    except (StoreError, DataError, OSError) as e:
+        fail(e)
+    typer.echo(f"wrote {count} event(s) to {output}")

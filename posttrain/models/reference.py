@@ -93,6 +93,8 @@ def reference_model(policy, frozen):
         raise ReferenceError_("no reference model: neither a frozen copy nor an adapter to disable")
     if frozen is not None:
         yield frozen
+        if hasattr(frozen, "reshard"):  # sharded (FSDP2): the root's weights stay gathered after a forward (the
+            frozen.reshard()  # output head is applied outside it); a frozen module has no backward to free them
         return
     with policy.disable_adapter():
         yield policy

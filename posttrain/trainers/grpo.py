@@ -16,6 +16,7 @@ from posttrain.ops.advantages import group_advantages
 from posttrain.generation.prompts import sample
 from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.trainers.rl_common import run_rl_stage
+from posttrain.training.parallel import place_reference
 from posttrain.training.rollout_loop import RLFns, select_rows
 
 
@@ -89,8 +90,7 @@ def train_grpo(cfg) -> dict:
 
     def build(policy, tokenizer, reward_fn, generator, accelerator):
         frozen, _ = build_reference(policy, g.reference, needs_reference=g.beta > 0)
-        if frozen is not None:
-            frozen.to(accelerator.device)
+        place_reference(frozen, cfg, accelerator)
         fns = grpo_fns(policy, frozen, generator, reward_fn, num_generations=g.num_generations, rollout_cfg=cfg.rollout,
                        seed=cfg.train.seed, beta=g.beta, clip_range=g.clip_range, clip_range_high=g.clip_range_high,
                        loss_type=g.loss_type, scale_rewards=g.scale_rewards, reuse=g.iterations * g.mini_batches > 1,

@@ -14,6 +14,7 @@ from posttrain.losses.kto import kto_loss
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.logprobs import sequence_logps
 from posttrain.training.loop import StepFns, reduce_sum_fn
+from posttrain.training.parallel import place_reference
 from posttrain.training.stage import run_training_stage, to_device
 
 
@@ -68,8 +69,7 @@ def kto_step_fns(policy, frozen_reference, *, beta, desirable_weight, undesirabl
 def train_kto(cfg) -> dict:
     def build(model, data, accelerator):
         frozen, _ = build_reference(model, cfg.loss.reference, needs_reference=True)
-        if frozen is not None:
-            frozen.to(accelerator.device)
+        place_reference(frozen, cfg, accelerator)
         return kto_step_fns(model, frozen, beta=cfg.loss.beta, desirable_weight=cfg.loss.desirable_weight,
                             undesirable_weight=cfg.loss.undesirable_weight, pad_token_id=data.tokenizer.pad_token_id,
                             max_length=cfg.data.max_length, device=accelerator.device,

@@ -41,9 +41,9 @@ from posttrain.trainers.grpo import no_grad_token_logps
 from posttrain.trainers.preference import loss_params
 from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
 from posttrain.training.loop import reduce_sum_fn, settings_from_config
+from posttrain.training.parallel import gathered, is_sharded, max_over_processes, place_reference
 from posttrain.training.rollout_loop import RLFns, fit_rl
 from posttrain.training.stage import StageRun
-from posttrain.training.parallel import gathered, is_sharded, max_over_processes
 
 SCORING_STRATEGIES = ("best_vs_worst", "all_above_margin")  # the rest compare two samples (pairwise judges)
 SEQ_KEYS = ("input_ids", "attention_mask", "loss_mask", "completion_mask")
@@ -302,8 +302,7 @@ def train_online_dpo(cfg) -> dict:
     setup = load_rl_setup(cfg, run, need_verifiable=any(j.get("type") == "verifier" for j in o.judges))
     tokenizer, policy, generator = setup.tokenizer, setup.policy, setup.generator
     frozen, _ = build_reference(policy, cfg.loss.reference, spec.needs_reference)
-    if frozen is not None:
-        frozen.to(accelerator.device)
+    place_reference(frozen, cfg, accelerator)
     run.open(dict(judge_inputs(o.judges)))
     fns = online_dpo_fns(
         policy, frozen, generator, members, num_generations=o.num_generations, strategy=o.strategy,

@@ -25,6 +25,7 @@ from posttrain.ops.advantages import AdaptiveKLController, explained_variance, g
 from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.trainers.rl_common import run_rl_stage
 from posttrain.training.loop import cross_process_sum
+from posttrain.training.parallel import place_reference
 from posttrain.training.rollout_loop import RLFns, select_rows
 
 
@@ -152,8 +153,7 @@ def train_ppo(cfg) -> dict:
         trunk = build_value_trunk(cfg, cfg.train.seed) if p.value_model == "separate" else None
         torch.manual_seed(cfg.train.seed)
         model = PolicyWithValueHead(policy, trunk).to(accelerator.device)
-        if frozen is not None:
-            frozen.to(accelerator.device)
+        place_reference(frozen, cfg, accelerator)
         fns = ppo_fns(model, frozen, generator, reward_fn, rollout_cfg=cfg.rollout, seed=cfg.train.seed, p=p,
                       pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size,
                       batch_size=cfg.optim.batch_size, device=accelerator.device,

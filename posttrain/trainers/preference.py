@@ -19,7 +19,7 @@ from posttrain.models.reference import (build_reference, load_reference_model, r
                                         same_model)
 from posttrain.ops.logprobs import batch_sequence_logps
 from posttrain.training.loop import StepFns
-from posttrain.training.parallel import is_sharded, on_every_process
+from posttrain.training.parallel import is_sharded, on_every_process, place_reference
 from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
@@ -118,8 +118,7 @@ def train_preference(cfg) -> dict:
             frozen = pinned
         else:
             frozen, _ = build_reference(model, cfg.loss.reference, spec.needs_reference)
-        if frozen is not None:
-            frozen.to(accelerator.device)
+        place_reference(frozen, cfg, accelerator)
         return preference_step_fns(model, frozen, spec=spec, loss_params=loss_params(cfg.loss, spec),
                                    pad_token_id=data.tokenizer.pad_token_id, device=accelerator.device,
                                    packing=cfg.data.packing, prefix_sharing=cfg.data.prefix_sharing,

@@ -84,6 +84,18 @@ def shard(model: nn.Module, device: torch.device | str, world: int) -> nn.Module
     return model
 
 
+def place_reference(frozen: nn.Module | None, cfg, accelerator) -> None:
+    """Put a frozen reference copy (full fine-tuning, a pinned reference) on the run's device; under
+    ``parallel.strategy=fsdp2`` with several processes shard it as the policy is, so each process holds half of it
+    too. Its forwards are then collectives: the trainers run them in lockstep, as the policy's (equal micro-batch
+    counts per process, every eval row on every process, a cache skip taken by all or none)."""
+    if frozen is None:
+        return
+    frozen.to(accelerator.device)
+    if cfg.parallel.strategy == "fsdp2" and accelerator.num_processes > 1:
+        shard(frozen, accelerator.device, accelerator.num_processes)
+
+
 def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

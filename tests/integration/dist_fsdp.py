@@ -53,6 +53,15 @@ keep_model(stage, "fit")
 keep_model(rl_common, "fit_rl")
 if command == "reward-model":
     keep_model(trainer, "fit")
+if hasattr(trainer, "build_reference"):  # the frozen reference copy (full fine-tuning), if one is built
+    real_build_reference = trainer.build_reference
+
+    def keep_reference(*args, **kwargs):
+        frozen, other = real_build_reference(*args, **kwargs)
+        seen["reference"] = frozen
+        return frozen, other
+
+    trainer.build_reference = keep_reference
 torch.set_num_threads(1)
 cfg = load_config(command, None, ["model.name=tiny-random", f"train.output_dir={out}", "train.progress=false",
                                   *sys.argv[4:]])
@@ -64,8 +73,11 @@ for p in model.parameters():
     kind = "trainable" if p.requires_grad else "frozen"
     held[kind] += local_numel(p)
     full[kind] += p.numel()
+reference = seen.get("reference")
+ref_held = sum(local_numel(p) for p in reference.parameters()) if reference is not None else None
+ref_full = sum(p.numel() for p in reference.parameters()) if reference is not None else None
 rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as fh:
     json.dump({"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "sharded": is_sharded(model),
-               "held": held, "full": full, "summary": {k: v for k, v in summary.items()
-                                                         if isinstance(v, (int, float, str))}}, fh)
+               "held": held, "full": full, "reference_held": ref_held, "reference_full": ref_full,
+               "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}, fh)

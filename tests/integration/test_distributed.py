@@ -130,11 +130,13 @@ FSDP_SCRIPT = Path(__file__).with_name("dist_fsdp.py")
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("command,peft,port", [("dpo", "lora", 29536), ("sft", "none", 29537)])
+@pytest.mark.parametrize("command,peft,port", [("dpo", "lora", 29536), ("sft", "none", 29537),
+                                               ("dpo", "none", 29544)])
 def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, peft, port):
     """parallel.strategy=fsdp2 under torchrun (gloo): each process holds about half of every parameter (trainable
-    and frozen, measured from its local shards), the per-step losses and gradient norms equal one process on the
-    same global batch, and the saved model is the one a single process saves (same logits)."""
+    and frozen, measured from its local shards; with full fine-tuning DPO also half of the frozen reference copy),
+    the per-step losses and gradient norms equal one process on the same global batch, and the saved model is the
+    one a single process saves (same logits)."""
     from .helpers import sft_rows
 
     rows = pair_rows(16) if command == "dpo" else sft_rows(16)
@@ -157,6 +159,13 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
         assert ranks[0]["full"][kind] == total and ranks[0]["held"][kind] + ranks[1]["held"][kind] == total, kind
         for r in ranks:  # about half each (a dimension of odd size splits unevenly)
             assert 0.45 * total <= r["held"][kind] <= 0.55 * total, (kind, r["held"][kind], total)
+    if command == "dpo" and peft == "none":  # the frozen reference copy is sharded like the policy
+        total = one["reference_full"]
+        assert ranks[0]["reference_held"] + ranks[1]["reference_held"] == total and one["reference_held"] == total
+        for r in ranks:
+            assert 0.45 * total <= r["reference_held"] <= 0.55 * total, (r["reference_held"], total)
+    else:
+        assert one["reference_full"] is None  # LoRA: the reference is the policy with its adapter disabled
 
     two = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r.get("split") != "eval"]
     single = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r.get("split") != "eval"]
@@ -266,6 +275,9 @@ def test_fsdp2_rl_matches_one_process(tmp_path, command, peft, prefix_sharing, p
         assert ranks[0]["held"][kind] + ranks[1]["held"][kind] == total, kind
         for r in ranks:
             assert 0.45 * total <= r["held"][kind] <= 0.55 * total, (kind, r["held"][kind], total)
+    if peft == "none":  # the frozen reference copy is sharded too
+        assert ranks[0]["reference_held"] + ranks[1]["reference_held"] == one["reference_full"]
+        assert all(0.45 <= r["reference_held"] / one["reference_full"] <= 0.55 for r in ranks)
     for key in ("eval_before/reward/pass_rate", "eval_after/reward/pass_rate", "eval_after/response_length"):
         assert ranks[0]["summary"][key] == pytest.approx(one["summary"][key], abs=1e-6), key
 
