@@ -86,6 +86,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             human_verdict TEXT,
             user_id TEXT)""",
     ]),
+    (2, [  # serve's capture: the OpenAI completion id and the choice, so feedback can name what the client saw
+        "ALTER TABLE responses ADD COLUMN request_id TEXT",
+        "ALTER TABLE responses ADD COLUMN choice_index INTEGER",
+        "CREATE INDEX responses_request ON responses(request_id, choice_index)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -237,8 +242,10 @@ class FeedbackStore:
     # -- responses -------------------------------------------------------------------------------------------
     def record_response(self, *, model: str, messages: list[dict], response: str, params: dict | None = None,
                         lineage: str | None = None, prompt_tokens: int | None = None,
-                        completion_tokens: int | None = None, latency_ms: float | None = None) -> int:
-        """Store one chat completion; returns its id (the serving layer returns it to the client)."""
+                        completion_tokens: int | None = None, latency_ms: float | None = None,
+                        request_id: str | None = None, choice_index: int = 0) -> int:
+        """Store one chat completion (one choice of it); returns its row id. ``request_id``: the OpenAI completion
+        id the client got (``chatcmpl-...``), by which feedback may name it with ``choice_index``."""
         where = "response"
         _text_field(model, "model", where)
         _text_field(response, "response", where)
@@ -246,17 +253,20 @@ class FeedbackStore:
             raise DataError(where, None, "messages", "must be a non-empty list of messages")
         with self._transaction() as cur:
             row = self._execute(cur, "INSERT INTO responses (created_at, model, lineage, messages, response, params, "
-                                     "prompt_tokens, completion_tokens, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                                     "RETURNING id",
+                                     "prompt_tokens, completion_tokens, latency_ms, request_id, choice_index) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                                 (now(), model, lineage, json.dumps(messages), response, json.dumps(params or {}),
-                                 prompt_tokens, completion_tokens, latency_ms)).fetchone()
+                                 prompt_tokens, completion_tokens, latency_ms, request_id, choice_index)).fetchone()
         return int(row[0])
 
-    def response(self, response_id: int) -> dict | None:
+    def response(self, response_id: int | str, choice: int = 0) -> dict | None:
+        """A stored response by its row id, or by the completion id a client got (``chatcmpl-...``) and choice."""
+        by_request = isinstance(response_id, str) and not response_id.isdigit()
+        where, args = (("request_id = ? AND choice_index = ?", (response_id, choice)) if by_request
+                       else ("id = ?", (int(response_id),)))
         with self._transaction() as cur:
             row = self._execute(cur, "SELECT id, created_at, model, lineage, messages, response, params, prompt_tokens, "
-                                     "completion_tokens, latency_ms FROM responses WHERE id = ?",
-                                (response_id,)).fetchone()
+                                     f"completion_tokens, latency_ms FROM responses WHERE {where}", args).fetchone()
         if row is None:
             return None
         keys = ("id", "created_at", "model", "lineage", "messages", "response", "params", "prompt_tokens",
@@ -283,13 +293,17 @@ class FeedbackStore:
         if idempotency_key is not None:
             _text_field(idempotency_key, "idempotency_key", where, 200)
         response_id = record.pop("response_id", None)
+        choice = record.pop("choice_index", 0)
         if response_id is not None:
-            if isinstance(response_id, bool) or not isinstance(response_id, (int, str)) or not str(response_id).isdigit():
+            if isinstance(response_id, bool) or not isinstance(response_id, (int, str)) or not str(response_id).strip():
                 raise DataError(where, None, "response_id", f"must be a response id, got {response_id!r}")
-            response_id = int(response_id)
-            stored = self.response(response_id)
+            if isinstance(choice, bool) or not isinstance(choice, int) or choice < 0:
+                raise DataError(where, None, "choice_index", f"must be a choice index >= 0, got {choice!r}")
+            stored = self.response(response_id, choice)
             if stored is None:
-                raise DataError(where, None, "response_id", f"no response {response_id} in the store")
+                raise DataError(where, None, "response_id", f"no response {response_id!r}"
+                                + (f" (choice {choice})" if choice else "") + " in the store")
+            response_id = stored["id"]
             record.setdefault("prompt", stored["messages"])
             record.setdefault("model", stored["model"])
             if record.get("kind") in ("thumbs", "edit", "likert"):

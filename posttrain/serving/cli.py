@@ -38,9 +38,14 @@ def serve_command(
     max_connections: int = typer.Option(512, "--max-connections", min=1, help="requests handled at once; more get "
                                         "503"),
     verbose: bool = typer.Option(False, "--verbose", help="log every request"),
+    store: str = typer.Option(None, "--store", help="a feedback store (SQLite file, sqlite:///PATH or "
+                              "postgresql://USER@HOST/DB): every completion is recorded (a request with \"store\": "
+                              "false is not) and POST /v1/feedback takes events about them"),
 ) -> None:
-    """Serve MODEL over HTTP: /v1/models, /v1/chat/completions (stream too), /v1/stats, /health. SIGTERM or Ctrl-C
-    drains and stops it."""
+    """Serve MODEL over HTTP: /v1/models, /v1/chat/completions (stream too), /v1/stats, /health, and with --store
+    POST /v1/feedback. SIGTERM or Ctrl-C drains and stops it."""
+    from posttrain.data.schema import DataError
+    from posttrain.feedback.store import StoreError
     from posttrain.generation.types import BackendError
     from posttrain.models.resolve import ModelError
     from posttrain.serving.server import start_server
@@ -53,8 +58,9 @@ def serve_command(
                                            default_max_tokens=max_tokens, served_name=served_name, verbose=verbose,
                                            context_length=context_length, max_body_bytes=max_body_bytes,
                                            request_timeout_s=request_timeout, drain_timeout_s=drain_timeout,
-                                           stall_timeout_s=stall_timeout, max_connections=max_connections)
-    except (ModelError, BackendError) as e:
+                                           stall_timeout_s=stall_timeout, max_connections=max_connections,
+                                           store=store)
+    except (ModelError, BackendError, StoreError, DataError) as e:
         fail(e)
     except OSError as e:  # the port is taken, the host is not ours
         fail(f"cannot listen on {host}:{port}: {e.strerror or e}")

@@ -24,6 +24,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
+from posttrain.data.schema import DataError
 from posttrain.generation.types import RowSpec, cut_at_stop, prompt_key, row_seed
 from posttrain.serving.batcher import Job
 from posttrain.serving.requests import RequestError, fit_to_context, parse_chat_request, parse_content_length
@@ -142,6 +143,8 @@ class ChatHandler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0].rstrip("/")
         if not self._authorised():
             return
+        if path == "/v1/feedback":
+            return self._feedback()
         if path != "/v1/chat/completions":
             return self._error(404, "not_found", f"no route POST {path}")
         try:
@@ -150,10 +153,54 @@ class ChatHandler(BaseHTTPRequestHandler):
             self.server.batcher.submit(job)
         except RequestError as e:
             return self._error(e.status, e.code, e.message)
+        request["arrived"] = arrived
         if request["stream"]:
             self._stream(job, request)
         else:
             self._complete(job, request)
+
+    def _record(self, req: dict, outs: list) -> None:
+        """Every choice of a finished completion into the feedback store (if one is configured and the request
+        did not say ``store: false``), under the completion id the client gets."""
+        store = self.server.store
+        if store is None or not req["store"] or not outs:
+            return
+        latency = (time.monotonic() - req["arrived"]) * 1000
+        params = {"temperature": req["temperature"], "top_p": req["top_p"], "max_tokens": req["max_tokens"],
+                  "n": req["n"], "seed": req["seed"], "stop": req["stop"]}
+        for i, o in enumerate(outs):
+            store.record_response(model=self.server.model_name, messages=req["messages"], response=o.text,
+                                  params=params, prompt_tokens=req["prompt_tokens"],
+                                  completion_tokens=o.completion_tokens, latency_ms=round(latency, 2),
+                                  request_id=req["id"], choice_index=i)
+
+    def _feedback(self) -> None:
+        """``POST /v1/feedback``: one event about a recorded completion (``response_id`` = its ``chatcmpl-`` id,
+        ``choice_index``), acknowledged only once committed; an ``Idempotency-Key`` header (or
+        ``idempotency_key`` field) seen before returns the first event's id and stores nothing."""
+        store = self.server.store
+        try:
+            raw = self._read_body()
+        except RequestError as e:
+            return self._error(e.status, e.code, e.message)
+        if store is None:
+            return self._error(404, "feedback_off", "this server keeps no feedback store: start it with "
+                               "`posttrain serve MODEL --store feedback.db`")
+        try:
+            body = json.loads(raw or b"")
+        except (ValueError, RecursionError) as e:
+            return self._error(400, "invalid_json", f"request body is not valid JSON: {e}")
+        key = self.headers.get("Idempotency-Key")
+        if isinstance(body, dict) and "idempotency_key" in body:
+            key = body.pop("idempotency_key")
+            if not isinstance(key, str):
+                return self._error(400, "invalid_event", f"field 'idempotency_key': must be a string, got {key!r}")
+        try:
+            stored = store.add_event(body, idempotency_key=key)
+        except DataError as e:
+            return self._json(400, {"error": {"message": str(e), "type": "invalid_request_error",
+                                              "param": e.field_name, "code": "invalid_event"}})
+        self._json(200, {"id": f"feedback-{stored.id}", "object": "feedback", "created": stored.created})
 
     def _read_body(self) -> bytes:
         if "Content-Length" not in self.headers and "Transfer-Encoding" in self.headers:
@@ -237,6 +284,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         if not self._wait(job):
             return
         outs = job.outputs or []
+        self._record(req, outs)  # committed before the answer, so feedback about it can arrive right after
         completion = sum(o.completion_tokens for o in outs)
         self._json(200, {
             "id": req["id"], "object": "chat.completion", "created": req["created"], "model": self.server.model_name,
@@ -277,6 +325,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             if job.error:  # headers are sent: report it in the stream, as OpenAI does
                 self._event(error_body(job.error, "server_error", job.error_code))
             else:
+                self._record(req, job.outputs or [])
                 for i, out in enumerate(job.outputs or []):
                     rest = texts[i].finish(out.text)
                     if rest:

@@ -156,7 +156,11 @@ def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, m
         raise _bad("context_length_exceeded", f"'{key}' is {given}, but this model's context is {context_length} "
                    f"tokens (prompt included)")
     seed = _integer(body, "seed", None, -(1 << 63), (1 << 63) - 1)
+    store = body.get("store", True)  # OpenAI's `store`: false keeps this exchange out of a feedback store
+    if not isinstance(store, bool):
+        raise _bad("invalid_value", f"'store' must be true or false, got {store!r}")
     return {
+        "store": store,
         "messages": _messages(body),
         "temperature": _number(body, "temperature", 1.0, 0.0, 2.0),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),

@@ -34,6 +34,7 @@ import threading
 import time
 from http.server import ThreadingHTTPServer
 
+from posttrain.feedback.store import FeedbackStore
 from posttrain.generation.types import BackendError, Generator
 from posttrain.serving.batcher import Batcher
 from posttrain.serving.handler import ChatHandler, StreamText, error_body
@@ -69,7 +70,8 @@ class ChatServer(ThreadingHTTPServer):
                  max_batch_size: int = 8, batch_wait_ms: float = 10.0, default_max_tokens: int = 256,
                  max_n: int = 16, context_length: int | None = None, max_body_bytes: int | None = None,
                  request_timeout_s: float = 600.0, drain_timeout_s: float = 30.0, stall_timeout_s: float = 120.0,
-                 max_connections: int = 512, io_timeout_s: float = 30.0, verbose: bool = False):
+                 max_connections: int = 512, io_timeout_s: float = 30.0, verbose: bool = False,
+                 store: FeedbackStore | None = None):
         context_length = context_length or model_context_length(generator)
         if context_length is None:
             raise BackendError(f"cannot tell the context length of '{model_name}' from its config; pass "
@@ -83,6 +85,7 @@ class ChatServer(ThreadingHTTPServer):
         self.request_timeout_s, self.drain_timeout_s = request_timeout_s, drain_timeout_s
         self.max_connections, self.io_timeout_s, self.verbose = max_connections, io_timeout_s, verbose
         self.created = int(time.time())
+        self.store = store  # a feedback store: every completion recorded (unless the request says store: false)
         self.tokenizer_lock = threading.Lock()
         self.batcher = Batcher(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                                stall_s=stall_timeout_s)
@@ -189,22 +192,25 @@ class ChatServer(ThreadingHTTPServer):
 def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, adapter: str | None = None,
                  api_key: str | None = None, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
                  default_max_tokens: int = 256, generator: Generator | None = None, served_name: str | None = None,
-                 verbose: bool = False, cache_dir: str | None = None, **limits
+                 verbose: bool = False, cache_dir: str | None = None, store: str | None = None, **limits
                  ) -> tuple[ChatServer, threading.Thread, str]:
     """Load the model (unless ``generator`` is given), bind, and serve in a daemon thread.
 
     Returns ``(server, thread, url)``; ``server.close()`` shuts down gracefully. ``port=0`` picks a free port
     (read it from ``url``). ``served_name``: the model id clients see (default: the model name as given).
     ``limits``: ``ChatServer``'s ``context_length``, ``max_body_bytes``, ``request_timeout_s``,
-    ``drain_timeout_s``, ``stall_timeout_s``, ``max_connections``, ``io_timeout_s``, ``max_n``."""
+    ``drain_timeout_s``, ``stall_timeout_s``, ``max_connections``, ``io_timeout_s``, ``max_n``. ``store``: a
+    feedback store URL (``feedback/store.py``), opened before the model loads: completions are recorded there and
+    ``POST /v1/feedback`` takes events about them."""
     from posttrain.generation.backends import load_generator, model_label
 
+    feedback = FeedbackStore(store) if store else None  # a bad URL fails before the model loads
     if generator is None:
         generator, _ = load_generator(model_name, adapter=adapter, backend="hf", batch_size=max_batch_size,
                                       cache_dir=cache_dir)
     server = ChatServer((host, port), generator=generator, model_name=served_name or model_label(model_name, adapter),
                         api_key=api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                        default_max_tokens=default_max_tokens, verbose=verbose, **limits)
+                        default_max_tokens=default_max_tokens, verbose=verbose, store=feedback, **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="posttrain-serve",
                               daemon=True)
     thread.start()

@@ -1,0 +1,126 @@
+"""``posttrain serve --store``: completions are recorded under the id the client gets, ``POST /v1/feedback``
+takes events about them (validated, idempotent, acknowledged after the commit), and the exported events become
+the pairs they mean. Real HTTP over loopback against tiny-random, a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+
+import pytest
+
+from posttrain.feedback.convert import convert_events, pair_row
+from posttrain.feedback.events import read_events
+from posttrain.feedback.store import FeedbackStore
+from posttrain.serving.server import start_server
+
+from .test_serve import MESSAGES, call, chat, stream_events
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    db = tmp_path_factory.mktemp("store") / "feedback.db"
+    srv, thread, url = start_server("tiny-random", "127.0.0.1", 0, max_batch_size=8, batch_wait_ms=5, store=str(db))
+    yield srv, db
+    srv.close()
+    thread.join(timeout=10)
+
+
+def feedback(url: str, body, *, key: str | None = None, raw: bytes | None = None):
+    req = urllib.request.Request(url + "/v1/feedback", data=raw if raw is not None else json.dumps(body).encode(),
+                                 method="POST")
+    req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Idempotency-Key", key)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_completions_are_recorded_and_feedback_about_them_becomes_pairs(served, tmp_path):
+    srv, db = served
+    status, a = chat(srv.url, max_tokens=4, temperature=1.0, seed=1, n=2)
+    assert status == 200
+    chunks = stream_events(srv.url, max_tokens=4, temperature=1.0, seed=2)
+    streamed_id = chunks[0]["id"]
+    status, private = chat(srv.url, max_tokens=4, store=False)
+    assert status == 200
+    store = FeedbackStore(db)
+    first = store.response(a["id"], 0)
+    assert first["messages"] == MESSAGES and first["response"] == a["choices"][0]["message"]["content"]
+    assert first["model"] == srv.model_name and first["params"]["seed"] == 1 and first["latency_ms"] > 0
+    assert store.response(a["id"], 1)["response"] == a["choices"][1]["message"]["content"]
+    assert store.response(streamed_id, 0) is not None  # a streamed answer is recorded once it has finished
+    assert store.response(private["id"], 0) is None  # "store": false
+    assert store.count("responses") == 3
+
+    # thumbs up on choice 0, down on choice 1: one pair, chosen = choice 0
+    status, up = feedback(srv.url, {"kind": "thumbs", "response_id": a["id"], "rating": "up", "user_id": "u1"})
+    assert status == 200 and up["created"] is True
+    status, _ = feedback(srv.url, {"kind": "thumbs", "response_id": a["id"], "choice_index": 1, "rating": "down",
+                                   "comment": "worse"})
+    assert status == 200
+    out = tmp_path / "events.jsonl"
+    assert store.export_events(out) == 2
+    events, errors, _ = read_events([str(out)])
+    assert errors == []
+    pairs = [pair_row(p) for p in convert_events(events).pairs]
+    texts = [c["message"]["content"] for c in a["choices"]]
+    assert texts[0].strip() != texts[1].strip()  # seed 1: two different samples
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [(texts[0], texts[1])]
+
+
+def test_a_repeated_idempotency_key_is_acknowledged_once_and_stored_once(served):
+    srv, db = served
+    _, a = chat(srv.url, max_tokens=3)
+    results = []
+
+    def post():
+        results.append(feedback(srv.url, {"kind": "likert", "response_id": a["id"], "score": 5}, key="same-key"))
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [s for s, _ in results] == [200] * 6
+    assert len({b["id"] for _, b in results}) == 1 and sum(b["created"] for _, b in results) == 1
+    assert sum(e.get("score") == 5 for e in FeedbackStore(db).events()) == 1
+
+
+@pytest.mark.parametrize("body,raw,status,param,text", [
+    ({"kind": "thumbs", "response_id": "chatcmpl-nope", "rating": "up"}, None, 400, "response_id", "no response"),
+    ({"kind": "stars", "prompt": "Q?", "response": "A."}, None, 400, "kind", "unknown kind"),
+    ({"kind": "side_by_side", "prompt": "Q?", "responses": ["a", "b"]}, None, 400, "choice", "missing"),
+    ({"kind": "thumbs", "prompt": "Q?", "response": "A.", "rating": "up", "comment": "x" * 20_000}, None, 400,
+     "comment", "the limit is 10000"),
+    (None, b"{not json", 400, None, "not valid JSON"),
+    (None, b"x" * 2_000_000, 413, None, "over this server's limit"),
+])
+def test_bad_feedback_is_a_4xx_naming_the_field_and_stores_nothing(served, body, raw, status, param, text):
+    srv, db = served
+    before = FeedbackStore(db).count("feedback_events")
+    got, answer = feedback(srv.url, body, raw=raw)
+    assert got == status and text in answer["error"]["message"]
+    assert answer["error"]["param"] == param
+    assert FeedbackStore(db).count("feedback_events") == before
+    assert call(srv.url, "/health")[0] == 200  # still serving
+
+
+def test_feedback_without_a_store_is_404_and_a_bad_store_url_fails_before_loading():
+    srv, thread, url = start_server("tiny-random", "127.0.0.1", 0)
+    try:
+        status, answer = feedback(url, {"kind": "thumbs", "prompt": "Q?", "response": "A.", "rating": "up"})
+        assert status == 404 and "--store" in answer["error"]["message"]
+    finally:
+        srv.close()
+        thread.join(timeout=10)
+    from posttrain.feedback.store import StoreError
+
+    with pytest.raises(StoreError, match="expected a file path"):
+        start_server("tiny-random", "127.0.0.1", 0, store="mysql://x/y")
