@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -124,3 +125,93 @@ def test_feedback_without_a_store_is_404_and_a_bad_store_url_fails_before_loadin
 
     with pytest.raises(StoreError, match="expected a file path"):
         start_server("tiny-random", "127.0.0.1", 0, store="mysql://x/y")
+
+
+def test_load_then_kill_9_loses_no_acknowledged_event(tmp_path):
+    """`posttrain serve --store` as a real process: 50 concurrent clients make 200 chat completions and post
+    2,000 feedback events about them (each with its own idempotency key): every acknowledged event is in the store
+    exactly once. Then the server is killed with SIGKILL while 20 clients post: after it is gone, every event that
+    got a 200 is in the store. The latencies of the first phase are written to load.json (p50/p99)."""
+    from .test_serve import start_cli, stop_cli
+
+    db = tmp_path / "feedback.db"
+    proc, url = start_cli("--store", str(db), "--max-batch-size", "16")
+    acked: dict[str, str] = {}
+    latencies: list[float] = []
+    lock = threading.Lock()
+    failures: list[str] = []
+
+    def client(c: int) -> None:
+        try:
+            ids = []
+            for i in range(4):
+                status, body = chat(url, max_tokens=2, seed=c * 10 + i)
+                assert status == 200, body
+                ids.append(body["id"])
+            for i in range(40):
+                key = f"c{c}-e{i}"
+                t0 = time.perf_counter()
+                status, body = feedback(url, {"kind": "thumbs", "response_id": ids[i % 4],
+                                              "rating": "up" if i % 2 else "down"}, key=key)
+                dt = time.perf_counter() - t0
+                assert status == 200 and body["created"], body
+                with lock:
+                    acked[key] = body["id"]
+                    latencies.append(dt)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            failures.append(f"client {c}: {e!r}")
+
+    try:
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        assert failures == []
+    finally:
+        stop_cli(proc)
+    store = FeedbackStore(db)
+    assert len(acked) == 2000 and store.count("feedback_events") == 2000 and store.count("responses") == 200
+    stored = {f"feedback-{e['event_id'].split(':')[1]}" for e in store.events()}
+    assert set(acked.values()) == stored
+    latencies.sort()
+    (tmp_path / "load.json").write_text(json.dumps({
+        "events": 2000, "completions": 200, "clients": 50, "wall_s": round(wall, 2),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)}))
+    print("load:", (tmp_path / "load.json").read_text())
+
+    # kill -9 mid-stream
+    proc, url = start_cli("--store", str(db))
+    got: list[str] = []
+    stop = threading.Event()
+
+    def poster(c: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                status, body = feedback(url, {"kind": "likert", "prompt": "Q?", "response": "A.", "score": 3},
+                                        key=f"k{c}-{i}")
+            except OSError:
+                return  # the server is gone
+            if status == 200:
+                with lock:
+                    got.append(body["id"])
+            i += 1
+
+    posters = [threading.Thread(target=poster, args=(c,)) for c in range(20)]
+    for t in posters:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(got) < 300 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no drain, no cleanup
+    proc.wait()
+    stop.set()
+    for t in posters:
+        t.join(timeout=30)
+    assert len(got) >= 300
+    after = {f"feedback-{e['event_id'].split(':')[1]}" for e in FeedbackStore(db).events()}
+    assert set(got) <= after
