@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -361,15 +360,3 @@ class FeedbackStore:
         rows = self.events()
         atomic_write_jsonl(output, rows)
         return len(rows)
-
-
-def wait_for(store_url: str, timeout: float = 30.0) -> FeedbackStore:
-    """Open a store, retrying while its server is still starting (PostgreSQL just launched)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return FeedbackStore(store_url)
-        except StoreError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)

@@ -36,23 +36,13 @@ else:
     train = trainer.train_preference
 import posttrain.trainers.rl_common as rl_common  # noqa: E402
 import posttrain.training.stage as stage  # noqa: E402
+from tests.integration.helpers import keep_first_argument  # noqa: E402
 
 
-def keep_model(module, name: str) -> None:
-    """Wrap the loop ``module.name`` so that the model it trains (its first argument) is kept in ``seen``."""
-    real = getattr(module, name)
-
-    def wrapper(model, *args, **kwargs):
-        seen["model"] = model
-        return real(model, *args, **kwargs)
-
-    setattr(module, name, wrapper)
-
-
-keep_model(stage, "fit")
-keep_model(rl_common, "fit_rl")
+keep_first_argument(stage, "fit", seen)
+keep_first_argument(rl_common, "fit_rl", seen)
 if command == "reward-model":
-    keep_model(trainer, "fit")
+    keep_first_argument(trainer, "fit", seen)
 if hasattr(trainer, "build_reference"):  # the frozen reference copy (full fine-tuning), if one is built
     real_build_reference = trainer.build_reference
 

@@ -13,32 +13,23 @@ from posttrain.config import load_config
 command, out, result_dir = sys.argv[1:4]
 seen = {}
 
-
-def keep_first_argument(module, name: str) -> None:
-    """Wrap ``module.name`` so that the model it is called with (its first argument) is kept in ``seen``."""
-    real = getattr(module, name)
-
-    def wrapper(model, *args, **kwargs):
-        seen["model"] = model
-        return real(model, *args, **kwargs)
-
-    setattr(module, name, wrapper)
+from tests.integration.helpers import keep_first_argument  # noqa: E402
 
 
 if command == "grpo":
     import posttrain.trainers.grpo as trainer
 
-    keep_first_argument(trainer, "grpo_fns")
+    keep_first_argument(trainer, "grpo_fns", seen)
     train = trainer.train_grpo
 elif command == "rejection-sft":
     import posttrain.trainers.rejection_sft as trainer
 
-    keep_first_argument(trainer, "fit")  # the policy rejection-sft trains
+    keep_first_argument(trainer, "fit", seen)  # the policy rejection-sft trains
     train = trainer.train_rejection_sft
 else:
     import posttrain.trainers.ppo as trainer
 
-    keep_first_argument(trainer, "ppo_fns")  # the policy with its value head
+    keep_first_argument(trainer, "ppo_fns", seen)  # the policy with its value head
     train = trainer.train_ppo
 
 torch.set_num_threads(1)

@@ -60,6 +60,18 @@ def tiny_config(command: str, data_path: Path, out: Path, *overrides: str):
     return load_config(command, None, base + list(overrides))
 
 
+def keep_first_argument(module, name: str, seen: dict, key: str = "model") -> None:
+    """Wrap ``module.name`` so that the object it is called with first (the model a loop trains) is kept in
+    ``seen[key]``; for the torchrun scripts (dist_*.py) to report on what was trained."""
+    real = getattr(module, name)
+
+    def wrapper(model, *args, **kwargs):
+        seen[key] = model
+        return real(model, *args, **kwargs)
+
+    setattr(module, name, wrapper)
+
+
 def stopped_after_step_2(full: Path, part: Path) -> None:
     """``part`` as a run that stopped right after its step-2 checkpoint: ``full``'s checkpoints (only step 2 with
     save_every=2 and 4 steps) and its first two metrics lines."""

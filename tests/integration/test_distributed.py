@@ -129,6 +129,32 @@ def test_two_process_rejection_sft_matches_one_process(tmp_path):
 FSDP_SCRIPT = Path(__file__).with_name("dist_fsdp.py")
 
 
+def sharded_and_single(tmp_path, command: str, args: list[str], port: int) -> tuple[list[dict], dict]:
+    """Run ``command`` under torchrun (2 processes, parallel.strategy=fsdp2) into tmp_path/two and alone into
+    tmp_path/one; returns (each rank's report, the single process's report) as dist_fsdp.py writes them."""
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r1").mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    _run(torchrun + [str(FSDP_SCRIPT), command, str(tmp_path / "two"), str(tmp_path / "r2"), *args,
+                     "parallel.strategy=fsdp2"], tmp_path)
+    _run([sys.executable, str(FSDP_SCRIPT), command, str(tmp_path / "one"), str(tmp_path / "r1"), *args], tmp_path)
+    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return ranks, json.loads((tmp_path / "r1" / "rank0.json").read_text())
+
+
+def saved_logits(*models) -> list[torch.Tensor]:
+    """Each saved model's logits on one fixed sequence."""
+    from posttrain.models.policy import load_trained
+
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    out = []
+    for name in models:
+        model, _ = load_trained(str(name))
+        with torch.no_grad():
+            out.append(model(input_ids=ids).logits)
+    return out
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("command,peft,port", [("dpo", "lora", 29536), ("sft", "none", 29537),
                                                ("dpo", "none", 29544)])
@@ -144,15 +170,7 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
     args = [f"data.train={data}", f"peft.method={peft}", "optim.batch_size=8", "optim.micro_batch_size=2",
             "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
             "optim.max_grad_norm=1.0", "data.eval_fraction=0.2", "train.eval_every=2"]  # 3 eval rows: uneven shards
-    (tmp_path / "r2").mkdir()
-    (tmp_path / "r1").mkdir()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    _run(torchrun + [str(FSDP_SCRIPT), command, str(tmp_path / "two"), str(tmp_path / "r2"), *args,
-                     "parallel.strategy=fsdp2"], tmp_path)
-    _run([sys.executable, str(FSDP_SCRIPT), command, str(tmp_path / "one"), str(tmp_path / "r1"), *args], tmp_path)
-
-    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    one = json.loads((tmp_path / "r1" / "rank0.json").read_text())
+    ranks, one = sharded_and_single(tmp_path, command, args, port)
     assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
     for kind in ("trainable", "frozen"):
         total = one["full"][kind]
@@ -180,14 +198,7 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
     assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], rel=1e-4)
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
 
-    from posttrain.models.policy import load_trained
-
-    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
-    logits = []
-    for run in ("two", "one"):
-        model, _ = load_trained(str(tmp_path / run / "model"))
-        with torch.no_grad():
-            logits.append(model(input_ids=ids).logits)
+    logits = saved_logits(tmp_path / "two" / "model", tmp_path / "one" / "model")
     assert torch.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
 
 
@@ -200,16 +211,7 @@ def test_fsdp2_reward_model_matches_one_process(tmp_path):
     args = [f"data.train={data}", "peft.method=lora", "optim.batch_size=8", "optim.micro_batch_size=2",
             "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
             "data.eval_fraction=0.2"]
-    (tmp_path / "r2").mkdir()
-    (tmp_path / "r1").mkdir()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29542"]
-    _run(torchrun + [str(FSDP_SCRIPT), "reward-model", str(tmp_path / "two"), str(tmp_path / "r2"), *args,
-                     "parallel.strategy=fsdp2"], tmp_path)
-    _run([sys.executable, str(FSDP_SCRIPT), "reward-model", str(tmp_path / "one"), str(tmp_path / "r1"), *args],
-         tmp_path)
-
-    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    one = json.loads((tmp_path / "r1" / "rank0.json").read_text())
+    ranks, one = sharded_and_single(tmp_path, "reward-model", args, 29542)
     assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
     for kind in ("trainable", "frozen"):  # (the one-process model had its LoRA merged in place by the save)
         total = ranks[0]["full"][kind]
@@ -260,15 +262,7 @@ def test_fsdp2_rl_matches_one_process(tmp_path, command, peft, prefix_sharing, p
             f"data.prefix_sharing={prefix_sharing}"]
     args += (["grpo.num_generations=4", "grpo.beta=0.04", "grpo.iterations=2"] if command == "grpo" else
              ["ppo.epochs=2", "ppo.whiten_advantages=true", "reward.whiten=true"])
-    (tmp_path / "r2").mkdir()
-    (tmp_path / "r1").mkdir()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    _run(torchrun + [str(FSDP_SCRIPT), command, str(tmp_path / "two"), str(tmp_path / "r2"), *args,
-                     "parallel.strategy=fsdp2"], tmp_path)
-    _run([sys.executable, str(FSDP_SCRIPT), command, str(tmp_path / "one"), str(tmp_path / "r1"), *args], tmp_path)
-
-    ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    one = json.loads((tmp_path / "r1" / "rank0.json").read_text())
+    ranks, one = sharded_and_single(tmp_path, command, args, port)
     assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
     for kind in ("trainable", "frozen"):
         total = one["full"][kind]
@@ -292,14 +286,7 @@ def test_fsdp2_rl_matches_one_process(tmp_path, command, peft, prefix_sharing, p
     assert any(r["grad_norm"] > 0 for r in two_rows) and any(r["kl"] > 0 for r in two_rows)
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
 
-    from posttrain.models.policy import load_trained
-
-    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
-    logits = []
-    for name in (tmp_path / "two" / "model", tmp_path / "one" / "model", "tiny-random"):
-        model, _ = load_trained(str(name))
-        with torch.no_grad():
-            logits.append(model(input_ids=ids).logits)
+    logits = saved_logits(tmp_path / "two" / "model", tmp_path / "one" / "model", "tiny-random")
     if command == "grpo" and peft == "lora":
         assert torch.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
     else:  # Adam scales the summation-order noise of near-zero gradients up to lr-sized steps (measured: GRPO
