@@ -271,6 +271,8 @@ class RLRewardSection(Section):
     verifier_weight: float = Field(1.0, ge=0, description="weight of the verifiers (constraints, answer, tests)")
     verifier_components: list[Literal["constraints", "answer", "tests"]] | None = Field(
         None, min_length=1, description="which verifiers score a response when its row has several (default: all)")
+    verifier_style_penalty: float = Field(0.0, ge=0, le=1, description="subtracted from the verifier score of a "
+                                          "response that loops, or quotes or capitalises itself unasked")
     reward_model: str | None = Field(None, description="a reward-model folder (posttrain reward-model output)")
     reward_model_weight: float = Field(1.0, ge=0)
     reward_model_batch_size: int = Field(8, gt=0)

@@ -26,7 +26,8 @@ class RewardFunction:
         if reward_cfg.verifier_weight > 0:
             components = reward_cfg.verifier_components
             self.verifier = VerifierJudge(**({"components": components} if components else {}),
-                                          code_sandbox=reward_cfg.code_sandbox)
+                                          code_sandbox=reward_cfg.code_sandbox,
+                                          style_penalty=reward_cfg.verifier_style_penalty)
         self.reward_model = None
         if reward_cfg.reward_model and reward_cfg.reward_model_weight > 0:
             self.reward_model = RewardModelJudge(reward_cfg.reward_model, batch_size=reward_cfg.reward_model_batch_size,

@@ -11,6 +11,7 @@ from posttrain.verifiers.code import extract_code, run_python_tests
 from posttrain.verifiers.constraints import check_constraints, constraints_from_metadata
 from posttrain.verifiers.match import exact_match, regex_match
 from posttrain.verifiers.math import extract_final_answer, math_answer_equal
+from posttrain.verifiers.style import style_faults
 
 MATCH_KINDS = ("math", "exact", "regex")
 _MATCH_OPTIONS = {"math": (), "exact": ("ignore_case", "normalize_whitespace", "strip_punctuation"),
@@ -53,7 +54,13 @@ class VerifierJudge:
     tests) gives a value in [0, 1]: the fraction of constraints passed, or 1/0 for the answer and the tests.
     ``Score.value`` is their mean, ``Score.passed`` whether every component passed, ``Score.details`` holds
     each component's result under its metadata key. Bad or absent specs raise ``ValueError`` (one line), which
-    callers report as a row-level error rather than a score."""
+    callers report as a row-level error rather than a score.
+
+    ``style_penalty`` > 0 also checks the response for style faults nobody asked for
+    (``verifiers/style.py::style_faults``: degenerate repetition, a whole answer in double quotes, an all-capitals
+    answer): a response with any fault has ``style_penalty`` subtracted from its value (so the value lies in
+    [-style_penalty, 1]) and does not pass; ``details["style"]`` lists the faults. Two responses that fail the
+    same constraints are then no longer a tie when one of them loops or quotes itself."""
 
     name: str = "verifier"
     code_time_limit_s: float = 5.0
@@ -63,8 +70,12 @@ class VerifierJudge:
     # Which components to check when the metadata has them: "constraints", "answer", "tests" (default: all). A
     # pool whose rows carry both a format constraint and an answer can be judged on the format alone.
     components: tuple[str, ...] | list[str] = COMPONENTS
+    style_penalty: float = 0.0
 
     def __post_init__(self):
+        if isinstance(self.style_penalty, bool) or not isinstance(self.style_penalty, (int, float)) \
+                or not 0 <= self.style_penalty <= 1:
+            raise ValueError(f"verifier style_penalty must be a number in [0, 1]; got {self.style_penalty!r}")
         bad = [c for c in self.components if c not in COMPONENTS]
         if bad or not self.components:
             raise ValueError(f"verifier components must be a non-empty subset of {', '.join(COMPONENTS)}; "
@@ -82,6 +93,7 @@ class VerifierJudge:
         values: list[float] = []
         passes: list[bool] = []
         details: dict[str, Any] = {}
+        asked = metadata  # what the row asks for, whatever is checked: a quotes constraint makes quotes requested
         metadata = {k: v for k, v in metadata.items() if k not in _SKIPPED_KEYS or _SKIPPED_KEYS[k] in self.components}
         constraints = constraints_from_metadata(metadata)  # validated first: a bad spec fails before any work
         if constraints:
@@ -106,4 +118,10 @@ class VerifierJudge:
             keys = ", ".join(sorted(metadata)) or "none"
             raise ValueError("metadata has nothing to verify: expected 'constraints', 'constraint' (+ "
                              f"'constraint_args'), 'answer' or 'tests'; got keys: {keys}")
-        return Score(value=sum(values) / len(values), passed=all(passes), details=details)
+        value = sum(values) / len(values)
+        if self.style_penalty > 0:
+            details["style"] = faults = style_faults(response, asked)
+            if faults:
+                value -= self.style_penalty
+                passes.append(False)
+        return Score(value=value, passed=all(passes), details=details)

@@ -303,6 +303,8 @@ def test_reward_verifier_components_pick_what_is_scored():
     assert only([row], ["it is five."], [3])[0].tolist() == [1.0]
     with pytest.raises(ValueError):
         RLRewardSection(verifier_components=["style"])
+    styled = RewardFunction(RLRewardSection(verifier_style_penalty=0.25), max_new_tokens=8)
+    assert styled([row, row], ["it is five.", '"it is 4."'], [3, 4])[0].tolist() == [0.5, 0.75]
 
 
 @pytest.mark.parametrize("command", ["grpo", "ppo"])

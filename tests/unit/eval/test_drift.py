@@ -2,8 +2,9 @@
 
 import pytest
 
-from posttrain.eval.drift import (degeneration_stats, format_stats, has_repeated_sentence, is_all_caps_answer,
-                                  is_repetitive, is_wrapped_in_quotes, relative_metrics, repeated_ngram_fraction)
+from posttrain.eval.drift import degeneration_stats, format_stats, relative_metrics
+from posttrain.verifiers.style import (has_repeated_sentence, is_all_caps_answer, is_repetitive, is_wrapped_in_quotes,
+                                       repeated_ngram_fraction)
 
 PROSE = "Tides rise and fall twice a day because the moon pulls on the oceans while Earth turns."
 LOOP = "The sky is blue. The sky is blue. The sky is blue."

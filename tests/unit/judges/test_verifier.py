@@ -100,3 +100,29 @@ def test_code_sandbox_setting_is_checked_at_construction():
     with pytest.raises(ValueError, match="code sandbox must be one of auto, bwrap, unsafe"):
         VerifierJudge(code_sandbox="nope")
     VerifierJudge(code_sandbox="nope", components=["constraints"])  # no code is run: the setting is not used
+
+
+def test_style_penalty_lowers_faulty_responses_exactly():
+    judge = VerifierJudge(style_penalty=0.5)
+    meta = {"constraints": [{"kind": "lowercase"}, {"kind": "no_commas"}]}
+    clean = judge.score(PROMPT, "the answer is forty two.", meta)
+    assert (clean.value, clean.passed, clean.details["style"]) == (1.0, True, [])
+    quoted = judge.score(PROMPT, '"the answer is forty two."', meta)  # both constraints pass, quotes unasked
+    assert (quoted.value, quoted.passed, quoted.details["style"]) == (0.5, False, ["unrequested_quotes"])
+    loop = judge.score(PROMPT, "THE SKY IS BLUE, TRULY. THE SKY IS BLUE, TRULY.", meta)
+    # constraints 0 of 2; it repeats a sentence and shouts: one penalty whatever the number of faults
+    assert loop.value == pytest.approx(-0.5) and loop.passed is False
+    assert loop.details["style"] == ["repetition", "unrequested_caps"]
+    # asked-for quotes are no fault, even when only the answer is checked
+    asked = {"constraints": [{"kind": "wrapped_in_quotes"}], "answer": "42"}
+    only_answer = VerifierJudge(style_penalty=0.5, components=["answer"])
+    assert only_answer.score(PROMPT, '"42"', asked).value == 1.0
+    # off by default: the faulty response scores as before and no style detail is written
+    plain = VerifierJudge().score(PROMPT, '"the answer is forty two."', meta)
+    assert (plain.value, plain.passed, "style" in plain.details) == (1.0, True, False)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.5"])
+def test_style_penalty_must_be_in_unit_interval(bad):
+    with pytest.raises(ValueError, match=r"style_penalty must be a number in \[0, 1\]"):
+        VerifierJudge(style_penalty=bad)

@@ -1,0 +1,96 @@
+"""Style faults of one response that no constraint asked for: degenerate repetition (a sentence or many 4-grams
+said again), a whole answer wrapped in double quotes, an all-capitals answer. Pure functions over text (standard
+library only). ``eval/drift.py`` turns them into rates over a suite; ``VerifierJudge(style_penalty=...)``
+(``judges/verifier.py``) lowers the score of a response that has one, so online DPO, GRPO and judged pairs learn
+the constraint without learning the habit."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from posttrain.verifiers.constraints import constraints_from_metadata, double_quotes
+from posttrain.verifiers.counting import sentences, words
+
+NGRAM = 4
+NGRAM_REPEAT_THRESHOLD = 0.3
+MIN_SENTENCE_WORDS = 3
+MIN_CAPS_WORDS = 3
+QUOTE_KINDS = frozenset({"double_quotes", "wrapped_in_quotes"})
+CAPS_KINDS = frozenset({"all_caps", "uppercase", "capital_word_frequency"})
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def repeated_ngram_fraction(text: str, n: int = NGRAM) -> float:
+    """Of the response's word n-grams, the fraction that repeat an earlier n-gram of the same response.
+
+    Words: runs of ASCII letters and digits (with inner apostrophes), lowercased, so punctuation and case do not
+    make a repeat look new. With W words there are W - n + 1 n-grams; the fraction is
+    (n-grams - distinct n-grams) / n-grams, and 0.0 when W < n. "a b c d a b c d" with n=4: 5 n-grams, 4
+    distinct, 0.2."""
+    words = _tokens(text)
+    grams = [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+    return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+
+
+def has_repeated_sentence(text: str, min_words: int = MIN_SENTENCE_WORDS) -> bool:
+    """Whether a sentence of at least ``min_words`` words occurs twice or more. Sentences are split as the
+    constraint verifiers split them (``counting.sentences``: at . ! ? before whitespace, or a line break) and
+    compared on their words (``repeated_ngram_fraction``'s tokens), so "The sky is blue." and "the sky is blue!"
+    are the same sentence."""
+    seen: set[tuple[str, ...]] = set()
+    for sentence in sentences(text):
+        words = tuple(_tokens(sentence))
+        if len(words) < min_words:
+            continue
+        if words in seen:
+            return True
+        seen.add(words)
+    return False
+
+
+def is_repetitive(text: str) -> bool:
+    """A degenerate response: ``has_repeated_sentence``, or ``repeated_ngram_fraction`` (4-grams) of at least
+    ``NGRAM_REPEAT_THRESHOLD`` (0.3). Ordinary prose stays far below 0.3; a reply that loops on one sentence
+    until the token limit is far above it."""
+    return has_repeated_sentence(text) or repeated_ngram_fraction(text) >= NGRAM_REPEAT_THRESHOLD
+
+
+def is_wrapped_in_quotes(text: str) -> bool:
+    """The whole stripped response is inside one pair of double quotes (the ``double_quotes`` verifier's rule)."""
+    return bool(text.strip()) and double_quotes(text)
+
+
+def is_all_caps_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
+    """At least ``min_words`` words (``counting.words``) that contain a letter, and no lowercase letter anywhere:
+    "DNA" or "H2O" alone is an answer, not shouting."""
+    lettered = [w for w in words(text) if any(c.isalpha() for c in w)]
+    return len(lettered) >= min_words and not any(c.islower() for c in text)
+
+
+def asked_kinds(metadata: dict[str, Any]) -> set[str]:
+    """The constraint kinds a row asks for (none for a row without constraints or with malformed ones)."""
+    try:
+        return {c["kind"] for c in constraints_from_metadata(metadata)}
+    except ValueError:
+        return set()
+
+
+def style_faults(text: str, metadata: dict[str, Any]) -> list[str]:
+    """The faults of ``text`` answering a row with ``metadata``, in a fixed order: "repetition"
+    (``is_repetitive``), "unrequested_quotes" (``is_wrapped_in_quotes`` on a row with no ``QUOTE_KINDS``
+    constraint), "unrequested_caps" (``is_all_caps_answer`` on a row with no ``CAPS_KINDS`` constraint)."""
+    kinds = asked_kinds(metadata)
+    faults = []
+    if is_repetitive(text):
+        faults.append("repetition")
+    if not kinds & QUOTE_KINDS and is_wrapped_in_quotes(text):
+        faults.append("unrequested_quotes")
+    if not kinds & CAPS_KINDS and is_all_caps_answer(text):
+        faults.append("unrequested_caps")
+    return faults
