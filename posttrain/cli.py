@@ -32,6 +32,7 @@ def _mount_stage_apps() -> None:
     from posttrain.generation.cli import generate_command
     from posttrain.hygiene.cli import data_app
     from posttrain.judges.cli import judge
+    from posttrain.labeling.cli import label_app
     from posttrain.pipeline.cli import run_command, status_command
     from posttrain.report.cli import report_command
     from posttrain.serving.cli import serve_command
@@ -40,6 +41,8 @@ def _mount_stage_apps() -> None:
                                               "redaction, preference-data diagnostics.")
     app.add_typer(feedback_app, name="feedback", help="Production feedback (thumbs, edits, side-by-side, rankings, "
                                                       "Likert) to preference pairs and KTO rows.")
+    app.add_typer(label_app, name="label", help="Label side-by-side comparisons and audit a judge in a browser "
+                                                "(a web app over a feedback store).")
     app.command("judge", help="Score candidates with judges (verifiers, LLM, local model, reward model) and "
                               "build preference pairs.")(judge)
     app.command("generate", help="Sample N candidates per prompt (resumable; --dry-run prints the cost model).")(

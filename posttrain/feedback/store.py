@@ -13,12 +13,13 @@ posttrain opens it (and a store from a newer posttrain is refused rather than mi
 Tables: ``responses`` (one per chat completion: time, model id and lineage key, prompt messages, response,
 sampling parameters, token counts, latency), ``feedback_events`` (the event kinds ``feedback to-pairs`` reads,
 ``posttrain/feedback/events.py``, stored as their JSON record, with the response they are about, user id, comment
-and an idempotency key), ``label_tasks`` / ``label_answers`` and ``audits`` (for the labeling app, issue 19).
+and an idempotency key), ``labelers``, ``label_tasks`` and ``label_answers`` (the labeling app's, through
+``labels.py::LabelTables``: side-by-side comparisons and audits of a judge's decisions).
 
 An event is validated with the same parser ``feedback to-pairs`` uses before it is stored, so everything in the
 store converts; ``add_event`` returns only after the row is committed, and a repeated idempotency key returns the
 first event's id without storing it again. ``export_events`` writes the events as the JSONL ``feedback to-pairs``
-reads, in the order they were stored.
+reads, in the order they were stored, then the answered side-by-side label tasks as events.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any, Iterator
 from posttrain.data.schema import DataError
 from posttrain.data.writers import atomic_write_jsonl
 from posttrain.feedback.events import parse_event
+from posttrain.feedback.labels import LabelTables
 
 MAX_COMMENT_CHARS = 10_000
 MAX_FIELD_CHARS = 200_000  # one text field of an event or a response (a whole answer fits; a flood does not)
@@ -89,6 +91,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE responses ADD COLUMN request_id TEXT",
         "ALTER TABLE responses ADD COLUMN choice_index INTEGER",
         "CREATE INDEX responses_request ON responses(request_id, choice_index)",
+    ]),
+    (3, [  # the labeling app: token holders; audits are label tasks of kind "audit" (feedback/labels.py)
+        """CREATE TABLE labelers (
+            id {id},
+            name TEXT NOT NULL UNIQUE,
+            token_sha256 TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        "DROP TABLE audits",
+        "CREATE INDEX label_answers_task ON label_answers(task_id)",
+        "CREATE INDEX label_tasks_kind ON label_tasks(kind, batch)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -171,9 +184,11 @@ def _backend(url: str) -> _Backend:
     return _SQLite(Path(url))
 
 
-class FeedbackStore:
+class FeedbackStore(LabelTables):
     """``FeedbackStore(url)`` opens (and creates or migrates) the store. Safe to share between threads: each
     thread gets its own connection."""
+
+    _now = staticmethod(now)
 
     def __init__(self, url: str | Path):
         self.url = str(url)
@@ -350,13 +365,14 @@ class FeedbackStore:
         return out
 
     def count(self, table: str) -> int:
-        if table not in ("responses", "feedback_events", "label_tasks", "label_answers", "audits"):
+        if table not in ("responses", "feedback_events", "labelers", "label_tasks", "label_answers"):
             raise ValueError(f"unknown table {table!r}")
         with self._transaction() as cur:
             return int(self._execute(cur, f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     def export_events(self, output: str | Path) -> int:
-        """Write every event to ``output`` (JSONL, atomically); returns how many."""
-        rows = self.events()
+        """Write every event to ``output`` (JSONL, atomically): the feedback events, then the answered
+        side-by-side label tasks (``label_events``); returns how many."""
+        rows = self.events() + self.label_events()
         atomic_write_jsonl(output, rows)
         return len(rows)
