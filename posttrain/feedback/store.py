@@ -24,6 +24,7 @@ reads, in the order they were stored, then the answered side-by-side label tasks
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from posttrain.data.schema import DataError
-from posttrain.data.writers import atomic_write_jsonl
+from posttrain.data.writers import atomic_write_text, jsonl_text
 from posttrain.feedback.events import parse_event
 from posttrain.feedback.labels import LabelTables
 
@@ -370,9 +371,19 @@ class FeedbackStore(LabelTables):
         with self._transaction() as cur:
             return int(self._execute(cur, f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
-    def export_events(self, output: str | Path) -> int:
-        """Write every event to ``output`` (JSONL, atomically): the feedback events, then the answered
-        side-by-side label tasks (``label_events``); returns how many."""
+    def snapshot(self) -> tuple[str, int]:
+        """(the export's JSONL text, its number of events): the feedback events, then the answered side-by-side
+        label tasks (``label_events``). The same store content gives the same bytes."""
         rows = self.events() + self.label_events()
-        atomic_write_jsonl(output, rows)
-        return len(rows)
+        return jsonl_text(rows), len(rows)
+
+    def snapshot_hash(self) -> str:
+        """``sha256:`` of ``snapshot``'s bytes, the same digest a file holding the export has (the pipeline's
+        ``feedback`` stage keys its cache on it: new feedback reruns it, none reruns nothing)."""
+        return "sha256:" + hashlib.sha256(self.snapshot()[0].encode()).hexdigest()
+
+    def export_events(self, output: str | Path) -> int:
+        """Write the ``snapshot`` to ``output`` (JSONL, atomically); returns how many events."""
+        text, count = self.snapshot()
+        atomic_write_text(output, text)
+        return count

@@ -264,7 +264,7 @@ def run_augment(params: dict, output_dir: Path, resume: bool) -> dict:
     return {k: v for k, v in stats.items() if k != "per_kind"}
 
 
-FEEDBACK_KEYS = ("events", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
+FEEDBACK_KEYS = ("events", "store", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
                  "max_pairs_per_prompt")
 
 
@@ -273,14 +273,21 @@ def feedback_options(params: dict, pending: Pending = nothing_pending):
     from posttrain.feedback.convert import ConvertOptions
 
     check_keys(params, FEEDBACK_KEYS)
-    events = params.get("events")
-    if not events:
-        raise PipelineError("config: key 'events' is required (a file or a list of files)")
-    events = [events] if isinstance(events, str) else list(events)
+    events, store = params.get("events"), params.get("store")
+    if bool(events) == bool(store):
+        raise PipelineError("config: give one of 'events' (a file or a list of files) or 'store' (a feedback store "
+                            "URL)")
+    if store:
+        if not isinstance(store, str):
+            raise PipelineError("config: key 'store': must be a store URL (a SQLite path, sqlite:///PATH or "
+                                "postgresql://...)")
+        events = []
+    else:
+        events = [events] if isinstance(events, str) else list(events)
     for path in events:
         check_file({"events": path}, "events", pending)
     opts = {k: (tuple(v) if k in ("likert_scale", "likert_unpaired") and v is not None else v)
-            for k, v in params.items() if k != "events"}
+            for k, v in params.items() if k not in ("events", "store")}
     try:
         return events, ConvertOptions(**opts)
     except (ValueError, TypeError) as e:
@@ -297,6 +304,11 @@ def run_feedback(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.feedback.events import read_events
 
     events, options = feedback_options(params)
+    if params.get("store"):  # the store's snapshot, kept beside the pairs (its hash is the stage's input hash)
+        from posttrain.feedback.store import FeedbackStore
+
+        events = [str(output_dir / "events.jsonl")]
+        FeedbackStore(params["store"]).export_events(events[0])
     parsed, errors, lines = read_events(events, options.likert_scale)
     if not parsed:
         raise PipelineError(f"config: key 'events': no valid events in {lines} line(s)")
@@ -307,7 +319,12 @@ def run_feedback(params: dict, output_dir: Path, resume: bool) -> dict:
             "conflicts": len(conversion.conflicts), "malformed": len(errors)}
 
 
+STORE_INPUT = "feedback-store:"  # an input that is a feedback store's snapshot, hashed by ``runner.input_hash``
+
+
 def feedback_inputs(params: dict) -> list[str]:
+    if isinstance(params.get("store"), str):
+        return [STORE_INPUT + params["store"]]
     events = params.get("events") or []
     return [events] if isinstance(events, str) else list(events)
 

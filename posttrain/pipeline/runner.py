@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from posttrain.data.writers import OutputPathError, atomic_write_json, check_output_path
-from posttrain.pipeline.registry import STAGES, StageSpec
+from posttrain.feedback.store import FeedbackStore, StoreError
+from posttrain.pipeline.registry import STAGES, STORE_INPUT, StageSpec
 from posttrain.pipeline.spec import (
     PipelineError,
     Condition,
@@ -66,6 +67,18 @@ class StagePlan:
     when: Condition | None = None
 
 
+def input_hash(path: str) -> str | None:
+    """The content hash of a stage input: a file or folder (``content_hash``), or a feedback store's snapshot
+    (``STORE_INPUT`` + URL: the hash of its export, ``FeedbackStore.snapshot_hash``; a store that cannot be opened
+    is a ``PipelineError``)."""
+    if path.startswith(STORE_INPUT):
+        try:
+            return FeedbackStore(path[len(STORE_INPUT):]).snapshot_hash()
+        except StoreError as e:
+            raise PipelineError(f"feedback store: {e}") from None
+    return content_hash(path)
+
+
 def stage_key(command: str, config: dict, upstream_keys: dict[str, str], input_hashes: dict[str, str | None],
               version: str) -> str:
     """The cache key of one stage (hex sha256); a pure function of its arguments."""
@@ -76,11 +89,12 @@ def stage_key(command: str, config: dict, upstream_keys: dict[str, str], input_h
 
 
 def plan_pipeline(spec: PipelineSpec, registry: dict[str, StageSpec] = STAGES,
-                  hasher: Callable[[str], str | None] = content_hash, version: str | None = None) -> list[StagePlan]:
+                  hasher: Callable[[str], str | None] | None = None, version: str | None = None) -> list[StagePlan]:
     """Every stage's key, folder and resolved params, in run order. Each stage's config is checked
     (``StageSpec.check``) before its inputs are read, so a config error anywhere fails before any stage runs.
     Inputs produced by upstream stages are not hashed here (they may not exist yet; the upstream key stands for
     them)."""
+    hasher = hasher or input_hash
     if version is None:
         from posttrain import __version__ as version
     for name, entry in spec.stages.items():
@@ -272,7 +286,7 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
 
     def hasher(path: str) -> str | None:
         if path not in hashes:
-            hashes[path] = content_hash(path)
+            hashes[path] = input_hash(path)
         return hashes[path]
 
     for plan in plans:
@@ -341,7 +355,7 @@ def _run_stage(plan: StagePlan, stage: StageSpec, run_dir: Path, manifest: dict[
         _report(run_dir, say)  # a failed gate is exactly when the report is read
         raise
     wall = round(time.time() - t0, 2)
-    inputs = {path: {"hash": content_hash(path)} for path in stage.inputs(plan.params)}
+    inputs = {path: {"hash": input_hash(path)} for path in stage.inputs(plan.params)}
     atomic_write_json(plan.folder / STAGE_RECORD, {
         "stage": plan.name, "command": plan.command, "key": plan.key, "config": plan.params,
         "inputs": inputs, "outputs": record_outputs(plan.folder), "metrics": metrics, "wall_time_s": wall,

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from posttrain.data.runfolder import content_hash
 from posttrain.pipeline.cli import app
 from posttrain.pipeline.registry import STAGES
 from posttrain.pipeline.runner import run_pipeline
@@ -35,6 +36,36 @@ def test_feedback_stage_writes_pairs_and_is_cached(tmp_path):
     assert third["status"] == "done" and third["key"] != stage["key"] and third["metrics"]["pairs"] == 1
     tree["stages"]["fb"]["config"]["nope"] = 1
     with pytest.raises(PipelineError, match=r"stages.fb.config: unknown key 'nope'"):
+        run_pipeline(parse_pipeline(tree, STAGES))
+
+
+def test_feedback_stage_reads_a_store_keyed_on_its_snapshot(tmp_path):
+    """``store:`` instead of ``events``: the stage exports the store's snapshot into its folder and converts it;
+    the stage key hashes the snapshot, so no new feedback skips the stage and its dependents, and one new event
+    reruns both."""
+    from posttrain.feedback.store import FeedbackStore
+
+    store_path = tmp_path / "feedback.db"
+    store = FeedbackStore(store_path)
+    for event in EVENTS:
+        store.add_event(event)
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {
+        "fb": {"command": "feedback", "config": {"store": str(store_path)}},
+        "fb2": {"command": "feedback", "config": {"events": "${fb.output}/events.jsonl"}}}}
+    first = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    assert first["fb"]["metrics"]["pairs"] == 2 and first["fb2"]["metrics"]["pairs"] == 2
+    snapshot = Path(first["fb"]["folder"]) / "events.jsonl"
+    assert [json.loads(line)["event_id"] for line in snapshot.read_text().splitlines()] == ["t1", "t2", "s1"]
+    assert first["fb"]["inputs"] == {f"feedback-store:{store_path}": {"hash": store.snapshot_hash()}}
+    assert store.snapshot_hash() == content_hash(snapshot)  # the digest is the exported file's
+    again = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    assert (again["fb"]["status"], again["fb2"]["status"]) == ("skipped", "skipped")
+    store.add_event({"kind": "thumbs", "prompt": "2+2?", "response": "22", "rating": "down"})
+    third = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    assert (third["fb"]["status"], third["fb2"]["status"]) == ("done", "done")
+    assert third["fb"]["key"] != first["fb"]["key"] and third["fb"]["metrics"]["unpaired"] == 3
+    tree["stages"]["fb"]["config"]["events"] = str(snapshot)
+    with pytest.raises(PipelineError, match=r"stages.fb.config: give one of 'events' .* or 'store'"):
         run_pipeline(parse_pipeline(tree, STAGES))
 
 
