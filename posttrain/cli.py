@@ -33,7 +33,7 @@ def _mount_stage_apps() -> None:
     from posttrain.hygiene.cli import data_app
     from posttrain.judges.cli import judge
     from posttrain.labeling.cli import label_app
-    from posttrain.pipeline.cli import run_command, status_command
+    from posttrain.pipeline.cli import promote_command, run_command, status_command
     from posttrain.report.cli import report_command
     from posttrain.serving.cli import serve_command
 
@@ -55,6 +55,8 @@ def _mount_stage_apps() -> None:
     app.command("run", help="Run a pipeline YAML in dependency order; finished stages are skipped (content-hash "
                             "keys), a killed run resumes.")(run_command)
     app.command("status", help="Show a pipeline run: stage, status, key, wall time, main metric.")(status_command)
+    app.command("promote", help="Copy a run stage's model into a serving folder once its gates passed (then "
+                                "SIGHUP the server).")(promote_command)
     app.command("report", help="Write RUN_DIR/report.html (self-contained) and print the run summary.")(
         report_command)
 

@@ -89,3 +89,15 @@ class RunFolder:
         for name, loc in outputs.items():
             self.manifest["outputs"][name] = {"location": loc, "hash": content_hash(self.path / loc)}
         self.save(status="completed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+PROMOTION = "promotion.json"  # written by `posttrain promote` into each promoted model folder
+
+
+def promoted_id(model_path: str | os.PathLike) -> str | None:
+    """The promoted model's id (its ``promotion.json`` ``id``, ``pipeline/promote.py``) behind ``model_path`` (a
+    serving folder's ``current`` link or a model folder), or None for a model that was not promoted."""
+    try:
+        return json.loads((Path(model_path).resolve() / PROMOTION).read_text())["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -54,6 +54,23 @@ def status_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="
     print_status(manifest)
 
 
+def promote_command(
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a pipeline's run_dir"),
+    stage: str = typer.Option("merge", "--stage", help="the stage whose model to promote"),
+    to: Path = typer.Option(..., "--to", help="the serving folder (models/ and the current link go there)"),
+) -> None:
+    """Copy a stage's model into a serving folder and point its `current` link at it, only if the run's gates for
+    that stage passed; a server started on SERVING/current switches to it on SIGHUP or POST /admin/reload."""
+    from posttrain.pipeline.promote import PromotionError, promote
+
+    try:
+        target = promote(run_dir, stage, to)
+    except (PromotionError, OSError) as e:
+        fail(e)
+    typer.echo(f"promoted {stage} -> {target} ({to / 'current'} points at it); reload a running server with "
+               f"`kill -HUP <pid>` or POST /admin/reload")
+
+
 def _metric_text(main: list | None) -> str:
     if not main:
         return ""

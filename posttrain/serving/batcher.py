@@ -31,6 +31,10 @@ from posttrain.serving.requests import RequestError
 SHUTDOWN_MESSAGE = "the server shut down before this request finished"
 
 
+class ReloadError(RuntimeError):
+    """A reload that did not happen (the old model keeps serving); ``str()`` is one line."""
+
+
 @dataclass(eq=False)
 class Job:
     """One request's rows and, once it is finished, its ``outputs`` or ``error``. ``deadline``: a
@@ -46,6 +50,7 @@ class Job:
     error_status: int = 500  # the HTTP status and OpenAI error code of ``error``
     error_code: str = "server_error"
     cancelled: bool = False  # set by the request's thread: nobody will read the result, stop generating it
+    model: str | None = None  # the id of the model that generated it (set by the worker when its batch starts)
     generated: list[list[int]] = field(default_factory=list)  # per choice, the tokens so far (worker thread)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -151,8 +156,10 @@ class Batcher:
     """The queue and the worker thread that owns the model. ``stats``: requests, batches, sizes seen."""
 
     def __init__(self, generator: Generator, *, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
-                 stall_s: float = 120.0):
+                 stall_s: float = 120.0, model_id: str = "model"):
         self.generator, self.max_batch_size, self.wait_s = generator, max_batch_size, batch_wait_ms / 1000
+        self.model_id = model_id
+        self._next: tuple[Generator, str] | None = None  # a reloaded model, taken up between batches
         self.tokenizer = generator.tokenizer
         self.eos = getattr(self.tokenizer, "eos_token_id", None)
         self.stall_s = stall_s
@@ -167,6 +174,12 @@ class Batcher:
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._loop, name="posttrain-serve-worker", daemon=True)
         self.thread.start()
+
+    def swap(self, generator: Generator, model_id: str) -> None:
+        """Serve ``generator`` from the next batch on. The batch in flight finishes on the model it started with,
+        and nothing queued is dropped; each job records the id of the model that answered it."""
+        with self._lock:
+            self._next = (generator, model_id)
 
     def submit(self, job: Job) -> None:
         if self._stop.is_set():
@@ -243,6 +256,11 @@ class Batcher:
             except queue.Empty:
                 continue
             self.beat()
+            with self._lock:
+                if self._next is not None:  # a reload: between two batches, never inside one
+                    (self.generator, self.model_id), self._next = self._next, None
+            for job in batch:
+                job.model = self.model_id
             self.running = batch
             try:
                 self._run(batch)

@@ -41,9 +41,14 @@ def serve_command(
     store: str = typer.Option(None, "--store", help="a feedback store (SQLite file, sqlite:///PATH or "
                               "postgresql://USER@HOST/DB): every completion is recorded (a request with \"store\": "
                               "false is not) and POST /v1/feedback takes events about them"),
+    admin_key: str = typer.Option(None, "--admin-key", envvar="POSTTRAIN_ADMIN_KEY",
+                                  help="enables POST /admin/reload with header 'X-Admin-Key: KEY' (prefer "
+                                  "$POSTTRAIN_ADMIN_KEY); SIGHUP reloads too"),
 ) -> None:
     """Serve MODEL over HTTP: /v1/models, /v1/chat/completions (stream too), /v1/stats, /health, and with --store
-    POST /v1/feedback. SIGTERM or Ctrl-C drains and stops it."""
+    POST /v1/feedback. SIGTERM or Ctrl-C drains and stops it. SIGHUP (or POST /admin/reload with --admin-key)
+    loads MODEL again, e.g. a serving folder's `current` link after `posttrain promote`, and switches to it between
+    two batches without dropping a request."""
     from posttrain.data.schema import DataError
     from posttrain.feedback.store import StoreError
     from posttrain.generation.types import BackendError
@@ -59,7 +64,7 @@ def serve_command(
                                            context_length=context_length, max_body_bytes=max_body_bytes,
                                            request_timeout_s=request_timeout, drain_timeout_s=drain_timeout,
                                            stall_timeout_s=stall_timeout, max_connections=max_connections,
-                                           store=store)
+                                           store=store, admin_key=admin_key)
     except (ModelError, BackendError, StoreError, DataError) as e:
         fail(e)
     except OSError as e:  # the port is taken, the host is not ours
@@ -76,7 +81,22 @@ def serve_command(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    hup = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+
+    def reload() -> None:
+        from posttrain.serving.batcher import ReloadError
+
+        typer.echo(f"SIGHUP: loading {model} again (the current model keeps answering meanwhile)", err=True)
+        try:
+            typer.echo(f"reloaded: now serving {server.reload()} (from the next batch on)", err=True)
+        except ReloadError as e:
+            typer.echo(f"reload failed, still serving {server.model_id}: {e}", err=True)
+
     while not stop.is_set() and thread.is_alive():
+        if hup.is_set():
+            hup.clear()
+            threading.Thread(target=reload, name="posttrain-reload", daemon=True).start()
         stop.wait(0.5)
     typer.echo(f"shutting down: no new connections; requests in flight get up to {drain_timeout:g} s to finish "
                f"(--drain-timeout; signal again to stop now)", err=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from posttrain.data.schema import DataError
 from posttrain.generation.types import RowSpec, cut_at_stop, prompt_key, row_seed
-from posttrain.serving.batcher import Job
+from posttrain.serving.batcher import Job, ReloadError
 from posttrain.serving.requests import RequestError, fit_to_context, parse_chat_request, parse_content_length
 
 if TYPE_CHECKING:
@@ -145,6 +145,8 @@ class ChatHandler(BaseHTTPRequestHandler):
             return
         if path == "/v1/feedback":
             return self._feedback()
+        if path == "/admin/reload":
+            return self._reload()
         if path != "/v1/chat/completions":
             return self._error(404, "not_found", f"no route POST {path}")
         try:
@@ -169,7 +171,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         params = {"temperature": req["temperature"], "top_p": req["top_p"], "max_tokens": req["max_tokens"],
                   "n": req["n"], "seed": req["seed"], "stop": req["stop"]}
         for i, o in enumerate(outs):
-            store.record_response(model=self.server.model_name, messages=req["messages"], response=o.text,
+            store.record_response(model=req["model_id"], messages=req["messages"], response=o.text,
                                   params=params, prompt_tokens=req["prompt_tokens"],
                                   completion_tokens=o.completion_tokens, latency_ms=round(latency, 2),
                                   request_id=req["id"], choice_index=i)
@@ -201,6 +203,23 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._json(400, {"error": {"message": str(e), "type": "invalid_request_error",
                                               "param": e.field_name, "code": "invalid_event"}})
         self._json(200, {"id": f"feedback-{stored.id}", "object": "feedback", "created": stored.created})
+
+    def _reload(self) -> None:
+        """``POST /admin/reload`` (admin key): load the model again from its source (a serving folder's ``current``
+        link: the newest promoted model) and answer from the next batch on; 200 with the new model id after the
+        switch is scheduled, 409 when the reload did not happen (the old model keeps serving)."""
+        key = self.server.admin_key
+        if not key:
+            return self._error(404, "admin_off", "start the server with --admin-key (or $POSTTRAIN_ADMIN_KEY) to "
+                               "reload it over HTTP; SIGHUP reloads it too")
+        given = self.headers.get("X-Admin-Key", "")
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            return self._error(401, "invalid_admin_key", "missing or wrong admin key (send 'X-Admin-Key: <key>')")
+        try:
+            model_id = self.server.reload()
+        except ReloadError as e:
+            return self._json(409, error_body(str(e), "invalid_request_error", "reload_failed"))
+        self._json(200, {"object": "reload", "model": model_id})
 
     def _read_body(self) -> bytes:
         if "Content-Length" not in self.headers and "Transfer-Encoding" in self.headers:
@@ -283,6 +302,7 @@ class ChatHandler(BaseHTTPRequestHandler):
     def _complete(self, job: Job, req: dict) -> None:
         if not self._wait(job):
             return
+        req["model_id"] = job.model or self.server.model_id
         outs = job.outputs or []
         self._record(req, outs)  # committed before the answer, so feedback about it can arrive right after
         completion = sum(o.completion_tokens for o in outs)
@@ -325,6 +345,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             if job.error:  # headers are sent: report it in the stream, as OpenAI does
                 self._event(error_body(job.error, "server_error", job.error_code))
             else:
+                req["model_id"] = job.model or self.server.model_id
                 self._record(req, job.outputs or [])
                 for i, out in enumerate(job.outputs or []):
                     rest = texts[i].finish(out.text)

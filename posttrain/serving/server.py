@@ -32,15 +32,16 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
 from posttrain.feedback.store import FeedbackStore
 from posttrain.generation.types import BackendError, Generator
-from posttrain.serving.batcher import Batcher
+from posttrain.serving.batcher import Batcher, ReloadError
 from posttrain.serving.handler import ChatHandler, StreamText, error_body
 from posttrain.serving.requests import body_limit
 
-__all__ = ["ChatServer", "StreamText", "model_context_length", "start_server"]
+__all__ = ["ChatServer", "ReloadError", "StreamText", "model_context_length", "start_server"]
 
 # The kernel's queue of connections not yet accepted (socketserver's default is 5: a burst of 30 clients saw
 # resets). Linux caps it at net.core.somaxconn (4096 on current kernels).
@@ -71,7 +72,8 @@ class ChatServer(ThreadingHTTPServer):
                  max_n: int = 16, context_length: int | None = None, max_body_bytes: int | None = None,
                  request_timeout_s: float = 600.0, drain_timeout_s: float = 30.0, stall_timeout_s: float = 120.0,
                  max_connections: int = 512, io_timeout_s: float = 30.0, verbose: bool = False,
-                 store: FeedbackStore | None = None):
+                 store: FeedbackStore | None = None, model_id: str | None = None,
+                 reload_from: Callable[[], tuple[Generator, str]] | None = None, admin_key: str | None = None):
         context_length = context_length or model_context_length(generator)
         if context_length is None:
             raise BackendError(f"cannot tell the context length of '{model_name}' from its config; pass "
@@ -88,11 +90,48 @@ class ChatServer(ThreadingHTTPServer):
         self.store = store  # a feedback store: every completion recorded (unless the request says store: false)
         self.tokenizer_lock = threading.Lock()
         self.batcher = Batcher(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                               stall_s=stall_timeout_s)
+                               stall_s=stall_timeout_s, model_id=model_id or model_name)
+        # reload (SIGHUP, POST /admin/reload): loads the model again from where it came (a promoted serving
+        # folder's `current` link points at the newest promoted model); the admin key guards the HTTP route
+        self.reload_from, self.admin_key = reload_from, admin_key
+        self._reloading = threading.Lock()
+        self.reloads = 0
         self.draining = False
         self._active = 0  # connections being handled
         self._idle = threading.Condition()
         self._hurry = threading.Event()
+
+    @property
+    def model_id(self) -> str:
+        """The id of the model answering now (a promoted model's id, else its name); recorded with every response."""
+        return self.batcher._next[1] if self.batcher._next else self.batcher.model_id
+
+    def reload(self) -> str:
+        """Load the model again from its source and serve it from the next batch on, without dropping a request
+        (requests keep being answered by the old model while the new one loads). Returns the new model id;
+        ``ReloadError`` (the old model keeps serving) when there is nothing to reload from, a reload is already
+        running, the load fails, or the new tokenizer differs from the served one (requests are tokenized before
+        they reach the model, so both must read tokens the same way)."""
+        if self.reload_from is None:
+            raise ReloadError("this server was not started from a model path it can reload")
+        if not self._reloading.acquire(blocking=False):
+            raise ReloadError("a reload is already running")
+        try:
+            try:
+                generator, model_id = self.reload_from()
+            except Exception as e:  # noqa: BLE001 (any load failure leaves the old model serving)
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise ReloadError(f"loading the model failed: {type(e).__name__}: {first}") from None
+            old, new = self.tokenizer, generator.tokenizer
+            if old.get_vocab() != new.get_vocab() or \
+                    getattr(old, "chat_template", None) != getattr(new, "chat_template", None):
+                raise ReloadError(f"the new model '{model_id}' has a different tokenizer or chat template than the "
+                                  f"served one; restart the server to change tokenizers")
+            self.batcher.swap(generator, model_id)
+            self.reloads += 1
+            return model_id
+        finally:
+            self._reloading.release()
 
     @property
     def url(self) -> str:
@@ -192,8 +231,8 @@ class ChatServer(ThreadingHTTPServer):
 def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, adapter: str | None = None,
                  api_key: str | None = None, max_batch_size: int = 8, batch_wait_ms: float = 10.0,
                  default_max_tokens: int = 256, generator: Generator | None = None, served_name: str | None = None,
-                 verbose: bool = False, cache_dir: str | None = None, store: str | None = None, **limits
-                 ) -> tuple[ChatServer, threading.Thread, str]:
+                 verbose: bool = False, cache_dir: str | None = None, store: str | None = None,
+                 admin_key: str | None = None, **limits) -> tuple[ChatServer, threading.Thread, str]:
     """Load the model (unless ``generator`` is given), bind, and serve in a daemon thread.
 
     Returns ``(server, thread, url)``; ``server.close()`` shuts down gracefully. ``port=0`` picks a free port
@@ -201,16 +240,29 @@ def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, ada
     ``limits``: ``ChatServer``'s ``context_length``, ``max_body_bytes``, ``request_timeout_s``,
     ``drain_timeout_s``, ``stall_timeout_s``, ``max_connections``, ``io_timeout_s``, ``max_n``. ``store``: a
     feedback store URL (``feedback/store.py``), opened before the model loads: completions are recorded there and
-    ``POST /v1/feedback`` takes events about them."""
+    ``POST /v1/feedback`` takes events about them. ``admin_key``: enables ``POST /admin/reload`` for that bearer
+    key (``ChatServer.reload``; SIGHUP does the same in ``posttrain serve``)."""
+    from posttrain.data.runfolder import promoted_id
     from posttrain.generation.backends import load_generator, model_label
 
     feedback = FeedbackStore(store) if store else None  # a bad URL fails before the model loads
+
+    def load() -> tuple[Generator, str]:
+        """The model at ``model_name`` now (a serving folder's ``current`` link is resolved again on every load)."""
+        loaded, _ = load_generator(model_name, adapter=adapter, backend="hf", batch_size=max_batch_size,
+                                   cache_dir=cache_dir)
+        return loaded, promoted_id(model_name) or model_label(model_name, adapter)
+
+    reload_from = None
     if generator is None:
-        generator, _ = load_generator(model_name, adapter=adapter, backend="hf", batch_size=max_batch_size,
-                                      cache_dir=cache_dir)
+        generator, model_id = load()
+        reload_from = load
+    else:
+        model_id = None
     server = ChatServer((host, port), generator=generator, model_name=served_name or model_label(model_name, adapter),
                         api_key=api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                        default_max_tokens=default_max_tokens, verbose=verbose, store=feedback, **limits)
+                        default_max_tokens=default_max_tokens, verbose=verbose, store=feedback, model_id=model_id,
+                        reload_from=reload_from, admin_key=admin_key, **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="posttrain-serve",
                               daemon=True)
     thread.start()
