@@ -151,6 +151,19 @@ class LabelTables:
                                       "ORDER BY MIN(id)", (kind,)).fetchall()
         return [r[0] for r in rows]
 
+    def two_choice_responses(self) -> list[dict[str, Any]]:
+        """Recorded completions with two different choices (``n`` >= 2: choices 0 and 1), oldest first, that no
+        side-by-side task was made from yet: ``{request_id, prompt, a, b, model}``."""
+        with self._transaction() as cur:
+            rows = self._execute(cur, "SELECT r0.request_id, r0.messages, r0.response, r1.response, r0.model "
+                                      "FROM responses r0 JOIN responses r1 ON r0.request_id = r1.request_id "
+                                      "AND r0.choice_index = 0 AND r1.choice_index = 1 "
+                                      "WHERE r0.response <> r1.response ORDER BY r0.id").fetchall()
+            tasked = {json.loads(p[0]).get("request_id") for p in self._execute(
+                cur, "SELECT payload FROM label_tasks WHERE kind = 'side_by_side'").fetchall()}
+        return [{"request_id": r[0], "prompt": json.loads(r[1]), "a": r[2], "b": r[3], "model": r[4]}
+                for r in rows if r[0] not in tasked]
+
     def label_events(self) -> list[dict[str, Any]]:
         """The answered side-by-side tasks as feedback events (module docstring), oldest answer first."""
         out = []

@@ -185,6 +185,19 @@ def _backend(url: str) -> _Backend:
     return _SQLite(Path(url))
 
 
+def store_exists(url: str) -> bool:
+    """Whether opening ``url`` would find a store rather than create one: a SQLite file that exists (a PostgreSQL
+    URL counts as existing; its database is created by whoever runs the server). A bad URL is a ``StoreError``;
+    nothing is created or connected to."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return True
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):]).is_file()
+    if "://" in url:
+        raise StoreError(f"store {url!r}: expected a file path, sqlite:///PATH or postgresql://USER@HOST/DB")
+    return Path(url).is_file()
+
+
 class FeedbackStore(LabelTables):
     """``FeedbackStore(url)`` opens (and creates or migrates) the store. Safe to share between threads: each
     thread gets its own connection."""

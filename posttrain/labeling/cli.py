@@ -44,14 +44,26 @@ def add_user(name: str = typer.Argument(..., help="the labeler's name (recorded 
 
 
 @label_app.command("add")
-def add_tasks(source: Path = typer.Argument(..., help="comparisons JSONL (prompt, response_a, response_b) or a "
+def add_tasks(source: Path = typer.Argument(None, help="comparisons JSONL (prompt, response_a, response_b) or a "
                                             "generate candidates file"),
               store: str = typer.Option(..., "--store", help=STORE_HELP),
+              from_store: bool = typer.Option(False, "--from-store", help="instead of a file: the store's recorded "
+                                              "completions with two different choices (serve with n >= 2)"),
+              limit: int = typer.Option(None, "--limit", min=1, help="at most this many tasks"),
               batch: str = typer.Option(None, "--batch", help="a name to group these tasks by"),
               seed: int = typer.Option(0, "--seed", help="seeds the display order of each task")) -> None:
     """Add side-by-side tasks (each shown in a random, recorded order)."""
+    if (source is None) == (not from_store):
+        fail("give a comparisons or candidates FILE, or --from-store")
     try:
-        ids = FeedbackStore(store).add_label_tasks("side_by_side", side_by_side_payloads(source, seed), batch)
+        opened = FeedbackStore(store)
+        if from_store:
+            payloads = with_display(opened.two_choice_responses(), seed)
+            if not payloads:
+                fail(f"{store}: no recorded completion with two different choices that is not a task already")
+        else:
+            payloads = side_by_side_payloads(source, seed)
+        ids = opened.add_label_tasks("side_by_side", payloads[:limit], batch)
     except USER_ERRORS as e:
         fail(e)
     typer.echo(f"added {len(ids)} side-by-side task(s)" + (f" to batch {batch}" if batch else ""))

@@ -55,18 +55,25 @@ def status_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="
 
 
 def promote_command(
-    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a pipeline's run_dir"),
+    run_dir: Path = typer.Argument(None, metavar="RUN_DIR", help="a pipeline's run_dir"),
     stage: str = typer.Option("merge", "--stage", help="the stage whose model to promote"),
     to: Path = typer.Option(..., "--to", help="the serving folder (models/ and the current link go there)"),
+    base: str = typer.Option(None, "--base", metavar="MODEL", help="first deploy only: an untrained model (builtin "
+                             "name or folder) becomes the serving folder's current model, no run needed"),
 ) -> None:
     """Copy a stage's model into a serving folder and point its `current` link at it, only if the run's gates for
     that stage passed; a server started on SERVING/current switches to it on SIGHUP or POST /admin/reload."""
-    from posttrain.pipeline.promote import PromotionError, promote
+    from posttrain.pipeline.promote import PromotionError, deploy_base, promote
 
+    if (run_dir is None) == (base is None):
+        fail("give a RUN_DIR (with --stage) to promote a gated model, or --base MODEL for a first deploy")
     try:
-        target = promote(run_dir, stage, to)
+        target = deploy_base(base, to) if base is not None else promote(run_dir, stage, to)
     except (PromotionError, OSError) as e:
         fail(e)
+    if base is not None:
+        typer.echo(f"deployed {base} -> {target}; serve it with `posttrain serve {to / 'current'}`")
+        return
     typer.echo(f"promoted {stage} -> {target} ({to / 'current'} points at it); reload a running server with "
                f"`kill -HUP <pid>` or POST /admin/reload")
 

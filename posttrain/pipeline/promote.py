@@ -104,3 +104,36 @@ def promote(run_dir: str | Path, stage: str, serving_dir: str | Path) -> Path:
     os.replace(tmp_link, link)  # atomic: a reader sees the old model or the new one
     return target
 
+
+
+def deploy_base(model_name: str, serving_dir: str | Path) -> Path:
+    """The first deploy of a serving folder: an untrained model (a builtin name or a local folder) becomes
+    ``serving/models/base-<name>`` and ``current``. Only into a serving folder with no ``current`` yet: after that,
+    models arrive through ``promote`` and its gates."""
+    from posttrain.models.resolve import ModelError, resolve_model_path
+
+    serving_dir = Path(serving_dir)
+    link = serving_dir / "current"
+    if link.is_symlink() or link.exists():
+        raise PromotionError(f"{link} exists: a serving folder takes an untrained base once, then promoted models "
+                             "(posttrain promote RUN_DIR --stage STAGE)")
+    try:
+        source = Path(resolve_model_path(model_name))
+    except ModelError as e:
+        raise PromotionError(str(e)) from None
+    if not source.is_dir():
+        raise PromotionError(f"model '{model_name}' is not a local folder (download it first)")
+    name = "base-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model_name).name)
+    models = serving_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    tmp = models / f".{name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("checkpoints"))
+    (tmp / PROMOTION).write_text(json.dumps({"id": name, "base": model_name, "source": str(source), "gates": [],
+                                             "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                            indent=2) + "\n")
+    target = models / name
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    os.symlink(Path("models") / name, link)
+    return target

@@ -278,9 +278,15 @@ def feedback_options(params: dict, pending: Pending = nothing_pending):
         raise PipelineError("config: give one of 'events' (a file or a list of files) or 'store' (a feedback store "
                             "URL)")
     if store:
+        from posttrain.feedback.store import StoreError, store_exists
+
         if not isinstance(store, str):
             raise PipelineError("config: key 'store': must be a store URL (a SQLite path, sqlite:///PATH or "
                                 "postgresql://...)")
+        try:
+            store_exists(store)  # the URL's form only: nothing is opened or created while checking
+        except StoreError as e:
+            raise PipelineError(f"config: key 'store': {e}") from None
         events = []
     else:
         events = [events] if isinstance(events, str) else list(events)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from posttrain.data.writers import OutputPathError, atomic_write_json, check_output_path
-from posttrain.feedback.store import FeedbackStore, StoreError
+from posttrain.feedback.store import FeedbackStore, StoreError, store_exists
 from posttrain.pipeline.registry import STAGES, STORE_INPUT, StageSpec
 from posttrain.pipeline.spec import (
     PipelineError,
@@ -69,11 +69,12 @@ class StagePlan:
 
 def input_hash(path: str) -> str | None:
     """The content hash of a stage input: a file or folder (``content_hash``), or a feedback store's snapshot
-    (``STORE_INPUT`` + URL: the hash of its export, ``FeedbackStore.snapshot_hash``; a store that cannot be opened
-    is a ``PipelineError``)."""
+    (``STORE_INPUT`` + URL: the hash of its export, ``FeedbackStore.snapshot_hash``; None for a SQLite store that
+    does not exist yet, which is not created here; a store that cannot be opened is a ``PipelineError``)."""
     if path.startswith(STORE_INPUT):
+        url = path[len(STORE_INPUT):]
         try:
-            return FeedbackStore(path[len(STORE_INPUT):]).snapshot_hash()
+            return FeedbackStore(url).snapshot_hash() if store_exists(url) else None
         except StoreError as e:
             raise PipelineError(f"feedback store: {e}") from None
     return content_hash(path)

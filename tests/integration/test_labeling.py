@@ -277,3 +277,20 @@ def test_edit_and_both_bad_by_keys(label_server, tmp_path):
         ("GOOD zero", "weak zero"), ("GOOD zero, improved.", "GOOD zero")]
     assert sorted((u.completion[-1]["content"], u.label) for u in conv.unpaired) == [("weak one", False),
                                                                                    ("weaker one", False)]
+
+
+def test_tasks_from_recorded_two_choice_completions(tmp_path):
+    """`label add --from-store`: completions served with n=2 whose two choices differ become side-by-side tasks,
+    once each."""
+    db = str(tmp_path / "f.db")
+    store = FeedbackStore(db)
+    for i, (a, b) in enumerate([("Red.", "Blue."), ("Same.", "Same."), ("Tea.", "Rock.")]):
+        for choice, text in enumerate((a, b)):
+            store.record_response(model="m", messages=PROMPT, response=text, request_id=f"chatcmpl-{i}",
+                                  choice_index=choice)
+    store.record_response(model="m", messages=PROMPT, response="alone", request_id="chatcmpl-9")
+    assert "added 2 side-by-side task(s)" in _cli("label", "add", "--from-store", "--store", db)
+    tasks = [store.next_label_task("side_by_side", "x")]
+    assert (tasks[0]["a"], tasks[0]["b"], tasks[0]["request_id"]) == ("Red.", "Blue.", "chatcmpl-0")
+    res = CliRunner().invoke(app, ["label", "add", "--from-store", "--store", db])
+    assert res.exit_code == 2 and "no recorded completion with two different choices" in res.output

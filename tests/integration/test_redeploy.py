@@ -89,6 +89,18 @@ def test_promote_only_after_the_gates_passed(tmp_path, two_models):
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "no gate stage" in res.output
 
 
+
+def test_first_deploy_of_a_base_model(tmp_path, tiny_model_dir):
+    serving = tmp_path / "serving"
+    res = CliRunner().invoke(app, ["promote", "--base", str(tiny_model_dir), "--to", str(serving)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((serving / "current" / "promotion.json").read_text())["id"] == f"base-{tiny_model_dir.name}"
+    again = CliRunner().invoke(app, ["promote", "--base", str(tiny_model_dir), "--to", str(serving)])
+    assert again.exit_code == 2 and "takes an untrained base once" in again.output
+    neither = CliRunner().invoke(app, ["promote", "--to", str(serving)])
+    assert neither.exit_code == 2 and "give a RUN_DIR" in neither.output
+
+
 def _chat(url: str, timeout: float = 60) -> tuple[int, dict]:
     body = json.dumps({"messages": PROMPT, "max_tokens": 8, "temperature": 0}).encode()
     req = urllib.request.Request(url + "/v1/chat/completions", data=body,

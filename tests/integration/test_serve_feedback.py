@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,8 @@ from posttrain.feedback.store import FeedbackStore
 from posttrain.serving.server import start_server
 
 from .test_serve import MESSAGES, call, chat, stream_events
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -216,3 +222,28 @@ def test_load_then_kill_9_loses_no_acknowledged_event(tmp_path):
     assert len(got) >= 300
     after = {f"feedback-{e['event_id'].split(':')[1]}" for e in FeedbackStore(db).events()}
     assert set(got) <= after
+
+
+def test_the_shipped_simulated_users_post_verifier_feedback(served, tmp_path):
+    """scripts/simulate_users.py against a served model with a store: every prompt gets one event (side-by-side
+    when the verifier tells the two answers apart, else a thumbs), each about a recorded completion; a rerun stores
+    nothing twice (idempotency keys)."""
+    srv, db = served
+    rows = [{"prompt": f"Name a fruit, number {i}. Answer in all lowercase.",
+             "constraints": [{"kind": "lowercase"}]} for i in range(6)]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = FeedbackStore(db)
+    before = store.count("feedback_events")
+    cmd = [sys.executable, str(REPO / "scripts" / "simulate_users.py"), "--url", srv.url, "--prompts", str(prompts),
+           "--limit", "6", "--users", "2", "--max-tokens", "8"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "about 6 prompt(s); 0 error(s)" in first.stdout
+    events = store.events()[before:]
+    assert len(events) == 6 and {e["kind"] for e in events} <= {"side_by_side", "thumbs"}
+    assert all(store.response(e["response_id"])["response"] in (e.get("response"), e.get("response_a"),
+                                                                 e.get("response_b")) for e in events)
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600).returncode == 0
+    assert store.count("feedback_events") == before + 6
