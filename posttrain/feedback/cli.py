@@ -183,10 +183,12 @@ def export(
     store: str = typer.Option(..., "--store", help="the feedback store: a SQLite file path, sqlite:///PATH or "
                               "postgresql://USER@HOST:PORT/DB"),
     output: Path = typer.Option(..., "-o", "--output", help="events JSONL to write (the format to-pairs reads)"),
+    redact: bool = typer.Option(False, "--redact", help="replace PII in every text field with typed placeholders "
+                                "(the builtin detectors of `posttrain data redact`)"),
 ) -> None:
     """Every feedback event in a store -> events JSONL (then: posttrain feedback to-pairs OUTPUT -o DIR)."""
     try:
-        count = FeedbackStore(store).export_events(output)
+        count = FeedbackStore(store).export_events(output, redact=redact)
     except (StoreError, DataError, OSError) as e:
         fail(e)
     typer.echo(f"wrote {count} event(s) to {output}")

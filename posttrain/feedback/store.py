@@ -38,6 +38,7 @@ from posttrain.data.schema import DataError
 from posttrain.data.writers import atomic_write_text, jsonl_text
 from posttrain.feedback.events import parse_event
 from posttrain.feedback.labels import LabelTables
+from posttrain.hygiene.pii import redact_builtin, redact_record
 
 MAX_COMMENT_CHARS = 10_000
 MAX_FIELD_CHARS = 200_000  # one text field of an event or a response (a whole answer fits; a flood does not)
@@ -384,10 +385,14 @@ class FeedbackStore(LabelTables):
         with self._transaction() as cur:
             return int(self._execute(cur, f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
-    def snapshot(self) -> tuple[str, int]:
+    def snapshot(self, redact: bool = False) -> tuple[str, int]:
         """(the export's JSONL text, its number of events): the feedback events, then the answered side-by-side
-        label tasks (``label_events``). The same store content gives the same bytes."""
+        label tasks (``label_events``). The same store content gives the same bytes. ``redact``: every text field
+        (prompts, responses, edits, comments) with PII replaced by typed placeholders (``hygiene/pii.py``'s
+        builtin detectors: emails, phone numbers, cards, IPs, IBANs, SSNs, URL credentials, secrets)."""
         rows = self.events() + self.label_events()
+        if redact:
+            rows = [redact_record(r, lambda text: redact_builtin(text)[0]) for r in rows]
         return jsonl_text(rows), len(rows)
 
     def snapshot_hash(self) -> str:
@@ -395,8 +400,8 @@ class FeedbackStore(LabelTables):
         ``feedback`` stage keys its cache on it: new feedback reruns it, none reruns nothing)."""
         return "sha256:" + hashlib.sha256(self.snapshot()[0].encode()).hexdigest()
 
-    def export_events(self, output: str | Path) -> int:
+    def export_events(self, output: str | Path, redact: bool = False) -> int:
         """Write the ``snapshot`` to ``output`` (JSONL, atomically); returns how many events."""
-        text, count = self.snapshot()
+        text, count = self.snapshot(redact)
         atomic_write_text(output, text)
         return count

@@ -207,7 +207,9 @@ def _presidio_analyzer():
 
 # Keys whose values are text written by people or models; everything else (ids, scores, roles) is left alone.
 TEXT_KEYS = frozenset({"prompt", "completion", "chosen", "rejected", "messages", "conversations", "instruction",
-                       "input", "output", "system", "response", "content", "value", "text"})
+                       "input", "output", "system", "response", "content", "value", "text",
+                       # feedback events (docs/FEEDBACK.md)
+                       "response_a", "response_b", "responses", "edited", "comment"})
 _STRUCTURE_KEYS = frozenset({"role", "from", "name"})
 
 

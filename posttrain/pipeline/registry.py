@@ -264,7 +264,7 @@ def run_augment(params: dict, output_dir: Path, resume: bool) -> dict:
     return {k: v for k, v in stats.items() if k != "per_kind"}
 
 
-FEEDBACK_KEYS = ("events", "store", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
+FEEDBACK_KEYS = ("events", "store", "redact", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
                  "max_pairs_per_prompt")
 
 
@@ -293,7 +293,7 @@ def feedback_options(params: dict, pending: Pending = nothing_pending):
     for path in events:
         check_file({"events": path}, "events", pending)
     opts = {k: (tuple(v) if k in ("likert_scale", "likert_unpaired") and v is not None else v)
-            for k, v in params.items() if k not in ("events", "store")}
+            for k, v in params.items() if k not in ("events", "store", "redact")}
     try:
         return events, ConvertOptions(**opts)
     except (ValueError, TypeError) as e:
@@ -314,7 +314,7 @@ def run_feedback(params: dict, output_dir: Path, resume: bool) -> dict:
         from posttrain.feedback.store import FeedbackStore
 
         events = [str(output_dir / "events.jsonl")]
-        FeedbackStore(params["store"]).export_events(events[0])
+        FeedbackStore(params["store"]).export_events(events[0], redact=bool(params.get("redact")))
     parsed, errors, lines = read_events(events, options.likert_scale)
     if not parsed:
         raise PipelineError(f"config: key 'events': no valid events in {lines} line(s)")

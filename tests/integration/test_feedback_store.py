@@ -166,6 +166,23 @@ def test_cli_export_then_to_pairs(store_url, tmp_path):
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("x", "y")]
 
 
+def test_export_redacts_pii_in_every_text_field_on_request(store_url, tmp_path):
+    store = FeedbackStore(store_url)
+    store.add_event({"kind": "side_by_side", "prompt": "Mail ann@example.com?", "response_a": "Call 555-123-4567.",
+                     "response_b": "ok", "choice": "a", "comment": "I am bob@example.org"})
+    store.add_event({"kind": "edit", "prompt": "Q?", "response": "x", "edited": "write to cat@example.net"})
+    out = tmp_path / "events.jsonl"
+    res = CliRunner().invoke(app, ["feedback", "export", "--store", store_url, "-o", str(out), "--redact"])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "@example" not in text and "555-123-4567" not in text
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert rows[0]["prompt"] == "Mail [EMAIL]?" and rows[0]["comment"] == "I am [EMAIL]"
+    assert rows[0]["response_a"] == "Call [PHONE]." and rows[1]["edited"] == "write to [EMAIL]"
+    assert rows[0]["kind"] == "side_by_side" and rows[0]["choice"] == "a"  # structure untouched
+    assert "ann@example.com" in store.snapshot()[0]  # the store itself keeps what was said
+
+
 def test_cli_bad_store_url_is_one_line(tmp_path):
     res = CliRunner().invoke(app, ["feedback", "export", "--store", "mysql://x/y", "-o", str(tmp_path / "e.jsonl")])
     assert res.exit_code == 2
