@@ -186,6 +186,8 @@ def test_label_and_audit_in_a_browser(label_server, tmp_path):
         page.click("#login")
         assert page.url.endswith("/label")
         assert page.inner_text("#progress").startswith("Side-by-side: task 1 of 10 (10 left)")
+        page.set_viewport_size({"width": 1200, "height": 700})
+        page.screenshot(path=str(tmp_path / "label_page.png"))  # what a labeler sees (kept with the test's files)
         for i in range(10):
             assert f"task {i + 1} of 10" in page.inner_text("#progress")
             if "<script>" in page.inner_text("#left pre") + page.inner_text("#right pre"):
