@@ -19,9 +19,28 @@ from posttrain.commands import TRAINING_COMMANDS, TrainingCommand, data_stats
 from posttrain.commands import command as training_command
 from posttrain.config import COMMANDS, ConfigError, dump_config, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Post-training for language models, end to end.")
-config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate configs.")
-models_app = typer.Typer(no_args_is_help=True, help="Builtin models.")
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings=HELP,
+                  help="Post-training for language models, end to end.")
+# Example data for `config show COMMAND --doc`, by what data.train holds (paths in a clone of the repository)
+DOC_DATA = {"sft": "examples/data/sft_demos.jsonl", "preference": "examples/data/pairs_train.jsonl",
+            "unpaired": "examples/data/kto.jsonl", "prompts": "examples/data/prompts_train.jsonl"}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from posttrain import __version__
+
+        typer.echo(f"posttrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Post-training for language models, end to end."""
+config_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Inspect and validate configs.")
+models_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Builtin models.")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 
@@ -83,9 +102,14 @@ def _train(command: str, args: list[str] | None) -> None:
     """``posttrain COMMAND [CONFIG.yaml] [section.key=value ...]`` for a row of the command table."""
     from posttrain.training.stage import print_summary
 
+    if not args:
+        fail(f"posttrain {command} needs a config: posttrain {command} CONFIG.yaml [section.key=value ...] "
+             f"(e.g. examples/{command.replace('-', '_')}.yaml; `posttrain config show {command} --doc > "
+             f"{command}.yaml` writes one with every key)")
     path, overrides = _split_args(args)
     try:
         cfg = load_config(command, path, overrides)
+        _check_data_paths(cfg)
         summary = training_command(command).trainer()(cfg)
     except _user_errors() as e:
         fail(e)
@@ -93,7 +117,31 @@ def _train(command: str, args: list[str] | None) -> None:
         print_summary(command, summary, cfg.train.output_dir)
 
 
-_ARGS = typer.Argument(None, help="[CONFIG.yaml] [section.key=value ...]")
+def _rows_only(command: str, cfg) -> dict:
+    """Row counts of ``cfg``'s data read and validated as ``command``'s kind, without a tokenizer."""
+    from posttrain.data.layouts import load_examples
+
+    kind = {"prompts": "prompt"}.get(training_command(command).data_kind, training_command(command).data_kind)
+    stats = {"train/rows": len(load_examples(cfg.data.train, kind, getattr(cfg.data, "split", None)))}
+    if getattr(cfg.data, "eval", None):
+        stats["eval/rows"] = len(load_examples(cfg.data.eval, kind))
+    return stats
+
+
+def _check_data_paths(cfg) -> None:
+    """The config's local data files exist (before any model is loaded or converted)."""
+    from posttrain.data.readers import missing_local_source
+    from posttrain.data.schema import DataError
+
+    for key in ("train", "eval"):
+        source = getattr(cfg.data, key, None)
+        if isinstance(source, str) and missing_local_source(source):
+            raise DataError(source, None, None, f"no such file or folder (data.{key})")
+
+
+_ARGS = typer.Argument(None, metavar="[CONFIG.yaml] [SECTION.KEY=VALUE]...",
+                       help="a YAML config, then dotted overrides such as optim.lr=1e-5 loss.beta=0.2 (every key: "
+                       "`posttrain config show COMMAND --doc`)")
 
 
 def _training_command(row: TrainingCommand):
@@ -106,7 +154,9 @@ def _training_command(row: TrainingCommand):
 
 
 for _row in TRAINING_COMMANDS:
-    app.command(_row.name, help=_row.help)(_training_command(_row))
+    app.command(_row.name, help=_row.help, epilog=f"Example: posttrain {_row.name} examples/"
+                f"{_row.name.replace('-', '_')}.yaml optim.max_steps=20 train.output_dir=runs/{_row.name}. Every key "
+                f"with its default and meaning: posttrain config show {_row.name} --doc.")(_training_command(_row))
 
 
 @config_app.command("validate")
@@ -121,16 +171,30 @@ def config_validate(
 
     try:
         if command is None:
+            from posttrain.config import yaml_error_line
+
             try:
                 command = (yaml.safe_load(path.read_text()) or {}).get("command")
-            except (OSError, yaml.YAMLError, AttributeError):
+            except yaml.YAMLError as e:
+                raise ConfigError(yaml_error_line(path, e)) from None
+            except (OSError, AttributeError):
                 command = None
         if command not in COMMANDS:
             raise ConfigError(f"{path}: say which command it configures: a `command:` key or --command "
                               f"({' | '.join(COMMANDS)})")
         cfg = load_config(command, path, overrides or [])
         if data:
-            stats = data_stats(command, cfg)
+            _check_data_paths(cfg)
+            from posttrain.models.resolve import ModelError
+
+            try:
+                stats = data_stats(command, cfg)
+            except ModelError as e:
+                # the model is made by an earlier step (runs/sft/model before `posttrain sft`): check the rows
+                # without its tokenizer, and say what was not checked
+                stats = _rows_only(command, cfg)
+                typer.echo(f"warning: {e}; the data rows were checked, their token lengths were not (they need "
+                           "the model's tokenizer)", err=True)
             typer.echo(" ".join(f"{k}={v}" for k, v in stats.items()), err=True)
     except _user_errors() as e:
         fail(e)
@@ -139,15 +203,27 @@ def config_validate(
 
 
 @config_app.command("show")
-def config_show(command: str, args: list[str] = _ARGS) -> None:
+def config_show(command: str, args: list[str] = _ARGS,
+                doc: bool = typer.Option(False, "--doc", help="a commented YAML: `command:` first, every key with "
+                                         "its default, type and meaning (`config validate` accepts it)")) -> None:
     """Print the resolved config of COMMAND (defaults < YAML < overrides)."""
+    from posttrain.config import config_doc, did_you_mean
+
     path, overrides = _split_args(args)
     try:
         if command not in COMMANDS:
-            raise ConfigError(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
+            raise ConfigError(f"unknown command '{command}'{did_you_mean(command, COMMANDS)}; choose one of: "
+                              f"{', '.join(COMMANDS)}")
         if path is None:
-            overrides = ["data.train=<required>", *overrides]
-        typer.echo(dump_config(load_config(command, path, overrides)), nl=False)
+            example = DOC_DATA[training_command(command).data_kind] if doc else "<required>"
+            overrides = [f"data.train={example}", *overrides]
+        cfg = load_config(command, path, overrides)
+        if doc:
+            note = {"data.train": "your training data; this is the shipped example (a path in a clone of the "
+                                  "repository)"} if path is None else {}
+            typer.echo(config_doc(command, cfg.model_dump(mode="json"), note), nl=False)
+        else:
+            typer.echo(dump_config(cfg), nl=False)
     except _user_errors() as e:
         fail(e)
 

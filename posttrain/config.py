@@ -7,6 +7,8 @@ errors that name the key. The resolved config is written to the output folder be
 from __future__ import annotations
 
 import copy
+import difflib
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
@@ -433,7 +435,16 @@ def read_yaml_file(path: str | Path, what: str, error: type[Exception] = ConfigE
     except (FileNotFoundError, IsADirectoryError):
         raise error(f"{path}: no such {what} file") from None
     except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise error(yaml_error_line(path, e)) from None
+
+
+def yaml_error_line(path: str | Path, e: yaml.YAMLError) -> str:
+    """One line naming the file, line and column of a YAML syntax error, and what is wrong there."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -454,13 +465,30 @@ def _apply_override(tree: dict, path: list[str], value: Any, text: str) -> None:
     node[path[-1]] = value
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def _section_keys(cls: type[Section], loc: tuple) -> list[str]:
+    """The keys allowed beside ``loc``'s last part (the fields of the section that holds it)."""
+    node: Any = cls
+    for part in loc[:-1]:
+        field = node.model_fields.get(str(part)) if isinstance(node, type) and issubclass(node, BaseModel) else None
+        if field is None:
+            return []
+        node = field.annotation
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _format_validation_error(err: ValidationError, where: str, cls: type[Section] | None = None) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + (did_you_mean(e["loc"][-1], _section_keys(cls, e["loc"])) if cls else "")
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.append(f"{where}: key '{key}': {msg}")
@@ -520,8 +548,58 @@ def build_config(command: str, tree: dict, where: str = "<config>"):
     try:
         return cls.model_validate(_with_command_defaults(cls, copy.deepcopy(tree)))
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, where)) from None
+        raise ConfigError(_format_validation_error(e, where, cls)) from None
 
 
 def dump_config(config: Section) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as it is written after ``key: `` (flow style for lists and mappings)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    return text[:-3].strip() if text.endswith("...") else text
+
+
+def _type_text(annotation: Any) -> str:
+    """A field's type for a comment: ``auto | float32 | ...`` for a Literal, ``int``, ``str | None``, ..."""
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return " | ".join(str(a) for a in args)
+    if args and typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type_text(a) for a in args)
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", None) if not args else str(annotation).replace("typing.", "")
+
+
+def config_doc(command: str, tree: dict[str, Any], notes: dict[str, str] | None = None) -> str:
+    """A commented YAML config of ``command`` (``posttrain config show COMMAND --doc``): ``command:`` first, then
+    every section and key with its value in ``tree`` (a resolved config's dump) and, above it, the key's
+    description and type. ``notes``: extra comment lines by dotted key. ``config validate`` accepts the result."""
+    cls = COMMANDS[command]
+    notes = notes or {}
+    out = [f"# posttrain {command}: every key, its default and what it does (`posttrain config show {command} --doc`).",
+           "# Keep what you change; a partial section keeps the command's defaults for the keys it does not name.",
+           f"command: {command}"]
+    for name, field in cls.model_fields.items():
+        section = field.annotation if isinstance(field.annotation, type) else type(field.default)
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):  # a top-level key, not a section
+            comment = f"{field.description or ''} [{_type_text(field.annotation)}]".strip()
+            out += [f"# {line}" for line in textwrap.wrap(comment, 114)]
+            out.append(f"{name}: {_yaml_value(tree.get(name))}")
+            continue
+        if field.description:
+            out.append(f"# {field.description}")
+        out.append(f"{name}:")
+        for key, sub in getattr(section, "model_fields", {}).items():
+            described = sub.description or ""
+            kind = _type_text(sub.annotation)
+            comment = f"{described} [{kind}]" if described else f"[{kind}]"
+            for line in (notes.get(f"{name}.{key}"), comment):
+                for wrapped in textwrap.wrap(line or "", 112):
+                    out.append(f"  # {wrapped}")
+            out.append(f"  {key}: {_yaml_value(tree.get(name, {}).get(key))}")
+    return "\n".join(out) + "\n"

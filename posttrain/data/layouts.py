@@ -269,6 +269,26 @@ def to_prompt(record: dict, source: str = "<memory>", row: int = 0, *,
 CONVERTERS = {"sft": to_sft, "preference": to_preference, "unpaired": to_unpaired, "prompt": to_prompt}
 
 
+EXPECTED_FIELDS = {"sft": "messages (or prompt + completion)", "preference": "prompt, chosen, rejected",
+                   "unpaired": "prompt, completion, label", "prompt": "prompt (or messages)"}
+# a row with none of its kind's own fields is another kind of data, not a broken row of this kind
+_OWN_FIELDS = {"sft": ("messages", "conversations", "completion", "output", "instruction"),
+               "preference": ("chosen", "rejected"), "unpaired": ("label",), "prompt": ("prompt", "messages")}
+
+
+def guess_kind(record: dict) -> str | None:
+    """The data kind a raw record most likely is: preference, unpaired, sft or prompt (None: none of them)."""
+    if record.get("chosen") is not None and record.get("rejected") is not None:
+        return "preference"
+    if record.get("label") is not None and record.get("completion") is not None:
+        return "unpaired"
+    if any(record.get(k) is not None for k in ("messages", "conversations", "completion", "output")):
+        return "sft"
+    if record.get("prompt") is not None:
+        return "prompt"
+    return None
+
+
 def load_examples(source: str, kind: str, split: str | None = None, *, ifeval_unsupported: str = "error",
                   skipped: list[DataError] | None = None) -> list[Example]:
     """Read ``source``, convert every row to ``kind`` and validate it. Raises ``DataErrors`` listing every bad
@@ -286,8 +306,10 @@ def load_examples(source: str, kind: str, split: str | None = None, *, ifeval_un
     examples: list[Example] = []
     errors: list[DataError] = []
     n_skipped = 0
+    first: dict | None = None
     try:
         for row, record in read_records(source, split, errors=errors):
+            first = record if first is None else first
             try:
                 example = convert(record, source, row)
             except SkippedRow as e:
@@ -307,6 +329,12 @@ def load_examples(source: str, kind: str, split: str | None = None, *, ifeval_un
     if not errors and not examples:
         left = f" left ({n_skipped} skipped: no instruction with a verifier)" if n_skipped else ""
         errors.append(DataError(source, None, None, f"has no rows{left}"))
+    found = guess_kind(first) if first is not None and not examples else None
+    if errors and found is not None and found != kind and kind in EXPECTED_FIELDS \
+            and not any(k in first for k in _OWN_FIELDS[kind]):
+        # every row failed because the file holds another kind of data: one line, not one per row
+        raise DataError(source, None, None, f"its rows look like {found} data (first row's fields: "
+                        f"{', '.join(first)}), but this needs {kind} rows with {EXPECTED_FIELDS[kind]}")
     if errors:
         raise DataErrors(errors)
     return examples

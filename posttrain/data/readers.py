@@ -57,6 +57,12 @@ def _looks_like_path(source: str) -> bool:
             or source.count("/") > 1 or os.sep != "/" and os.sep in source)
 
 
+def missing_local_source(source: str) -> bool:
+    """A source that names a local file or folder (not a hub id) that does not exist: checked before any model is
+    loaded, so a typo in a data path costs no model conversion."""
+    return _looks_like_path(source) and not Path(source).expanduser().exists()
+
+
 def _object(source: str, row: int, value, errors: list[DataError] | None) -> dict | None:
     if isinstance(value, dict):
         return value

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from posttrain.data.layouts import CONVERTERS
+from posttrain.data.layouts import CONVERTERS, guess_kind
 from posttrain.data.readers import read_records
 from posttrain.data.schema import DataError, Example, PreferencePair, PromptExample, SFTExample, UnpairedExample
 from posttrain.data.validate import validate_example
@@ -67,14 +67,9 @@ def digest(text: str) -> bytes:
 
 def detect_kind(record: dict) -> str:
     """The schema kind a raw record most likely is (``--kind auto``)."""
-    if record.get("chosen") is not None and record.get("rejected") is not None:
-        return "preference"
-    if record.get("label") is not None and record.get("completion") is not None:
-        return "unpaired"
-    if any(record.get(k) is not None for k in ("messages", "conversations", "completion", "output")):
-        return "sft"
-    if record.get("prompt") is not None:
-        return "prompt"
+    kind = guess_kind(record)
+    if kind is not None:
+        return kind
     raise ValueError("cannot tell the data kind from its first row (fields: "
                      f"{', '.join(record) or 'none'}); pass --kind")
 

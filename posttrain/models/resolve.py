@@ -6,6 +6,7 @@ network; offline, the error says so and names the alternatives instead of a raw 
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -38,9 +39,11 @@ def _hub_error(name: str, err: Exception) -> ModelError:
         err
     ).lower()
     why = "no network to reach the Hugging Face Hub" if offline else str(err).splitlines()[0]
+    close = difflib.get_close_matches(name, BUILTIN_NAMES, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
     return ModelError(
         f"model '{name}': could not load it from the Hugging Face Hub ({why}); "
-        f"use a local folder or a builtin model ({', '.join(BUILTIN_NAMES)})"
+        f"{hint}use a local folder or a builtin model ({', '.join(BUILTIN_NAMES)})"
     )
 
 

@@ -51,6 +51,13 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = (), commands: Ite
     tree = read_yaml_file(path, "pipeline", PipelineError)
     if not isinstance(tree, dict):
         raise PipelineError(f"{path}: the top level must be a mapping with run_dir and stages")
+    declared = tree.get("command")
+    if isinstance(declared, str) and "stages" not in tree:
+        from posttrain.config import COMMANDS
+
+        if declared in COMMANDS:
+            raise PipelineError(f"{path} is a `{declared}` training config, not a pipeline: run `posttrain "
+                                f"{declared} {path}` (a pipeline has run_dir and stages)")
     return parse_pipeline(apply_overrides(tree, overrides), commands, base_dir=path.parent, where=str(path))
 
 
