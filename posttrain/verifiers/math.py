@@ -1,4 +1,5 @@
-"""Final-answer extraction and exact equivalence for math problems (no sympy, no model).
+"""Final-answer extraction and exact equivalence for math problems (no model; sympy only through math-verify when
+that optional package is installed, see ``math_answer_equal``).
 
 ``extract_final_answer`` picks the answer a response commits to; ``parse_number`` reads it as an exact
 ``Fraction`` when it is a number, so 0.5, 1/2, \\frac{1}{2} and "50%"/100 compare without float error;
@@ -135,7 +136,34 @@ def answers_equal(answer: str, reference: str) -> bool:
 
 def math_answer_equal(response: str, reference: str) -> bool:
     """Whether the final answer of ``response`` (``extract_final_answer``) equals ``reference`` (itself unwrapped
-    from ``\\boxed{}`` when boxed). False when the response commits to no answer."""
+    from ``\\boxed{}`` when boxed). False when the response commits to no answer.
+
+    The comparison here is textual and numeric (``answers_equal``). Where it says no and ``math-verify`` is
+    installed (``pip install 'posttrain[math]'``, the checker TRL's accuracy reward uses), that library decides:
+    it parses both sides into sympy and compares them symbolically, so ``\\frac{\\sqrt2}{2}`` equals
+    ``\\frac{1}{\\sqrt2}``, ``\\{1,2\\}`` equals ``\\{2,1\\}``, ``3x+2`` equals ``2+3x`` and ``50\\%`` equals ``1/2``."""
     answer = extract_final_answer(response)
     ref = last_boxed(reference) or reference
-    return answer is not None and answers_equal(answer, ref)
+    if answer is not None and answers_equal(answer, ref):
+        return True
+    return bool(_math_verify_equal(response, ref))
+
+
+def _math_verify_equal(response: str, reference: str) -> bool | None:
+    """math-verify's verdict (None when it is not installed). Its timeouts use SIGALRM, which only the main
+    thread may set: elsewhere it runs without one."""
+    try:
+        import threading
+
+        from math_verify import parse, verify
+    except ImportError:
+        return None
+    main = threading.current_thread() is threading.main_thread()
+    timeout = 5 if main else None
+    gold_text = reference if "$" in reference or "\\boxed" in reference else f"${reference}$"
+    try:
+        gold = parse(gold_text, parsing_timeout=timeout)
+        target = parse(response, parsing_timeout=timeout)
+        return bool(gold) and bool(target) and verify(gold, target, timeout_seconds=timeout)
+    except Exception:  # noqa: BLE001 (a parse math-verify cannot handle is a "no", never a crash)
+        return False

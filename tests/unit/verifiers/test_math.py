@@ -87,3 +87,38 @@ def test_not_equal(response, reference):
 def test_answers_equal_is_exact_not_float():
     assert not answers_equal("0.3333333333", "1/3")
     assert answers_equal("0.1", "1/10")
+
+
+SYMBOLIC = [(r"So the value is $\frac{1}{\sqrt2}$.", r"\frac{\sqrt2}{2}"),
+            (r"The set is $\{2,1\}$", r"\{1,2\}"),
+            (r"It is $2+3x$.", "3x+2"),
+            (r"\boxed{2+3x}", "3x+2"),
+            ("The answer is 1/2", r"50\%")]
+
+
+@pytest.mark.parametrize("response, reference", SYMBOLIC)
+def test_symbolic_equivalence_through_math_verify(response, reference):
+    pytest.importorskip("math_verify", reason="math-verify is a dev dependency (extra: posttrain[math])")
+    assert math_answer_equal(response, reference)
+
+
+def test_math_verify_says_no_to_different_answers():
+    pytest.importorskip("math_verify", reason="math-verify is a dev dependency (extra: posttrain[math])")
+    assert not math_answer_equal(r"$x = 3$", "4")
+    assert not math_answer_equal(r"The set is $\{1,3\}$", r"\{1,2\}")
+    assert not math_answer_equal("I cannot say.", r"\frac{1}{2}")
+
+
+def test_without_math_verify_the_own_comparison_decides(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_math_verify(name, *args, **kwargs):
+        if name.startswith("math_verify"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_math_verify)
+    assert math_answer_equal("The answer is 1/2", "0.5")  # numeric: exact fractions
+    assert not math_answer_equal(r"It is $2+3x$.", "3x+2")  # symbolic: needs math-verify
