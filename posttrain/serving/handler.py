@@ -20,6 +20,7 @@ import json
 import queue
 import secrets
 import time
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
@@ -70,14 +71,18 @@ class StreamText:
         return delta
 
 
-def error_body(message: str, kind: str, code: str | None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class ChatHandler(BaseHTTPRequestHandler):
     server: ChatServer
     server_version = "posttrain-serve"
+    # Keep-alive: every answer has a Content-Length (a stream says Connection: close), so a client may send its next
+    # request on the same connection; an idle one is closed after io_timeout_s (the socket timeout).
+    protocol_version = "HTTP/1.1"
     answered = False  # a status line has been sent, so an error can no longer be a plain JSON answer
+    body_read = False  # the request's body has been read in full (else the connection cannot be kept)
 
     def setup(self) -> None:
         self.timeout = self.server.io_timeout_s  # every socket read and write; a silent client frees its thread
@@ -89,17 +94,21 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
+        if self.command == "POST" and not self.body_read:
+            self.close_connection = True  # its unread body must not be taken for the next request
         self.answered = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status: int, code: str, message: str) -> None:
+    def _error(self, status: int, code: str, message: str, param: str | None = None) -> None:
         kind = {401: "authentication_error", 404: "not_found_error", 500: "server_error",
                 503: "server_error"}.get(status, "invalid_request_error")
-        self._json(status, error_body(message, kind, code))
+        self._json(status, error_body(message, kind, code, param))
 
     def _authorised(self) -> bool:
         key = self.server.api_key
@@ -120,15 +129,21 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._json(503, {"status": "unavailable", "reason": reason})
         if not self._authorised():
             return
+        model = {"id": self.server.model_name, "object": "model", "created": self.server.created,
+                 "owned_by": "posttrain", "max_model_len": self.server.context_length}
         if path == "/v1/models":
-            return self._json(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "created": self.server.created,
-                 "owned_by": "posttrain", "max_model_len": self.server.context_length}]})
+            return self._json(200, {"object": "list", "data": [model]})
+        if path.startswith("/v1/models/"):
+            if urllib.parse.unquote(path[len("/v1/models/"):]) == self.server.model_name:
+                return self._json(200, model)
+            return self._error(404, "model_not_found", f"model '{urllib.parse.unquote(path[11:])}' is not served "
+                               f"here (this server: '{self.server.model_name}')", "model")
         if path == "/v1/stats":
             return self._json(200, self.server.batcher.snapshot())
         self._error(404, "not_found", f"no route GET {path}")
 
     def do_POST(self) -> None:  # noqa: N802
+        self.answered = self.body_read = False  # per request: one connection may carry several
         try:
             self._post()
         except (ConnectionError, TimeoutError):
@@ -154,7 +169,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             job = Job(request["rows"], request["stream"], deadline=arrived + self.server.request_timeout_s)
             self.server.batcher.submit(job)
         except RequestError as e:
-            return self._error(e.status, e.code, e.message)
+            return self._error(e.status, e.code, e.message, e.param)
         request["arrived"] = arrived
         if request["stream"]:
             self._stream(job, request)
@@ -256,6 +271,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             left -= len(chunk)
             if keep:
                 parts.append(chunk)
+        self.body_read = keep
         return b"".join(parts)
 
     def _read_request(self) -> dict:
@@ -352,6 +368,12 @@ class ChatHandler(BaseHTTPRequestHandler):
                     if rest:
                         self._chunk(req, i, {"content": rest}, None)
                     self._chunk(req, i, {}, out.finish_reason)
+                if req["include_usage"]:  # stream_options.include_usage: one last chunk, no choices
+                    completion = sum(o.completion_tokens for o in job.outputs or [])
+                    self._event({"id": req["id"], "object": "chat.completion.chunk", "created": req["created"],
+                                 "model": self.server.model_name, "choices": [],
+                                 "usage": {"prompt_tokens": req["prompt_tokens"], "completion_tokens": completion,
+                                           "total_tokens": req["prompt_tokens"] + completion}})
             self._event("[DONE]")
         except queue.Empty:
             job.cancelled = True

@@ -22,9 +22,9 @@ ROLES = ("system", "user", "assistant", "tool")
 class RequestError(Exception):
     """A request the server refuses: HTTP status, OpenAI error ``code`` and a one-line message."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.param = status, code, message, param
 
 
 # A generous bound on request-body bytes per prompt token: English text is 4-7 bytes per token (SmolLM2's tokens
@@ -137,6 +137,39 @@ def _stop(body: dict) -> list[str]:
     return stops
 
 
+# Request fields of the OpenAI API this server does not implement: a request that uses one is refused (400 naming
+# it) rather than answered as if the field were not there.
+UNSUPPORTED = {"tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
+               "function_call": "function calling", "response_format": "structured output (only type 'text')",
+               "logprobs": "log-probabilities", "top_logprobs": "log-probabilities", "logit_bias": "logit bias",
+               "audio": "audio output", "prediction": "predicted outputs"}
+
+
+def _unsupported(body: dict) -> None:
+    for key, what in UNSUPPORTED.items():
+        value = body.get(key)
+        if value in (None, False, [], {}) or (key == "tool_choice" and value == "none") \
+                or (key == "response_format" and isinstance(value, dict) and value.get("type") == "text"):
+            continue
+        raise RequestError(400, "unsupported_parameter", f"'{key}' is not supported by posttrain serve ({what}); "
+                           "remove it from the request", param=key)
+
+
+def _stream_options(body: dict, stream: bool) -> bool:
+    """Whether a streamed answer ends with a usage chunk (``stream_options.include_usage``)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise RequestError(400, "invalid_value", "'stream_options' is only allowed with stream: true",
+                           param="stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"} \
+            or not isinstance(options.get("include_usage", False), bool):
+        raise RequestError(400, "invalid_value", "'stream_options' takes only include_usage (true or false)",
+                           param="stream_options")
+    return bool(options.get("include_usage"))
+
+
 def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, max_n: int,
                        context_length: int | None = None) -> dict[str, Any]:
     """Plain values of a chat request, or ``RequestError``. ``max_tokens_given``: the client set the limit (so it
@@ -149,6 +182,8 @@ def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, m
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("invalid_value", f"'stream' must be true or false, got {stream!r}")
+    _unsupported(body)
+    include_usage = _stream_options(body, stream)
     given = _integer(body, "max_completion_tokens", None, 1, None)
     given = _integer(body, "max_tokens", given, 1, None)
     if given is not None and context_length is not None and given >= context_length:
@@ -169,5 +204,6 @@ def parse_chat_request(body: Any, *, model_name: str, default_max_tokens: int, m
         "n": _integer(body, "n", 1, 1, max_n),
         "seed": seed,
         "stream": stream,
+        "include_usage": include_usage,
         "stop": _stop(body),
     }
