@@ -116,6 +116,20 @@ class TrainSection(Section):
     on_nonfinite: Literal["fail", "skip"] = Field(
         "fail", description="a step whose loss or gradient norm is NaN/inf: fail stops the run (no model saved, "
         "checkpoints kept); skip drops that update and goes on")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="experiment trackers that also get every metrics.jsonl record and the "
+        "resolved config (training/trackers.py); none by default")
+    run_name: str | None = Field(None, description="the run's name in the trackers (default: the output folder's "
+                                 "name)")
+
+    @model_validator(mode="after")
+    def _trackers_installed(self):
+        from posttrain.training.trackers import missing_tracker  # find_spec only: nothing heavy is imported
+
+        problem = missing_tracker(self.report_to)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class ParallelSection(Section):

@@ -77,6 +77,9 @@ class LoopSettings:
     # "skip" drops that update and goes on.
     on_nonfinite: str = "fail"
     parallel: str = "ddp"  # parallel.strategy: ddp | fsdp2 (training/parallel.py)
+    report_to: tuple[str, ...] = ()  # train.report_to: experiment trackers (training/trackers.py)
+    run_name: str | None = None
+    config: dict | None = None  # the resolved config, logged to the trackers as hyperparameters
 
 
 def build_optimization(model, s: LoopSettings, total_steps: int):
@@ -192,8 +195,20 @@ def settings_from_config(cfg, desc: str) -> LoopSettings:
         eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, resume=t.resume,
         progress=t.progress, desc=desc, sort_by_length=getattr(cfg.data, "sort_by_length", False),
         sort_window=getattr(cfg.data, "sort_window", 32), on_nonfinite=getattr(t, "on_nonfinite", "fail"),
-        parallel=cfg.parallel.strategy,
+        parallel=cfg.parallel.strategy, report_to=tuple(getattr(t, "report_to", ())),
+        run_name=getattr(t, "run_name", None), config=cfg.model_dump(mode="json"),
     )
+
+
+def open_metrics_log(s: LoopSettings, rank: int, start: int) -> MetricsLog:
+    """metrics.jsonl of the run (main process), with the trackers of ``s.report_to`` behind it."""
+    trackers = None
+    if rank == 0 and s.report_to:
+        from posttrain.training.trackers import Trackers
+
+        trackers = Trackers(s.report_to, s.output_dir, s.run_name or Path(s.output_dir).name, s.config or {})
+    return MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0,
+                      resume_step=start if s.resume else None, trackers=trackers)
 
 
 def plan_steps(num_items: int, batch_size: int, epochs: float, max_steps: int | None) -> tuple[int, int]:
@@ -331,7 +346,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     params = [p for p in ddp_model.parameters() if p.requires_grad]
     start, _ = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps,
                                       sharded=sharded, world_size=world)
-    log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
+    log = open_metrics_log(s, rank, start)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     checkpoint = checkpoint_dir(s.output_dir, start) if start else None  # the newest, named if a step fails
     ddp_model.train()
@@ -411,4 +426,5 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         summary.update({f"eval/{k}": v for k, v in ev.items()})
     if fns.flush:
         fns.flush()
+    log.close()
     return summary

@@ -44,9 +44,11 @@ class MetricSums:
 class MetricsLog:
     """Appends JSON lines; on resume, drops lines logged after the checkpoint so no step appears twice."""
 
-    def __init__(self, path: str | Path, enabled: bool, resume_step: int | None = None):
+    def __init__(self, path: str | Path, enabled: bool, resume_step: int | None = None, trackers=None):
+        """``trackers``: a ``training/trackers.py::Trackers`` that gets every record too (main process only)."""
         self.path = Path(path)
         self.enabled = enabled
+        self.trackers = trackers if enabled else None
         if enabled and resume_step is not None and self.path.exists():
             kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
@@ -57,6 +59,14 @@ class MetricsLog:
             return
         with open(self.path, "a") as fh:
             fh.write(strict_json(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(record)
+
+    def close(self) -> None:
+        """End the trackers' runs (metrics.jsonl needs nothing)."""
+        if self.trackers is not None:
+            self.trackers.finish()
+            self.trackers = None
 
 
 def read_metrics(path: str | Path) -> list[dict]:

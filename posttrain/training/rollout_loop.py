@@ -38,8 +38,8 @@ from posttrain.config import ConfigError
 from posttrain.training.checkpoint import checkpoint_dir, save_checkpoint
 from posttrain.training.loop import (LoopSettings, NonFiniteLoss, build_optimization, check_finite_weights,
                                      check_on_nonfinite, on_nonfinite_step, optimizer_step, plan_steps, progress_bar,
-                                     reduce_sum_fn, resume_from_checkpoint, step_indices)
-from posttrain.training.metrics import MetricSums, MetricsLog
+                                     open_metrics_log, reduce_sum_fn, resume_from_checkpoint, step_indices)
+from posttrain.training.metrics import MetricSums
 from posttrain.training.parallel import check_optimizer_covers, gathered, gradient_sync, shard
 
 
@@ -148,7 +148,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                                           sharded=sharded, world_size=world)
     if start:
         fns.load_state(state.get("rl", {}))
-    log = MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0, resume_step=start if s.resume else None)
+    log = open_metrics_log(s, rank, start)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     last: dict = {}
     t_total, tokens_total, skipped_total, applied_total = 0.0, 0, 0, 0
@@ -242,4 +242,5 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     summary.update({f"train/{k}": v for k, v in last.items() if k not in ("step", "epoch", "lr")})
     if s.on_nonfinite == "skip":
         summary["train/skipped_updates"] = skipped_total
+    log.close()
     return summary
