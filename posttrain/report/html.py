@@ -1,5 +1,6 @@
 """``write_report(run_dir)``: one self-contained ``run_dir/report.html`` (inline CSS, inline SVG charts, no
-external URL) with sections ``summary``, ``training``, ``pairs``, ``eval``, ``lengths`` and ``gates``. A part
+external URL) with sections ``summary``, ``training``, ``pairs``, ``eval``, ``lengths`` and ``gates``;
+``write_comparison(a, b, out)``: two runs' eval metrics with deltas and their training curves overlaid. A part
 the run does not have is shown as "not in this run"; every piece of user text is HTML-escaped."""
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ th{background:#f3f4f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#166534;background:#dcfce7;font-weight:600}.fail{color:#991b1b;background:#fee2e2;font-weight:600}
 .missing{color:#6b7280;font-style:italic}.meta{color:#4b5563;font-size:13px}
 .charts{display:flex;flex-wrap:wrap;gap:12px}svg.chart{border:1px solid #e5e7eb;border-radius:4px}
+details.hparams pre{font-size:12px;background:#f3f4f6;padding:8px;max-height:360px;overflow:auto}
+td{white-space:pre-wrap;word-break:break-word;max-width:420px}
 """
 MISSING = '<p class="missing">not in this run</p>'
 
@@ -91,8 +94,8 @@ def training_section(run: dict) -> str:
         charts = [line_chart({"train loss": _series(train, "loss"), "eval loss": _series(evals, "loss")},
                              f"{s['name']}: loss", y_label="loss", points_only=["eval loss"])]
         keys = sorted({k for r in train + evals for k in r})
-        for key in ("rewards/margins", "rewards/accuracy", *[k for k in keys if k == "kl" or k.startswith("kl")
-                                                              or k.endswith("/kl") or "/kl_" in k]):
+        for key in ("rewards/margins", "rewards/accuracy", "lr", "grad_norm", "tokens_per_s",
+                    *[k for k in keys if k == "kl" or k.startswith("kl") or k.endswith("/kl") or "/kl_" in k]):
             if key in keys:
                 charts.append(line_chart({f"train {key}": _series(train, key), f"eval {key}": _series(evals, key)},
                                          f"{s['name']}: {key}", y_label=key, points_only=[f"eval {key}"]))
@@ -100,6 +103,9 @@ def training_section(run: dict) -> str:
         if evals:
             parts.append(f'<p class="meta">eval points (dots) at steps '
                          f'{escape(", ".join(fmt(r.get("step")) for r in evals))}</p>')
+        if s.get("config_text"):
+            parts.append(f'<details class="hparams"><summary>{escape(s["name"])}: resolved hyperparameters '
+                         f'(config.yaml)</summary><pre>{escape(s["config_text"])}</pre></details>')
     return "".join(parts)
 
 
@@ -147,7 +153,44 @@ def pairs_section(run: dict) -> str:
                                     f"{s['name']}: chosen vs rejected length", x_label="characters"))
         if charts:
             parts.append('<div class="charts">' + "".join(charts) + "</div>")
+        samples = (s.get("pairs") or [])[:SAMPLES]
+        if samples:
+            parts.append(f"<h3>Sample pairs (the first {len(samples)})</h3>" + _table(
+                ["prompt", "chosen", "rejected", "scores"],
+                [[_text(p.get("prompt")), _text(p.get("chosen")), _text(p.get("rejected")),
+                  f"{fmt(p.get('chosen_score'))} vs {fmt(p.get('rejected_score'))}"] for p in samples]))
     return "".join(parts)
+
+
+SAMPLES = 5  # sample pairs and generations shown per stage
+
+
+def _text(value: Any, limit: int = 400) -> str:
+    """A prompt or reply (a string or a message list) as short plain text for a table cell."""
+    if isinstance(value, list):
+        value = "\n".join(f"{m.get('role')}: {m.get('content')}" if isinstance(m, dict) else str(m) for m in value)
+    text = str(value if value is not None else "")
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def samples_table(responses: list[dict]) -> str:
+    """Sample generations: the model's and the baseline's answer to the same eval rows, side by side, with each
+    one's verdict (the first ``SAMPLES`` rows both answered)."""
+    by_role: dict[str, dict] = {}
+    for r in responses:
+        by_role.setdefault(r.get("role"), {}).setdefault((r.get("suite"), r.get("id")), r)
+    model, baseline = by_role.get("model", {}), by_role.get("baseline", {})
+    keys = [k for k in model if k in baseline][:SAMPLES]
+    if not keys:
+        return ""
+
+    def verdict(r: dict) -> str:
+        return "pass" if r.get("passed") else "fail" if r.get("passed") is not None else fmt(r.get("score"))
+
+    rows = [[f"{k[0]} / {k[1]}", _text(model[k].get("text")), verdict(model[k]), _text(baseline[k].get("text")),
+             verdict(baseline[k])] for k in keys]
+    return "<h3>Sample generations (model vs baseline)</h3>" + _table(
+        ["row", "model", "verdict", "baseline", "verdict"], rows)
 
 
 # Eval keys shown in their own tables rather than the main one.
@@ -252,6 +295,7 @@ def eval_section(run: dict) -> str:
             parts.append(slice_table(wr))
         else:
             parts.append('<p class="missing">win rate: not in this run (needs a baseline and a judge)</p>')
+        parts.append(samples_table(s.get("responses") or []))
     return "".join(parts)
 
 
@@ -348,3 +392,46 @@ def write_report(run_dir: str | Path) -> Path:
     path = run_dir / "report.html"
     atomic_write_text(path, render_report(load_run(run_dir)))
     return path
+
+
+def render_comparison(a: dict, b: dict) -> str:
+    """Two runs side by side: every eval metric both have (per eval stage of the same name) with B - A, and the
+    training curves of same-named stages overlaid (loss, and the reward margins where both logged them)."""
+    name_a, name_b = str(a["run_dir"]), str(b["run_dir"])
+    label_a, label_b = "A", "B"
+    parts = [f"<p class=\"meta\">A = {escape(name_a)} &middot; B = {escape(name_b)}</p>"]
+    evals_b = {s["name"]: s for s in _of(b["stages"], ["eval"])}
+    rows = []
+    for s in _of(a["stages"], ["eval"]):
+        other = evals_b.get(s["name"])
+        ma, mb = s.get("eval_metrics") or {}, (other or {}).get("eval_metrics") or {}
+        for key in sorted(k for k in ma if k in mb and finite(ma[k]) is not None and finite(mb[k]) is not None):
+            rows.append([s["name"], key, ma[key], mb[key], finite(mb[key]) - finite(ma[key])])
+    parts.append(_section("compare-metrics", "Eval metrics (B - A)", _table(
+        ["stage", "metric", label_a, label_b, "B - A"], rows, num_cols=[2, 3, 4]) if rows else MISSING))
+    train_b = {s["name"]: s for s in _of(b["stages"], TRAINING)}
+    charts = []
+    for s in _of(a["stages"], TRAINING):
+        other = train_b.get(s["name"])
+        if other is None:
+            continue
+        for key in ("loss", "rewards/margins", "reward/mean"):
+            if any(key in r for r in s["train_rows"]) and any(key in r for r in other["train_rows"]):
+                charts.append(line_chart({f"A {key}": _series(s["train_rows"], key),
+                                          f"B {key}": _series(other["train_rows"], key)},
+                                         f"{s['name']}: {key}, A vs B", y_label=key))
+    parts.append(_section("compare-curves", "Training curves (A vs B)",
+                          '<div class="charts">' + "".join(charts) + "</div>" if charts else MISSING))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>posttrain comparison: {escape(name_a)} vs {escape(name_b)}</title><style>{CSS}</style></head>"
+            f"<body><h1>posttrain run comparison</h1>{''.join(parts)}"
+            f"<p class=\"meta\">written {escape(time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime()))}</p>"
+            "</body></html>\n")
+
+
+def write_comparison(run_a: str | Path, run_b: str | Path, output: str | Path) -> Path:
+    """Write the comparison of two run folders to ``output`` (atomically) and return its path."""
+    from posttrain.data.writers import atomic_write_text
+
+    atomic_write_text(output, render_comparison(load_run(run_a), load_run(run_b)))
+    return Path(output)

@@ -97,10 +97,15 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def _load_stage_files(stage: dict[str, Any]) -> None:
     folder: Path | None = stage["folder"]
     command = stage["command"]
-    stage.update(train_rows=[], eval_rows=[], summary=None, pairs=[], eval_metrics=None, responses=[], gates=None)
+    stage.update(train_rows=[], eval_rows=[], summary=None, pairs=[], eval_metrics=None, responses=[], gates=None,
+                 config_text=None)
     if folder is None:
         return
     if command in TRAINING or (folder / "metrics.jsonl").exists():
+        try:
+            stage["config_text"] = (folder / "config.yaml").read_text()
+        except OSError:
+            stage["config_text"] = None
         rows = read_jsonl(folder / "metrics.jsonl")
         stage["train_rows"] = [r for r in rows if r.get("split", "train") == "train"]
         stage["eval_rows"] = [r for r in rows if r.get("split") == "eval"]

@@ -150,6 +150,9 @@ def bar_chart(labels: Sequence[str], series: dict[str, Sequence], title: str, *,
     group = (x1 - x0) / len(labels)
     bar = group * 0.8 / max(1, len(values))
     step = max(1, math.ceil(len(labels) / 12))  # at most ~12 x labels
+    # a label gets the width of the groups it stands for (about 6 px per character at font-size 10), so that
+    # neighbouring labels never overlap; the full label is the text's tooltip
+    fits = max(3, int(group * step / 6.2))
     for g, label in enumerate(labels):
         for s, (name, vs) in enumerate(values.items()):
             v = vs[g] if g < len(vs) else None
@@ -161,8 +164,9 @@ def bar_chart(labels: Sequence[str], series: dict[str, Sequence], title: str, *,
                          f'height="{max(base - top, 0.5):.1f}" fill="{PALETTE[s % len(PALETTE)]}">'
                          f"<title>{escape(f'{name} {label}: {fmt(v)}')}</title></rect>")
         if g % step == 0:
+            text = str(label) if len(str(label)) <= fits else str(label)[: fits - 1] + "\u2026"
             parts.append(f'<text x="{x0 + (g + 0.5) * group:.1f}" y="{y0 + 14}" text-anchor="middle" font-size="10">'
-                         f"{escape(str(label)[:14])}</text>")
+                         f"<title>{escape(str(label))}</title>{escape(text)}</text>")
     _legend(parts, list(values), width)
     parts.append("</svg>")
     return "".join(parts)

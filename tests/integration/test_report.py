@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
+from posttrain.cli import app as main_app
+
 
 from posttrain.pipeline.eval_stages import GateFailed
 from posttrain.pipeline.registry import STAGES
@@ -110,3 +112,40 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", data[16:24]) == (1200, 2000)
     assert len(data) > 30_000, f"screenshot is only {len(data)} bytes: a blank page?"
+
+
+def test_report_shows_lr_grad_norm_hyperparameters_and_samples(run_dir):
+    from posttrain.report.html import render_report
+    from posttrain.report.load import load_run
+
+    html = render_report(load_run(run_dir))
+    training = html.split('<section id="training">')[1].split("</section>")[0]
+    assert "dpo: lr" in training and "dpo: grad_norm" in training and "dpo: tokens_per_s" in training
+    assert "resolved hyperparameters (config.yaml)" in training and "max_steps: 3" in training
+    assert "Sample pairs (the first" in html and "Sample generations (model vs baseline)" in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/setup.sh installs it as root)")
+def test_comparison_of_two_runs_in_headless_chromium(run_dir, tmp_path):
+    """`posttrain report A B`: B is A with one eval metric changed; the deltas table and both runs' curves render."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other, symlinks=True)
+    manifest = json.loads((other / "manifest.json").read_text())
+    eval_folder = other / Path(manifest["stages"]["eval"]["folder"]).name
+    for stage in manifest["stages"].values():  # the copy's manifest points at its own folders
+        stage["folder"] = str(other / Path(stage["folder"]).name)
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    metrics = json.loads((eval_folder / "metrics.json").read_text())
+    metrics["constraints/pass_rate"] = metrics["constraints/pass_rate"] + 0.25
+    (eval_folder / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "compare.html"
+    res = CliRunner().invoke(main_app, ["report", str(run_dir), str(other), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    dom = chromium(["--dump-dom", out.resolve().as_uri()], tmp_path / "profile").stdout
+    table = re.search(r'<section id="compare-metrics">(.*?)</section>', dom, re.S).group(1)
+    row = re.search(r"<td>eval</td><td>constraints/pass_rate</td>(.*?)</tr>", table, re.S).group(1)
+    assert row.endswith("<td class=\"num\">0.25</td>")  # the last column: B - A
+    curves = re.search(r'<section id="compare-curves">(.*?)</section>', dom, re.S).group(1)
+    assert "A loss" in curves and "B loss" in curves and curves.count("<polyline") >= 4

@@ -75,3 +75,21 @@ def test_bar_chart_and_histogram():
 def test_fmt():
     assert fmt(3.0) == "3" and fmt(0.69314718) == "0.6931" and fmt(None) == "" and fmt("x") == "x"
     assert fmt(float("nan")) == "nan"
+
+
+def test_bar_labels_are_cut_to_the_width_of_their_group():
+    """12 long labels on a 460 px chart: each x label fits its group (~6 px a character at font-size 10), so no two
+    overlap; the full label stays as the text's tooltip."""
+    labels = [f"pass rate: constraint_kind_{i}" for i in range(12)]
+    root = parse(bar_chart(labels, {"rate": [0.5] * 12}, "per kind"))
+    texts = [t for t in root.iter(f"{NS}text") if t.find(f"{NS}title") is not None]
+    assert len(texts) == 12
+    xs = [float(t.get("x")) for t in texts]
+    gap = xs[1] - xs[0]
+    for t in texts:
+        shown = "".join(t.itertext())[len(t.find(f"{NS}title").text):]
+        assert len(shown) * 6.2 <= gap + 1e-6 and shown.endswith("\u2026")
+        assert t.find(f"{NS}title").text.startswith("pass rate: constraint_kind_")
+    short = parse(bar_chart(["kept", "tie"], {"pairs": [8, 1]}, "pairs"))
+    assert [t.find(f"{NS}title").text for t in short.iter(f"{NS}text") if t.find(f"{NS}title") is not None] == [
+        "kept", "tie"]
