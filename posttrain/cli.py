@@ -130,13 +130,14 @@ def _rows_only(command: str, cfg) -> dict:
 
 def _check_data_paths(cfg) -> None:
     """The config's local data files exist (before any model is loaded or converted)."""
-    from posttrain.data.readers import missing_local_source
     from posttrain.data.schema import DataError
+    from posttrain.data.sources import missing_local
 
     for key in ("train", "eval"):
         source = getattr(cfg.data, key, None)
-        if isinstance(source, str) and missing_local_source(source):
-            raise DataError(source, None, None, f"no such file or folder (data.{key})")
+        missing = missing_local(source) if source else None
+        if missing:
+            raise DataError(missing, None, None, f"no such file or folder (data.{key})")
 
 
 _ARGS = typer.Argument(None, metavar="[CONFIG.yaml] [SECTION.KEY=VALUE]...",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import textwrap
 from pathlib import Path
 from typing import Any, Literal
@@ -55,9 +56,24 @@ class PeftSection(Section):
     target_modules: list[str] | str = "all-linear"
 
 
+class DataSource(Section):
+    """One data source of a mixture (``data/sources.py``)."""
+    path: str = Field(..., description="file (jsonl/json/parquet/csv), datasets folder, or hub id")
+    name: str | None = Field(None, description="the hub dataset's configuration (gsm8k: main)")
+    split: str | None = Field(None, description="the split (default: data.split, else train)")
+    columns: dict[str, str] = Field(default_factory=dict, description="{schema field: column in this source}, e.g. "
+                                    "{prompt: question}")
+    weight: float = Field(1.0, gt=0, description="rows taken: floor(weight) copies plus a seeded sample of the "
+                          "fraction")
+
+
+SOURCE_HELP = ("a file (jsonl/json/parquet/csv), datasets folder or hub id; or {path, name, split, columns, weight}; "
+               "or a list of those (a weighted mixture)")
+
+
 class DataSection(Section):
-    train: str = Field(..., description="file (jsonl/json/parquet/csv), datasets folder, or hub id")
-    eval: str | None = None
+    train: str | DataSource | list[DataSource] = Field(..., description=SOURCE_HELP)
+    eval: str | DataSource | list[DataSource] | None = None
     split: str | None = None
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="held out from train when `eval` is unset")
     max_length: int = Field(512, gt=8)
@@ -102,6 +118,19 @@ class OptimSection(Section):
     max_steps: int | None = Field(None, gt=0, description="overrides epochs")
 
 
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+def missing_tracker(names) -> str | None:
+    """The first tracker in ``names`` whose package is not installed, as a one-line message; None when all are
+    (``find_spec`` only: nothing is imported)."""
+    for name in names:
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            return (f"train.report_to: {name} needs the '{TRACKER_PACKAGES[name]}' package: pip install "
+                    f"'posttrain[{name}]' (or pip install {TRACKER_PACKAGES[name]})")
+    return None
+
+
 class TrainSection(Section):
     output_dir: str = "runs/out"
     seed: int = 42
@@ -124,8 +153,6 @@ class TrainSection(Section):
 
     @model_validator(mode="after")
     def _trackers_installed(self):
-        from posttrain.training.trackers import missing_tracker  # find_spec only: nothing heavy is imported
-
         problem = missing_tracker(self.report_to)
         if problem:
             raise ValueError(problem)
@@ -257,8 +284,10 @@ class RewardModelConfig(Section):
 
 
 class PromptDataSection(Section):
-    train: str = Field(..., description="prompt rows (jsonl/...); metadata such as constraints/answer/tests is kept")
-    eval: str | None = Field(None, description="held-out prompts: greedy reward before and after training")
+    train: str | DataSource | list[DataSource] = Field(..., description="prompt rows (metadata such as constraints/"
+                                                       "answer/tests is kept): " + SOURCE_HELP)
+    eval: str | DataSource | list[DataSource] | None = Field(None, description="held-out prompts: greedy reward "
+                                                             "before and after training")
     split: str | None = None
     max_prompt_length: int = Field(256, gt=0, description="longer prompts are dropped (counted in the summary)")
     shuffle: bool = True

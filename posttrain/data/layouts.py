@@ -30,7 +30,7 @@ import functools
 import os
 import re
 
-from posttrain.data.readers import read_records
+from posttrain.data.sources import iter_source_records, source_label
 from posttrain.data.schema import (
     DataError,
     DataErrors,
@@ -307,11 +307,12 @@ def load_examples(source: str, kind: str, split: str | None = None, *, ifeval_un
     errors: list[DataError] = []
     n_skipped = 0
     first: dict | None = None
+    label = source_label(source)
     try:
-        for row, record in read_records(source, split, errors=errors):
+        for where, row, record in iter_source_records(source, split, errors=errors):
             first = record if first is None else first
             try:
-                example = convert(record, source, row)
+                example = convert(record, where, row)
             except SkippedRow as e:
                 n_skipped += 1
                 if skipped is not None:
@@ -328,12 +329,12 @@ def load_examples(source: str, kind: str, split: str | None = None, *, ifeval_un
         errors.append(e)
     if not errors and not examples:
         left = f" left ({n_skipped} skipped: no instruction with a verifier)" if n_skipped else ""
-        errors.append(DataError(source, None, None, f"has no rows{left}"))
+        errors.append(DataError(label, None, None, f"has no rows{left}"))
     found = guess_kind(first) if first is not None and not examples else None
     if errors and found is not None and found != kind and kind in EXPECTED_FIELDS \
             and not any(k in first for k in _OWN_FIELDS[kind]):
         # every row failed because the file holds another kind of data: one line, not one per row
-        raise DataError(source, None, None, f"its rows look like {found} data (first row's fields: "
+        raise DataError(label, None, None, f"its rows look like {found} data (first row's fields: "
                         f"{', '.join(first)}), but this needs {kind} rows with {EXPECTED_FIELDS[kind]}")
     if errors:
         raise DataErrors(errors)

@@ -24,13 +24,14 @@ JSON_LIST_KEYS = ("data", "rows", "train")
 _FILE_LIKE_SUFFIXES = FILE_TYPES + (".gz", ".tsv", ".txt", ".arrow", ".zst")
 
 
-def read_records(source: str, split: str | None = None, errors: list[DataError] | None = None
-                 ) -> Iterator[tuple[int, dict]]:
+def read_records(source: str, split: str | None = None, errors: list[DataError] | None = None,
+                 config_name: str | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(row, record)`` from ``source``.
 
     ``split`` picks a split of a saved ``DatasetDict`` or a hub dataset (default ``"train"``); single files
     have no splits and ignore it. A row that cannot be parsed raises ``DataError``, unless ``errors`` is a list:
-    then the error is appended and reading goes on, so one pass can report every bad line.
+    then the error is appended and reading goes on, so one pass can report every bad line. ``config_name``: a
+    hub dataset's configuration (``load_dataset(source, config_name)``, gsm8k's ``main``).
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -48,7 +49,7 @@ def read_records(source: str, split: str | None = None, errors: list[DataError] 
     elif _looks_like_path(source):
         raise DataError(source, None, None, "no such file or folder")
     else:
-        yield from _read_hub(source, split)
+        yield from _read_hub(source, split, config_name)
 
 
 def _looks_like_path(source: str) -> bool:
@@ -222,11 +223,11 @@ def _read_saved_dataset(source: str, path: Path, split: str | None) -> Iterator[
     yield from _rows(_pick_split(source, dataset, split))
 
 
-def _read_hub(source: str, split: str | None) -> Iterator[tuple[int, dict]]:
+def _read_hub(source: str, split: str | None, config_name: str | None = None) -> Iterator[tuple[int, dict]]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(source, split=split or "train")
+        dataset = datasets.load_dataset(source, config_name, split=split or "train")
     except Exception as e:  # offline, not found, gated, bad split: all are the user's to fix
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(source, None, None, f"could not load dataset '{source}' from the Hugging Face Hub: "

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from posttrain.data.layouts import load_examples
+from posttrain.data.sources import source_label
 from posttrain.data.render import render_prompt
 from posttrain.data.schema import DataError, DataErrors, PromptExample
 from posttrain.generation.types import candidate_rows, prompt_key
@@ -44,7 +45,7 @@ def load_prompt_items(source: str, tokenizer, *, split: str | None = None, max_p
             continue
         items.append(PromptItem(ids, ex))
     if not items:
-        raise DataErrors([DataError(source, None, None, f"no prompts left at data.max_prompt_length="
+        raise DataErrors([DataError(source_label(source), None, None, f"no prompts left at data.max_prompt_length="
                                                         f"{max_prompt_length}")])
     return items, {"prompts/rows": len(examples), "prompts/kept": len(items), "prompts/dropped_too_long": dropped}
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from posttrain.data.runfolder import RunFolder
+from posttrain.data.sources import local_paths, source_label, sources_dump
 from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
 from posttrain.hygiene.decontam import DEFAULT_MIN_WORDS, DEFAULT_N, Decontaminator, build_index
 from posttrain.hygiene.dedup import ExactDeduper, NearDeduper
@@ -161,7 +162,7 @@ def run_hygiene(source: str, output: str | Path, cfg: HygieneConfig, stage: str 
         out.abort()
         raise
     report = {
-        "input": source, "kind": kind, "rows_in": counts["rows_in"], "rows_out": counts["rows_out"],
+        "input": source_label(source), "kind": kind, "rows_in": counts["rows_in"], "rows_out": counts["rows_out"],
         "removed": {"exact_duplicate": removed["exact_duplicate"], "near_duplicate": removed["near_duplicate"],
                     "contaminated": removed["contaminated"]},
         "exact_dedup": None if exact is None else {
@@ -189,8 +190,10 @@ def run_hygiene(source: str, output: str | Path, cfg: HygieneConfig, stage: str 
         out.abort()
         raise
     run = RunFolder(output, stage)
-    run.write_config(yaml.safe_dump({"input": source, **cfg.model_dump()}, sort_keys=False))
-    run.add_input("input", source)
+    run.write_config(yaml.safe_dump({"input": source if isinstance(source, str) else sources_dump(source),
+                                     **cfg.model_dump()}, sort_keys=False))
+    for i, path in enumerate(local_paths(source)):
+        run.add_input("input" if isinstance(source, str) else f"input[{i}]", path)
     for path in cfg.eval_files:
         run.add_input(f"eval_file:{Path(path).name}", path)
     outputs = {name.split(".")[0]: name for name in names + ["report.json"]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from posttrain.data.layouts import CONVERTERS, guess_kind
-from posttrain.data.readers import read_records
+from posttrain.data.sources import iter_source_records, source_label
 from posttrain.data.schema import DataError, Example, PreferencePair, PromptExample, SFTExample, UnpairedExample
 from posttrain.data.validate import validate_example
 
@@ -117,30 +117,30 @@ def stream_rows(source: str, kind: str = "auto", split: str | None = None) -> It
     """Every row of ``source`` (``split`` of a dataset folder or hub id) as a ``Row``; the first bad row raises
     its ``DataError`` (one line)."""
     convert = None
-    for line, record in read_records(source, split):
+    for where, line, record in iter_source_records(source, split):
         if convert is None:
             if kind == "auto":
                 try:
                     kind = detect_kind(record)
                 except ValueError as e:
-                    raise DataError(source, line, None, str(e)) from None
+                    raise DataError(where, line, None, str(e)) from None
             convert = CONVERTERS[kind]
-        example = convert(record, source, line)
+        example = convert(record, where, line)
         errors = [e for e in validate_example(example) if not _is_identical_pair_error(e)]
         if errors:
             raise errors[0]
         yield Row(line, record, example)
     if convert is None:
-        raise DataError(source, None, None, "has no rows")
+        raise DataError(source_label(source), None, None, "has no rows")
 
 
 def stream_kind(source: str, kind: str, split: str | None = None) -> str:
     """The kind ``stream_rows`` will use (reads one record when ``kind`` is auto)."""
     if kind != "auto":
         return kind
-    for line, record in read_records(source, split):
+    for where, line, record in iter_source_records(source, split):
         try:
             return detect_kind(record)
         except ValueError as e:
-            raise DataError(source, line, None, str(e)) from None
-    raise DataError(source, None, None, "has no rows")
+            raise DataError(where, line, None, str(e)) from None
+    raise DataError(source_label(source), None, None, "has no rows")

@@ -84,14 +84,14 @@ def decontaminate_then_train(command: str, params: dict, output_dir: Path, resum
     hygiene_dir = output_dir / HYGIENE_DIR
     if settings.remove:
         # Trained on, so it must live in the stage folder before training starts.
-        report = run_hygiene(str(source), hygiene_dir, cfg, stage="decontaminate")
+        report = run_hygiene(source, hygiene_dir, cfg, stage="decontaminate")
         params = {**params, "data": {**params["data"], "train": str(hygiene_dir / "clean.jsonl")}}
         metrics = train(params, True)
     else:
         # Report only: written next to the model once training is done (the trainer wants an empty folder).
         # The system temp folder, not the run folder: a killed run must not leave debris next to its stages.
         with tempfile.TemporaryDirectory(prefix="posttrain-hygiene-") as tmp:
-            report = run_hygiene(str(source), Path(tmp) / HYGIENE_DIR, cfg, stage="decontaminate")
+            report = run_hygiene(source, Path(tmp) / HYGIENE_DIR, cfg, stage="decontaminate")
             metrics = train(params, resume)
             if hygiene_dir.exists():
                 shutil.rmtree(hygiene_dir)

@@ -87,7 +87,10 @@ def training_inputs(params: dict) -> list[str]:
     decontaminate = params.get("decontaminate")  # eval files of the pre-training decontamination (posttrain.hygiene)
     eval_files = (decontaminate.get("eval_files") or []) if isinstance(decontaminate, dict) else []
     loss = params.get("loss") if isinstance(params.get("loss"), dict) else {}
-    return [p for p in (model.get("name", "tiny-random"), model.get("adapter"), data.get("train"), data.get("eval"),
+    from posttrain.data.sources import local_paths
+
+    sources = [p for key in ("train", "eval") if data.get(key) for p in local_paths(data[key])]
+    return [p for p in (model.get("name", "tiny-random"), model.get("adapter"), *sources,
                         loss.get("reference_model"), *eval_files) if p]
 
 

@@ -24,6 +24,7 @@ import torch
 
 from posttrain.config import ConfigError
 from posttrain.data.collate import count_tokens
+from posttrain.data.sources import source_label
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors, PreferencePair
 from posttrain.data.writers import atomic_write_json
@@ -190,7 +191,7 @@ def train_reward_model(cfg) -> dict:
     evals, eval_dropped = (render_rm_pairs(eval_ex, tokenizer, **render, margin_required=False) if eval_ex
                            else ([], 0))
     if not train:
-        raise ConfigError(f"{d.train}: no pairs left at data.max_length={d.max_length} (truncation '{d.truncation}')")
+        raise ConfigError(f"{source_label(d.train)}: no pairs left at data.max_length={d.max_length} (truncation '{d.truncation}')")
     stats = {"train/rows": len(train_ex), "train/kept": len(train), "train/dropped_too_long": dropped}
     if eval_ex:
         stats.update({"eval/rows": len(eval_ex), "eval/kept": len(evals), "eval/dropped_too_long": eval_dropped})

@@ -14,6 +14,7 @@ import torch
 
 from posttrain.config import ConfigError, dump_config
 from posttrain.data.layouts import load_examples
+from posttrain.data.sources import local_paths, source_label
 from posttrain.data.render import render_dataset
 from posttrain.data.runfolder import RunFolder
 from posttrain.data.writers import OutputPathError, check_output_path
@@ -58,7 +59,7 @@ def load_stage_data(cfg, kind: str) -> StageData:
         stats.update({"eval/rows": len(eval_examples), "eval/kept": eval_stats.kept,
                       "eval/dropped_too_long": eval_stats.dropped, "eval/truncated": eval_stats.truncated})
     if not train:
-        raise ConfigError(f"{d.train}: no training rows left after truncation policy '{d.truncation}' "
+        raise ConfigError(f"{source_label(d.train)}: no training rows left after truncation policy '{d.truncation}' "
                           f"(max_length={d.max_length})")
     return StageData(tokenizer, train, evals, stats)
 
@@ -156,9 +157,12 @@ def standard_inputs(cfg) -> dict[str, str]:
     inputs = {"model": cfg.model.name}
     if cfg.model.adapter:
         inputs["adapter"] = cfg.model.adapter
-    inputs["data.train"] = cfg.data.train
-    if cfg.data.eval:
-        inputs["data.eval"] = cfg.data.eval
+    for key in ("train", "eval"):
+        value = getattr(cfg.data, key)
+        if isinstance(value, str):
+            inputs[f"data.{key}"] = value
+        elif value:  # a mixture: each source's path
+            inputs.update({f"data.{key}[{i}]": path for i, path in enumerate(local_paths(value))})
     if getattr(getattr(cfg, "loss", None), "reference_model", None):  # a pinned reference is an input too
         inputs["loss.reference_model"] = cfg.loss.reference_model
     return inputs

@@ -14,23 +14,12 @@ Only the main process logs (``MetricsLog`` is only enabled there).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
-
-
-def missing_tracker(names) -> str | None:
-    """The first tracker in ``names`` whose package is not installed, as a one-line message; None when all are."""
-    for name in names:
-        if importlib.util.find_spec(PACKAGES[name]) is None:
-            return (f"train.report_to: {name} needs the '{PACKAGES[name]}' package: pip install "
-                    f"'posttrain[{name}]' (or pip install {PACKAGES[name]})")
-    return None
+from posttrain.config import missing_tracker
 
 
 def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -133,3 +133,25 @@ def test_sft_then_merge_equals_adapter_model(tmp_path):
 def test_merge_rejects_non_adapter(tmp_path):
     res = runner.invoke(app, ["merge", str(tmp_path), "-o", str(tmp_path / "m")])
     assert res.exit_code == 2 and "not an adapter folder" in res.output
+
+
+def test_a_weighted_mixture_with_renamed_columns_validates_and_trains(tmp_path):
+    """data.train as a list of {path, columns, weight} mappings, as LLaMA-Factory/axolotl users write it."""
+    a = write_jsonl(tmp_path / "a.jsonl", [{"instruction": f"Say {i}.", "response": f"{i}."} for i in range(8)])
+    b = write_jsonl(tmp_path / "b.jsonl", sft_rows(4))
+    cfg = tmp_path / "mix.yaml"
+    cfg.write_text(
+        "command: sft\n"
+        "data:\n"
+        "  train:\n"
+        f"    - {{path: {a}, columns: {{prompt: instruction, completion: response}}, weight: 0.5}}\n"
+        f"    - {{path: {b}, weight: 2}}\n"
+        "  max_length: 64\n")
+    res = runner.invoke(app, ["config", "validate", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "train/rows=12" in res.stderr  # 4 of a's 8 rows, b's 4 rows twice
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["sft", str(cfg), f"train.output_dir={out}", *TINY])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"data.train[0]", "data.train[1]"} <= set(manifest["inputs"])  # each source hashed
