@@ -231,22 +231,51 @@ def config_show(command: str, args: list[str] = _ARGS,
 
 @app.command()
 def merge(
-    model: str = typer.Argument(..., help="a trained adapter folder (e.g. runs/dpo/model)"),
+    models: list[str] = typer.Argument(..., help="one trained adapter folder (e.g. runs/dpo/model) to fold into "
+                                       "its base; or, with --method, two or more models to merge"),
     output: Path = typer.Option(..., "--output", "-o", help="where to write the merged HF folder"),
+    method: str = typer.Option(None, "--method", help="merge several models: linear | task_arithmetic | ties | "
+                               "dare_ties | slerp (ops/merging.py)"),
+    weights: str = typer.Option(None, "--weights", help="comma-separated, one per model (default: equal; "
+                                "linear normalises them)"),
+    base: str = typer.Option(None, "--base", help="task_arithmetic / ties / dare_ties: the model the task vectors "
+                             "are measured from"),
+    density: float = typer.Option(1.0, "--density", help="ties: fraction of each task vector kept; dare_ties: "
+                                  "keep probability"),
+    lam: float = typer.Option(1.0, "--lambda", help="scale of the merged task vector"),
+    t: float = typer.Option(0.5, "--t", help="slerp: 0 = the first model, 1 = the second"),
+    seed: int = typer.Option(0, "--seed", help="dare_ties: seeds the drop masks"),
     cache_dir: str = typer.Option(None, help="builtin model cache"),
     dtype: str = typer.Option("float32", "--dtype", help="weights dtype of the export: float32 | bfloat16 | float16"),
 ) -> None:
-    """Merge an adapter (and its lineage) into its base and write a plain Hugging Face folder."""
+    """Merge an adapter (and its lineage) into its base and write a plain Hugging Face folder; with --method,
+    merge several models (model soup, task arithmetic, TIES, DARE, SLERP)."""
     from posttrain.models.policy import merge_to_folder
 
     try:
         try:
-            merge_to_folder(model, output, dtype=dtype, cache_dir=cache_dir)
-        except ValueError as e:  # not an adapter folder, unknown dtype: checked there, before any model loads
+            if method is None:
+                if len(models) != 1:
+                    raise ValueError(f"{len(models)} models given: merging several needs --method "
+                                     "(linear | task_arithmetic | ties | dare_ties | slerp)")
+                merge_to_folder(models[0], output, dtype=dtype, cache_dir=cache_dir)
+            else:
+                from posttrain.models.merge import check_merge_args, merge_models
+
+                parsed = None
+                if weights is not None:
+                    try:
+                        parsed = [float(w) for w in weights.split(",")]
+                    except ValueError:
+                        raise ValueError(f"--weights must be comma-separated numbers, got {weights!r}") from None
+                check_merge_args(models, method, parsed, base, density, t)  # before any model loads
+                merge_models(models, output, method=method, weights=parsed, base=base, density=density, lam=lam,
+                             t=t, seed=seed, dtype=dtype, cache_dir=cache_dir)
+        except ValueError as e:  # not an adapter folder, unknown dtype or method: checked before any model loads
             raise ConfigError(str(e)) from None
     except _user_errors() as e:
         fail(e)
-    typer.echo(f"merged {model} -> {output}")
+    typer.echo(f"merged {' + '.join(models)} -> {output}" + (f" ({method})" if method else ""))
 
 
 @models_app.command("prepare")

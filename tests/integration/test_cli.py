@@ -155,3 +155,43 @@ def test_a_weighted_mixture_with_renamed_columns_validates_and_trains(tmp_path):
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert {"data.train[0]", "data.train[1]"} <= set(manifest["inputs"])  # each source hashed
+
+
+def test_merge_methods_write_folders_transformers_loads(tmp_path, tiny_model_dir):
+    """merge --method: a model merged with itself (linear) gives its own logits; TIES over a base and a perturbed
+    copy loads with transformers and lies between them; bad combinations are one line before any model loads."""
+    from transformers import AutoModelForCausalLM
+
+    other = tmp_path / "other"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(other)
+    for f in tiny_model_dir.iterdir():
+        if "token" in f.name or f.name.endswith(".jinja"):
+            (other / f.name).write_bytes(f.read_bytes())
+    ids = torch.tensor([[1, 5, 9, 3]])
+    base_logits = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
+
+    same = tmp_path / "same"
+    res = runner.invoke(app, ["merge", str(tiny_model_dir), str(tiny_model_dir), "-o", str(same), "--method", "linear"])
+    assert res.exit_code == 0, res.output
+    assert torch.allclose(AutoModelForCausalLM.from_pretrained(same)(ids).logits, base_logits, atol=1e-5)
+    assert json.loads((same / "merge.json").read_text())["method"] == "linear"
+
+    ties = tmp_path / "ties"
+    res = runner.invoke(app, ["merge", str(tiny_model_dir), str(other), "-o", str(ties), "--method", "ties",
+                              "--base", str(tiny_model_dir), "--density", "0.5", "--weights", "1,1"])
+    assert res.exit_code == 0, res.output
+    merged = AutoModelForCausalLM.from_pretrained(ties)
+    w0 = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters())
+    w1 = dict(AutoModelForCausalLM.from_pretrained(other).named_parameters())
+    for name, p in merged.named_parameters():  # each entry is the base's, or (only the perturbed copy moved) its own
+        keep = torch.isclose(p, w0[name], atol=1e-6) | torch.isclose(p, w1[name], atol=1e-6)
+        assert bool(keep.all()), name
+    for args, message in [(["--method", "ties"], "needs --base"), (["--method", "slerp", "--t", "2"], "--t must be"),
+                          ([], "merging several needs --method"), (["--method", "soup"], "expected one of")]:
+        res = runner.invoke(app, ["merge", str(tiny_model_dir), str(other), "-o", str(tmp_path / "x"), *args])
+        assert res.exit_code == 2 and message in res.output, (args, res.output)

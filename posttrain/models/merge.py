@@ -1,0 +1,115 @@
+"""``posttrain merge --method ...``: merge two or more models of the same architecture into one plain Hugging Face
+folder, with the formulas of ``ops/merging.py``.
+
+Every input is loaded as a full float32 model (an adapter folder is folded into its base first, with its lineage),
+so fine-tunes done with LoRA and with full fine-tuning mix freely as long as they share a base. ``base`` (needed by
+task_arithmetic, ties and dare_ties) is the model the task vectors are measured from, usually the common base
+model. Tensors that are not floating point (buffers) are taken from the first model. The output is written beside
+its final name and renamed when complete, with ``merge.json`` (method, inputs, weights, density, seed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from posttrain.models.policy import load_trained
+from posttrain.ops import merging
+
+METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
+NEEDS_BASE = ("task_arithmetic", "ties", "dare_ties")
+
+
+def check_merge_args(models: list[str], method: str, weights: list[float] | None, base: str | None,
+                     density: float, t: float) -> list[float]:
+    """The weights to use (default: equal); ``ValueError`` (one line) for a combination that cannot merge."""
+    if method not in METHODS:
+        raise ValueError(f"merge method '{method}': expected one of {', '.join(METHODS)}")
+    if len(models) < 2:
+        raise ValueError(f"merge --method {method} needs two or more models, got {len(models)}")
+    if method == "slerp" and len(models) != 2:
+        raise ValueError(f"slerp merges exactly two models, got {len(models)}")
+    if method in NEEDS_BASE and not base:
+        raise ValueError(f"merge --method {method} needs --base (the model the task vectors are measured from)")
+    if weights is None:
+        weights = [1.0 / len(models)] * len(models) if method == "linear" else [1.0] * len(models)
+    if len(weights) != len(models):
+        raise ValueError(f"--weights has {len(weights)} values for {len(models)} models")
+    if not 0 < density <= 1:
+        raise ValueError(f"--density must be in (0, 1], got {density}")
+    if not 0 <= t <= 1:
+        raise ValueError(f"--t must be in [0, 1], got {t}")
+    return list(weights)
+
+
+def merge_state_dicts(states: list[dict[str, torch.Tensor]], method: str, weights: list[float],
+                      base: dict[str, torch.Tensor] | None = None, *, density: float = 1.0, lam: float = 1.0,
+                      t: float = 0.5, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The merged state dict (float32 for floating tensors). Keys and shapes must match across inputs."""
+    keys = list(states[0])
+    for i, s in enumerate(states[1:] + ([base] if base is not None else []), 1):
+        if set(s) != set(keys):
+            missing = sorted(set(keys) ^ set(s))[0]
+            raise ValueError(f"the models differ in their weights (e.g. '{missing}'): merge needs one architecture")
+        bad = next((k for k in keys if s[k].shape != states[0][k].shape), None)
+        if bad:
+            raise ValueError(f"weight '{bad}' has shape {tuple(s[bad].shape)} in one model and "
+                             f"{tuple(states[0][bad].shape)} in another")
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key in keys:
+        tensors = [s[key] for s in states]
+        if not tensors[0].is_floating_point():
+            out[key] = tensors[0].clone()
+        elif method == "linear":
+            out[key] = merging.linear(tensors, weights)
+        elif method == "slerp":
+            out[key] = merging.slerp(tensors[0], tensors[1], t)
+        elif method == "task_arithmetic":
+            out[key] = merging.task_arithmetic(base[key], tensors, weights, lam)
+        elif method == "ties":
+            out[key] = merging.ties(base[key], tensors, weights, density, lam)
+        else:
+            out[key] = merging.dare_ties(base[key], tensors, weights, density, generator, lam)
+    return out
+
+
+def merge_models(models: list[str], output: str | Path, *, method: str, weights: list[float] | None = None,
+                 base: str | None = None, density: float = 1.0, lam: float = 1.0, t: float = 0.5, seed: int = 0,
+                 dtype: str = "float32", cache_dir=None) -> Path:
+    """Load, merge and save (module docstring); returns ``output``."""
+    weights = check_merge_args(models, method, weights, base, density, t)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in dtypes:
+        raise ValueError(f"dtype '{dtype}': expected one of {', '.join(dtypes)}")
+    loaded = [load_trained(m, cache_dir=cache_dir, dtype="float32") for m in models]
+    first, tokenizer = loaded[0]
+    states = [{k: v.detach() for k, v in m.state_dict().items()} for m, _ in loaded]
+    base_state = None
+    if method in NEEDS_BASE:
+        base_model, _ = load_trained(base, cache_dir=cache_dir, dtype="float32")
+        base_state = {k: v.detach() for k, v in base_model.state_dict().items()}
+    merged = merge_state_dicts(states, method, weights, base_state, density=density, lam=lam, t=t, seed=seed)
+    first.load_state_dict(merged)
+    first = first.to(dtypes[dtype])
+    first.config.dtype = dtype
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        first.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "merge.json").write_text(json.dumps({"method": method, "models": models, "weights": weights,
+                                                    "base": base, "density": density, "lambda": lam, "t": t,
+                                                    "seed": seed}, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
