@@ -11,13 +11,11 @@ its final name and renamed when complete, with ``merge.json`` (method, inputs, w
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from posttrain.models.policy import load_trained
+from posttrain.models.policy import load_trained, save_folder
 from posttrain.ops import merging
 
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "slerp")
@@ -95,21 +93,7 @@ def merge_models(models: list[str], output: str | Path, *, method: str, weights:
         base_state = {k: v.detach() for k, v in base_model.state_dict().items()}
     merged = merge_state_dicts(states, method, weights, base_state, density=density, lam=lam, t=t, seed=seed)
     first.load_state_dict(merged)
-    first = first.to(dtypes[dtype])
-    first.config.dtype = dtype
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        first.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "merge.json").write_text(json.dumps({"method": method, "models": models, "weights": weights,
-                                                    "base": base, "density": density, "lambda": lam, "t": t,
-                                                    "seed": seed}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    record = {"method": method, "models": models, "weights": weights, "base": base, "density": density,
+              "lambda": lam, "t": t, "seed": seed}
+    return save_folder(first.to(dtypes[dtype]), tokenizer, output, dtype,
+                       {"merge.json": json.dumps(record, indent=2) + "\n"})

@@ -135,9 +135,6 @@ def merge_to_folder(model: str, output: str | Path, *, dtype: str = "float32", c
     """Fold an adapter folder (and its lineage) into its base and write a plain HF folder (safetensors + tokenizer)
     at ``output``, atomically: written beside it under a temp name, then renamed, so a killed export never leaves
     a folder that looks complete. ``dtype``: float32 | bfloat16 | float16. Returns ``output``."""
-    import shutil
-    import tempfile
-
     import torch
 
     if not (Path(model) / "adapter_config.json").exists():
@@ -146,14 +143,24 @@ def merge_to_folder(model: str, output: str | Path, *, dtype: str = "float32", c
     if dtype not in dtypes:
         raise ValueError(f"dtype '{dtype}': expected one of {', '.join(dtypes)}")
     merged, tokenizer = load_trained(model, cache_dir=cache_dir, dtype="float32")
-    merged = merged.to(dtypes[dtype])
-    merged.config.dtype = dtype
+    return save_folder(merged.to(dtypes[dtype]), tokenizer, output, dtype)
+
+
+def save_folder(model, tokenizer, output: str | Path, dtype: str, extra: dict[str, str] | None = None) -> Path:
+    """``model`` (already in ``dtype``) and ``tokenizer`` as a plain HF folder at ``output``, plus ``extra`` files
+    (name -> text), written beside it under a temp name and renamed when complete."""
+    import shutil
+    import tempfile
+
+    model.config.dtype = dtype
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        merged.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
