@@ -21,6 +21,8 @@ from posttrain.config import COMMANDS, Section
 def _reward_model_input(params: dict) -> list[str]:
     """PPO/GRPO: the reward model folder, when the config names one."""
     reward = (params.get("reward") or {}).get("reward_model")
+    if isinstance(reward, list):  # an ensemble
+        return [r for r in reward if isinstance(r, str) and r]
     return [reward] if isinstance(reward, str) and reward else []
 
 

@@ -318,7 +318,12 @@ class RLRewardSection(Section):
         None, min_length=1, description="which verifiers score a response when its row has several (default: all)")
     verifier_style_penalty: float = Field(0.0, ge=0, le=1, description="subtracted from the verifier score of a "
                                           "response that loops, or quotes or capitalises itself unasked")
-    reward_model: str | None = Field(None, description="a reward-model folder (posttrain reward-model output)")
+    reward_model: str | list[str] | None = Field(None, description="a reward-model folder (posttrain reward-model "
+                                                 "output), or a list of them: an ensemble")
+    reward_model_reduce: Literal["mean", "min", "mean_minus_std"] = Field(
+        "mean", description="how an ensemble's rewards combine per completion: mean, min (the most pessimistic "
+        "model: harder to hack), or mean - reward_model_std_k * std (uncertainty-penalised)")
+    reward_model_std_k: float = Field(1.0, ge=0, description="k of mean_minus_std")
     reward_model_weight: float = Field(1.0, ge=0)
     reward_model_batch_size: int = Field(8, gt=0)
     length_penalty: float = Field(0.0, ge=0, description="subtracted per completion token / max_new_tokens")
@@ -330,7 +335,7 @@ class RLRewardSection(Section):
 
     @model_validator(mode="after")
     def _some_reward(self):
-        if self.verifier_weight == 0 and (self.reward_model is None or self.reward_model_weight == 0):
+        if self.verifier_weight == 0 and (not self.reward_model or self.reward_model_weight == 0):
             raise ValueError("no reward: set reward.verifier_weight > 0 or reward.reward_model")
         return self
 

@@ -1,7 +1,8 @@
 """The reward of the online trainers (PPO, GRPO): verifiers and/or a reward model, weighted, each component
 logged.
 
-``score = verifier_weight * verifier + reward_model_weight * reward_model - length_penalty * len / L``, then
+``score = verifier_weight * verifier + reward_model_weight * reward_model - length_penalty * len / L``, where
+``reward_model`` is one model's reward or an ensemble's (``ensemble_rewards``: mean, min or mean - k * std), then
 optionally whitened over the batch and clipped to [-clip, clip]. The verifier component is ``VerifierJudge``'s
 value in [0, 1] (the fraction of the prompt's constraints passed, the math answer, the code tests), read from the
 prompt row's metadata; the reward model is any ``posttrain reward-model`` output (or HF classifier with one label).
@@ -16,6 +17,20 @@ from posttrain.judges.reward_model import RewardModelJudge
 from posttrain.judges.verifier import VerifierJudge
 from posttrain.ops.advantages import whiten
 
+def ensemble_rewards(each: torch.Tensor, reduce: str = "mean", k: float = 1.0) -> torch.Tensor:
+    """Per completion, the rewards of M reward models ``each`` (M, N) combined: ``mean``, ``min`` (the most
+    pessimistic model, which a policy cannot raise by fooling one of them), or ``mean_minus_std``
+    (``mean - k * std``, the population std over the M models: uncertainty lowers the reward). One model: itself."""
+    if reduce == "min":
+        return each.min(dim=0).values
+    mean = each.mean(dim=0)
+    if reduce == "mean_minus_std":
+        return mean - k * each.std(dim=0, unbiased=False)
+    if reduce != "mean":
+        raise ValueError(f"reward_model_reduce must be mean, min or mean_minus_std, got {reduce!r}")
+    return mean
+
+
 class RewardFunction:
     """Scores (prompt row, response text, token count) triples; see the module docstring for the formula."""
 
@@ -28,10 +43,11 @@ class RewardFunction:
             self.verifier = VerifierJudge(**({"components": components} if components else {}),
                                           code_sandbox=reward_cfg.code_sandbox,
                                           style_penalty=reward_cfg.verifier_style_penalty)
-        self.reward_model = None
+        self.reward_models: list[RewardModelJudge] = []
         if reward_cfg.reward_model and reward_cfg.reward_model_weight > 0:
-            self.reward_model = RewardModelJudge(reward_cfg.reward_model, batch_size=reward_cfg.reward_model_batch_size,
-                                                 device=device)
+            paths = [reward_cfg.reward_model] if isinstance(reward_cfg.reward_model, str) else reward_cfg.reward_model
+            self.reward_models = [RewardModelJudge(p, batch_size=reward_cfg.reward_model_batch_size, device=device)
+                                  for p in paths]
 
     def __call__(self, examples: list[PromptExample], texts: list[str], lengths: list[int], *,
                  batch_whitening: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
@@ -52,9 +68,12 @@ class RewardFunction:
             total += c.verifier_weight * values
             metrics["reward/verifier"] = float(values.mean())
             metrics["reward/pass_rate"] = sum(bool(r.passed) for r in results) / n
-        if self.reward_model is not None:
-            rm = torch.tensor(self.reward_model.rewards([(ex.prompt, t) for ex, t in zip(examples, texts)]),
-                              dtype=torch.float32)
+        if self.reward_models:
+            pairs = [(ex.prompt, t) for ex, t in zip(examples, texts)]
+            each = torch.tensor([rm.rewards(pairs) for rm in self.reward_models], dtype=torch.float32)  # (M, N)
+            rm = ensemble_rewards(each, c.reward_model_reduce, c.reward_model_std_k)
+            if len(self.reward_models) > 1:
+                metrics["reward/reward_model_disagreement"] = float(each.std(dim=0, unbiased=False).mean())
             total += c.reward_model_weight * rm
             metrics["reward/reward_model"] = float(rm.mean())
             metrics["reward/reward_model_std"] = float(rm.std()) if n > 1 else 0.0

@@ -93,7 +93,9 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens,
                                reduce=cross_process_sum(accelerator))
     model, fns, extra_save = build(policy, tokenizer, reward_fn, generator, accelerator)
-    run.open({"reward.reward_model": cfg.reward.reward_model} if cfg.reward.reward_model else {})
+    rms = cfg.reward.reward_model
+    run.open({"reward.reward_model": rms} if isinstance(rms, str) and rms
+             else {f"reward.reward_model[{i}]": path for i, path in enumerate(rms or [])})
 
     def heldout(prefix: str) -> dict:
         if not setup.eval_items:

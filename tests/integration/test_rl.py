@@ -344,3 +344,47 @@ def test_rl_prefix_sharing_takes_the_padded_step(tmp_path, monkeypatch, command)
     assert tree["reward/total"] == padded["reward/total"] and padded["grad_norm"] > 0
     for key in ["loss", "grad_norm", "kl"] + (["value_loss", "entropy"] if command == "ppo" else []):
         assert tree[key] == pytest.approx(padded[key], rel=1e-4, abs=1e-6), key
+
+
+def test_reward_model_ensembles_combine_exactly():
+    """reward.reward_model as a list: mean, min or mean - k * std (population) of the models' rewards."""
+    import torch
+
+    from posttrain.judges.reward import ensemble_rewards
+
+    each = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, 0.5], [2.0, 1.0, 0.5]])  # 3 models x 3 completions
+    assert ensemble_rewards(each, "mean").tolist() == pytest.approx([2.0, -1 / 3, 0.5])
+    assert ensemble_rewards(each, "min").tolist() == [1.0, -2.0, 0.5]
+    std = [(2 / 3) ** 0.5, (14 / 9) ** 0.5, 0.0]
+    assert ensemble_rewards(each, "mean_minus_std", 2.0).tolist() == pytest.approx(
+        [2.0 - 2 * std[0], -1 / 3 - 2 * std[1], 0.5])
+    assert ensemble_rewards(each[:1], "min").tolist() == [1.0, -2.0, 0.5]  # one model: itself
+    with pytest.raises(ValueError, match="reward_model_reduce"):
+        ensemble_rewards(each, "median")
+
+
+def test_a_reward_model_ensemble_as_the_grpo_reward(tmp_path, reward_model_run):
+    """Two reward models (the same tiny classifier saved twice) as reward.reward_model with reduce min: the reward
+    function scores with both and logs their disagreement (0 for identical models)."""
+    from posttrain.config import RLRewardSection
+    from posttrain.data.schema import PromptExample
+    from posttrain.judges.reward import RewardFunction
+    from posttrain.judges.reward_model import RewardModelJudge
+
+    import shutil
+
+    import torch
+
+    rm = reward_model_run[0] / "model"
+    second = tmp_path / "rm2"
+    shutil.copytree(rm, second)
+    row = PromptExample([{"role": "user", "content": "Say hi."}], metadata={})
+    single = RewardFunction(RLRewardSection(verifier_weight=0, reward_model=str(rm)), max_new_tokens=8)
+    pair = RewardFunction(RLRewardSection(verifier_weight=0, reward_model=[str(rm), str(second)],
+                                          reward_model_reduce="min"), max_new_tokens=8)
+    texts = ["hi", "hello there"]
+    one, _ = single([row, row], texts, [1, 2])
+    both, metrics = pair([row, row], texts, [1, 2])
+    assert torch.allclose(one, both) and metrics["reward/reward_model_disagreement"] == 0.0
+    expected = RewardModelJudge(str(rm)).rewards([(row.prompt, t) for t in texts])
+    assert one.tolist() == pytest.approx(expected, rel=1e-5)
