@@ -55,7 +55,10 @@ def check_promotable(run_dir: Path, stage: str) -> tuple[dict[str, Any], Path, l
         raise PromotionError(f"{run_dir}: no readable manifest.json ({e}); is it a `posttrain run` folder?") from None
     stages = manifest.get("stages") or {}
     if stage not in stages:
-        raise PromotionError(f"{run_dir}: no stage '{stage}' in this run (stages: {', '.join(stages) or 'none'})")
+        failed = next((n for n, s in stages.items() if s.get("status") == "failed"), None)
+        why = (f"; the run stopped at stage '{failed}': {stages[failed].get('error') or 'failed'}" if failed
+               else f" (stages: {', '.join(stages) or 'none'})")
+        raise PromotionError(f"{run_dir}: stage '{stage}' did not run{why}")
     entry = stages[stage]
     if entry.get("status") not in ("done", "skipped"):
         raise PromotionError(f"stage '{stage}' did not finish in this run (status: {entry.get('status')})")

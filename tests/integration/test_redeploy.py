@@ -72,8 +72,15 @@ def test_promote_only_after_the_gates_passed(tmp_path, two_models):
         promote(_run_dir(tmp_path, a, gate="failed", key="f" * 64), "merge", serving)
     assert not serving.exists()  # nothing copied
     run = _run_dir(tmp_path, a)
-    with pytest.raises(PromotionError, match="no stage 'export' in this run"):
+    with pytest.raises(PromotionError, match=r"stage 'export' did not run \(stages: dpo, eval, gate, merge\)"):
         promote(run, "export", serving)
+    # a run stopped by its gate never ran the merge: the message says why
+    stopped = _run_dir(tmp_path, a, gate="failed", key="e" * 64)
+    manifest = json.loads((stopped / "manifest.json").read_text())
+    del manifest["stages"]["merge"]
+    (stopped / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PromotionError, match="stage 'merge' did not run; the run stopped at stage 'gate': GateFailed"):
+        promote(stopped, "merge", serving)
     target = promote(run, "merge", serving)
     assert target == serving / "models" / "merge-aaaaaaaaaaaa" and (serving / "current").resolve() == target
     record = json.loads((target / "promotion.json").read_text())
