@@ -171,6 +171,9 @@ class PreferenceLossSection(Section):
                                                        "2.0); resolved here, so config.yaml records the value used")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO for dpo, rDPO for robust")
     gamma: float = Field(0.5, description="SimPO margin")
+    length_alpha: float = Field(0.0, ge=0, description="R-DPO (dpo only): adds length_alpha * (|chosen| - "
+                                "|rejected|) tokens to the DPO logit, so a longer chosen answer is pushed up less; "
+                                "0.01-0.05 against length drift")
     rpo_alpha: float = Field(0.0, ge=0, description="weight of an NLL term on chosen (RPO)")
     reference: Literal["auto", "adapter-disabled", "copy"] = "auto"
     reference_model: str | None = Field(None, description="pin the reference to this model (builtin name, model or "
@@ -191,7 +194,7 @@ class PreferenceLossSection(Section):
             # Not through __setattr__: that would mark beta as set, and command_defaults would then carry this
             # loss's beta under a user's partial `loss` section that picks another loss type.
             self.__dict__["beta"] = spec.default_beta
-        for name in ("label_smoothing", "gamma"):
+        for name in ("label_smoothing", "gamma", "length_alpha"):
             if getattr(self, name) != type(self).model_fields[name].default and name not in spec.params:
                 raise ValueError(f"loss.{name} is not a parameter of loss '{self.type}' (it takes: "
                                  f"beta, rpo_alpha{''.join(', ' + p for p in spec.params)})")

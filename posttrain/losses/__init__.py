@@ -31,8 +31,9 @@ class LossSpec:
 
 LOSSES: dict[str, LossSpec] = {spec.name: spec for spec in (
     LossSpec("sft", sft_loss, "sft", False, None, (), "negative log-likelihood of target tokens"),
-    LossSpec("dpo", dpo_loss, "paired", True, 0.1, ("label_smoothing",),
-             "Rafailov et al. 2023, DPO, eq. 7; label_smoothing > 0 is cDPO (Mitchell 2023)"),
+    LossSpec("dpo", dpo_loss, "paired", True, 0.1, ("label_smoothing", "length_alpha"),
+             "Rafailov et al. 2023, DPO, eq. 7; label_smoothing > 0 is cDPO (Mitchell 2023); length_alpha > 0 is "
+             "R-DPO (Park et al. 2024, eq. 9)"),
     LossSpec("ipo", ipo_loss, "paired", True, 0.1, (), "Azar et al. 2023, IPO, eq. 17"),
     LossSpec("robust", robust_dpo_loss, "paired", True, 0.1, ("label_smoothing",),
              "Chowdhury et al. 2024, Provably Robust DPO, eq. 9"),

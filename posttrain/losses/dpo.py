@@ -75,18 +75,26 @@ def _reference_metrics(policy_chosen_logps, policy_rejected_logps, reference_cho
 
 def dpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, reference_chosen_logps: Tensor,
              reference_rejected_logps: Tensor, *, chosen_lengths: Tensor, rejected_lengths: Tensor, beta: float,
-             label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+             label_smoothing: float = 0.0, length_alpha: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """Sigmoid DPO, Rafailov et al. 2023 ("Direct Preference Optimization"), eq. 7:
     L = -log sigma(beta * h).
 
     With ``label_smoothing`` eps > 0 this is conservative DPO (cDPO, Mitchell 2023), which assumes each label is
     flipped with probability eps: L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h).
-    Shapes: all inputs (B,); returns losses (B,). Lengths are unused (kept for the shared signature).
+    With ``length_alpha`` a > 0 this is length-regularized DPO (R-DPO, Park et al. 2024, "Disentangling Length
+    from Quality in Direct Preference Optimization", eq. 9): z = beta h + a (|y_w| - |y_l|). A longer chosen answer
+    already explains part of the preference, so the loss pushes its log-ratio up less: length stops being a
+    cheap way to win. Shapes: all inputs (B,); returns losses (B,). Lengths are used only by R-DPO.
     """
     _check_label_smoothing(label_smoothing, "dpo")
+    if length_alpha < 0:
+        raise ValueError(f"dpo: length_alpha must be >= 0, got {length_alpha}")
     h = _log_ratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                           reference_rejected_logps, "dpo")
-    losses = _smoothed_sigmoid_loss(beta * h, label_smoothing)
+    z = beta * h
+    if length_alpha > 0:
+        z = z + length_alpha * (chosen_lengths - rejected_lengths)
+    losses = _smoothed_sigmoid_loss(z, label_smoothing)
     return losses, _reference_metrics(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                                       reference_rejected_logps, beta)
 

@@ -58,6 +58,9 @@ def test_param_not_taken_by_loss_is_an_error():
         load_config("dpo", None, ["data.train=x", "loss.type=dpo", "loss.gamma=1.0"])
     cfg = load_config("dpo", None, ["data.train=x", "loss.type=simpo", "loss.gamma=1.0"])
     assert cfg.loss.gamma == 1.0
+    with pytest.raises(ConfigError, match="loss.length_alpha is not a parameter of loss 'ipo'"):
+        load_config("dpo", None, ["data.train=x", "loss.type=ipo", "loss.length_alpha=0.02"])
+    assert load_config("dpo", None, ["data.train=x", "loss.length_alpha=0.02"]).loss.length_alpha == 0.02
 
 
 def test_dump_roundtrip(tmp_path):

@@ -55,6 +55,20 @@ def test_cdpo_hand_value_and_eps_zero_is_dpo():
     assert call(dpo_loss, 0.1, label_smoothing=0.0)[0].item() == pytest.approx(-log_sigmoid(z), abs=1e-12)
 
 
+def test_rdpo_hand_value_length_term():
+    # |y_w| = 4, |y_l| = 5: z = 0.1 * 1.5 + 0.02 * (4 - 5) = 0.13
+    losses, metrics = call(dpo_loss, 0.1, length_alpha=0.02)
+    assert losses.item() == pytest.approx(-log_sigmoid(0.13), abs=1e-12)
+    assert metrics["rewards/margins"].item() == pytest.approx(0.15)  # the implicit reward has no length term
+    # a chosen answer longer than the rejected one gets less push: its loss is already lower
+    long_chosen = dpo_loss(t(-10.0), t(-12.0), t(-11.0), t(-11.5), chosen_lengths=t(40.0), rejected_lengths=t(5.0),
+                           beta=0.1, length_alpha=0.02)[0]
+    assert long_chosen.item() == pytest.approx(-log_sigmoid(0.15 + 0.7), abs=1e-12)
+    assert call(dpo_loss, 0.1, length_alpha=0.0)[0].item() == pytest.approx(-log_sigmoid(0.15), abs=1e-12)
+    with pytest.raises(ValueError, match="length_alpha"):
+        call(dpo_loss, 0.1, length_alpha=-0.1)
+
+
 def test_robust_hand_value_and_eps_zero_is_dpo():
     z, eps = 0.15, 0.1
     losses, _ = call(robust_dpo_loss, 0.1, label_smoothing=eps)
