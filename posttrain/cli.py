@@ -50,7 +50,7 @@ def _mount_stage_apps() -> None:
     from posttrain.eval.cli import eval_command, gate_command
     from posttrain.generation.cli import generate_command
     from posttrain.hygiene.cli import data_app
-    from posttrain.judges.cli import judge
+    from posttrain.judges.cli import critique_command, judge
     from posttrain.labeling.cli import label_app
     from posttrain.pipeline.cli import promote_command, run_command, status_command
     from posttrain.report.cli import report_command
@@ -64,6 +64,9 @@ def _mount_stage_apps() -> None:
                                                 "(a web app over a feedback store).")
     app.command("judge", help="Score candidates with judges (verifiers, LLM, local model, reward model) and "
                               "build preference pairs.")(judge)
+    app.command("critique", help="Constitutional critique-and-revise: a critic model critiques each response "
+                                 "against a drawn principle and rewrites it (SFT rows and preference pairs).")(
+        critique_command)
     app.command("generate", help="Sample N candidates per prompt (resumable; --dry-run prints the cost model).")(
         generate_command)
     app.command("serve", help="OpenAI-compatible /v1/chat/completions server for any model posttrain loads.")(

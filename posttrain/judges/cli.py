@@ -13,7 +13,7 @@ import typer
 
 from posttrain.errors import fail
 
-from posttrain.judges.specs import load_judges_file, parse_judge_spec  # noqa: F401  (re-exported for callers of the CLI module)
+from posttrain.judges.specs import JudgeConfigError, load_judges_file, parse_judge_spec  # noqa: F401  (re-exported for callers of the CLI module)
 
 judge_app = typer.Typer(add_completion=False, help="Judge candidates and build preference pairs.")
 
@@ -95,3 +95,48 @@ def judge(
     except (JudgeConfigError, JudgeError, DataError, DataErrors, ModelError) as e:
         fail(e)
     print_summary(summary)
+
+
+def critique_command(
+    inputs: Path = typer.Option(..., "--input", "-i", help="candidates JSONL (`posttrain generate`) or SFT rows "
+                                "whose conversation ends with the reply to critique"),
+    output: Path = typer.Option(..., "--output", "-o", help="output folder: sft.jsonl, pairs.jsonl, "
+                                "critiques.jsonl, summary.json"),
+    critic: str = typer.Option(None, "--critic", help="llm:URL:MODEL (any OpenAI-compatible endpoint) or "
+                               "local:MODEL (the model itself can be its own critic)"),
+    critic_config: Path = typer.Option(None, "--critic-config", help="YAML: one critic config, the LLM / local "
+                                       "judge's keys (type, base_url, model, api_key_env, max_tokens, ...)"),
+    constitution: Path = typer.Option(None, "--constitution", help="YAML {principles: [{id, critique, "
+                                      "revision}]} (default: the shipped one)"),
+    passes: int = typer.Option(1, "--passes", min=1, help="critique-revise passes per response"),
+    seed: int = typer.Option(0, "--seed", help="seeds the principle drawn per response and pass"),
+    limit: int = typer.Option(None, "--limit", min=1, help="only the first N rows"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Constitutional critique-and-revise: SFT rows (prompt -> revision) and pairs (revision over original)."""
+    import yaml
+
+    from posttrain.data.schema import DataError, DataErrors
+    from posttrain.judges.critique import CritiqueError, run_critique
+    from posttrain.judges.llm import JudgeError
+    from posttrain.models.resolve import ModelError
+
+    try:
+        if (critic is None) == (critic_config is None):
+            raise CritiqueError("give one of --critic (llm:URL:MODEL or local:MODEL) or --critic-config FILE")
+        if critic_config is not None:
+            try:
+                spec = yaml.safe_load(critic_config.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as e:
+                raise CritiqueError(f"{critic_config}: cannot read it ({str(e).splitlines()[0]})") from None
+        else:
+            spec = parse_judge_spec(critic)
+        summary = run_critique(inputs, output, spec, constitution=constitution, passes=passes, seed=seed,
+                               limit=limit, progress=progress)
+    except (CritiqueError, JudgeError, DataError, DataErrors, ModelError, JudgeConfigError) as e:
+        fail(e)
+    stats = (summary["critic"].get("stats") or {})
+    typer.echo(f"{summary['rows']} responses, {summary['passes']} pass(es): {summary['revised']} revised, "
+               f"{summary['unchanged']} unchanged, {summary['empty']} empty -> {summary['sft_rows']} SFT rows, "
+               f"{summary['pairs']} pairs in {output} ({summary['wall_time_s']:.1f} s"
+               + (f"; {stats['requests']} requests, {stats['cache_hits']} cache hits" if stats else "") + ")")
