@@ -121,7 +121,7 @@ def data_inputs(params: dict) -> list[str]:
 
 
 GENERATE_KEYS = ("prompts", "model", "adapter", "limit", "constraint_kinds", "n", "temperature", "top_p",
-                 "max_new_tokens", "batch_size", "seed", "backend", "progress")
+                 "max_new_tokens", "batch_size", "seed", "backend", "api_key_env", "max_concurrency", "progress")
 
 
 def select_prompts(path: str, limit: int | None, kinds: list[str] | None) -> list[dict]:
@@ -150,18 +150,27 @@ def select_prompts(path: str, limit: int | None, kinds: list[str] | None) -> lis
     return rows
 
 
-def check_generate(params: dict, pending: Pending) -> None:
-    from posttrain.generation.backends import BACKENDS
+def generate_remote(params: dict) -> tuple[str, str] | None:
+    """``(base_url, model)`` when the stage samples from ``backend: openai:URL:MODEL``, else None (hf, vllm)."""
+    from posttrain.generation.backends import check_backend
+    from posttrain.generation.types import BackendError
 
+    try:
+        return check_backend(params.get("backend", "hf"))
+    except BackendError as e:
+        raise PipelineError(f"config: key 'backend': {e}") from None
+
+
+def check_generate(params: dict, pending: Pending) -> None:
     check_keys(params, GENERATE_KEYS)
     if "prompts" not in params:
         raise PipelineError("config: key 'prompts' is required")
     check_types(params, {"prompts": (str,), "model": (str,), "adapter": (str,), "limit": (int,),
                          "constraint_kinds": (list,), "n": (int,), "temperature": (int, float, list),
                          "top_p": (int, float, list), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
-                         "backend": (str,), "progress": (bool,)})
-    if params.get("backend", "hf") not in BACKENDS:
-        raise PipelineError(f"config: key 'backend': '{params['backend']}' is not one of {', '.join(BACKENDS)}")
+                         "backend": (str,), "api_key_env": (str,), "max_concurrency": (int,), "progress": (bool,)})
+    if generate_remote(params) is not None and params.get("adapter"):
+        raise PipelineError("config: key 'adapter': a remote model (backend: openai:URL:MODEL) takes no adapter")
     check_file(params, "prompts", pending)
 
 
@@ -175,17 +184,22 @@ def run_generate(params: dict, output_dir: Path, resume: bool) -> dict:
     prompts = output_dir / "prompts.jsonl"
     if not (resume and prompts.exists()):
         atomic_write_jsonl(prompts, select_prompts(p["prompts"], p.get("limit"), p.get("constraint_kinds")))
+    # with openai:URL:MODEL, `model` is only the rows' label (default MODEL)
+    model = p.get("model") if generate_remote(p) is not None else p.get("model", "tiny-random")
     summary = generate_candidates(
-        prompts, output_dir / "candidates.jsonl", p.get("model", "tiny-random"), n=int(p.get("n", 4)),
+        prompts, output_dir / "candidates.jsonl", model, n=int(p.get("n", 4)),
         temperatures=p.get("temperature", 1.0), top_p=p.get("top_p", 1.0),
         max_new_tokens=int(p.get("max_new_tokens", 256)), batch_size=int(p.get("batch_size", 32)),
         seed=int(p.get("seed", 0)), backend=p.get("backend", "hf"), adapter=p.get("adapter"),
-        progress=bool(p.get("progress", True)))
+        progress=bool(p.get("progress", True)), api_key_env=p.get("api_key_env", "OPENAI_API_KEY"),
+        max_concurrency=int(p.get("max_concurrency", 8)))
     return {k: summary[k] for k in ("prompts", "prompts_generated", "prompts_skipped", "candidates_written",
                                     "completion_tokens", "tokens_per_s")}
 
 
 def generate_inputs(params: dict) -> list[str]:
+    if generate_remote(params) is not None:  # a remote model has no local files; its spec is in the config
+        return [params["prompts"]] if params.get("prompts") else []
     return [p for p in (params.get("prompts"), params.get("model", "tiny-random"), params.get("adapter")) if p]
 
 
@@ -265,6 +279,67 @@ def run_augment(params: dict, output_dir: Path, resume: bool) -> dict:
     stats = augment_file(params["candidates"], output_dir / "sft.jsonl", settings)
     atomic_write_json(output_dir / "summary.json", stats)
     return {k: v for k, v in stats.items() if k != "per_kind"}
+
+
+CRITIQUE_KEYS = ("inputs", "critic", "constitution", "passes", "seed", "limit")
+
+
+def critique_critic(params: dict) -> dict:
+    """The critic config of a ``critique`` stage: a spec string (``llm:URL:MODEL``, ``local:MODEL``) or a mapping."""
+    from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
+
+    critic = params.get("critic")
+    if isinstance(critic, str):
+        try:
+            return parse_judge_spec(critic)
+        except JudgeConfigError as e:
+            raise PipelineError(f"config: key 'critic': {e}") from None
+    if not isinstance(critic, dict):
+        raise PipelineError("config: key 'critic' is required: llm:URL:MODEL, local:MODEL, or a mapping with the "
+                            "LLM / local judge's keys")
+    return critic
+
+
+def check_critique(params: dict, pending: Pending) -> None:
+    from posttrain.judges.critique import CRITIC_TYPES, CritiqueError, load_constitution
+
+    check_keys(params, CRITIQUE_KEYS)
+    if "inputs" not in params:
+        raise PipelineError("config: key 'inputs' is required (e.g. ${generate.output}/candidates.jsonl)")
+    check_types(params, {"inputs": (str,), "constitution": (str,), "passes": (int,), "seed": (int,),
+                         "limit": (int,)})
+    check_file(params, "inputs", pending)
+    critic = critique_critic(params)
+    if critic.get("type") not in CRITIC_TYPES:
+        raise PipelineError(f"config: key 'critic': type must be {' or '.join(CRITIC_TYPES)}")
+    check_judge_entry({k: v for k, v in critic.items()}, "critic")
+    if (params.get("passes") or 1) < 1:
+        raise PipelineError("config: key 'passes': must be >= 1")
+    try:
+        load_constitution(params.get("constitution"))
+    except CritiqueError as e:
+        raise PipelineError(f"config: key 'constitution': {e}") from None
+
+
+def run_critique_stage(params: dict, output_dir: Path, resume: bool) -> dict:
+    """``critique``: ``sft.jsonl`` (train with ``data: {train: ${critique.output}/sft.jsonl}``), ``pairs.jsonl``,
+    ``critiques.jsonl``, ``summary.json`` (judges/critique.py)."""
+    from posttrain.judges.critique import run_critique
+
+    summary = run_critique(params["inputs"], output_dir, critique_critic(params),
+                           constitution=params.get("constitution"), passes=int(params.get("passes") or 1),
+                           seed=int(params.get("seed") or 0), limit=params.get("limit"), progress=True)
+    return {k: summary[k] for k in ("rows", "revised", "unchanged", "empty", "sft_rows", "pairs")}
+
+
+def critique_inputs(params: dict) -> list[str]:
+    """The rows, the constitution (the shipped one when none is named) and a local critic's model folder."""
+    from posttrain.judges.critique import DEFAULT_CONSTITUTION
+
+    critic = params.get("critic")
+    model = critic.get("model") if isinstance(critic, dict) and critic.get("type") == "local" else \
+        critic.partition(":")[2] if isinstance(critic, str) and critic.startswith("local:") else None
+    return [p for p in (params.get("inputs"), params.get("constitution") or str(DEFAULT_CONSTITUTION), model) if p]
 
 
 FEEDBACK_KEYS = ("events", "store", "redact", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
@@ -362,27 +437,69 @@ def _mix_check(params: dict, pending: Pending) -> None:
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
 
 
+MERGE_KEYS = ("model", "models", "method", "weights", "base", "density", "lambda", "t", "seed", "dtype")
+
+
 def check_merge(params: dict, pending: Pending) -> None:
-    check_keys(params, ("model", "dtype"))
-    if "model" not in params:
-        raise PipelineError("config: key 'model' is required (an adapter folder, e.g. ${dpo.output}/model)")
+    """One ``model`` (an adapter folded into its base: the export) or ``models`` (two or more, merged with
+    ``method``: linear | task_arithmetic | ties | dare_ties | slerp, models/merge.py)."""
+    check_keys(params, MERGE_KEYS)
+    check_types(params, {"model": (str,), "models": (list,), "method": (str,), "weights": (list,), "base": (str,),
+                         "density": (int, float), "lambda": (int, float), "t": (int, float), "seed": (int,)})
+    if ("model" in params) == ("models" in params):
+        raise PipelineError("config: give 'model' (an adapter folder to fold, e.g. ${dpo.output}/model) or "
+                            "'models' (two or more models to merge with 'method')")
     if str(params.get("dtype", "float32")) not in MERGE_DTYPES:
         raise PipelineError(f"config: key 'dtype': '{params['dtype']}' is not one of {', '.join(MERGE_DTYPES)}")
+    if "model" in params:
+        several = sorted(k for k in ("method", "weights", "base", "density", "lambda", "t", "seed") if k in params)
+        if several:
+            raise PipelineError(f"config: key '{several[0]}' applies to 'models' (a merge of several models), "
+                                "not to 'model'")
+        return
+    from posttrain.models.merge import check_merge_args
+
+    models = params["models"]
+    if not all(isinstance(m, str) and m for m in models):
+        raise PipelineError("config: key 'models': expected a list of model folders or names")
+    weights = params.get("weights")
+    if weights is not None and not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        raise PipelineError("config: key 'weights': expected a list of numbers")
+    try:
+        check_merge_args(models, str(params.get("method", "linear")), weights, params.get("base"),
+                         float(params.get("density", 1.0)), float(params.get("t", 0.5)))
+    except ValueError as e:
+        raise PipelineError(f"config: {e}") from None
 
 
 def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
-    """``merge`` (export): fold an adapter folder and its lineage into a plain HF folder ``<output>/model``.
-    Config: ``model`` (an adapter folder, usually ``${dpo.output}/model``), ``dtype`` (float32 | bfloat16 |
-    float16, default float32)."""
-    from posttrain.models.policy import merge_to_folder
-
+    """``merge``: ``<output>/model``, a plain HF folder. Config: ``model`` (an adapter folder, usually
+    ``${dpo.output}/model``, folded with its lineage: the export) or ``models`` + ``method`` (+ ``weights``,
+    ``base``, ``density``, ``lambda``, ``t``, ``seed``: ``posttrain merge``'s options); ``dtype`` (float32 |
+    bfloat16 | float16, default float32)."""
     check_merge(params, nothing_pending)
+    dtype = str(params.get("dtype", "float32"))
     try:
-        out = merge_to_folder(params["model"], output_dir / "model", dtype=str(params.get("dtype", "float32")))
+        if "model" in params:
+            from posttrain.models.policy import merge_to_folder
+
+            out = merge_to_folder(params["model"], output_dir / "model", dtype=dtype)
+        else:
+            from posttrain.models.merge import merge_models
+
+            out = merge_models(list(params["models"]), output_dir / "model", method=str(params.get("method",
+                               "linear")), weights=params.get("weights"), base=params.get("base"),
+                               density=float(params.get("density", 1.0)), lam=float(params.get("lambda", 1.0)),
+                               t=float(params.get("t", 0.5)), seed=int(params.get("seed", 0)), dtype=dtype)
     except ValueError as e:
         raise PipelineError(f"config: {e}") from None
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     return {"export_mb": size / 2**20}
+
+
+def merge_inputs(params: dict) -> list[str]:
+    models = params.get("models") if isinstance(params.get("models"), list) else [params.get("model")]
+    return [m for m in models + [params.get("base")] if isinstance(m, str) and m]
 
 
 def _eval_stages() -> dict[str, StageSpec]:
@@ -414,9 +531,10 @@ STAGES: dict[str, StageSpec] = {
     "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [], check_judge,
                        main_metric="pairs_kept"),
     "feedback": StageSpec(run_feedback, feedback_inputs, check_feedback, main_metric="pairs"),
+    "critique": StageSpec(run_critique_stage, critique_inputs, check_critique, main_metric="pairs"),
     "augment": StageSpec(run_augment, lambda p: [p["candidates"]] if p.get("candidates") else [],
                          check_augment, main_metric="examples"),
-    "merge": StageSpec(run_merge, lambda p: [p["model"]] if p.get("model") else [], check_merge,
+    "merge": StageSpec(run_merge, merge_inputs, check_merge,
                        main_metric="export_mb"),
     "mix": StageSpec(_mix_run, _mix_inputs, _mix_check, main_metric="rows"),
     **_eval_stages(),

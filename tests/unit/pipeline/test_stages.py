@@ -147,6 +147,46 @@ def test_merge_stage_exports_a_plain_folder(tmp_path, one_torch_thread):
         run_pipeline(parse_pipeline(tree, STAGES))
 
 
+def test_merge_stage_over_several_upstream_models(tmp_path, one_torch_thread):
+    """Two SFT runs (full fine-tuning, 1 step, different learning rates) -> merge ``models`` linear 0.5/0.5: every weight is
+    the mean of the two folded models' weights; the merged folder is a cached input like any stage output."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models.policy import load_trained
+
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": f"Say {w}.", "completion": f"{w}."}) + "\n"
+                             for w in ("one", "two", "three", "four")))
+
+    def sft(lr):
+        return {"command": "sft", "config": {"model": {"name": "tiny-random"}, "data": {"train": str(demos)},
+                                             "peft": {"method": "none"},
+                                             "optim": {"batch_size": 4, "micro_batch_size": 4, "max_steps": 1,
+                                                       "lr": lr},
+                                             "train": {"progress": False}}}
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {
+        "a": sft(0.01), "b": sft(0.05),
+        "soup": {"command": "merge", "config": {"models": ["${a.output}/model", "${b.output}/model"],
+                                                "method": "linear", "weights": [0.5, 0.5]}}}}
+    result = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    assert result["soup"]["status"] == "done"
+    merged = dict(AutoModelForCausalLM.from_pretrained(Path(result["soup"]["folder"]) / "model").named_parameters())
+    a = dict(load_trained(str(Path(result["a"]["folder"]) / "model"))[0].named_parameters())
+    b = dict(load_trained(str(Path(result["b"]["folder"]) / "model"))[0].named_parameters())
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    for name, p in merged.items():
+        assert torch.allclose(p, 0.5 * a[name] + 0.5 * b[name], atol=1e-6), name
+    assert run_pipeline(parse_pipeline(tree, STAGES))["stages"]["soup"]["status"] == "skipped"
+    for config, message in [({"models": ["x"], "method": "linear"}, "needs two or more models"),
+                            ({"model": "x", "method": "ties"}, "key 'method' applies to 'models'"),
+                            ({"models": ["${a.output}/model", "${b.output}/model"], "method": "ties"},
+                             "needs --base")]:
+        tree["stages"]["soup"]["config"] = config
+        with pytest.raises(PipelineError, match=message):
+            run_pipeline(parse_pipeline(tree, STAGES))
+
+
 def test_mix_stage_concatenates_layouts_with_limits(tmp_path):
     from posttrain.data.layouts import load_examples
     from posttrain.data.schema import DataErrors
