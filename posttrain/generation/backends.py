@@ -1,4 +1,5 @@
-"""Pick and load a generation backend by name: ``hf`` (always) or ``vllm`` (when installed, GPU)."""
+"""Pick and load a generation backend by name: ``hf`` (always), ``vllm`` (when installed, GPU), or a remote
+``openai:URL:MODEL`` endpoint (``openai_backend.py``; it takes prompt messages, so ``candidates.py`` drives it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,20 @@ from pathlib import Path
 
 from posttrain.generation.types import BackendError, Generator
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm")  # the local backends; a remote one is a spec, openai:URL:MODEL
+
+
+def check_backend(backend: str) -> tuple[str, str] | None:
+    """None for a local backend (``hf``, ``vllm``), ``(base_url, model)`` for ``openai:URL:MODEL``;
+    ``BackendError`` (one line) for anything else."""
+    from posttrain.generation.openai_backend import SPEC_HELP, parse_openai_spec
+
+    if backend in BACKENDS:
+        return None
+    remote = parse_openai_spec(backend)
+    if remote is None:
+        raise BackendError(f"backend '{backend}': expected one of: {', '.join(BACKENDS)}, {SPEC_HELP}")
+    return remote
 
 
 def model_label(model_name: str, adapter: str | None) -> str:

@@ -12,6 +12,10 @@ rewritten atomically without them, and those prompts are generated again. A cand
 (run seed, prompt id, candidate index), so a regenerated candidate is the one the killed run would have
 written (see ``hf.py`` for the float-rounding caveat). Rows made with other settings (model, sampling, a
 larger N) are an error, never silently mixed or dropped.
+
+A remote backend (``openai:URL:MODEL``, ``openai_backend.py``) has no local tokenizer: prompts are checked but not
+rendered (the endpoint applies its chat template to ``PromptJob.prompt``), they keep their input order, and each
+prompt's N rows are written (one write, fsynced) as soon as its N answers are in.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.data.schema import DataError, DataErrors, Message
-from posttrain.generation.types import Generator, check_sampling, per_candidate
+from posttrain.generation.openai_backend import OpenAIGenerator
+from posttrain.generation.types import BackendError, Generator, check_sampling, per_candidate
 
 
 @dataclass
@@ -44,7 +49,8 @@ def prompt_id(messages: list[Message]) -> str:
 
 
 def load_prompts(prompts_path: str | os.PathLike, tokenizer) -> list[PromptJob]:
-    """Every prompt row, rendered. Raises ``DataErrors`` naming every bad row (layout, ``id``, duplicates)."""
+    """Every prompt row, rendered (``tokenizer=None``, a remote model: not rendered, ``prompt_ids`` empty). Raises
+    ``DataErrors`` naming every bad row (layout, ``id``, duplicates)."""
     from posttrain.data.layouts import load_examples
     from posttrain.data.render import render_prompt
 
@@ -66,7 +72,7 @@ def load_prompts(prompts_path: str | os.PathLike, tokenizer) -> list[PromptJob]:
             continue
         seen[pid] = ex.row
         try:
-            ids = render_prompt(ex, tokenizer)
+            ids = render_prompt(ex, tokenizer) if tokenizer is not None else []
         except DataError as e:
             errors.append(e)
             continue
@@ -131,8 +137,10 @@ def read_existing(path: Path, *, n: int, model: str, sampling: list[dict]) -> Ex
 
 
 def candidate_row(job: PromptJob, index: int, out, sampling: dict, model: str) -> dict:
+    # A remote completion carries the endpoint's own prompt count; a local one is the rendered prompt.
+    prompt_tokens = getattr(out, "prompt_tokens", len(job.prompt_ids))
     return {"prompt_id": job.prompt_id, "prompt": job.prompt, "candidate_index": index, "text": out.text,
-            "prompt_tokens": len(job.prompt_ids), "completion_tokens": out.completion_tokens,
+            "prompt_tokens": prompt_tokens, "completion_tokens": out.completion_tokens,
             "finish_reason": out.finish_reason, "sampling": sampling, "model": model, "metadata": job.metadata}
 
 
@@ -143,20 +151,26 @@ def _append(fh, rows: list[dict]) -> None:
     os.fsync(fh.fileno())
 
 
-def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.PathLike, model_name: str, *,
+def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.PathLike, model_name: str | None, *,
                         n: int, temperatures: list[float] | float, top_p: float | list[float] = 1.0,
                         max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0, backend: str = "hf",
-                        adapter: str | None = None, progress: bool = True, generator: Generator | None = None,
-                        tokenizer=None, cache_dir: str | None = None) -> dict[str, Any]:
+                        adapter: str | None = None, progress: bool = True,
+                        generator: Generator | OpenAIGenerator | None = None,
+                        tokenizer=None, cache_dir: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                        max_concurrency: int = 8, max_retries: int = 5) -> dict[str, Any]:
     """Write ``n`` candidates per prompt to ``output_path`` (JSONL), resuming whatever is already there.
 
     Candidate i samples at ``temperatures[i % len(temperatures)]`` and ``top_p[i % len(top_p)]`` (a single
     value applies to all). ``batch_size``: sequences per forward pass; ``max(1, batch_size // n)`` prompts are
     generated and flushed at a time. ``generator``/``tokenizer``: an already-loaded backend (tests, eval).
+    ``backend="openai:URL:MODEL"``: sampled from that endpoint (``model_name``, when given, is only the rows'
+    ``model`` label; default MODEL), ``max_concurrency`` requests at a time, the key from ``$api_key_env``;
+    ``generator`` may then be an ``OpenAIGenerator``.
     Returns a summary: prompts, prompts_generated, prompts_skipped (already done), candidates_written,
-    completion_tokens, wall_time_s, candidates_per_s, tokens_per_s, dropped_rows, output.
+    completion_tokens, wall_time_s, candidates_per_s, tokens_per_s, dropped_rows, output (and, remote: requests,
+    cache_hits, retries).
     """
-    from posttrain.generation.backends import load_generator, model_label
+    from posttrain.generation.backends import check_backend, load_generator, model_label
     from posttrain.models.policy import model_tokenizer
     from posttrain.data.runfolder import atomic_write_text
 
@@ -167,24 +181,37 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
     for t, p in zip(temps, top_ps):
         check_sampling(t, p, max_new_tokens)
     output = Path(output_path)
-    model = model_label(model_name, adapter)
+    remote = check_backend(backend)  # (base_url, model) for openai:URL:MODEL
+    if remote is not None and adapter:
+        raise BackendError(f"--adapter: a remote model ({backend}) takes no adapter")
+    if remote is None and not model_name:
+        raise BackendError(f"--model: required with the {backend} backend")
+    model = (model_name or remote[1]) if remote is not None else model_label(model_name, adapter)
     sampling = [sampling_of(i, temps, top_ps, max_new_tokens, seed) for i in range(n)]
 
-    if tokenizer is None:
+    if tokenizer is None and remote is None:
         tokenizer = generator.tokenizer if generator is not None else model_tokenizer(model_name, cache_dir)
     jobs = load_prompts(prompts_path, tokenizer)
     existing = read_existing(output, n=n, model=model, sampling=sampling)
     pending = sorted((j for j in jobs if j.prompt_id not in existing.done), key=lambda j: -len(j.prompt_ids))
     if generator is None and pending:
-        generator, _ = load_generator(model_name, adapter=adapter, backend=backend, batch_size=batch_size,
-                                      seed=seed, cache_dir=cache_dir)
+        if remote is not None:
+            generator = OpenAIGenerator(*remote, api_key_env=api_key_env, max_concurrency=max_concurrency,
+                                        max_retries=max_retries)
+        else:
+            generator, _ = load_generator(model_name, adapter=adapter, backend=backend, batch_size=batch_size,
+                                          seed=seed, cache_dir=cache_dir)
     if existing.rewrite:
         atomic_write_text(output, "".join(existing.lines))
 
     skipped = len(jobs) - len(pending)
     written = tokens = 0
     t_gen = time.perf_counter()
-    per_flush = max(1, batch_size // n)
+    settings = dict(n=n, temperature=temps, top_p=top_ps, max_new_tokens=max_new_tokens, seed=seed)
+    if remote is not None:
+        batches = _remote_batches(generator, pending, settings)
+    else:
+        batches = _local_batches(generator, pending, max(1, batch_size // n), settings)
     bar = None
     if progress and pending:
         from tqdm.auto import tqdm
@@ -193,11 +220,7 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(output, "a", encoding="utf-8") as fh:
-            for start in range(0, len(pending), per_flush):
-                chunk = pending[start: start + per_flush]
-                outs = generator.generate([j.prompt_ids for j in chunk], n=n, temperature=temps, top_p=top_ps,
-                                          max_new_tokens=max_new_tokens, seed=seed,
-                                          keys=[j.prompt_id for j in chunk])
+            for chunk, outs in batches:
                 rows = [candidate_row(job, i, out, sampling[i], model)
                         for job, cands in zip(chunk, outs) for i, out in enumerate(cands)]
                 _append(fh, rows)
@@ -208,14 +231,38 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
                     bar.set_postfix_str(f"{written / elapsed:.1f} cand/s, {tokens / elapsed:.0f} tok/s")
                     bar.update(len(chunk))
     finally:
+        batches.close()  # a remote run stops sending here, also on an error or Ctrl-C
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
     gen_time = max(time.perf_counter() - t_gen, 1e-9)
-    return {"prompts": len(jobs), "prompts_generated": len(pending), "prompts_skipped": skipped,
-            "candidates_written": written, "completion_tokens": tokens, "dropped_rows": existing.dropped,
-            "wall_time_s": round(wall, 3), "candidates_per_s": round(written / gen_time, 3) if written else 0.0,
-            "tokens_per_s": round(tokens / gen_time, 3) if written else 0.0, "output": str(output)}
+    summary = {"prompts": len(jobs), "prompts_generated": len(pending), "prompts_skipped": skipped,
+               "candidates_written": written, "completion_tokens": tokens, "dropped_rows": existing.dropped,
+               "wall_time_s": round(wall, 3), "candidates_per_s": round(written / gen_time, 3) if written else 0.0,
+               "tokens_per_s": round(tokens / gen_time, 3) if written else 0.0, "output": str(output)}
+    if remote is not None:
+        counters = generator.counters if generator is not None else {}
+        summary.update({k: counters.get(k, 0) for k in ("requests", "cache_hits", "retries")})
+    return summary
+
+
+def _local_batches(generator: Generator, pending: list[PromptJob], per_flush: int, settings: dict):
+    """(prompts, their N outputs each), ``per_flush`` prompts at a time, from a local backend's prompt ids."""
+    for start in range(0, len(pending), per_flush):
+        chunk = pending[start: start + per_flush]
+        yield chunk, generator.generate([j.prompt_ids for j in chunk], keys=[j.prompt_id for j in chunk], **settings)
+
+
+def _remote_batches(generator: OpenAIGenerator, pending: list[PromptJob], settings: dict):
+    """([prompt], [its N completions]) per prompt as its last answer arrives, from a remote backend's messages."""
+    if not pending:
+        return
+    stream = generator.stream([j.prompt for j in pending], [j.prompt_id for j in pending], **settings)
+    try:
+        for p, outs in stream:
+            yield [pending[p]], [outs]
+    finally:
+        stream.close()  # stops the requests not yet sent and waits for those in flight
 
 
 def measured_mean_new_tokens(candidates_path: str | os.PathLike) -> float | None:

@@ -26,7 +26,8 @@ def _numbers(values: list[str], name: str, low: float, high: float | None) -> li
 
 def generate_command(
     prompts: Path = typer.Option(..., "--prompts", help="prompt file (JSONL/JSON/Parquet/CSV, docs/CANDIDATES.md)"),
-    model: str = typer.Option(..., "--model", help="builtin name, HF folder, hub id, or a trained run's model folder"),
+    model: str = typer.Option(None, "--model", help="builtin name, HF folder, hub id, or a trained run's model "
+                              "folder; with --backend openai:URL:MODEL only the rows' model label (default MODEL)"),
     output: Path = typer.Option(..., "--output", "-o", help="candidate JSONL (resumed if it exists)"),
     adapter: str = typer.Option(None, "--adapter", help="an extra adapter folder to merge on top of --model"),
     n: int = typer.Option(4, "-n", "--n", min=1, help="candidates per prompt"),
@@ -38,7 +39,13 @@ def generate_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass (prompt x "
                                    "candidate); batch_size // n prompts are written per flush"),
     seed: int = typer.Option(0, "--seed"),
-    backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
+    backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai:URL:MODEL (an OpenAI-compatible "
+                                "endpoint, e.g. openai:http://127.0.0.1:8000/v1:my-model)"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai backend: the environment "
+                                    "variable holding the API key (sent as a Bearer token when set)"),
+    max_concurrency: int = typer.Option(8, "--max-concurrency", min=1, help="openai backend: requests in flight"),
+    max_retries: int = typer.Option(5, "--max-retries", min=0, help="openai backend: retries of a request on "
+                                    "429, 5xx, timeouts and connection errors (exponential backoff + jitter)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print token counts and cost, generate nothing"),
     price_input: float = typer.Option(None, "--price-input", min=0, help="USD per 1M input tokens (for the estimate)"),
     price_output: float = typer.Option(None, "--price-output", min=0, help="USD per 1M output tokens"),
@@ -47,15 +54,16 @@ def generate_command(
     """Sample N candidates per prompt into a JSONL file; rerun the same command to resume after a kill."""
     from posttrain.data.schema import DataError, DataErrors
     from posttrain.data.writers import OutputPathError, check_output_path
-    from posttrain.generation.backends import BACKENDS
+    from posttrain.generation.backends import check_backend
     from posttrain.generation.types import BackendError
     from posttrain.models.resolve import ModelError
 
     temps = _numbers(temperature, "--temperature", 0.0, None)
     top_ps = _numbers(top_p, "--top-p", 0.0, 1.0)
-    if backend not in BACKENDS:
-        raise typer.BadParameter(f"'{backend}' (expected one of: {', '.join(BACKENDS)})", param_hint="--backend")
     try:
+        remote = check_backend(backend)  # (base_url, model) for openai:URL:MODEL
+        if remote is None and not model:
+            raise BackendError(f"--model: required with the {backend} backend")
         if dry_run:
             from posttrain.generation.cost import cost_model, format_cost
             from posttrain.models.policy import model_tokenizer
@@ -63,8 +71,9 @@ def generate_command(
             prices = None
             if price_input is not None or price_output is not None:
                 prices = {"input": price_input or 0.0, "output": price_output or 0.0}
-            cost = cost_model(prompts, model_tokenizer(model), n=n, max_new_tokens=max_new_tokens,
-                              candidates_path=output if output.exists() else None, prices=prices)
+            cost = cost_model(prompts, model_tokenizer(model) if remote is None else None, n=n,
+                              max_new_tokens=max_new_tokens, candidates_path=output if output.exists() else None,
+                              prices=prices, prompt_per_candidate=remote is not None)
             typer.echo(format_cost(cost))
             return
         from posttrain.generation.candidates import generate_candidates
@@ -72,12 +81,15 @@ def generate_command(
         check_output_path(output, "--output", folder=False)  # before the model loads
         summary = generate_candidates(prompts, output, model, n=n, temperatures=temps, top_p=top_ps,
                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                                      backend=backend, adapter=adapter, progress=progress)
+                                      backend=backend, adapter=adapter, progress=progress, api_key_env=api_key_env,
+                                      max_concurrency=max_concurrency, max_retries=max_retries)
     except (DataError, DataErrors, ModelError, BackendError, OutputPathError) as e:
         fail(e)
     typer.echo(f"{summary['candidates_written']} candidates for {summary['prompts_generated']} prompts "
                f"({summary['prompts_skipped']} already done) -> {summary['output']} in {summary['wall_time_s']:.1f} s"
-               f" ({summary['candidates_per_s']:.2f} cand/s, {summary['tokens_per_s']:.0f} tok/s)")
+               f" ({summary['candidates_per_s']:.2f} cand/s, {summary['tokens_per_s']:.0f} tok/s)"
+               + (f"; {summary['requests']} requests, {summary['cache_hits']} answers from the cache"
+                  if "requests" in summary else ""))
 
 
 # A one-command app, for running ``generate`` on its own: ``python -m posttrain.generation.cli --prompts ...``

@@ -5,6 +5,10 @@ template, so exactly what the model will see):
 
 - generation input tokens: sum of L_p, once per prompt. An API with ``n=`` (and vLLM's prefix cache) processes
   a prompt once for its N candidates; the HF backend recomputes it per candidate, which costs time, not money.
+  The ``openai`` backend sends one request per candidate (each with its own seed), so an endpoint bills the
+  prompt N times (``prompt_per_candidate=True``: N * sum of L_p; a provider's prompt caching may discount it).
+- a remote model has no local tokenizer (``tokenizer=None``): L_p is approximated as chars/4 of the message
+  contents, rounded up, + 4 tokens per message (``openai_backend.approx_tokens``), and the output says so.
 - generation output tokens: P * N * T.
 - pairs per prompt: ``all-pairs`` compares every pair, N(N-1)/2; ``best-vs-worst`` compares one pair (the
   candidates a scoring judge ranked best and worst).
@@ -25,6 +29,7 @@ import os
 from typing import Any
 
 from posttrain.generation.candidates import load_prompts, measured_mean_new_tokens
+from posttrain.generation.openai_backend import APPROX_TOKENS, approx_tokens
 
 PAIRINGS = ("all-pairs", "best-vs-worst")
 
@@ -40,12 +45,15 @@ def pairs_per_prompt(n: int, pairing: str) -> int:
 def cost_model(prompts_path: str | os.PathLike, tokenizer, *, n: int, max_new_tokens: int = 256,
                mean_new_tokens: float | None = None, candidates_path: str | os.PathLike | None = None,
                pairing: str = "all-pairs", judge_calls_per_pair: int = 2, judge_prompt_tokens: int = 300,
-               judge_output_tokens: int = 16, prices: dict[str, float] | None = None) -> dict[str, Any]:
+               judge_output_tokens: int = 16, prices: dict[str, float] | None = None,
+               prompt_per_candidate: bool = False) -> dict[str, Any]:
     """Token counts (and money, given ``prices``) of generating and judging ``n`` candidates per prompt.
-    Reads and renders every prompt, so bad rows raise ``DataErrors`` here, as in the real run."""
+    Reads and renders every prompt, so bad rows raise ``DataErrors`` here, as in the real run.
+    ``tokenizer=None`` (a remote model): prompt tokens approximated; ``prompt_per_candidate``: one request per
+    candidate, so the prompt is billed ``n`` times."""
     jobs = load_prompts(prompts_path, tokenizer)
     P = len(jobs)
-    prompt_tokens = sum(len(j.prompt_ids) for j in jobs)
+    prompt_tokens = sum(len(j.prompt_ids) if tokenizer is not None else approx_tokens(j.prompt) for j in jobs)
     mean_prompt = prompt_tokens / P
     source = "given"
     if mean_new_tokens is None and candidates_path is not None:
@@ -60,7 +68,11 @@ def cost_model(prompts_path: str | os.PathLike, tokenizer, *, n: int, max_new_to
     out: dict[str, Any] = {
         "prompts": P, "candidates_per_prompt": n, "candidates": P * n,
         "mean_prompt_tokens": mean_prompt, "mean_new_tokens": T, "mean_new_tokens_source": source,
-        "generation_input_tokens": prompt_tokens, "generation_output_tokens": P * n * T,
+        "prompt_tokens": prompt_tokens,
+        "prompt_tokens_counted": "chat template" if tokenizer is not None else APPROX_TOKENS,
+        "prompt_per_candidate": prompt_per_candidate,
+        "generation_input_tokens": prompt_tokens * (n if prompt_per_candidate else 1),
+        "generation_output_tokens": P * n * T,
         "pairing": pairing, "pairs_per_prompt": pairs, "judge_calls_per_pair": judge_calls_per_pair,
         "judge_calls": calls, "judge_input_tokens": calls * per_call_input,
         "judge_output_tokens": calls * judge_output_tokens,
@@ -81,13 +93,17 @@ def format_cost(c: dict[str, Any]) -> str:
     """The cost estimate as a few aligned lines for a terminal."""
     lines = [
         f"prompts              {c['prompts']:,} x {c['candidates_per_prompt']} candidates = {c['candidates']:,}",
-        f"prompt tokens        {c['mean_prompt_tokens']:,.1f} mean, {c['generation_input_tokens']:,} total",
+        f"prompt tokens        {c['mean_prompt_tokens']:,.1f} mean, {c['prompt_tokens']:,} total"
+        + ("" if c["prompt_tokens_counted"] == "chat template" else f" ({c['prompt_tokens_counted']})"),
         f"new tokens           {c['mean_new_tokens']:,.1f} mean per candidate ({c['mean_new_tokens_source']}), "
         f"{c['generation_output_tokens']:,.0f} total",
         f"judge                {c['pairs_per_prompt']} pairs/prompt ({c['pairing']}) x {c['judge_calls_per_pair']} "
         f"calls/pair = {c['judge_calls']:,} calls",
         f"judge tokens         {c['judge_input_tokens']:,.0f} in, {c['judge_output_tokens']:,.0f} out",
     ]
+    if c["prompt_per_candidate"]:
+        lines.insert(2, f"generation input     {c['generation_input_tokens']:,} tokens (one request per candidate: "
+                        f"each prompt is sent {c['candidates_per_prompt']} times)")
     if "total_usd" in c:
         lines.append(f"cost (USD)           generation ${c['generation_usd']:,.4f} + judge ${c['judge_usd']:,.4f} "
                      f"= ${c['total_usd']:,.4f}  (at ${c['price_input_per_1m']:g} in / "

@@ -2,90 +2,38 @@
 
 Pairwise (``compare``): every pair is asked in both orders and a verdict that follows the position is a tie
 (``prompts.combine_orders``). Pointwise (``score``): 1-10. Requests retry with exponential backoff and jitter on
-timeouts, connection errors, 429 and 5xx (``Retry-After`` honoured); any other 4xx fails at once with one line.
+timeouts, connection errors, 429 and 5xx (``Retry-After`` honoured); any other 4xx fails at once with one line
+(``generation/http_client.py``, shared with the ``openai`` generation backend).
 Every answer is cached on disk (``cache.AnswerCache``) before it is used, so a rerun makes no request it made
 before. ``compare_many`` / ``score_many`` run ``max_concurrency`` requests at once.
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import math
 import os
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from posttrain.generation.http_client import MAX_RETRY_AFTER, parse_retry_after  # noqa: F401 (re-exported)
+from posttrain.generation.http_client import Retryable, backoff_delay, post_json
 from posttrain.judges import prompts
 from posttrain.judges.cache import AnswerCache, cache_key, default_cache_path
 from posttrain.judges.types import Message, Score, Verdict
-
-MAX_RETRY_AFTER = 600.0  # a server asking for longer than this is treated as down
 
 
 class JudgeError(RuntimeError):
     """A judge request failed for good; ``str()`` is one actionable line."""
 
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None):
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None,
-                  rng: random.Random | None = None) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): the server's ``Retry-After`` when it sent one,
-    else exponential (base * 2**attempt, at most cap) with "equal jitter" (half fixed, half uniform random), so
-    that many clients that failed together do not retry together."""
-    if retry_after is not None:
-        return retry_after
-    step = min(cap, base * (2 ** attempt))
-    return step / 2 + (rng or random).uniform(0, step / 2)
-
-
 def _post_json(url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float) -> dict[str, Any]:
-    """One POST; raises ``_Retryable`` for transient failures and ``JudgeError`` for permanent ones."""
-    request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode("utf-8", "replace").strip().replace("\n", " ")[:300]
-        if e.code == 429 or e.code >= 500:
-            raise _Retryable(f"HTTP {e.code}", parse_retry_after(e.headers.get("Retry-After"))) from None
-        raise JudgeError(f"LLM judge {url}: HTTP {e.code} {e.reason}: {detail or '(empty body)'}") from None
-    except urllib.error.URLError as e:
-        raise _Retryable(f"connection error: {e.reason}") from None
-    except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
-        raise _Retryable(f"{type(e).__name__}: {e}") from None
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise JudgeError(f"LLM judge {url}: response is not JSON: {body[:200]!r}") from None
+    """One POST; raises ``Retryable`` for transient failures and ``JudgeError`` for permanent ones."""
+    return post_json(url, payload, headers, timeout, error=JudgeError, who="LLM judge")
 
 
 def _answer_text(url: str, data: dict[str, Any]) -> str:
@@ -143,7 +91,7 @@ class LLMJudge:
             started = time.monotonic()
             try:
                 data = _post_json(self.url, payload, self._headers, self.timeout)
-            except _Retryable as e:
+            except Retryable as e:
                 if attempt == self.max_retries:
                     raise JudgeError(f"LLM judge {self.url}: gave up after {self.max_retries} retries "
                                      f"(last error: {e})") from None
