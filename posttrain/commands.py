@@ -19,18 +19,32 @@ from posttrain.config import COMMANDS, Section
 
 
 def _reward_model_input(params: dict) -> list[str]:
-    """PPO/GRPO: the reward model folder, when the config names one."""
-    reward = (params.get("reward") or {}).get("reward_model")
-    if isinstance(reward, list):  # an ensemble
-        return [r for r in reward if isinstance(r, str) and r]
-    return [reward] if isinstance(reward, str) and reward else []
+    """PPO/GRPO: the reward model folder(s) and the rubric file, when the config names them."""
+    section = params.get("reward") or {}
+    reward = section.get("reward_model")
+    models = [r for r in reward if isinstance(r, str) and r] if isinstance(reward, list) else \
+        [reward] if isinstance(reward, str) and reward else []
+    rubric = section.get("rubric")
+    return models + ([rubric] if isinstance(rubric, str) and rubric else [])
+
+
+def judge_files(judges: list) -> list[str]:
+    """What judge configs read besides the candidates: reward-model and local judges' model folders (a rubric
+    judge's ``local`` grader too) and rubric files. The pipeline hashes them into a stage's key."""
+    out = []
+    for j in judges:
+        if not isinstance(j, dict):
+            continue
+        if j.get("type") in ("reward_model", "local") and isinstance(j.get("model"), str):
+            out.append(j["model"])
+        if j.get("type") == "rubric":
+            out += [j[k] for k in ("rubric", "local") if isinstance(j.get(k), str) and j[k]]
+    return out
 
 
 def _judge_model_inputs(params: dict) -> list[str]:
-    """Online DPO: the model folders of its reward-model and local judges."""
-    judges = (params.get("online") or {}).get("judges") or []
-    return [j["model"] for j in judges if isinstance(j, dict) and j.get("type") in ("reward_model", "local")
-            and isinstance(j.get("model"), str)]
+    """Online DPO and rejection-SFT: what their judges read (``judge_files``)."""
+    return judge_files(((params.get("online") or params.get("rejection")) or {}).get("judges") or [])
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ TRAINING_COMMANDS: tuple[TrainingCommand, ...] = (
                     extra_inputs=_reward_model_input),
     TrainingCommand("rejection-sft", "rejection_sft", "prompts",
                     "posttrain.trainers.rejection_sft:train_rejection_sft", "rejection/winners",
-                    "Best-of-N sampling by a judge, then SFT on the winners."),
+                    "Best-of-N sampling by a judge, then SFT on the winners.", extra_inputs=_judge_model_inputs),
     TrainingCommand("online-dpo", "online_dpo", "prompts",
                     "posttrain.trainers.online_dpo:train_online_dpo", "loss",
                     "Online DPO: sample from the current policy, judges (verifier, reward model, LLM) label pairs, a "

@@ -329,6 +329,14 @@ class RLRewardSection(Section):
     reward_model_std_k: float = Field(1.0, ge=0, description="k of mean_minus_std")
     reward_model_weight: float = Field(1.0, ge=0)
     reward_model_batch_size: int = Field(8, gt=0)
+    rubric: str | None = Field(None, description="a rubric file (docs/RL.md, judges/rubric.py): the weighted mean "
+                               "of per-rule grades in [0, 1]; verifier rules need no LLM, the others ask "
+                               "rubric_base_url")
+    rubric_weight: float = Field(1.0, ge=0)
+    rubric_base_url: str | None = Field(None, description="OpenAI-compatible endpoint that grades the rubric's "
+                                        "rules without a verifier (with rubric_model)")
+    rubric_model: str | None = Field(None, description="the model name sent to rubric_base_url")
+    rubric_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
     length_penalty: float = Field(0.0, ge=0, description="subtracted per completion token / max_new_tokens")
     clip: float | None = Field(None, gt=0, description="clip the combined score to [-clip, clip]")
     whiten: bool = Field(False, description="whiten scores over the rollout batch (mean kept)")
@@ -338,8 +346,15 @@ class RLRewardSection(Section):
 
     @model_validator(mode="after")
     def _some_reward(self):
-        if self.verifier_weight == 0 and (not self.reward_model or self.reward_model_weight == 0):
-            raise ValueError("no reward: set reward.verifier_weight > 0 or reward.reward_model")
+        if self.verifier_weight == 0 and (not self.reward_model or self.reward_model_weight == 0) \
+                and (not self.rubric or self.rubric_weight == 0):
+            raise ValueError("no reward: set reward.verifier_weight > 0, reward.reward_model or reward.rubric")
+        if (self.rubric_base_url is None) != (self.rubric_model is None):
+            raise ValueError("reward.rubric_base_url and reward.rubric_model go together")
+        if self.rubric_base_url is not None and not self.rubric:
+            raise ValueError("reward.rubric_base_url is set but reward.rubric (the rubric file) is not")
+        if self.rubric_base_url is not None and not self.rubric_base_url.startswith(("http://", "https://")):
+            raise ValueError(f"reward.rubric_base_url '{self.rubric_base_url}': must start with http:// or https://")
         return self
 
 

@@ -35,6 +35,10 @@ def eval_command(
     adapter: str = typer.Option(None, "--adapter", help="an extra adapter folder to merge on top of --model"),
     judge: str = typer.Option(None, "--judge", help="a judge for win rate vs --baseline: llm:URL:MODEL | "
                               "local:MODEL (pairwise, both orders) | verifier | rm:MODEL (higher score wins)"),
+    rubric: Path = typer.Option(None, "--rubric", help="a rubric file (docs/RL.md): rubric/* metrics, per-rule "
+                                "pass rates, for every model"),
+    rubric_judge: str = typer.Option(None, "--rubric-judge", help="who grades the rubric's rules without a "
+                                     "verifier: llm:URL:MODEL | local:MODEL"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="budget of suites without their own"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
@@ -51,19 +55,41 @@ def eval_command(
     try:
         check_output_path(output, "--output")  # before any model loads (an OutputPathError is a ValueError)
         pairwise = win_rate_judge(judge) if judge is not None else None
+        if rubric_judge is not None and rubric is None:
+            raise JudgeConfigError("--rubric-judge grades the rules of a --rubric file; give --rubric")
+        rubric_judge_ = build_rubric_judge(rubric, rubric_judge) if rubric is not None else None
         kinds = [k.strip() for k in trained_kinds.split(",") if k.strip()] if trained_kinds is not None else None
         metrics = run_eval(model, suite or _default_suites(), baseline=baseline, base=base,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, judge=pairwise,
                            output_dir=output, adapter=adapter, backend=backend, trained_on=trained_on or None,
-                           trained_kinds=kinds, ifeval_unsupported=ifeval_unsupported)
+                           trained_kinds=kinds, ifeval_unsupported=ifeval_unsupported, rubric=rubric_judge_)
     except (DataError, DataErrors, ModelError, BackendError, JudgeConfigError, ValueError) as e:
         fail(e)
     # Per-kind and per-suite keys are many; the terminal shows the headline ones, metrics.json has all.
-    detail = [k for k in metrics if "/kind/" in k or k.startswith(("suite/", "baseline/suite/", "base/suite/"))]
+    detail = [k for k in metrics if "/kind/" in k or "/rule/" in k
+              or k.startswith(("suite/", "baseline/suite/", "base/suite/"))]
     for key in sorted(set(metrics) - set(detail)):
         typer.echo(f"{key}: {metrics[key]:.4g}")
     if detail:
         typer.echo(f"(and {len(detail)} per-kind and per-suite metrics in {output / 'metrics.json'})")
+
+
+def build_rubric_judge(path: Path, grader: str | None):
+    """The ``RubricJudge`` of ``--rubric`` (+ ``--rubric-judge``), built before any model loads;
+    ``JudgeConfigError`` (one line) for a bad rubric file or grader."""
+    from posttrain.judges.judge_stage import JudgeConfigError, build_member
+    from posttrain.judges.specs import parse_judge_spec
+
+    spec: dict = {"type": "rubric", "rubric": str(path)}
+    if grader is not None:
+        g = parse_judge_spec(grader)
+        if g["type"] not in ("llm", "local"):
+            raise JudgeConfigError(f"--rubric-judge '{grader}': expected llm:URL:MODEL or local:MODEL")
+        spec |= {"base_url": g["base_url"], "model": g["model"]} if g["type"] == "llm" else {"local": g["model"]}
+    try:
+        return build_member(spec).judge
+    except JudgeConfigError as e:
+        raise JudgeConfigError(f"--rubric: {str(e).split(': ', 1)[1]}") from None
 
 
 def _fmt(x: float | None) -> str:

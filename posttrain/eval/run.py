@@ -74,6 +74,44 @@ def _compare(judge: PairwiseJudge | ScoringJudge, row: EvalRow, model_text: str,
     return "a" if a > b else "b" if b > a else "tie"
 
 
+def rubric_metrics(judge: Any, rows: list[EvalRow], gens: list[tuple[str, int, str]]
+                   ) -> tuple[dict[str, float], list[Any]]:
+    """``rubric/*`` metrics of one model's responses under a ``RubricJudge`` (judges/rubric.py), and each row's
+    ``Score``: ``rubric/score`` (mean weighted grade in [0, 1]), ``rubric/pass_rate`` (every rule passed),
+    ``rubric/n`` (rows scored), ``rubric/skipped`` (rows a verifier rule cannot check, e.g. a ``constraints`` rule
+    on a refusal prompt: left out), ``rubric/unparseable`` (LLM answers with no grade), and per rule
+    ``rubric/rule/<id>/pass_rate`` and ``rubric/rule/<id>/n`` (the rows that rule was graded on)."""
+    from posttrain.judges.rubric import rule_statistics
+
+    items = [(r.prompt, g[0], {"id": r.id, "suite": r.suite, "kind": r.kind, **r.metadata})
+             for r, g in zip(rows, gens)]
+    scores = judge.score_many(items, on_row_error="skip")
+    scored = [s for s in scores if "rules" in s.details]
+    values = [s.value for s in scored if s.value == s.value]  # not NaN
+    judged = [s.passed for s in scored if s.passed is not None]
+    metrics = {"rubric/n": float(len(values)), "rubric/skipped": float(len(scores) - len(scored))}
+    if values:
+        metrics["rubric/score"] = sum(values) / len(values)
+    if judged:
+        metrics["rubric/pass_rate"] = sum(judged) / len(judged)
+    per_rule = rule_statistics(judge.rules, scored)
+    metrics["rubric/unparseable"] = float(sum(st["unparseable"] for st in per_rule.values()))
+    for rule, st in per_rule.items():
+        metrics[f"rubric/rule/{rule}/n"] = float(st["asked"] - st["unparseable"])
+        if st["pass_rate"] is not None:
+            metrics[f"rubric/rule/{rule}/pass_rate"] = st["pass_rate"]
+    return metrics, scores
+
+
+def _add_rubric(judge: Any, rows: list[EvalRow], gens: list[tuple[str, int, str]], metrics: dict[str, float],
+                records: list[dict[str, Any]]) -> None:
+    """Rubric metrics into ``metrics``, each row's rubric score into its response record."""
+    got, scores = rubric_metrics(judge, rows, gens)
+    metrics |= got
+    for rec, sc in zip(records, scores):
+        rec["rubric"] = {"value": sc.value, "passed": sc.passed, **sc.details}
+
+
 def row_slice(row: EvalRow) -> str:
     """The slice a row's win counts in: ``suite/category`` when the row has a ``category``, else the suite."""
     category = row.metadata.get("category")
@@ -151,7 +189,8 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
              max_new_tokens: int = 256, batch_size: int = 32, seed: int = 0,
              judge: PairwiseJudge | ScoringJudge | None = None, output_dir: str | Path, adapter: str | None = None,
              baseline_adapter: str | None = None, backend: str = "hf", trained_on: list[str] | None = None,
-             trained_kinds: list[str] | None = None, ifeval_unsupported: str = "error") -> dict[str, float]:
+             trained_kinds: list[str] | None = None, ifeval_unsupported: str = "error",
+             rubric: Any = None) -> dict[str, float]:
     """Evaluate ``model`` (and ``baseline``, and ``base``: the model the recipe started from) on ``suites``
     (builtin names or paths, optionally ``@N`` for a suite's budget) and write the output folder. Every suite is
     read and validated before any model loads. Returns the metrics written to metrics.json.
@@ -161,7 +200,8 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     trained or unseen. Win rates need both a baseline and a judge (pairwise, or scoring: the higher score wins);
     without a judge they are skipped. The base model's metrics go under ``base/``, and length, degeneration and
     formatting are also given relative to it (``drift.relative_metrics``); a base equal to the baseline is not
-    generated twice."""
+    generated twice. ``rubric`` (a ``RubricJudge``) adds ``rubric/*`` metrics for every model (``rubric_metrics``:
+    per-rule pass rates)."""
     from posttrain.data.runfolder import content_hash, package_versions
     from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
     from posttrain.eval.coverage import trained_kinds as read_trained_kinds
@@ -177,11 +217,15 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
 
     model_gens = generate_responses(model, rows, adapter=adapter, **settings)
     metrics, records = _score(rows, model_gens, model_label(model, adapter), "model", trained)
+    if rubric is not None:
+        _add_rubric(rubric, rows, model_gens, metrics, records)
     refs: dict[str, dict[str, float]] = {}
     if baseline is not None:
         base_gens = generate_responses(baseline, rows, adapter=baseline_adapter, **settings)
         refs["baseline"], base_records = _score(rows, base_gens, model_label(baseline, baseline_adapter),
                                                 "baseline", trained)
+        if rubric is not None:
+            _add_rubric(rubric, rows, base_gens, refs["baseline"], base_records)
         if judge is not None:
             wr, winners = judge_pairs(judge, rows, model_gens, base_gens)
             metrics |= wr
@@ -192,6 +236,8 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         same = base == baseline and baseline_adapter is None
         gens = base_gens if same else generate_responses(base, rows, **settings)
         refs["base"], base_model_records = _score(rows, gens, model_label(base, None), "base", trained)
+        if rubric is not None:
+            _add_rubric(rubric, rows, gens, refs["base"], base_model_records)
         records += base_model_records
     metrics = combine_metrics(metrics, refs)
 
@@ -202,6 +248,8 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         "stage": "eval", "status": "completed",
         "inputs": {"model": model, "adapter": adapter, "baseline": baseline, "baseline_adapter": baseline_adapter,
                    "base": base, "suites": suite_inputs, "judge": getattr(judge, "name", None),
+                   "rubric": ({"path": rubric.path, "hash": content_hash(rubric.path), "judge": rubric.name}
+                              if rubric is not None else None),
                    "trained_on": [{"path": str(p), "hash": content_hash(p)} for p in trained_on or []],
                    "trained_kinds": sorted(trained) if trained is not None else None},
         "settings": {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed, "backend": backend,

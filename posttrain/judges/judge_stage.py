@@ -7,13 +7,15 @@ Judges come from config dicts (``type`` + that judge's options + optional ``weig
      "rubric": "...", "weight": 2}
     {"type": "local", "model": "runs/sft/model"}
     {"type": "reward_model", "model": "runs/rm/model"}
+    {"type": "rubric", "rubric": "examples/rubric.yaml", "base_url": "http://127.0.0.1:8000/v1", "model": "m"}
 
 The pair strategy decides the mode: ``best_vs_worst`` / ``all_above_margin`` score every candidate (one judge: its
 raw scores, so ``min_margin`` is in its units; several: the weighted mean of normalised scores in [0, 1]);
 ``round_robin`` / ``all_pairs`` compare candidates pairwise (several judges: weighted vote).
 
 Outputs: ``pairs.jsonl`` (DPO layout), ``scores.jsonl`` (one row per candidate; pairwise: win rates),
-``comparisons.jsonl`` (pairwise only), ``summary.json``, plus the run folder's ``config.yaml`` and
+``comparisons.jsonl`` (pairwise only), ``summary.json`` (a rubric judge's per-rule ``asked`` / ``passed`` /
+``unparseable`` / ``pass_rate`` over the candidates under ``rubric``), plus the run folder's ``config.yaml`` and
 ``manifest.json``. Every file is written atomically, after the input has been read and checked.
 
 Candidates a judge could not score (an unparseable LLM answer) and comparisons with an unparseable answer are
@@ -38,7 +40,7 @@ from posttrain.judges.ensemble import Member, PairwiseEnsemble, agreement_stats,
 from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
 from posttrain.judges.types import Score
 
-JUDGE_TYPES = ("verifier", "llm", "local", "reward_model")
+JUDGE_TYPES = ("verifier", "llm", "local", "reward_model", "rubric")
 PAIR_KEYS = ("strategy", "min_margin", "max_length_ratio", "length_balance", "length_balance_tolerance",
              "length_unit", "tokenizer", "repair")
 CHUNK = 64  # candidates (or comparisons' prompts) per batch handed to a judge: the progress bar's step
@@ -62,6 +64,10 @@ def _judge_class(kind: str):
         from posttrain.judges.local import LocalModelJudge
 
         return LocalModelJudge
+    if kind == "rubric":
+        from posttrain.judges.rubric import RubricJudge
+
+        return RubricJudge
     from posttrain.judges.reward_model import RewardModelJudge
 
     return RewardModelJudge
@@ -152,7 +158,13 @@ def _score_member(member: Member, rows: list[dict[str, Any]], lines: list[int], 
     reported together."""
     items = [(r["prompt"], r["text"], dict(r.get("metadata") or {})) for r in rows]
     if hasattr(member.judge, "score_many"):
-        return list(member.judge.score_many(items))
+        from posttrain.judges.rubric import RubricRowError
+
+        try:
+            return list(member.judge.score_many(items))
+        except RubricRowError as e:  # a rubric's verifier rule rejected these rows' metadata
+            bad = [DataError(source, lines[i], "metadata", f"judge '{member.name}': {msg}") for i, msg in e.rows]
+            raise bad[0] if len(bad) == 1 else DataErrors(bad) from None
     out, errors = [], []
     for item, line in zip(items, lines):
         try:
@@ -188,14 +200,17 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
     order = sorted(members, key=lambda m: hasattr(m.judge, "score_many"))
     scores: dict[tuple[str, int], Score] = {}
     unscored: dict[str, list[tuple[int, Score]]] = {m.name: [] for m in members}  # (line, score) per judge
+    rubric_scores: dict[str, list[Score]] = {m.name: [] for m in members if hasattr(m.judge, "rules")}
 
-    def score(rows: list[dict[str, Any]], row_lines: list[int], bar) -> None:
+    def score(rows: list[dict[str, Any]], row_lines: list[int], bar, repairs: bool = False) -> None:
         for start in range(0, len(rows), CHUNK):
             chunk, chunk_lines = rows[start:start + CHUNK], row_lines[start:start + CHUNK]
             per_member = {m.name: _score_member(m, chunk, chunk_lines, source) for m in order}
             for name, got_scores in per_member.items():
                 unscored[name] += [(line, sc) for line, sc in zip(chunk_lines, got_scores)
                                    if not math.isfinite(sc.value)]
+                if name in rubric_scores and not repairs:  # per-rule statistics are over the candidates
+                    rubric_scores[name] += got_scores
             got = per_member[names[0]] if len(members) == 1 else [
                 combine_scores(members, [per_member[m.name][i] for m in members]) for i in range(len(chunk))]
             scores.update({(r["prompt_id"], r["candidate_index"]): s for r, s in zip(chunk, got)})
@@ -208,7 +223,7 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
     if repaired:
         line_of = {(r["prompt_id"], r["candidate_index"]): line for r, line in zip(candidates, lines)}
         with _progress(len(repaired), "judging repairs", progress) as bar:
-            score(repaired, [line_of[(r["prompt_id"], r["repaired_from"])] for r in repaired], bar)
+            score(repaired, [line_of[(r["prompt_id"], r["repaired_from"])] for r in repaired], bar, repairs=True)
     rows, pair_summary = pairing.build_pairs(candidates, scores, strategy=strategy, judge_meta={"judges": names},
                                              repaired=repaired, **pair_opts)
     pair_summary["repaired"] = len(repaired)
@@ -220,7 +235,13 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
     score_rows = [{"prompt_id": pid, "candidate_index": idx, "value": s.value, "passed": s.passed,
                    "details": s.details} for (pid, idx), s in scores.items() if (pid, idx) in candidate_keys]
     warnings = [_unscored_warning(name, bad, len(candidates), source) for name, bad in unscored.items() if bad]
-    return rows, pair_summary, agreement, score_rows, warnings
+    rubric = None
+    if rubric_scores:
+        from posttrain.judges.rubric import rule_statistics
+
+        judges = {m.name: m.judge for m in members}
+        rubric = {name: rule_statistics(judges[name].rules, got) for name, got in rubric_scores.items()}
+    return rows, pair_summary, agreement, score_rows, warnings, rubric
 
 
 def _unscored_warning(judge: str, bad: list[tuple[int, Score]], total: int, source: str) -> str:
@@ -308,12 +329,13 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
         raise JudgeConfigError(f"judges: two judges are named '{max(names, key=names.count)}'; give one a 'name'")
     out = Path(output_dir)
     if strategy in pairing.STRATEGIES:
-        rows, pair_summary, agreement, score_rows, warnings = _scoring_mode(
+        rows, pair_summary, agreement, score_rows, warnings, rubric = _scoring_mode(
             members, candidates, lines, str(candidates_path), strategy, pair_opts, progress, repair)
         comparisons = None
     else:
         rows, pair_summary, agreement, score_rows, comparisons, warnings = _pairwise_mode(
             members, candidates, strategy, pair_opts, progress)
+        rubric = None
     for warning in warnings:
         print(f"posttrain judge: warning: {warning}", file=sys.stderr, flush=True)
 
@@ -322,12 +344,15 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
                                                            else {})} for m in members]
     summary = json_safe({"candidates": str(candidates_path), "output_dir": str(out), "judges": judges_info,
                          "pairs": pair_summary, "agreement": agreement, "scores": stats, "warnings": warnings,
-                         "seconds": round(time.time() - t0, 2)})
+                         **({"rubric": rubric} if rubric else {}), "seconds": round(time.time() - t0, 2)})
 
     import yaml
 
     run = RunFolder(out, "judge")
     run.add_input("candidates", str(candidates_path))
+    for i, spec in enumerate(judges_config):  # a rubric file decides the scores as much as the candidates do
+        if spec.get("type") == "rubric":
+            run.add_input(f"judges[{i}].rubric", str(spec["rubric"]))
     run.write_config(yaml.safe_dump({"judges": judges_config, "pairs": pair_config or {}}, sort_keys=False))
 
     def jsonl(rows_: list[dict[str, Any]]) -> str:

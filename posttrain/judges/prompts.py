@@ -4,7 +4,8 @@
 Pairwise: the judge sees the conversation, Response A and Response B, reasons briefly, and ends with a line
 ``Verdict: A`` / ``Verdict: B`` / ``Verdict: tie``. Every pair is asked in both orders (``both_orders``); a judge
 that picks the same *position* both times is showing position bias, and that counts as a tie
-(``combine_orders``). Pointwise: the judge ends with ``Score: N`` on a 1-10 scale.
+(``combine_orders``). Pointwise: the judge ends with ``Score: N`` on a 1-10 scale. Rubric rules (``rubric.py``):
+one request per rule, the judge ends with ``Grade: N`` on 0-2 (does not / partly / fully comply).
 """
 
 from __future__ import annotations
@@ -146,3 +147,51 @@ def pointwise(ask: Ask, items: Sequence[tuple[Sequence[Message], str]], rubric: 
         else:
             scores.append(Score(value, None, {"raw": raw}))
     return scores
+
+
+# ----------------------------------------------------------------------------------------- rubric rules (rubric.py)
+
+GRADE_TOP = 2  # a rule's grade: 0 (does not comply), 1 (partly), 2 (fully)
+
+RULE_SYSTEM = """\
+You are an impartial judge checking one assistant response against one rule.
+
+Rule:
+{rule}
+
+Judge this rule only, nothing else about the response. Grade it:
+0 = the response does not comply with the rule
+1 = the response partly complies
+2 = the response fully complies
+Think briefly (at most a few sentences), then end your answer with exactly one final line of the form:
+Grade: N"""
+
+
+def rule_messages(prompt: Sequence[Message], response: str, rule: str) -> list[Message]:
+    """The request asking whether ``response`` complies with the rubric rule ``rule`` (the rule's text)."""
+    user = (f"<conversation>\n{render_conversation(prompt)}\n</conversation>\n\n"
+            f"<response>\n{response}\n</response>\n\n"
+            "Does the response comply with the rule? End with 'Grade: 0', 'Grade: 1' or 'Grade: 2'.")
+    return [{"role": "system", "content": RULE_SYSTEM.format(rule=rule)}, {"role": "user", "content": user}]
+
+
+# "Grade: 2", "**Grade:** 1", "Final grade: [[0]]", "grade - 2/2", "Grade: 2.0"
+_GRADE = re.compile(r"grade\W{0,6}(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?", re.IGNORECASE)
+_BARE_GRADE = re.compile(r"^\W*(\d)\W*$")  # the whole answer is just "2" / "2."
+
+
+def parse_grade(text: str, top: int = GRADE_TOP) -> int | None:
+    """The last ``Grade: N`` (N a whole number in 0..top; ``N/top`` accepted), else a bare ``N`` as the whole
+    answer, else None. A grade out of range or over another scale (``Grade: 7``, ``Grade: 1/10``) is None."""
+    found = _GRADE.findall(text or "")
+    if found:
+        number, scale = found[-1]
+        if scale and int(scale) != top:
+            return None
+    else:
+        bare = _BARE_GRADE.match((text or "").strip())
+        if not bare:
+            return None
+        number = bare.group(1)
+    value = float(number)
+    return int(value) if value.is_integer() and 0 <= value <= top else None

@@ -1,19 +1,27 @@
 """The reward of the online trainers (PPO, GRPO): verifiers and/or a reward model, weighted, each component
 logged.
 
-``score = verifier_weight * verifier + reward_model_weight * reward_model - length_penalty * len / L``, where
-``reward_model`` is one model's reward or an ensemble's (``ensemble_rewards``: mean, min or mean - k * std), then
-optionally whitened over the batch and clipped to [-clip, clip]. The verifier component is ``VerifierJudge``'s
-value in [0, 1] (the fraction of the prompt's constraints passed, the math answer, the code tests), read from the
-prompt row's metadata; the reward model is any ``posttrain reward-model`` output (or HF classifier with one label).
+``score = verifier_weight * verifier + reward_model_weight * reward_model + rubric_weight * rubric
+- length_penalty * len / L``, where ``reward_model`` is one model's reward or an ensemble's (``ensemble_rewards``:
+mean, min or mean - k * std), then optionally whitened over the batch and clipped to [-clip, clip]. The verifier
+component is ``VerifierJudge``'s value in [0, 1] (the fraction of the prompt's constraints passed, the math answer,
+the code tests), read from the prompt row's metadata; the reward model is any ``posttrain reward-model`` output (or
+HF classifier with one label); the rubric is ``RubricJudge``'s weighted mean of per-rule grades in [0, 1]
+(``reward.rubric``: verifier rules need no LLM, the others ask ``reward.rubric_base_url`` / ``rubric_model``).
+A completion the rubric's LLM could grade on no rule gets the batch's mean rubric value (0 when none was graded):
+no signal either way, and never a NaN reward.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.data.schema import DataError, DataErrors, PromptExample
 from posttrain.judges.reward_model import RewardModelJudge
+from posttrain.judges.rubric import RubricError, RubricJudge, RubricRowError, load_rubric, rule_statistics
 from posttrain.judges.verifier import VerifierJudge
 from posttrain.ops.advantages import whiten
 
@@ -48,6 +56,20 @@ class RewardFunction:
             paths = [reward_cfg.reward_model] if isinstance(reward_cfg.reward_model, str) else reward_cfg.reward_model
             self.reward_models = [RewardModelJudge(p, batch_size=reward_cfg.reward_model_batch_size, device=device)
                                   for p in paths]
+        self.rubric: RubricJudge | None = None
+        if reward_cfg.rubric and reward_cfg.rubric_weight > 0:
+            try:
+                rules = load_rubric(reward_cfg.rubric)
+            except RubricError as e:
+                raise ConfigError(f"reward.rubric: {e}") from None
+            asked = [(i, r) for i, r in enumerate(rules) if r.verifier is None]
+            if asked and not reward_cfg.rubric_base_url:
+                i, r = asked[0]
+                raise ConfigError(f"reward.rubric: {reward_cfg.rubric}: rules[{i}] ('{r.id}') has no verifier, so "
+                                  "an LLM grades it: set reward.rubric_base_url and reward.rubric_model")
+            llm = ({"base_url": reward_cfg.rubric_base_url, "model": reward_cfg.rubric_model,
+                    "api_key_env": reward_cfg.rubric_api_key_env} if reward_cfg.rubric_base_url else {})
+            self.rubric = RubricJudge(reward_cfg.rubric, code_sandbox=reward_cfg.code_sandbox, **llm)
 
     def __call__(self, examples: list[PromptExample], texts: list[str], lengths: list[int], *,
                  batch_whitening: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
@@ -77,6 +99,22 @@ class RewardFunction:
             total += c.reward_model_weight * rm
             metrics["reward/reward_model"] = float(rm.mean())
             metrics["reward/reward_model_std"] = float(rm.std()) if n > 1 else 0.0
+        if self.rubric is not None:
+            try:
+                scores = self.rubric.score_many([(ex.prompt, t, ex.metadata) for ex, t in zip(examples, texts)])
+            except RubricRowError as e:
+                raise DataErrors([DataError(examples[i].source, examples[i].row, "metadata", msg)
+                                  for i, msg in e.rows]) from None
+            graded = [s.value for s in scores if math.isfinite(s.value)]
+            fill = sum(graded) / len(graded) if graded else 0.0
+            values = torch.tensor([s.value if math.isfinite(s.value) else fill for s in scores], dtype=torch.float32)
+            total += c.rubric_weight * values
+            metrics["reward/rubric"] = float(values.mean())
+            metrics["reward/rubric_pass_rate"] = sum(s.passed is True for s in scores) / n
+            metrics["reward/rubric_ungraded"] = float(n - len(graded))
+            for rule, st in rule_statistics(self.rubric.rules, scores).items():
+                if st["mean_grade"] is not None:
+                    metrics[f"reward/rubric/{rule}"] = st["mean_grade"]
         if c.length_penalty > 0:
             penalty = c.length_penalty * torch.tensor(lengths, dtype=torch.float32) / self.max_new_tokens
             total -= penalty

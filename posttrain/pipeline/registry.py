@@ -227,6 +227,13 @@ def check_judge(params: dict, pending: Pending) -> None:
     check_file(params, "candidates", pending)
 
 
+def judge_inputs(params: dict) -> list[str]:
+    """The candidates, and what each judge reads besides: a local or reward model's folder, a rubric file."""
+    from posttrain.commands import judge_files
+
+    return ([params["candidates"]] if params.get("candidates") else []) + judge_files(params.get("judges") or [])
+
+
 def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
 
@@ -528,7 +535,7 @@ STAGES: dict[str, StageSpec] = {
     **training_stages(),
     "data": StageSpec(run_data, data_inputs, check_data, main_metric="rows_out"),
     "generate": StageSpec(run_generate, generate_inputs, check_generate, main_metric="candidates_written"),
-    "judge": StageSpec(run_judge, lambda p: [p["candidates"]] if p.get("candidates") else [], check_judge,
+    "judge": StageSpec(run_judge, judge_inputs, check_judge,
                        main_metric="pairs_kept"),
     "feedback": StageSpec(run_feedback, feedback_inputs, check_feedback, main_metric="pairs"),
     "critique": StageSpec(run_critique_stage, critique_inputs, check_critique, main_metric="pairs"),
