@@ -230,14 +230,33 @@ class SFTConfig(Section):
     parallel: ParallelSection = ParallelSection()
 
 
+class MixSFTSection(Section):
+    path: str | DataSource | list[DataSource] | None = Field(
+        None, description="SFT rows mixed into preference training (seed: 'mix in SFT data, 10-20% of batches', so "
+        "capability stays anchored): " + SOURCE_HELP)
+    fraction: float = Field(0.15, gt=0, le=1, description="share of the training pairs that each bring one SFT "
+                            "row into their micro-batch (drawn from the pair's content: reruns, resumed runs and "
+                            "any process count mix the same rows)")
+    weight: float = Field(1.0, ge=0, description="each mixed row's token-mean NLL is added with this weight, in the "
+                          "units of one pair's loss; logged as sft/nll, the share of pairs mixing as sft/mixed")
+
+
 class DPOConfig(Section):
     model: ModelSection = ModelSection()
     peft: PeftSection = PeftSection()
     data: DataSection
     optim: OptimSection = OptimSection(lr=5e-5)
     loss: PreferenceLossSection = PreferenceLossSection()
+    mix_sft: MixSFTSection = MixSFTSection()
     train: TrainSection = TrainSection()
     parallel: ParallelSection = ParallelSection()
+
+    @model_validator(mode="after")
+    def _mix_sft_strategy(self):
+        if self.mix_sft.path is not None and self.parallel.strategy == "fsdp2":
+            raise ValueError("mix_sft with parallel.strategy=fsdp2 is not supported (the extra SFT forward runs on "
+                             "some processes only, and an FSDP2 forward is collective); use ddp")
+        return self
 
 
 class KTOConfig(Section):

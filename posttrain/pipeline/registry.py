@@ -90,6 +90,8 @@ def training_inputs(params: dict) -> list[str]:
     from posttrain.data.sources import local_paths
 
     sources = [p for key in ("train", "eval") if data.get(key) for p in local_paths(data[key])]
+    mix = params.get("mix_sft") if isinstance(params.get("mix_sft"), dict) else {}  # SFT rows mixed into DPO
+    sources += local_paths(mix["path"]) if mix.get("path") else []
     return [p for p in (model.get("name", "tiny-random"), model.get("adapter"), *sources,
                         loss.get("reference_model"), *eval_files) if p]
 

@@ -11,9 +11,14 @@ pass is skipped for reference-free losses, and for every micro-batch whose refer
 
 from __future__ import annotations
 
+import hashlib
+import math
+import random
+
 import torch
 
-from posttrain.data.collate import collate_pairs, count_tokens, sequence_key
+from posttrain.data.collate import collate_pairs, collate_sequences, count_tokens, sequence_key
+from posttrain.losses.sft import sft_loss
 from posttrain.losses import LossSpec, get_loss, preference_loss
 from posttrain.models.reference import (build_reference, load_reference_model, reference_model, reference_weights,
                                         same_model)
@@ -24,18 +29,37 @@ from posttrain.training.refcache import ReferenceCache, default_cache_dir, finge
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
 
+def mix_draw(pair_key: str, fraction: float, pool: int) -> int | None:
+    """The SFT row (index into a pool of ``pool`` rows) that one pair brings into its micro-batch, or None: a
+    function of the pair's content only, so reruns, resumed runs and any process count mix the same rows."""
+    digest = hashlib.sha256(pair_key.encode()).digest()
+    if int.from_bytes(digest[:8], "big") / 2**64 >= fraction:
+        return None
+    return int.from_bytes(digest[8:16], "big") % pool
+
+
 def preference_step_fns(policy, frozen_reference, *, spec: LossSpec, loss_params: dict, pad_token_id: int,
                         device, packing: bool = False, prefix_sharing: bool = False,
-                        max_row_tokens: int | None = None, reference_cache=None) -> StepFns:
+                        max_row_tokens: int | None = None, reference_cache=None, mix_sft=None,
+                        mix_fraction: float = 0.0, mix_weight: float = 1.0) -> StepFns:
     """``spec``: the run's loss (``losses.get_loss(cfg.loss.type)``, looked up once). ``reference_cache``: a
-    ``ReferenceCache`` (or None): looked up per micro-batch, filled on a miss."""
+    ``ReferenceCache`` (or None): looked up per micro-batch, filled on a miss. ``mix_sft``: rendered SFT rows; a
+    ``mix_fraction`` of the pairs (``mix_draw``) each bring one SFT row, whose token-mean NLL x ``mix_weight`` is
+    added to the micro-batch's summed loss (so one row weighs like one pair after the loop divides by the pair
+    count)."""
     cache = reference_cache if spec.needs_reference else None
 
     def collate(items):
         batch = to_device(collate_pairs(items, pad_token_id, packing=packing, prefix_sharing=prefix_sharing,
                                            max_row_tokens=max_row_tokens), device)
-        if cache is not None:
+        if cache is not None or mix_sft:
             batch["seq_keys"] = [sequence_key(c) for c, _ in items] + [sequence_key(r) for _, r in items]
+        if mix_sft:
+            drawn = [mix_draw(k, mix_fraction, len(mix_sft)) for k in batch["seq_keys"][:len(items)]]
+            batch["sft_rows"] = [i for i, row in enumerate(drawn) if row is not None]  # positions of the mixing pairs
+            if batch["sft_rows"]:
+                batch["sft"] = to_device(collate_sequences([mix_sft[r] for r in drawn if r is not None],
+                                                           pad_token_id), device)
         return batch
 
     def weight(batch):
@@ -53,7 +77,31 @@ def preference_step_fns(policy, frozen_reference, *, spec: LossSpec, loss_params
             cache.store(batch["seq_keys"], ref_logps)
         return ref_logps
 
-    def loss(model, batch):
+    def sft_term(model, batch, losses: torch.Tensor, metrics: dict, with_sft: bool) -> torch.Tensor:
+        """The pairs' summed loss plus the mixed SFT rows' weighted token-mean NLLs; ``sft/nll`` (per mixed row,
+        NaN elsewhere) and ``sft/mixed`` (1 where a pair brought a row) on every batch, so every process and
+        micro-batch logs the same keys."""
+        b = batch["num_pairs"]
+        nll = torch.full((b,), math.nan)
+        mixed = torch.zeros(b)
+        total = losses.sum()
+        if with_sft and "sft" in batch:
+            # Through the unwrapped module: a DDP forward broadcasts buffers (a collective), and only the
+            # processes with a mixed row run this one. The gradients still reach DDP's reducer in the same
+            # backward pass.
+            inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+            _, _, token_logps = batch_sequence_logps(inner, batch["sft"])
+            sums, sft_metrics = sft_loss(token_logps, batch["sft"]["loss_mask"][:, 1:])
+            means = sums / sft_metrics["tokens"].clamp(min=1)  # (rows,) token-mean NLL of each mixed row
+            total = total + mix_weight * means.sum()
+            positions = torch.tensor(batch["sft_rows"])
+            nll[positions] = means.detach().float().cpu()
+            mixed[positions] = 1.0
+        metrics["sft/nll"] = nll
+        metrics["sft/mixed"] = mixed
+        return total
+
+    def loss(model, batch, with_sft: bool = True):
         b = batch["num_pairs"]
         logps, counts, _ = batch_sequence_logps(model, batch)
         ref = {}
@@ -69,9 +117,12 @@ def preference_step_fns(policy, frozen_reference, *, spec: LossSpec, loss_params
             **ref,
             **loss_params,
         )
+        if mix_sft:
+            return sft_term(model, batch, losses, metrics, with_sft), metrics, count_tokens(batch)
         return losses.sum(), metrics, count_tokens(batch)
 
     return StepFns(collate=collate, weight=weight, loss=loss,
+                   eval_loss=(lambda model, batch: loss(model, batch, with_sft=False)) if mix_sft else None,
                    length=lambda pair: len(pair[0].input_ids) + len(pair[1].input_ids),
                    flush=cache.flush if cache is not None else None)
 
@@ -104,6 +155,23 @@ def pinned_reference(cfg, spec: LossSpec, tokenizer):
                                 trust_remote_code=cfg.model.trust_remote_code)
 
 
+def mix_rows(cfg, tokenizer) -> list | None:
+    """The rendered rows of ``mix_sft.path`` (same max length and truncation as the pairs), or None."""
+    if cfg.mix_sft.path is None:
+        return None
+    from posttrain.config import ConfigError
+    from posttrain.data.layouts import load_examples
+    from posttrain.data.render import render_dataset
+    from posttrain.data.sources import source_label
+
+    rows, _ = render_dataset(load_examples(cfg.mix_sft.path, "sft", None), tokenizer,
+                             max_length=cfg.data.max_length, truncation=cfg.data.truncation)
+    if not rows:
+        raise ConfigError(f"mix_sft.path {source_label(cfg.mix_sft.path)}: no SFT rows left within data.max_length="
+                          f"{cfg.data.max_length}")
+    return rows
+
+
 def train_preference(cfg) -> dict:
     spec = get_loss(cfg.loss.type)  # the one lookup of the run's loss; everything below takes the spec
 
@@ -122,6 +190,8 @@ def train_preference(cfg) -> dict:
         return preference_step_fns(model, frozen, spec=spec, loss_params=loss_params(cfg.loss, spec),
                                    pad_token_id=data.tokenizer.pad_token_id, device=accelerator.device,
                                    packing=cfg.data.packing, prefix_sharing=cfg.data.prefix_sharing,
-                                   max_row_tokens=cfg.data.tree_row_tokens, reference_cache=cache)
+                                   max_row_tokens=cfg.data.tree_row_tokens, reference_cache=cache,
+                                   mix_sft=mix_rows(cfg, data.tokenizer), mix_fraction=cfg.mix_sft.fraction,
+                                   mix_weight=cfg.mix_sft.weight)
 
     return run_training_stage(cfg, "dpo", "preference", build)

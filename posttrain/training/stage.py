@@ -163,6 +163,11 @@ def standard_inputs(cfg) -> dict[str, str]:
             inputs[f"data.{key}"] = value
         elif value:  # a mixture: each source's path
             inputs.update({f"data.{key}[{i}]": path for i, path in enumerate(local_paths(value))})
+    mix = getattr(getattr(cfg, "mix_sft", None), "path", None)  # SFT rows mixed into preference training
+    if isinstance(mix, str):
+        inputs["mix_sft.path"] = mix
+    elif mix:
+        inputs.update({f"mix_sft.path[{i}]": path for i, path in enumerate(local_paths(mix))})
     if getattr(getattr(cfg, "loss", None), "reference_model", None):  # a pinned reference is an input too
         inputs["loss.reference_model"] = cfg.loss.reference_model
     return inputs

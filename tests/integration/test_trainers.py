@@ -66,6 +66,56 @@ def test_preference_losses_lora(tmp_path, loss_type):
     _lora_weights_changed(tmp_path / "out")
 
 
+def test_mix_sft_adds_the_sft_nll_of_the_mixed_rows(tmp_path):
+    """mix_sft: with every pair bringing an SFT row, step 1's loss is DPO's log 2 plus weight x the mean of the
+    rows' token-mean NLL (logged as sft/nll); weight 0 leaves the DPO losses unchanged; the SFT file is a hashed
+    input; a fraction mixes the rows ``mix_draw`` picks from the pairs' content."""
+    from posttrain.data.collate import sequence_key
+    from posttrain.trainers.preference import mix_draw, train_preference
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows())
+    sft = write_jsonl(tmp_path / "sft.jsonl", sft_rows())
+    runs = {}
+    for name, extra in {"plain": [], "w0": ["mix_sft.weight=0"], "w2": ["mix_sft.weight=2"],
+                        "half": ["mix_sft.fraction=0.5"]}.items():
+        mix = [f"mix_sft.path={sft}"] + ([] if name == "half" else ["mix_sft.fraction=1.0"]) if extra else []
+        train_preference(tiny_config("dpo", data, tmp_path / name, *mix, *extra))
+        runs[name] = _check_run(tmp_path / name, expect_adapter=True)
+    plain, w0, w2, half = (runs[k][0] for k in ("plain", "w0", "w2", "half"))
+    assert [r["loss"] for r in w0] == pytest.approx([r["loss"] for r in plain], abs=1e-6)
+    assert all(r["sft/mixed"] == 1.0 and r["sft/nll"] > 0 for r in w0 + w2)
+    assert "sft/nll" not in plain[0]
+    # step 1: policy == reference, so the DPO part is log 2; same weights, same SFT rows -> same NLL as the w0 run
+    assert w2[0]["loss"] == pytest.approx(math.log(2) + 2 * w2[0]["sft/nll"], abs=1e-5)
+    assert w2[0]["sft/nll"] == pytest.approx(w0[0]["sft/nll"], abs=1e-6)
+    assert runs["w2"][1]["inputs"]["mix_sft.path"]["hash"].startswith("sha256:")
+    # fraction 0.5: the share logged over the 3 steps (4 pairs each, no shuffle) is the share mix_draw gives those pairs
+    from posttrain.data.render import render_dataset
+    from posttrain.data.layouts import load_examples
+    from posttrain.models.policy import model_tokenizer
+
+    tok = model_tokenizer("tiny-random")
+    pairs, _ = render_dataset(load_examples(str(data), "preference"), tok, max_length=64)
+    expected = [sum(mix_draw(sequence_key(c), 0.5, 16) is not None for c, _ in pairs[4 * i:4 * i + 4]) / 4
+                for i in range(3)]
+    assert [r["sft/mixed"] for r in half] == expected
+    assert 0 < sum(expected) < 3
+
+
+def test_mix_draw_share_and_determinism():
+    import hashlib
+
+    from posttrain.trainers.preference import mix_draw
+
+    keys = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)]
+    drawn = [mix_draw(k, 0.15, 10) for k in keys]
+    share = sum(d is not None for d in drawn) / len(drawn)
+    assert abs(share - 0.15) < 0.02
+    assert all(0 <= d < 10 for d in drawn if d is not None)
+    assert [mix_draw(k, 0.15, 10) for k in keys[:50]] == drawn[:50]  # a function of the content only
+    assert all(mix_draw(k, 1.0, 3) is not None for k in keys[:50])
+
+
 def test_dpo_full_finetune_reference_untouched(tmp_path, monkeypatch):
     """Full fine-tuning: a frozen copy is the reference; it must not move while the policy does."""
     import posttrain.trainers.preference as pref
