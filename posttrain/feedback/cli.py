@@ -101,6 +101,14 @@ def _print_report(conversion: Conversion, files: dict[str, Path]) -> None:
         for reason, count in summary["skipped"].items():
             skipped.add_row(reason, str(count))
         console.print(skipped)
+    if summary.get("aspects"):
+        aspects = Table(title="aspects over the Likert pairs (does each aspect agree with the pair?)")
+        for column in ("aspect", "pairs", "agree", "tie", "disagree", "agreement"):
+            aspects.add_column(column, justify="left" if column == "aspect" else "right")
+        for name, row in summary["aspects"].items():
+            aspects.add_row(name, *(str(row[k]) for k in ("pairs", "agree", "tie", "disagree")),
+                            f"{row['agreement']:.2f}")
+        console.print(aspects)
     merged = summary["merged_duplicates"]
     console.print(f"merged duplicates: {merged['pairs']} pair votes, {merged['unpaired']} label votes",
                   markup=False)
@@ -136,6 +144,22 @@ def _print_conflicts(console, conversion: Conversion) -> None:
                       markup=False)
 
 
+def _weights(text: str | None) -> dict[str, float] | None:
+    """``helpfulness=2,accuracy=1`` -> {"helpfulness": 2.0, "accuracy": 1.0}; ValueError naming the option."""
+    if text is None:
+        return None
+    out = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--aspect-weights: expected NAME=WEIGHT,..., got {part!r}")
+    return out
+
+
 @feedback_app.command("to-pairs")
 def to_pairs(
     events_files: list[Path] = typer.Argument(..., metavar="EVENTS_FILE", help="feedback event logs (JSONL)"),
@@ -148,6 +172,12 @@ def to_pairs(
     conflicts: str = typer.Option("drop", help=f"{' | '.join(CONFLICT_POLICIES)}: what to keep when votes "
                                   "disagree (always reported)"),
     max_pairs_per_prompt: int = typer.Option(None, help="keep at most this many pairs per prompt"),
+    aspect: str = typer.Option(None, help="multi-aspect Likert events (scores: {aspect: value}): pair on this "
+                               "aspect only"),
+    aspect_weights: str = typer.Option(None, help="NAME=W,...: pair on the weighted mean of the aspects "
+                                       "(default: equal weights)"),
+    aspect_all: bool = typer.Option(False, "--aspect-all", help="a Likert pair's winner must also be no worse on "
+                                    "any aspect both rated (better on all)"),
     strict: bool = typer.Option(False, help="exit 2 and write nothing if any event is malformed"),
 ) -> None:
     """Convert feedback events into preference pairs (DPO) and unpaired rows (KTO), reporting conflicts."""
@@ -156,7 +186,8 @@ def to_pairs(
     try:
         check_output_path(output, "--output")  # before any event is read: a typo costs nothing
         options = ConvertOptions(ranking_mode, likert_min_gap, _range(likert_scale, "--likert-scale"),
-                                 _range(likert_unpaired, "--likert-unpaired"), conflicts, max_pairs_per_prompt)
+                                 _range(likert_unpaired, "--likert-unpaired"), conflicts, max_pairs_per_prompt,
+                                 aspect, _weights(aspect_weights), aspect_all)
         events, errors, lines = read_events([str(p) for p in events_files], options.likert_scale)
     except (ValueError, DataError) as e:  # DataError is a ValueError; both are one line for the user
         fail(e)

@@ -42,6 +42,13 @@ class ConvertOptions:
     likert_unpaired: tuple[float, float] | None = None
     conflicts: str = "drop"
     max_pairs_per_prompt: int | None = None  # None: no cap
+    # Multi-aspect Likert events (``scores: {aspect: value}``): the score a pair compares is one aspect's
+    # (``aspect``), else the mean of the aspects weighted by ``aspect_weights`` (default: equal weights; an aspect
+    # the weights leave out counts 0). ``aspect_all``: a pair also needs its winner to score at least as high on every
+    # aspect the two share ("better on all").
+    aspect: str | None = None
+    aspect_weights: dict[str, float] | None = None
+    aspect_all: bool = False
 
     def __post_init__(self):
         if self.ranking_mode not in RANKING_MODES:
@@ -61,6 +68,50 @@ class ConvertOptions:
                                  f"{high:g}, got {below:g},{above:g}")
         if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
             raise ValueError(f"max pairs per prompt must be >= 1, got {self.max_pairs_per_prompt}")
+        if self.aspect is not None and self.aspect_weights is not None:
+            raise ValueError("give an aspect or aspect weights, not both")
+        if self.aspect_weights is not None:
+            if not self.aspect_weights or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+                                              for w in self.aspect_weights.values()) \
+                    or sum(self.aspect_weights.values()) <= 0:
+                raise ValueError(f"aspect weights must be numbers >= 0 with a positive sum, got "
+                                 f"{self.aspect_weights!r}")
+
+
+def likert_value(event: LikertEvent, options: ConvertOptions) -> float | None:
+    """The score a Likert event is compared by (``ConvertOptions``' aspect settings); None when it has no value
+    under them (``aspect`` names an aspect the event did not rate, or the weights give all its aspects 0)."""
+    if event.aspects is None:
+        return event.score if options.aspect is None else None
+    if options.aspect is not None:
+        return event.aspects.get(options.aspect)
+    if options.aspect_weights is None:
+        return sum(event.aspects.values()) / len(event.aspects)
+    total = sum(options.aspect_weights.get(name, 0.0) for name in event.aspects)
+    if total <= 0:
+        return None
+    return sum(options.aspect_weights.get(name, 0.0) * v for name, v in event.aspects.items()) / total
+
+
+def better_on_all(high: LikertEvent, low: LikertEvent) -> bool:
+    """The winner scores at least as high as the loser on every aspect both rated (true without shared aspects)."""
+    shared = set(high.aspects or {}) & set(low.aspects or {})
+    return all(high.aspects[a] >= low.aspects[a] for a in shared)
+
+
+def aspect_agreement(pairs: list[tuple[LikertEvent, LikertEvent]]) -> dict[str, dict]:
+    """Per aspect, over the Likert pairs (winner, loser) whose two events rated it: how often the aspect agrees with
+    the pair (winner higher), ties, or disagrees, and the agreement rate."""
+    out: dict[str, dict] = {}
+    for high, low in pairs:
+        for name in sorted(set(high.aspects or {}) & set(low.aspects or {})):
+            row = out.setdefault(name, {"pairs": 0, "agree": 0, "tie": 0, "disagree": 0})
+            row["pairs"] += 1
+            diff = high.aspects[name] - low.aspects[name]
+            row["agree" if diff > 0 else "tie" if diff == 0 else "disagree"] += 1
+    for row in out.values():
+        row["agreement"] = row["agree"] / row["pairs"]
+    return out
 
 
 @dataclass
@@ -134,36 +185,53 @@ def event_pair_votes(event: FeedbackEvent, ranking_mode: str, skipped: Counter) 
     return []
 
 
-def likert_pair_votes(events: list[LikertEvent], min_gap: float) -> tuple[list[PairVote], set[str]]:
-    """Every two scores for different replies to one prompt that differ by >= ``min_gap``: the higher wins.
-    Returns the votes and the ids of the events that took part in one."""
-    by_prompt: dict[tuple, list[LikertEvent]] = {}
+def likert_pair_votes(events: list[LikertEvent], min_gap: float, options: ConvertOptions | None = None,
+                      skipped: Counter | None = None, compared: list | None = None
+                      ) -> tuple[list[PairVote], set[str]]:
+    """Every two scores (``likert_value``) for different replies to one prompt that differ by >= ``min_gap``: the
+    higher wins (with ``aspect_all``, only if it is also no worse on any shared aspect). Returns the votes and the
+    ids of the events that took part in one; ``compared`` collects (winner, loser) events."""
+    options = options or ConvertOptions(likert_min_gap=min_gap)
+    skipped = skipped if skipped is not None else Counter()
+    by_prompt: dict[tuple, list[tuple[LikertEvent, float]]] = {}
     for event in events:
-        by_prompt.setdefault(prompt_key(event.prompt), []).append(event)
+        value = likert_value(event, options)
+        if value is None:
+            skipped[f"likert: no score for aspect '{options.aspect}'" if options.aspect is not None
+                    else "likert: the aspect weights give its aspects 0"] += 1
+            continue
+        by_prompt.setdefault(prompt_key(event.prompt), []).append((event, value))
     votes, used = [], set()
     for group in by_prompt.values():
-        for i, first in enumerate(group):
-            for second in group[i + 1:]:
+        for i, (first, v1) in enumerate(group):
+            for second, v2 in group[i + 1:]:
                 if normalise_text(first.response) == normalise_text(second.response):
                     continue
-                if abs(first.score - second.score) < min_gap:
+                if abs(v1 - v2) < min_gap:
                     continue
-                high, low = (first, second) if first.score > second.score else (second, first)
+                high, low = (first, second) if v1 > v2 else (second, first)
+                if options.aspect_all and not better_on_all(high, low):
+                    skipped["likert: pair not better on all aspects"] += 1
+                    continue
                 votes.append(PairVote(high.prompt, high.response, low.response, "likert",
                                       [high.origin.id, low.origin.id], high.origin))
                 used |= {first.origin.id, second.origin.id}
+                if compared is not None:
+                    compared.append((high, low))
     return votes, used
 
 
-def label_votes(events: list[FeedbackEvent], likert_unpaired: tuple[float, float] | None) -> list[LabelVote]:
+def label_votes(events: list[FeedbackEvent], likert_unpaired: tuple[float, float] | None,
+                options: ConvertOptions | None = None) -> list[LabelVote]:
     votes = []
     for event in events:
         if isinstance(event, ThumbsEvent):
             votes.append(LabelVote(event.prompt, event.response, event.up, "thumbs", [event.origin.id], event.origin))
         elif isinstance(event, LikertEvent) and likert_unpaired is not None:
             low, high = likert_unpaired
-            if event.score <= low or event.score >= high:
-                votes.append(LabelVote(event.prompt, event.response, event.score >= high, "likert",
+            score = likert_value(event, options or ConvertOptions())
+            if score is not None and (score <= low or score >= high):
+                votes.append(LabelVote(event.prompt, event.response, score >= high, "likert",
                                        [event.origin.id], event.origin))
     return votes
 
@@ -290,12 +358,13 @@ def convert_events(events: list[FeedbackEvent], options: ConvertOptions | None =
         unique.append(event)
     pair_votes = [vote for event in unique for vote in event_pair_votes(event, options.ranking_mode, skipped)]
     likert = [e for e in unique if isinstance(e, LikertEvent)]
-    likert_votes, used = likert_pair_votes(likert, options.likert_min_gap)
+    compared: list[tuple[LikertEvent, LikertEvent]] = []
+    likert_votes, used = likert_pair_votes(likert, options.likert_min_gap, options, skipped, compared)
     pair_votes += likert_votes
-    labels, label_conflicts, labels_merged = resolve_labels(label_votes(unique, options.likert_unpaired),
+    labels, label_conflicts, labels_merged = resolve_labels(label_votes(unique, options.likert_unpaired, options),
                                                             options.conflicts)
     used |= {i for row, _ in labels for i in row.metadata["event_ids"]}
-    idle = sum(1 for e in likert if e.origin.id not in used)
+    idle = sum(1 for e in likert if e.origin.id not in used and likert_value(e, options) is not None)
     if idle:
         skipped["likert: no pair (no other reply to the prompt scored min_gap apart) and no unpaired row"] += idle
     pair_votes += thumbs_pair_votes(labels)
@@ -320,6 +389,8 @@ def convert_events(events: list[FeedbackEvent], options: ConvertOptions | None =
                       "examples": conflicts[:SUMMARY_CONFLICT_EXAMPLES]},
         "options": asdict(options),
     }
+    if any(e.aspects for e in likert):
+        summary["aspects"] = aspect_agreement(compared)
     return Conversion(pairs, unpaired, conflicts, summary)
 
 

@@ -83,8 +83,9 @@ class LikertEvent:
     kind: ClassVar[str] = "likert"
     prompt: list[Message]
     response: str
-    score: float
+    score: float | None  # the overall score; None when only aspect scores were given
     origin: Origin
+    aspects: dict[str, float] | None = None  # multi-aspect ratings: {"helpfulness": 4, "accuracy": 5, ...}
 
 
 FeedbackEvent = ThumbsEvent | EditEvent | SideBySideEvent | RankingEvent | LikertEvent
@@ -206,14 +207,15 @@ def _ranking(value, n: int, source: str, row: int) -> list[int]:
     return value
 
 
-def _score(value, scale: tuple[float, float], source: str, row: int) -> float:
+def _score(value, scale: tuple[float, float], source: str, row: int, field: str = "score") -> float:
     if value is None:
-        raise DataError(source, row, "score", "missing")
+        raise DataError(source, row, field, "missing" + (" (or give 'scores': {aspect: score})" if field == "score"
+                                                         else ""))
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataError(source, row, "score", f"must be a number, got {value!r}")
+        raise DataError(source, row, field, f"must be a number, got {value!r}")
     low, high = scale
     if not low <= value <= high:
-        raise DataError(source, row, "score", f"{value} is outside the scale {low:g}..{high:g}")
+        raise DataError(source, row, field, f"{value} is outside the scale {low:g}..{high:g}")
     return value
 
 
@@ -242,8 +244,25 @@ def parse_event(record: dict, source: str = "<memory>", row: int = 0,
         if len(responses) < 2:
             raise DataError(source, row, "responses", f"a ranking needs at least 2 responses, got {len(responses)}")
         return RankingEvent(prompt, responses, _ranking(record.get("ranking"), len(responses), source, row), origin)
+    aspects = _aspects(record.get("scores"), likert_scale, source, row)
+    if aspects is not None and record.get("score") is None:
+        return LikertEvent(prompt, _text(record, "response", source, row), None, origin, aspects)
     return LikertEvent(prompt, _text(record, "response", source, row),
-                       _score(record.get("score"), likert_scale, source, row), origin)
+                       _score(record.get("score"), likert_scale, source, row), origin, aspects)
+
+
+def _aspects(value, scale: tuple[float, float], source: str, row: int) -> dict[str, float] | None:
+    """``scores``: per-aspect Likert scores ``{name: number in the scale}``, or None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise DataError(source, row, "scores", f"must be a non-empty object {{aspect: score}}, got {value!r}")
+    out = {}
+    for name, score in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(source, row, "scores", f"aspect names must be non-empty strings, got {name!r}")
+        out[name] = _score(score, scale, source, row, field=f"scores.{name}")
+    return out
 
 
 def read_events(paths: list[str], likert_scale: tuple[float, float] = (1, 5)

@@ -351,8 +351,8 @@ def critique_inputs(params: dict) -> list[str]:
     return [p for p in (params.get("inputs"), params.get("constitution") or str(DEFAULT_CONSTITUTION), model) if p]
 
 
-FEEDBACK_KEYS = ("events", "store", "redact", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired", "conflicts",
-                 "max_pairs_per_prompt")
+FEEDBACK_KEYS = ("events", "store", "redact", "ranking_mode", "likert_min_gap", "likert_scale", "likert_unpaired",
+                 "conflicts", "max_pairs_per_prompt", "aspect", "aspect_weights", "aspect_all")
 
 
 def feedback_options(params: dict, pending: Pending = nothing_pending):

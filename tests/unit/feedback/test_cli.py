@@ -163,3 +163,26 @@ def test_output_inside_a_file_is_one_line_before_reading_events(tmp_path):
     result = runner.invoke(feedback_app, ["to-pairs", str(tmp_path / "missing.jsonl"), "-o", str(blocker / "out")])
     assert result.exit_code == 2
     assert "--output" in result.output and "blocker" in result.output and "missing.jsonl" not in result.output
+
+
+def test_multi_aspect_options_and_the_aspect_table(tmp_path):
+    events = tmp_path / "aspects.jsonl"
+    events.write_text("".join(json.dumps({"kind": "likert", "prompt": "Q?", "response": r, "scores": s}) + "\n"
+                              for r, s in [("x", {"help": 5, "accuracy": 2}), ("y", {"help": 2, "accuracy": 4}),
+                                           ("z", {"help": 1, "accuracy": 1})]))
+    # accuracy 3, help 1: x 2.75, y 3.5, z 1 -> only y over z is 2 or more apart
+    result = runner.invoke(feedback_app, ["to-pairs", str(events), "-o", str(tmp_path / "w"),
+                                          "--aspect-weights", "accuracy=3,help=1"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "w" / "pairs.jsonl").read_text().splitlines()]
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("y", "z")]
+    assert "aspects over the Likert pairs" in result.output
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["aspects"]["help"] == {"pairs": 1, "agree": 1, "tie": 0, "disagree": 0, "agreement": 1.0}
+    result = runner.invoke(feedback_app, ["to-pairs", str(events), "-o", str(tmp_path / "v"), "--aspect", "help"])
+    rows = [json.loads(line) for line in (tmp_path / "v" / "pairs.jsonl").read_text().splitlines()]
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("x", "y"), ("x", "z")]
+    result = runner.invoke(feedback_app, ["to-pairs", str(events), "-o", str(tmp_path / "u"),
+                                          "--aspect-weights", "help"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == "error: --aspect-weights: expected NAME=WEIGHT,..., got 'help'"

@@ -209,3 +209,51 @@ def test_prompts_match_after_normalising_messages():
 def test_bad_options_are_one_line_errors(options, message):
     with pytest.raises(ValueError, match=message):
         ConvertOptions(**options)
+
+
+ASPECTS = [  # three replies to Q?, rated on three aspects (1-5)
+    {"kind": "likert", "event_id": "x", "response": "x", "scores": {"help": 5, "accuracy": 2, "clarity": 4}},
+    {"kind": "likert", "event_id": "y", "response": "y", "scores": {"help": 2, "accuracy": 4, "clarity": 1}},
+    {"kind": "likert", "event_id": "z", "response": "z", "scores": {"help": 1, "accuracy": 1, "clarity": 2}},
+]
+
+
+def test_multi_aspect_pairs_from_one_aspect_weighted_mean_or_better_on_all():
+    # one aspect: help x 5, y 2, z 1 -> x>y (gap 3), x>z (4); y-z gap 1 < 2
+    pairs, _, out = run(ASPECTS, aspect="help")
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(a("x"), a("y")), (a("x"), a("z"))]
+    # equal weights: means x 11/3, y 7/3, z 4/3 -> only x-z is 2 or more apart (7/3)
+    pairs, _, out = run(ASPECTS)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(a("x"), a("z"))]
+    # weights accuracy 3, help 1 (clarity 0): x (5+6)/4 = 2.75, y (2+12)/4 = 3.5, z 1 -> y>z (2.5); x-y, x-z < 2
+    pairs, _, _ = run(ASPECTS, aspect_weights={"accuracy": 3, "help": 1})
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(a("y"), a("z"))]
+    # better on all, gap 1 on the equal-weight mean: x>y fails (accuracy 2 < 4), x>z holds, y>z fails (clarity 1 < 2)
+    pairs, _, out = run(ASPECTS, likert_min_gap=1, aspect_all=True)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(a("x"), a("z"))]
+    assert out.summary["skipped"]["likert: pair not better on all aspects"] == 2
+    # agreement per aspect over the pairs kept (x over z): every aspect agrees
+    assert out.summary["aspects"] == {name: {"pairs": 1, "agree": 1, "tie": 0, "disagree": 0, "agreement": 1.0}
+                                      for name in ("accuracy", "clarity", "help")}
+    # without better-on-all, gap 1: x>y (11/3 vs 7/3), x>z, y>z (7/3 vs 4/3): accuracy disagrees with x>y,
+    # clarity with y>z (1 < 2), help agrees with all three
+    _, _, out = run(ASPECTS, likert_min_gap=1)
+    assert out.summary["aspects"]["accuracy"] == {"pairs": 3, "agree": 2, "tie": 0, "disagree": 1,
+                                                  "agreement": 2 / 3}
+    assert out.summary["aspects"]["clarity"]["disagree"] == 1 and out.summary["aspects"]["help"]["agreement"] == 1.0
+
+
+def test_aspect_errors_and_events_without_the_aspect():
+    pairs, _, out = run(ASPECTS + [{"kind": "likert", "response": "w", "score": 5}], aspect="clarity")
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(a("x"), a("y")), (a("x"), a("z"))]
+    assert out.summary["skipped"]["likert: no score for aspect 'clarity'"] == 1
+    with pytest.raises(ValueError, match="an aspect or aspect weights, not both"):
+        ConvertOptions(aspect="help", aspect_weights={"help": 1})
+    with pytest.raises(ValueError, match="aspect weights must be numbers >= 0 with a positive sum"):
+        ConvertOptions(aspect_weights={"help": 0})
+    with pytest.raises(ValueError, match=r"f.jsonl:1: field 'scores.help': 7 is outside the scale 1..5"):
+        events({"kind": "likert", "response": "x", "scores": {"help": 7}})
+    with pytest.raises(ValueError, match=r"field 'scores': must be a non-empty object"):
+        events({"kind": "likert", "response": "x", "scores": []})
+    with pytest.raises(ValueError, match=r"field 'score': missing \(or give 'scores'"):
+        events({"kind": "likert", "response": "x"})
