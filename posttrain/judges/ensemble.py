@@ -58,20 +58,35 @@ def _compare_all(judge: Any, items: Sequence[tuple[list[Message], str, str, dict
     return [judge.compare(p, a, b, m) for p, a, b, m in items]
 
 
-def combine_scores(members: Sequence[Member], scores: Sequence[Score]) -> Score:
-    """Weighted mean of the members' normalised scores (one Score per member, same order). A member whose score
-    is NaN (e.g. an unparseable LLM answer) is left out and the weights renormalised; all NaN gives NaN.
-    ``passed`` is the AND of the members that have one, else None."""
+REDUCTIONS = ("mean", "min", "mean_minus_std")
+
+
+def combine_scores(members: Sequence[Member], scores: Sequence[Score], reduce: str = "mean",
+                   k: float = 1.0) -> Score:
+    """The members' normalised scores (one Score per member, same order) as one: ``mean`` (weighted), ``min``
+    (the most pessimistic judge: a response cannot win by fooling one of them; weights unused), or
+    ``mean_minus_std`` (weighted mean - k x weighted population std: disagreement lowers the score; seed 002's
+    reward-model ensembles). A member whose score is NaN (e.g. an unparseable LLM answer) is left out and the
+    weights renormalised; all NaN gives NaN. ``passed`` is the AND of the members that have one, else None."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"ensemble reduce '{reduce}': expected one of {', '.join(REDUCTIONS)}")
     per_judge: dict[str, Any] = {}
-    total = weight = 0.0
+    kept: list[tuple[float, float]] = []  # (weight, normalised)
     for member, s in zip(members, scores, strict=True):
         norm = normalise(s.value, member.resolved_range())
         per_judge[member.name] = {"value": s.value, "normalised": norm, "weight": member.weight, "passed": s.passed}
         if not math.isnan(norm):
-            total += member.weight * norm
-            weight += member.weight
+            kept.append((member.weight, norm))
     passes = [s.passed for s in scores if s.passed is not None]
-    value = total / weight if weight > 0 else math.nan
+    weight = sum(w for w, _ in kept)
+    if weight <= 0:
+        value = math.nan
+    elif reduce == "min":
+        value = min(v for _, v in kept)
+    else:
+        value = sum(w * v for w, v in kept) / weight
+        if reduce == "mean_minus_std":
+            value -= k * math.sqrt(sum(w * (v - value) ** 2 for w, v in kept) / weight)
     return Score(value, all(passes) if passes else None, {"judges": per_judge})
 
 

@@ -36,13 +36,13 @@ from posttrain.data.candidate_rows import read_candidate_rows
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import json_safe, strict_json
 from posttrain.judges import pairs as pairing
-from posttrain.judges.ensemble import Member, PairwiseEnsemble, agreement_stats, combine_scores
+from posttrain.judges.ensemble import REDUCTIONS, Member, PairwiseEnsemble, agreement_stats, combine_scores
 from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
 from posttrain.judges.types import Score
 
 JUDGE_TYPES = ("verifier", "llm", "local", "reward_model", "rubric")
 PAIR_KEYS = ("strategy", "min_margin", "max_length_ratio", "length_balance", "length_balance_tolerance",
-             "length_unit", "tokenizer", "repair")
+             "length_unit", "tokenizer", "repair", "ensemble", "ensemble_std_k")
 CHUNK = 64  # candidates (or comparisons' prompts) per batch handed to a judge: the progress bar's step
 
 
@@ -140,6 +140,15 @@ def _pair_options(pair_config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise JudgeConfigError(f"pairs.strategy '{strategy}': expected one of "
                                f"{', '.join(pairing.STRATEGIES + pairing.PAIRWISE_STRATEGIES)}")
     cfg["repair"] = repair_count(strategy, cfg.get("repair"))
+    reduce, k = cfg.pop("ensemble", "mean"), cfg.pop("ensemble_std_k", 1.0)
+    if reduce not in REDUCTIONS:
+        raise JudgeConfigError(f"pairs.ensemble '{reduce}': expected one of {', '.join(REDUCTIONS)}")
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or k < 0:
+        raise JudgeConfigError(f"pairs.ensemble_std_k: expected a number >= 0, got {k!r}")
+    if reduce != "mean" and strategy not in pairing.STRATEGIES:
+        raise JudgeConfigError(f"pairs.ensemble '{reduce}' combines scores; strategy '{strategy}' compares pairs "
+                               "(weighted vote)")
+    cfg["ensemble"] = (reduce, float(k))
     unit, tokenizer = cfg.pop("length_unit", "chars"), cfg.pop("tokenizer", None)
     if unit not in ("chars", "tokens"):
         raise JudgeConfigError(f"pairs.length_unit '{unit}': expected chars or tokens")
@@ -188,7 +197,8 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines: list[int], source: str,
-                  strategy: str, pair_opts: dict[str, Any], progress: bool, repair: int = 0):
+                  strategy: str, pair_opts: dict[str, Any], progress: bool, repair: int = 0,
+                  ensemble: tuple[str, float] = ("mean", 1.0)):
     """Score every candidate, then build pairs from the scores: (pairs, pair summary, agreement, score rows).
     ``repair`` > 0: also that many repaired copies per prompt of failing candidates, scored, paired with theirs."""
     names = [m.name for m in members]
@@ -212,7 +222,8 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
                 if name in rubric_scores and not repairs:  # per-rule statistics are over the candidates
                     rubric_scores[name] += got_scores
             got = per_member[names[0]] if len(members) == 1 else [
-                combine_scores(members, [per_member[m.name][i] for m in members]) for i in range(len(chunk))]
+                combine_scores(members, [per_member[m.name][i] for m in members], *ensemble)
+                for i in range(len(chunk))]
             scores.update({(r["prompt_id"], r["candidate_index"]): s for r, s in zip(chunk, got)})
             bar.update(len(chunk))
 
@@ -320,6 +331,7 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
         raise JudgeConfigError(str(e)) from None
     strategy, pair_opts = _pair_options(pair_config or {})
     repair = pair_opts.pop("repair")
+    ensemble = pair_opts.pop("ensemble")  # how several scoring judges combine (ensemble.combine_scores)
     if not judges_config:
         raise JudgeConfigError("judges: at least one judge is needed")
     candidates, lines = read_candidate_rows(candidates_path)
@@ -330,7 +342,7 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
     out = Path(output_dir)
     if strategy in pairing.STRATEGIES:
         rows, pair_summary, agreement, score_rows, warnings, rubric = _scoring_mode(
-            members, candidates, lines, str(candidates_path), strategy, pair_opts, progress, repair)
+            members, candidates, lines, str(candidates_path), strategy, pair_opts, progress, repair, ensemble)
         comparisons = None
     else:
         rows, pair_summary, agreement, score_rows, comparisons, warnings = _pairwise_mode(

@@ -45,6 +45,45 @@ def test_weighted_mean_of_normalised_scores():
     assert math.isnan(combine_scores(members[1:2], [Score(math.nan)]).value)
 
 
+def test_min_and_mean_minus_std_reductions():
+    members = [Member(Table("a"), 1.0, (0, 1)), Member(Table("b"), 3.0, (0, 1)), Member(Table("c"), 1.0, (0, 1))]
+    scores = [Score(0.2), Score(0.6), Score(math.nan)]
+    assert combine_scores(members, scores, "min").value == pytest.approx(0.2)  # NaN left out, weights unused
+    # weighted mean (0.2 + 3 * 0.6) / 4 = 0.5; weighted variance (1 * 0.09 + 3 * 0.01) / 4 = 0.03
+    assert combine_scores(members, scores, "mean_minus_std", 2.0).value == pytest.approx(0.5 - 2 * math.sqrt(0.03))
+    assert combine_scores(members, scores, "mean_minus_std", 0.0).value == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="ensemble reduce 'max'"):
+        combine_scores(members, scores, "max")
+
+
+def test_judge_stage_ensemble_option(tmp_path):
+    import json
+
+    from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
+
+    texts = ["HELLO THERE FRIEND", "hello there my good friend how are you"]
+    rows = [{"prompt_id": "p", "candidate_index": i, "prompt": [{"role": "user", "content": "Greet me briefly."}],
+             "text": t, "metadata": {"constraints": [{"kind": "word_count", "args": {"max": 5}}]}}
+            for i, t in enumerate(texts)]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judges = [{"type": "verifier", "name": "v1"}, {"type": "verifier", "name": "v2", "style_penalty": 0.5}]
+
+    def values(reduce, k=None):
+        pairs = {"ensemble": reduce, **({"ensemble_std_k": k} if k is not None else {})}
+        summary = judge_candidates(path, tmp_path / f"{reduce}{k}", judges, pairs)
+        assert summary["pairs"]["pairs_kept"] == 1
+        return [json.loads(x)["value"] for x in (tmp_path / f"{reduce}{k}" / "scores.jsonl").read_text().splitlines()]
+    # "HELLO THERE FRIEND" obeys the word count: v1 1.0; v2 finds unrequested capitals, 1 - 0.5 = 0.5. The long one fails: 0, 0
+    assert values("mean") == [0.75, 0.0]
+    assert values("min") == [0.5, 0.0]
+    assert values("mean_minus_std", 2) == [pytest.approx(0.75 - 2 * 0.25), 0.0]
+    with pytest.raises(JudgeConfigError, match="pairs.ensemble 'max': expected one of mean, min, mean_minus_std"):
+        judge_candidates(path, tmp_path / "x", judges, {"ensemble": "max"})
+    with pytest.raises(JudgeConfigError, match="combines scores; strategy 'round_robin' compares pairs"):
+        judge_candidates(path, tmp_path / "y", judges, {"ensemble": "min", "strategy": "round_robin"})
+
+
 def test_scoring_ensemble_and_agreement_on_pairs():
     j1 = Table("j1", {"x": 0.9, "y": 0.1, "z": 0.5}, score_range=(0, 1))
     j2 = Table("j2", {"x": 0.2, "y": 0.3, "z": 0.1}, score_range=(0, 1))
