@@ -49,7 +49,7 @@ def eval_command(
     from posttrain.data.writers import check_output_path
     from posttrain.eval.run import run_eval
     from posttrain.generation.types import BackendError
-    from posttrain.judges.judge_stage import JudgeConfigError, win_rate_judge
+    from posttrain.judges.judge_stage import JudgeConfigError, rubric_judge_of, win_rate_judge
     from posttrain.models.resolve import ModelError
 
     try:
@@ -57,7 +57,7 @@ def eval_command(
         pairwise = win_rate_judge(judge) if judge is not None else None
         if rubric_judge is not None and rubric is None:
             raise JudgeConfigError("--rubric-judge grades the rules of a --rubric file; give --rubric")
-        rubric_judge_ = build_rubric_judge(rubric, rubric_judge) if rubric is not None else None
+        rubric_judge_ = rubric_judge_of(rubric, rubric_judge) if rubric is not None else None
         kinds = [k.strip() for k in trained_kinds.split(",") if k.strip()] if trained_kinds is not None else None
         metrics = run_eval(model, suite or _default_suites(), baseline=baseline, base=base,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, judge=pairwise,
@@ -72,24 +72,6 @@ def eval_command(
         typer.echo(f"{key}: {metrics[key]:.4g}")
     if detail:
         typer.echo(f"(and {len(detail)} per-kind and per-suite metrics in {output / 'metrics.json'})")
-
-
-def build_rubric_judge(path: Path, grader: str | None):
-    """The ``RubricJudge`` of ``--rubric`` (+ ``--rubric-judge``), built before any model loads;
-    ``JudgeConfigError`` (one line) for a bad rubric file or grader."""
-    from posttrain.judges.judge_stage import JudgeConfigError, build_member
-    from posttrain.judges.specs import parse_judge_spec
-
-    spec: dict = {"type": "rubric", "rubric": str(path)}
-    if grader is not None:
-        g = parse_judge_spec(grader)
-        if g["type"] not in ("llm", "local"):
-            raise JudgeConfigError(f"--rubric-judge '{grader}': expected llm:URL:MODEL or local:MODEL")
-        spec |= {"base_url": g["base_url"], "model": g["model"]} if g["type"] == "llm" else {"local": g["model"]}
-    try:
-        return build_member(spec).judge
-    except JudgeConfigError as e:
-        raise JudgeConfigError(f"--rubric: {str(e).split(': ', 1)[1]}") from None
 
 
 def _fmt(x: float | None) -> str:

@@ -62,7 +62,7 @@ def judge(
     candidates: Path = typer.Option(..., "--candidates", help="candidates JSONL (the output of `posttrain generate`)"),
     output: Path = typer.Option(..., "--output", "-o", help="output folder for pairs.jsonl, scores.jsonl, summary"),
     judge_specs: list[str] = typer.Option(None, "--judge", help="verifier | llm:URL:MODEL | local:MODEL | "
-                                          "reward_model:MODEL (repeatable)"),
+                                          "reward_model:MODEL | rubric:FILE (repeatable)"),
     config: Path = typer.Option(None, "--config", help="YAML: a list of judges, or {judges: [...], pairs: {...}}"),
     strategy: str = typer.Option(None, help="best_vs_worst | all_above_margin | repair | round_robin | all_pairs "
                                  "(default: best_vs_worst)"),

@@ -399,3 +399,19 @@ def win_rate_judge(spec: str | dict[str, Any]):
     if not isinstance(judge, (PairwiseJudge, ScoringJudge)):
         raise JudgeConfigError(f"judge {spec!r}: neither a pairwise nor a scoring judge")
     return judge
+
+
+def rubric_judge_of(path, grader: str | None, option: str = "--rubric"):
+    """The ``RubricJudge`` of a rubric file and an optional grader spec (``llm:URL:MODEL`` | ``local:MODEL``), for
+    ``posttrain eval --rubric`` and the pipeline eval stage's ``rubric``, built before any model loads;
+    ``JudgeConfigError`` (one line, naming ``option``) for a bad rubric file or grader."""
+    spec: dict = {"type": "rubric", "rubric": str(path)}
+    if grader is not None:
+        g = parse_judge_spec(grader)
+        if g["type"] not in ("llm", "local"):
+            raise JudgeConfigError(f"{option}-judge '{grader}': expected llm:URL:MODEL or local:MODEL")
+        spec |= {"base_url": g["base_url"], "model": g["model"]} if g["type"] == "llm" else {"local": g["model"]}
+    try:
+        return build_member(spec).judge
+    except JudgeConfigError as e:
+        raise JudgeConfigError(f"{option}: {str(e).split(': ', 1)[1]}") from None

@@ -23,7 +23,7 @@ _LLM_SPEC = re.compile(r"^llm:(https?://[^/\s]+(?:/[^:\s]*)?):(.+)$")
 
 def parse_judge_spec(spec: str) -> dict[str, Any]:
     """``verifier`` | ``llm:URL:MODEL`` (the URL's path holds no ':'; the model may) | ``local:MODEL`` |
-    ``reward_model:MODEL`` (or ``rm:MODEL``) -> a judge config dict."""
+    ``reward_model:MODEL`` (or ``rm:MODEL``) | ``rubric:FILE`` -> a judge config dict."""
     if spec == "verifier":
         return {"type": "verifier"}
     m = _LLM_SPEC.match(spec)
@@ -32,7 +32,10 @@ def parse_judge_spec(spec: str) -> dict[str, Any]:
     kind, _, model = spec.partition(":")
     if kind in ("local", "reward_model", "rm") and model:
         return {"type": "reward_model" if kind == "rm" else kind, "model": model}
-    raise JudgeConfigError(f"--judge '{spec}': expected verifier, llm:URL:MODEL, local:MODEL or reward_model:MODEL")
+    if kind == "rubric" and model:  # a rubric file; LLM-graded rules need a grader: use a --config file for those
+        return {"type": "rubric", "rubric": model}
+    raise JudgeConfigError(f"--judge '{spec}': expected verifier, llm:URL:MODEL, local:MODEL, reward_model:MODEL or "
+                           "rubric:FILE")
 
 
 def load_judges_file(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.pipeline.spec import PipelineError, check_judge_entry, check_keys, check_types, nothing_pending
+from posttrain.pipeline.spec import (PipelineError, check_file, check_judge_entry, check_keys, check_types,
+                                     nothing_pending)
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "base", "max_new_tokens", "batch_size",
-             "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported")
+             "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported", "rubric", "rubric_judge")
 GATE_KEYS = ("metrics", "gates", "gates_file")
 
 
@@ -41,7 +42,11 @@ def check_eval(params: dict, pending) -> None:
     check_types(params, {"model": (str,), "adapter": (str,), "suites": (str, list), "baseline": (str,),
                          "baseline_adapter": (str,), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
                          "backend": (str,), "judge": (str, dict), "base": (str,), "trained_on": (str, list),
-                         "trained_kinds": (str, list), "ifeval_unsupported": (str,)})
+                         "trained_kinds": (str, list), "ifeval_unsupported": (str,), "rubric": (str,),
+                         "rubric_judge": (str,)})
+    if params.get("rubric_judge") and not params.get("rubric"):
+        raise PipelineError("config: key 'rubric_judge' grades the rules of a 'rubric' file; give 'rubric'")
+    check_file(params, "rubric", pending)
     if params.get("ifeval_unsupported", "error") not in ("error", "skip"):
         raise PipelineError(f"config: key 'ifeval_unsupported': expected error or skip, got "
                             f"{params['ifeval_unsupported']!r}")
@@ -71,6 +76,14 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     suites = params["suites"]
     suites = [suites] if isinstance(suites, str) else list(suites)
     judge = _win_rate_judge(params.get("judge"))
+    rubric = None
+    if params.get("rubric"):
+        from posttrain.judges.judge_stage import JudgeConfigError, rubric_judge_of
+
+        try:
+            rubric = rubric_judge_of(params["rubric"], params.get("rubric_judge"), option="rubric")
+        except JudgeConfigError as e:
+            raise PipelineError(f"config: key {e}") from None
     try:
         return run_eval(params.get("model", "tiny-random"), suites, baseline=params.get("baseline"),
                         base=params.get("base"), max_new_tokens=int(params.get("max_new_tokens", 256)),
@@ -79,7 +92,7 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
                         baseline_adapter=params.get("baseline_adapter"), backend=params.get("backend", "hf"),
                         judge=judge, trained_on=_as_list(params.get("trained_on")),
                         trained_kinds=_as_list(params.get("trained_kinds")),
-                        ifeval_unsupported=params.get("ifeval_unsupported", "error"))
+                        ifeval_unsupported=params.get("ifeval_unsupported", "error"), rubric=rubric)
     except ValueError as e:  # a bad suite or option: one line for the user
         raise PipelineError(f"config: {str(e).splitlines()[0]}") from None
 
@@ -119,7 +132,7 @@ def eval_inputs(params: dict) -> list[str]:
             paths.append(s)  # reported when the stage runs
     return [p for p in (params.get("model", "tiny-random"), params.get("adapter"), params.get("baseline"),
                         params.get("baseline_adapter"), params.get("base"), *paths,
-                        *(_as_list(params.get("trained_on")) or [])) if p]
+                        *(_as_list(params.get("trained_on")) or []), params.get("rubric")) if p]
 
 
 def gate_list(params: dict, pending) -> list | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import typer
@@ -222,6 +223,35 @@ def test_eval_command_with_a_verifier_rubric(tmp_path):
                                    "--rubric-judge", "rm:some/model", "-o", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "--rubric-judge 'rm:some/model': expected llm:URL:MODEL or local:MODEL" in res.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_pipeline_eval_stage_with_a_rubric(tmp_path):
+    """The pipeline's eval stage takes ``rubric`` (a hashed input) as ``eval --rubric`` does; a bad one is one line
+    naming the key before anything runs."""
+    from posttrain.pipeline.load import parse_pipeline
+    from posttrain.pipeline.registry import STAGES
+    from posttrain.pipeline.runner import run_pipeline
+    from posttrain.pipeline.spec import PipelineError
+
+    suite = tmp_path / "mini.jsonl"
+    suite.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"About {w}, all lowercase.", "kind": "constraint",
+                                         "constraints": [{"kind": "lowercase", "args": {}}]}) + "\n"
+                             for i, w in enumerate(["cats", "tea"])))
+    rubric = tmp_path / "r.yaml"
+    rubric.write_text("- {id: asked, text: 'Obeys the prompt.', verifier: constraints}\n")
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {"eval": {"command": "eval", "config": {
+        "model": "tiny-random", "suites": [f"{suite}@4"], "rubric": str(rubric)}}}}
+    manifest = run_pipeline(parse_pipeline(tree, STAGES))
+    stage = manifest["stages"]["eval"]
+    assert stage["status"] == "done" and str(rubric) in stage["inputs"]
+    metrics = json.loads((Path(stage["folder"]) / "metrics.json").read_text())
+    assert metrics["rubric/rule/asked/pass_rate"] == metrics["constraints/pass_rate"]
+    tree["stages"]["eval"]["config"]["rubric"] = str(tmp_path / "missing.yaml")
+    with pytest.raises(PipelineError, match="stages.eval.config: key 'rubric': no such file"):
+        run_pipeline(parse_pipeline(tree, STAGES))
+    tree["stages"]["eval"]["config"] = {"model": "tiny-random", "suites": [str(suite)], "rubric_judge": "local:x"}
+    with pytest.raises(PipelineError, match="key 'rubric_judge' grades the rules of a 'rubric' file"):
+        run_pipeline(parse_pipeline(tree, STAGES))
 
 
 # --------------------------------------------------------------------------------------------- PPO / GRPO reward

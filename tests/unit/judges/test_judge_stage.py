@@ -63,6 +63,7 @@ def test_parse_judge_spec():
         "type": "llm", "base_url": "https://api.example.com/v1", "model": "gpt-x"}
     assert parse_judge_spec("local:runs/sft/model") == {"type": "local", "model": "runs/sft/model"}
     assert parse_judge_spec("rm:runs/rm") == {"type": "reward_model", "model": "runs/rm"}
+    assert parse_judge_spec("rubric:examples/rubric.yaml") == {"type": "rubric", "rubric": "examples/rubric.yaml"}
     with pytest.raises(JudgeConfigError, match="--judge 'llm:gpt'"):
         parse_judge_spec("llm:gpt")
 
