@@ -39,6 +39,22 @@ def ensemble_rewards(each: torch.Tensor, reduce: str = "mean", k: float = 1.0) -
     return mean
 
 
+def check_rubric_reward(reward_cfg) -> None:
+    """``reward.rubric`` reads as a rubric, and an LLM is configured if a rule needs one: ``ConfigError`` (one
+    line) otherwise. Cheap: the RL trainers call it before the policy loads."""
+    if not (reward_cfg.rubric and reward_cfg.rubric_weight > 0):
+        return
+    try:
+        rules = load_rubric(reward_cfg.rubric)
+    except RubricError as e:
+        raise ConfigError(f"reward.rubric: {e}") from None
+    asked = [(i, r) for i, r in enumerate(rules) if r.verifier is None]
+    if asked and not reward_cfg.rubric_base_url:
+        i, r = asked[0]
+        raise ConfigError(f"reward.rubric: {reward_cfg.rubric}: rules[{i}] ('{r.id}') has no verifier, so "
+                          "an LLM grades it: set reward.rubric_base_url and reward.rubric_model")
+
+
 class RewardFunction:
     """Scores (prompt row, response text, token count) triples; see the module docstring for the formula."""
 
@@ -58,15 +74,7 @@ class RewardFunction:
                                   for p in paths]
         self.rubric: RubricJudge | None = None
         if reward_cfg.rubric and reward_cfg.rubric_weight > 0:
-            try:
-                rules = load_rubric(reward_cfg.rubric)
-            except RubricError as e:
-                raise ConfigError(f"reward.rubric: {e}") from None
-            asked = [(i, r) for i, r in enumerate(rules) if r.verifier is None]
-            if asked and not reward_cfg.rubric_base_url:
-                i, r = asked[0]
-                raise ConfigError(f"reward.rubric: {reward_cfg.rubric}: rules[{i}] ('{r.id}') has no verifier, so "
-                                  "an LLM grades it: set reward.rubric_base_url and reward.rubric_model")
+            check_rubric_reward(reward_cfg)
             llm = ({"base_url": reward_cfg.rubric_base_url, "model": reward_cfg.rubric_model,
                     "api_key_env": reward_cfg.rubric_api_key_env} if reward_cfg.rubric_base_url else {})
             self.rubric = RubricJudge(reward_cfg.rubric, code_sandbox=reward_cfg.code_sandbox, **llm)

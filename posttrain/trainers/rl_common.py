@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from posttrain.generation.prompts import PromptItem, load_prompt_items, make_generator, sample
-from posttrain.judges.reward import RewardFunction
+from posttrain.judges.reward import RewardFunction, check_rubric_reward
 from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.training.loop import cross_process_sum, settings_from_config
 from posttrain.training.parallel import gathered
@@ -88,14 +88,18 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     trained module's gathered state dict when it was sharded, else None."""
     run = StageRun(cfg, stage)
     accelerator = run.accelerator
+    check_rubric_reward(cfg.reward)  # a bad rubric file fails before the policy loads
     setup = load_rl_setup(cfg, run, need_verifiable=cfg.reward.verifier_weight > 0)
     policy, tokenizer, generator = setup.policy, setup.tokenizer, setup.generator
     reward_fn = RewardFunction(cfg.reward, max_new_tokens=cfg.rollout.max_new_tokens,
                                reduce=cross_process_sum(accelerator))
     model, fns, extra_save = build(policy, tokenizer, reward_fn, generator, accelerator)
     rms = cfg.reward.reward_model
-    run.open({"reward.reward_model": rms} if isinstance(rms, str) and rms
-             else {f"reward.reward_model[{i}]": path for i, path in enumerate(rms or [])})
+    inputs = ({"reward.reward_model": rms} if isinstance(rms, str) and rms
+              else {f"reward.reward_model[{i}]": path for i, path in enumerate(rms or [])})
+    if cfg.reward.rubric:
+        inputs["reward.rubric"] = cfg.reward.rubric
+    run.open(inputs)
 
     def heldout(prefix: str) -> dict:
         if not setup.eval_items:

@@ -320,4 +320,14 @@ def test_grpo_with_a_verifier_rubric_reward(tmp_path):
     assert row["reward/rubric"] == row["reward/verifier"] and row["reward/rubric/letter"] == row["reward/verifier"]
     assert row["reward/total"] == pytest.approx(1.5 * row["reward/verifier"], abs=1e-6)
     assert row["reward/rubric_pass_rate"] == row["reward/pass_rate"]
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "completed"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["inputs"]["reward.rubric"]["hash"].startswith("sha256:")
+    # a bad rubric fails before the policy loads (the model name, which does not exist, is never looked up)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {id: a, text: t, verifier: {kind: nope}}\n")
+    (tmp_path / "b").mkdir()
+    cfg = rl_config("grpo", tmp_path / "b", f"reward.rubric={bad}", "model.name=no-such-model")
+    from posttrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^reward.rubric: .*unknown constraint kind 'nope'"):
+        train_grpo(cfg)
