@@ -140,3 +140,27 @@ def deploy_base(model_name: str, serving_dir: str | Path) -> Path:
     os.replace(tmp, target)
     os.symlink(Path("models") / name, link)
     return target
+
+
+def promoted_stage(run_dir: Path, model: str | Path) -> str:
+    """The name of the run's stage whose folder holds ``model`` (a ``promote`` stage's ``${merge.output}/model``)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    model = Path(model).resolve()
+    for name, entry in (manifest.get("stages") or {}).items():
+        folder = entry.get("folder")
+        if folder and (model == Path(folder).resolve() or Path(folder).resolve() in model.parents):
+            return name
+    raise PromotionError(f"promote: model {model} is not the output of a stage of this run: give "
+                         "${STAGE.output}/model (e.g. ${merge.output}/model)")
+
+
+def run_promote_stage(params: dict, output_dir: Path, resume: bool) -> dict:
+    """The pipeline's ``promote`` stage: ``posttrain promote`` for the stage whose model ``params["model"]`` is,
+    into ``params["to"]``, with the same gate rule (every gate connected to that stage passed in this run; put
+    the promote stage after the gate). ``promotion.json`` is also kept in the stage's folder."""
+    run_dir = output_dir.parent
+    stage = promoted_stage(run_dir, params["model"])
+    target = promote(run_dir, stage, params["to"])
+    record = json.loads((target / PROMOTION).read_text())
+    (output_dir / PROMOTION).write_text(json.dumps(record, indent=2) + "\n")
+    return {"promoted": 1, "gates": len(record.get("gates") or [])}

@@ -511,6 +511,26 @@ def merge_inputs(params: dict) -> list[str]:
     return [m for m in models + [params.get("base")] if isinstance(m, str) and m]
 
 
+def check_promote(params: dict, pending: Pending) -> None:
+    check_keys(params, ("model", "to"))
+    check_types(params, {"model": (str,), "to": (str,)})
+    for key, example in (("model", "${merge.output}/model"), ("to", "serving")):
+        if not params.get(key):
+            raise PipelineError(f"config: key '{key}' is required (e.g. {example})")
+
+
+def run_promote(params: dict, output_dir: Path, resume: bool) -> dict:
+    """``promote``: copy an upstream stage's model into the serving folder ``to`` once its gates passed
+    (``pipeline/promote.py``); a running ``posttrain serve`` picks it up on SIGHUP."""
+    from posttrain.pipeline.promote import PromotionError, run_promote_stage
+
+    check_promote(params, nothing_pending)
+    try:
+        return run_promote_stage(params, output_dir, resume)
+    except PromotionError as e:
+        raise PipelineError(f"config: {e}") from None
+
+
 def _eval_stages() -> dict[str, StageSpec]:
     """``eval`` and ``gate``, registered only where ``posttrain.eval`` exists (``run_eval`` and ``evaluate_gates``
     are imported when the stage runs, so importing the registry stays cheap)."""
@@ -546,6 +566,8 @@ STAGES: dict[str, StageSpec] = {
     "merge": StageSpec(run_merge, merge_inputs, check_merge,
                        main_metric="export_mb"),
     "mix": StageSpec(_mix_run, _mix_inputs, _mix_check, main_metric="rows"),
+    "promote": StageSpec(run_promote, lambda p: [p["model"]] if p.get("model") else [], check_promote,
+                         main_metric="promoted"),
     **_eval_stages(),
     **_best_round_stage(),
 }

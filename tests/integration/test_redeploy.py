@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from posttrain.cli import app
 from posttrain.feedback.store import FeedbackStore
 from posttrain.pipeline.promote import PromotionError, promote
+from posttrain.pipeline.spec import PipelineError
 
 PROMPT = [{"role": "user", "content": "Say something."}]
 
@@ -198,3 +199,39 @@ def test_sighup_switches_to_the_promoted_model_without_failing_a_request(tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_promote_stage_in_a_pipeline_after_its_gate(tmp_path, tiny_model_dir):
+    """gate -> merge (the model soup of tiny-random with itself) -> promote: the promoted folder is the merge
+    stage's model and `current` points at it; a failing gate stops merge and promote and leaves `current` alone."""
+    from posttrain.pipeline.eval_stages import GateFailed
+    from posttrain.pipeline.load import parse_pipeline
+    from posttrain.pipeline.registry import STAGES
+    from posttrain.pipeline.runner import run_pipeline
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"constraints/pass_rate": 0.6}))
+    serving = tmp_path / "serving"
+    tree = {"run_dir": str(tmp_path / "run"), "stages": {
+        "gate": {"command": "gate", "config": {"metrics": str(metrics),
+                                               "gates": [{"metric": "constraints/pass_rate", "min": 0.5}]}},
+        "merge": {"command": "merge", "after": ["gate"],
+                  "config": {"models": [str(tiny_model_dir), str(tiny_model_dir)], "method": "linear"}},
+        "promote": {"command": "promote", "config": {"model": "${merge.output}/model", "to": str(serving)}}}}
+    stages = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    assert stages["promote"]["status"] == "done"
+    current = (serving / "current").resolve()
+    assert current.name == f"merge-{stages['merge']['key'][:12]}"
+    record = json.loads((current / "promotion.json").read_text())
+    assert record["stage"] == "merge" and [g["name"] for g in record["gates"]] == ["gate"]
+    assert (current / "model.safetensors").is_file()
+    assert json.loads((Path(stages["promote"]["folder"]) / "promotion.json").read_text()) == record
+
+    metrics.write_text(json.dumps({"constraints/pass_rate": 0.4}))
+    with pytest.raises(GateFailed):
+        run_pipeline(parse_pipeline(tree, STAGES))
+    assert (serving / "current").resolve() == current  # still the model promoted while the gate passed
+    tree["stages"]["promote"]["config"]["model"] = str(tiny_model_dir)
+    metrics.write_text(json.dumps({"constraints/pass_rate": 0.6}))
+    with pytest.raises(PipelineError, match="is not the output of a stage of this run"):
+        run_pipeline(parse_pipeline(tree, STAGES))
