@@ -31,6 +31,11 @@ CHOICES = ("a", "b", "tie", "both_bad")
 AUDIT_CHOICES = ("a", "b", "tie")
 
 
+def answers_needed(task: dict[str, Any]) -> int:
+    """How many labelers answer a task (``label add --answers N``; default 1)."""
+    return int(task.get("answers_needed") or 1)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -87,27 +92,43 @@ class LabelTables:
                                 (task_id,)).fetchone()
         return _loads(row) if row else None
 
-    def next_label_task(self, kind: str, user: str, batch: str | None = None) -> dict[str, Any] | None:
-        """The oldest task of ``kind`` (and ``batch``) that nobody has answered yet, or None when all are done."""
+    def _open_tasks(self, kind: str, batch: str | None, user: str | None = None) -> list[tuple[dict, int]]:
+        """(task, answers so far) of ``kind`` (and ``batch``), oldest first; with ``user``: only the tasks that
+        user has not answered and is assigned to (a task's ``assignees``, when it has them)."""
         where, args = "t.kind = ?", [kind]
         if batch is not None:
             where, args = where + " AND t.batch = ?", args + [batch]
+        if user is not None:
+            where, args = where + " AND NOT EXISTS (SELECT 1 FROM label_answers a WHERE a.task_id = t.id AND " \
+                                  "a.user_id = ?)", args + [user]
         with self._transaction() as cur:
-            row = self._execute(cur, "SELECT t.id, t.created_at, t.kind, t.payload, t.batch FROM label_tasks t "
-                                     f"WHERE {where} AND NOT EXISTS (SELECT 1 FROM label_answers a "
-                                     "WHERE a.task_id = t.id) ORDER BY t.id LIMIT 1", tuple(args)).fetchone()
-        return _loads(row) if row else None
+            rows = self._execute(cur, "SELECT t.id, t.created_at, t.kind, t.payload, t.batch, (SELECT COUNT(*) FROM "
+                                      "label_answers a WHERE a.task_id = t.id) FROM label_tasks t "
+                                      f"WHERE {where} ORDER BY t.id", tuple(args)).fetchall()
+        tasks = [(_loads(r[:5]), int(r[5])) for r in rows]
+        if user is not None:
+            tasks = [(t, n) for t, n in tasks if not t.get("assignees") or user in t["assignees"]]
+        return tasks
 
-    def label_progress(self, kind: str, batch: str | None = None) -> tuple[int, int]:
-        """(answered tasks, all tasks) of ``kind`` (and ``batch``)."""
-        where, args = "kind = ?", [kind]
-        if batch is not None:
-            where, args = where + " AND batch = ?", args + [batch]
+    def next_label_task(self, kind: str, user: str, batch: str | None = None) -> dict[str, Any] | None:
+        """The oldest task of ``kind`` (and ``batch``) for ``user``: assigned to them (or to anyone), not answered
+        by them, and with fewer answers than it needs (``answers_needed``, default 1); None when none is left."""
+        return next((t for t, n in self._open_tasks(kind, batch, user) if n < answers_needed(t)), None)
+
+    def label_progress(self, kind: str, batch: str | None = None, user: str | None = None) -> tuple[int, int]:
+        """(done, all) tasks of ``kind`` (and ``batch``): a task is done when it has the answers it needs. With
+        ``user``: (answered by them, answered by them + still open for them)."""
+        if user is None:
+            tasks = self._open_tasks(kind, batch)
+            return sum(n >= answers_needed(t) for t, n in tasks), len(tasks)
+        left = sum(n < answers_needed(t) for t, n in self._open_tasks(kind, batch, user))
         with self._transaction() as cur:
-            total = self._execute(cur, f"SELECT COUNT(*) FROM label_tasks WHERE {where}", tuple(args)).fetchone()[0]
-            done = self._execute(cur, f"SELECT COUNT(*) FROM label_tasks t WHERE {where} AND EXISTS (SELECT 1 FROM "
-                                      "label_answers a WHERE a.task_id = t.id)", tuple(args)).fetchone()[0]
-        return int(done), int(total)
+            where, args = "t.kind = ? AND a.user_id = ?", [kind, user]
+            if batch is not None:
+                where, args = where + " AND t.batch = ?", args + [batch]
+            mine = self._execute(cur, "SELECT COUNT(*) FROM label_answers a JOIN label_tasks t ON a.task_id = t.id "
+                                      f"WHERE {where}", tuple(args)).fetchone()[0]
+        return int(mine), int(mine) + left
 
     def add_label_answer(self, task_id: int, user: str, answer: dict[str, Any]) -> int:
         """Store one person's answer to a task (checked against the task's kind); returns its id. A second answer
@@ -122,10 +143,18 @@ class LabelTables:
         edited = answer.get("edited")
         if edited is not None and (not isinstance(edited, str) or len(edited) > 200_000):
             raise DataError("answer", None, "edited", "must be text of at most 200000 characters")
+        if task.get("assignees") and user not in task["assignees"]:
+            raise DataError("answer", None, "task", f"task {task_id} is assigned to {', '.join(task['assignees'])}, "
+                            f"not {user}")
         with self._transaction() as cur:
             if self._execute(cur, "SELECT 1 FROM label_answers WHERE task_id = ? AND user_id = ?",
                              (task_id, user)).fetchone():
                 raise DataError("answer", None, "task", f"task {task_id} is already answered by {user}")
+            count = self._execute(cur, "SELECT COUNT(*) FROM label_answers WHERE task_id = ?",
+                                  (task_id,)).fetchone()[0]
+            if count >= answers_needed(task):
+                raise DataError("answer", None, "task", f"task {task_id} already has its {answers_needed(task)} "
+                                "answer(s)")
             row = self._execute(cur, "INSERT INTO label_answers (created_at, task_id, user_id, answer) "
                                      "VALUES (?, ?, ?, ?) RETURNING id",
                                 (self._now(), task_id, user, json.dumps(answer))).fetchone()

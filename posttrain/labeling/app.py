@@ -28,7 +28,7 @@ from flask import Flask, Response, abort, g, jsonify, redirect, render_template,
 
 from posttrain.data.schema import DataError
 from posttrain.feedback.store import FeedbackStore
-from posttrain.labeling.audit import audit_report
+from posttrain.labeling.audit import audit_report, labeler_agreement
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "resources" / "label"
 COOKIE = "posttrain_label_token"
@@ -109,7 +109,7 @@ def create_app(store: FeedbackStore) -> Flask:
     def task_page(kind: str, title: str, view: str):
         batch = request.args.get("batch") or None
         task = store.next_label_task(kind, g.user, batch)
-        done, total = store.label_progress(kind, batch)
+        done, total = store.label_progress(kind, batch, g.user)  # this labeler's tasks
         if task is None:
             return render_template("message.html", heading="All done",
                                    message=f"No {title.lower()} tasks left ({done} of {total} answered).")
@@ -167,7 +167,9 @@ def create_app(store: FeedbackStore) -> Flask:
         return render_template("admin.html", rows=rows)
 
     def report() -> dict[str, Any]:
-        return audit_report(store.label_answers("audit", request.args.get("batch") or None))
+        batch = request.args.get("batch") or None
+        return {**audit_report(store.label_answers("audit", batch)),
+                "labelers": labeler_agreement(store.label_answers("side_by_side", batch))}
 
     @app.get("/admin/audit")
     @needs("admin")

@@ -146,3 +146,50 @@ def audit_report(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     confusion = Counter((r["judge"], r["human"]) for r in rows)
     return {"overall": over(rows), "strata": by_dimension, "batches": per_batch, "drift": drift,
             "confusion": {j: {h: confusion[(j, h)] for h in SHOWN} for j in SHOWN}}
+
+
+LABEL_CHOICES = ("a", "b", "tie", "both_bad")
+
+
+def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float | None:
+    """Fleiss' kappa (Fleiss 1971) for items each rated by the same number m >= 2 of raters: ``counts[i][k]`` is
+    how many raters put item i in category k. P_i = (sum_k n_ik^2 - m) / (m (m - 1)), P_bar their mean,
+    p_k = sum_i n_ik / (N m), P_e = sum_k p_k^2, kappa = (P_bar - P_e) / (1 - P_e); None when P_e = 1."""
+    if not counts:
+        return None
+    m = sum(counts[0])
+    if m < 2 or any(sum(row) != m for row in counts):
+        raise ValueError("Fleiss' kappa needs the same number (>= 2) of ratings per item")
+    n_items = len(counts)
+    p_bar = sum((sum(x * x for x in row) - m) / (m * (m - 1)) for row in counts) / n_items
+    p_e = sum((sum(row[k] for row in counts) / (n_items * m)) ** 2 for k in range(len(counts[0])))
+    return None if p_e >= 1 else (p_bar - p_e) / (1 - p_e)
+
+
+def labeler_agreement(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Inter-labeler agreement on side-by-side tasks answered by two or more people (``label add --answers N``),
+    on the response each chose (``a`` / ``b`` / ``tie`` / ``both_bad``, the display order undone): the tasks, the
+    fraction of tasks where all agree, the mean pairwise agreement, Fleiss' kappa over the tasks with the most common
+    number of answers, and per labeler pair (two who answered the same tasks) their agreement and task count."""
+    by_task: dict[int, dict[str, str]] = defaultdict(dict)
+    for ans in answers:
+        by_task[ans["task"]["id"]][ans["user_id"]] = ans["choice"]
+    multi = {t: v for t, v in by_task.items() if len(v) >= 2}
+    if not multi:
+        return {"tasks": 0}
+    pair_agree: dict[tuple[str, str], list[int]] = defaultdict(list)
+    pairwise = []
+    for votes in multi.values():
+        users = sorted(votes)
+        same = [int(votes[u] == votes[v]) for i, u in enumerate(users) for v in users[i + 1:]]
+        pairwise.append(sum(same) / len(same))
+        for i, u in enumerate(users):
+            for v in users[i + 1:]:
+                pair_agree[(u, v)].append(int(votes[u] == votes[v]))
+    m = Counter(len(v) for v in multi.values()).most_common(1)[0][0]
+    counts = [[Counter(v.values())[c] for c in LABEL_CHOICES] for v in multi.values() if len(v) == m]
+    return {"tasks": len(multi), "all_agree": sum(len(set(v.values())) == 1 for v in multi.values()) / len(multi),
+            "pairwise_agreement": sum(pairwise) / len(pairwise), "fleiss_kappa": fleiss_kappa(counts),
+            "fleiss_tasks": len(counts), "raters_per_task": m,
+            "pairs": {f"{u}|{v}": {"tasks": len(x), "agreement": sum(x) / len(x)}
+                      for (u, v), x in sorted(pair_agree.items())}}

@@ -18,7 +18,7 @@ from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import atomic_write_json
 from posttrain.errors import fail
 from posttrain.feedback.store import FeedbackStore, StoreError
-from posttrain.labeling.audit import audit_report, stratified_sample
+from posttrain.labeling.audit import audit_report, labeler_agreement, stratified_sample
 from posttrain.labeling.tasks import audit_items, side_by_side_payloads, with_display
 
 label_app = typer.Typer(no_args_is_help=True, help="Label side-by-side comparisons and audit a judge in a browser.")
@@ -51,10 +51,16 @@ def add_tasks(source: Path = typer.Argument(None, help="comparisons JSONL (promp
                                               "completions with two different choices (serve with n >= 2)"),
               limit: int = typer.Option(None, "--limit", min=1, help="at most this many tasks"),
               batch: str = typer.Option(None, "--batch", help="a name to group these tasks by"),
+              answers: int = typer.Option(1, "--answers", min=1, help="labelers who answer each task (2 or more: "
+                                          "inter-labeler agreement in `label report`)"),
+              assign: str = typer.Option(None, "--assign", help="NAME,NAME,...: only these labelers get the tasks"),
               seed: int = typer.Option(0, "--seed", help="seeds the display order of each task")) -> None:
     """Add side-by-side tasks (each shown in a random, recorded order)."""
     if (source is None) == (not from_store):
         fail("give a comparisons or candidates FILE, or --from-store")
+    assignees = [n.strip() for n in assign.split(",") if n.strip()] if assign else None
+    if assignees is not None and len(assignees) < answers:
+        fail(f"--assign names {len(assignees)} labeler(s), fewer than --answers {answers}: no task could be done")
     try:
         opened = FeedbackStore(store)
         if from_store:
@@ -63,10 +69,15 @@ def add_tasks(source: Path = typer.Argument(None, help="comparisons JSONL (promp
                 fail(f"{store}: no recorded completion with two different choices that is not a task already")
         else:
             payloads = side_by_side_payloads(source, seed)
-        ids = opened.add_label_tasks("side_by_side", payloads[:limit], batch)
+        extra = {"answers_needed": answers} if answers > 1 else {}
+        if assignees:
+            extra["assignees"] = assignees
+        ids = opened.add_label_tasks("side_by_side", [{**p, **extra} for p in payloads[:limit]], batch)
     except USER_ERRORS as e:
         fail(e)
-    typer.echo(f"added {len(ids)} side-by-side task(s)" + (f" to batch {batch}" if batch else ""))
+    typer.echo(f"added {len(ids)} side-by-side task(s)" + (f" to batch {batch}" if batch else "")
+               + (f", {answers} answers each" if answers > 1 else "")
+               + (f", for {', '.join(assignees)}" if assignees else ""))
 
 
 @label_app.command("audit")
@@ -94,13 +105,22 @@ def add_audit(decisions: Path = typer.Argument(..., help="a judge run's pairs.js
 def report(store: str = typer.Option(..., "--store", help=STORE_HELP),
            batch: str = typer.Option(None, "--batch", help="one batch only (default: all, with drift across them)"),
            output: Path = typer.Option(None, "-o", "--output", help="write the report as JSON")) -> None:
-    """Human-vs-judge agreement of the audits (Cohen's kappa with a 95% interval, per stratum and batch)."""
+    """Human-vs-judge agreement of the audits (Cohen's kappa with a 95% interval, per stratum and batch), and the
+    agreement between labelers on side-by-side tasks answered by several (Fleiss' kappa)."""
     try:
-        result = audit_report(FeedbackStore(store).label_answers("audit", batch))
+        opened = FeedbackStore(store)
+        result = audit_report(opened.label_answers("audit", batch))
+        result["labelers"] = labeler_agreement(opened.label_answers("side_by_side", batch))
         if output is not None:
             atomic_write_json(output, result)
     except USER_ERRORS as e:
         fail(e)
+    agree = result["labelers"]
+    if agree["tasks"]:
+        kappa = "undefined" if agree["fleiss_kappa"] is None else f"{agree['fleiss_kappa']:.3f}"
+        typer.echo(f"side-by-side tasks with several labelers: {agree['tasks']}, all agree {agree['all_agree']:.3f}, "
+                   f"pairwise agreement {agree['pairwise_agreement']:.3f}, Fleiss kappa {kappa} "
+                   f"({agree['fleiss_tasks']} tasks x {agree['raters_per_task']} labelers)")
     o = result["overall"]
     if not o["n"]:
         typer.echo("no audit answers yet")

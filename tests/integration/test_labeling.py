@@ -67,6 +67,50 @@ def test_label_tables_and_their_events(store_url, tmp_path):
     assert sorted((u.completion[-1]["content"], u.label) for u in conv.unpaired) == [("Rock.", False), ("Tea.", False)]
 
 
+def test_several_labelers_per_task_assignment_and_agreement(store_url, tmp_path):
+    """``label add --answers 2 --assign ann,bob,cy``: each task goes to two of the three assigned labelers, never twice
+    to one, and to nobody else; `label report` gives their agreement (hand-counted)."""
+    store = FeedbackStore(store_url)
+    for name in ("ann", "bob", "cy", "dan"):
+        store.add_labeler(name)
+    rows = [{"prompt": PROMPT, "a": a, "b": b, "display": ["a", "b"]}
+            for a, b in [("Red.", "Soup."), ("Blue.", "Lamp."), ("Tea.", "Rock.")]]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "response_a": r["a"], "response_b": r["b"]}) + "\n"
+                            for r in rows))
+    res = CliRunner().invoke(app, ["label", "add", str(path), "--store", store_url, "--answers", "2",
+                                   "--assign", "ann,bob,cy"])
+    assert res.exit_code == 0 and "3 side-by-side task(s), 2 answers each, for ann, bob, cy" in res.output
+    assert store.next_label_task("side_by_side", "dan") is None  # not assigned
+    first = store.next_label_task("side_by_side", "ann")
+    with pytest.raises(DataError, match="is assigned to ann, bob, cy, not dan"):
+        store.add_label_answer(first["id"], "dan", {"choice": "a"})
+    # ann and bob answer all three; cy finds nothing left; the choices (response labels) agree on 2 of 3 tasks
+    choices = {"ann": ["a", "b", "tie"], "bob": ["a", "b", "a"]}
+    for user, picks in choices.items():
+        for pick in picks:
+            task = store.next_label_task("side_by_side", user)
+            store.add_label_answer(task["id"], user, {"choice": pick, "side": "left"})
+        assert store.next_label_task("side_by_side", user) is None
+        assert store.label_progress("side_by_side", user=user) == (3, 3)
+    assert store.next_label_task("side_by_side", "cy") is None and store.label_progress("side_by_side") == (3, 3)
+    assert store.label_progress("side_by_side", user="cy") == (0, 0)
+    with pytest.raises(DataError, match="already has its 2 answer"):
+        store.add_label_answer(first["id"], "cy", {"choice": "a"})
+    out = tmp_path / "report.json"
+    res = CliRunner().invoke(app, ["label", "report", "--store", store_url, "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    agree = json.loads(out.read_text())["labelers"]
+    # tasks: (a, a), (b, b), (tie, a): all agree 2/3; Fleiss over 3 tasks x 2 raters, categories a, b, tie, both_bad:
+    # P_i = 1, 1, 0 -> P_bar 2/3; p = (3/6, 2/6, 1/6, 0) -> P_e = 14/36; kappa = (2/3 - 14/36) / (1 - 14/36) = 10/22
+    assert agree["tasks"] == 3 and agree["all_agree"] == pytest.approx(2 / 3)
+    assert agree["fleiss_kappa"] == pytest.approx(10 / 22) and agree["raters_per_task"] == 2
+    assert agree["pairs"] == {"ann|bob": {"tasks": 3, "agreement": pytest.approx(2 / 3)}}
+    assert "Fleiss kappa 0.455 (3 tasks x 2 labelers)" in res.output
+    # both labelers' answers are feedback events (each its own vote), with who gave them
+    assert sorted(e["user_id"] for e in store.label_events()) == ["ann"] * 3 + ["bob"] * 3
+
+
 # -- the app in a real browser ---------------------------------------------------------------------------------
 
 def _free_port() -> int:

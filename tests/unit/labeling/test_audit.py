@@ -87,3 +87,13 @@ def test_report_per_batch_and_drift():
                                "kappa_change": report["batches"]["w2"]["kappa"] - report["batches"]["w1"]["kappa"]}
     assert report["strata"]["category"]["d"]["n"] == 1 and report["strata"]["category"]["c"]["agreement"] == 2 / 3
     assert report["confusion"]["right"] == {"left": 1, "right": 1, "tie": 0}
+
+
+def test_fleiss_kappa_hand_worked():
+    from posttrain.labeling.audit import fleiss_kappa
+
+    # 3 items x 2 raters, 2 categories: P_i = 1, 1, 0 -> P_bar 2/3; p = (1/2, 1/2) -> P_e 1/2; kappa 1/3
+    assert fleiss_kappa([[2, 0], [0, 2], [1, 1]]) == pytest.approx(1 / 3)
+    assert fleiss_kappa([[2, 0], [2, 0]]) is None  # no variation: P_e = 1
+    with pytest.raises(ValueError, match="same number"):
+        fleiss_kappa([[2, 0], [1, 0]])
