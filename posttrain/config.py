@@ -148,6 +148,9 @@ class TrainSection(Section):
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
         default_factory=list, description="experiment trackers that also get every metrics.jsonl record and the "
         "resolved config (training/trackers.py); none by default")
+    log_samples: int = Field(4, ge=0, description="PPO, GRPO, online DPO: completions sampled at each logged step "
+                             "(prompt, completion, reward; online DPO: its pairs) kept in samples.jsonl and sent to "
+                             "the trackers as a table; 0: none")
     run_name: str | None = Field(None, description="the run's name in the trackers (default: the output folder's "
                                  "name)")
 

@@ -73,3 +73,19 @@ def make_generator(policy, tokenizer, rollout_cfg, model_cfg, rank: int = 0):
     from posttrain.generation.hf import HFGenerator
 
     return HFGenerator(policy, tokenizer, batch_size=rollout_cfg.batch_size)
+
+
+def last_user_text(prompt) -> str:
+    """The text of a prompt's last user turn (a message list), or the prompt itself when it is a string."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
+def sample_rows(examples, outs, scores) -> list[dict]:
+    """Sampled completions as plain rows for ``samples.jsonl`` and tracker tables: the prompt's last user turn,
+    the completion, its reward, its length in tokens and why it stopped."""
+    return [{"prompt": last_user_text(ex.prompt), "completion": o.text, "reward": float(r),
+             "tokens": len(o.token_ids), "finish": o.finish_reason}
+            for ex, o, r in zip(examples, outs, scores.tolist())]

@@ -13,7 +13,7 @@ import torch
 from posttrain.losses.rl import grpo_token_losses, reduce_sequence_losses, sequence_loss_weight
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import group_advantages
-from posttrain.generation.prompts import sample
+from posttrain.generation.prompts import sample, sample_rows
 from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.trainers.rl_common import run_rl_stage
 from posttrain.training.parallel import place_reference
@@ -49,7 +49,8 @@ def grpo_fns(policy, frozen_reference, generator, reward_fn, *, num_generations:
         advantages = group_advantages(scores, G, scale_std=scale_rewards)
         batch = rollout_tensors([it.prompt_ids for it in items for _ in range(G)], completions, pad_token_id, device,
                                 tree_row_tokens)
-        batch.update(num_rows=len(outs), advantages=advantages.to(device))
+        batch.update(num_rows=len(outs), advantages=advantages.to(device),
+                     samples=sample_rows(examples, outs, scores))
         if reuse:  # several updates per batch: the ratio is to the sampling policy
             batch["old_logps"] = no_grad_token_logps(policy, batch, micro_batch_size, T)
         if beta > 0:

@@ -30,7 +30,7 @@ import torch
 
 from posttrain.config import ConfigError
 from posttrain.data.schema import DataError, DataErrors
-from posttrain.generation.prompts import sample
+from posttrain.generation.prompts import last_user_text, sample
 from posttrain.judges.ensemble import PairwiseEnsemble, combine_scores
 from posttrain.judges.judge_stage import JudgeConfigError, build_member
 from posttrain.losses import LossSpec, get_loss, preference_loss
@@ -224,7 +224,10 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
         pair_weight = [1.0] * n + [0.0] * fill
         picks, chosen, rejected = picks + [(0, 0, 0)] * fill, chosen + outs[:1] * fill, rejected + outs[:1] * fill
         n = target
-        batch: dict = {"num_rows": n, "pair_weight": torch.tensor(pair_weight, device=device)}
+        batch: dict = {"num_rows": n, "pair_weight": torch.tensor(pair_weight, device=device),
+                       "samples": [{"prompt": last_user_text(r["prompt"]), "chosen": r["chosen"],
+                                    "rejected": r["rejected"], "chosen_score": r["chosen_score"],
+                                    "rejected_score": r["rejected_score"]} for r in rows]}
         prompts = [items[p].prompt_ids for p, _, _ in picks]
         # chosen rows [:n], rejected rows [n:], one padded width, so a micro-batch of pairs is one forward pass
         seqs = rollout_tensors(prompts + prompts, [o.token_ids for o in chosen + rejected], pad_token_id, device,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from posttrain.generation.prompts import sample
+from posttrain.generation.prompts import sample, sample_rows
 from posttrain.losses.rl import clipped_value_loss, entropy_from_logits, kl_estimate, ppo_clip_loss
 from posttrain.models.policy import load_policy
 from posttrain.models.reference import build_reference, reference_model
@@ -75,6 +75,7 @@ def ppo_fns(model: PolicyWithValueHead, frozen_reference, generator, reward_fn, 
         scores, metrics = reward_fn([it.example for it in items], [o.text for o in outs], lengths)
         batch = rollout_tensors([it.prompt_ids for it in items], completions, pad_token_id, device, tree_row_tokens)
         batch["num_rows"] = n = len(outs)
+        batch["samples"] = sample_rows([it.example for it in items], outs, scores)
         mask = batch["completion_mask"]
         old_logps, values, ref_logps, entropies = [], [], [], []
         with torch.no_grad():

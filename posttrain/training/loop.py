@@ -80,6 +80,7 @@ class LoopSettings:
     report_to: tuple[str, ...] = ()  # train.report_to: experiment trackers (training/trackers.py)
     run_name: str | None = None
     config: dict | None = None  # the resolved config, logged to the trackers as hyperparameters
+    log_samples: int = 0  # online trainers: sampled completions per logged step (samples.jsonl, tracker tables)
 
 
 def build_optimization(model, s: LoopSettings, total_steps: int):
@@ -197,6 +198,7 @@ def settings_from_config(cfg, desc: str) -> LoopSettings:
         sort_window=getattr(cfg.data, "sort_window", 32), on_nonfinite=getattr(t, "on_nonfinite", "fail"),
         parallel=cfg.parallel.strategy, report_to=tuple(getattr(t, "report_to", ())),
         run_name=getattr(t, "run_name", None), config=cfg.model_dump(mode="json"),
+        log_samples=getattr(t, "log_samples", 0),
     )
 
 

@@ -49,9 +49,12 @@ class MetricsLog:
         self.path = Path(path)
         self.enabled = enabled
         self.trackers = trackers if enabled else None
-        if enabled and resume_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+        if enabled and resume_step is not None:
+            for path in (self.path, self.path.with_name("samples.jsonl")):
+                if path.exists():
+                    kept = [ln for ln in path.read_text().splitlines()
+                            if ln and json.loads(ln).get("step", 0) <= resume_step]
+                    path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: dict) -> None:
         """Append ``record`` as one line of strict JSON: NaN and infinities are written as null."""
@@ -61,6 +64,18 @@ class MetricsLog:
             fh.write(strict_json(record) + "\n")
         if self.trackers is not None:
             self.trackers.log(record)
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        """Sampled completions of a logged step: appended to ``samples.jsonl`` beside metrics.jsonl (one line per
+        row, with its ``step``; a resumed run drops the lines after its checkpoint, as for the metrics) and sent to
+        the trackers as a table."""
+        if not self.enabled or not rows:
+            return
+        path = self.path.with_name("samples.jsonl")
+        with open(path, "a") as fh:
+            fh.write("".join(strict_json({"step": step, **row}) + "\n" for row in rows))
+        if self.trackers is not None:
+            self.trackers.log_samples(rows, step)
 
     def close(self) -> None:
         """End the trackers' runs (metrics.jsonl needs nothing)."""

@@ -160,6 +160,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         model.eval()
         with gathered(model):  # sampling: each process decodes its prompts for as long as they need
             batch, rollout_metrics = fns.rollout([prompts[i] for i in idx[rank::world]], step)
+        samples = batch.pop("samples", None) or []  # this process's sampled completions (text rows), if any
         rollout_metrics = mean_over_processes(rollout_metrics, batch["num_rows"], world)
         t_rollout = time.perf_counter() - t0
         model.train()
@@ -217,6 +218,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         last = record
         if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
             log.write(record)
+            log.samples(step + 1, samples[:s.log_samples])  # the main process's rows (written there only)
             if on_log and rank == 0:
                 on_log(record)
         if bar is not None:

@@ -82,6 +82,31 @@ class Trackers:
             for tracker in self.trackers:
                 tracker.log(values, step=int(record.get("step", 0)))
 
+    def log_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        """A table of sampled completions (one dict per row, the same keys): a W&B table, TensorBoard text (a
+        markdown table under ``samples``), an MLflow table artifact ``samples/step_<step>.json``; trackio gets
+        none (it has no table)."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        cells = [[r.get(c) if isinstance(r.get(c), (int, float, str)) or r.get(c) is None else str(r.get(c))
+                  for c in columns] for r in rows]
+        for tracker in self.trackers:
+            name = getattr(tracker, "name", "")
+            if name == "wandb":
+                tracker.log_table("samples", columns=columns, data=cells, step=step)
+            elif name == "tensorboard":
+                def cell(v):
+                    return str(v).replace("|", "\\|").replace("\n", "<br>")
+                text = "\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                                  + ["| " + " | ".join(cell(v) for v in row) + " |" for row in cells])
+                tracker.writer.add_text("samples", text, global_step=step)
+            elif name == "mlflow":
+                import mlflow
+
+                mlflow.log_table({c: [row[i] for row in cells] for i, c in enumerate(columns)},
+                                 artifact_file=f"samples/step_{step}.json")
+
     def finish(self) -> None:
         for tracker in self.trackers:
             tracker.finish()

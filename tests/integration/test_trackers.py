@@ -57,3 +57,41 @@ def test_a_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
     assert res.exit_code == 2
     assert "train.report_to: wandb needs the 'wandb' package: pip install 'posttrain[wandb]'" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_grpo_sample_tables_reach_samples_jsonl_tensorboard_and_mlflow(tmp_path, monkeypatch):
+    """train.log_samples: each logged step's first sampled completions (prompt, completion, reward) go to
+    samples.jsonl, to TensorBoard as a text table and to MLflow as a table artifact; the rewards are the ones the
+    step's reward/total averages over."""
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
+    mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is a dev dependency")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from posttrain.trainers.grpo import train_grpo
+
+    from .test_rl import rl_config
+
+    out = tmp_path / "out"
+    cfg = rl_config("grpo", tmp_path, "optim.batch_size=2", "optim.micro_batch_size=8", "optim.max_steps=2",
+                    "grpo.num_generations=4", "data.eval=null", "train.log_samples=3",
+                    "train.report_to=[tensorboard, mlflow]", "train.run_name=g2")
+    train_grpo(cfg)
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 1, 2, 2, 2]
+    assert set(rows[0]) == {"step", "prompt", "completion", "reward", "tokens", "finish"}
+    assert all(isinstance(r["reward"], float) and r["prompt"] for r in rows)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard" / "g2"), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = events.Tensors("samples/text_summary")
+    assert [t.step for t in texts] == [1, 2]
+    table = texts[0].tensor_proto.string_val[0].decode()
+    assert table.splitlines()[0] == "| prompt | completion | reward | tokens | finish |"
+    assert len(table.splitlines()) == 2 + 3
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    [experiment] = [e for e in client.search_experiments() if e.name == "g2"]
+    [run] = client.search_runs([experiment.experiment_id])
+    names = sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples"))
+    assert names == ["samples/step_1.json", "samples/step_2.json"]
