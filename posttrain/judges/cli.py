@@ -111,6 +111,8 @@ def critique_command(
     passes: int = typer.Option(1, "--passes", min=1, help="critique-revise passes per response"),
     seed: int = typer.Option(0, "--seed", help="seeds the principle drawn per response and pass"),
     limit: int = typer.Option(None, "--limit", min=1, help="only the first N rows"),
+    verify: bool = typer.Option(False, "--verify", help="keep a revision only if the verifier scores it at least as "
+                                "high as the original (rows with constraints, answers or tests)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Constitutional critique-and-revise: SFT rows (prompt -> revision) and pairs (revision over original)."""
@@ -132,11 +134,13 @@ def critique_command(
         else:
             spec = parse_judge_spec(critic)
         summary = run_critique(inputs, output, spec, constitution=constitution, passes=passes, seed=seed,
-                               limit=limit, progress=progress)
+                               limit=limit, verify=verify, progress=progress)
     except (CritiqueError, JudgeError, DataError, DataErrors, ModelError, JudgeConfigError) as e:
         fail(e)
     stats = (summary["critic"].get("stats") or {})
     typer.echo(f"{summary['rows']} responses, {summary['passes']} pass(es): {summary['revised']} revised, "
-               f"{summary['unchanged']} unchanged, {summary['empty']} empty -> {summary['sft_rows']} SFT rows, "
+               f"{summary['unchanged']} unchanged, {summary['empty']} empty, {summary['echo']} echoing the critique"
+               + (f", {summary['rejected']} rejected by the verifier" if verify else "")
+               + f" -> {summary['sft_rows']} SFT rows, "
                f"{summary['pairs']} pairs in {output} ({summary['wall_time_s']:.1f} s"
                + (f"; {stats['requests']} requests, {stats['cache_hits']} cache hits" if stats else "") + ")")

@@ -6,7 +6,9 @@ With ``passes: N`` the revision is critiqued again under a newly drawn principle
 
 - ``sft.jsonl``: prompt -> final revision (SFT rows, ``messages``), every non-empty revision;
 - ``pairs.jsonl``: chosen = final revision, rejected = the original response (preference rows), where they differ;
-- ``critiques.jsonl``: every row's passes (principle id, critique, revision) and its outcome;
+- ``critiques.jsonl``: every row's passes (principle id, critique, revision) and its outcome: ``revised``,
+  ``unchanged``, ``empty`` (the critic wrote nothing), ``echo`` (the "revision" only repeats the critique, as small
+  critics do), ``rejected`` (``verify``: the verifier scores the revision below the original);
 - ``summary.json``: counts (rows, revised, unchanged, empty) and the critic's request statistics.
 
 The critic is a judge config of type ``llm`` (any OpenAI-compatible endpoint: retries, backoff, and the SQLite
@@ -18,6 +20,7 @@ default is ``posttrain/resources/critique/constitution.yaml``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import random
@@ -45,6 +48,9 @@ REVISION_REQUEST = ("Rewrite the assistant's reply so that it answers the critiq
                     "the new reply, with no preamble and no comment on the changes.")
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:revised reply|revised response|revision|rewritten reply|new reply)"
                     r"(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.IGNORECASE)
+
+
+OUTCOMES = ("revised", "unchanged", "empty", "echo", "rejected")
 
 
 class CritiqueError(ValueError):
@@ -193,8 +199,10 @@ def critique_revise(items: list[Item], critic, principles: list[Principle], *, p
         still = []
         for i, critique, revision in zip(alive, critiques, revisions):
             revision = clean_revision(revision)
-            history[i].append({"principle": drawn[i].id, "critique": critique.strip(), "revision": revision})
-            if revision:
+            failed = "empty" if not revision else "echo" if is_echo(revision, critique) else None
+            history[i].append({"principle": drawn[i].id, "critique": critique.strip(), "revision": revision,
+                               **({"failed": failed} if failed else {})})
+            if failed is None:
                 current[i] = revision
                 still.append(i)
         bar.update(2 * (len(alive) - len(still)) * (passes - k - 1))  # the passes a dropped item will not make
@@ -202,12 +210,43 @@ def critique_revise(items: list[Item], critic, principles: list[Principle], *, p
     bar.close()
     records = []
     for i, it in enumerate(items):
-        empty = not history[i][-1]["revision"]
-        outcome = "empty" if empty else "unchanged" if current[i].strip() == it.response.strip() else "revised"
-        records.append({"key": it.key, "prompt": it.prompt, "original": it.response,
-                        "revision": None if empty else current[i], "outcome": outcome, "passes": history[i],
-                        "metadata": it.metadata})
+        good = [p for p in history[i] if "failed" not in p]
+        if not good:  # no pass gave a revision: the first failure says why
+            outcome, revision = history[i][0]["failed"], None
+        else:
+            revision = current[i]
+            outcome = "unchanged" if revision.strip() == it.response.strip() else "revised"
+        records.append({"key": it.key, "prompt": it.prompt, "original": it.response, "revision": revision,
+                        "outcome": outcome, "passes": history[i], "metadata": it.metadata})
     return records
+
+
+def is_echo(revision: str, critique: str) -> bool:
+    """A "revision" that only repeats the critique (what small critics do: the rewrite request answered with the
+    critique again) is no revision: the two, lower-cased with spaces collapsed, are 80% the same or more."""
+    a, b = (" ".join(t.lower().split()) for t in (revision, critique))
+    return bool(a and b) and difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= 0.8
+
+
+def verify_revisions(records: list[dict[str, Any]]) -> None:
+    """``--verify``: where a row carries verifiable metadata (constraints, an answer, tests), its revision is kept
+    only if the verifier scores it at least as high as the original; otherwise the outcome becomes ``rejected``
+    and the revision is dropped. Rows the verifier cannot check are kept as they are (``verified: null``)."""
+    from posttrain.judges.verifier import VerifierJudge
+
+    judge = VerifierJudge()
+    for r in records:
+        if r["revision"] is None or r["outcome"] != "revised":
+            continue
+        try:
+            before = judge.score(r["prompt"], r["original"], r["metadata"]).value
+            after = judge.score(r["prompt"], r["revision"], r["metadata"]).value
+        except ValueError:  # nothing to verify on this row
+            r["verified"] = None
+            continue
+        r["verified"] = {"original": before, "revision": after}
+        if after < before:
+            r["outcome"], r["revision"] = "rejected", None
 
 
 def write_outputs(records: list[dict[str, Any]], output_dir: Path) -> dict[str, int]:
@@ -227,14 +266,14 @@ def write_outputs(records: list[dict[str, Any]], output_dir: Path) -> dict[str, 
     atomic_write_jsonl(output_dir / "pairs.jsonl", pairs)
     atomic_write_jsonl(output_dir / "critiques.jsonl", records)
     counts = {"rows": len(records), "sft_rows": len(sft), "pairs": len(pairs)}
-    for outcome in ("revised", "unchanged", "empty"):
+    for outcome in OUTCOMES:
         counts[outcome] = sum(r["outcome"] == outcome for r in records)
     return counts
 
 
 def run_critique(inputs: str | Path, output_dir: str | Path, critic_spec: dict[str, Any], *,
                  constitution: str | Path | None = None, passes: int = 1, seed: int = 0, limit: int | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 verify: bool = False, progress: bool = True) -> dict[str, Any]:
     """Read, critique and revise, write the outputs and ``summary.json``; returns the summary. Everything that
     can be checked (constitution, critic config, every input row) is checked before the first request."""
     started = time.monotonic()
@@ -246,13 +285,15 @@ def run_critique(inputs: str | Path, output_dir: str | Path, critic_spec: dict[s
         items = items[:limit]
     critic = build_critic(critic_spec)
     records = critique_revise(items, critic, principles, passes=passes, seed=seed, progress=progress)
+    if verify:
+        verify_revisions(records)
     output_dir = Path(output_dir)
     counts = write_outputs(records, output_dir)
     per_principle: dict[str, int] = {}
     for r in records:
         for p in r["passes"]:
             per_principle[p["principle"]] = per_principle.get(p["principle"], 0) + 1
-    summary = {"inputs": str(inputs), "output_dir": str(output_dir), "passes": passes, "seed": seed,
+    summary = {"inputs": str(inputs), "output_dir": str(output_dir), "passes": passes, "seed": seed, "verify": verify,
                "constitution": str(Path(constitution) if constitution else DEFAULT_CONSTITUTION),
                "principles_drawn": dict(sorted(per_principle.items())), **counts,
                "critic": {"type": critic_spec.get("type"), "model": critic_spec.get("model"),

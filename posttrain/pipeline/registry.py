@@ -290,7 +290,7 @@ def run_augment(params: dict, output_dir: Path, resume: bool) -> dict:
     return {k: v for k, v in stats.items() if k != "per_kind"}
 
 
-CRITIQUE_KEYS = ("inputs", "critic", "constitution", "passes", "seed", "limit")
+CRITIQUE_KEYS = ("inputs", "critic", "constitution", "passes", "seed", "limit", "verify")
 
 
 def critique_critic(params: dict) -> dict:
@@ -316,7 +316,7 @@ def check_critique(params: dict, pending: Pending) -> None:
     if "inputs" not in params:
         raise PipelineError("config: key 'inputs' is required (e.g. ${generate.output}/candidates.jsonl)")
     check_types(params, {"inputs": (str,), "constitution": (str,), "passes": (int,), "seed": (int,),
-                         "limit": (int,)})
+                         "limit": (int,), "verify": (bool,)})
     check_file(params, "inputs", pending)
     critic = critique_critic(params)
     if critic.get("type") not in CRITIC_TYPES:
@@ -337,8 +337,10 @@ def run_critique_stage(params: dict, output_dir: Path, resume: bool) -> dict:
 
     summary = run_critique(params["inputs"], output_dir, critique_critic(params),
                            constitution=params.get("constitution"), passes=int(params.get("passes") or 1),
-                           seed=int(params.get("seed") or 0), limit=params.get("limit"), progress=True)
-    return {k: summary[k] for k in ("rows", "revised", "unchanged", "empty", "sft_rows", "pairs")}
+                           seed=int(params.get("seed") or 0), limit=params.get("limit"),
+                           verify=bool(params.get("verify")), progress=True)
+    return {k: summary[k] for k in ("rows", "revised", "unchanged", "empty", "echo", "rejected", "sft_rows",
+                                    "pairs")}
 
 
 def critique_inputs(params: dict) -> list[str]:

@@ -137,6 +137,33 @@ def test_cli_reads_candidates_and_errors_are_one_line(critic, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_echoed_critiques_and_verified_revisions(critic, tmp_path):
+    """A "revision" that repeats the critique is no revision (outcome echo); with verify, a revision the verifier
+    scores below the original is dropped (outcome rejected), one it scores at least as high is kept."""
+    def answer(body):
+        last, prompt = body["messages"][-1]["content"], body["messages"][0]["content"]
+        if last.startswith("Critique"):
+            return "The reply should be shorter and clearer."
+        if "echo" in prompt:
+            return "The reply should be shorter and clearer!"
+        return "SHOUTED REVISION." if "shout" in prompt else "a calm lowercase revision."
+    critic.answer = answer
+    lower = [{"kind": "lowercase", "args": {}}]
+    candidates = write_jsonl(tmp_path / "c.jsonl", [
+        {"prompt_id": p, "candidate_index": 0, "prompt": [{"role": "user", "content": f"{p}: answer in lowercase."}],
+         "text": "an original lowercase reply.", "metadata": {"constraints": lower}} for p in ("echo", "shout", "calm")])
+    summary = run_critique(candidates, tmp_path / "v", spec(critic, tmp_path), verify=True, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "v" / "critiques.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in records] == ["echo", "rejected", "revised"]
+    assert records[0]["passes"][0]["failed"] == "echo" and records[1]["verified"] == {"original": 1.0,
+                                                                                       "revision": 0.0}
+    assert (summary["echo"], summary["rejected"], summary["revised"], summary["sft_rows"]) == (1, 1, 1, 1)
+    pairs = [json.loads(x) for x in (tmp_path / "v" / "pairs.jsonl").read_text().splitlines()]
+    assert [p["chosen"] for p in pairs] == ["a calm lowercase revision."]
+    # without verify the shouted revision is kept
+    assert run_critique(candidates, tmp_path / "nv", spec(critic, tmp_path), progress=False)["revised"] == 2
+
+
 def test_clean_revision_drops_labels_and_constitution_errors(tmp_path):
     assert clean_revision("  Revision: Short.  ") == "Short."
     assert clean_revision("**Revised reply:** Short.") == "Short."
