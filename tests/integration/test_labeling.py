@@ -130,8 +130,18 @@ def _get(url: str, token: str | None = None, data: bytes | None = None) -> tuple
         return e.code, e.read()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def browser_store_url(request, tmp_path):
+    """The browser tests' store: SQLite in the default run; the PostgreSQL twin is marked slow (`make test-slow`),
+    since every store operation the app makes is also tested against PostgreSQL without a browser."""
+    if request.param == "sqlite":
+        return str(tmp_path / "feedback.db")
+    return request.getfixturevalue("postgres")()
+
+
 @pytest.fixture
-def label_server(store_url):
+def label_server(browser_store_url):
+    store_url = browser_store_url
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "label", "serve", "--store", store_url, "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
