@@ -185,14 +185,13 @@ def event_pair_votes(event: FeedbackEvent, ranking_mode: str, skipped: Counter) 
     return []
 
 
-def likert_pair_votes(events: list[LikertEvent], min_gap: float, options: ConvertOptions | None = None,
-                      skipped: Counter | None = None, compared: list | None = None
-                      ) -> tuple[list[PairVote], set[str]]:
-    """Every two scores (``likert_value``) for different replies to one prompt that differ by >= ``min_gap``: the
-    higher wins (with ``aspect_all``, only if it is also no worse on any shared aspect). Returns the votes and the
-    ids of the events that took part in one; ``compared`` collects (winner, loser) events."""
-    options = options or ConvertOptions(likert_min_gap=min_gap)
-    skipped = skipped if skipped is not None else Counter()
+def likert_pair_votes(events: list[LikertEvent], options: ConvertOptions, skipped: Counter,
+                      compared: list | None = None) -> tuple[list[PairVote], set[str]]:
+    """Every two scores (``likert_value``) for different replies to one prompt that differ by >=
+    ``options.likert_min_gap``: the higher wins (with ``aspect_all``, only if it is also no worse on any shared
+    aspect). Returns the votes and the ids of the events that took part in one; ``compared`` collects (winner,
+    loser) events."""
+    min_gap = options.likert_min_gap
     by_prompt: dict[tuple, list[tuple[LikertEvent, float]]] = {}
     for event in events:
         value = likert_value(event, options)
@@ -221,15 +220,14 @@ def likert_pair_votes(events: list[LikertEvent], min_gap: float, options: Conver
     return votes, used
 
 
-def label_votes(events: list[FeedbackEvent], likert_unpaired: tuple[float, float] | None,
-                options: ConvertOptions | None = None) -> list[LabelVote]:
+def label_votes(events: list[FeedbackEvent], options: ConvertOptions) -> list[LabelVote]:
     votes = []
     for event in events:
         if isinstance(event, ThumbsEvent):
             votes.append(LabelVote(event.prompt, event.response, event.up, "thumbs", [event.origin.id], event.origin))
-        elif isinstance(event, LikertEvent) and likert_unpaired is not None:
-            low, high = likert_unpaired
-            score = likert_value(event, options or ConvertOptions())
+        elif isinstance(event, LikertEvent) and options.likert_unpaired is not None:
+            low, high = options.likert_unpaired
+            score = likert_value(event, options)
             if score is not None and (score <= low or score >= high):
                 votes.append(LabelVote(event.prompt, event.response, score >= high, "likert",
                                        [event.origin.id], event.origin))
@@ -359,9 +357,9 @@ def convert_events(events: list[FeedbackEvent], options: ConvertOptions | None =
     pair_votes = [vote for event in unique for vote in event_pair_votes(event, options.ranking_mode, skipped)]
     likert = [e for e in unique if isinstance(e, LikertEvent)]
     compared: list[tuple[LikertEvent, LikertEvent]] = []
-    likert_votes, used = likert_pair_votes(likert, options.likert_min_gap, options, skipped, compared)
+    likert_votes, used = likert_pair_votes(likert, options, skipped, compared)
     pair_votes += likert_votes
-    labels, label_conflicts, labels_merged = resolve_labels(label_votes(unique, options.likert_unpaired, options),
+    labels, label_conflicts, labels_merged = resolve_labels(label_votes(unique, options),
                                                             options.conflicts)
     used |= {i for row, _ in labels for i in row.metadata["event_ids"]}
     idle = sum(1 for e in likert if e.origin.id not in used and likert_value(e, options) is not None)

@@ -1,9 +1,10 @@
-"""One POST to an OpenAI-compatible endpoint over stdlib HTTP, and the wait before a retry.
+"""One POST to an OpenAI-compatible endpoint over stdlib HTTP, its retries, and the wait before a retry.
 
 ``post_json`` sorts failures into transient ones (``Retryable``: timeouts, connection errors, 429 and 5xx, with the
 server's ``Retry-After``) and permanent ones (any other 4xx, a body that is not JSON: the caller's error class, one
-line). Shared by the LLM judge (``judges/llm.py``) and the ``openai`` generation backend (``openai_backend.py``);
-it lives in ``generation``, the lower of the two layers, so that neither imports the other.
+line); ``post_with_retries`` is the one retry loop around it (backoff with jitter, the server's ``Retry-After``, a
+give-up line). Shared by the LLM judge (``judges/llm.py``) and the ``openai`` generation backend
+(``openai_backend.py``); it lives in ``generation``, the lower of the two layers, so that neither imports the other.
 """
 
 from __future__ import annotations
@@ -78,3 +79,27 @@ def post_json(url: str, payload: dict[str, Any], headers: dict[str, str], timeou
         return json.loads(body)
     except ValueError:
         raise error(f"{who} {url}: response is not JSON: {body[:200]!r}") from None
+
+
+def post_with_retries(url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float, *,
+                      max_retries: int, backoff_base: float, backoff_max: float, rng: random.Random, lock,
+                      error: type[Exception], who: str, count=lambda name: None, wait=time.sleep,
+                      before_retry=lambda: None) -> tuple[dict[str, Any], int]:
+    """``post_json`` retried on transient failures, waiting ``backoff_delay`` between attempts: (the response,
+    the number of attempts). ``count("requests" | "retries")`` is told of each; ``before_retry()`` may raise to
+    abandon a retry (a run that is stopping); ``wait(seconds)`` sleeps (an event's ``wait`` wakes up early). After
+    ``max_retries`` retries the last transient failure becomes ``error("{who} {url}: gave up ...")``; permanent
+    failures are ``post_json``'s."""
+    for attempt in range(max_retries + 1):
+        count("requests")
+        try:
+            return post_json(url, payload, headers, timeout, error=error, who=who), attempt + 1
+        except Retryable as e:
+            before_retry()
+            if attempt == max_retries:
+                raise error(f"{who} {url}: gave up after {max_retries} retries (last error: {e})") from None
+            count("retries")
+            with lock:  # one random generator shared by the worker threads
+                delay = backoff_delay(attempt, backoff_base, backoff_max, e.retry_after, rng)
+            wait(delay)
+    raise AssertionError("unreachable")

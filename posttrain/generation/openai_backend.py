@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.generation.answer_cache import AnswerCache, cache_key
-from posttrain.generation.http_client import Retryable, backoff_delay, post_json
+from posttrain.generation.http_client import post_with_retries
 from posttrain.generation.types import BackendError, per_candidate, row_seed
 
 # As the judges' llm:URL:MODEL: the URL's path holds no ':', the model name may (``org/model:tag``). Stricter on
@@ -141,37 +141,31 @@ class OpenAIGenerator:
 
     def _request(self, messages: list[dict[str, Any]], params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         payload = {"model": self.model, "messages": messages, **params}
-        for attempt in range(self.max_retries + 1):
-            self._count("requests")
-            try:
-                data = post_json(self.url, payload, self._headers, self.timeout, error=BackendError,
-                                 who="openai backend")
-            except Retryable as e:
-                if self._stop.is_set():
-                    raise _Stopped() from None
-                if attempt == self.max_retries:
-                    raise BackendError(f"openai backend {self.url}: gave up after {attempt} retries "
-                                       f"(last error: {e})") from None
-                self._count("retries")
-                with self._lock:
-                    delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, e.retry_after, self._rng)
-                self._stop.wait(delay)
-                continue
-            except BackendError as e:
-                if getattr(e, "status", None) in (401, 403):
-                    where = "is set" if self._headers else "is not set"
-                    raise BackendError(f"{e} (the API key is read from ${self.api_key_env}, which {where}; "
-                                       "--api-key-env names another variable)") from None
-                raise
-            try:
-                choice = data["choices"][0]
-                text = choice["message"]["content"] or ""
-            except (KeyError, IndexError, TypeError):
-                raise BackendError(f"openai backend {self.url}: response has no choices[0].message.content: "
-                                   f"{str(data)[:200]}") from None
-            return text, {"model": data.get("model"), "finish_reason": choice.get("finish_reason"),
-                          "usage": data.get("usage") or {}, "attempts": attempt + 1}
-        raise AssertionError("unreachable")
+
+        def before_retry() -> None:
+            if self._stop.is_set():  # another request failed for good: no more retries
+                raise _Stopped()
+
+        try:
+            data, attempts = post_with_retries(
+                self.url, payload, self._headers, self.timeout, max_retries=self.max_retries,
+                backoff_base=self.backoff_base, backoff_max=self.backoff_max, rng=self._rng, lock=self._lock,
+                error=BackendError, who="openai backend", count=self._count, wait=self._stop.wait,
+                before_retry=before_retry)
+        except BackendError as e:
+            if getattr(e, "status", None) in (401, 403):
+                where = "is set" if self._headers else "is not set"
+                raise BackendError(f"{e} (the API key is read from ${self.api_key_env}, which {where}; "
+                                   "--api-key-env names another variable)") from None
+            raise
+        try:
+            choice = data["choices"][0]
+            text = choice["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"openai backend {self.url}: response has no choices[0].message.content: "
+                               f"{str(data)[:200]}") from None
+        return text, {"model": data.get("model"), "finish_reason": choice.get("finish_reason"),
+                      "usage": data.get("usage") or {}, "attempts": attempts}
 
     def stream(self, prompts: Sequence[list[dict[str, Any]]], keys: Sequence[str], *, n: int, temperature, top_p,
                max_new_tokens: int, seed: int) -> Iterator[tuple[int, list[Completion]]]:

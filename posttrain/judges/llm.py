@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from posttrain.generation.http_client import MAX_RETRY_AFTER, parse_retry_after  # noqa: F401 (re-exported)
-from posttrain.generation.http_client import Retryable, backoff_delay, post_json
+from posttrain.generation.http_client import MAX_RETRY_AFTER, backoff_delay, parse_retry_after  # noqa: F401 (re-exported)
+from posttrain.generation.http_client import post_with_retries
 from posttrain.judges import prompts
 from posttrain.judges.cache import AnswerCache, cache_key, default_cache_path
 from posttrain.judges.types import Message, Score, Verdict
@@ -29,11 +29,6 @@ from posttrain.judges.types import Message, Score, Verdict
 
 class JudgeError(RuntimeError):
     """A judge request failed for good; ``str()`` is one actionable line."""
-
-
-def _post_json(url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float) -> dict[str, Any]:
-    """One POST; raises ``Retryable`` for transient failures and ``JudgeError`` for permanent ones."""
-    return post_json(url, payload, headers, timeout, error=JudgeError, who="LLM judge")
 
 
 def _answer_text(url: str, data: dict[str, Any]) -> str:
@@ -86,28 +81,18 @@ class LLMJudge:
 
     def _request(self, messages: list[Message]) -> tuple[str, dict[str, Any]]:
         payload = {"model": self.model, "messages": messages, **self.params}
-        for attempt in range(self.max_retries + 1):
-            self._count(requests=1)
-            started = time.monotonic()
-            try:
-                data = _post_json(self.url, payload, self._headers, self.timeout)
-            except Retryable as e:
-                if attempt == self.max_retries:
-                    raise JudgeError(f"LLM judge {self.url}: gave up after {self.max_retries} retries "
-                                     f"(last error: {e})") from None
-                self._count(retries=1)
-                with self._lock:
-                    delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, e.retry_after, self._rng)
-                time.sleep(delay)
-                continue
-            usage = data.get("usage") or {}
-            self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0))
-            choice = (data.get("choices") or [{}])[0]
-            meta = {"model": data.get("model"), "finish_reason": choice.get("finish_reason"), "usage": usage,
-                    "attempts": attempt + 1, "seconds": round(time.monotonic() - started, 3)}
-            return _answer_text(self.url, data), meta
-        raise AssertionError("unreachable")
+        started = time.monotonic()
+        data, attempts = post_with_retries(
+            self.url, payload, self._headers, self.timeout, max_retries=self.max_retries,
+            backoff_base=self.backoff_base, backoff_max=self.backoff_max, rng=self._rng, lock=self._lock,
+            error=JudgeError, who="LLM judge", count=lambda name: self._count(**{name: 1}))
+        usage = data.get("usage") or {}
+        self._count(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0))
+        choice = (data.get("choices") or [{}])[0]
+        meta = {"model": data.get("model"), "finish_reason": choice.get("finish_reason"), "usage": usage,
+                "attempts": attempts, "seconds": round(time.monotonic() - started, 3)}
+        return _answer_text(self.url, data), meta
 
     def complete(self, messages: list[Message]) -> str:
         """The judge's answer to one chat request: from the cache, else from the endpoint (then cached)."""

@@ -321,7 +321,7 @@ def check_critique(params: dict, pending: Pending) -> None:
     critic = critique_critic(params)
     if critic.get("type") not in CRITIC_TYPES:
         raise PipelineError(f"config: key 'critic': type must be {' or '.join(CRITIC_TYPES)}")
-    check_judge_entry({k: v for k, v in critic.items()}, "critic")
+    check_judge_entry(critic, "critic")
     if (params.get("passes") or 1) < 1:
         raise PipelineError("config: key 'passes': must be >= 1")
     try:

@@ -4,11 +4,7 @@ real kill (no duplicates, no loss, only missing prompts regenerated), dry-run co
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,7 @@ from typer.testing import CliRunner
 from posttrain.generation.candidates import generate_candidates
 from posttrain.generation.cli import generate_app
 
-from .helpers import TOPICS, write_jsonl
+from .helpers import TOPICS, kill_when_written, write_jsonl
 
 runner = CliRunner()
 ROW_KEYS = {"prompt_id", "prompt", "candidate_index", "text", "prompt_tokens", "completion_tokens", "finish_reason",
@@ -122,19 +118,7 @@ def test_real_kill_then_resume(tmp_path, tiny_generator):
     args = [sys.executable, "-m", "posttrain.generation.cli", "--prompts", str(prompts), "--model", "tiny-random",
             "-o", str(out), "-n", "2", "--batch-size", "2", "--max-new-tokens", "24", "--temperature", "1.0",
             "--top-p", "1.0", "--seed", "3", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_bytes().count(b"\n") >= 2:  # the first batch is flushed
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"generation ended before it could be killed: {proc.stdout.read().decode()}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when_written(args, out, 2)  # killed once the first batch is flushed
     at_kill = out.read_text().count("\n")
     assert 2 <= at_kill < 120
 

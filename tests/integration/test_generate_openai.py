@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -28,7 +23,7 @@ from posttrain.generation.cli import generate_app
 from posttrain.generation.openai_backend import OpenAIGenerator
 from posttrain.generation.types import BackendError, row_seed
 
-from .helpers import TOPICS, write_jsonl
+from .helpers import TOPICS, ScriptedServer, kill_when_written, write_jsonl
 
 runner = CliRunner()
 MODEL = "teacher-model"
@@ -36,76 +31,22 @@ ROW_KEYS = {"prompt_id", "prompt", "candidate_index", "text", "prompt_tokens", "
             "sampling", "model", "metadata"}
 
 
-def scripted_answer(body: dict) -> tuple[str, str, int]:
-    """(text, finish_reason, completion_tokens) for a request: a function of its last message and seed only."""
-    seed = body["seed"]
-    if seed % 3 == 0:
-        return f"{body['messages'][-1]['content']} #{seed}", "length", body["max_tokens"]
-    return f"{body['messages'][-1]['content']} #{seed}", "stop", 2
+def scripted_answer(body: dict) -> dict:
+    """The reply to a request: a function of its last message and seed only (text ``"<content> #<seed>"``; a seed
+    divisible by 3 stops at the token limit)."""
+    seed, text = body["seed"], f"{body['messages'][-1]['content']} #{body['seed']}"
+    finish, tokens = ("length", body["max_tokens"]) if seed % 3 == 0 else ("stop", 2)
+    return {"text": text, "finish_reason": finish,
+            "usage": {"prompt_tokens": 7 * len(body["messages"]), "completion_tokens": tokens}}
 
 
-class TeacherServer:
-    """``/v1/chat/completions`` on 127.0.0.1. ``failures``: one entry per incoming request, in order, until the
-    list is empty: ``"ok"``, an HTTP status (``"429"`` with ``Retry-After: retry_after``, ``"500"``, ``"400"``,
-    ``"401"``). ``delay``: seconds before each answer. Records every request body and its headers."""
+class TeacherServer(ScriptedServer):
+    """``helpers.ScriptedServer`` answering with ``scripted_answer``; ``backend`` is its ``openai:URL:MODEL``."""
 
     def __init__(self):
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        self.failures: list[str] = []
-        self.retry_after = "0"
-        self.delay = 0.0
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, payload: dict, headers: dict | None = None):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                    server.headers.append(dict(self.headers))
-                    action = server.failures.pop(0) if server.failures else "ok"
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    if action != "ok":
-                        extra = {"Retry-After": server.retry_after} if action == "429" else {}
-                        self._send(int(action), {"error": {"message": f"scripted {action}"}}, extra)
-                        return
-                    time.sleep(server.delay)
-                    text, finish, tokens = scripted_answer(body)
-                    usage = {"prompt_tokens": 7 * len(body["messages"]), "completion_tokens": tokens}
-                    self._send(200, {"model": body["model"], "usage": usage, "choices": [
-                        {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": text}}]})
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client was killed
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        super().__init__()
+        self.answer = scripted_answer
         self.backend = f"openai:{self.url}:{MODEL}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -250,20 +191,9 @@ def test_kill_9_then_resume(server, tmp_path, cache_dir):
     server.delay = 0.1
     args = ["--prompts", str(prompts), "-o", str(out), "--backend", server.backend, "-n", "2", "--max-concurrency",
             "2", "--temperature", "1.0", "--max-new-tokens", "8", "--seed", "3", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "POSTTRAIN_CACHE": str(cache_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "generate", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_bytes().count(b"\n") >= 4:  # two prompts written
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"generation ended before it could be killed: {proc.stdout.read().decode()}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    # killed once two prompts (4 rows) are written
+    kill_when_written([sys.executable, "-m", "posttrain.cli", "generate", *args], out, 4,
+                      env={"POSTTRAIN_CACHE": str(cache_dir)})
     at_kill = read_rows(out)
     done_at_kill = {r["prompt_id"] for r in at_kill}
     assert all(sum(r["prompt_id"] == pid for r in at_kill) == 2 for pid in done_at_kill)  # whole prompts only

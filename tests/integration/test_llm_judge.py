@@ -1,83 +1,21 @@
 """LLMJudge against a scripted OpenAI-compatible server on 127.0.0.1 (stdlib http.server in a thread).
 
-The server answers each request with ``answer(body)`` unless a scripted failure is queued (429 with
-``Retry-After: 0``, 500, 400, or a hang past the client's timeout), and records every request it gets.
+The server (``helpers.ScriptedServer``) answers each request with ``answer(body)`` unless a scripted failure is
+queued (429 with ``Retry-After: 0``, 500, 400, or a hang past the client's timeout), and records every request.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from posttrain.judges.llm import JudgeError, LLMJudge
 
+from .helpers import ScriptedServer
+
 PROMPT = [{"role": "user", "content": "Name a prime number."}]
-
-
-class ScriptedServer:
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.headers: list[dict] = []
-        self.failures: list[str | float] = []  # "429" | "500" | "400" | seconds to hang
-        self.answer = lambda body: "Verdict: A"
-        self.delay = 0.0
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                    server.headers.append(dict(self.headers))
-                    action = server.failures.pop(0) if server.failures else None
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    if action in ("429", "500", "400"):
-                        payload = json.dumps({"error": {"message": f"scripted {action}"}}).encode()
-                        self.send_response(int(action))
-                        if action == "429":
-                            self.send_header("Retry-After", "0")
-                        self.send_header("Content-Length", str(len(payload)))
-                        self.end_headers()
-                        self.wfile.write(payload)
-                        return
-                    time.sleep(action if isinstance(action, float) else server.delay)
-                    text = server.answer(body)
-                    usage = {"prompt_tokens": 10, "completion_tokens": 3}
-                    payload = json.dumps({"model": body["model"], "usage": usage,
-                                          "choices": [{"index": 0, "finish_reason": "stop",
-                                                       "message": {"role": "assistant", "content": text}}]}).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up on a hung request
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

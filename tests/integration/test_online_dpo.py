@@ -21,7 +21,7 @@ from posttrain.config import ConfigError, load_config
 from posttrain.training.metrics import read_metrics
 
 from .helpers import TOPICS, write_jsonl
-from .test_llm_judge import ScriptedServer
+from .helpers import ScriptedServer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

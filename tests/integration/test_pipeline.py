@@ -4,12 +4,8 @@ examples/pipeline_tiny.yaml. Caching, a changed middle stage, --force, a SIGKILL
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,8 @@ from posttrain.pipeline.cli import app
 from posttrain.pipeline.registry import STAGES
 from posttrain.pipeline.runner import run_pipeline
 from posttrain.pipeline.load import load_pipeline
+
+from .helpers import kill_when
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "pipeline_tiny.yaml"
@@ -123,20 +121,9 @@ def test_sigkill_during_dpo_resumes_to_the_uninterrupted_result(first_run, tmp_p
     dpo = run_dir / Path(first["stages"]["dpo"]["folder"]).name
     shutil.rmtree(dpo)  # the copy now needs only DPO (its old checkpoints must not satisfy the wait below)
     args = [sys.executable, "-m", "posttrain.pipeline.cli", "run", str(EXAMPLE), *overrides(run_dir)]
-    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 150
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            # a finished checkpoint: not step-N.tmp/, whose state.json exists just before its rename to step-N/
-            if [p for p in dpo.glob("checkpoints/*/state.json") if not p.parent.name.endswith(".tmp")]:
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, f"the run ended before it was killed: {proc.stdout.read().decode()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    # killed at a finished checkpoint: not step-N.tmp/, whose state.json exists just before its rename to step-N/
+    kill_when(args, lambda: any(not p.parent.name.endswith(".tmp") for p in dpo.glob("checkpoints/*/state.json")),
+              cwd=REPO, timeout=150)
     assert not (dpo / "stage.json").exists()
     assert json.loads((dpo / "manifest.json").read_text())["status"] == "running"
     killed = json.loads((run_dir / "manifest.json").read_text())

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from posttrain.judges.rubric import RubricJudge
 
-from .test_llm_judge import ScriptedServer
+from .helpers import ScriptedServer
 
 P = [{"role": "user", "content": "Greet me."}]
 
