@@ -17,7 +17,7 @@ from posttrain.pipeline.load import parse_pipeline
 from posttrain.pipeline.registry import STAGES
 from posttrain.pipeline.runner import run_pipeline
 from tests.integration.helpers import write_jsonl
-from tests.integration.test_llm_judge import ScriptedServer
+from tests.integration.helpers import ScriptedServer
 
 CONSTITUTION = {"principles": [
     {"id": "brief", "critique": "PRINCIPLE-BRIEF: be brief.", "revision": "REVISE-BRIEF: make it brief."},
@@ -187,8 +187,15 @@ def test_pipeline_stage_with_the_model_as_its_own_critic(rows, tmp_path):
     assert stage["status"] == "done", stage
     folder = Path(stage["folder"])
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["rows"] == 5 and summary["revised"] + summary["unchanged"] + summary["empty"] == 5
+    assert summary["rows"] == 5 and summary["passes"] == 1 and summary["seed"] == 0
     assert summary["sft_rows"] == summary["revised"] + summary["unchanged"]
+    # every row made its one pass under the shipped constitution's principle drawn for (seed 0, row, pass 0)
+    shipped = load_constitution()
+    records = [json.loads(x) for x in (folder / "critiques.jsonl").read_text().splitlines()]
+    assert [[p["principle"] for p in r["passes"]] for r in records] == [
+        [draw_principle(shipped, 0, r["key"], 0).id] for r in records]
+    assert summary["principles_drawn"] == {k: sum(r["passes"][0]["principle"] == k for r in records)
+                                           for k in sorted({r["passes"][0]["principle"] for r in records})}
     # the second run is a cache hit of the whole stage
     again = run_pipeline(parse_pipeline(tree, STAGES))
     assert again["stages"]["critique"]["status"] == "skipped"
