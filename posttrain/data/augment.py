@@ -46,6 +46,8 @@ class AugmentSettings:
     # 0 = never drawn): a kind needs enough examples to be learnt (issue 16 probe K: ~45 rows of lowercase were
     # not enough, ~90 at a higher learning rate moved it), so the dose goes to the kinds the model fails
     min_words: int = 8  # a reply shorter than this once tidied is skipped
+    max_words: int | None = None  # a reply longer than this once tidied is skipped (None: no cap): SFT on sampled
+    # replies moves the greedy answer's length toward the sampled one's, which for a small instruct model is longer
     skip_truncated: bool = True  # skip replies cut at the token limit (finish_reason "length"): trained on, they
     # teach answers as long as the sampling budget (issue 16 run H: 69% truncated, answers 68% longer than the base)
     seed: int = 0
@@ -62,6 +64,9 @@ class AugmentSettings:
                 raise ValueError(f"kind_weights: {kind}: expected a number >= 0, got {weight!r}")
         if self.per_reply < 0 or self.min_words < 0 or self.max_tries < 1:
             raise ValueError("per_reply and min_words must be >= 0, max_tries >= 1")
+        if self.max_words is not None and (isinstance(self.max_words, bool) or not isinstance(self.max_words, int)
+                                           or self.max_words < max(self.min_words, 1)):
+            raise ValueError(f"max_words must be an integer >= min_words ({self.min_words}), got {self.max_words!r}")
         for name in ("plain_share", "two_constraint_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -121,7 +126,7 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
     draws are seeded by (seed, prompt id, candidate index), so a row's examples do not depend on its neighbours."""
     out: list[dict] = []
     stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
-                             "skipped_short": 0, "skipped_truncated": 0, "plain_examples": 0, "constrained_examples": 0,
+                             "skipped_short": 0, "skipped_long": 0, "skipped_truncated": 0, "plain_examples": 0, "constrained_examples": 0,
                              "replies_short_of_per_reply": 0}
     kinds = settings.kinds
     weights = [settings.weight(k) for k in kinds]  # once per run, not per draw
@@ -137,6 +142,9 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
         reply = tidy(row["text"], truncated=truncated)
         if len(words(reply)) < settings.min_words:
             stats["skipped_short"] += 1
+            continue
+        if settings.max_words is not None and len(words(reply)) > settings.max_words:
+            stats["skipped_long"] += 1
             continue
         stats["replies_used"] += 1
         *context, user = row["prompt"]
@@ -178,7 +186,8 @@ def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSe
     rows, stats = augment_rows(read_candidates(candidates), settings)
     if not rows:
         raise DataErrors([DataError(str(candidates), None, None, "no example made: every reply was skipped (too "
-                                    f"short under min_words={settings.min_words}, cut at the token limit, or its "
+                                    f"short under min_words={settings.min_words}, too long over max_words="
+                                    f"{settings.max_words}, cut at the token limit, or its "
                                     "prompt had constraints)")])
     atomic_write_jsonl(output, rows)
     return stats

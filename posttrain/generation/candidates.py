@@ -157,7 +157,8 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
                         adapter: str | None = None, progress: bool = True,
                         generator: Generator | OpenAIGenerator | None = None,
                         tokenizer=None, cache_dir: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                        max_concurrency: int = 8, max_retries: int = 5) -> dict[str, Any]:
+                        max_concurrency: int = 8, max_retries: int = 5,
+                        max_tokens_field: str = "max_tokens") -> dict[str, Any]:
     """Write ``n`` candidates per prompt to ``output_path`` (JSONL), resuming whatever is already there.
 
     Candidate i samples at ``temperatures[i % len(temperatures)]`` and ``top_p[i % len(top_p)]`` (a single
@@ -197,7 +198,7 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
     if generator is None and pending:
         if remote is not None:
             generator = OpenAIGenerator(*remote, api_key_env=api_key_env, max_concurrency=max_concurrency,
-                                        max_retries=max_retries)
+                                        max_retries=max_retries, max_tokens_field=max_tokens_field)
         else:
             generator, _ = load_generator(model_name, adapter=adapter, backend=backend, batch_size=batch_size,
                                           seed=seed, cache_dir=cache_dir)

@@ -46,6 +46,9 @@ def generate_command(
     max_concurrency: int = typer.Option(8, "--max-concurrency", min=1, help="openai backend: requests in flight"),
     max_retries: int = typer.Option(5, "--max-retries", min=0, help="openai backend: retries of a request on "
                                     "429, 5xx, timeouts and connection errors (exponential backoff + jitter)"),
+    max_tokens_field: str = typer.Option("max_tokens", "--max-tokens-field", help="openai backend: the request "
+                                         "field capping the answer: max_tokens | max_completion_tokens (OpenAI's "
+                                         "reasoning models)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print token counts and cost, generate nothing"),
     price_input: float = typer.Option(None, "--price-input", min=0, help="USD per 1M input tokens (for the estimate)"),
     price_output: float = typer.Option(None, "--price-output", min=0, help="USD per 1M output tokens"),
@@ -82,7 +85,8 @@ def generate_command(
         summary = generate_candidates(prompts, output, model, n=n, temperatures=temps, top_p=top_ps,
                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       backend=backend, adapter=adapter, progress=progress, api_key_env=api_key_env,
-                                      max_concurrency=max_concurrency, max_retries=max_retries)
+                                      max_concurrency=max_concurrency, max_retries=max_retries,
+                                      max_tokens_field=max_tokens_field)
     except (DataError, DataErrors, ModelError, BackendError, OutputPathError) as e:
         fail(e)
     typer.echo(f"{summary['candidates_written']} candidates for {summary['prompts_generated']} prompts "

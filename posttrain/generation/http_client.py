@@ -19,6 +19,16 @@ import urllib.request
 from typing import Any
 
 MAX_RETRY_AFTER = 600.0  # a server asking for longer than this is treated as down
+# The request field that caps the answer's tokens: ``max_tokens`` is what most OpenAI-compatible servers read
+# (vLLM, posttrain serve, TGI); OpenAI's reasoning models (o1, o3, ...) refuse it and take ``max_completion_tokens``.
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+def token_limit_field(name: str, who: str) -> str:
+    """``name`` when it is one of ``TOKEN_LIMIT_FIELDS``, else a ``ValueError`` naming ``who`` and the choices."""
+    if name not in TOKEN_LIMIT_FIELDS:
+        raise ValueError(f"{who}: max_tokens_field must be {' or '.join(TOKEN_LIMIT_FIELDS)}, got {name!r}")
+    return name
 
 
 class Retryable(Exception):

@@ -3,7 +3,7 @@ endpoint (a teacher: OpenAI, a vLLM server, ``posttrain serve``), for SFT demons
 
 A remote model takes the prompt *messages* (it applies its own chat template) and no token ids, so it is not a
 ``types.Generator``: ``candidates.py`` hands it ``PromptJob.prompt``. One request per candidate, carrying the
-candidate's temperature, top_p, ``max_tokens`` and its own seed (``types.row_seed``: run seed, prompt id, index),
+candidate's temperature, top_p, ``max_tokens`` (or ``max_completion_tokens``: ``max_tokens_field``) and its own seed (``types.row_seed``: run seed, prompt id, index),
 so each candidate is one entry of the answer cache (``answer_cache.py``, committed as it arrives) and a rerun or a
 resumed run asks only for what it lacks. ``max_concurrency`` requests are in flight; a prompt's N completions are
 handed back as soon as all N are in. Retries (429, 5xx, timeouts, connection errors; ``Retry-After`` honoured)
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.generation.answer_cache import AnswerCache, cache_key
-from posttrain.generation.http_client import post_with_retries
+from posttrain.generation.http_client import post_with_retries, token_limit_field
 from posttrain.generation.types import BackendError, per_candidate, row_seed
 
 # As the judges' llm:URL:MODEL: the URL's path holds no ':', the model name may (``org/model:tag``). Stricter on
@@ -101,9 +101,13 @@ class OpenAIGenerator:
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
                  max_retries: int = 5, backoff_base: float = 1.0, backoff_max: float = 60.0,
                  max_concurrency: int = 8, cache_path: str | os.PathLike | None = None, use_cache: bool = True,
-                 seed: int | None = None):
+                 seed: int | None = None, max_tokens_field: str = "max_tokens"):
         if max_retries < 0 or max_concurrency < 1:
             raise BackendError("openai backend: max_retries must be >= 0 and max_concurrency >= 1")
+        try:
+            self.max_tokens_field = token_limit_field(max_tokens_field, "openai backend")
+        except ValueError as e:
+            raise BackendError(str(e)) from None
         self.base_url, self.model = base_url.rstrip("/"), model
         self.url = f"{self.base_url}/chat/completions"
         self.timeout, self.max_retries, self.max_concurrency = timeout, max_retries, max_concurrency
@@ -184,7 +188,7 @@ class OpenAIGenerator:
             while True:
                 while len(queued) < 2 * self.max_concurrency and (job := next(todo, None)) is not None:
                     p, i = job
-                    params = {"temperature": temps[i], "top_p": top_ps[i], "max_tokens": max_new_tokens,
+                    params = {"temperature": temps[i], "top_p": top_ps[i], self.max_tokens_field: max_new_tokens,
                               "seed": row_seed(seed, keys[p], i)}
                     queued[pool.submit(self.complete, prompts[p], params)] = (p, i)
                 if not queued:

@@ -266,6 +266,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             kind_weights: str = typer.Option("", help="relative draw weights, e.g. lowercase=3,title=0.5 "
                                                        "(others 1, 0 = never)"),
             min_words: int = typer.Option(8, help="skip a reply shorter than this once tidied"),
+            max_words: int = typer.Option(None, help="skip a reply longer than this once tidied"),
             skip_truncated: bool = typer.Option(True, help="skip replies cut at the token limit"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
@@ -277,7 +278,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         check_output_path(output, "--output", folder=False)
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
-                                   skip_truncated=skip_truncated,
+                                   max_words=max_words, skip_truncated=skip_truncated,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))
         stats = augment_file(candidates, output, settings)
     except _user_errors() as e:
@@ -285,6 +286,6 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
     per_kind = stats.pop("per_kind")
     typer.echo(f"wrote {stats['examples']} examples to {output} ({stats['constrained_examples']} constrained, "
                f"{stats['plain_examples']} plain) from {stats['replies_used']} of {stats['replies']} replies "
-               f"(skipped: {stats['skipped_short']} short, {stats['skipped_truncated']} cut at the token limit, "
+               f"(skipped: {stats['skipped_short']} short, {stats['skipped_long']} long, {stats['skipped_truncated']} cut at the token limit, "
                f"{stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from posttrain.generation.http_client import MAX_RETRY_AFTER, backoff_delay, parse_retry_after  # noqa: F401 (re-exported)
-from posttrain.generation.http_client import post_with_retries
+from posttrain.generation.http_client import post_with_retries, token_limit_field
 from posttrain.judges import prompts
 from posttrain.judges.cache import AnswerCache, cache_key, default_cache_path
 from posttrain.judges.types import Message, Score, Verdict
@@ -47,6 +47,8 @@ class LLMJudge:
     (visible to every user in ``ps``): against a ``posttrain serve`` started with ``$POSTTRAIN_API_KEY``, set
     ``api_key_env: POSTTRAIN_API_KEY``. ``stats()["unparseable"]`` counts answers with no verdict or score.
     ``cache_path=None`` uses ``default_cache_path()``; ``use_cache=False`` turns caching off.
+    ``max_tokens_field: max_completion_tokens`` sends the answer's token cap under that name (OpenAI's reasoning
+    models refuse ``max_tokens``).
     """
 
     score_range = prompts.SCORE_RANGE
@@ -55,7 +57,8 @@ class LLMJudge:
                  rubric: str = prompts.DEFAULT_RUBRIC, temperature: float = 0.0, max_tokens: int = 512,
                  timeout: float = 60.0, max_retries: int = 5, backoff_base: float = 1.0, backoff_max: float = 60.0,
                  max_concurrency: int = 8, cache_path: str | os.PathLike | None = None, use_cache: bool = True,
-                 extra_params: dict[str, Any] | None = None, name: str | None = None, seed: int | None = None):
+                 extra_params: dict[str, Any] | None = None, name: str | None = None, seed: int | None = None,
+                 max_tokens_field: str = "max_tokens"):
         if not base_url.startswith(("http://", "https://")):
             raise JudgeError(f"LLM judge base_url '{base_url}': must start with http:// or https://")
         if max_retries < 0 or max_concurrency < 1:
@@ -63,7 +66,11 @@ class LLMJudge:
         self.base_url, self.model, self.rubric = base_url.rstrip("/"), model, rubric
         self.url = f"{self.base_url}/chat/completions"
         self.name = name or f"llm:{model}"
-        self.params = {"temperature": temperature, "max_tokens": max_tokens, **(extra_params or {})}
+        try:
+            field = token_limit_field(max_tokens_field, "LLM judge")
+        except ValueError as e:
+            raise JudgeError(str(e)) from None
+        self.params = {"temperature": temperature, field: max_tokens, **(extra_params or {})}
         self.timeout, self.max_retries = timeout, max_retries
         self.backoff_base, self.backoff_max, self.max_concurrency = backoff_base, backoff_max, max_concurrency
         key = os.environ.get(api_key_env)

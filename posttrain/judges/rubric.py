@@ -133,7 +133,7 @@ class RubricJudge:
     """A scoring judge: the weighted mean of a rubric's per-rule grades (see the module docstring).
 
     The keys are the judge config's (``{type: rubric, rubric: PATH, base_url, model, ...}``): ``base_url``,
-    ``model``, ``api_key_env``, ``temperature``, ``max_tokens``, ``timeout``, ``max_retries``,
+    ``model``, ``api_key_env``, ``temperature``, ``max_tokens``, ``max_tokens_field``, ``timeout``, ``max_retries``,
     ``max_concurrency``, ``cache_path``, ``use_cache``, ``extra_params`` as for the ``llm`` judge; or ``local``: a
     model folder or name graded in-process. Needed only when a rule has no verifier. ``code_sandbox``: where a
     ``tests`` rule runs candidate code (``VerifierJudge``)."""
@@ -144,7 +144,7 @@ class RubricJudge:
                  api_key_env: str = "OPENAI_API_KEY", local: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 512, timeout: float = 60.0, max_retries: int = 5, max_concurrency: int = 8,
                  cache_path: str | None = None, use_cache: bool = True, extra_params: dict[str, Any] | None = None,
-                 code_sandbox: str | None = None, name: str | None = None):
+                 code_sandbox: str | None = None, name: str | None = None, max_tokens_field: str = "max_tokens"):
         self.path = str(rubric)
         self.rules = load_rubric(rubric)
         self.name = name or f"rubric:{Path(rubric).stem}"
@@ -168,7 +168,8 @@ class RubricJudge:
             self._llm = LLMJudge(base_url, model, api_key_env=api_key_env, temperature=temperature,
                                  max_tokens=max_tokens, timeout=timeout, max_retries=max_retries,
                                  max_concurrency=max_concurrency, cache_path=cache_path, use_cache=use_cache,
-                                 extra_params=extra_params, name=f"{self.name}/llm")
+                                 extra_params=extra_params, name=f"{self.name}/llm",
+                                 max_tokens_field=max_tokens_field)
         elif local is not None:
             from posttrain.judges.local import LocalModelJudge
 

@@ -35,7 +35,8 @@ def scripted_answer(body: dict) -> dict:
     """The reply to a request: a function of its last message and seed only (text ``"<content> #<seed>"``; a seed
     divisible by 3 stops at the token limit)."""
     seed, text = body["seed"], f"{body['messages'][-1]['content']} #{body['seed']}"
-    finish, tokens = ("length", body["max_tokens"]) if seed % 3 == 0 else ("stop", 2)
+    limit = body["max_tokens"] if "max_tokens" in body else body["max_completion_tokens"]
+    finish, tokens = ("length", limit) if seed % 3 == 0 else ("stop", 2)
     return {"text": text, "finish_reason": finish,
             "usage": {"prompt_tokens": 7 * len(body["messages"]), "completion_tokens": tokens}}
 
@@ -232,6 +233,22 @@ def test_dry_run_estimates_without_a_tokenizer_or_a_request(server, tmp_path):
     assert f"generation ${generation_usd:,.4f}" in res.output, res.output
 
 
+def test_max_completion_tokens_field(server, tmp_path):
+    """OpenAI's reasoning models refuse ``max_tokens``: ``--max-tokens-field max_completion_tokens`` sends the cap
+    under that name alone; a field of neither name is one line before any request."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(2))
+    res = cli("--prompts", prompts, "-o", tmp_path / "a.jsonl", "--backend", server.backend, "-n", "2",
+              "--max-new-tokens", "12", "--max-tokens-field", "max_completion_tokens", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert len(server.requests) == 4
+    assert all(b["max_completion_tokens"] == 12 and "max_tokens" not in b for b in server.requests)
+    res = cli("--prompts", prompts, "-o", tmp_path / "b.jsonl", "--backend", server.backend, "-n", "2",
+              "--max-tokens-field", "max_length", "--no-progress")
+    assert res.exit_code == 2 and error_lines(res.output) == [
+        "error: openai backend: max_tokens_field must be max_tokens or max_completion_tokens, got 'max_length'"]
+    assert len(server.requests) == 4 and not (tmp_path / "b.jsonl").exists()
+
+
 def test_bad_spec_401_and_unreachable_are_one_line(server, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(2))
     out = tmp_path / "cands.jsonl"
@@ -274,3 +291,8 @@ def test_pipeline_generate_stage_uses_the_backend(server, tmp_path):
     assert {r["model"] for r in rows} == {MODEL} and {r["candidate_index"] for r in rows} == {0, 1}
     with pytest.raises(PipelineError, match="key 'backend'.*openai:URL:MODEL"):
         stage.check({**params, "backend": "openai:nowhere"}, lambda path: False)
+    with pytest.raises(PipelineError, match="key 'max_tokens_field': expected max_tokens or max_completion_tokens, "
+                                            "got 'max_len'"):
+        stage.check({**params, "max_tokens_field": "max_len"}, lambda path: False)
+    stage.run({**params, "max_tokens_field": "max_completion_tokens", "seed": 1}, tmp_path / "stage2", False)
+    assert [b["max_completion_tokens"] for b in server.requests[6:]] == [8] * 6

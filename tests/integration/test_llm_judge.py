@@ -65,6 +65,24 @@ def test_consistent_answers_give_the_winner(server, make_judge):
     assert body["messages"][0]["role"] == "system"
 
 
+def test_max_completion_tokens_field(server, make_judge, tmp_path):
+    """For OpenAI's reasoning models the cap goes under ``max_completion_tokens`` alone (a judge config key, so the
+    rubric judge and the critic take it too); any other name is refused when the judge is built."""
+    from posttrain.judges.judge_stage import build_member
+
+    make_judge(max_tokens_field="max_completion_tokens", max_tokens=64).complete(PROMPT)
+    body = server.requests[-1]
+    assert body["max_completion_tokens"] == 64 and "max_tokens" not in body
+    with pytest.raises(JudgeError, match="LLM judge: max_tokens_field must be max_tokens or max_completion_tokens, "
+                                         "got 'tokens'"):
+        make_judge(max_tokens_field="tokens")
+    rubric = tmp_path / "rubric.yaml"
+    rubric.write_text("rules:\n  - {id: clear, text: The answer is clear., weight: 1}\n")
+    member = build_member({"type": "rubric", "rubric": str(rubric), "base_url": server.url, "model": "m",
+                           "max_tokens_field": "max_completion_tokens", "use_cache": False})
+    assert member.judge._llm.params["max_completion_tokens"] == 512 and "max_tokens" not in member.judge._llm.params
+
+
 def test_pointwise_scores(server, make_judge):
     server.answer = prefers_good
     good, bad = make_judge().score_many([(PROMPT, "GOOD", {}), (PROMPT, "meh", {})])

@@ -47,8 +47,8 @@ def test_every_example_is_the_reply_repaired_to_obey_its_constraints(candidates)
     rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(per_reply=4, plain_share=1.0, seed=3,
                                                                             skip_truncated=False))
     assert {k: v for k, v in stats.items() if k != "per_kind"} == {
-        "replies": 4, "replies_used": 2, "skipped_constrained": 1, "skipped_short": 1, "skipped_truncated": 0,
-        "plain_examples": 2,
+        "replies": 4, "replies_used": 2, "skipped_constrained": 1, "skipped_short": 1, "skipped_long": 0,
+        "skipped_truncated": 0, "plain_examples": 2,
         "constrained_examples": 8, "replies_short_of_per_reply": 0, "examples": 10}
     assert sum(stats["per_kind"].values()) == sum(len(r["constraints"]) for r in rows)
     originals = {"a": (REPLY_A, "Explain how bees make honey.", False),
@@ -70,6 +70,19 @@ def test_every_example_is_the_reply_repaired_to_obey_its_constraints(candidates)
     for pid in "ab":
         asked = [tuple(r["phrasings"]) for r in rows if r["source"]["prompt_id"] == pid and r["constraints"]]
         assert len(asked) == len(set(asked)) == 4
+
+
+def test_max_words_skips_the_longer_replies(candidates):
+    """REPLY_A is 48 words once tidied, REPLY_B 38 (its cut tail goes): a cap of 47 keeps B alone, 48 keeps both."""
+    settings = dict(per_reply=1, plain_share=1.0, skip_truncated=False)
+    rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(**settings, max_words=47))
+    assert (stats["skipped_long"], stats["replies_used"]) == (1, 1)
+    assert {r["source"]["prompt_id"] for r in rows} == {"b"}
+    rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(**settings, max_words=48))
+    assert (stats["skipped_long"], stats["replies_used"]) == (0, 2)
+    # the same reply gets the same examples whether or not another reply was skipped
+    capped, _ = augment_rows(read_candidates(candidates), AugmentSettings(**settings, max_words=47))
+    assert capped == [r for r in rows if r["source"]["prompt_id"] == "b"]
 
 
 def test_deterministic_per_row_and_hold_out_kinds_are_never_used(candidates):
@@ -156,6 +169,8 @@ def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
     ({"hold_out_kinds": ("lowercase", "nope")}, "unknown constraint kind(s) nope"),
     ({"plain_share": 1.5}, "plain_share must be in [0, 1]"),
     ({"per_reply": -1}, "per_reply and min_words must be >= 0"),
+    ({"max_words": 5}, "max_words must be an integer >= min_words (8), got 5"),
+    ({"max_words": True}, "max_words must be an integer >= min_words (8), got True"),
     ({"hold_out_kinds": tuple(CONSTRAINTS)}, "every constraint kind is held out"),
     ({"kind_weights": {"lowercase": 2, "loud": 1}}, "kind_weights: unknown constraint kind(s) loud"),
     ({"kind_weights": {"lowercase": -1}}, "kind_weights: lowercase: expected a number >= 0, got -1"),
@@ -173,11 +188,14 @@ def test_cli(candidates, tmp_path):
                                       "--plain-share", "0"])
     assert result.exit_code == 0, result.output
     assert "wrote 2 examples" in result.output and \
-        "from 1 of 4 replies (skipped: 1 short, 1 cut at the token limit, 1 with constraints)" in result.output
+        "from 1 of 4 replies (skipped: 1 short, 0 long, 1 cut at the token limit, 1 with constraints)" in result.output
     assert len(out.read_text().splitlines()) == 2
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
                                       "--plain-share", "0", "--no-skip-truncated"])
     assert result.exit_code == 0 and "wrote 4 examples" in result.output
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "1",
+                                      "--plain-share", "0", "--no-skip-truncated", "--max-words", "47"])
+    assert result.exit_code == 0 and "wrote 1 examples" in result.output and "1 short, 1 long, 0 cut at the token limit" in result.output
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--hold-out-kinds", "x"])
     assert result.exit_code == 2 and "error: hold_out_kinds: unknown constraint kind(s) x" in result.output
 
