@@ -359,6 +359,8 @@ class RLRewardSection(Section):
                                         "rules without a verifier (with rubric_model)")
     rubric_model: str | None = Field(None, description="the model name sent to rubric_base_url")
     rubric_api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the endpoint's key")
+    rubric_only: list[str] | None = Field(None, description="the ids of the rubric rules to grade and combine "
+                                          "(one id: reward from that aspect alone); default every rule")
     length_penalty: float = Field(0.0, ge=0, description="subtracted per completion token / max_new_tokens")
     clip: float | None = Field(None, gt=0, description="clip the combined score to [-clip, clip]")
     whiten: bool = Field(False, description="whiten scores over the rollout batch (mean kept)")

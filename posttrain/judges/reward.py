@@ -48,7 +48,14 @@ def check_rubric_reward(reward_cfg) -> None:
         rules = load_rubric(reward_cfg.rubric)
     except RubricError as e:
         raise ConfigError(f"reward.rubric: {e}") from None
-    asked = [(i, r) for i, r in enumerate(rules) if r.verifier is None]
+    only = reward_cfg.rubric_only
+    if only is not None:
+        ids = [r.id for r in rules]
+        unknown = [i for i in only if i not in ids]
+        if unknown or not only:
+            raise ConfigError(f"reward.rubric_only: {reward_cfg.rubric}: "
+                              + (f"no rule '{unknown[0]}' (rules: {', '.join(ids)})" if unknown else "empty list"))
+    asked = [(i, r) for i, r in enumerate(rules) if r.verifier is None and (only is None or r.id in only)]
     if asked and not reward_cfg.rubric_base_url:
         i, r = asked[0]
         raise ConfigError(f"reward.rubric: {reward_cfg.rubric}: rules[{i}] ('{r.id}') has no verifier, so "
@@ -77,7 +84,8 @@ class RewardFunction:
             check_rubric_reward(reward_cfg)
             llm = ({"base_url": reward_cfg.rubric_base_url, "model": reward_cfg.rubric_model,
                     "api_key_env": reward_cfg.rubric_api_key_env} if reward_cfg.rubric_base_url else {})
-            self.rubric = RubricJudge(reward_cfg.rubric, code_sandbox=reward_cfg.code_sandbox, **llm)
+            self.rubric = RubricJudge(reward_cfg.rubric, code_sandbox=reward_cfg.code_sandbox,
+                                      only=reward_cfg.rubric_only, **llm)
 
     def __call__(self, examples: list[PromptExample], texts: list[str], lengths: list[int], *,
                  batch_whitening: bool = True) -> tuple[torch.Tensor, dict[str, float]]:

@@ -136,7 +136,9 @@ class RubricJudge:
     ``model``, ``api_key_env``, ``temperature``, ``max_tokens``, ``max_tokens_field``, ``timeout``, ``max_retries``,
     ``max_concurrency``, ``cache_path``, ``use_cache``, ``extra_params`` as for the ``llm`` judge; or ``local``: a
     model folder or name graded in-process. Needed only when a rule has no verifier. ``code_sandbox``: where a
-    ``tests`` rule runs candidate code (``VerifierJudge``)."""
+    ``tests`` rule runs candidate code (``VerifierJudge``). ``only``: the ids of the rules to grade and combine (one
+    rule: pairs and rewards from that aspect alone, e.g. ``only: [accuracy]``); the others are neither run nor
+    asked, and the name says which (``rubric:NAME[accuracy]``)."""
 
     score_range = (0.0, 1.0)
 
@@ -144,10 +146,20 @@ class RubricJudge:
                  api_key_env: str = "OPENAI_API_KEY", local: str | None = None, temperature: float = 0.0,
                  max_tokens: int = 512, timeout: float = 60.0, max_retries: int = 5, max_concurrency: int = 8,
                  cache_path: str | None = None, use_cache: bool = True, extra_params: dict[str, Any] | None = None,
-                 code_sandbox: str | None = None, name: str | None = None, max_tokens_field: str = "max_tokens"):
+                 code_sandbox: str | None = None, name: str | None = None, max_tokens_field: str = "max_tokens",
+                 only: Sequence[str] | None = None):
         self.path = str(rubric)
         self.rules = load_rubric(rubric)
         self.name = name or f"rubric:{Path(rubric).stem}"
+        if only is not None:
+            if isinstance(only, str) or not only or not all(isinstance(i, str) for i in only):
+                raise ValueError(f"rubric {self.path}: only: expected a list of rule ids, got {only!r}")
+            ids = [r.id for r in self.rules]
+            unknown = [i for i in only if i not in ids]
+            if unknown:
+                raise ValueError(f"rubric {self.path}: only: no rule '{unknown[0]}' (rules: {', '.join(ids)})")
+            self.rules = [r for r in self.rules if r.id in set(only)]
+            self.name = name or f"{self.name}[{','.join(r.id for r in self.rules)}]"
         self._verifiers = {
             r.id: VerifierJudge(components=("constraints",) if isinstance(r.verifier, dict)
                                 else ROW_VERIFIERS[r.verifier], code_sandbox=code_sandbox)

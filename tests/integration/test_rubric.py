@@ -283,6 +283,7 @@ def test_reward_function_with_a_rubric(tmp_path, rubric, server, monkeypatch):
 
 def test_reward_rubric_config_errors(tmp_path, rubric):
     from posttrain.config import ConfigError, RLRewardSection
+    from posttrain.data.schema import PromptExample
     from posttrain.judges.reward import RewardFunction
 
     with pytest.raises(ConfigError) as e:
@@ -294,6 +295,14 @@ def test_reward_rubric_config_errors(tmp_path, rubric):
     with pytest.raises(ConfigError, match=rf"^reward.rubric: {bad}: rules\[0\]: field 'verifier': unknown "
                                           r"constraint kind 'nope'"):
         RewardFunction(RLRewardSection(rubric=str(bad)), max_new_tokens=8)
+    # rubric_only: the LLM rules left out need no endpoint; the reward is the named rule alone
+    reward = RewardFunction(RLRewardSection(verifier_weight=0, rubric=str(rubric), rubric_only=["lower"]),
+                            max_new_tokens=8)
+    scores, metrics = reward([PromptExample(P, metadata={})] * 2, ["all quiet", "Not Quiet"], [2, 2])
+    assert scores.tolist() == [1.0, 0.0] and "reward/rubric/lower" in metrics and "reward/rubric/concise" not in metrics
+    with pytest.raises(ConfigError) as e:
+        RewardFunction(RLRewardSection(verifier_weight=0, rubric=str(rubric), rubric_only=["tone"]), max_new_tokens=8)
+    assert str(e.value) == f"reward.rubric_only: {rubric}: no rule 'tone' (rules: concise, polite, lower)"
     with pytest.raises(ValueError, match="rubric_base_url and reward.rubric_model go together"):
         RLRewardSection(rubric=str(rubric), rubric_base_url="http://127.0.0.1:9/v1")
     with pytest.raises(ValueError, match="no reward: set reward.verifier_weight > 0, reward.reward_model or "

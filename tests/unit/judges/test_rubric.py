@@ -102,6 +102,48 @@ def test_verifier_rules_combine_with_their_weights_exactly(tmp_path):
     assert judge.name == "rubric:rubric" and judge.score_range == (0.0, 1.0)
 
 
+def test_only_grades_and_combines_the_named_rules(tmp_path):
+    """``only``: one aspect of a rubric (or a few) is the score; the other rules are not run."""
+    path = str(write(tmp_path, VERIFIER_ONLY))
+    short = RubricJudge(path, only=["short"])
+    good, bad = short.score_many([(P, "hello there my friend, hi", TWO), (P, "Hi, you", TWO)])
+    assert (good.value, bad.value) == (0.0, 1.0) and list(good.details["rules"]) == ["short"]
+    assert short.name == "rubric:rubric[short]"
+    two = RubricJudge(path, only=["asked", "lower"])  # rubric order, whatever the order asked
+    s = two.score(P, "hello there my friend, hi", TWO)  # lower 1 (weight 3), asked 1/2 (weight 2) -> 4 / 5
+    assert s.value == pytest.approx(0.8, abs=1e-12) and list(s.details["rules"]) == ["lower", "asked"]
+    assert two.name == "rubric:rubric[lower,asked]"
+    # the row's constraints are needed only by 'asked': without it, a row that has none is gradable
+    assert RubricJudge(path, only=["lower"]).score(P, "hi", {}).value == 1.0
+    with pytest.raises(ValueError, match=r"only: no rule 'tone' \(rules: lower, short, asked\)$"):
+        RubricJudge(path, only=["tone"])
+    with pytest.raises(ValueError, match="only: expected a list of rule ids, got 'short'"):
+        RubricJudge(path, only="short")
+    with pytest.raises(ValueError, match=r"only: expected a list of rule ids, got \[\]"):
+        RubricJudge(path, only=[])
+    # an LLM rule left out needs no LLM
+    mixed = write(tmp_path, "- {id: helpful, text: 'Helps.'}\n- {id: lower, text: t, verifier: {kind: lowercase}}\n",
+                  "mixed.yaml")
+    assert RubricJudge(str(mixed), only=["lower"]).score(P, "ok", {}).value == 1.0
+
+
+def test_pairs_from_one_rule_of_a_rubric(tmp_path):
+    """The judge stage with ``only``: the pair follows that rule, whichever way the whole rubric would go."""
+    rubric = str(write(tmp_path, VERIFIER_ONLY))
+    rows = [{"prompt_id": "p", "prompt": P, "candidate_index": i, "text": t, "metadata": TWO}
+            for i, t in enumerate(["hello there my friend, hi", "Hi, you"])]
+    cands = tmp_path / "c.jsonl"
+    cands.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def chosen(judge: dict, out: str) -> str:
+        judge_candidates(cands, tmp_path / out, [judge])
+        (pair,) = [json.loads(line) for line in (tmp_path / out / "pairs.jsonl").read_text().splitlines()]
+        return pair["chosen"]
+
+    assert chosen({"type": "rubric", "rubric": rubric}, "all") == rows[0]["text"]  # 2/3 vs 1/6
+    assert chosen({"type": "rubric", "rubric": rubric, "only": ["short"]}, "short") == rows[1]["text"]  # 0 vs 1
+
+
 def test_row_verifier_checks_whatever_the_row_carries(tmp_path):
     path = write(tmp_path, "- {id: row, text: 'Verifiable parts hold.', verifier: row}\n"
                            "- {id: ans, text: 'Right answer.', verifier: answer, weight: 3}\n")
