@@ -16,7 +16,8 @@ def _default_suites() -> list[str]:
 
 
 def eval_command(
-    model: str = typer.Option(..., "--model", help="builtin name, HF folder, hub id, or a trained run's model folder"),
+    model: str = typer.Option(..., "--model", help="builtin name, HF folder, hub id, a trained run's model folder, "
+                              "or openai:URL:MODEL (an OpenAI-compatible endpoint; also for --baseline and --base)"),
     output: Path = typer.Option(..., "--output", "-o", help="output folder: responses.jsonl, metrics.json, "
                                 "manifest.json"),
     suite: list[str] = typer.Option(None, "--suite", help="repeatable: a builtin suite (constraints, capability, "
@@ -43,6 +44,8 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai:URL:MODEL models: the "
+                                    "environment variable holding the API key (sent as a Bearer token when set)"),
 ) -> None:
     """Greedy responses to eval suites, scored (pass rates, accuracy, refusal, length, win rate)."""
     from posttrain.data.schema import DataError, DataErrors
@@ -62,7 +65,8 @@ def eval_command(
         metrics = run_eval(model, suite or _default_suites(), baseline=baseline, base=base,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, judge=pairwise,
                            output_dir=output, adapter=adapter, backend=backend, trained_on=trained_on or None,
-                           trained_kinds=kinds, ifeval_unsupported=ifeval_unsupported, rubric=rubric_judge_)
+                           trained_kinds=kinds, ifeval_unsupported=ifeval_unsupported, rubric=rubric_judge_,
+                           api_key_env=api_key_env)
     except (DataError, DataErrors, ModelError, BackendError, JudgeConfigError, ValueError) as e:
         fail(e)
     # Per-kind and per-suite keys are many; the terminal shows the headline ones, metrics.json has all.

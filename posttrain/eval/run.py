@@ -19,10 +19,41 @@ from posttrain.eval.winrate import length_controlled_win_rate, win_indicators, w
 from posttrain.judges.types import PairwiseJudge, ScoringJudge
 
 
+def remote_model(model: str | None) -> tuple[str, str] | None:
+    """``(base_url, model name)`` of a model given as ``openai:URL:MODEL`` (an OpenAI-compatible endpoint: a
+    deployment, a vLLM server, a teacher), else None; a malformed spec is a one-line ``BackendError``."""
+    from posttrain.generation.openai_backend import parse_openai_spec
+
+    return parse_openai_spec(model) if model and model.startswith("openai:") else None
+
+
+def _remote_responses(remote: tuple[str, str], label: str, rows: list[EvalRow], budgets: list[int], *, seed: int,
+                      api_key_env: str) -> list[tuple[str, int, str]]:
+    """Greedy answers of an endpoint (temperature 0, one request per row, the row's budget as ``max_tokens``,
+    each row's own seed). Not cached: a deployment may change behind the same name, and an eval measures it now."""
+    from posttrain.generation.openai_backend import OpenAIGenerator
+
+    from tqdm.auto import tqdm
+
+    generator = OpenAIGenerator(*remote, api_key_env=api_key_env, use_cache=False)
+    outs: list = [None] * len(rows)
+    with tqdm(total=len(rows), desc=f"eval {label}", unit="prompt", dynamic_ncols=True) as bar:
+        for budget in sorted(set(budgets)):
+            order = [i for i in range(len(rows)) if budgets[i] == budget]
+            for p, (c,) in generator.stream([rows[i].prompt for i in order],
+                                            [f"{rows[i].suite}/{rows[i].id}" for i in order], n=1, temperature=0.0,
+                                            top_p=1.0, max_new_tokens=budget, seed=seed):
+                outs[order[p]] = (c.text, c.completion_tokens, c.finish_reason)
+                bar.update(1)
+    return outs
+
+
 def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int | list[int], batch_size: int,
-                       seed: int, adapter: str | None = None, backend: str = "hf") -> list[tuple[str, int, str]]:
+                       seed: int, adapter: str | None = None, backend: str = "hf",
+                       api_key_env: str = "OPENAI_API_KEY") -> list[tuple[str, int, str]]:
     """Greedy ``(text, completion_tokens, finish_reason)`` for each row's prompt, in row order.
-    ``max_new_tokens``: one budget for all rows, or one per row (rows are batched with rows of the same budget)."""
+    ``max_new_tokens``: one budget for all rows, or one per row (rows are batched with rows of the same budget).
+    ``model`` may be ``openai:URL:MODEL``: the endpoint answers (``backend`` and ``batch_size`` do not apply)."""
     from posttrain.data.render import render_prompt
     from posttrain.data.schema import PromptExample
     from posttrain.generation.backends import load_generator
@@ -30,6 +61,9 @@ def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int |
     from tqdm.auto import tqdm
 
     budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    remote = remote_model(model)
+    if remote is not None:
+        return _remote_responses(remote, model, rows, budgets, seed=seed, api_key_env=api_key_env)
     generator, tokenizer = load_generator(model, adapter=adapter, backend=backend, batch_size=batch_size, seed=seed)
     prompt_ids = [render_prompt(PromptExample(r.prompt, r.source, r.row), tokenizer) for r in rows]
     # Per budget, longest prompts first, in chunks of one batch each, so the bar moves per batch and padding
@@ -190,7 +224,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
              judge: PairwiseJudge | ScoringJudge | None = None, output_dir: str | Path, adapter: str | None = None,
              baseline_adapter: str | None = None, backend: str = "hf", trained_on: list[str] | None = None,
              trained_kinds: list[str] | None = None, ifeval_unsupported: str = "error",
-             rubric: Any = None) -> dict[str, float]:
+             rubric: Any = None, api_key_env: str = "OPENAI_API_KEY") -> dict[str, float]:
     """Evaluate ``model`` (and ``baseline``, and ``base``: the model the recipe started from) on ``suites``
     (builtin names or paths, optionally ``@N`` for a suite's budget) and write the output folder. Every suite is
     read and validated before any model loads. Returns the metrics written to metrics.json.
@@ -201,7 +235,8 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     without a judge they are skipped. The base model's metrics go under ``base/``, and length, degeneration and
     formatting are also given relative to it (``drift.relative_metrics``); a base equal to the baseline is not
     generated twice. ``rubric`` (a ``RubricJudge``) adds ``rubric/*`` metrics for every model (``rubric_metrics``:
-    per-rule pass rates)."""
+    per-rule pass rates). Any of the three models may be ``openai:URL:MODEL`` (an OpenAI-compatible endpoint,
+    its key in ``$api_key_env``): e.g. a candidate against the model being served."""
     from posttrain.data.runfolder import content_hash, package_versions
     from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
     from posttrain.eval.coverage import trained_kinds as read_trained_kinds
@@ -211,9 +246,14 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     rows, budgets, suite_inputs = load_suites(suites, max_new_tokens, ifeval_unsupported)
     if judge is not None and baseline is None:
         raise ValueError("judge: a win-rate judge needs a baseline to compare against")
+    for name, which, extra in (("model", model, adapter), ("baseline", baseline, baseline_adapter),
+                               ("base", base, None)):  # a malformed spec fails here, before any model loads
+        if remote_model(which) is not None and extra:
+            raise ValueError(f"{name} {which}: a remote model (openai:URL:MODEL) takes no adapter")
     trained = (read_trained_kinds(trained_on or [], trained_kinds or [])
                if trained_on is not None or trained_kinds is not None else None)
-    settings = dict(max_new_tokens=budgets, batch_size=batch_size, seed=seed, backend=backend)
+    settings = dict(max_new_tokens=budgets, batch_size=batch_size, seed=seed, backend=backend,
+                    api_key_env=api_key_env)
 
     model_gens = generate_responses(model, rows, adapter=adapter, **settings)
     metrics, records = _score(rows, model_gens, model_label(model, adapter), "model", trained)

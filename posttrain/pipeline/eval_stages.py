@@ -5,7 +5,9 @@
 it), ``trained_on`` (training files: per-kind pass rates marked trained/unseen) or ``trained_kinds``,
 ``ifeval_unsupported`` (error | skip), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win
 rate vs the baseline: a spec string as in ``posttrain judge --judge`` -- ``verifier``, ``llm:URL:MODEL``, ``local:MODEL``,
-``rm:MODEL`` -- or one judge config dict as in the judge stage). It writes ``metrics.json`` and
+``rm:MODEL`` -- or one judge config dict as in the judge stage). ``model``, ``baseline`` and ``base`` may be
+``openai:URL:MODEL`` (an endpoint; key in ``$api_key_env``): such a model is named by its spec only, so a rerun of
+the pipeline reuses the stage's answers while the spec is unchanged (change ``seed`` to ask again). It writes ``metrics.json`` and
 ``responses.jsonl`` into its folder.
 
 ``gate`` config: ``metrics`` (a metrics.json, usually ``${eval.output}/metrics.json``) and ``gates`` (a list of
@@ -22,7 +24,8 @@ from posttrain.pipeline.spec import (PipelineError, check_file, check_judge_entr
                                      nothing_pending)
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "base", "max_new_tokens", "batch_size",
-             "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported", "rubric", "rubric_judge")
+             "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported", "rubric", "rubric_judge",
+             "api_key_env")
 GATE_KEYS = ("metrics", "gates", "gates_file")
 
 
@@ -43,7 +46,7 @@ def check_eval(params: dict, pending) -> None:
                          "baseline_adapter": (str,), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
                          "backend": (str,), "judge": (str, dict), "base": (str,), "trained_on": (str, list),
                          "trained_kinds": (str, list), "ifeval_unsupported": (str,), "rubric": (str,),
-                         "rubric_judge": (str,)})
+                         "rubric_judge": (str,), "api_key_env": (str,)})
     if params.get("rubric_judge") and not params.get("rubric"):
         raise PipelineError("config: key 'rubric_judge' grades the rules of a 'rubric' file; give 'rubric'")
     check_file(params, "rubric", pending)
@@ -71,6 +74,7 @@ def check_eval(params: dict, pending) -> None:
 
 def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.eval.run import run_eval
+    from posttrain.generation.types import BackendError
 
     check_eval(params, nothing_pending)
     suites = params["suites"]
@@ -92,8 +96,9 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
                         baseline_adapter=params.get("baseline_adapter"), backend=params.get("backend", "hf"),
                         judge=judge, trained_on=_as_list(params.get("trained_on")),
                         trained_kinds=_as_list(params.get("trained_kinds")),
-                        ifeval_unsupported=params.get("ifeval_unsupported", "error"), rubric=rubric)
-    except ValueError as e:  # a bad suite or option: one line for the user
+                        ifeval_unsupported=params.get("ifeval_unsupported", "error"), rubric=rubric,
+                        api_key_env=params.get("api_key_env", "OPENAI_API_KEY"))
+    except (ValueError, BackendError) as e:  # a bad suite, option or model spec: one line for the user
         raise PipelineError(f"config: {str(e).splitlines()[0]}") from None
 
 
