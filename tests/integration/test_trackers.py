@@ -1,5 +1,6 @@
-"""train.report_to: a 3-step tiny-random DPO run writes TensorBoard event files and an MLflow file store, read back
-with their own readers: the loss series equals metrics.jsonl's, and the resolved config is logged."""
+"""train.report_to: 3-step tiny-random DPO runs write TensorBoard event files, an MLflow file store, an offline W&B
+run and a trackio project, each read back with its own reader: the loss series equals metrics.jsonl's, and the
+resolved config is logged; GRPO's sample tables reach TensorBoard, MLflow and W&B."""
 
 from __future__ import annotations
 
@@ -46,6 +47,73 @@ def test_tensorboard_and_mlflow_get_every_metric_and_the_config(tmp_path, monkey
     assert params["loss.beta"] == "0.1" and params["optim.max_steps"] == "3" and params["model.name"] == "tiny-random"
 
 
+def wandb_records(run_dir):
+    """The records of an offline W&B run (``<dir>/wandb/offline-run-*/run-*.wandb``), read with W&B's own protobuf
+    classes. The file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then 32 KiB blocks of
+    chunks, each ``crc32c (4) | length (2) | type (1: whole, 2: first, 3: middle, 4: last)``; a block's tail shorter
+    than a chunk header is padding. (wandb >= 0.18 reads these files in its Go core only.)"""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, buf, block = 7, b"", 32768
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or (length == 0 and kind == 0):
+            pos += left
+            continue
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            buf = b""
+            yield record
+
+
+def wandb_history(run_dir) -> list[dict]:
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+            for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "history"]
+
+
+def test_wandb_offline_and_trackio_get_every_metric_and_the_config(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is a dev dependency")
+    pytest.importorskip("trackio", reason="trackio is a dev dependency")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
+    out = tmp_path / "dpo"
+    res = CliRunner().invoke(app, ["dpo", f"data.train={data}", "model.name=tiny-random", "optim.max_steps=3",
+                                   "optim.batch_size=4", "optim.micro_batch_size=4", "data.max_length=64",
+                                   "train.progress=false", f"train.output_dir={out}",
+                                   "train.report_to=[wandb, trackio]", "train.run_name=w3"])
+    assert res.exit_code == 0, res.output
+    records = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+               if "loss" in r and r.get("split") != "eval"]
+    losses = {r["step"]: r["loss"] for r in records}
+    assert sorted(losses) == [1, 2, 3]
+
+    history = wandb_history(out)
+    assert {h["_step"]: h["loss"] for h in history} == pytest.approx(losses, rel=1e-6)
+    assert [h["grad_norm"] for h in history] == pytest.approx([r["grad_norm"] for r in records], rel=1e-6)
+    [config] = [r.config for r in wandb_records(out) if r.WhichOneof("record_type") == "config"]
+    params = {item.key: json.loads(item.value_json) for item in config.update}
+    assert params["loss.beta"] == 0.1 and params["optim.max_steps"] == 3 and params["model.name"] == "tiny-random"
+
+    from trackio.sqlite_storage import SQLiteStorage
+
+    [run] = SQLiteStorage.get_runs("w3")  # the project is the run name
+    logs = SQLiteStorage.get_logs("w3", run)
+    assert {log["step"]: log["loss"] for log in logs} == pytest.approx(losses, rel=1e-6)
+    tracked = SQLiteStorage.get_run_config("w3", run)
+    assert tracked["optim.max_steps"] == 3 and tracked["model.name"] == "tiny-random"
+
+
 def test_a_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
     import importlib.util
 
@@ -65,7 +133,10 @@ def test_grpo_sample_tables_reach_samples_jsonl_tensorboard_and_mlflow(tmp_path,
     step's reward/total averages over."""
     pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
     mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is a dev dependency")
+    pytest.importorskip("wandb", reason="wandb is a dev dependency")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     from posttrain.trainers.grpo import train_grpo
 
     from .test_rl import rl_config
@@ -73,7 +144,7 @@ def test_grpo_sample_tables_reach_samples_jsonl_tensorboard_and_mlflow(tmp_path,
     out = tmp_path / "out"
     cfg = rl_config("grpo", tmp_path, "optim.batch_size=2", "optim.micro_batch_size=8", "optim.max_steps=2",
                     "grpo.num_generations=4", "data.eval=null", "train.log_samples=3",
-                    "train.report_to=[tensorboard, mlflow]", "train.run_name=g2")
+                    "train.report_to=[tensorboard, mlflow, wandb]", "train.run_name=g2")
     train_grpo(cfg)
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 1, 1, 2, 2, 2]
@@ -95,3 +166,13 @@ def test_grpo_sample_tables_reach_samples_jsonl_tensorboard_and_mlflow(tmp_path,
     [run] = client.search_runs([experiment.experiment_id])
     names = sorted(a.path for a in client.list_artifacts(run.info.run_id, "samples"))
     assert names == ["samples/step_1.json", "samples/step_2.json"]
+
+    # W&B: a table file per logged step, 3 rows of the same 5 columns, the rows of samples.jsonl
+    tables = [h for h in wandb_history(out) if "samples/path" in h]  # a table's fields are nested keys
+    assert [h["_step"] for h in tables] == [1, 2]
+    assert all(h["samples/_type"] == "table-file" and (h["samples/nrows"], h["samples/ncols"]) == (3, 5)
+               for h in tables)
+    [files] = out.glob("wandb/offline-run-*/files")
+    first = json.loads((files / tables[0]["samples/path"]).read_text())
+    assert first["columns"] == ["prompt", "completion", "reward", "tokens", "finish"]
+    assert [row[1] for row in first["data"]] == [r["completion"] for r in rows[:3]]
