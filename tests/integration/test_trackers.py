@@ -16,20 +16,27 @@ from .helpers import pair_rows, write_jsonl
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_tensorboard_and_mlflow_get_every_metric_and_the_config(tmp_path, monkeypatch):
-    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
-    mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is a dev dependency")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def dpo_3_steps(tmp_path, report_to: str, run_name: str):
+    """A 3-step tiny-random DPO run reporting to ``report_to``: (its output folder, its 3 training records)."""
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
     out = tmp_path / "dpo"
     res = CliRunner().invoke(app, ["dpo", f"data.train={data}", "model.name=tiny-random", "optim.max_steps=3",
                                    "optim.batch_size=4", "optim.micro_batch_size=4", "data.max_length=64",
                                    "train.progress=false", f"train.output_dir={out}",
-                                   "train.report_to=[tensorboard, mlflow]", "train.run_name=t3"])
+                                   f"train.report_to={report_to}", f"train.run_name={run_name}"])
     assert res.exit_code == 0, res.output
-    losses = {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if "loss" in r and r.get("split") != "eval"}
-    assert sorted(losses) == [1, 2, 3]
+    records = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+               if "loss" in r and r.get("split") != "eval"]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    return out, records
+
+
+def test_tensorboard_and_mlflow_get_every_metric_and_the_config(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
+    mlflow = pytest.importorskip("mlflow", reason="mlflow-skinny is a dev dependency")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out, records = dpo_3_steps(tmp_path, "[tensorboard, mlflow]", "t3")
+    losses = {r["step"]: r["loss"] for r in records}
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -81,22 +88,20 @@ def wandb_history(run_dir) -> list[dict]:
 
 
 def test_wandb_offline_and_trackio_get_every_metric_and_the_config(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
     pytest.importorskip("wandb", reason="wandb is a dev dependency")
-    pytest.importorskip("trackio", reason="trackio is a dev dependency")
+    if importlib.util.find_spec("trackio") is None:
+        pytest.skip("trackio is a dev dependency")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    # trackio reads TRACKIO_DIR once, when it is first imported: set it before, and make the import fresh
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
-    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
-    out = tmp_path / "dpo"
-    res = CliRunner().invoke(app, ["dpo", f"data.train={data}", "model.name=tiny-random", "optim.max_steps=3",
-                                   "optim.batch_size=4", "optim.micro_batch_size=4", "data.max_length=64",
-                                   "train.progress=false", f"train.output_dir={out}",
-                                   "train.report_to=[wandb, trackio]", "train.run_name=w3"])
-    assert res.exit_code == 0, res.output
-    records = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-               if "loss" in r and r.get("split") != "eval"]
+    for name in [m for m in sys.modules if m == "trackio" or m.startswith("trackio.")]:
+        monkeypatch.delitem(sys.modules, name)
+    out, records = dpo_3_steps(tmp_path, "[wandb, trackio]", "w3")
     losses = {r["step"]: r["loss"] for r in records}
-    assert sorted(losses) == [1, 2, 3]
 
     history = wandb_history(out)
     assert {h["_step"]: h["loss"] for h in history} == pytest.approx(losses, rel=1e-6)
@@ -107,7 +112,8 @@ def test_wandb_offline_and_trackio_get_every_metric_and_the_config(tmp_path, mon
 
     from trackio.sqlite_storage import SQLiteStorage
 
-    [run] = SQLiteStorage.get_runs("w3")  # the project is the run name
+    assert (tmp_path / "trackio" / "w3.db").is_file()  # the project (named after the run) is this test's own
+    [run] = SQLiteStorage.get_runs("w3")
     logs = SQLiteStorage.get_logs("w3", run)
     assert {log["step"]: log["loss"] for log in logs} == pytest.approx(losses, rel=1e-6)
     tracked = SQLiteStorage.get_run_config("w3", run)
