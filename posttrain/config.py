@@ -149,8 +149,12 @@ class TrainSection(Section):
         default_factory=list, description="experiment trackers that also get every metrics.jsonl record and the "
         "resolved config (training/trackers.py); none by default")
     log_samples: int = Field(4, ge=0, description="PPO, GRPO, online DPO: completions sampled at each logged step "
-                             "(prompt, completion, reward; online DPO: its pairs) kept in samples.jsonl and sent to "
-                             "the trackers as a table; 0: none")
+                             "(prompt, completion, reward; online DPO: its pairs); SFT, the DPO family, KTO: greedy "
+                             "answers to the first N eval prompts at each evaluation, beside the data's answer "
+                             "(needs an eval split; not under fsdp2); kept in samples.jsonl and sent to the "
+                             "trackers as a table; 0: none")
+    log_samples_max_new_tokens: int = Field(64, gt=0, description="SFT, the DPO family, KTO: the token budget of "
+                                            "each sample answer (log_samples)")
     run_name: str | None = Field(None, description="the run's name in the trackers (default: the output folder's "
                                  "name)")
 

@@ -45,6 +45,9 @@ class StepFns:
     length: Callable[[Any], int] | None = None
     # Called at every checkpoint and at the end of training (e.g. to write cached reference log-probs).
     flush: Callable[[], None] | None = None
+    # (unwrapped model, eval items) -> rows of sample generations for samples.jsonl and the trackers, made on the
+    # main process at each evaluation (``training/samples.py``); None: no samples
+    samples: Callable[[Any, list], list[dict]] | None = None
 
 
 @dataclass
@@ -324,6 +327,16 @@ def evaluate(model, items: list, fns: StepFns, accelerator, micro_batch_size: in
     return out
 
 
+def log_eval_samples(model, eval_items: list, fns: StepFns, s: LoopSettings, log: MetricsLog, step: int, rank: int,
+                     sharded: bool) -> None:
+    """The greedy answers to the first ``s.log_samples`` eval prompts, into samples.jsonl and the trackers: on the
+    main process with the plain (unwrapped) model, while the others wait at their next collective. Not under
+    fsdp2, where a forward of a sharded model is a collective every process must join."""
+    if fns.samples is None or not s.log_samples or rank != 0 or sharded:
+        return
+    log.samples(step, fns.samples(model, eval_items[:s.log_samples]))
+
+
 def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSettings, accelerator, on_log=None):
     """Train ``model`` in place. Returns a summary dict (final train/eval metrics, throughput, steps)."""
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -402,6 +415,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         if eval_items and s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < total_steps:
             ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
             log.write({"step": step + 1, "split": "eval", **ev})
+            log_eval_samples(model, eval_items, fns, s, log, step + 1, rank, sharded)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
             check_finite_weights(model, step + 1, reduce, checkpoint)
             checkpoint = save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer,
@@ -425,6 +439,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     if eval_items:
         ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
         log.write({"step": total_steps, "split": "eval", **ev})
+        log_eval_samples(model, eval_items, fns, s, log, total_steps, rank, sharded)
         summary.update({f"eval/{k}": v for k, v in ev.items()})
     if fns.flush:
         fns.flush()

@@ -4,6 +4,8 @@ model saved with its lineage."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 import shutil
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, un
 from posttrain.ops.packing import default_tree_row_tokens
 from posttrain.training.loop import fit, make_accelerator, settings_from_config
 from posttrain.training.parallel import check_combination, full_state_dict, launcher_strategy
+from posttrain.training.samples import greedy_samples
 
 
 @dataclass
@@ -215,6 +218,9 @@ def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
     data = load_stage_data(cfg, kind)
     model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
     fns = build_fns(model, data, run.accelerator)
+    if getattr(cfg.train, "log_samples", 0) and data.eval:
+        fns = dataclasses.replace(fns, samples=functools.partial(
+            greedy_samples, tokenizer=tokenizer, max_new_tokens=cfg.train.log_samples_max_new_tokens))
     run.open()
 
     def save(summary: dict, path: Path) -> tuple[dict, dict]:

@@ -120,6 +120,52 @@ def test_wandb_offline_and_trackio_get_every_metric_and_the_config(tmp_path, mon
     assert tracked["optim.max_steps"] == 3 and tracked["model.name"] == "tiny-random"
 
 
+@pytest.mark.parametrize("command", ["sft", "dpo", "kto"])
+def test_offline_trainers_log_greedy_answers_to_eval_prompts(tmp_path, command):
+    """train.log_samples for SFT / DPO / KTO: at each evaluation, the model's greedy answers to the first N eval
+    prompts beside the data's answer, in samples.jsonl and TensorBoard; the last ones are exactly what the saved
+    model answers."""
+    pytest.importorskip("tensorboard", reason="tensorboard is a dev dependency")
+    from posttrain.data.render import render_prompt
+    from posttrain.data.schema import PromptExample
+    from posttrain.generation.backends import load_generator
+
+    from .helpers import kto_rows, sft_rows
+
+    rows = {"sft": sft_rows, "dpo": pair_rows, "kto": kto_rows}[command](12)
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [command, f"data.train={data}", "model.name=tiny-random", "optim.max_steps=4",
+                                   "optim.batch_size=4", "optim.micro_batch_size=4", "data.max_length=64",
+                                   "data.eval_fraction=0.25", "train.eval_every=2", "train.log_samples=2",
+                                   "train.log_samples_max_new_tokens=6", "train.progress=false", "optim.lr=1e-2",
+                                   f"train.output_dir={out}", "train.report_to=[tensorboard]", "train.run_name=s"])
+    assert res.exit_code == 0, res.output
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in samples] == [2, 2, 4, 4]
+    assert set(samples[0]) == {"step", "prompt", "completion", "reference", "tokens", "finish"} | (
+        {"desirable"} if command == "kto" else set())
+    answers = {"sft": lambda r: r["messages"][1]["content"], "dpo": lambda r: r["chosen"],
+               "kto": lambda r: r["completion"]}[command]
+    asked = {"sft": lambda r: r["messages"][0]["content"], "dpo": lambda r: r["prompt"],
+             "kto": lambda r: r["prompt"]}[command]
+    by_answer = {answers(r): r for r in rows}
+    assert all(s["reference"] in by_answer and asked(by_answer[s["reference"]]) in s["prompt"] for s in samples)
+    assert all(s["tokens"] <= 6 and s["finish"] in ("stop", "length") for s in samples)
+
+    generator, tokenizer = load_generator(str(out / "model"))
+    prompts = [render_prompt(PromptExample([{"role": "user", "content": asked(by_answer[s["reference"]])}],
+                                           "t", 0), tokenizer) for s in samples[2:]]
+    again = generator.generate(prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=6, seed=0)
+    assert [o.text for (o,) in again] == [s["completion"] for s in samples[2:]]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard" / "s"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [t.step for t in events.Tensors("samples/text_summary")] == [2, 4]
+
+
 def test_a_missing_tracker_package_is_one_line(tmp_path, monkeypatch):
     import importlib.util
 
