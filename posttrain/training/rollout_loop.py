@@ -124,7 +124,9 @@ def mean_over_processes(metrics: dict[str, float], weight: float, world: int) ->
 
 def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, update_epochs: int,
            mini_batches: int, on_log=None) -> dict:
-    """Train ``model`` in place on rollouts from ``prompts``. Returns a summary dict (last step's metrics)."""
+    """Train ``model`` in place on rollouts from ``prompts``. Returns a summary dict: the metrics of the last step
+    that updated the model (a step with nothing to learn from logs ``loss: null`` and does not count) and
+    ``train/steps_without_update``."""
     rank, world = accelerator.process_index, accelerator.num_processes
     reduce = reduce_sum_fn(accelerator)
     if s.batch_size % world:
@@ -150,8 +152,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         fns.load_state(state.get("rl", {}))
     log = open_metrics_log(s, rank, start)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
-    last: dict = {}
-    t_total, tokens_total, skipped_total, applied_total = 0.0, 0, 0, 0
+    last: dict = {}  # the record of the last step that updated the model (the summary's train/* values)
+    t_total, tokens_total, skipped_total, applied_total, idle_steps = 0.0, 0, 0, 0, 0
     checkpoint = checkpoint_dir(s.output_dir, start) if start else None  # the newest, named if an update fails
     for step in range(start, total_steps):
         t0 = time.perf_counter()
@@ -215,7 +217,10 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
             record["skipped_updates"] = skipped
         if fns.after_step is not None:
             record.update(fns.after_step(record))
-        last = record
+        if losses:
+            last = record
+        else:  # nothing to learn from this step (online DPO: every sample tied), or every update skipped
+            idle_steps += 1
         if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
             log.write(record)
             log.samples(step + 1, samples[:s.log_samples])  # the main process's rows (written there only)
@@ -224,7 +229,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         if bar is not None:
             # PPO/GRPO log the reward, online DPO its judges' mean score
             reward = record.get("reward/total", record.get("score/mean", math.nan))
-            bar.set_postfix(reward=f"{reward:.3f}", loss=f"{record['loss']:.4f}")
+            bar.set_postfix(reward=f"{reward:.3f}", loss=f"{record['loss']:.4f}" if losses else "no update")
             bar.update(1)
         if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
             check_finite_weights(model, step + 1, reduce, checkpoint)
@@ -242,6 +247,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     summary = {"steps": total_steps, "train_time_s": round(t_total, 2),
                "tokens_per_s": round(tokens_total / t_total, 1) if t_total else None}
     summary.update({f"train/{k}": v for k, v in last.items() if k not in ("step", "epoch", "lr")})
+    summary["train/steps_without_update"] = idle_steps
     if s.on_nonfinite == "skip":
         summary["train/skipped_updates"] = skipped_total
     log.close()

@@ -84,6 +84,9 @@ def test_cli_run_with_verifier_pairs_follow_its_labels(tmp_path):
     assert any(not r["pairs/kept"] for r in rows)
     m = manifest["metrics"]
     assert m["pairs/trained"] == len(pairs)
+    # the summary reports the last step that trained, and counts the steps that had nothing to learn from
+    assert m["train/loss"] == [r for r in rows if r["pairs/kept"]][-1]["loss"]
+    assert m["train/steps_without_update"] == sum(not r["pairs/kept"] for r in rows) >= 1
     before, after = m["eval_before/score/pass_rate"], m["eval_after/score/pass_rate"]
     assert after >= before + 0.15, (before, after)  # it learns to stop answering "\n"
     lora_b = [v for k, v in load_file(out / "model" / "adapter_model.safetensors").items() if "lora_B" in k]
