@@ -21,7 +21,8 @@ import torch
 from posttrain.config import ConfigError
 from posttrain.data.schema import DataError, DataErrors, PromptExample
 from posttrain.judges.reward_model import RewardModelJudge
-from posttrain.judges.rubric import RubricError, RubricJudge, RubricRowError, load_rubric, rule_statistics
+from posttrain.judges.rubric import (RubricError, RubricJudge, RubricRowError, load_rubric, rule_statistics,
+                                    select_rules)
 from posttrain.judges.verifier import VerifierJudge
 from posttrain.ops.advantages import whiten
 
@@ -48,14 +49,11 @@ def check_rubric_reward(reward_cfg) -> None:
         rules = load_rubric(reward_cfg.rubric)
     except RubricError as e:
         raise ConfigError(f"reward.rubric: {e}") from None
-    only = reward_cfg.rubric_only
-    if only is not None:
-        ids = [r.id for r in rules]
-        unknown = [i for i in only if i not in ids]
-        if unknown or not only:
-            raise ConfigError(f"reward.rubric_only: {reward_cfg.rubric}: "
-                              + (f"no rule '{unknown[0]}' (rules: {', '.join(ids)})" if unknown else "empty list"))
-    asked = [(i, r) for i, r in enumerate(rules) if r.verifier is None and (only is None or r.id in only)]
+    try:
+        used = {r.id for r in select_rules(rules, reward_cfg.rubric_only)}
+    except ValueError as e:
+        raise ConfigError(f"reward.rubric_only: {reward_cfg.rubric}: {e}") from None
+    asked = [(i, r) for i, r in enumerate(rules) if r.verifier is None and r.id in used]
     if asked and not reward_cfg.rubric_base_url:
         i, r = asked[0]
         raise ConfigError(f"reward.rubric: {reward_cfg.rubric}: rules[{i}] ('{r.id}') has no verifier, so "

@@ -129,6 +129,20 @@ def load_rubric(path: str | Path) -> list[Rule]:
     return [_rule(str(path), i, raw, seen) for i, raw in enumerate(data)]
 
 
+def select_rules(rules: list[Rule], only: Sequence[str] | None) -> list[Rule]:
+    """The rules named in ``only`` (rubric order), or all of them for None; ``ValueError`` (a line without the
+    caller's prefix) for anything else than a non-empty list of known ids."""
+    if only is None:
+        return list(rules)
+    if isinstance(only, str) or not only or not all(isinstance(i, str) for i in only):
+        raise ValueError(f"expected a list of rule ids, got {only!r}")
+    ids = [r.id for r in rules]
+    unknown = [i for i in only if i not in ids]
+    if unknown:
+        raise ValueError(f"no rule '{unknown[0]}' (rules: {', '.join(ids)})")
+    return [r for r in rules if r.id in set(only)]
+
+
 class RubricJudge:
     """A scoring judge: the weighted mean of a rubric's per-rule grades (see the module docstring).
 
@@ -152,13 +166,10 @@ class RubricJudge:
         self.rules = load_rubric(rubric)
         self.name = name or f"rubric:{Path(rubric).stem}"
         if only is not None:
-            if isinstance(only, str) or not only or not all(isinstance(i, str) for i in only):
-                raise ValueError(f"rubric {self.path}: only: expected a list of rule ids, got {only!r}")
-            ids = [r.id for r in self.rules]
-            unknown = [i for i in only if i not in ids]
-            if unknown:
-                raise ValueError(f"rubric {self.path}: only: no rule '{unknown[0]}' (rules: {', '.join(ids)})")
-            self.rules = [r for r in self.rules if r.id in set(only)]
+            try:
+                self.rules = select_rules(self.rules, only)
+            except ValueError as e:
+                raise ValueError(f"rubric {self.path}: only: {e}") from None
             self.name = name or f"{self.name}[{','.join(r.id for r in self.rules)}]"
         self._verifiers = {
             r.id: VerifierJudge(components=("constraints",) if isinstance(r.verifier, dict)
