@@ -176,28 +176,36 @@ class OpenAIGenerator:
         """``(prompt index, its n completions)`` for each prompt, as soon as all n are in (roughly prompt order).
 
         Requests are submitted prompt-major, at most ``2 * max_concurrency`` queued at once, so a long prompt file
-        holds few futures and few half-done prompts. A request that fails for good stops the others from sending
-        and raises here once the requests in flight end."""
+        holds few futures and few half-done prompts. A request that fails for good stops the others from sending;
+        the requests already in flight still end, every prompt they complete is yielded, and then the failure is
+        raised here: no answer that came back is lost."""
         temps, top_ps = per_candidate(temperature, n, "temperature"), per_candidate(top_p, n, "top_p")
         todo = ((p, i) for p in range(len(prompts)) for i in range(n))
         queued: dict[Future, tuple[int, int]] = {}
         partial: dict[int, dict[int, Completion]] = {}
+        failed: BaseException | None = None
         self._stop.clear()
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="openai-backend")
         try:
             while True:
-                while len(queued) < 2 * self.max_concurrency and (job := next(todo, None)) is not None:
+                while failed is None and len(queued) < 2 * self.max_concurrency and (job := next(todo, None)):
                     p, i = job
                     params = {"temperature": temps[i], "top_p": top_ps[i], self.max_tokens_field: max_new_tokens,
                               "seed": row_seed(seed, keys[p], i)}
                     queued[pool.submit(self.complete, prompts[p], params)] = (p, i)
                 if not queued:
+                    if failed is not None:
+                        raise failed
                     return
                 finished, _ = wait(queued, return_when=FIRST_COMPLETED)
-                for future in finished:
+                for future in sorted(finished, key=lambda f: queued[f]):  # a set: put it in submission order
                     p, i = queued.pop(future)
-                    if isinstance(future.exception(), _Stopped):
-                        continue  # not sent: the request that failed for good raises when its future is reached
+                    error = future.exception()
+                    if isinstance(error, _Stopped):
+                        continue  # not sent because another request failed for good
+                    if error is not None:
+                        failed = failed or error  # raised once the requests in flight have ended
+                        continue
                     partial.setdefault(p, {})[i] = future.result()
                     if len(partial[p]) == n:
                         got = partial.pop(p)

@@ -164,6 +164,25 @@ def test_400_is_one_line_and_leaves_only_whole_prompts(server, tmp_path):
     assert len(read_rows(out)) == 2
 
 
+def test_answers_in_flight_when_another_request_fails_are_kept(server, tmp_path):
+    """Two prompts in flight at once: one is refused at once, the other's answer comes 0.6 s later. The run still
+    fails with the refusal, but only after the answer in flight is written (before: the refusal raised at once and
+    the answer was dropped; with both ending between two wakes, which one came first was up to a set's order)."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(2))
+    out = tmp_path / "cands.jsonl"
+    server.failures = [0.6, "400"]  # whichever request arrives first hangs 0.6 s then answers; the other is refused
+    with pytest.raises(BackendError, match="HTTP 400"):
+        generate_candidates(prompts, out, None, n=1, temperatures=0.7, max_new_tokens=8, backend=server.backend,
+                            max_concurrency=2, progress=False)
+    rows = read_rows(out)
+    assert len(server.requests) == 2 and len(rows) == 1 and rows[0]["candidate_index"] == 0
+
+    server.failures = []  # the rerun asks only for the refused prompt
+    generate_candidates(prompts, out, None, n=1, temperatures=0.7, max_new_tokens=8, backend=server.backend,
+                        max_concurrency=2, progress=False)
+    assert len(server.requests) == 3 and len(read_rows(out)) == 2
+
+
 def test_rerun_makes_no_request(server, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(4))
     out = tmp_path / "cands.jsonl"
