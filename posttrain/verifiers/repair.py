@@ -248,7 +248,9 @@ def _exclamation_sentence(text: str) -> str:
     flat = _flat_sentences(text)
     if not flat:
         return text
-    return flat[0].replace("! ", ", ").replace("? ", ", ").replace(". ", ", ").rstrip(".!?") + "!"
+    # the first sentence of four words or more: a greeting line ("Hey buddy,") alone is no answer
+    first = next((s for s in flat if len(words(s)) >= 4), flat[0])
+    return first.replace("! ", ", ").replace("? ", ", ").replace(". ", ", ").rstrip(".!?,;: ") + "!"
 
 
 def _constrained_response(text: str,

@@ -63,6 +63,13 @@ def test_each_kind_edits_exactly_and_then_passes(kind, args, expected):
     assert check_constraint(out, kind, args)
 
 
+def test_one_exclamation_sentence_is_a_whole_sentence_not_a_greeting_line():
+    # seen in issue 16 run T's SFT rows: "Hey buddy,!" passed the checker and taught nothing
+    out = one("exclamation_sentence", "Hey buddy,\n\nAir flows faster over the wing. That lifts it, mostly.")
+    assert out == "Air flows faster over the wing!" and check_constraint(out, "exclamation_sentence", {})
+    assert one("exclamation_sentence", "Hi there, friend.") == "Hi there, friend!"  # no longer sentence: kept
+
+
 def test_every_kind_has_a_repair_and_aliases_repair_alike():
     assert set(REPAIRS) == set(CONSTRAINTS)
     assert one("uppercase") == one("all_caps")
