@@ -136,11 +136,11 @@ def select_rules(rules: list[Rule], only: Sequence[str] | None) -> list[Rule]:
         return list(rules)
     if isinstance(only, str) or not only or not all(isinstance(i, str) for i in only):
         raise ValueError(f"expected a list of rule ids, got {only!r}")
-    ids = [r.id for r in rules]
+    ids, wanted = [r.id for r in rules], set(only)
     unknown = [i for i in only if i not in ids]
     if unknown:
         raise ValueError(f"no rule '{unknown[0]}' (rules: {', '.join(ids)})")
-    return [r for r in rules if r.id in set(only)]
+    return [r for r in rules if r.id in wanted]
 
 
 class RubricJudge:
