@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from posttrain.data.candidate_rows import read_candidate_rows
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import atomic_write_jsonl
-from posttrain.verifiers.phrasings import CONSTRAINTS, compatible
+from posttrain.verifiers.phrasings import CONSTRAINTS, compatible, phrasing_groups
 from posttrain.verifiers.counting import words
 from posttrain.verifiers.repair import repair, tidy
 
@@ -50,6 +50,11 @@ class AugmentSettings:
     # replies moves the greedy answer's length toward the sampled one's, which for a small instruct model is longer
     skip_truncated: bool = True  # skip replies cut at the token limit (finish_reason "length"): trained on, they
     # teach answers as long as the sampling budget (issue 16 run H: 69% truncated, answers 68% longer than the base)
+    more_phrasings: bool = False  # also draw the wordings of ``verifiers/phrasings.py::MORE_PHRASINGS`` (and
+    # word_count's minimum-length side); off, the draws are the ones of the shipped prompt files' phrasings
+    drop_system: bool = False  # leave the candidates' system messages out of the SFT rows: a system prompt that
+    # only steered sampling (e.g. "keep every reply under 50 words", so that fewer replies run into the token limit)
+    # would otherwise be trained on as part of every prompt
     seed: int = 0
     max_tries: int = 40  # draws per reply before giving up on reaching per_reply
 
@@ -95,8 +100,8 @@ def read_candidates(path: str | Path) -> list[dict[str, Any]]:
     return [{**row, "_line": line} for row, line in zip(rows, lines)]
 
 
-def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...], weights: list[float], task: str
-          ) -> tuple[list[dict], list[str], list[str]]:
+def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...], weights: list[float],
+          wordings: Mapping[str, list[tuple]], task: str) -> tuple[list[dict], list[str], list[str]]:
     """(constraints, their instruction sentences, "kind/template" ids) of one draw, or empty lists when the
     drawn kinds cannot share a prompt."""
     count = min(2 if rng.random() < settings.two_constraint_share else 1, len(kinds))
@@ -112,11 +117,11 @@ def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...],
         return [], [], []
     constraints, sentences, phrasings = [], [], []
     for kind in chosen:
-        sampler, templates = CONSTRAINTS[kind]
-        i = rng.randrange(len(templates))
+        i = rng.randrange(len(wordings[kind]))
+        sampler, template = wordings[kind][i]
         args = {"prompt_to_repeat": task} if kind == "repeat_prompt" else sampler(rng)
         constraints.append({"kind": kind, "args": args})
-        sentences.append(templates[i](args))
+        sentences.append(template(args))
         phrasings.append(f"{kind}/{i}")
     return constraints, sentences, phrasings
 
@@ -130,6 +135,8 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
                              "replies_short_of_per_reply": 0}
     kinds = settings.kinds
     weights = [settings.weight(k) for k in kinds]  # once per run, not per draw
+    wordings = {k: [(sampler, t) for sampler, templates in phrasing_groups(k, settings.more_phrasings)
+                    for t in templates] for k in kinds}  # kind -> [(args sampler, template)], by template index
     per_kind = {k: 0 for k in kinds}
     for row in rows:
         if (row.get("metadata") or {}).get("constraints"):
@@ -148,6 +155,8 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
             continue
         stats["replies_used"] += 1
         *context, user = row["prompt"]
+        if settings.drop_system:
+            context = [m for m in context if m["role"] != "system"]
         task = user["content"].strip()
         source = {"prompt_id": row.get("prompt_id"), "candidate_index": row.get("candidate_index")}
         rng = random.Random(f"{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:{row['_line']}")
@@ -160,7 +169,7 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
         for _ in range(settings.max_tries):
             if made >= settings.per_reply:
                 break
-            constraints, sentences, phrasings = _draw(rng, settings, kinds, weights, task)
+            constraints, sentences, phrasings = _draw(rng, settings, kinds, weights, wordings, task)
             if not constraints or tuple(phrasings) in seen:
                 continue
             edited = repair(reply, constraints)  # None unless the verifier passes every constraint

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,19 @@ def prompt_id(messages: list[Message]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def load_prompts(prompts_path: str | os.PathLike, tokenizer) -> list[PromptJob]:
+def load_prompts(prompts_path: str | os.PathLike, tokenizer, system_prompt: str | None = None) -> list[PromptJob]:
     """Every prompt row, rendered (``tokenizer=None``, a remote model: not rendered, ``prompt_ids`` empty). Raises
-    ``DataErrors`` naming every bad row (layout, ``id``, duplicates)."""
+    ``DataErrors`` naming every bad row (layout, ``id``, duplicates). ``system_prompt``: a system message put first
+    in every prompt that has none of its own (it is part of the prompt written to each candidate row, and of the
+    prompt id of a row without an ``id``)."""
     from posttrain.data.layouts import load_examples
     from posttrain.data.render import render_prompt
 
     examples = load_examples(str(prompts_path), "prompt")
+    if system_prompt:
+        system = {"role": "system", "content": system_prompt}
+        examples = [ex if ex.prompt[0]["role"] == "system" else replace(ex, prompt=[system, *ex.prompt])
+                    for ex in examples]
     jobs, errors, seen = [], [], {}
     for ex in examples:
         raw = ex.metadata.get("id")
@@ -158,7 +164,7 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
                         generator: Generator | OpenAIGenerator | None = None,
                         tokenizer=None, cache_dir: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                         max_concurrency: int = 8, max_retries: int = 5,
-                        max_tokens_field: str = "max_tokens") -> dict[str, Any]:
+                        max_tokens_field: str = "max_tokens", system_prompt: str | None = None) -> dict[str, Any]:
     """Write ``n`` candidates per prompt to ``output_path`` (JSONL), resuming whatever is already there.
 
     Candidate i samples at ``temperatures[i % len(temperatures)]`` and ``top_p[i % len(top_p)]`` (a single
@@ -166,7 +172,9 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
     generated and flushed at a time. ``generator``/``tokenizer``: an already-loaded backend (tests, eval).
     ``backend="openai:URL:MODEL"``: sampled from that endpoint (``model_name``, when given, is only the rows'
     ``model`` label; default MODEL), ``max_concurrency`` requests at a time, the key from ``$api_key_env``;
-    ``generator`` may then be an ``OpenAIGenerator``.
+    ``generator`` may then be an ``OpenAIGenerator``. ``system_prompt``: see ``load_prompts`` (e.g. a length
+    instruction that makes fewer samples run into ``max_new_tokens``; ``posttrain data augment --drop-system``
+    leaves it out of the training rows made from them).
     Returns a summary: prompts, prompts_generated, prompts_skipped (already done), candidates_written,
     completion_tokens, wall_time_s, candidates_per_s, tokens_per_s, dropped_rows, output (and, remote: requests,
     cache_hits, retries).
@@ -192,7 +200,7 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
 
     if tokenizer is None and remote is None:
         tokenizer = generator.tokenizer if generator is not None else model_tokenizer(model_name, cache_dir)
-    jobs = load_prompts(prompts_path, tokenizer)
+    jobs = load_prompts(prompts_path, tokenizer, system_prompt)
     existing = read_existing(output, n=n, model=model, sampling=sampling)
     pending = sorted((j for j in jobs if j.prompt_id not in existing.done), key=lambda j: -len(j.prompt_ids))
     if generator is None and pending:

@@ -39,6 +39,8 @@ def generate_command(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="sequences per forward pass (prompt x "
                                    "candidate); batch_size // n prompts are written per flush"),
     seed: int = typer.Option(0, "--seed"),
+    system_prompt: str = typer.Option(None, "--system-prompt", help="a system message put first in every prompt "
+                                      "that has none (written to the candidate rows as part of the prompt)"),
     backend: str = typer.Option("hf", "--backend", help="hf | vllm | openai:URL:MODEL (an OpenAI-compatible "
                                 "endpoint, e.g. openai:http://127.0.0.1:8000/v1:my-model)"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai backend: the environment "
@@ -76,7 +78,7 @@ def generate_command(
                 prices = {"input": price_input or 0.0, "output": price_output or 0.0}
             cost = cost_model(prompts, model_tokenizer(model) if remote is None else None, n=n,
                               max_new_tokens=max_new_tokens, candidates_path=output if output.exists() else None,
-                              prices=prices, prompt_per_candidate=remote is not None)
+                              prices=prices, prompt_per_candidate=remote is not None, system_prompt=system_prompt)
             typer.echo(format_cost(cost))
             return
         from posttrain.generation.candidates import generate_candidates
@@ -86,7 +88,7 @@ def generate_command(
                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       backend=backend, adapter=adapter, progress=progress, api_key_env=api_key_env,
                                       max_concurrency=max_concurrency, max_retries=max_retries,
-                                      max_tokens_field=max_tokens_field)
+                                      max_tokens_field=max_tokens_field, system_prompt=system_prompt)
     except (DataError, DataErrors, ModelError, BackendError, OutputPathError) as e:
         fail(e)
     typer.echo(f"{summary['candidates_written']} candidates for {summary['prompts_generated']} prompts "

@@ -46,12 +46,12 @@ def cost_model(prompts_path: str | os.PathLike, tokenizer, *, n: int, max_new_to
                mean_new_tokens: float | None = None, candidates_path: str | os.PathLike | None = None,
                pairing: str = "all-pairs", judge_calls_per_pair: int = 2, judge_prompt_tokens: int = 300,
                judge_output_tokens: int = 16, prices: dict[str, float] | None = None,
-               prompt_per_candidate: bool = False) -> dict[str, Any]:
+               prompt_per_candidate: bool = False, system_prompt: str | None = None) -> dict[str, Any]:
     """Token counts (and money, given ``prices``) of generating and judging ``n`` candidates per prompt.
     Reads and renders every prompt, so bad rows raise ``DataErrors`` here, as in the real run.
     ``tokenizer=None`` (a remote model): prompt tokens approximated; ``prompt_per_candidate``: one request per
-    candidate, so the prompt is billed ``n`` times."""
-    jobs = load_prompts(prompts_path, tokenizer)
+    candidate, so the prompt is billed ``n`` times. ``system_prompt``: as ``generate --system-prompt`` adds it."""
+    jobs = load_prompts(prompts_path, tokenizer, system_prompt)
     P = len(jobs)
     prompt_tokens = sum(len(j.prompt_ids) if tokenizer is not None else approx_tokens(j.prompt) for j in jobs)
     mean_prompt = prompt_tokens / P

@@ -268,6 +268,10 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             min_words: int = typer.Option(8, help="skip a reply shorter than this once tidied"),
             max_words: int = typer.Option(None, help="skip a reply longer than this once tidied"),
             skip_truncated: bool = typer.Option(True, help="skip replies cut at the token limit"),
+            more_phrasings: bool = typer.Option(False, help="also use the extra wordings of each constraint "
+                                                             "(verifiers/phrasings.py MORE_PHRASINGS)"),
+            drop_system: bool = typer.Option(False, help="leave the candidates' system messages out of the rows "
+                                                          "(a system prompt that only steered sampling)"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -279,6 +283,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    max_words=max_words, skip_truncated=skip_truncated,
+                                   more_phrasings=more_phrasings, drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))
         stats = augment_file(candidates, output, settings)
     except _user_errors() as e:

@@ -124,7 +124,7 @@ def data_inputs(params: dict) -> list[str]:
 
 
 GENERATE_KEYS = ("prompts", "model", "adapter", "limit", "constraint_kinds", "n", "temperature", "top_p",
-                 "max_new_tokens", "batch_size", "seed", "backend", "api_key_env", "max_concurrency", "max_tokens_field",
+                 "max_new_tokens", "batch_size", "seed", "system_prompt", "backend", "api_key_env", "max_concurrency", "max_tokens_field",
                  "progress")
 
 
@@ -173,7 +173,7 @@ def check_generate(params: dict, pending: Pending) -> None:
                          "constraint_kinds": (list,), "n": (int,), "temperature": (int, float, list),
                          "top_p": (int, float, list), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
                          "backend": (str,), "api_key_env": (str,), "max_concurrency": (int,),
-                         "max_tokens_field": (str,), "progress": (bool,)})
+                         "max_tokens_field": (str,), "progress": (bool,), "system_prompt": (str,)})
     if params.get("max_tokens_field", "max_tokens") not in TOKEN_LIMIT_FIELDS:
         raise PipelineError(f"config: key 'max_tokens_field': expected {' or '.join(TOKEN_LIMIT_FIELDS)}, got "
                             f"{params['max_tokens_field']!r}")
@@ -200,7 +200,8 @@ def run_generate(params: dict, output_dir: Path, resume: bool) -> dict:
         max_new_tokens=int(p.get("max_new_tokens", 256)), batch_size=int(p.get("batch_size", 32)),
         seed=int(p.get("seed", 0)), backend=p.get("backend", "hf"), adapter=p.get("adapter"),
         progress=bool(p.get("progress", True)), api_key_env=p.get("api_key_env", "OPENAI_API_KEY"),
-        max_concurrency=int(p.get("max_concurrency", 8)), max_tokens_field=p.get("max_tokens_field", "max_tokens"))
+        max_concurrency=int(p.get("max_concurrency", 8)), max_tokens_field=p.get("max_tokens_field", "max_tokens"),
+        system_prompt=p.get("system_prompt"))
     return {k: summary[k] for k in ("prompts", "prompts_generated", "prompts_skipped", "candidates_written",
                                     "completion_tokens", "tokens_per_s")}
 
@@ -257,7 +258,7 @@ def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
 
 
 AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "kind_weights",
-                "min_words", "max_words", "skip_truncated", "seed")
+                "min_words", "max_words", "skip_truncated", "more_phrasings", "drop_system", "seed")
 
 
 def augment_settings(params: dict, pending: Pending = nothing_pending):
@@ -270,7 +271,8 @@ def augment_settings(params: dict, pending: Pending = nothing_pending):
     check_types(params, {"candidates": (str,), "per_reply": (int,), "plain_share": (int, float),
                          "two_constraint_share": (int, float), "hold_out_kinds": (list,), "kind_weights": (dict,),
                          "min_words": (int,), "max_words": (int,),
-                         "skip_truncated": (bool,), "seed": (int,)})
+                         "skip_truncated": (bool,), "more_phrasings": (bool,), "drop_system": (bool,),
+                         "seed": (int,)})
     check_file(params, "candidates", pending)
     options = {k: v for k, v in params.items() if k != "candidates"}
     options["hold_out_kinds"] = tuple(options.get("hold_out_kinds") or ())

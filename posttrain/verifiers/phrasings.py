@@ -1,10 +1,11 @@
 """Ways to ask for each instruction constraint: for every verifier kind (``constraints.py``), an argument sampler
-and 3-5 independently worded instruction sentences, plus which kinds cannot share one prompt.
+and 3-5 independently worded instruction sentences, plus which kinds cannot share one prompt; ``MORE_PHRASINGS``
+adds more wordings per kind for constraint augmentation only.
 
 Used to write training prompts (``examples/data/make_prompts.py``) and to turn a model's plain replies into
 instruction-following examples (``posttrain/data/augment.py``: a task + sampled constraint sentences, the reply
 repaired to obey them). Written for this project; the eval suites' phrasings are different on purpose
-(``tests/unit/examples/test_make_prompts.py`` checks that no 6-word run is shared).
+(``tests/unit/eval/test_suites.py`` checks that no 6-word run is shared, for both tables).
 """
 
 from __future__ import annotations
@@ -229,3 +230,153 @@ def compatible(kinds: list[str]) -> bool:
     if "capital_word_frequency" in kinds and {"lowercase", "all_caps"} & set(kinds):
         return False
     return not any(set(pair) <= set(kinds) for pair in CONFLICTS)
+
+
+# More ways to ask, for constraint augmentation only (``data/augment.py`` with ``more_phrasings``): the shipped
+# prompt files (examples/data) were written from ``CONSTRAINTS`` alone and stay as they are. Issue 16: the kinds
+# that never transferred out of distribution (lowercase, one exclamation sentence, a repeated request, keywords) had
+# 4-5 training phrasings each, every one of them a variation on one sentence pattern. Each entry: kind -> [(args
+# sampler or None for the kind's own, [templates])]; a template's index continues the kind's ``CONSTRAINTS`` list,
+# so "kind/i" names one wording in both. word_count also gets its minimum-length side here (a reply that already
+# has enough words passes unchanged), so that word limits are not all caps on length.
+MORE_PHRASINGS = {
+    "lowercase": [(None, [
+        lambda a: "Please reply using lowercase only.",
+        lambda a: "Write the answer with no uppercase letters, not even at the beginning.",
+        lambda a: "Make sure none of the letters you write are capitals.",
+        lambda a: "The response should be entirely in small letters.",
+        lambda a: "Stick to lowercase from the first letter to the last.",
+        lambda a: "Avoid uppercase: every word, names included, goes in lowercase.",
+    ])],
+    "all_caps": [(None, [
+        lambda a: "Please answer using uppercase letters only.",
+        lambda a: "Type the whole reply with caps lock on.",
+        lambda a: "Make every word of the answer uppercase.",
+        lambda a: "Capitalise every single letter you write.",
+    ])],
+    "no_commas": [(None, [
+        lambda a: "Leave out commas completely.",
+        lambda a: "Do not put any commas in the answer.",
+        lambda a: "Please answer with zero commas.",
+        lambda a: "No comma may appear in what you write.",
+    ])],
+    "word_count": [(None, [
+        lambda a: f"Answer in {a['max']} words or less.",
+        lambda a: f"Do not go over {a['max']} words.",
+        lambda a: f"The reply must stay below {a['max'] + 1} words.",
+    ]), (lambda rng: {"min": rng.choice([15, 20, 25, 30, 40])}, [
+        lambda a: f"Write at least {a['min']} words.",
+        lambda a: f"Your answer should be {a['min']} words or longer.",
+        lambda a: f"Use a minimum of {a['min']} words.",
+        lambda a: f"Make the reply no shorter than {a['min']} words.",
+        lambda a: f"I need {a['min']} words or more.",
+    ])],
+    "bullet_list": [(None, [
+        lambda a: f"Answer as a list of {a['n']} items, each on its own line starting with '* '.",
+        lambda a: f"Use {a['n']} markdown bullet points, nothing more.",
+        lambda a: f"Break the reply into exactly {a['n']} bulleted lines.",
+        lambda a: f"List {a['n']} points, one per bullet.",
+    ])],
+    "include_keywords": [(None, [
+        lambda a: f"Include {_keywords_text(a)} in the reply.",
+        lambda a: f"The answer should contain {_keywords_text(a)}.",
+        lambda a: f"Somewhere, use {_keywords_text(a)}.",
+        lambda a: f"Please work in {_keywords_text(a)}.",
+        lambda a: f"Do not leave out {_keywords_text(a)}: it has to be in the text.",
+    ])],
+    "starts_with_phrase": [(None, [
+        lambda a: f"The reply should start with \"{a['phrase']}\".",
+        lambda a: f"Kick off with the phrase {a['phrase']}.",
+        lambda a: f"First write '{a['phrase']}', then continue.",
+        lambda a: f"Make \"{a['phrase']}\" the opening words.",
+    ])],
+    "ends_with_phrase": [(None, [
+        lambda a: f"The final sentence must be \"{a['phrase']}\"",
+        lambda a: f"Wrap up with '{a['phrase']}' as the very last thing.",
+        lambda a: f"Conclude the reply with: {a['phrase']}",
+        lambda a: f"Nothing may follow the closing words {a['phrase']}",
+    ])],
+    "postscript": [(None, [
+        lambda a: "Below the answer, add a P.S. with an extra thought.",
+        lambda a: "Close with a postscript (P.S.).",
+        lambda a: "Append a line beginning with P.S. at the bottom.",
+        lambda a: "After you finish, tack on a P.S.",
+    ])],
+    "title": [(None, [
+        lambda a: "Title the reply, using double angle brackets: <<...>>.",
+        lambda a: "The first line should be a title in <<double brackets>>.",
+        lambda a: "Add a heading like <<Heading Here>> before the text.",
+    ])],
+    "highlighted_sections": [(None, [
+        lambda a: f"Italicise {a['n']} or more phrases with single asterisks (*like this*).",
+        lambda a: f"Emphasise at least {a['n']} bit(s) of the text using *asterisks*.",
+        lambda a: f"Put at least {a['n']} phrase(s) between single asterisks to highlight them.",
+    ])],
+    "paragraph_count": [(None, [
+        lambda a: "Write two paragraphs, leaving an empty line between them.",
+        lambda a: "The answer should consist of 2 paragraphs; put one empty line between them.",
+        lambda a: "Answer in a pair of paragraphs split by one empty line.",
+    ])],
+    "placeholders": [(None, [
+        lambda a: f"Add {a['n']} or more fill-in slots in square brackets, for example [city].",
+        lambda a: f"Use square-bracket placeholders such as [time], at least {a['n']} of them.",
+        lambda a: f"Leave {a['n']} or more gaps marked with brackets like [item].",
+    ])],
+    "keyword_frequency": [(None, [
+        lambda a: f"Repeat the word '{a['keyword']}' at least {a['n']} times.",
+        lambda a: f"'{a['keyword']}' must be used {a['n']} times or more.",
+        lambda a: f"Work the word {a['keyword']} in {a['n']} or more times.",
+    ])],
+    "sections": [(None, [
+        lambda a: f"Split the reply into {a['n']} parts, headed SECTION 1, then SECTION 2, etc.",
+        lambda a: f"Structure it as {a['n']} sections, each starting with a line 'SECTION' plus its number.",
+        lambda a: f"Make {a['n']} numbered sections (SECTION 1 ...).",
+    ])],
+    "repeat_prompt": [(None, [
+        lambda a: "Start by restating my request exactly as written (not this sentence), then answer.",
+        lambda a: "Copy my question verbatim as your first line, leaving this instruction out, and then answer it.",
+        lambda a: "Quote the request back word for word first (skip this line), then respond.",
+        lambda a: "Open with my request repeated exactly, without this sentence, followed by your reply.",
+    ])],
+    "two_responses": [(None, [
+        lambda a: "Give me two separate answers divided by ******.",
+        lambda a: "Answer twice, differently, with a line of six asterisks (******) in between.",
+        lambda a: "Write two alternative replies, separated by ******.",
+    ])],
+    "exact_word_count": [(None, [
+        lambda a: f"Reply with precisely {a['n']} words.",
+        lambda a: f"Your answer must be {a['n']} words long, exactly.",
+        lambda a: f"Exactly {a['n']} words, please.",
+    ])],
+    "exclamation_sentence": [(None, [
+        lambda a: "Reply with a single sentence ending in an exclamation mark.",
+        lambda a: "Just one excited sentence, please, and end it with '!'.",
+        lambda a: "Write only one sentence and put ! at the end of it.",
+        lambda a: "Sum it up in one sentence that closes with an exclamation point.",
+        lambda a: "Keep it to one line: a single sentence finishing with !",
+    ])],
+    "capital_word_frequency": [(None, [
+        lambda a: f"Pick at least {a['n']} words and write them fully in uppercase.",
+        lambda a: f"Use at least {a['n']} fully uppercase words.",
+        lambda a: f"Make {a['n']} or more whole words uppercase so that they stand out.",
+    ])],
+    "paragraph_first_word": [(None, [
+        lambda a: f"Write two paragraphs with an empty line between; the second one starts with '{a['word']}'.",
+        lambda a: f"Answer in 2 paragraphs; the second paragraph has to start with the word {a['word']}.",
+    ])],
+    "json_answer": [(None, [
+        lambda a: "Answer with JSON only: {\"answer\": \"...\"}.",
+        lambda a: "Return a JSON object holding your reply under the key \"answer\".",
+        lambda a: "The output must be valid JSON with one key, answer.",
+    ])],
+}
+
+
+def phrasing_groups(kind: str, more: bool = False) -> list[tuple]:
+    """[(args sampler, [templates])] of one kind: its ``CONSTRAINTS`` entry, then (``more``) its
+    ``MORE_PHRASINGS`` groups, a sampler of None meaning the kind's own. Template indices run on across groups."""
+    sampler, templates = CONSTRAINTS[kind]
+    groups = [(sampler, templates)]
+    if more:
+        groups += [(s or sampler, t) for s, t in MORE_PHRASINGS.get(kind, [])]
+    return groups

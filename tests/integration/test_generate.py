@@ -173,3 +173,44 @@ def test_cli_generates_with_several_temperatures(tmp_path):
     res = runner.invoke(generate_app, ["--prompts", str(prompts), "--model", "tiny-random", "-o",
                                        str(tmp_path / "v.jsonl"), "--backend", "vllm"])
     assert res.exit_code == 2 and "vllm is not installed" in res.output
+
+
+def test_system_prompt_goes_first_in_prompts_without_one(tmp_path, tiny_generator):
+    rows = prompt_rows(3)
+    own = {"role": "system", "content": "You are terse."}
+    rows[2] = {"id": "own", "messages": [own, {"role": "user", "content": "Name a colour."}]}
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    plain, steered = tmp_path / "plain.jsonl", tmp_path / "steered.jsonl"
+    run(prompts, plain, tiny_generator, n=1)
+    run(prompts, steered, tiny_generator, n=1, system_prompt="Keep every reply under 50 words.")
+    by_id = lambda path: {r["prompt_id"]: r for r in read_rows(path)}  # noqa: E731
+    before, after = by_id(plain), by_id(steered)
+    steer = {"role": "system", "content": "Keep every reply under 50 words."}
+    assert after["first"]["prompt"] == [steer, *before["first"]["prompt"]]
+    # rendered, not only recorded (the chat template's default system prompt, longer, is what it replaces)
+    assert after["first"]["prompt_tokens"] != before["first"]["prompt_tokens"]
+    assert after["own"]["prompt"] == before["own"]["prompt"] == rows[2]["messages"]  # its own system message stays
+    # a row without an id gets the id of the prompt it was sampled for
+    assert set(after) - set(before) and len(after) == 3
+    res = runner.invoke(generate_app, ["--prompts", str(prompts), "--model", "tiny-random", "-o",
+                                       str(tmp_path / "c.jsonl"), "--system-prompt", "Be brief.", "-n", "1",
+                                       "--max-new-tokens", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert all(r["prompt"][0]["role"] == "system" for r in read_rows(tmp_path / "c.jsonl"))
+
+
+def test_pipeline_stage_passes_the_system_prompt(tmp_path):
+    from posttrain.pipeline.load import parse_pipeline
+    from posttrain.pipeline.registry import STAGES
+    from posttrain.pipeline.runner import run_pipeline
+    from posttrain.pipeline.spec import PipelineError
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(2))
+    config = {"prompts": str(prompts), "model": "tiny-random", "n": 1, "max_new_tokens": 2, "progress": False,
+              "system_prompt": "Be brief."}
+    with pytest.raises(PipelineError, match="key 'system_prompt'"):
+        STAGES["generate"].check({**config, "system_prompt": ["Be brief."]}, lambda path: False)
+    manifest = run_pipeline(parse_pipeline({"run_dir": str(tmp_path / "run"), "stages": {
+        "sample": {"command": "generate", "config": config}}}))
+    rows = read_rows(Path(manifest["stages"]["sample"]["folder"]) / "candidates.jsonl")
+    assert len(rows) == 2 and all(r["prompt"][0] == {"role": "system", "content": "Be brief."} for r in rows)

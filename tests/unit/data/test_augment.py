@@ -11,7 +11,7 @@ from posttrain.data.augment import AugmentSettings, augment_file, augment_rows, 
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.verifiers.constraints import check_constraints
-from posttrain.verifiers.phrasings import CONSTRAINTS
+from posttrain.verifiers.phrasings import CONSTRAINTS, phrasing_groups
 from posttrain.verifiers.repair import repair, tidy
 
 REPLY_A = ("Bees collect nectar from flowers. They carry it back to the hive in their stomachs. Inside, they pass "
@@ -119,6 +119,43 @@ def test_kind_weights_set_the_dose_per_kind(tmp_path):
         assert len(kinds) == len(set(kinds))  # two constraints of one prompt are never the same kind
 
 
+def test_more_phrasings_draws_the_extra_wordings_and_minimum_word_counts(tmp_path):
+    rows = read_candidates(write(tmp_path / "c.jsonl", [candidate(f"p{i}", "Explain how bees make honey.", REPLY_A)
+                                                        for i in range(150)]))
+    base = dict(per_reply=2, plain_share=0.0, seed=5, kind_weights={"word_count": 6})
+    plain, _ = augment_rows(rows, AugmentSettings(**base))
+    more, _ = augment_rows(rows, AugmentSettings(**base, more_phrasings=True))
+    wordings = {k: [t for _s, ts in phrasing_groups(k, more=True) for t in ts] for k in CONSTRAINTS}
+    used = set()
+    for row in more:
+        user = row["messages"][-2]["content"]
+        assert all(r.passed for r in check_constraints(row["messages"][-1]["content"], row["constraints"]))
+        for constraint, phrasing in zip(row["constraints"], row["phrasings"]):
+            kind, i = phrasing.split("/")
+            assert wordings[kind][int(i)](constraint["args"]) in user  # the id names the wording asked
+            used.add((kind, int(i) >= len(CONSTRAINTS[kind][1])))
+    # off: only the shipped files' wordings; on: the extra ones too, for the kinds that have them
+    assert all(int(p.split("/")[1]) < len(CONSTRAINTS[p.split("/")[0]][1]) for r in plain for p in r["phrasings"])
+    assert {k for k, extra in used if extra} >= {"lowercase", "exclamation_sentence", "repeat_prompt", "word_count"}
+    # word_count's minimum side: REPLY_A has 48 words, so "at least 15..40" rows keep it whole; no such row before
+    minimums = [r for r in more if [c["kind"] for c in r["constraints"]] == ["word_count"]
+                and "min" in r["constraints"][0]["args"]]
+    assert minimums and all(r["messages"][-1]["content"] == tidy(REPLY_A) for r in minimums)
+    assert not any("min" in c["args"] for r in plain for c in r["constraints"])
+
+
+def test_drop_system_leaves_the_sampling_system_prompt_out(tmp_path):
+    steer = {"role": "system", "content": "Keep every reply under 50 words."}
+    row = {**candidate("a", "Explain how bees make honey.", REPLY_A),
+           "prompt": [steer, {"role": "user", "content": "Explain how bees make honey."}]}
+    path = write(tmp_path / "c.jsonl", [row])
+    kept, _ = augment_rows(read_candidates(path), AugmentSettings(per_reply=2, plain_share=1.0))
+    dropped, _ = augment_rows(read_candidates(path), AugmentSettings(per_reply=2, plain_share=1.0, drop_system=True))
+    assert len(kept) == len(dropped) == 3
+    assert all(r["messages"][0] == steer for r in kept)
+    assert [r["messages"] for r in dropped] == [r["messages"][1:] for r in kept]
+
+
 def test_replies_cut_at_the_token_limit_are_skipped_by_default(candidates):
     rows, stats = augment_rows(read_candidates(candidates), AugmentSettings(per_reply=2, plain_share=1.0))
     assert (stats["replies_used"], stats["skipped_truncated"], stats["examples"]) == (1, 1, 3)
@@ -218,9 +255,10 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     tree = {"run_dir": str(tmp_path / "run"), "stages": {
         "augment": {"command": "augment", "config": {"candidates": str(candidates), "per_reply": 2,
                                                      "plain_share": 0.5, "hold_out_kinds": ["lowercase"],
-                                                     "kind_weights": {"title": 3, "all_caps": 0}}},
+                                                     "kind_weights": {"title": 3, "all_caps": 0},
+                                                     "more_phrasings": True, "drop_system": True}},
         "sft": {"command": "sft", "config": {
-            "model": {"name": "tiny-random"}, "data": {"train": "${augment.output}/sft.jsonl", "max_length": 128},
+            "model": {"name": "tiny-random"}, "data": {"train": "${augment.output}/sft.jsonl", "max_length": 256},
             "optim": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 1}, "train": {"progress": False},
             "decontaminate": False}}}}
     manifest = run_pipeline(parse_pipeline(tree))
@@ -238,6 +276,7 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     ({"candidates": "c.jsonl", "plain_share": 2.0}, "config: plain_share must be in [0, 1]"),
     ({"candidates": "c.jsonl", "kind_weights": ["lowercase"]}, "config: key 'kind_weights'"),
     ({"candidates": "c.jsonl", "kind_weights": {"lowercase": "x"}}, "config: kind_weights: lowercase: expected a num"),
+    ({"candidates": "c.jsonl", "drop_system": "yes"}, "config: key 'drop_system'"),
     ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])
 def test_pipeline_stage_config_is_checked_before_anything_runs(tmp_path, config, message):
     from posttrain.pipeline.registry import STAGES

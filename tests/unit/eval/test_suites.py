@@ -174,6 +174,26 @@ def test_ood_suites_share_no_phrasing_with_the_training_data():
             assert not any(t.lower().rstrip(".") in row.prompt[-1]["content"].lower() for t in templated), row.id
 
 
+def test_ood_suites_share_no_phrasing_with_any_augmentation_wording():
+    """Every wording augmentation can draw (verifiers/phrasings.py: CONSTRAINTS and MORE_PHRASINGS, each rendered
+    with 20 seeds of its arguments) shares no 6-word run with an out-of-distribution prompt."""
+    import random
+
+    from posttrain.verifiers.phrasings import CONSTRAINTS, phrasing_groups
+
+    wordings = set()
+    for kind in CONSTRAINTS:
+        for sampler, templates in phrasing_groups(kind, more=True):
+            for seed in range(20):
+                args = {"prompt_to_repeat": "x"} if kind == "repeat_prompt" else sampler(random.Random(seed))
+                for template in templates:
+                    wordings |= _ngrams(template(args), 6)
+    assert len(wordings) > 300
+    shared = {f"{name}/{row.id}": sorted(common)[:2] for name in ("constraints_ood", "ifeval_sample")
+              for row in load_suite(name) if (common := _ngrams(row.prompt[-1]["content"], 6) & wordings)}
+    assert shared == {}
+
+
 def test_freeform_capability_needs_the_fact_and_a_sentence():
     rows = load_suite("capability_freeform")
     assert all(r.kind == "exact" and r.metadata["match"] == "regex" and r.metadata["min_words"] >= 6 for r in rows)
