@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from posttrain.config import ConfigError
+from posttrain.config import ConfigError, DataSection, OptimSection, PromptDataSection, TrainSection
 from posttrain.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import MetricSums, MetricsLog
 from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
@@ -50,53 +50,39 @@ class StepFns:
     samples: Callable[[Any, list], list[dict]] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopSettings:
-    output_dir: str
-    seed: int
-    lr: float
-    weight_decay: float
-    betas: tuple[float, float]
-    eps: float
-    schedule: str
-    warmup_steps: int | None
-    warmup_ratio: float
-    max_grad_norm: float | None
-    batch_size: int
-    micro_batch_size: int
-    epochs: float
-    max_steps: int | None
-    shuffle: bool
-    log_every: int
-    eval_every: int | None
-    save_every: int | None
-    keep_checkpoints: int
-    resume: bool
-    progress: bool
+    """What the loops read of a run's config: its ``optim`` and ``train`` sections and its data section (order:
+    ``shuffle``; offline data: ``sort_by_length``, ``sort_window``), held as the config objects themselves, not
+    copied field by field; ``parallel`` is ``parallel.strategy`` (ddp | fsdp2, ``training/parallel.py``), ``desc``
+    the progress bar's label, ``config`` the resolved config logged to the trackers as hyperparameters."""
+    optim: OptimSection
+    train: TrainSection
+    data: DataSection | PromptDataSection
+    parallel: str = "ddp"
     desc: str = "train"
-    sort_by_length: bool = False
-    sort_window: int = 32
-    # A step whose loss or gradient norm is NaN/inf: "fail" stops the run (no model saved, checkpoints kept),
-    # "skip" drops that update and goes on.
-    on_nonfinite: str = "fail"
-    parallel: str = "ddp"  # parallel.strategy: ddp | fsdp2 (training/parallel.py)
-    report_to: tuple[str, ...] = ()  # train.report_to: experiment trackers (training/trackers.py)
-    run_name: str | None = None
-    config: dict | None = None  # the resolved config, logged to the trackers as hyperparameters
-    log_samples: int = 0  # online trainers: sampled completions per logged step (samples.jsonl, tracker tables)
+    config: dict | None = None
+
+    @property
+    def sort_window(self) -> int:
+        """Batches per length-sorted window; 0: no length sort (off, or prompt data: RL, rejection-SFT)."""
+        return self.data.sort_window if getattr(self.data, "sort_by_length", False) else 0
 
 
 def build_optimization(model, s: LoopSettings, total_steps: int):
     """The optimizer over ``model``'s trainable parameters and its schedule over ``total_steps`` optimizer steps."""
-    optimizer = build_optimizer(model, lr=s.lr, weight_decay=s.weight_decay, betas=s.betas, eps=s.eps)
-    warmup = resolve_warmup(total_steps, s.warmup_steps, s.warmup_ratio)
-    return optimizer, build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, schedule=s.schedule)
+    o = s.optim
+    optimizer = build_optimizer(model, lr=o.lr, weight_decay=o.weight_decay, betas=(o.adam_beta1, o.adam_beta2),
+                                eps=o.adam_eps)
+    warmup = resolve_warmup(total_steps, o.warmup_steps, o.warmup_ratio)
+    return optimizer, build_scheduler(optimizer, total_steps=total_steps, warmup_steps=warmup, schedule=o.schedule)
 
 
 def resume_from_checkpoint(s: LoopSettings, model, optimizer, scheduler, *, rank: int, total_steps: int,
                            sharded: bool = False, world_size: int = 1) -> tuple[int, dict]:
-    """(step to start at, the checkpoint's state) from the latest checkpoint when ``s.resume``; (0, {}) otherwise."""
-    if not s.resume or (ckpt := latest_checkpoint(s.output_dir)) is None:
+    """(step to start at, the checkpoint's state) from the latest checkpoint when ``train.resume``; (0, {})
+    otherwise."""
+    if not s.train.resume or (ckpt := latest_checkpoint(s.train.output_dir)) is None:
         return 0, {}
     state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, sharded=sharded,
                             world_size=world_size)
@@ -109,7 +95,7 @@ def resume_from_checkpoint(s: LoopSettings, model, optimizer, scheduler, *, rank
 
 def progress_bar(s: LoopSettings, total_steps: int, start: int, enabled: bool = True):
     """A tqdm bar over optimizer steps, or None when progress is off (or on ranks other than 0)."""
-    if not (enabled and s.progress):
+    if not (enabled and s.train.progress):
         return None
     from tqdm.auto import tqdm
 
@@ -126,8 +112,8 @@ ON_NONFINITE = ("fail", "skip")
 
 
 def check_on_nonfinite(s: LoopSettings) -> None:
-    if s.on_nonfinite not in ON_NONFINITE:
-        raise ConfigError(f"train.on_nonfinite '{s.on_nonfinite}': expected one of {', '.join(ON_NONFINITE)}")
+    if s.train.on_nonfinite not in ON_NONFINITE:
+        raise ConfigError(f"train.on_nonfinite '{s.train.on_nonfinite}': expected one of {', '.join(ON_NONFINITE)}")
 
 
 def optimizer_step(accelerator, params: list, optimizer, scheduler, max_grad_norm: float | None,
@@ -164,7 +150,7 @@ def on_nonfinite_step(s: LoopSettings, step: int, loss: float, grad_norm: float,
     """After a step whose update was not applied: raise ``NonFiniteLoss`` (naming the step and ``checkpoint``,
     the run's newest) under ``on_nonfinite: fail``; under ``skip``, print a warning (main process) and return."""
     what = f"step {step}: loss {loss:.6g}, gradient norm {grad_norm:.6g}"
-    if s.on_nonfinite == "skip":
+    if s.train.on_nonfinite == "skip":
         if is_main:
             print(f"posttrain: warning: {what}: not finite, update skipped (train.on_nonfinite=skip)",
                   file=sys.stderr, flush=True)
@@ -190,30 +176,20 @@ def check_finite_weights(model, step: int, reduce, checkpoint: Path | None) -> N
 
 
 def settings_from_config(cfg, desc: str) -> LoopSettings:
-    o, t = cfg.optim, cfg.train
-    return LoopSettings(
-        output_dir=t.output_dir, seed=t.seed, lr=o.lr, weight_decay=o.weight_decay, betas=(o.adam_beta1, o.adam_beta2),
-        eps=o.adam_eps, schedule=o.schedule, warmup_steps=o.warmup_steps, warmup_ratio=o.warmup_ratio,
-        max_grad_norm=o.max_grad_norm, batch_size=o.batch_size, micro_batch_size=o.micro_batch_size,
-        epochs=o.epochs, max_steps=o.max_steps, shuffle=cfg.data.shuffle, log_every=t.log_every,
-        eval_every=t.eval_every, save_every=t.save_every, keep_checkpoints=t.keep_checkpoints, resume=t.resume,
-        progress=t.progress, desc=desc, sort_by_length=getattr(cfg.data, "sort_by_length", False),
-        sort_window=getattr(cfg.data, "sort_window", 32), on_nonfinite=getattr(t, "on_nonfinite", "fail"),
-        parallel=cfg.parallel.strategy, report_to=tuple(getattr(t, "report_to", ())),
-        run_name=getattr(t, "run_name", None), config=cfg.model_dump(mode="json"),
-        log_samples=getattr(t, "log_samples", 0),
-    )
+    return LoopSettings(optim=cfg.optim, train=cfg.train, data=cfg.data, parallel=cfg.parallel.strategy, desc=desc,
+                        config=cfg.model_dump(mode="json"))
 
 
 def open_metrics_log(s: LoopSettings, rank: int, start: int) -> MetricsLog:
-    """metrics.jsonl of the run (main process), with the trackers of ``s.report_to`` behind it."""
+    """metrics.jsonl of the run (main process), with the trackers of ``s.train.report_to`` behind it."""
     trackers = None
-    if rank == 0 and s.report_to:
+    if rank == 0 and s.train.report_to:
         from posttrain.training.trackers import Trackers
 
-        trackers = Trackers(s.report_to, s.output_dir, s.run_name or Path(s.output_dir).name, s.config or {})
-    return MetricsLog(Path(s.output_dir) / "metrics.jsonl", enabled=rank == 0,
-                      resume_step=start if s.resume else None, trackers=trackers)
+        t = s.train
+        trackers = Trackers(t.report_to, t.output_dir, t.run_name or Path(t.output_dir).name, s.config or {})
+    return MetricsLog(Path(s.train.output_dir) / "metrics.jsonl", enabled=rank == 0,
+                      resume_step=start if s.train.resume else None, trackers=trackers)
 
 
 def plan_steps(num_items: int, batch_size: int, epochs: float, max_steps: int | None) -> tuple[int, int]:
@@ -329,24 +305,25 @@ def evaluate(model, items: list, fns: StepFns, accelerator, micro_batch_size: in
 
 def log_eval_samples(model, eval_items: list, fns: StepFns, s: LoopSettings, log: MetricsLog, step: int, rank: int,
                      sharded: bool) -> None:
-    """The greedy answers to the first ``s.log_samples`` eval prompts, into samples.jsonl and the trackers: on the
+    """The greedy answers to the first ``s.train.log_samples`` eval prompts, into samples.jsonl and the trackers: on the
     main process with the plain (unwrapped) model, while the others wait at their next collective. Not under
     fsdp2, where a forward of a sharded model is a collective every process must join."""
-    if fns.samples is None or not s.log_samples or rank != 0 or sharded:
+    if fns.samples is None or not s.train.log_samples or rank != 0 or sharded:
         return
-    log.samples(step, fns.samples(model, eval_items[:s.log_samples]))
+    log.samples(step, fns.samples(model, eval_items[:s.train.log_samples]))
 
 
 def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSettings, accelerator, on_log=None):
     """Train ``model`` in place. Returns a summary dict (final train/eval metrics, throughput, steps)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     reduce = reduce_sum_fn(accelerator)
-    if s.batch_size % world:
-        raise ConfigError(f"optim.batch_size={s.batch_size} must be divisible by the number of processes ({world})")
+    if s.optim.batch_size % world:
+        raise ConfigError(f"optim.batch_size={s.optim.batch_size} must be divisible by the number of processes "
+                          f"({world})")
     check_on_nonfinite(s)
-    per_epoch, total_steps = plan_steps(len(train_items), s.batch_size, s.epochs, s.max_steps)
+    per_epoch, total_steps = plan_steps(len(train_items), s.optim.batch_size, s.optim.epochs, s.optim.max_steps)
     lengths = None
-    if s.sort_by_length:
+    if s.sort_window:
         if fns.length is None:
             raise ConfigError("data.sort_by_length is not supported by this trainer")
         lengths = [int(fns.length(item)) for item in train_items]
@@ -363,16 +340,16 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
                                       sharded=sharded, world_size=world)
     log = open_metrics_log(s, rank, start)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
-    checkpoint = checkpoint_dir(s.output_dir, start) if start else None  # the newest, named if a step fails
+    checkpoint = checkpoint_dir(s.train.output_dir, start) if start else None  # the newest, named if a step fails
     ddp_model.train()
     tokens_total, t_train, last, skipped = 0, 0.0, {}, 0
     for step in range(start, total_steps):
         t0 = time.perf_counter()
-        idx = step_indices(step, num_items=len(train_items), batch_size=s.batch_size, steps_per_epoch=per_epoch,
-                           seed=s.seed, shuffle=s.shuffle, lengths=lengths, sort_window=s.sort_window,
-                           _orders=orders)
-        batches = [fns.collate([train_items[i] for i in mb])
-                   for mb in micro_batches(idx, rank=rank, world_size=world, micro_batch_size=s.micro_batch_size)]
+        idx = step_indices(step, num_items=len(train_items), batch_size=s.optim.batch_size,
+                           steps_per_epoch=per_epoch, seed=s.train.seed, shuffle=s.data.shuffle, lengths=lengths,
+                           sort_window=s.sort_window, _orders=orders)
+        batches = [fns.collate([train_items[i] for i in mb]) for mb in
+                   micro_batches(idx, rank=rank, world_size=world, micro_batch_size=s.optim.micro_batch_size)]
         global_weight = float(reduce(torch.tensor([sum(float(fns.weight(b)) for b in batches)], dtype=torch.float64)))
         sums, loss_value, tokens = MetricSums(), 0.0, 0
         for i, batch in enumerate(batches):
@@ -391,7 +368,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         # The loss is summed over processes before the update so that every process takes the same decision
         # on a non-finite step (the gradient norm is already global: gradients were all-reduced).
         step_tokens, loss_all = reduce(torch.tensor([tokens, loss_value], dtype=torch.float64)).tolist()
-        grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_all,
+        grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm, loss_all,
                                             sharded=sharded)
         dt = time.perf_counter() - t0
         tokens_total += int(step_tokens)
@@ -405,23 +382,23 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             on_nonfinite_step(s, step + 1, loss_all, grad_norm, rank == 0, checkpoint)
         else:
             last = record
-            if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
+            if (step + 1) % s.train.log_every == 0 or step + 1 == total_steps:
                 log.write(record)
                 if on_log:
                     on_log(record)
         if bar is not None:
             bar.set_postfix(loss=f"{loss_all:.4f}", tok_s=f"{step_tokens / dt:.0f}")
             bar.update(1)
-        if eval_items and s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < total_steps:
-            ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
+        if eval_items and s.train.eval_every and (step + 1) % s.train.eval_every == 0 and step + 1 < total_steps:
+            ev = evaluate(ddp_model, eval_items, fns, accelerator, s.optim.micro_batch_size, s.train.progress)
             log.write({"step": step + 1, "split": "eval", **ev})
             log_eval_samples(model, eval_items, fns, s, log, step + 1, rank, sharded)
-        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
+        if s.train.save_every and (step + 1) % s.train.save_every == 0 and step + 1 < total_steps:
             check_finite_weights(model, step + 1, reduce, checkpoint)
-            checkpoint = save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer,
+            checkpoint = save_checkpoint(s.train.output_dir, step=step + 1, model=model, optimizer=optimizer,
                                          scheduler=scheduler, rank=rank, world_size=world,
                                          barrier=accelerator.wait_for_everyone, extra={"total_steps": total_steps},
-                                         keep=s.keep_checkpoints, sharded=sharded)
+                                         keep=s.train.keep_checkpoints, sharded=sharded)
             if fns.flush:
                 fns.flush()
     if skipped and skipped == total_steps - start:
@@ -433,11 +410,11 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     summary = {"steps": total_steps, "train/" + "loss": last.get("loss", math.nan),
                "tokens_per_s": round(tokens_total / t_train, 1) if t_train else None,
                "train_time_s": round(t_train, 2)}
-    if s.on_nonfinite == "skip":
+    if s.train.on_nonfinite == "skip":
         summary["train/skipped_steps"] = skipped
     summary.update({f"train/{k}": v for k, v in last.items() if k.startswith(("rewards/", "logps/", "nll"))})
     if eval_items:
-        ev = evaluate(ddp_model, eval_items, fns, accelerator, s.micro_batch_size, s.progress)
+        ev = evaluate(ddp_model, eval_items, fns, accelerator, s.optim.micro_batch_size, s.train.progress)
         log.write({"step": total_steps, "split": "eval", **ev})
         log_eval_samples(model, eval_items, fns, s, log, total_steps, rank, sharded)
         summary.update({f"eval/{k}": v for k, v in ev.items()})

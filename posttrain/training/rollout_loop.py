@@ -129,11 +129,11 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     ``train/steps_without_update``."""
     rank, world = accelerator.process_index, accelerator.num_processes
     reduce = reduce_sum_fn(accelerator)
-    if s.batch_size % world:
-        raise ConfigError(f"optim.batch_size={s.batch_size} prompts per step must be divisible by the number of "
+    if s.optim.batch_size % world:
+        raise ConfigError(f"optim.batch_size={s.optim.batch_size} prompts per step must be divisible by the number of "
                           f"processes ({world})")
     check_on_nonfinite(s)
-    per_epoch, total_steps = plan_steps(len(prompts), s.batch_size, s.epochs, s.max_steps)
+    per_epoch, total_steps = plan_steps(len(prompts), s.optim.batch_size, s.optim.epochs, s.optim.max_steps)
     opt_steps = total_steps * update_epochs * mini_batches
     sharded = s.parallel == "fsdp2" and world > 1
     if sharded:
@@ -154,11 +154,11 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     last: dict = {}  # the record of the last step that updated the model (the summary's train/* values)
     t_total, tokens_total, skipped_total, applied_total, idle_steps = 0.0, 0, 0, 0, 0
-    checkpoint = checkpoint_dir(s.output_dir, start) if start else None  # the newest, named if an update fails
+    checkpoint = checkpoint_dir(s.train.output_dir, start) if start else None  # the newest, named if an update fails
     for step in range(start, total_steps):
         t0 = time.perf_counter()
-        idx = step_indices(step, num_items=len(prompts), batch_size=s.batch_size, steps_per_epoch=per_epoch,
-                           seed=s.seed, shuffle=s.shuffle)
+        idx = step_indices(step, num_items=len(prompts), batch_size=s.optim.batch_size, steps_per_epoch=per_epoch,
+                           seed=s.train.seed, shuffle=s.data.shuffle)
         model.eval()
         with gathered(model):  # sampling: each process decodes its prompts for as long as they need
             batch, rollout_metrics = fns.rollout([prompts[i] for i in idx[rank::world]], step)
@@ -167,14 +167,14 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
         t_rollout = time.perf_counter() - t0
         model.train()
         n = batch["num_rows"]
-        order_gen = torch.Generator().manual_seed(s.seed * 7919 + step)
+        order_gen = torch.Generator().manual_seed(s.train.seed * 7919 + step)
         sums, losses, norms, tokens, skipped = MetricSums(), [], [], 0, 0
         for _ in range(update_epochs):
             perm = torch.randperm(n, generator=order_gen)
             for lo, hi in split_even(n, mini_batches):
                 rows = perm[lo:hi]
-                micro = [select_rows(batch, rows[i:i + s.micro_batch_size])
-                         for i in range(0, len(rows), s.micro_batch_size)]
+                micro = [select_rows(batch, rows[i:i + s.optim.micro_batch_size])
+                         for i in range(0, len(rows), s.optim.micro_batch_size)]
                 weight = float(reduce(torch.tensor([sum(float(fns.weight(m)) for m in micro)],
                                                    dtype=torch.float64)))
                 if weight <= 0:
@@ -193,8 +193,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                 # the minibatch loss over all processes, so that every process takes the same decision on a
                 # non-finite update (the gradient norm is already global after the all-reduce)
                 loss_value = float(reduce(torch.tensor([loss_value], dtype=torch.float64))[0])
-                norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.max_grad_norm, loss_value,
-                                               sharded=sharded)
+                norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
+                                               loss_value, sharded=sharded)
                 if not applied:
                     skipped += 1
                     log.write({"step": step + 1, "update": len(norms) + skipped, "loss": loss_value,
@@ -221,9 +221,9 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
             last = record
         else:  # nothing to learn from this step (online DPO: every sample tied), or every update skipped
             idle_steps += 1
-        if (step + 1) % s.log_every == 0 or step + 1 == total_steps:
+        if (step + 1) % s.train.log_every == 0 or step + 1 == total_steps:
             log.write(record)
-            log.samples(step + 1, samples[:s.log_samples])  # the main process's rows (written there only)
+            log.samples(step + 1, samples[:s.train.log_samples])  # the main process's rows (written there only)
             if on_log and rank == 0:
                 on_log(record)
         if bar is not None:
@@ -231,13 +231,13 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
             reward = record.get("reward/total", record.get("score/mean", math.nan))
             bar.set_postfix(reward=f"{reward:.3f}", loss=f"{record['loss']:.4f}" if losses else "no update")
             bar.update(1)
-        if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < total_steps:
+        if s.train.save_every and (step + 1) % s.train.save_every == 0 and step + 1 < total_steps:
             check_finite_weights(model, step + 1, reduce, checkpoint)
-            checkpoint = save_checkpoint(s.output_dir, step=step + 1, model=model, optimizer=optimizer,
+            checkpoint = save_checkpoint(s.train.output_dir, step=step + 1, model=model, optimizer=optimizer,
                                          scheduler=scheduler, rank=rank, world_size=world,
                                          barrier=accelerator.wait_for_everyone,
                                          extra={"total_steps": total_steps, "rl": fns.state()},
-                                         keep=s.keep_checkpoints, sharded=sharded)
+                                         keep=s.train.keep_checkpoints, sharded=sharded)
     if bar is not None:
         bar.close()
     if skipped_total and not applied_total:
@@ -248,7 +248,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                "tokens_per_s": round(tokens_total / t_total, 1) if t_total else None}
     summary.update({f"train/{k}": v for k, v in last.items() if k not in ("step", "epoch", "lr")})
     summary["train/steps_without_update"] = idle_steps
-    if s.on_nonfinite == "skip":
+    if s.train.on_nonfinite == "skip":
         summary["train/skipped_updates"] = skipped_total
     log.close()
     return summary

@@ -9,16 +9,19 @@ import math
 import pytest
 import torch
 
+from posttrain.config import DataSection, OptimSection, TrainSection
 from posttrain.training.loop import LoopSettings, NonFiniteLoss, StepFns, check_finite_weights, fit, make_accelerator
 from posttrain.training.rollout_loop import RLFns, fit_rl
 
 
 def settings(tmp_path, **kw) -> LoopSettings:
-    base = dict(output_dir=str(tmp_path), seed=0, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
-                schedule="constant", warmup_steps=0, warmup_ratio=0.0, max_grad_norm=None, batch_size=2,
-                micro_batch_size=2, epochs=1.0, max_steps=4, shuffle=False, log_every=1, eval_every=None,
-                save_every=None, keep_checkpoints=5, resume=False, progress=False)
-    return LoopSettings(**{**base, **kw})
+    """The loop's settings from real config sections; ``kw`` overrides train fields (``on_nonfinite`` unvalidated,
+    so that the loop's own check is what refuses a bad value) or optim ones (``save_every`` is train's)."""
+    optim = OptimSection(lr=1e-2, schedule="constant", warmup_steps=0, max_grad_norm=None, batch_size=2,
+                         micro_batch_size=2, max_steps=4)
+    train = TrainSection(output_dir=str(tmp_path), seed=0, log_every=1, keep_checkpoints=5, progress=False,
+                         log_samples=0).model_copy(update=kw)
+    return LoopSettings(optim=optim, train=train, data=DataSection(train="unused.jsonl", shuffle=False))
 
 
 def strict_lines(path) -> list[dict]:

@@ -49,4 +49,4 @@ def test_prompts_per_step_must_divide_over_the_processes():
     three = SimpleNamespace(process_index=0, num_processes=3)
     with pytest.raises(ConfigError, match=r"optim.batch_size=4 prompts per step must be divisible by the number of "
                                           r"processes \(3\)"):
-        fit_rl(None, [], None, SimpleNamespace(batch_size=4), three, update_epochs=1, mini_batches=1)
+        fit_rl(None, [], None, SimpleNamespace(optim=SimpleNamespace(batch_size=4)), three, update_epochs=1, mini_batches=1)
