@@ -26,7 +26,7 @@ def child(a) -> None:
     from posttrain.data.collate import collate_pairs
     from posttrain.data.render import Rendered
     from posttrain.models.policy import load_base
-    from posttrain.ops.logprobs import batch_sequence_logps
+    from posttrain.ops.layouts import batch_sequence_logps
     from posttrain.ops.packing import default_tree_row_tokens
 
     torch.set_num_threads(a.threads)

@@ -1,7 +1,7 @@
 """Data: one schema, readers for the layouts people have, chat-template rendering with assistant-only loss
 masks, and collation."""
 
-from posttrain.data.collate import collate_pairs, collate_sequences, count_tokens
+from posttrain.data.collate import collate_pairs, collate_sequences
 from posttrain.data.layouts import load_examples, to_preference, to_prompt, to_sft, to_unpaired
 from posttrain.data.readers import read_records
 from posttrain.data.render import (
@@ -29,7 +29,7 @@ from posttrain.data.validate import validate_example, validate_examples
 
 __all__ = [
     "KINDS", "DataError", "DataErrors", "Example", "Message", "PreferencePair", "PromptExample", "RenderStats",
-    "Rendered", "SFTExample", "UnpairedExample", "collate_pairs", "collate_sequences", "count_tokens",
+    "Rendered", "SFTExample", "UnpairedExample", "collate_pairs", "collate_sequences",
     "load_examples", "read_records", "render_dataset", "render_messages", "render_pair", "render_prompt",
     "render_sft", "render_unpaired", "to_preference", "to_prompt", "to_sft", "to_unpaired", "validate_example",
     "validate_examples",

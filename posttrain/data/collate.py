@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from posttrain.data.render import Rendered
-from posttrain.ops.packing import Layout, layout_of, pack_sequences, prefix_tree
+from posttrain.ops.packing import Layout, pack_sequences, prefix_tree
 
 
 def collate_sequences(seqs: list[Rendered], pad_token_id: int) -> dict:
@@ -72,14 +72,3 @@ def sequence_key(seq: Rendered) -> str:
     h = hashlib.blake2b(np.asarray(seq.input_ids, dtype=np.int64).tobytes(), digest_size=16)
     h.update(np.asarray(seq.loss_mask, dtype=np.int8).tobytes())
     return h.hexdigest()
-
-
-def count_tokens(batch: dict) -> int:
-    """Non-padding tokens in a collated (or packed) batch; a prefix-tree row counts every sequence's tokens
-    (what the other layouts process), not the fewer tokens its forward pass runs."""
-    layout = layout_of(batch)
-    if layout is Layout.TREE:
-        return int(batch["num_tokens"])
-    if layout is Layout.PACKED:
-        return int(batch["input_ids"].numel())
-    return int(batch["attention_mask"].sum())

@@ -26,7 +26,6 @@ import contextlib
 import torch
 from torch import nn
 
-from posttrain.ops.packing import Layout, layout_of
 
 IGNORE_INDEX = -100
 
@@ -331,17 +330,3 @@ def tree_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE
     sums = logps.new_zeros(n).index_add(0, seq, logps)
     counts = logps.new_zeros(n).index_add(0, seq, torch.ones_like(logps))
     return sums, counts
-
-
-def batch_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """``sequence_logps`` of a collated batch: padded (``input_ids``/``attention_mask``/``loss_mask``) or packed
-    (plus ``position_ids``, ``seq_index``, ``num_seqs``; sums are then per sequence), or a prefix-tree row
-    (``pred_index`` ...: sums per sequence, and no per-token log-probs: the third value is None)."""
-    layout = layout_of(batch)
-    if layout is Layout.TREE:
-        return (*tree_sequence_logps(model, batch, chunk_size=chunk_size), None)
-    if layout is Layout.PACKED:
-        return sequence_logps(model, batch["input_ids"], None, batch["loss_mask"], batch["position_ids"],
-                              seq_index=batch["seq_index"], num_seqs=batch["num_seqs"], chunk_size=chunk_size)
-    return sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
-                          chunk_size=chunk_size)

@@ -20,9 +20,9 @@ import torch
 
 
 class Layout(str, Enum):
-    """How a collated batch holds its sequences. Every batch builder writes one under ``batch["layout"]``, and the
-    consumers (``ops/logprobs.py::batch_sequence_logps``, ``data/collate.py::count_tokens``, the SFT and reward-model
-    steps) dispatch on it instead of guessing from which keys are present.
+    """How a collated batch holds its sequences. Every batch builder writes one under ``batch["layout"]``; the
+    class of that layout (``ops/layouts.py``: ``Padded``, ``Packed``, ``Tree``) computes its log-probs, token and
+    loss-token counts, so no consumer guesses from which keys are present.
 
     - ``PADDED``: (B, T) right-padded rows, ``input_ids`` / ``attention_mask`` (/ ``loss_mask``)
       (``data/collate.py::collate_sequences``);

@@ -17,12 +17,12 @@ import random
 
 import torch
 
-from posttrain.data.collate import collate_pairs, collate_sequences, count_tokens, sequence_key
+from posttrain.data.collate import collate_pairs, collate_sequences, sequence_key
 from posttrain.losses.sft import sft_loss
 from posttrain.losses import LossSpec, get_loss, preference_loss
 from posttrain.models.reference import (build_reference, load_reference_model, reference_model, reference_weights,
                                         same_model)
-from posttrain.ops.logprobs import batch_sequence_logps
+from posttrain.ops.layouts import batch_sequence_logps, count_tokens
 from posttrain.training.loop import StepFns
 from posttrain.training.parallel import is_sharded, on_every_process, place_reference
 from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint

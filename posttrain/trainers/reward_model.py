@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.data.collate import count_tokens
 from posttrain.data.sources import source_label
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors, PreferencePair
@@ -34,7 +33,8 @@ from posttrain.models.adapters import is_peft
 from posttrain.models.policy import model_tokenizer
 from posttrain.models.reward import load_reward_model
 from posttrain.ops.logprobs import tree_forward_mask, unwrap_model
-from posttrain.ops.packing import Layout, layout_of, prefix_tree
+from posttrain.ops.layouts import Tree, count_tokens, layout
+from posttrain.ops.packing import Layout, prefix_tree
 from posttrain.training.loop import StepFns, fit, settings_from_config
 from posttrain.training.parallel import gathered
 from posttrain.training.stage import StageRun, resolve_prefix_sharing, split_off_eval, to_device
@@ -135,7 +135,7 @@ def tree_rewards(model, batch: dict) -> torch.Tensor:
 
 def batch_rewards(model, batch: dict) -> torch.Tensor:
     """(2B,) scores of a collated batch: prefix-tree rows (``tree_rewards``) or the classifier's pooled output."""
-    if layout_of(batch) is Layout.TREE:
+    if layout(batch) is Tree:
         return tree_rewards(model, batch)
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
 

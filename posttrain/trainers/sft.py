@@ -6,10 +6,9 @@ With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py
 
 from __future__ import annotations
 
-from posttrain.data.collate import collate_sequences, count_tokens, pack_rendered, tree_rendered
+from posttrain.data.collate import collate_sequences, pack_rendered, tree_rendered
 from posttrain.losses.sft import sft_loss, sft_loss_from_sums
-from posttrain.ops.logprobs import batch_sequence_logps
-from posttrain.ops.packing import Layout, layout_of
+from posttrain.ops.layouts import batch_sequence_logps, count_tokens, layout
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
@@ -22,15 +21,11 @@ def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharin
         return to_device(pack_rendered(items) if packing else collate_sequences(items, pad_token_id), device)
 
     def weight(batch):
-        if layout_of(batch) is Layout.TREE:  # one label per loss token (the first token is never one)
-            return float(batch["labels"].numel())
-        # Loss tokens are targets, i.e. loss_mask shifted by one (the first token predicts nothing; packing
-        # zeroes each sequence's first token, so the count is the same packed or padded).
-        return float(batch["loss_mask"][:, 1:].sum())
+        return layout(batch).loss_tokens(batch)
 
     def loss(model, batch):
         logps_sum, counts, token_logps = batch_sequence_logps(model, batch)
-        if layout_of(batch) is Layout.PADDED:
+        if layout(batch).token_level:
             losses, metrics = sft_loss(token_logps, batch["loss_mask"][:, 1:])
         else:  # packed and tree batches give per-sequence sums
             losses, metrics = sft_loss_from_sums(logps_sum, counts)

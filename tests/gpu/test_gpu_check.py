@@ -69,7 +69,7 @@ def test_packed_equals_padded_on_gpu():
     from posttrain.data.collate import collate_sequences, pack_rendered
     from posttrain.data.render import Rendered
     from posttrain.models.policy import load_base
-    from posttrain.ops.logprobs import batch_sequence_logps
+    from posttrain.ops.layouts import batch_sequence_logps
 
     model, _, _ = load_base("tiny-random", None)
     model = model.cuda().eval()

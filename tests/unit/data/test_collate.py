@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from posttrain.data.collate import collate_pairs, collate_sequences, count_tokens
+from posttrain.data.collate import collate_pairs, collate_sequences
+from posttrain.ops.layouts import count_tokens
 from posttrain.data.render import Rendered
 from posttrain.ops.packing import Layout, layout_of
 
@@ -57,3 +58,24 @@ def test_every_layout_is_tagged_and_counts_the_same_tokens():
     assert tree["num_nodes"] == 8
     with pytest.raises(ValueError, match="not a collated batch: 'layout' is None"):
         count_tokens({"input_ids": torch.ones(1, 3, dtype=torch.long)})
+
+
+def test_each_layout_class_counts_the_same_loss_tokens_and_scores_the_same_sequences():
+    from posttrain.models.policy import load_trained
+    from posttrain.ops.layouts import Packed, Padded, Tree, batch_sequence_logps, layout
+
+    # 4 sequences with 2 + 2 + 1 + 2 target tokens (the first token of each predicts nothing)
+    pairs = [(Rendered([1, 2, 3], [0, 1, 1], 1), Rendered([1, 2, 4], [0, 1, 1], 1)),
+             (Rendered([7, 8], [0, 1], 1), Rendered([7, 9, 9], [0, 1, 1], 1))]
+    batches = [collate_pairs(pairs, PAD), collate_pairs(pairs, PAD, packing=True),
+               collate_pairs(pairs, PAD, prefix_sharing=True)]
+    assert [layout(b) for b in batches] == [Padded, Packed, Tree]
+    assert [layout(b).loss_tokens(b) for b in batches] == [7.0, 7.0, 7.0]
+    assert [layout(b).token_level for b in batches] == [True, False, False]
+    model, _ = load_trained("tiny-random")
+    model.eval()
+    with torch.no_grad():
+        outs = [batch_sequence_logps(model, b) for b in batches]
+    for sums, counts, _ in outs[1:]:
+        assert torch.allclose(sums, outs[0][0], atol=1e-5) and counts.tolist() == outs[0][1].tolist() == [2, 1, 2, 2]
+    assert outs[0][2] is not None and outs[0][2].shape == (4, 2) and outs[2][2] is None
