@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 
 from posttrain.ops import logprobs
-from posttrain.ops.logprobs import DEFAULT_CHUNK_SIZE
 from posttrain.ops.packing import Layout, layout_of
 
 
@@ -29,7 +28,7 @@ class Padded:
     token_level = True  # sequence_logps also returns (B, T-1) per-token log-probs
 
     @staticmethod
-    def sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def sequence_logps(model, batch: dict, chunk_size: int = logprobs.DEFAULT_CHUNK_SIZE):
         return logprobs.sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                                        chunk_size=chunk_size)
 
@@ -48,7 +47,7 @@ class Packed:
     token_level = False  # per-sequence sums (per-token log-probs of one long row are not split back)
 
     @staticmethod
-    def sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def sequence_logps(model, batch: dict, chunk_size: int = logprobs.DEFAULT_CHUNK_SIZE):
         return logprobs.sequence_logps(model, batch["input_ids"], None, batch["loss_mask"], batch["position_ids"],
                                        seq_index=batch["seq_index"], num_seqs=batch["num_seqs"],
                                        chunk_size=chunk_size)
@@ -57,10 +56,8 @@ class Packed:
     def tokens(batch: dict) -> int:
         return int(batch["input_ids"].numel())
 
-    @staticmethod
-    def loss_tokens(batch: dict) -> float:
-        # packing zeroes each sequence's first token, so the count equals the padded one
-        return float(batch["loss_mask"][:, 1:].sum())
+    # packing zeroes each sequence's first token, so the padded count holds for a packed row too
+    loss_tokens = staticmethod(Padded.loss_tokens)
 
 
 class Tree:
@@ -68,7 +65,7 @@ class Tree:
     token_level = False
 
     @staticmethod
-    def sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def sequence_logps(model, batch: dict, chunk_size: int = logprobs.DEFAULT_CHUNK_SIZE):
         return (*logprobs.tree_sequence_logps(model, batch, chunk_size=chunk_size), None)
 
     @staticmethod
@@ -89,7 +86,7 @@ def layout(batch: dict) -> type[Padded] | type[Packed] | type[Tree]:
     return LAYOUTS[layout_of(batch)]
 
 
-def batch_sequence_logps(model, batch: dict, chunk_size: int = DEFAULT_CHUNK_SIZE
+def batch_sequence_logps(model, batch: dict, chunk_size: int = logprobs.DEFAULT_CHUNK_SIZE
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(per-sequence log-prob sums, loss-token counts, per-token log-probs or None) of a collated batch of any
     layout; sums are per row for padded batches and per sequence for packed and tree ones."""

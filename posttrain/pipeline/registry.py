@@ -27,6 +27,7 @@ from posttrain.pipeline.spec import (PipelineError, Pending, check_file, check_j
 # generator here would load transformers and peft (6.3 s on 2 cores) and optional backends for pipelines that use
 # none of them.
 
+
 @dataclass(frozen=True)
 class StageSpec:
     run: Callable[[dict, Path, bool], dict]
@@ -128,8 +129,8 @@ def data_inputs(params: dict) -> list[str]:
 
 
 GENERATE_KEYS = ("prompts", "model", "adapter", "limit", "constraint_kinds", "n", "temperature", "top_p",
-                 "max_new_tokens", "batch_size", "seed", "system_prompt", "backend", "api_key_env", "max_concurrency", "max_tokens_field",
-                 "progress")
+                 "max_new_tokens", "batch_size", "seed", "system_prompt", "backend", "api_key_env", "max_concurrency",
+                 "max_tokens_field", "progress")
 
 
 def select_prompts(path: str, limit: int | None, kinds: list[str] | None) -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from posttrain.data.collate import collate_sequences, pack_rendered, tree_rendered
 from posttrain.losses.sft import sft_loss, sft_loss_from_sums
-from posttrain.ops.layouts import batch_sequence_logps, count_tokens, layout
+from posttrain.ops.layouts import count_tokens, layout
 from posttrain.training.loop import StepFns
 from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
 
@@ -24,8 +24,9 @@ def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharin
         return layout(batch).loss_tokens(batch)
 
     def loss(model, batch):
-        logps_sum, counts, token_logps = batch_sequence_logps(model, batch)
-        if layout(batch).token_level:
+        kind = layout(batch)
+        logps_sum, counts, token_logps = kind.sequence_logps(model, batch)
+        if kind.token_level:
             losses, metrics = sft_loss(token_logps, batch["loss_mask"][:, 1:])
         else:  # packed and tree batches give per-sequence sums
             losses, metrics = sft_loss_from_sums(logps_sum, counts)
