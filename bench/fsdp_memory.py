@@ -48,7 +48,7 @@ def child(a) -> None:
     import torch
 
     import posttrain.training.loop as loop
-    import posttrain.training.stage as stage
+    import posttrain.training.run as stage
     from posttrain.config import load_config
     from posttrain.trainers.sft import train_sft
     from posttrain.training.parallel import local

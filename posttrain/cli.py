@@ -106,7 +106,7 @@ def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
 
 def _train(command: str, args: list[str] | None) -> None:
     """``posttrain COMMAND [CONFIG.yaml] [section.key=value ...]`` for a row of the command table."""
-    from posttrain.training.stage import print_summary
+    from posttrain.training.run import print_summary
 
     if not args:
         fail(f"posttrain {command} needs a config: posttrain {command} CONFIG.yaml [section.key=value ...] "

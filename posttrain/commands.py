@@ -113,11 +113,11 @@ def data_stats(name: str, cfg) -> dict:
     # Imported here, not at the top: they import torch and transformers (seconds), which `posttrain --help` and
     # the pipeline's config checks never need.
     from posttrain.models.policy import model_tokenizer
-    from posttrain.training.stage import load_stage_data
+    from posttrain.training.run import load_training_data
 
     row = command(name)
     if row.data_kind != "prompts" and row.name != "reward-model":
-        return load_stage_data(cfg, row.data_kind).stats
+        return load_training_data(cfg, row.data_kind).stats
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     if row.name == "reward-model":
         from posttrain.data.layouts import load_examples

@@ -52,7 +52,7 @@ def eval_command(
     from posttrain.data.writers import check_output_path
     from posttrain.eval.run import run_eval
     from posttrain.generation.types import BackendError
-    from posttrain.judges.judge_stage import JudgeConfigError, rubric_judge_of, win_rate_judge
+    from posttrain.judges.run import JudgeConfigError, rubric_judge_of, win_rate_judge
     from posttrain.models.resolve import ModelError
 
     try:

@@ -79,7 +79,7 @@ def judge(
 ) -> None:
     """Score (or compare) candidates with the configured judges and write preference pairs."""
     from posttrain.data.schema import DataError, DataErrors
-    from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
+    from posttrain.judges.run import JudgeConfigError, judge_candidates
     from posttrain.judges.llm import JudgeError
     from posttrain.models.resolve import ModelError
 

@@ -155,7 +155,7 @@ def clean_revision(text: str) -> str:
 def build_critic(spec: dict[str, Any]):
     """An object with ``complete_many(list of message lists) -> list of answers`` from a critic config dict
     (``{type: llm, base_url, model, ...}`` or ``{type: local, model, ...}``, the LLM / local judge's keys)."""
-    from posttrain.judges.judge_stage import _judge_class, check_judge_spec
+    from posttrain.judges.run import _judge_class, check_judge_spec
 
     if not isinstance(spec, dict) or spec.get("type") not in CRITIC_TYPES:
         raise CritiqueError(f"critic: expected a config of type {' or '.join(CRITIC_TYPES)} (llm:URL:MODEL or "

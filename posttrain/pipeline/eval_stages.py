@@ -82,7 +82,7 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     judge = _win_rate_judge(params.get("judge"))
     rubric = None
     if params.get("rubric"):
-        from posttrain.judges.judge_stage import JudgeConfigError, rubric_judge_of
+        from posttrain.judges.run import JudgeConfigError, rubric_judge_of
 
         try:
             rubric = rubric_judge_of(params["rubric"], params.get("rubric_judge"), option="rubric")
@@ -117,7 +117,7 @@ def _win_rate_judge(spec):
     """The judge object for ``judge:`` (None when absent); config problems are one-line PipelineErrors."""
     if spec is None:
         return None
-    from posttrain.judges.judge_stage import JudgeConfigError, win_rate_judge
+    from posttrain.judges.run import JudgeConfigError, win_rate_judge
 
     try:
         return win_rate_judge(spec)

@@ -218,7 +218,7 @@ def generate_inputs(params: dict) -> list[str]:
 
 
 def check_judge(params: dict, pending: Pending) -> None:
-    from posttrain.judges.judge_stage import PAIR_KEYS, JudgeConfigError, repair_count
+    from posttrain.judges.run import PAIR_KEYS, JudgeConfigError, repair_count
     from posttrain.judges.pairs import PAIRWISE_STRATEGIES, STRATEGIES
 
     check_keys(params, ("candidates", "judges", "pairs", "progress"))
@@ -249,7 +249,7 @@ def judge_inputs(params: dict) -> list[str]:
 
 
 def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
-    from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
+    from posttrain.judges.run import JudgeConfigError, judge_candidates
 
     check_judge(params, nothing_pending)
     try:

@@ -89,7 +89,7 @@ def check_judge_entry(spec: Any, where: str) -> None:
     """One judge config dict (as in the judge stage's ``judges`` list) without building the judge, which may load
     a model: its type, weight, and keys against the judge's constructor."""
     # imported here: the judges package imports torch (about 4 s), which a pipeline without judges never needs
-    from posttrain.judges.judge_stage import JudgeConfigError, check_judge_spec
+    from posttrain.judges.run import JudgeConfigError, check_judge_spec
 
     try:
         check_judge_spec(spec, where)

@@ -15,7 +15,7 @@ from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import group_advantages
 from posttrain.generation.prompts import sample, sample_rows
 from posttrain.ops.rollout import completion_forward, rollout_tensors
-from posttrain.trainers.rl_common import run_rl_stage
+from posttrain.trainers.rl_common import run_rl_training
 from posttrain.training.parallel import place_reference
 from posttrain.training.rollout_loop import RLFns, select_rows
 
@@ -100,4 +100,4 @@ def train_grpo(cfg) -> dict:
                        tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None)
         return policy, fns, None
 
-    return run_rl_stage(cfg, "grpo", build, update_epochs=g.iterations, mini_batches=g.mini_batches)
+    return run_rl_training(cfg, "grpo", build, update_epochs=g.iterations, mini_batches=g.mini_batches)

@@ -15,7 +15,7 @@ from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.logprobs import sequence_logps
 from posttrain.training.loop import StepFns, reduce_sum_fn
 from posttrain.training.parallel import place_reference
-from posttrain.training.stage import run_training_stage, to_device
+from posttrain.training.run import run_offline_training, to_device
 
 
 def mismatched(items: list[tuple[Rendered, bool]], max_length: int) -> list[Rendered]:
@@ -75,4 +75,4 @@ def train_kto(cfg) -> dict:
                             max_length=cfg.data.max_length, device=accelerator.device,
                             reduce_sum=reduce_sum_fn(accelerator))
 
-    return run_training_stage(cfg, "kto", "unpaired", build)
+    return run_offline_training(cfg, "kto", "unpaired", build)

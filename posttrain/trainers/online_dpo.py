@@ -32,7 +32,7 @@ from posttrain.config import ConfigError
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.generation.prompts import last_user_text, sample
 from posttrain.judges.ensemble import PairwiseEnsemble, combine_scores
-from posttrain.judges.judge_stage import JudgeConfigError, build_member
+from posttrain.judges.run import JudgeConfigError, build_member
 from posttrain.losses import LossSpec, get_loss, preference_loss
 from posttrain.models.policy import save_trained
 from posttrain.models.reference import build_reference, reference_model
@@ -43,7 +43,7 @@ from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
 from posttrain.training.loop import reduce_sum_fn, settings_from_config
 from posttrain.training.parallel import gathered, is_sharded, max_over_processes, place_reference
 from posttrain.training.rollout_loop import RLFns, fit_rl
-from posttrain.training.stage import StageRun
+from posttrain.training.run import TrainingRun
 
 SCORING_STRATEGIES = ("best_vs_worst", "all_above_margin")  # the rest compare two samples (pairwise judges)
 SEQ_KEYS = ("input_ids", "attention_mask", "loss_mask", "completion_mask")
@@ -299,7 +299,7 @@ def train_online_dpo(cfg) -> dict:
         from posttrain.generation.vllm_backend import import_vllm
 
         import_vllm()
-    run = StageRun(cfg, "online_dpo")
+    run = TrainingRun(cfg, "online_dpo")
     accelerator, is_main = run.accelerator, run.is_main
     members = build_judges(o.judges, o.strategy)
     setup = load_rl_setup(cfg, run, need_verifiable=any(j.get("type") == "verifier" for j in o.judges))

@@ -23,7 +23,7 @@ from posttrain.models.policy import load_policy
 from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.advantages import AdaptiveKLController, explained_variance, gae, token_rewards, whiten
 from posttrain.ops.rollout import completion_forward, rollout_tensors
-from posttrain.trainers.rl_common import run_rl_stage
+from posttrain.trainers.rl_common import run_rl_training
 from posttrain.training.loop import cross_process_sum
 from posttrain.training.parallel import place_reference
 from posttrain.training.rollout_loop import RLFns, select_rows
@@ -168,4 +168,4 @@ def train_ppo(cfg) -> dict:
 
         return model, fns, save_value
 
-    return run_rl_stage(cfg, "ppo", build, update_epochs=p.epochs, mini_batches=p.mini_batches)
+    return run_rl_training(cfg, "ppo", build, update_epochs=p.epochs, mini_batches=p.mini_batches)

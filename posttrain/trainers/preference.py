@@ -26,7 +26,7 @@ from posttrain.ops.layouts import batch_sequence_logps, count_tokens
 from posttrain.training.loop import StepFns
 from posttrain.training.parallel import is_sharded, on_every_process, place_reference
 from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
-from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
+from posttrain.training.run import resolve_prefix_sharing, run_offline_training, to_device
 
 
 def mix_draw(pair_key: str, fraction: float, pool: int) -> int | None:
@@ -194,4 +194,4 @@ def train_preference(cfg) -> dict:
                                    mix_sft=mix_rows(cfg, data.tokenizer), mix_fraction=cfg.mix_sft.fraction,
                                    mix_weight=cfg.mix_sft.weight)
 
-    return run_training_stage(cfg, "dpo", "preference", build)
+    return run_offline_training(cfg, "dpo", "preference", build)

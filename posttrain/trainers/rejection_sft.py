@@ -23,11 +23,11 @@ from posttrain.data.writers import atomic_write_jsonl
 from posttrain.generation.backends import load_generator
 from posttrain.generation.prompts import load_prompt_items, sample
 from posttrain.judges.ensemble import ScoringEnsemble
-from posttrain.judges.judge_stage import JudgeConfigError, build_member
+from posttrain.judges.run import JudgeConfigError, build_member
 from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.trainers.sft import sft_step_fns
 from posttrain.training.loop import fit, settings_from_config
-from posttrain.training.stage import StageRun
+from posttrain.training.run import TrainingRun
 from posttrain.verifiers.constraints import check_constraints
 from posttrain.verifiers.repair import constraints_of, repair_reply
 
@@ -67,7 +67,7 @@ def pick_winners(scores: list[list[float]], min_score: float | None) -> list[int
 
 def train_rejection_sft(cfg) -> dict:
     r = cfg.rejection
-    run = StageRun(cfg, "rejection_sft")
+    run = TrainingRun(cfg, "rejection_sft")
     accelerator = run.accelerator
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)

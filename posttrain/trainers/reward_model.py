@@ -37,7 +37,7 @@ from posttrain.ops.layouts import Tree, count_tokens, layout
 from posttrain.ops.packing import Layout, prefix_tree
 from posttrain.training.loop import StepFns, fit, settings_from_config
 from posttrain.training.parallel import gathered
-from posttrain.training.stage import StageRun, resolve_prefix_sharing, split_off_eval, to_device
+from posttrain.training.run import TrainingRun, resolve_prefix_sharing, split_off_eval, to_device
 
 
 @dataclass
@@ -180,7 +180,7 @@ def reward_report(model, pairs: list[RenderedPair], fns: StepFns, micro_batch_si
 
 def train_reward_model(cfg) -> dict:
     d = cfg.data
-    run = StageRun(cfg, "reward_model")
+    run = TrainingRun(cfg, "reward_model")
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     train_ex = load_examples(d.train, "preference", d.split)
     eval_ex = load_examples(d.eval, "preference", None) if d.eval else []

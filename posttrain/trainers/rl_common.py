@@ -1,6 +1,6 @@
 """What the online trainers (PPO, GRPO, online DPO) share around their loop: the held-out reward before and after
-training, loading prompts + policy + generator (``load_rl_setup``), and the stage runner of PPO and GRPO
-(``run_rl_stage``). The parts they share inside the loop live in their layers: prompt rows and sampling in
+training, loading prompts + policy + generator (``load_rl_setup``), and the training run of PPO and GRPO
+(``run_rl_training``). The parts they share inside the loop live in their layers: prompt rows and sampling in
 ``generation/prompts.py``, the reward in ``judges/reward.py``, rollout tensors and the completion forward in
 ``ops/rollout.py``.
 """
@@ -17,7 +17,7 @@ from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.training.loop import cross_process_sum, settings_from_config
 from posttrain.training.parallel import gathered
 from posttrain.training.rollout_loop import fit_rl, mean_over_processes
-from posttrain.training.stage import StageRun, resolve_prefix_sharing
+from posttrain.training.run import TrainingRun, resolve_prefix_sharing
 
 
 def heldout_reward(generator, items: list[PromptItem], reward_fn: RewardFunction, rollout_cfg, seed: int,
@@ -57,7 +57,7 @@ class RLSetup:
     generator: Any
 
 
-def load_rl_setup(cfg, run: StageRun, need_verifiable: bool) -> RLSetup:
+def load_rl_setup(cfg, run: TrainingRun, need_verifiable: bool) -> RLSetup:
     """Prompts (and held-out prompts) read and checked, then the seeded policy and its generator; a missing vllm
     fails before anything is loaded or written."""
     if cfg.rollout.backend == "vllm":
@@ -78,7 +78,7 @@ def load_rl_setup(cfg, run: StageRun, need_verifiable: bool) -> RLSetup:
     return RLSetup(tokenizer, items, stats, eval_items, policy, lineage, generator)
 
 
-def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: int) -> dict:
+def run_rl_training(cfg, command: str, build, *, update_epochs: int, mini_batches: int) -> dict:
     """PPO and GRPO: load prompts (and held-out prompts), the policy and the reward; open the run folder;
     ``fit_rl`` between two held-out reward measurements; save.
 
@@ -86,7 +86,7 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
     save)`` where the trained module is the policy or a policy + value-head wrapper and ``extra save(out_dir,
     full_state)`` writes anything besides the policy and returns those outputs (or is None); ``full_state`` is the
     trained module's gathered state dict when it was sharded, else None."""
-    run = StageRun(cfg, stage)
+    run = TrainingRun(cfg, command)
     accelerator = run.accelerator
     check_rubric_reward(cfg.reward)  # a bad rubric file fails before the policy loads
     setup = load_rl_setup(cfg, run, need_verifiable=cfg.reward.verifier_weight > 0)
@@ -111,7 +111,7 @@ def run_rl_stage(cfg, stage: str, build, *, update_epochs: int, mini_batches: in
 
     def train() -> dict:
         summary = {**setup.stats, **heldout("eval_before")}
-        summary.update(fit_rl(model, setup.items, fns, settings_from_config(cfg, stage), accelerator,
+        summary.update(fit_rl(model, setup.items, fns, settings_from_config(cfg, command), accelerator,
                               update_epochs=update_epochs, mini_batches=mini_batches))
         summary.update(heldout("eval_after"))
         return summary

@@ -10,7 +10,7 @@ from posttrain.data.collate import collate_sequences, pack_rendered, tree_render
 from posttrain.losses.sft import sft_loss, sft_loss_from_sums
 from posttrain.ops.layouts import count_tokens, layout
 from posttrain.training.loop import StepFns
-from posttrain.training.stage import resolve_prefix_sharing, run_training_stage, to_device
+from posttrain.training.run import resolve_prefix_sharing, run_offline_training, to_device
 
 
 def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharing: bool = False,
@@ -41,4 +41,4 @@ def train_sft(cfg) -> dict:
         return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device, packing=cfg.data.packing,
                             prefix_sharing=cfg.data.prefix_sharing, max_row_tokens=cfg.data.tree_row_tokens)
 
-    return run_training_stage(cfg, "sft", "sft", build)
+    return run_offline_training(cfg, "sft", "sft", build)

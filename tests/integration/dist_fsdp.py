@@ -35,7 +35,7 @@ else:
 
     train = trainer.train_preference
 import posttrain.trainers.rl_common as rl_common  # noqa: E402
-import posttrain.training.stage as stage  # noqa: E402
+import posttrain.training.run as stage  # noqa: E402
 from tests.integration.helpers import keep_first_argument  # noqa: E402
 
 

@@ -139,7 +139,7 @@ def test_bom_files_are_read_by_every_user_file_reader(tmp_path):
     from posttrain.eval.suites import load_suite
     from posttrain.feedback.events import read_events
     from posttrain.generation.candidates import load_prompts
-    from posttrain.judges.judge_stage import read_candidates
+    from posttrain.judges.run import read_candidates
     from posttrain.models.policy import model_tokenizer
 
     events = tmp_path / "events.jsonl"

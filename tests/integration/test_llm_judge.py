@@ -68,7 +68,7 @@ def test_consistent_answers_give_the_winner(server, make_judge):
 def test_max_completion_tokens_field(server, make_judge, tmp_path):
     """For OpenAI's reasoning models the cap goes under ``max_completion_tokens`` alone (a judge config key, so the
     rubric judge and the critic take it too); any other name is refused when the judge is built."""
-    from posttrain.judges.judge_stage import build_member
+    from posttrain.judges.run import build_member
 
     make_judge(max_tokens_field="max_completion_tokens", max_tokens=64).complete(PROMPT)
     body = server.requests[-1]
@@ -164,7 +164,7 @@ def write_candidates(path):
 
 
 def test_judge_stage_end_to_end(server, tmp_path):
-    from posttrain.judges.judge_stage import judge_candidates
+    from posttrain.judges.run import judge_candidates
 
     server.answer = prefers_good
     cands = write_candidates(tmp_path / "candidates.jsonl")
@@ -251,7 +251,7 @@ def test_llm_judge_against_posttrain_serve_on_tiny_random(tmp_path, monkeypatch)
 
 
 def test_unparseable_scores_are_counted_and_no_pairs_is_a_failure(server, tmp_path, capsys):
-    from posttrain.judges.judge_stage import NoPairsKept, judge_candidates
+    from posttrain.judges.run import NoPairsKept, judge_candidates
 
     server.answer = lambda body: "Looks fine to me."  # no "Score: N" anywhere
     cands = write_candidates(tmp_path / "candidates.jsonl")
@@ -272,7 +272,7 @@ def test_unparseable_scores_are_counted_and_no_pairs_is_a_failure(server, tmp_pa
 
 
 def test_some_unparseable_scores_warn_with_the_count_and_the_rest_pair(server, tmp_path, capsys):
-    from posttrain.judges.judge_stage import judge_candidates
+    from posttrain.judges.run import judge_candidates
 
     server.answer = lambda body: "Hmm." if "meh" in body["messages"][-1]["content"] else prefers_good(body)
     cands = write_candidates(tmp_path / "candidates.jsonl")
@@ -284,7 +284,7 @@ def test_some_unparseable_scores_warn_with_the_count_and_the_rest_pair(server, t
 
 
 def test_unparseable_verdicts_are_counted_and_all_ties_fail(server, tmp_path, capsys):
-    from posttrain.judges.judge_stage import NoPairsKept, judge_candidates
+    from posttrain.judges.run import NoPairsKept, judge_candidates
 
     server.answer = lambda body: "Both have merit."
     cands = write_candidates(tmp_path / "candidates.jsonl")

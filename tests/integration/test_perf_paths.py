@@ -123,7 +123,7 @@ def test_dpo_prefix_sharing_equals_plain_path_and_computes_fewer_tokens(tmp_path
 def test_auto_prefix_sharing_is_off_under_flash_attention_and_an_explicit_true_is_an_error(tmp_path):
     from posttrain.config import ConfigError
     from posttrain.models.policy import load_base
-    from posttrain.training.stage import resolve_prefix_sharing
+    from posttrain.training.run import resolve_prefix_sharing
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     model, _, _ = load_base("tiny-random", None)

@@ -186,7 +186,7 @@ def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
         f"{bad}:5: field 'candidate_index': repeats candidate 0 of prompt 'a'"]
     assert not out.exists()
     # the judge stage reads candidates with the same reader (data/candidate_rows.py), so the same errors
-    from posttrain.judges.judge_stage import read_candidates as judge_reader
+    from posttrain.judges.run import read_candidates as judge_reader
 
     with pytest.raises(DataErrors) as same:
         judge_reader(bad)

@@ -59,7 +59,7 @@ def test_min_and_mean_minus_std_reductions():
 def test_judge_stage_ensemble_option(tmp_path):
     import json
 
-    from posttrain.judges.judge_stage import JudgeConfigError, judge_candidates
+    from posttrain.judges.run import JudgeConfigError, judge_candidates
 
     texts = ["HELLO THERE FRIEND", "hello there my good friend how are you"]
     rows = [{"prompt_id": "p", "candidate_index": i, "prompt": [{"role": "user", "content": "Greet me briefly."}],

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from posttrain.judges.judge_stage import JudgeConfigError, build_member, check_judge_spec, judge_candidates
+from posttrain.judges.run import JudgeConfigError, build_member, check_judge_spec, judge_candidates
 from posttrain.judges.prompts import parse_grade, rule_messages
 from posttrain.judges.rubric import RubricError, RubricJudge, RubricRowError, Rule, load_rubric, rule_statistics
 from posttrain.judges.types import Score

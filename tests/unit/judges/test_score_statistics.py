@@ -1,6 +1,6 @@
 import pytest
 
-from posttrain.judges.judge_stage import score_statistics
+from posttrain.judges.run import score_statistics
 
 
 def _row(pid, idx, passed, kind):

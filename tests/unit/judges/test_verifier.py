@@ -79,7 +79,7 @@ def test_components_pick_what_is_checked():
     """A row with a format constraint and an answer, judged on the format only (and the other way round)."""
     import pytest
 
-    from posttrain.judges.judge_stage import JudgeConfigError, build_member
+    from posttrain.judges.run import JudgeConfigError, build_member
 
     md = {"constraints": [{"kind": "lowercase", "args": {}}], "answer": r"\bparis\b", "match": "regex",
           "match_options": {"ignore_case": True}}

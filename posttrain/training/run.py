@@ -29,7 +29,7 @@ from posttrain.training.samples import greedy_samples
 
 
 @dataclass
-class StageData:
+class TrainingData:
     tokenizer: object
     train: list
     eval: list
@@ -45,7 +45,7 @@ def split_off_eval(examples: list, fraction: float, seed: int) -> tuple[list, li
     return [examples[i] for i in sorted(order[n_eval:])], [examples[i] for i in sorted(order[:n_eval])]
 
 
-def load_stage_data(cfg, kind: str) -> StageData:
+def load_training_data(cfg, kind: str) -> TrainingData:
     """Read, validate and render train (and eval) data; raises DataErrors before any output exists."""
     d = cfg.data
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
@@ -64,7 +64,7 @@ def load_stage_data(cfg, kind: str) -> StageData:
     if not train:
         raise ConfigError(f"{source_label(d.train)}: no training rows left after truncation policy '{d.truncation}' "
                           f"(max_length={d.max_length})")
-    return StageData(tokenizer, train, evals, stats)
+    return TrainingData(tokenizer, train, evals, stats)
 
 
 def check_output_dir(train_cfg) -> None:
@@ -80,7 +80,7 @@ def check_output_dir(train_cfg) -> None:
                           "or train.overwrite=true to replace it")
 
 
-class StageRun:
+class TrainingRun:
     """One training command's run around its loop, the same for every trainer (sft, the DPO family, kto,
     reward-model, rejection-sft, ppo, grpo, online-dpo):
 
@@ -96,9 +96,9 @@ class StageRun:
       manifest is finished with them.
     """
 
-    def __init__(self, cfg, stage: str):
+    def __init__(self, cfg, command: str):
         check_output_dir(cfg.train)
-        self.cfg, self.stage = cfg, stage
+        self.cfg, self.command = cfg, command
         self.accelerator = make_accelerator(cfg.train.precision)
         launched = launcher_strategy(self.accelerator.distributed_type, cfg.parallel.strategy,
                                      self.accelerator.num_processes)
@@ -113,7 +113,7 @@ class StageRun:
     @property
     def path(self) -> Path:
         if self.folder is None:
-            raise RuntimeError("StageRun.open() first")
+            raise RuntimeError("TrainingRun.open() first")
         return self.folder.path
 
     def open(self, inputs: dict[str, str] | None = None) -> RunFolder:
@@ -123,7 +123,7 @@ class StageRun:
                 shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
-        self.folder = RunFolder(out, self.stage)
+        self.folder = RunFolder(out, self.command)
         if self.is_main:
             self.folder.write_config(dump_config(cfg))
             for name, value in {**standard_inputs(cfg), **(inputs or {})}.items():
@@ -198,11 +198,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def print_summary(stage: str, metrics: dict, out_dir: str) -> None:
+def print_summary(command: str, metrics: dict, out_dir: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"posttrain {stage}: {out_dir}", show_header=True)
+    table = Table(title=f"posttrain {command}: {out_dir}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -210,12 +210,12 @@ def print_summary(stage: str, metrics: dict, out_dir: str) -> None:
     Console().print(table)
 
 
-def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
+def run_offline_training(cfg, command: str, kind: str, build_fns) -> dict:
     """The offline trainers (sft, the DPO family, kto): load and check data, load the policy, open the run folder,
     ``fit``, save. ``build_fns(model, data, accelerator)`` returns the trainer's ``StepFns``. Returns the summary
     metrics."""
-    run = StageRun(cfg, stage)
-    data = load_stage_data(cfg, kind)
+    run = TrainingRun(cfg, command)
+    data = load_training_data(cfg, kind)
     model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
     fns = build_fns(model, data, run.accelerator)
     if getattr(cfg.train, "log_samples", 0) and data.eval:
@@ -228,7 +228,7 @@ def run_training_stage(cfg, stage: str, kind: str, build_fns) -> dict:
         return {**data.stats, **summary}, {}
 
     return run.train_and_save(
-        lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, stage), run.accelerator), save,
+        lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, command), run.accelerator), save,
         model=model)
 
 

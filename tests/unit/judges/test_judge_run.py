@@ -4,7 +4,7 @@ import pytest
 
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.judges.cli import load_judges_file, parse_judge_spec
-from posttrain.judges.judge_stage import JudgeConfigError, build_member, judge_candidates, read_candidates
+from posttrain.judges.run import JudgeConfigError, build_member, judge_candidates, read_candidates
 from posttrain.judges.types import Score
 
 ROW = {"prompt_id": "p", "prompt": [{"role": "user", "content": "q"}], "candidate_index": 0, "text": "t"}
@@ -115,10 +115,10 @@ def candidate_rows(texts_by_prompt, answer="4"):
 
 @pytest.fixture
 def fake_judges(monkeypatch):
-    from posttrain.judges import judge_stage
+    from posttrain.judges import run as judge_run
 
     classes = {"verifier": AnswerChecker, "reward_model": Brevity}
-    monkeypatch.setattr(judge_stage, "_judge_class", lambda kind: classes[kind])
+    monkeypatch.setattr(judge_run, "_judge_class", lambda kind: classes[kind])
 
 
 def test_stage_with_one_scoring_judge(tmp_path, fake_judges):
@@ -211,7 +211,7 @@ def test_repair_that_does_not_raise_the_score_is_dropped(tmp_path):
     judge_candidates(cands, tmp_path / "a", [{"type": "verifier"}], {"strategy": "repair"})
     (pair,) = [json.loads(x) for x in (tmp_path / "a" / "pairs.jsonl").read_text().splitlines()]
     assert (pair["chosen"], pair["margin"]) == ("it is five.", 0.5)
-    from posttrain.judges.judge_stage import NoPairsKept
+    from posttrain.judges.run import NoPairsKept
 
     with pytest.raises(NoPairsKept, match="margin 1"):
         judge_candidates(cands, tmp_path / "b", [{"type": "verifier"}], {"strategy": "repair", "min_margin": 0.6})

@@ -1,4 +1,4 @@
-"""training/stage.py::StageRun: the run around every trainer's loop (output folder checked first, config and
+"""training/run.py::TrainingRun: the run around every trainer's loop (output folder checked first, config and
 inputs recorded, a failure marks the manifest failed, outputs and summary recorded on success)."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from posttrain.config import ConfigError, build_config
-from posttrain.training.stage import StageRun, split_off_eval
+from posttrain.training.run import TrainingRun, split_off_eval
 
 
 def config(tmp_path, **train):
@@ -29,7 +29,7 @@ def manifest(tmp_path):
 
 def test_open_records_the_config_and_every_input(tmp_path):
     cfg = config(tmp_path)
-    run = StageRun(cfg, "dpo")
+    run = TrainingRun(cfg, "dpo")
     extra = tmp_path / "rm"
     extra.mkdir()
     run.open({"reward.reward_model": str(extra)})
@@ -42,7 +42,7 @@ def test_open_records_the_config_and_every_input(tmp_path):
 
 
 def test_success_records_summary_and_outputs(tmp_path):
-    run = StageRun(config(tmp_path), "dpo")
+    run = TrainingRun(config(tmp_path), "dpo")
     run.open()
 
     def save(summary, path):
@@ -59,7 +59,7 @@ def test_success_records_summary_and_outputs(tmp_path):
 
 @pytest.mark.parametrize("where", ["train", "save"])
 def test_a_failure_in_training_or_saving_marks_the_run_failed_and_is_raised(tmp_path, where):
-    run = StageRun(config(tmp_path), "dpo")
+    run = TrainingRun(config(tmp_path), "dpo")
     run.open()
 
     def boom(*_):
@@ -72,7 +72,7 @@ def test_a_failure_in_training_or_saving_marks_the_run_failed_and_is_raised(tmp_
 
 
 def test_guard_marks_failed_only_once_the_folder_is_open(tmp_path):
-    run = StageRun(config(tmp_path), "dpo")
+    run = TrainingRun(config(tmp_path), "dpo")
     with pytest.raises(ValueError):
         with run.guard():
             raise ValueError("before open")
@@ -88,8 +88,8 @@ def test_output_dir_checked_before_anything_else(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="is not empty; set train.resume=true"):
-        StageRun(config(tmp_path), "dpo")
-    run = StageRun(config(tmp_path, overwrite=True), "dpo")
+        TrainingRun(config(tmp_path), "dpo")
+    run = TrainingRun(config(tmp_path, overwrite=True), "dpo")
     assert (tmp_path / "out" / "keep.txt").exists()  # replaced only when the run folder is opened
     run.open()
     assert not (tmp_path / "out" / "keep.txt").exists()
@@ -112,10 +112,10 @@ def test_fsdp2_combinations_not_run_yet_stop_before_anything(tmp_path, command, 
                                  "parallel": {"strategy": "fsdp2"}, "train": {"output_dir": str(tmp_path / "out")},
                                  **override})
     with pytest.raises(ConfigError, match="^" + message):
-        StageRun(cfg, command)
+        TrainingRun(cfg, command)
     assert not (tmp_path / "out").exists()
     cfg.parallel.strategy = "ddp"
-    StageRun(cfg, command)  # the same config under ddp passes this check
+    TrainingRun(cfg, command)  # the same config under ddp passes this check
 
 
 def test_an_unknown_parallel_strategy_is_a_config_error():
