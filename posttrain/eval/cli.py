@@ -51,6 +51,7 @@ def eval_command(
     from posttrain.data.schema import DataError, DataErrors
     from posttrain.data.writers import check_output_path
     from posttrain.eval.run import run_eval
+    from posttrain.eval.significance import PAIRED_FIELDS, paired_heads
     from posttrain.generation.types import BackendError
     from posttrain.judges.run import JudgeConfigError, rubric_judge_of, win_rate_judge
     from posttrain.models.resolve import ModelError
@@ -69,13 +70,20 @@ def eval_command(
                            api_key_env=api_key_env)
     except (DataError, DataErrors, ModelError, BackendError, JudgeConfigError, ValueError) as e:
         fail(e)
-    # Per-kind and per-suite keys are many; the terminal shows the headline ones, metrics.json has all.
-    detail = [k for k in metrics if "/kind/" in k or "/rule/" in k
-              or k.startswith(("suite/", "baseline/suite/", "base/suite/"))]
-    for key in sorted(set(metrics) - set(detail)):
+    # Per-kind and per-suite keys are many; the terminal shows the headline ones, metrics.json has all. A paired
+    # difference shows as one line: delta [95% interval] (rows gained, lost).
+    heads = paired_heads(metrics)
+    shown = [h for h in heads if not h.startswith("suite/")]
+    detail = {k for k in metrics if "/kind/" in k or "/rule/" in k
+              or k.startswith(("suite/", "baseline/suite/", "base/suite/"))}
+    detail |= {f"{h}/{f}" for h in heads for f in PAIRED_FIELDS} | set(heads)
+    for key in sorted(set(metrics) - detail):
         typer.echo(f"{key}: {metrics[key]:.4g}")
-    if detail:
-        typer.echo(f"(and {len(detail)} per-kind and per-suite metrics in {output / 'metrics.json'})")
+    for h in shown:
+        typer.echo(f"{h}: {metrics[h]:+.4g} [{metrics[h + '/ci_low']:+.4g}, {metrics[h + '/ci_high']:+.4g}]"
+                   f" ({metrics[h + '/gained']:.0f} rows gained, {metrics[h + '/lost']:.0f} lost)")
+    if left := len(detail - set(shown)):
+        typer.echo(f"(and {left} per-kind, per-suite and interval metrics in {output / 'metrics.json'})")
 
 
 def _fmt(x: float | None) -> str:
@@ -85,7 +93,8 @@ def _fmt(x: float | None) -> str:
 def gate_command(
     metrics_json: Path = typer.Argument(..., help="metrics.json of `posttrain eval` (its folder's manifest.json "
                                         "gets the verdicts)"),
-    gates: Path = typer.Option(..., "--gates", help="YAML list of {metric, min | max | min_delta | max_drop}"),
+    gates: Path = typer.Option(..., "--gates", help="YAML list of {metric, min | max | min_delta | max_drop, "
+                        "[against: base], [significant: true]}"),
 ) -> None:
     """Check eval metrics against gates; exit 0 when all pass, 1 when any fails, 2 on a config error."""
     from rich.console import Console
@@ -110,6 +119,7 @@ def gate_command(
     for r in results:
         verdict = "[green]PASS[/green]" if r.passed else f"[red]FAIL[/red] ({r.reason})"
         vs = f" vs {r.against}" if r.kind in ("min_delta", "max_drop") else ""
+        vs += " (95% low)" if r.significant else ""
         table.add_row(r.metric, _fmt(r.value), _fmt(r.baseline_value), f"{r.kind} {r.threshold:g}{vs}", verdict)
     Console().print(table)
     warning = record_verdicts(metrics_json, str(gates), results)

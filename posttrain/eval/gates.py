@@ -10,6 +10,11 @@ A delta gate may add ``against: base`` to compare with ``base/<metric>`` (the ba
 from, ``eval --base``) instead of the baseline (default ``against: baseline``): a model can beat the SFT
 baseline while both have drifted from the base.
 
+A ``min_delta`` gate on a pass rate may add ``significant: true``: the lower end of the 95% paired interval of
+the difference (``<metric>/delta_vs_<reference>/ci_low``, ``significance.py``) must clear the threshold, not
+only the point estimate, so a gain that a few rows' luck could explain does not pass (``min_delta: 0`` with
+``significant: true`` reads "the model is better, beyond noise").
+
 A metric (or, for delta gates, its baseline) missing from metrics.json is a *failing gate* with a reason, not a
 config error: the gates file is fine, the eval did not produce what it promised (a suite not run, no baseline),
 and that must block shipping just like a low score. Malformed gate entries are config errors (``GateConfigError``).
@@ -36,6 +41,7 @@ class Gate:
     kind: str
     threshold: float
     against: str = "baseline"
+    significant: bool = False
 
 
 @dataclass
@@ -51,6 +57,7 @@ class GateResult:
     passed: bool
     reason: str
     against: str = "baseline"
+    significant: bool = False
 
 
 def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
@@ -64,10 +71,10 @@ def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
         where = f"{source}: gates[{i}]"
         if not isinstance(entry, dict):
             raise GateConfigError(f"{where}: expected a mapping like {{metric: ..., min: ...}}, got {entry!r}")
-        unknown = set(entry) - {"metric", "against", *GATE_KINDS}
+        unknown = set(entry) - {"metric", "against", "significant", *GATE_KINDS}
         if unknown:
             raise GateConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (expected metric, one of "
-                                  f"{', '.join(GATE_KINDS)}, and optionally against)")
+                                  f"{', '.join(GATE_KINDS)}, and optionally against, significant)")
         metric = entry.get("metric")
         if not isinstance(metric, str) or not metric:
             raise GateConfigError(f"{where}.metric: required, a metric name like 'constraints/pass_rate'")
@@ -83,7 +90,13 @@ def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
             raise GateConfigError(f"{where}.against: must be one of {', '.join(REFERENCES)}, got {against!r}")
         if against != "baseline" and kinds[0] not in ("min_delta", "max_drop"):
             raise GateConfigError(f"{where}.against: only min_delta and max_drop compare with a reference model")
-        gates.append(Gate(metric, kinds[0], float(value), against))
+        significant = entry.get("significant", False)
+        if not isinstance(significant, bool):
+            raise GateConfigError(f"{where}.significant: must be true or false, got {significant!r}")
+        if significant and kinds[0] != "min_delta":
+            raise GateConfigError(f"{where}.significant: only a min_delta gate tests its interval (a gain beyond "
+                                  f"noise); got {kinds[0]}")
+        gates.append(Gate(metric, kinds[0], float(value), against, significant))
     return gates
 
 
@@ -105,7 +118,7 @@ def evaluate_gate(metrics: dict[str, Any], gate: Gate) -> GateResult:
     t = gate.threshold
 
     def result(passed: bool, reason: str) -> GateResult:
-        return GateResult(gate.metric, gate.kind, t, value, base, passed, reason, gate.against)
+        return GateResult(gate.metric, gate.kind, t, value, base, passed, reason, gate.against, gate.significant)
 
     if value is None:
         return result(False, f"metric '{gate.metric}' missing from metrics")
@@ -117,6 +130,15 @@ def evaluate_gate(metrics: dict[str, Any], gate: Gate) -> GateResult:
         return result(False, f"{gate.against} '{ref}' missing from metrics ({gate.kind} needs a {gate.against}"
                       + (", eval --base" if gate.against == "base" else "") + ")")
     vs = "" if gate.against == "baseline" else f" vs {gate.against}"
+    if gate.significant:
+        key = f"{gate.metric}/delta_vs_{gate.against}"
+        low, high = _number(metrics, f"{key}/ci_low"), _number(metrics, f"{key}/ci_high")
+        if low is None or high is None:
+            return result(False, f"interval '{key}/ci_low' missing from metrics (significant needs the paired "
+                          "interval an eval writes for pass rates)")
+        delta = value - base
+        return result(low >= t, f"delta{vs} {delta:+.4g}, 95% interval [{low:+.4g}, {high:+.4g}]: low "
+                      f"{'>=' if low >= t else '<'} min_delta {t:g}")
     if gate.kind == "min_delta":
         delta = value - base
         return result(delta >= t, f"delta{vs} {delta:+.4g} {'>=' if delta >= t else '<'} min_delta {t:g}")

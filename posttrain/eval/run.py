@@ -3,7 +3,8 @@ compared, written.
 
 Output folder: ``responses.jsonl`` (one row per suite row and model), ``metrics.json`` (flat keys; the
 baseline's under ``baseline/``, the base model's under ``base/``; ratios and deltas against each from
-``drift.relative_metrics``; win rates under ``winrate/``), ``manifest.json`` (inputs with content hashes,
+``drift.relative_metrics``; each pass-rate difference against each with its 95% paired interval, from
+``significance.paired_metrics``; win rates under ``winrate/``), ``manifest.json`` (inputs with content hashes,
 settings, package versions, metrics, status; ``posttrain gate`` adds its verdicts under ``gates``). All atomic.
 """
 
@@ -204,10 +205,14 @@ def load_suites(suites: list[str], max_new_tokens: int, ifeval_unsupported: str 
     return rows, budgets, entries
 
 
-def combine_metrics(metrics: dict[str, float], refs: dict[str, dict[str, float]]) -> dict[str, float]:
+def combine_metrics(metrics: dict[str, float], refs: dict[str, dict[str, float]], rows: list[EvalRow] | None = None,
+                    verdicts: dict[str, list[bool]] | None = None) -> dict[str, float]:
     """The model's metrics, its ratios and deltas against each reference (``drift.relative_metrics``), and each
-    reference's metrics under ``<ref>/`` (the baseline's with its own drift from the base)."""
+    reference's metrics under ``<ref>/`` (the baseline's with its own drift from the base). With the ``rows`` and
+    each model's per-row ``verdicts`` (``"model"`` and each reference), every pass-rate difference against each
+    reference with its 95% paired interval (``significance.paired_metrics``)."""
     from posttrain.eval.drift import relative_metrics
+    from posttrain.eval.significance import paired_metrics
 
     out = dict(metrics)
     for ref, ref_metrics in refs.items():
@@ -216,6 +221,9 @@ def combine_metrics(metrics: dict[str, float], refs: dict[str, dict[str, float]]
         if ref == "baseline" and "base" in refs:  # how far the baseline itself had drifted from the base
             ref_metrics = ref_metrics | relative_metrics(ref_metrics, refs["base"], "base")
         out |= {f"{ref}/{k}": v for k, v in ref_metrics.items()}
+    if rows is not None and verdicts is not None:
+        for ref in refs:  # is each pass-rate change real?
+            out |= paired_metrics(rows, verdicts["model"], verdicts[ref], ref)
     return out
 
 
@@ -257,6 +265,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
 
     model_gens = generate_responses(model, rows, adapter=adapter, **settings)
     metrics, records = _score(rows, model_gens, model_label(model, adapter), "model", trained)
+    verdicts: dict[str, list[bool]] = {"model": [r["passed"] for r in records]}
     if rubric is not None:
         _add_rubric(rubric, rows, model_gens, metrics, records)
     refs: dict[str, dict[str, float]] = {}
@@ -264,6 +273,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         base_gens = generate_responses(baseline, rows, adapter=baseline_adapter, **settings)
         refs["baseline"], base_records = _score(rows, base_gens, model_label(baseline, baseline_adapter),
                                                 "baseline", trained)
+        verdicts["baseline"] = [r["passed"] for r in base_records]
         if rubric is not None:
             _add_rubric(rubric, rows, base_gens, refs["baseline"], base_records)
         if judge is not None:
@@ -276,10 +286,11 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         same = base == baseline and baseline_adapter is None
         gens = base_gens if same else generate_responses(base, rows, **settings)
         refs["base"], base_model_records = _score(rows, gens, model_label(base, None), "base", trained)
+        verdicts["base"] = [r["passed"] for r in base_model_records]
         if rubric is not None:
             _add_rubric(rubric, rows, gens, refs["base"], base_model_records)
         records += base_model_records
-    metrics = combine_metrics(metrics, refs)
+    metrics = combine_metrics(metrics, refs, rows, verdicts)
 
     out = Path(output_dir)
     atomic_write_jsonl(out / "responses.jsonl", records)

@@ -10,14 +10,15 @@ import typer
 from posttrain.errors import fail
 
 from posttrain.report.html import write_comparison, write_report
-from posttrain.report.terminal import print_summary
+from posttrain.report.terminal import print_paired, print_summary
 
 __all__ = ["report_command", "write_report", "app"]
 
 
 def report_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="a pipeline's run_dir"),
                    other: Path = typer.Argument(None, metavar="[OTHER_RUN_DIR]", help="a second run: write a "
-                                                "comparison (metrics with deltas, curves overlaid) instead"),
+                                                "comparison (metrics with deltas, paired intervals of the pass "
+                                                "rates, curves overlaid) instead"),
                    output: Path = typer.Option(None, "-o", "--output", help="the comparison's file (default: "
                                                "RUN_DIR/compare.html)")) -> None:
     """Write a self-contained HTML report (training curves, pairs, eval, lengths, gates) into RUN_DIR, or with
@@ -27,6 +28,7 @@ def report_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="
             fail(f"{folder}: no such folder (give the run_dir of `posttrain run`)")
     if other is not None:
         path = write_comparison(run_dir, other, output or run_dir / "compare.html")
+        print_paired(run_dir, other)
         typer.echo(f"comparison: {path}")
         return
     path = write_report(run_dir)

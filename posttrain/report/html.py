@@ -1,6 +1,7 @@
 """``write_report(run_dir)``: one self-contained ``run_dir/report.html`` (inline CSS, inline SVG charts, no
 external URL) with sections ``summary``, ``training``, ``pairs``, ``eval``, ``lengths`` and ``gates``;
-``write_comparison(a, b, out)``: two runs' eval metrics with deltas and their training curves overlaid. A part
+``write_comparison(a, b, out)``: two runs' eval metrics with deltas, whether B's pass rates differ from A's beyond
+noise (paired intervals on the same rows), and their training curves overlaid. A part
 the run does not have is shown as "not in this run"; every piece of user text is HTML-escaped."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from posttrain.eval.significance import paired_heads
 from posttrain.report.load import TRAINING, gate_results, load_run, main_metric
 from posttrain.report.svg import bar_chart, finite, fmt, histogram, line_chart
 
@@ -394,6 +396,26 @@ def write_report(run_dir: str | Path) -> Path:
     return path
 
 
+def paired_comparisons(a: dict, b: dict) -> list[tuple[str, dict[str, float]]]:
+    """(eval stage name, B-vs-A paired-difference metrics) for each eval stage both loaded runs have with
+    responses (``significance.compare_responses``: the same rows, matched by suite and id)."""
+    from posttrain.eval.significance import compare_responses
+
+    evals_b = {s["name"]: s for s in _of(b["stages"], ["eval"])}
+    out = []
+    for s in _of(a["stages"], ["eval"]):
+        other = evals_b.get(s["name"])
+        if other is not None and s["responses"] and other["responses"]:
+            out.append((s["name"], compare_responses(s["responses"], other["responses"])))
+    return out
+
+
+def paired_verdict(metrics: dict[str, float], head: str) -> str:
+    """``B better``, ``A better`` or ``no difference shown`` from the 95% interval of ``head`` (B - A)."""
+    low, high = metrics[f"{head}/ci_low"], metrics[f"{head}/ci_high"]
+    return "B better" if low > 0 else "A better" if high < 0 else "no difference shown"
+
+
 def render_comparison(a: dict, b: dict) -> str:
     """Two runs side by side: every eval metric both have (per eval stage of the same name) with B - A, and the
     training curves of same-named stages overlaid (loss, and the reward margins where both logged them)."""
@@ -409,6 +431,16 @@ def render_comparison(a: dict, b: dict) -> str:
             rows.append([s["name"], key, ma[key], mb[key], finite(mb[key]) - finite(ma[key])])
     parts.append(_section("compare-metrics", "Eval metrics (B - A)", _table(
         ["stage", "metric", label_a, label_b, "B - A"], rows, num_cols=[2, 3, 4]) if rows else MISSING))
+    paired = []
+    for stage, m in paired_comparisons(a, b):
+        for head in paired_heads(m):
+            verdict = paired_verdict(m, head)
+            css = "pass" if verdict == "B better" else "fail" if verdict == "A better" else "num"
+            paired.append([stage, head.rsplit("/", 1)[0], m[head], m[f"{head}/ci_low"], m[f"{head}/ci_high"],
+                           m[f"{head}/gained"], m[f"{head}/lost"], ("raw", escape(verdict), css)])
+    parts.append(_section("compare-paired", "Is B better than A? Pass rates on the same rows (95% paired interval)",
+                          _table(["stage", "metric", "B - A", "low", "high", "rows B gained", "rows B lost",
+                                  "verdict"], paired, num_cols=range(2, 7)) if paired else MISSING))
     train_b = {s["name"]: s for s in _of(b["stages"], TRAINING)}
     charts = []
     for s in _of(a["stages"], TRAINING):

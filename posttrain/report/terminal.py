@@ -42,3 +42,19 @@ def print_summary(run_dir: str | Path, console=None) -> None:
     if not run["stages"]:
         table.add_row("(no stages found)", "", "", "", "")
     console.print(table)
+
+
+def print_paired(run_a: str | Path, run_b: str | Path) -> None:
+    """One line per overall and per-group pass rate of each eval stage both runs have: B - A, its 95% paired interval, the rows
+    B gained and lost, and the verdict (``html.paired_comparisons``)."""
+    import typer
+
+    from posttrain.eval.significance import paired_heads
+    from posttrain.report.html import paired_comparisons, paired_verdict
+
+    for stage, m in paired_comparisons(load_run(run_a), load_run(run_b)):
+        for head in paired_heads(m):
+            if not head.startswith("suite/"):  # per-suite lines are in the HTML
+                typer.echo(f"{stage} {head.rsplit('/', 1)[0]}: B - A {m[head]:+.3f} [{m[head + '/ci_low']:+.3f}, "
+                           f"{m[head + '/ci_high']:+.3f}], B gained {m[head + '/gained']:.0f} rows, lost "
+                           f"{m[head + '/lost']:.0f}: {paired_verdict(m, head)}")

@@ -140,12 +140,23 @@ def test_comparison_of_two_runs_in_headless_chromium(run_dir, tmp_path):
     metrics = json.loads((eval_folder / "metrics.json").read_text())
     metrics["constraints/pass_rate"] = metrics["constraints/pass_rate"] + 0.25
     (eval_folder / "metrics.json").write_text(json.dumps(metrics))
+    rows = [json.loads(line) for line in (eval_folder / "responses.jsonl").read_text().splitlines()]
+    for r in rows:  # B's model passes exactly the rows A's model failed
+        if r["role"] == "model":
+            r["passed"] = not r["passed"]
+    (eval_folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gained = sum(1 for r in rows if r["role"] == "model" and r["passed"])
     out = tmp_path / "compare.html"
     res = CliRunner().invoke(main_app, ["report", str(run_dir), str(other), "-o", str(out)])
     assert res.exit_code == 0, res.output
+    assert (f"eval constraints/pass_rate: B - A {(2 * gained - 3) / 3:+.3f} [" in res.output
+            and f"B gained {gained} rows, lost {3 - gained}:" in res.output)
     dom = chromium(["--dump-dom", out.resolve().as_uri()], tmp_path / "profile").stdout
     table = re.search(r'<section id="compare-metrics">(.*?)</section>', dom, re.S).group(1)
     row = re.search(r"<td>eval</td><td>constraints/pass_rate</td>(.*?)</tr>", table, re.S).group(1)
     assert row.endswith("<td class=\"num\">0.25</td>")  # the last column: B - A
+    paired = re.search(r'<section id="compare-paired">(.*?)</section>', dom, re.S).group(1)
+    row = re.search(r"<td>eval</td><td>constraints/pass_rate</td>(.*?)</tr>", paired, re.S).group(1)
+    assert f'<td class="num">{gained}</td><td class="num">{3 - gained}</td>' in row
     curves = re.search(r'<section id="compare-curves">(.*?)</section>', dom, re.S).group(1)
     assert "A loss" in curves and "B loss" in curves and curves.count("<polyline") >= 4

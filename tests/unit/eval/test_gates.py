@@ -153,12 +153,15 @@ def test_shipped_gates_name_metrics_an_eval_of_the_builtin_suites_produces():
 
     gates = load_gates(Path(__file__).resolve().parents[3] / "examples" / "gates.yaml")
     rows = [r for name in BUILTIN for r in load_suite(name)]
-    scored = {role: score_suite(rows, [text] * len(rows), [len(text.split())] * len(rows))[0]
+    scored = {role: score_suite(rows, [text] * len(rows), [len(text.split())] * len(rows))
               for role, text in (("model", "A fine answer here."), ("baseline", "Another answer"),
                                  ("base", "Yet another longer answer from the base model."))}
-    metrics = combine_metrics(scored["model"], {"baseline": scored["baseline"], "base": scored["base"]})
+    metrics = combine_metrics(scored["model"][0], {"baseline": scored["baseline"][0], "base": scored["base"][0]},
+                              rows, {role: [s.passed for s in scores] for role, (_, scores) in scored.items()})
     for gate in gates:
         assert gate.metric in metrics, gate.metric
         if gate.kind in ("min_delta", "max_drop"):
             assert f"{gate.against}/{gate.metric}" in metrics, gate
-    assert any(g.against == "base" for g in gates) and len(gates) >= 12
+        if gate.significant:
+            assert f"{gate.metric}/delta_vs_{gate.against}/ci_low" in metrics, gate
+    assert any(g.against == "base" for g in gates) and any(g.significant for g in gates) and len(gates) >= 12

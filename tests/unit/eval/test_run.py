@@ -213,7 +213,10 @@ def test_eval_command_with_base_and_trained_kinds(tmp_path):
     assert res.exit_code == 0, res.output
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["length/ratio_to_base"] == 1.0 and metrics["constraints/kind/no_commas/trained"] == 1.0
-    assert "length/ratio_to_base: 1" in res.output and "per-kind and per-suite metrics" in res.output
+    assert "length/ratio_to_base: 1" in res.output and "per-kind, per-suite and interval metrics" in res.output
+    # a pass-rate difference shows as one line with its interval and its discordant rows (the same model: none)
+    assert "\nconstraints/pass_rate/delta_vs_base: +0 [" in res.output and "(0 rows gained, 0 lost)" in res.output
+    assert metrics["constraints/pass_rate/delta_vs_base/gained"] == 0.0
     res = CliRunner().invoke(app, ["--model", "tiny-random", "--suite", "refusal", "--trained-kinds", "shouting",
                                    "-o", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "unknown constraint kind 'shouting'" in res.output
