@@ -19,6 +19,11 @@ Rows in: candidates (``prompt`` messages ending in the user's task, ``text``, op
 ``prompt_id``, ``candidate_index``, ``metadata``). A row whose metadata already carries constraints is skipped
 (its reply was shaped by them). Rows out: ``{"messages": [..., user: task + instructions, assistant: edited
 reply], "constraints", "phrasings", "source": {"prompt_id", "candidate_index"}}``, which ``posttrain sft`` reads.
+Optionally (``augment_file(..., pairs_output=)``) also repair pairs: ``{"prompt": [..., user: task + instructions],
+"chosen": edited reply, "rejected": the reply as sampled (tidied), "constraints", "phrasings", "source"}`` for
+every constrained example whose edit changed the reply, which ``posttrain dpo`` reads: the two replies differ only
+where the instruction is obeyed, so a preference step puts its whole signal on those tokens, where SFT spreads it
+over the reply.
 """
 
 from __future__ import annotations
@@ -129,7 +134,29 @@ def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...],
 def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple[list[dict], dict[str, Any]]:
     """SFT rows made from candidate rows (see the module docstring), and counts. Deterministic: each reply's
     draws are seeded by (seed, prompt id, candidate index), so a row's examples do not depend on its neighbours."""
+    out, _originals, stats = _augment(rows, settings)
+    return out, stats
+
+
+def repair_pairs(sft_rows: list[dict], originals: list[str | None]) -> list[dict]:
+    """Preference rows (module docstring) from the constrained SFT rows and the replies they were edited from
+    (``originals[i]``: the tidied sampled reply of ``sft_rows[i]``, None for a plain row); an edit that changed
+    nothing makes no pair."""
+    pairs = []
+    for row, original in zip(sft_rows, originals):
+        *prompt, answer = row["messages"]
+        if original is None or answer["content"] == original:
+            continue
+        pairs.append({"prompt": prompt, "chosen": answer["content"], "rejected": original,
+                      "constraints": row["constraints"], "phrasings": row["phrasings"], "source": row["source"]})
+    return pairs
+
+
+def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
+             ) -> tuple[list[dict], list[str | None], dict[str, Any]]:
+    """(SFT rows, the reply each constrained row was edited from or None for a plain row, counts)."""
     out: list[dict] = []
+    originals: list[str | None] = []
     stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
                              "skipped_short": 0, "skipped_long": 0, "skipped_truncated": 0, "plain_examples": 0, "constrained_examples": 0,
                              "replies_short_of_per_reply": 0}
@@ -164,6 +191,7 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
             out.append({"messages": [*context, {"role": "user", "content": task},
                                      {"role": "assistant", "content": reply}],
                         "constraints": [], "phrasings": [], "source": source})
+            originals.append(None)
             stats["plain_examples"] += 1
         made, seen = 0, set()
         for _ in range(settings.max_tries):
@@ -179,6 +207,7 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
             out.append({"messages": [*context, {"role": "user", "content": " ".join([task, *sentences])},
                                      {"role": "assistant", "content": edited}],
                         "constraints": constraints, "phrasings": phrasings, "source": source})
+            originals.append(reply)
             for c in constraints:
                 per_kind[c["kind"]] += 1
             made += 1
@@ -186,17 +215,23 @@ def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple
         stats["replies_short_of_per_reply"] += made < settings.per_reply
     stats["examples"] = len(out)
     stats["per_kind"] = per_kind
-    return out, stats
+    return out, originals, stats
 
 
-def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSettings) -> dict[str, Any]:
-    """Read ``candidates``, write the SFT rows to ``output`` (atomically: a failed run leaves no partial file),
-    return the counts. ``DataErrors`` for bad rows before anything is written."""
-    rows, stats = augment_rows(read_candidates(candidates), settings)
+def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSettings,
+                 pairs_output: str | Path | None = None) -> dict[str, Any]:
+    """Read ``candidates``, write the SFT rows to ``output`` (and with ``pairs_output``, the repair pairs there;
+    atomically: a failed run leaves no partial file), return the counts (``pairs``: how many pairs). ``DataErrors``
+    for bad rows before anything is written."""
+    rows, originals, stats = _augment(read_candidates(candidates), settings)
     if not rows:
         raise DataErrors([DataError(str(candidates), None, None, "no example made: every reply was skipped (too "
                                     f"short under min_words={settings.min_words}, too long over max_words="
                                     f"{settings.max_words}, cut at the token limit, or its "
                                     "prompt had constraints)")])
     atomic_write_jsonl(output, rows)
+    if pairs_output is not None:
+        pairs = repair_pairs(rows, originals)
+        atomic_write_jsonl(pairs_output, pairs)
+        stats["pairs"] = len(pairs)
     return stats

@@ -272,6 +272,8 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                                                              "(verifiers/phrasings.py MORE_PHRASINGS)"),
             drop_system: bool = typer.Option(False, help="leave the candidates' system messages out of the rows "
                                                           "(a system prompt that only steered sampling)"),
+            pairs: Path = typer.Option(None, "--pairs", help="also write repair pairs here (JSONL: chosen = the "
+                                       "edited reply, rejected = the reply as sampled; posttrain dpo reads them)"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -280,12 +282,14 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
 
     try:
         check_output_path(output, "--output", folder=False)
+        if pairs is not None:
+            check_output_path(pairs, "--pairs", folder=False)
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    max_words=max_words, skip_truncated=skip_truncated,
                                    more_phrasings=more_phrasings, drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))
-        stats = augment_file(candidates, output, settings)
+        stats = augment_file(candidates, output, settings, pairs)
     except _user_errors() as e:
         fail(e, first_line=True)
     per_kind = stats.pop("per_kind")
@@ -294,3 +298,5 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                f"(skipped: {stats['skipped_short']} short, {stats['skipped_long']} long, {stats['skipped_truncated']} cut at the token limit, "
                f"{stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))
+    if pairs is not None:
+        typer.echo(f"wrote {stats['pairs']} repair pairs to {pairs}")

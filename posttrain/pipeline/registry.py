@@ -263,7 +263,7 @@ def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
 
 
 AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "kind_weights",
-                "min_words", "max_words", "skip_truncated", "more_phrasings", "drop_system", "seed")
+                "min_words", "max_words", "skip_truncated", "more_phrasings", "drop_system", "seed", "pairs")
 
 
 def augment_settings(params: dict, pending: Pending = nothing_pending):
@@ -277,9 +277,9 @@ def augment_settings(params: dict, pending: Pending = nothing_pending):
                          "two_constraint_share": (int, float), "hold_out_kinds": (list,), "kind_weights": (dict,),
                          "min_words": (int,), "max_words": (int,),
                          "skip_truncated": (bool,), "more_phrasings": (bool,), "drop_system": (bool,),
-                         "seed": (int,)})
+                         "seed": (int,), "pairs": (bool,)})
     check_file(params, "candidates", pending)
-    options = {k: v for k, v in params.items() if k != "candidates"}
+    options = {k: v for k, v in params.items() if k not in ("candidates", "pairs")}
     options["hold_out_kinds"] = tuple(options.get("hold_out_kinds") or ())
     try:
         return AugmentSettings(**options)
@@ -292,13 +292,15 @@ def check_augment(params: dict, pending: Pending) -> None:
 
 
 def run_augment(params: dict, output_dir: Path, resume: bool) -> dict:
-    """``augment``: writes ``sft.jsonl`` (train on it with ``data: {train: ${augment.output}/sft.jsonl}``) and
-    ``summary.json`` (counts, per kind)."""
+    """``augment``: writes ``sft.jsonl`` (train on it with ``data: {train: ${augment.output}/sft.jsonl}``),
+    with ``pairs: true`` also ``pairs.jsonl`` (repair pairs: ``dpo`` with ``data: {train:
+    ${augment.output}/pairs.jsonl}``), and ``summary.json`` (counts, per kind)."""
     from posttrain.data.augment import augment_file
     from posttrain.data.writers import atomic_write_json
 
     settings = augment_settings(params)
-    stats = augment_file(params["candidates"], output_dir / "sft.jsonl", settings)
+    stats = augment_file(params["candidates"], output_dir / "sft.jsonl", settings,
+                         output_dir / "pairs.jsonl" if params.get("pairs") else None)
     atomic_write_json(output_dir / "summary.json", stats)
     return {k: v for k, v in stats.items() if k != "per_kind"}
 

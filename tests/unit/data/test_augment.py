@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from posttrain.data.augment import AugmentSettings, augment_file, augment_rows, read_candidates
+from posttrain.data.augment import AugmentSettings, augment_file, augment_rows, read_candidates, repair_pairs
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.verifiers.constraints import check_constraints
@@ -170,6 +170,29 @@ def test_output_is_sft_data(candidates, tmp_path):
     assert all(ex.metadata["source"]["prompt_id"] in ("a", "b") for ex in examples)
 
 
+def test_repair_pairs_prefer_the_edit_to_the_reply_as_sampled(candidates, tmp_path):
+    out, pairs_out = tmp_path / "sft.jsonl", tmp_path / "pairs.jsonl"
+    settings = AugmentSettings(per_reply=3, plain_share=1.0)
+    stats = augment_file(candidates, out, settings, pairs_out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    pairs = [json.loads(line) for line in pairs_out.read_text().splitlines()]
+    constrained = [r for r in rows if r["constraints"]]
+    assert stats["pairs"] == len(pairs) == len(constrained) == 3  # each edit here changes the reply
+    original = tidy(REPLY_A)
+    for row, pair in zip(constrained, pairs):
+        assert pair["prompt"] == row["messages"][:-1] and pair["chosen"] == row["messages"][-1]["content"]
+        assert pair["rejected"] == original != pair["chosen"]
+        assert pair["constraints"] == row["constraints"] and pair["source"] == row["source"]
+        assert all(r.passed for r in check_constraints(pair["chosen"], pair["constraints"]))
+    assert len(load_examples(str(pairs_out), "preference", None)) == 3  # what `posttrain dpo` reads
+    assert [json.loads(line) for line in out.read_text().splitlines()] == augment_rows(
+        read_candidates(candidates), settings)[0]  # the SFT rows do not depend on asking for pairs
+    # a plain row, and an edit that changed nothing, make no pair
+    sft = [{"messages": [{"role": "user", "content": "t"}, {"role": "assistant", "content": "same"}],
+            "constraints": [{"kind": "no_commas", "args": {}}], "phrasings": [], "source": {}}] * 2
+    assert repair_pairs(sft, [None, "same"]) == []
+
+
 def test_bad_rows_are_named_and_nothing_is_written(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(candidate("a", "Explain bees.", REPLY_A)) + "\n{not json\n"
@@ -242,6 +265,10 @@ def test_cli(candidates, tmp_path):
     assert not any(c["kind"] == "title" for line in out.read_text().splitlines()
                    for c in json.loads(line)["constraints"])
     assert "title" not in result.output.split("per kind:")[1]
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
+                                      "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl")])
+    assert result.exit_code == 0 and "wrote 2 repair pairs to" in result.output
+    assert len((tmp_path / "pairs.jsonl").read_text().splitlines()) == 2
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "x.jsonl"),
                                       "--kind-weights", "lowercase:3"])
     assert result.exit_code == 2 and "--kind-weights: expected kind=number, got 'lowercase:3'" in result.output
@@ -256,7 +283,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
         "augment": {"command": "augment", "config": {"candidates": str(candidates), "per_reply": 2,
                                                      "plain_share": 0.5, "hold_out_kinds": ["lowercase"],
                                                      "kind_weights": {"title": 3, "all_caps": 0},
-                                                     "more_phrasings": True, "drop_system": True}},
+                                                     "more_phrasings": True, "drop_system": True,
+                                                     "pairs": True}},
         "sft": {"command": "sft", "config": {
             "model": {"name": "tiny-random"}, "data": {"train": "${augment.output}/sft.jsonl", "max_length": 256},
             "optim": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 1}, "train": {"progress": False},
@@ -267,6 +295,7 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     assert stage["metrics"]["examples"] == summary["examples"] == 2 + summary["plain_examples"]
     assert summary["skipped_truncated"] == 1
     assert summary["per_kind"].get("lowercase") is None and summary["per_kind"].get("all_caps") is None
+    assert summary["pairs"] == len((Path(stage["folder"]) / "pairs.jsonl").read_text().splitlines()) > 0
     assert manifest["stages"]["sft"]["status"] == "done"
 
 
@@ -277,6 +306,7 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     ({"candidates": "c.jsonl", "kind_weights": ["lowercase"]}, "config: key 'kind_weights'"),
     ({"candidates": "c.jsonl", "kind_weights": {"lowercase": "x"}}, "config: kind_weights: lowercase: expected a num"),
     ({"candidates": "c.jsonl", "drop_system": "yes"}, "config: key 'drop_system'"),
+    ({"candidates": "c.jsonl", "pairs": "yes"}, "config: key 'pairs'"),
     ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])
 def test_pipeline_stage_config_is_checked_before_anything_runs(tmp_path, config, message):
     from posttrain.pipeline.registry import STAGES
