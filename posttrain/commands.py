@@ -6,7 +6,7 @@ pipeline run reports for it, and the files besides model and data whose content 
 (``posttrain/cli.py``) mounts a command per row and the pipeline registry (``pipeline/registry.py``) builds a stage
 per row, both from this table, so a command cannot exist in one and not the other, or with another config class.
 
-Trainers are named, not imported (``module:function``): torch stays out of CLI start-up and ``--help``.
+Trainers are named, not imported (``module:function``): the training stack stays out of CLI start-up and ``--help``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from posttrain.config import COMMANDS, Section
+from posttrain.data.layouts import load_examples
 
 
 def _reward_model_input(params: dict) -> list[str]:
@@ -110,8 +111,8 @@ def command(name: str) -> TrainingCommand:
 def data_stats(name: str, cfg) -> dict:
     """Read and check ``cfg``'s data the way command ``name`` will, without training (``posttrain config
     validate``); returns counts. Raises the data errors the trainer would raise, before anything is written."""
-    # Imported here, not at the top: they import torch and transformers (seconds), which `posttrain --help` and
-    # the pipeline's config checks never need.
+    # Imported here, not at the top: the training stack (training.run, the trainers, generation.prompts) is named,
+    # not imported, by this table (module docstring), so `posttrain --help` and the pipeline's checks do without it.
     from posttrain.models.policy import model_tokenizer
     from posttrain.training.run import load_training_data
 
@@ -120,7 +121,6 @@ def data_stats(name: str, cfg) -> dict:
         return load_training_data(cfg, row.data_kind).stats
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     if row.name == "reward-model":
-        from posttrain.data.layouts import load_examples
         from posttrain.trainers.reward_model import render_rm_pairs
 
         d = cfg.data

@@ -10,6 +10,7 @@ import copy
 import difflib
 import importlib.util
 import textwrap
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -657,8 +658,6 @@ def _yaml_value(value: Any) -> str:
 
 def _type_text(annotation: Any) -> str:
     """A field's type for a comment: ``auto | float32 | ...`` for a Literal, ``int``, ``str | None``, ..."""
-    import typing
-
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is Literal:
         return " | ".join(str(a) for a in args)
