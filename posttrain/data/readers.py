@@ -17,6 +17,9 @@ from pathlib import Path
 
 from posttrain.data.schema import DataError
 
+# datasets (2 s to import) and pyarrow (not a direct dependency: datasets brings it) are imported by the readers
+# that need them, so `import posttrain.data` stays free of them.
+
 FILE_TYPES = (".jsonl", ".json", ".parquet", ".csv")
 # A JSON file holding one object whose only list sits under one of these keys (common dataset dumps).
 JSON_LIST_KEYS = ("data", "rows", "train")
