@@ -15,13 +15,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from posttrain.data.readers import read_records
 from posttrain.data.schema import DataError
+from posttrain.verifiers.constraints import CONSTRAINTS
+from posttrain.verifiers.ifeval import IFEVAL_KINDS, IFEvalError, read_ifeval
 
 
 def canonical_kind(kind: str) -> str:
     """The first name in ``CONSTRAINTS`` with the same rule (``uppercase`` -> ``all_caps``); unknown kinds as given."""
-    from posttrain.verifiers.constraints import CONSTRAINTS
-
     spec = CONSTRAINTS.get(kind)
     if spec is None:
         return kind
@@ -31,8 +32,6 @@ def canonical_kind(kind: str) -> str:
 def _record_kinds(record: dict[str, Any]) -> set[str]:
     """Constraint kinds named by one training row: ``constraints``, ``constraint``, IFEval ids, also inside a
     nested ``metadata`` object (candidate and pair files keep prompt metadata there)."""
-    from posttrain.verifiers.ifeval import IFEVAL_KINDS, IFEvalError, read_ifeval
-
     kinds: set[str] = set()
     for md in (record, record.get("metadata")):
         if not isinstance(md, dict):
@@ -52,9 +51,6 @@ def _record_kinds(record: dict[str, Any]) -> set[str]:
 def trained_kinds(files: Iterable[str] = (), kinds: Iterable[str] = ()) -> set[str]:
     """Canonical kinds named by any row of ``files`` (any layout: prompt, pair, candidate, SFT files with
     constraint metadata) plus ``kinds``. ``DataError`` for an unreadable file or an unknown kind name."""
-    from posttrain.data.readers import read_records
-    from posttrain.verifiers.constraints import CONSTRAINTS
-
     out = set()
     for kind in kinds:
         if kind not in CONSTRAINTS:

@@ -22,10 +22,14 @@ and that must block shipping just like a low score. Malformed gate entries are c
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from posttrain.config import read_yaml_file
+from posttrain.data.writers import atomic_write_json
 
 GATE_KINDS = ("min", "max", "min_delta", "max_drop")
 REFERENCES = ("baseline", "base")
@@ -101,8 +105,6 @@ def parse_gates(raw: Any, source: str = "<gates>") -> list[Gate]:
 
 
 def load_gates(path: str | Path) -> list[Gate]:
-    from posttrain.config import read_yaml_file
-
     return parse_gates(read_yaml_file(path, "gates", GateConfigError), str(path))
 
 
@@ -155,11 +157,6 @@ def record_verdicts(metrics_json: str | Path, source: str, results: list[GateRes
     """Add the verdicts under ``gates`` to the ``manifest.json`` beside ``metrics_json`` (the eval's folder), so the
     eval's own record says whether its model passed. Returns a warning line when there is no readable manifest to
     update (metrics from elsewhere), else None. ``source``: where the gates came from (a file, or a stage)."""
-    import json
-    from dataclasses import asdict
-
-    from posttrain.data.writers import atomic_write_json
-
     manifest = Path(metrics_json).parent / "manifest.json"
     if not manifest.exists():
         return f"{manifest}: no eval manifest beside the metrics; verdicts not recorded there"

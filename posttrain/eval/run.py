@@ -14,17 +14,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from posttrain.data.render import render_prompt
+from posttrain.data.runfolder import content_hash, package_versions
+from posttrain.data.schema import DataError, PromptExample
+from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
+from posttrain.eval.coverage import trained_kinds as read_trained_kinds
+from posttrain.eval.drift import relative_metrics
 from posttrain.eval.scoring import score_suite
-from posttrain.eval.suites import EvalRow, load_suite
+from posttrain.eval.significance import paired_metrics
+from posttrain.eval.suites import EvalRow, load_suite, parse_suite
 from posttrain.eval.winrate import length_controlled_win_rate, win_indicators, win_rate
+from posttrain.generation.backends import load_generator, model_label
+from posttrain.generation.openai_backend import OpenAIGenerator, parse_openai_spec
+from posttrain.judges.rubric import rule_statistics
 from posttrain.judges.types import PairwiseJudge, ScoringJudge
 
 
 def remote_model(model: str | None) -> tuple[str, str] | None:
     """``(base_url, model name)`` of a model given as ``openai:URL:MODEL`` (an OpenAI-compatible endpoint: a
     deployment, a vLLM server, a teacher), else None; a malformed spec is a one-line ``BackendError``."""
-    from posttrain.generation.openai_backend import parse_openai_spec
-
     return parse_openai_spec(model) if model and model.startswith("openai:") else None
 
 
@@ -32,10 +42,6 @@ def _remote_responses(remote: tuple[str, str], label: str, rows: list[EvalRow], 
                       api_key_env: str) -> list[tuple[str, int, str]]:
     """Greedy answers of an endpoint (temperature 0, one request per row, the row's budget as ``max_tokens``,
     each row's own seed). Not cached: a deployment may change behind the same name, and an eval measures it now."""
-    from posttrain.generation.openai_backend import OpenAIGenerator
-
-    from tqdm.auto import tqdm
-
     generator = OpenAIGenerator(*remote, api_key_env=api_key_env, use_cache=False)
     outs: list = [None] * len(rows)
     with tqdm(total=len(rows), desc=f"eval {label}", unit="prompt", dynamic_ncols=True) as bar:
@@ -55,12 +61,6 @@ def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int |
     """Greedy ``(text, completion_tokens, finish_reason)`` for each row's prompt, in row order.
     ``max_new_tokens``: one budget for all rows, or one per row (rows are batched with rows of the same budget).
     ``model`` may be ``openai:URL:MODEL``: the endpoint answers (``backend`` and ``batch_size`` do not apply)."""
-    from posttrain.data.render import render_prompt
-    from posttrain.data.schema import PromptExample
-    from posttrain.generation.backends import load_generator
-
-    from tqdm.auto import tqdm
-
     budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     remote = remote_model(model)
     if remote is not None:
@@ -116,8 +116,6 @@ def rubric_metrics(judge: Any, rows: list[EvalRow], gens: list[tuple[str, int, s
     ``rubric/n`` (rows scored), ``rubric/skipped`` (rows a verifier rule cannot check, e.g. a ``constraints`` rule
     on a refusal prompt: left out), ``rubric/unparseable`` (LLM answers with no grade), and per rule
     ``rubric/rule/<id>/pass_rate`` and ``rubric/rule/<id>/n`` (the rows that rule was graded on)."""
-    from posttrain.judges.rubric import rule_statistics
-
     items = [(r.prompt, g[0], {"id": r.id, "suite": r.suite, "kind": r.kind, **r.metadata})
              for r, g in zip(rows, gens)]
     scores = judge.score_many(items, on_row_error="skip")
@@ -181,10 +179,6 @@ def load_suites(suites: list[str], max_new_tokens: int, ifeval_unsupported: str 
                 ) -> tuple[list[EvalRow], list[int], list[dict[str, Any]]]:
     """(rows of every suite, each row's token budget, the manifest's suite entries). Every suite is read and
     validated here, before any model loads; a suite named twice is a ``ValueError``."""
-    from posttrain.data.runfolder import content_hash
-    from posttrain.data.schema import DataError
-    from posttrain.eval.suites import parse_suite
-
     rows: list[EvalRow] = []
     budgets: list[int] = []
     entries = []
@@ -211,9 +205,6 @@ def combine_metrics(metrics: dict[str, float], refs: dict[str, dict[str, float]]
     reference's metrics under ``<ref>/`` (the baseline's with its own drift from the base). With the ``rows`` and
     each model's per-row ``verdicts`` (``"model"`` and each reference), every pass-rate difference against each
     reference with its 95% paired interval (``significance.paired_metrics``)."""
-    from posttrain.eval.drift import relative_metrics
-    from posttrain.eval.significance import paired_metrics
-
     out = dict(metrics)
     for ref, ref_metrics in refs.items():
         out |= relative_metrics(metrics, ref_metrics, ref)
@@ -245,11 +236,6 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     generated twice. ``rubric`` (a ``RubricJudge``) adds ``rubric/*`` metrics for every model (``rubric_metrics``:
     per-rule pass rates). Any of the three models may be ``openai:URL:MODEL`` (an OpenAI-compatible endpoint,
     its key in ``$api_key_env``): e.g. a candidate against the model being served."""
-    from posttrain.data.runfolder import content_hash, package_versions
-    from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
-    from posttrain.eval.coverage import trained_kinds as read_trained_kinds
-    from posttrain.generation.backends import model_label
-
     started = time.time()
     rows, budgets, suite_inputs = load_suites(suites, max_new_tokens, ifeval_unsupported)
     if judge is not None and baseline is None:

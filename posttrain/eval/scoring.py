@@ -14,7 +14,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from posttrain.eval.coverage import kind_metrics
+from posttrain.eval.drift import degeneration_stats, format_stats
 from posttrain.eval.suites import EvalRow
+from posttrain.verifiers import check_constraints, constraints_from_metadata, exact_match, math_answer_equal
 
 # A response counts as a refusal when it contains one of these (case-insensitive, curly apostrophes folded to
 # straight ones) within its first 200 characters: refusals open with the refusal, while an answer that later says
@@ -49,8 +52,6 @@ class RowScore:
 
 
 def _answer_correct(text: str, answer: str, match: str) -> bool:
-    from posttrain.verifiers import exact_match, math_answer_equal
-
     if match == "exact":
         return exact_match(text.strip().rstrip("."), answer, ignore_case=True)
     if match == "contains":
@@ -62,8 +63,6 @@ def _answer_correct(text: str, answer: str, match: str) -> bool:
 
 def score_row(row: EvalRow, text: str) -> RowScore:
     """Score one response to one suite row (rows are validated by ``load_suite``)."""
-    from posttrain.verifiers import check_constraints, constraints_from_metadata
-
     if row.kind == "constraint":
         results = check_constraints(text, constraints_from_metadata(row.metadata))
         n_ok = sum(r.passed for r in results)
@@ -150,9 +149,6 @@ def score_suite(rows: list[EvalRow], responses: list[str], token_counts: list[in
     - ``group/<group>/*`` and ``suite/<suite>/*``: ``pass_rate`` (fraction of rows passed, whatever their kind),
       ``n``, and the kind and length metrics above over that slice's rows.
     A group with no rows has no keys (rather than a made-up 0)."""
-    from posttrain.eval.coverage import kind_metrics
-    from posttrain.eval.drift import degeneration_stats, format_stats
-
     if len(rows) != len(responses):
         raise ValueError(f"score_suite: {len(rows)} rows but {len(responses)} responses")
     scores = [score_row(r, t) for r, t in zip(rows, responses)]

@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors, Message, PromptExample
+from posttrain.generation.candidates import prompt_id
+from posttrain.verifiers import constraints_from_metadata
 
 KINDS = ("constraint", "exact", "refusal_benign", "refusal_harmful")
 MATCHES = ("math", "exact", "contains", "regex")
@@ -106,8 +109,6 @@ def suite_path(name_or_path: str) -> tuple[str, Path]:
 
 def _check_row(ex: PromptExample) -> DataError | None:
     """The first problem of a suite row, as one line naming file, row and field; None when it is fine."""
-    from posttrain.verifiers import constraints_from_metadata
-
     md = ex.metadata
     kind = row_kind(md)
     if kind not in KINDS:
@@ -147,8 +148,6 @@ def row_kind(metadata: dict[str, Any]) -> Any:
 def rows_from_examples(suite: str, examples: list[PromptExample], group: str = CUSTOM) -> list[EvalRow]:
     """Validated ``EvalRow``s (``group``: the default for rows without their own); ``DataErrors`` lists every bad
     row (and duplicate ids) at once."""
-    from posttrain.generation.candidates import prompt_id
-
     errors: list[DataError] = []
     rows: list[EvalRow] = []
     seen: dict[str, int] = {}
@@ -173,8 +172,6 @@ def load_suite(name_or_path: str, *, ifeval_unsupported: str = "error",
                skipped: list[DataError] | None = None) -> list[EvalRow]:
     """Every row of a builtin suite or a suite file, validated (``DataErrors`` otherwise). ``ifeval_unsupported``:
     "error" (default) or "skip" IFEval instruction ids with no verifier; rows skipped whole go to ``skipped``."""
-    from posttrain.data.layouts import load_examples
-
     spec = parse_suite(name_or_path)
     examples = load_examples(str(spec.path), "prompt", ifeval_unsupported=ifeval_unsupported, skipped=skipped)
     return rows_from_examples(spec.name, examples, spec.group)  # type: ignore[arg-type]
