@@ -164,7 +164,7 @@ class _Postgres(_Backend):
 
     def __init__(self, url: str):
         try:
-            import psycopg
+            import psycopg  # optional dependency
         except ImportError:
             raise StoreError("a postgresql:// store needs psycopg: pip install 'posttrain[postgres]'") from None
         self.psycopg, self.url = psycopg, url

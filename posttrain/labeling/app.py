@@ -193,6 +193,6 @@ def create_app(store: FeedbackStore) -> Flask:
 
 def serve(store_url: str, host: str = "127.0.0.1", port: int = 8100, threads: int = 8) -> None:
     """Run the app with waitress until interrupted."""
-    from waitress import serve as waitress_serve
+    from waitress import serve as waitress_serve  # optional dependency
 
     waitress_serve(create_app(FeedbackStore(store_url)), host=host, port=port, threads=threads)
