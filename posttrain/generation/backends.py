@@ -4,18 +4,25 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from pathlib import Path
 
+from posttrain.generation.openai_backend import SPEC_HELP, parse_openai_spec
 from posttrain.generation.types import BackendError, Generator
+from posttrain.generation.vllm_backend import VLLMGenerator, import_vllm
+from posttrain.models.builtin import cache_root
+from posttrain.models.policy import load_base, model_tokenizer, resolve_lineage
+from posttrain.models.resolve import resolve_model_path
 
+# generation.hf, torch and posttrain.data (which imports torch) are imported in the functions that need them:
+# `import posttrain.generation.backends` stays free of torch and transformers.
 BACKENDS = ("hf", "vllm")  # the local backends; a remote one is a spec, openai:URL:MODEL
 
 
 def check_backend(backend: str) -> tuple[str, str] | None:
     """None for a local backend (``hf``, ``vllm``), ``(base_url, model)`` for ``openai:URL:MODEL``;
     ``BackendError`` (one line) for anything else."""
-    from posttrain.generation.openai_backend import SPEC_HELP, parse_openai_spec
-
     if backend in BACKENDS:
         return None
     remote = parse_openai_spec(backend)
@@ -32,13 +39,9 @@ def model_label(model_name: str, adapter: str | None) -> str:
 def load_generator(model_name: str, *, adapter: str | None = None, backend: str = "hf", batch_size: int = 32,
                    seed: int = 0, cache_dir: str | None = None, dtype: str = "auto") -> tuple[Generator, object]:
     """(generator, tokenizer) for any model name posttrain accepts, with its adapter lineage merged."""
-    from posttrain.models.policy import load_base, model_tokenizer
-
     if backend not in BACKENDS:
         raise BackendError(f"backend: unknown '{backend}' (expected one of: {', '.join(BACKENDS)})")
     if backend == "vllm":
-        from posttrain.generation.vllm_backend import VLLMGenerator, import_vllm
-
         import_vllm()  # fail before loading anything
         tokenizer = model_tokenizer(model_name, cache_dir)
         path = _vllm_path(model_name, adapter, cache_dir)
@@ -57,9 +60,6 @@ def load_generator(model_name: str, *, adapter: str | None = None, backend: str 
 
 def _vllm_path(model_name: str, adapter: str | None, cache_dir: str | None) -> str:
     """A plain HF folder vLLM can load: the model itself, or its adapters merged once into a cache folder."""
-    from posttrain.models.builtin import cache_root
-    from posttrain.models.policy import load_base, model_tokenizer, resolve_lineage
-    from posttrain.models.resolve import resolve_model_path
     from posttrain.data.runfolder import content_hash
 
     base, adapters = resolve_lineage(model_name, adapter)
@@ -68,9 +68,6 @@ def _vllm_path(model_name: str, adapter: str | None, cache_dir: str | None) -> s
     key = hashlib.sha256("|".join([base] + [str(content_hash(a)) for a in adapters]).encode()).hexdigest()[:16]
     target = (Path(cache_dir) if cache_dir else cache_root()) / "merged" / key
     if not (target / "config.json").exists():
-        import shutil
-        import tempfile
-
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=key + ".", dir=target.parent))
         try:

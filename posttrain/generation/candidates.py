@@ -28,9 +28,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from posttrain.data.layouts import load_examples
+from posttrain.data.render import render_prompt
+from posttrain.data.runfolder import atomic_write_text
 from posttrain.data.schema import DataError, DataErrors, Message
+from posttrain.generation.backends import check_backend, load_generator, model_label
 from posttrain.generation.openai_backend import OpenAIGenerator
 from posttrain.generation.types import BackendError, Generator, check_sampling, per_candidate
+from posttrain.models.policy import model_tokenizer
 
 
 @dataclass
@@ -53,9 +60,6 @@ def load_prompts(prompts_path: str | os.PathLike, tokenizer, system_prompt: str 
     ``DataErrors`` naming every bad row (layout, ``id``, duplicates). ``system_prompt``: a system message put first
     in every prompt that has none of its own (it is part of the prompt written to each candidate row, and of the
     prompt id of a row without an ``id``)."""
-    from posttrain.data.layouts import load_examples
-    from posttrain.data.render import render_prompt
-
     examples = load_examples(str(prompts_path), "prompt")
     if system_prompt:
         system = {"role": "system", "content": system_prompt}
@@ -179,10 +183,6 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
     completion_tokens, wall_time_s, candidates_per_s, tokens_per_s, dropped_rows, output (and, remote: requests,
     cache_hits, retries).
     """
-    from posttrain.generation.backends import check_backend, load_generator, model_label
-    from posttrain.models.policy import model_tokenizer
-    from posttrain.data.runfolder import atomic_write_text
-
     t0 = time.perf_counter()
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -223,8 +223,6 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
         batches = _local_batches(generator, pending, max(1, batch_size // n), settings)
     bar = None
     if progress and pending:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(jobs), initial=skipped, unit="prompt", desc="generate", dynamic_ncols=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:

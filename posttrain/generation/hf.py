@@ -36,7 +36,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from posttrain.generation.types import GenOutput, RowSpec, TokenCallback, candidate_rows, cut_at_stop, group
 
@@ -232,8 +232,6 @@ class HFGenerator:
         """Sample until every row has finished, dropping finished rows from the batch (and the KV cache).
 
         Returns each row's new tokens and the length it stopped at (None: it ended with EOS)."""
-        from transformers import DynamicCache
-
         b = len(rows)
         new: list[list[int]] = [[] for _ in range(b)]
         lengths: list[int | None] = [None] * b

@@ -29,6 +29,7 @@ from typing import Any
 from posttrain.generation.answer_cache import AnswerCache, cache_key
 from posttrain.generation.http_client import post_with_retries, token_limit_field
 from posttrain.generation.types import BackendError, per_candidate, row_seed
+from posttrain.models.builtin import cache_root
 
 # As the judges' llm:URL:MODEL: the URL's path holds no ':', the model name may (``org/model:tag``). Stricter on
 # the port: a "model" that starts like one ("8000/v1", "8000") means the model was left out.
@@ -50,8 +51,6 @@ def parse_openai_spec(backend: str) -> tuple[str, str] | None:
 
 def default_cache_path() -> Path:
     """``$POSTTRAIN_CACHE/generate_cache.sqlite`` (default ``~/.cache/posttrain``)."""
-    from posttrain.models.builtin import cache_root
-
     return cache_root() / "generate_cache.sqlite"
 
 

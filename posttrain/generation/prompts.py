@@ -10,7 +10,9 @@ from posttrain.data.layouts import load_examples
 from posttrain.data.sources import source_label
 from posttrain.data.render import render_prompt
 from posttrain.data.schema import DataError, DataErrors, PromptExample
+from posttrain.generation.backends import _vllm_path
 from posttrain.generation.types import candidate_rows, prompt_key
+from posttrain.generation.vllm_backend import PolicySyncedVLLM
 
 VERIFIABLE_KEYS = ("constraints", "constraint", "answer", "tests")
 
@@ -64,13 +66,10 @@ def make_generator(policy, tokenizer, rollout_cfg, model_cfg, rank: int = 0):
     """The rollout generator: HF generation on the live policy, or (``rollout.backend: vllm``) a colocated vLLM
     engine that is sent the policy's weights before each rollout."""
     if rollout_cfg.backend == "vllm":
-        from posttrain.generation.backends import _vllm_path
-        from posttrain.generation.vllm_backend import PolicySyncedVLLM
-
         path = _vllm_path(model_cfg.name, model_cfg.adapter, model_cfg.cache_dir)
         return PolicySyncedVLLM(policy, tokenizer, path, batch_size=rollout_cfg.batch_size, rank=rank,
                                 gpu_memory_utilization=rollout_cfg.vllm_gpu_memory_utilization)
-    from posttrain.generation.hf import HFGenerator
+    from posttrain.generation.hf import HFGenerator  # keeps `import posttrain.generation.prompts` free of transformers
 
     return HFGenerator(policy, tokenizer, batch_size=rollout_cfg.batch_size)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Sequence
 
 from posttrain.generation.types import (
@@ -29,7 +30,7 @@ NOT_INSTALLED = ("backend: vllm requested but vllm is not installed (it needs a 
 
 def import_vllm():
     try:
-        import vllm
+        import vllm  # optional dependency
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
     except ImportError:
@@ -111,8 +112,6 @@ class PolicySyncedVLLM:
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
         if "MASTER_PORT" not in os.environ:
-            import socket
-
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
