@@ -21,6 +21,7 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tqdm import tqdm
 
 from posttrain.data.runfolder import RunFolder
 from posttrain.data.sources import local_paths, source_label, sources_dump
@@ -122,8 +123,6 @@ class _Outputs:
 
 
 def progress_bar(enabled: bool, desc: str):
-    from tqdm import tqdm
-
     return tqdm(desc=desc, unit=" rows", disable=not enabled, mininterval=1.0, dynamic_ncols=True)
 
 

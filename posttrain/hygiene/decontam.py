@@ -19,8 +19,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from posttrain.data.layouts import to_prompt
 from posttrain.data.readers import read_records
 from posttrain.data.schema import DataError
+from posttrain.eval.suites import BUILTIN_SUITES
 from posttrain.hygiene.text import words
 
 DEFAULT_N = 13
@@ -99,8 +101,6 @@ class EvalIndex:
 
 
 def _row_texts(record: dict) -> list[str]:
-    from posttrain.data.layouts import to_prompt
-
     texts = []
     prompt = to_prompt(record).prompt
     texts.extend(m["content"] for m in prompt)
@@ -126,8 +126,6 @@ def add_eval_file(index: EvalIndex, path: str, name: str | None = None) -> None:
 def build_index(suites: list[str] | None = None, files: list[str] | None = None, n: int = DEFAULT_N,
                 min_words: int = DEFAULT_MIN_WORDS) -> EvalIndex:
     """The n-gram index of the builtin eval suites named in ``suites`` (default: all of them) and of ``files``."""
-    from posttrain.eval.suites import BUILTIN_SUITES
-
     if n < 1:
         raise ValueError(f"n-gram size must be >= 1, got {n}")
     index = EvalIndex(n=n, min_words=min(min_words, n))

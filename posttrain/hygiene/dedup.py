@@ -79,7 +79,7 @@ def shingle_hashes(token_lists: list[list[str]], size: int) -> tuple[np.ndarray,
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 permutation parameters ``(a, b)``, each ``(num_perm,)`` uint32."""
-    from datasketch import MinHash
+    from datasketch import MinHash  # datasketch imports scipy (0.5 s): only near dedup needs it
 
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
     return a.astype(np.uint32), b.astype(np.uint32)
@@ -138,7 +138,7 @@ class NearDeduper:
 
     def __init__(self, threshold: float = 0.8, shingle_size: int = 5, num_perm: int = 128, seed: int = 1,
                  folding: Folding = Folding()):
-        from datasketch import MinHashLSH
+        from datasketch import MinHashLSH  # imports scipy (0.5 s): only near dedup needs it
 
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from posttrain.eval.scoring import is_refusal
 from posttrain.hygiene.text import Folding, normalise, words
 
 FORMAT_ARTIFACTS = {
@@ -86,8 +87,6 @@ def _number(value) -> float | None:
 
 class PairStats:
     def __init__(self, near_threshold: float = 0.9, artifact_ratio: float = 1.5, max_listed: int = 100):
-        from posttrain.eval.scoring import is_refusal
-
         self.is_refusal = is_refusal
         self.near_threshold, self.artifact_ratio, self.max_listed = near_threshold, artifact_ratio, max_listed
         self.n = 0

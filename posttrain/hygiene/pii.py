@@ -197,7 +197,7 @@ class Redactor:
 
 def _presidio_analyzer():
     try:
-        from presidio_analyzer import AnalyzerEngine
+        from presidio_analyzer import AnalyzerEngine  # optional dependency
     except ImportError:
         raise PIIBackendError("PII backend 'presidio' needs Microsoft Presidio, which is not installed: "
                               "pip install presidio-analyzer (and a spaCy model, e.g. python -m spacy download "

@@ -14,6 +14,7 @@ import re
 from collections import Counter
 
 from posttrain.data.schema import Example, PreferencePair, PromptExample, SFTExample, UnpairedExample
+from posttrain.models.policy import model_tokenizer
 
 TEMPLATE_MARKERS = {
     "chatml": re.compile(r"<\|im_start\|>|<\|im_end\|>"),
@@ -95,6 +96,4 @@ def compare(sft: TemplateProfile, pref: TemplateProfile, sft_template: str | Non
 
 def chat_template(model: str) -> str | None:
     """The tokenizer chat template of ``model`` (builtin name, folder or hub id), None if it has none."""
-    from posttrain.models.policy import model_tokenizer
-
     return getattr(model_tokenizer(model, None, False), "chat_template", None)
