@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from posttrain.generation.answer_cache import AnswerCache, cache_key
+from posttrain.models.builtin import cache_root
 
 
 def default_cache_path() -> Path:
     """``$POSTTRAIN_CACHE/judge_cache.sqlite`` (default ``~/.cache/posttrain``)."""
-    from posttrain.models.builtin import cache_root
-
     return cache_root() / "judge_cache.sqlite"
 
 

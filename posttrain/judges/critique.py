@@ -31,11 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
 
 from posttrain.data.candidate_rows import read_candidate_rows
+from posttrain.data.layouts import load_examples
+from posttrain.data.readers import utf8_lines
 from posttrain.data.schema import DataError, DataErrors, Message
 from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
+from posttrain.judges.run import _judge_class, check_judge_spec
 from posttrain.judges.specs import JudgeConfigError
+from posttrain.judges.verifier import VerifierJudge
 
 DEFAULT_CONSTITUTION = Path(__file__).resolve().parents[1] / "resources" / "critique" / "constitution.yaml"
 CRITIC_TYPES = ("llm", "local")
@@ -111,9 +116,6 @@ def read_items(path: str | Path) -> list[Item]:
     """Prompt + response rows: a candidates file (``posttrain generate``; docs/CANDIDATES.md) or SFT rows whose
     conversation ends with the assistant reply to critique (``messages``, ``prompt`` + ``completion``, alpaca).
     Bad rows are ``DataError``s naming file, line and field."""
-    from posttrain.data.layouts import load_examples
-    from posttrain.data.readers import utf8_lines
-
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), None, None, "no such file")
@@ -155,8 +157,6 @@ def clean_revision(text: str) -> str:
 def build_critic(spec: dict[str, Any]):
     """An object with ``complete_many(list of message lists) -> list of answers`` from a critic config dict
     (``{type: llm, base_url, model, ...}`` or ``{type: local, model, ...}``, the LLM / local judge's keys)."""
-    from posttrain.judges.run import _judge_class, check_judge_spec
-
     if not isinstance(spec, dict) or spec.get("type") not in CRITIC_TYPES:
         raise CritiqueError(f"critic: expected a config of type {' or '.join(CRITIC_TYPES)} (llm:URL:MODEL or "
                             f"local:MODEL on the command line), got {spec!r}")
@@ -176,8 +176,6 @@ def critique_revise(items: list[Item], critic, principles: list[Principle], *, p
     """Every item through ``passes`` critique-revise passes; one record per item (see the module docstring).
     All items' critique requests of a pass go out together (``complete_many``: concurrent for an endpoint,
     batched for a local model), then all revision requests."""
-    from tqdm.auto import tqdm
-
     if passes < 1:
         raise CritiqueError(f"passes must be >= 1, got {passes}")
     current = [it.response for it in items]
@@ -232,8 +230,6 @@ def verify_revisions(records: list[dict[str, Any]]) -> None:
     """``--verify``: where a row carries verifiable metadata (constraints, an answer, tests), its revision is kept
     only if the verifier scores it at least as high as the original; otherwise the outcome becomes ``rejected``
     and the revision is dropped. Rows the verifier cannot check are kept as they are (``verified: null``)."""
-    from posttrain.judges.verifier import VerifierJudge
-
     judge = VerifierJudge()
     for r in records:
         if r["revision"] is None or r["outcome"] != "revised":

@@ -11,6 +11,9 @@ from typing import Any
 
 from posttrain.judges import prompts
 from posttrain.judges.types import Message, Score, Verdict
+from posttrain.models.policy import load_trained
+
+# torch is imported in the methods: `import posttrain.judges.local` stays free of it.
 
 
 class LocalModelJudge:
@@ -22,8 +25,6 @@ class LocalModelJudge:
                  batch_size: int = 4, max_prompt_tokens: int | None = None, device: str | None = None,
                  cache_dir: str | None = None, name: str | None = None):
         import torch
-
-        from posttrain.models.policy import load_trained
 
         self.name = name or f"local:{model}"
         self.rubric, self.max_new_tokens, self.batch_size = rubric, max_new_tokens, batch_size

@@ -40,6 +40,7 @@ from typing import Any
 
 from posttrain.judges.ensemble import agreement, score_decisions
 from posttrain.judges.types import Score
+from posttrain.verifiers.repair import repair_reply, tidy
 
 STRATEGIES = ("best_vs_worst", "all_above_margin", "repair")
 PAIRWISE_STRATEGIES = ("round_robin", "all_pairs")
@@ -198,8 +199,6 @@ def repair_rows(candidates: Sequence[dict[str, Any]], scores: dict[tuple[str, in
     """Up to ``per_prompt`` repaired copies per prompt of candidates whose constraints fail (lowest
     ``candidate_index`` first; candidates without constraints in their metadata, or that no repair fixes, are
     skipped). Each copy has the repaired ``text``, ``candidate_index = -1 - i`` and ``repaired_from = i``."""
-    from posttrain.verifiers.repair import repair_reply, tidy
-
     out = []
     for rows in group_by_prompt(candidates).values():
         made = 0

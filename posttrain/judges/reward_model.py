@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from posttrain.judges.types import Message, Score, Verdict
-from posttrain.models.resolve import ModelError
+from posttrain.models.resolve import ModelError, load_tokenizer, resolve_model_path, torch_dtype
+
+# torch and transformers are imported in the methods: `import posttrain.judges.reward_model` stays free of them.
 
 
 class RewardModelJudge:
@@ -21,8 +23,6 @@ class RewardModelJudge:
                  name: str | None = None):
         import torch
         from transformers import AutoModelForSequenceClassification
-
-        from posttrain.models.resolve import load_tokenizer, resolve_model_path, torch_dtype
 
         self.name = name or f"reward_model:{model}"
         self.batch_size, self.epsilon, self.max_length = batch_size, epsilon, max_length

@@ -39,6 +39,8 @@ from typing import Any
 import yaml
 
 from posttrain.judges import prompts
+from posttrain.judges.llm import LLMJudge
+from posttrain.judges.local import LocalModelJudge
 from posttrain.judges.types import Message, Score
 from posttrain.judges.verifier import COMPONENTS, VerifierJudge
 from posttrain.verifiers.constraints import validate_constraint
@@ -186,16 +188,12 @@ class RubricJudge:
                              "give base_url and model, or local")
         self._llm: Any = None
         if base_url is not None:
-            from posttrain.judges.llm import LLMJudge
-
             self._llm = LLMJudge(base_url, model, api_key_env=api_key_env, temperature=temperature,
                                  max_tokens=max_tokens, timeout=timeout, max_retries=max_retries,
                                  max_concurrency=max_concurrency, cache_path=cache_path, use_cache=use_cache,
                                  extra_params=extra_params, name=f"{self.name}/llm",
                                  max_tokens_field=max_tokens_field)
         elif local is not None:
-            from posttrain.judges.local import LocalModelJudge
-
             self._llm = LocalModelJudge(local, max_new_tokens=max_tokens, name=f"{self.name}/local")
         self._graded = self._unparseable = 0
 

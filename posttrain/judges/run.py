@@ -32,13 +32,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from tqdm.auto import tqdm
+
 from posttrain.data.candidate_rows import read_candidate_rows
+from posttrain.data.runfolder import RunFolder, atomic_write_json, atomic_write_text
 from posttrain.data.schema import DataError, DataErrors
-from posttrain.data.writers import json_safe, strict_json
+from posttrain.data.writers import OutputPathError, check_output_path, json_safe, strict_json
 from posttrain.judges import pairs as pairing
 from posttrain.judges.ensemble import REDUCTIONS, Member, PairwiseEnsemble, agreement_stats, combine_scores
+from posttrain.judges.llm import LLMJudge
+from posttrain.judges.local import LocalModelJudge
+from posttrain.judges.reward_model import RewardModelJudge
+from posttrain.judges.rubric import RubricJudge, RubricRowError, rule_statistics
 from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
-from posttrain.judges.types import Score
+from posttrain.judges.types import PairwiseJudge, Score, ScoringJudge
+from posttrain.judges.verifier import VerifierJudge
+from posttrain.models.policy import model_tokenizer
 
 JUDGE_TYPES = ("verifier", "llm", "local", "reward_model", "rubric")
 PAIR_KEYS = ("strategy", "min_margin", "max_length_ratio", "length_balance", "length_balance_tolerance",
@@ -53,23 +63,13 @@ class NoPairsKept(JudgeConfigError):
 
 def _judge_class(kind: str):
     if kind == "verifier":
-        from posttrain.judges.verifier import VerifierJudge
-
         return VerifierJudge
     if kind == "llm":
-        from posttrain.judges.llm import LLMJudge
-
         return LLMJudge
     if kind == "local":
-        from posttrain.judges.local import LocalModelJudge
-
         return LocalModelJudge
     if kind == "rubric":
-        from posttrain.judges.rubric import RubricJudge
-
         return RubricJudge
-    from posttrain.judges.reward_model import RewardModelJudge
-
     return RewardModelJudge
 
 
@@ -155,8 +155,6 @@ def _pair_options(pair_config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if unit == "tokens":
         if not tokenizer:
             raise JudgeConfigError("pairs.length_unit=tokens needs pairs.tokenizer (a model name)")
-        from posttrain.models.policy import model_tokenizer
-
         cfg["tokenizer_or_len_fn"] = model_tokenizer(tokenizer)
     return strategy, cfg
 
@@ -167,8 +165,6 @@ def _score_member(member: Member, rows: list[dict[str, Any]], lines: list[int], 
     reported together."""
     items = [(r["prompt"], r["text"], dict(r.get("metadata") or {})) for r in rows]
     if hasattr(member.judge, "score_many"):
-        from posttrain.judges.rubric import RubricRowError
-
         try:
             return list(member.judge.score_many(items))
         except RubricRowError as e:  # a rubric's verifier rule rejected these rows' metadata
@@ -191,8 +187,6 @@ def _batches(seq: list, size: int):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="cand", disable=not enabled)
 
 
@@ -248,8 +242,6 @@ def _scoring_mode(members: list[Member], candidates: list[dict[str, Any]], lines
     warnings = [_unscored_warning(name, bad, len(candidates), source) for name, bad in unscored.items() if bad]
     rubric = None
     if rubric_scores:
-        from posttrain.judges.rubric import rule_statistics
-
         judges = {m.name: m.judge for m in members}
         rubric = {name: rule_statistics(judges[name].rules, got) for name, got in rubric_scores.items()}
     return rows, pair_summary, agreement, score_rows, warnings, rubric
@@ -320,10 +312,6 @@ def score_statistics(score_rows: list[dict[str, Any]]) -> dict[str, Any]:
 def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges_config: list[dict[str, Any]],
                      pair_config: dict[str, Any] | None = None, *, progress: bool = False) -> dict[str, Any]:
     """Judge a candidates file and write pairs; returns the summary (also written to ``summary.json``)."""
-    from posttrain.data.runfolder import RunFolder, atomic_write_json, atomic_write_text
-
-    from posttrain.data.writers import OutputPathError, check_output_path
-
     t0 = time.time()
     try:
         check_output_path(output_dir, "output folder")  # before any judge model loads or endpoint is asked
@@ -358,8 +346,6 @@ def judge_candidates(candidates_path: str | Path, output_dir: str | Path, judges
                          "pairs": pair_summary, "agreement": agreement, "scores": stats, "warnings": warnings,
                          **({"rubric": rubric} if rubric else {}), "seconds": round(time.time() - t0, 2)})
 
-    import yaml
-
     run = RunFolder(out, "judge")
     run.add_input("candidates", str(candidates_path))
     for i, spec in enumerate(judges_config):  # a rubric file decides the scores as much as the candidates do
@@ -393,8 +379,6 @@ def win_rate_judge(spec: str | dict[str, Any]):
     """The judge for a win rate against a baseline, from a spec string (``verifier``, ``llm:URL:MODEL``,
     ``local:MODEL``, ``rm:MODEL``) or one judge config dict: pairwise (asked in both orders) or scoring (the higher
     score wins). ``JudgeConfigError`` for anything else."""
-    from posttrain.judges.types import PairwiseJudge, ScoringJudge
-
     judge = build_member(parse_judge_spec(spec) if isinstance(spec, str) else spec).judge
     if not isinstance(judge, (PairwiseJudge, ScoringJudge)):
         raise JudgeConfigError(f"judge {spec!r}: neither a pairwise nor a scoring judge")

@@ -11,6 +11,7 @@ from posttrain.verifiers.code import extract_code, run_python_tests
 from posttrain.verifiers.constraints import check_constraints, constraints_from_metadata
 from posttrain.verifiers.match import exact_match, regex_match
 from posttrain.verifiers.math import extract_final_answer, math_answer_equal
+from posttrain.verifiers.sandbox import SandboxError, resolve
 from posttrain.verifiers.style import style_faults
 
 MATCH_KINDS = ("math", "exact", "regex")
@@ -82,8 +83,6 @@ class VerifierJudge:
                              f"got {list(self.components)!r}")
         self.components = tuple(self.components)
         if self.code_sandbox is not None and "tests" in self.components:
-            from posttrain.verifiers.sandbox import SandboxError, resolve
-
             try:  # a bad or unavailable sandbox is one line now, not a failure at the first code row
                 resolve(self.code_sandbox)
             except SandboxError as e:
