@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from posttrain.models.resolve import ModelError
 
+# torch, transformers and peft are imported in the functions: `import posttrain.models` stays free of them.
+
 
 def qlora_quantization_config():
     """4-bit NF4 config for QLoRA; needs bitsandbytes and CUDA, and says so clearly when either is missing."""
-    import importlib.util
-
     import torch
 
     if not torch.cuda.is_available():

@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+# torch and transformers are imported in the functions: `import posttrain.models` stays free of them.
+
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
 BUILTIN_NAMES = (SMOLLM2, TINY_RANDOM)

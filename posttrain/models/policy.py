@@ -7,11 +7,16 @@ model it was trained on top of, so stages chain by folder: ``dpo.model.name = ru
 
 from __future__ import annotations
 
+import inspect
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 from posttrain.models.adapters import attach_adapter, is_peft, load_with_adapter, qlora_quantization_config
 from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer
+
+# torch and transformers are imported in the functions: `import posttrain.models` stays free of them.
 
 LINEAGE_FILE = "posttrain.json"
 
@@ -23,8 +28,6 @@ def enable_checkpointing(model, every: int = 1) -> None:
 
     ``every`` > 1 keeps checkpointing on every ``every``-th decoder layer only (layers 0, every, 2 x every, ...):
     the others keep their activations, so memory and recompute both land between the two ends."""
-    import inspect
-
     kwargs = {"use_reentrant": False}
     new = getattr(model, "activation_checkpointing_enable", None)
     if new is not None and "activation_checkpointing_kwargs" in inspect.signature(new).parameters:
@@ -149,9 +152,6 @@ def merge_to_folder(model: str, output: str | Path, *, dtype: str = "float32", c
 def save_folder(model, tokenizer, output: str | Path, dtype: str, extra: dict[str, str] | None = None) -> Path:
     """``model`` (already in ``dtype``) and ``tokenizer`` as a plain HF folder at ``output``, plus ``extra`` files
     (name -> text), written beside it under a temp name and renamed when complete."""
-    import shutil
-    import tempfile
-
     model.config.dtype = dtype
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

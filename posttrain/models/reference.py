@@ -17,6 +17,7 @@ import copy
 from pathlib import Path
 
 from posttrain.models.adapters import is_peft
+from posttrain.models.policy import load_base, model_tokenizer
 
 
 class ReferenceError_(ValueError):
@@ -69,8 +70,6 @@ def load_reference_model(name: str, tokenizer, *, cache_dir=None, dtype="auto", 
     """The frozen pinned reference: ``name`` loaded with its adapter lineage merged, no gradients, eval mode.
     The policy's sequences are scored by it token id for token id, so its tokenizer must have the policy
     ``tokenizer``'s vocabulary; ``ReferenceError_`` (one line naming both) when it does not."""
-    from posttrain.models.policy import load_base, model_tokenizer
-
     ref_vocab = model_tokenizer(name, cache_dir, trust_remote_code).get_vocab()
     vocab = tokenizer.get_vocab()
     if ref_vocab != vocab:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from posttrain.models.builtin import BUILTIN_NAMES, BuiltinModelMissing, builtin_dir
 
+# torch and transformers are imported in the functions: `import posttrain.models` stays free of them.
+
 
 class ModelError(RuntimeError):
     """A model could not be resolved or loaded; ``str()`` is one actionable line."""

@@ -13,7 +13,7 @@ from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
 def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
     """A one-output sequence classifier on ``model.name`` (adapter lineage merged), with a fresh LoRA/DoRA
     adapter (the score head fully trained) or fully trainable. Returns (model, base name)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification  # keeps the module free of transformers
 
     base_name, adapters = resolve_lineage(model_cfg.name, model_cfg.adapter)
     path = resolve_model_path(base_name, model_cfg.cache_dir)
@@ -39,7 +39,7 @@ def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
                          f"({str(e).splitlines()[0]})") from None
     model.config.pad_token_id = pad_token_id  # the classifier pools the last non-pad token
     if peft_cfg.method != "none":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # keeps the module free of peft
 
         if peft_cfg.method == "qlora":
             raise ConfigError("peft.method=qlora is not supported for reward models; use lora or none")
