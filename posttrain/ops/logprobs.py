@@ -25,6 +25,7 @@ import contextlib
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 IGNORE_INDEX = -100
@@ -207,8 +208,6 @@ def head_token_logps(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
     if type(head) is nn.Linear:
         return _LinearHeadLogps.apply(hidden, head.weight, head.bias, labels, chunk_size)
     # Any other head (LoRA on lm_head, a quantised linear): checkpoint each chunk so its logits are freed.
-    from torch.utils.checkpoint import checkpoint
-
     def one(h, y):
         return gather_token_logps(head(h), y, chunk_size=chunk_size)
 
