@@ -20,8 +20,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from posttrain.generation.backends import BACKENDS
+from posttrain.generation.types import BackendError
+from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
 from posttrain.pipeline.spec import (PipelineError, check_file, check_judge_entry, check_keys, check_types,
                                      nothing_pending)
+
+# posttrain.eval, posttrain.judges.run and posttrain.data import torch: the stage functions import them, so
+# `import posttrain.pipeline.eval_stages` stays free of torch.
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "base", "max_new_tokens", "batch_size",
              "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported", "rubric", "rubric_judge",
@@ -36,7 +42,6 @@ class GateFailed(RuntimeError):
 def check_eval(params: dict, pending) -> None:
     """Keys, types, suites (builtin names, existing files, or files an upstream stage writes) and the judge."""
     from posttrain.eval.suites import BUILTIN_SUITES
-    from posttrain.generation.backends import BACKENDS
 
     check_keys(params, EVAL_KEYS)
     suites = params.get("suites")
@@ -62,8 +67,6 @@ def check_eval(params: dict, pending) -> None:
         raise PipelineError(f"config: key 'backend': '{params['backend']}' is not one of {', '.join(BACKENDS)}")
     spec = params.get("judge")
     if isinstance(spec, str):
-        from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
-
         try:
             spec = parse_judge_spec(spec)
         except JudgeConfigError as e:
@@ -74,7 +77,6 @@ def check_eval(params: dict, pending) -> None:
 
 def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
     from posttrain.eval.run import run_eval
-    from posttrain.generation.types import BackendError
 
     check_eval(params, nothing_pending)
     suites = params["suites"]

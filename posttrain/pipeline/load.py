@@ -13,7 +13,7 @@ from typing import Iterable
 import yaml
 from pydantic import ValidationError
 
-from posttrain.config import parse_override, read_yaml_file
+from posttrain.config import COMMANDS, parse_override, read_yaml_file
 from posttrain.pipeline.rounds import expand_rounds, override_rounds, parse_rounds
 from posttrain.pipeline.spec import PipelineError, PipelineSpec, StageEntry, deep_merge, dependencies, topological_order
 
@@ -53,8 +53,6 @@ def load_pipeline(path: str | Path, overrides: Iterable[str] = (), commands: Ite
         raise PipelineError(f"{path}: the top level must be a mapping with run_dir and stages")
     declared = tree.get("command")
     if isinstance(declared, str) and "stages" not in tree:
-        from posttrain.config import COMMANDS
-
         if declared in COMMANDS:
             raise PipelineError(f"{path} is a `{declared}` training config, not a pipeline: run `posttrain "
                                 f"{declared} {path}` (a pipeline has run_dir and stages)")

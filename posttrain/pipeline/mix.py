@@ -16,6 +16,8 @@ from typing import Any
 
 from posttrain.pipeline.spec import PipelineError, check_keys
 
+# posttrain.data imports torch: the functions import it, so `import posttrain.pipeline.mix` stays free of torch.
+
 KINDS = {"preference": "preference", "sft": "sft", "kto": "unpaired", "prompt": "prompt"}
 
 

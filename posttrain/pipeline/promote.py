@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.data.runfolder import PROMOTION
+from posttrain.models.resolve import ModelError, resolve_model_path
 
 class PromotionError(ValueError):
     """A stage that may not (or cannot) be promoted; ``str()`` is one line."""
@@ -113,8 +114,6 @@ def deploy_base(model_name: str, serving_dir: str | Path) -> Path:
     """The first deploy of a serving folder: an untrained model (a builtin name or a local folder) becomes
     ``serving/models/base-<name>`` and ``current``. Only into a serving folder with no ``current`` yet: after that,
     models arrive through ``promote`` and its gates."""
-    from posttrain.models.resolve import ModelError, resolve_model_path
-
     serving_dir = Path(serving_dir)
     link = serving_dir / "current"
     if link.is_symlink() or link.exists():

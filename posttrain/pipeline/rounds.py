@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from posttrain.models.resolve import ModelError, resolve_model_path
 from posttrain.pipeline.spec import (
     REFERENCE,
     Condition,
@@ -274,8 +275,7 @@ def round_table(params: dict) -> tuple[int, list[dict]]:
 def run_best_round(params: dict, output_dir: Path, resume: bool) -> dict:
     """Writes ``rounds.json`` (per-round metric, gain, improved; the best round) and ``model``, a link to the
     best round's model folder (the start when no round improved)."""
-    from posttrain.data.writers import atomic_write_json
-    from posttrain.models.resolve import ModelError, resolve_model_path
+    from posttrain.data.writers import atomic_write_json  # posttrain.data imports torch: keeps this module free of it
 
     check_best_round(params, lambda _: False)
     best, rows = round_table(params)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from posttrain import __version__
 from posttrain.data.writers import OutputPathError, atomic_write_json, check_output_path
 from posttrain.feedback.store import FeedbackStore, StoreError, store_exists
 from posttrain.pipeline.registry import STAGES, STORE_INPUT, StageSpec
@@ -50,6 +51,7 @@ from posttrain.pipeline.spec import (
     topological_order,
 )
 from posttrain.data.runfolder import content_hash, git_sha, package_versions
+from posttrain.report import write_report
 
 STAGE_RECORD = "stage.json"  # written by the runner into a stage's folder after the stage succeeded
 NOT_RUN = "not run"  # the manifest status of a stage whose `when` condition (or an upstream's) did not hold
@@ -97,7 +99,7 @@ def plan_pipeline(spec: PipelineSpec, registry: dict[str, StageSpec] = STAGES,
     them)."""
     hasher = hasher or input_hash
     if version is None:
-        from posttrain import __version__ as version
+        version = __version__
     for name, entry in spec.stages.items():
         if entry.command not in registry:
             raise PipelineError(f"stages.{name}.command: unknown command '{entry.command}' "
@@ -365,8 +367,6 @@ def _run_stage(plan: StagePlan, stage: StageSpec, run_dir: Path, manifest: dict[
 
 
 def _report(run_dir: Path, say: Callable[[str], None]) -> None:
-    from posttrain.report import write_report
-
     try:
         say(f"report: {write_report(run_dir)}")
     except Exception as e:  # the report must never hide the run's own outcome
