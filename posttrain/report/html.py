@@ -11,7 +11,8 @@ from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from posttrain.eval.significance import paired_heads
+from posttrain.data.writers import atomic_write_text
+from posttrain.eval.significance import compare_responses, paired_heads
 from posttrain.report.load import TRAINING, gate_results, load_run, main_metric
 from posttrain.report.svg import bar_chart, finite, fmt, histogram, line_chart
 
@@ -388,8 +389,6 @@ def render_report(run: dict) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) and return its path."""
-    from posttrain.data.writers import atomic_write_text
-
     run_dir = Path(run_dir)
     path = run_dir / "report.html"
     atomic_write_text(path, render_report(load_run(run_dir)))
@@ -399,8 +398,6 @@ def write_report(run_dir: str | Path) -> Path:
 def paired_comparisons(a: dict, b: dict) -> list[tuple[str, dict[str, float]]]:
     """(eval stage name, B-vs-A paired-difference metrics) for each eval stage both loaded runs have with
     responses (``significance.compare_responses``: the same rows, matched by suite and id)."""
-    from posttrain.eval.significance import compare_responses
-
     evals_b = {s["name"]: s for s in _of(b["stages"], ["eval"])}
     out = []
     for s in _of(a["stages"], ["eval"]):
@@ -463,7 +460,5 @@ def render_comparison(a: dict, b: dict) -> str:
 
 def write_comparison(run_a: str | Path, run_b: str | Path, output: str | Path) -> Path:
     """Write the comparison of two run folders to ``output`` (atomically) and return its path."""
-    from posttrain.data.writers import atomic_write_text
-
     atomic_write_text(output, render_comparison(load_run(run_a), load_run(run_b)))
     return Path(output)

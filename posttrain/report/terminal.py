@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from posttrain.eval.significance import paired_heads
+from posttrain.report.html import paired_comparisons, paired_verdict
 from posttrain.report.load import gate_results, load_run, main_metric
 from posttrain.report.svg import finite, fmt
 
@@ -20,10 +27,6 @@ def gate_text(stage: dict) -> str:
 
 
 def print_summary(run_dir: str | Path, console=None) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
     run = load_run(run_dir)
     manifest = run["manifest"] or {}
     console = console or Console()
@@ -47,11 +50,6 @@ def print_summary(run_dir: str | Path, console=None) -> None:
 def print_paired(run_a: str | Path, run_b: str | Path) -> None:
     """One line per overall and per-group pass rate of each eval stage both runs have: B - A, its 95% paired interval, the rows
     B gained and lost, and the verdict (``html.paired_comparisons``)."""
-    import typer
-
-    from posttrain.eval.significance import paired_heads
-    from posttrain.report.html import paired_comparisons, paired_verdict
-
     for stage, m in paired_comparisons(load_run(run_a), load_run(run_b)):
         for head in paired_heads(m):
             if not head.startswith("suite/"):  # per-suite lines are in the HTML

@@ -32,10 +32,13 @@ import json
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
+from posttrain.data.runfolder import promoted_id
 from posttrain.feedback.store import FeedbackStore
+from posttrain.generation.backends import load_generator, model_label
 from posttrain.generation.types import BackendError, Generator
 from posttrain.serving.batcher import Batcher, ReloadError
 from posttrain.serving.handler import ChatHandler, StreamText, error_body
@@ -192,8 +195,6 @@ class ChatServer(ThreadingHTTPServer):
 
     def log_failure(self, client_address, error: BaseException | None) -> None:
         if self.verbose:
-            import traceback
-
             traceback.print_exc()
         else:
             print(f"posttrain serve: error on a request from {client_address[0]}: {type(error).__name__}: {error} "
@@ -242,9 +243,6 @@ def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, ada
     feedback store URL (``feedback/store.py``), opened before the model loads: completions are recorded there and
     ``POST /v1/feedback`` takes events about them. ``admin_key``: enables ``POST /admin/reload`` for that bearer
     key (``ChatServer.reload``; SIGHUP does the same in ``posttrain serve``)."""
-    from posttrain.data.runfolder import promoted_id
-    from posttrain.generation.backends import load_generator, model_label
-
     feedback = FeedbackStore(store) if store else None  # a bad URL fails before the model loads
 
     def load() -> tuple[Generator, str]:
