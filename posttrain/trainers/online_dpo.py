@@ -27,10 +27,13 @@ import math
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from posttrain.config import ConfigError
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.generation.prompts import last_user_text, sample
+from posttrain.generation.vllm_backend import import_vllm
+from posttrain.judges import pairs as pairing
 from posttrain.judges.ensemble import PairwiseEnsemble, combine_scores
 from posttrain.judges.run import JudgeConfigError, build_member
 from posttrain.losses import LossSpec, get_loss, preference_loss
@@ -93,7 +96,6 @@ def judge_pairs(members: list, items: list, outs: list, n: int, strategy: str, p
     prompt), built by the judge stage's pair builder (``judges/pairs.py``): scoring strategies score every sample,
     pairwise ones compare every two samples of a prompt (``compare_round_robin``). The rows' ``prompt_id`` is the
     prompt's position in ``items``, ``judge.chosen_index`` / ``rejected_index`` the samples' indices within it."""
-    from posttrain.judges import pairs as pairing
     candidates = [{"prompt_id": str(p), "candidate_index": i, "prompt": it.example.prompt,
                    "text": outs[p * n + i].text, "metadata": dict(it.example.metadata)}
                   for p, it in enumerate(items) for i in range(n)]
@@ -140,8 +142,6 @@ class PairsLog:
 def _gather_rows(rows: list[dict], world: int) -> list[dict]:
     if world == 1:
         return rows
-    import torch.distributed as dist
-
     shards: list = [None] * world
     dist.all_gather_object(shards, rows)
     return [r for shard in shards for r in shard]
@@ -296,8 +296,6 @@ def judge_inputs(judges: list[dict]) -> list[tuple[str, str]]:
 def train_online_dpo(cfg) -> dict:
     o, spec = cfg.online, get_loss(cfg.loss.type)
     if cfg.rollout.backend == "vllm":  # before the judges, which may load models
-        from posttrain.generation.vllm_backend import import_vllm
-
         import_vllm()
     run = TrainingRun(cfg, "online_dpo")
     accelerator, is_main = run.accelerator, run.is_main

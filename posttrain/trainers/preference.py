@@ -17,7 +17,11 @@ import random
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.data.collate import collate_pairs, collate_sequences, sequence_key
+from posttrain.data.layouts import load_examples
+from posttrain.data.render import render_dataset
+from posttrain.data.sources import source_label
 from posttrain.losses.sft import sft_loss
 from posttrain.losses import LossSpec, get_loss, preference_loss
 from posttrain.models.reference import (build_reference, load_reference_model, reference_model, reference_weights,
@@ -159,11 +163,6 @@ def mix_rows(cfg, tokenizer) -> list | None:
     """The rendered rows of ``mix_sft.path`` (same max length and truncation as the pairs), or None."""
     if cfg.mix_sft.path is None:
         return None
-    from posttrain.config import ConfigError
-    from posttrain.data.layouts import load_examples
-    from posttrain.data.render import render_dataset
-    from posttrain.data.sources import source_label
-
     rows, _ = render_dataset(load_examples(cfg.mix_sft.path, "sft", None), tokenizer,
                              max_length=cfg.data.max_length, truncation=cfg.data.truncation)
     if not rows:

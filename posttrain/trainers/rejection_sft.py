@@ -16,6 +16,8 @@ from __future__ import annotations
 import gc
 import math
 
+import torch.distributed as dist
+
 from posttrain.config import ConfigError
 from posttrain.data.render import render_dataset
 from posttrain.data.schema import DataErrors, SFTExample
@@ -176,8 +178,6 @@ def gather_prompt_major(my_outs: list, my_values: list[float], num_prompts: int,
     p * n + i is candidate i of prompt p), on every process. One process: unchanged."""
     if world == 1:
         return my_outs, my_values
-    import torch.distributed as dist
-
     shards: list = [None] * world
     dist.all_gather_object(shards, (my_outs, my_values))
     outs, values = [], []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from posttrain.generation.prompts import PromptItem, load_prompt_items, make_generator, sample
+from posttrain.generation.vllm_backend import import_vllm
 from posttrain.judges.reward import RewardFunction, check_rubric_reward
 from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.training.loop import cross_process_sum, settings_from_config
@@ -61,8 +62,6 @@ def load_rl_setup(cfg, run: TrainingRun, need_verifiable: bool) -> RLSetup:
     """Prompts (and held-out prompts) read and checked, then the seeded policy and its generator; a missing vllm
     fails before anything is loaded or written."""
     if cfg.rollout.backend == "vllm":
-        from posttrain.generation.vllm_backend import import_vllm
-
         import_vllm()
     tokenizer = model_tokenizer(cfg.model.name, cfg.model.cache_dir, cfg.model.trust_remote_code)
     items, stats = load_prompt_items(cfg.data.train, tokenizer, split=cfg.data.split,
