@@ -18,9 +18,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 
 from posttrain.config import ConfigError
+
+# torch.distributed.fsdp and .checkpoint are imported in the functions that use them: together 0.7 s, which every
+# import of the training code (config validate, the pipeline's checks) would pay for runs that do not shard.
 
 
 def launcher_strategy(distributed_type, configured: str, world: int) -> str:
@@ -70,10 +75,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 def shard(model: nn.Module, device: torch.device | str, world: int) -> nn.Module:
     """``fully_shard`` every decoder layer, then the root, over ``world`` processes; in place (the returned module is
     ``model``, its class now also an ``FSDPModule``)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    from torch.distributed.fsdp import register_fsdp_forward_method
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     mesh = init_device_mesh(torch.device(device).type, (world,))
     for layer in decoder_layers(model):
@@ -154,8 +156,6 @@ def total_norm(norm) -> float:
 def on_every_process(flag: bool) -> bool:
     """Whether ``flag`` holds on every process (one all-reduce; ``flag`` itself without a process group). Under
     FSDP every forward all-gathers, so a choice to skip one (a cached reference) must be the same everywhere."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag
     t = torch.tensor([int(flag)])
@@ -165,8 +165,6 @@ def on_every_process(flag: bool) -> bool:
 
 def max_over_processes(value: int) -> int:
     """The largest ``value`` over the processes (``value`` itself without a process group)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
     t = torch.tensor([int(value)])

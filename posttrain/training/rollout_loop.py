@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from posttrain.config import ConfigError
 from posttrain.training.checkpoint import checkpoint_dir, save_checkpoint
@@ -85,8 +86,6 @@ def allreduce_gradients(params: list, world: int, bucket_elems: int = 1 << 24) -
     flat buckets of at most ``bucket_elems`` elements: one collective per bucket, not per parameter."""
     if world == 1:
         return
-    import torch.distributed as dist
-
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -110,8 +109,6 @@ def mean_over_processes(metrics: dict[str, float], weight: float, world: int) ->
     ``weight`` rows); keys any process lacks are averaged over those that have them. One process: unchanged."""
     if world == 1:
         return dict(metrics)
-    import torch.distributed as dist
-
     gathered: list = [None] * world
     dist.all_gather_object(gathered, (float(weight), dict(metrics)))
     out: dict[str, float] = {}

@@ -12,7 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from posttrain.config import ConfigError, dump_config
 from posttrain.data.layouts import load_examples
@@ -191,17 +194,12 @@ def resolve_prefix_sharing(cfg, model) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def print_summary(command: str, metrics: dict, out_dir: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"posttrain {command}: {out_dir}", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")

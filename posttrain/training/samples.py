@@ -23,7 +23,7 @@ def greedy_samples(model, items: list, *, tokenizer, max_new_tokens: int) -> lis
     """One row per item: ``prompt`` (its text, special tokens dropped), ``completion`` (the model's greedy
     answer), ``reference`` (the answer in the data), ``tokens``, ``finish`` (``stop`` | ``length``), plus
     ``desirable`` for KTO rows. The model is put in eval mode for the generation and back in train mode after."""
-    from posttrain.generation.hf import HFGenerator
+    from posttrain.generation.hf import HFGenerator  # keeps `import posttrain.training.run` free of transformers
 
     if not items:
         return []

@@ -48,7 +48,7 @@ class Trackers:
     """The trackers of one run; ``log(record)`` for every metrics.jsonl record, ``finish()`` at the end."""
 
     def __init__(self, names, output_dir: str | Path, run_name: str, config: dict[str, Any]):
-        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # keeps `import posttrain.training` free of accelerate
 
         problem = missing_tracker(names)
         if problem:
@@ -60,7 +60,7 @@ class Trackers:
             if name == "tensorboard":
                 tracker = cls(run_name, logging_dir=str(out / "tensorboard"))
             elif name == "mlflow":
-                import mlflow
+                import mlflow  # optional dependency
 
                 if not os.environ.get("MLFLOW_TRACKING_URI"):
                     # a local file store beside the run (MLflow 3 keeps it behind an explicit opt-in; a team
@@ -102,7 +102,7 @@ class Trackers:
                                   + ["| " + " | ".join(cell(v) for v in row) + " |" for row in cells])
                 tracker.writer.add_text("samples", text, global_step=step)
             elif name == "mlflow":
-                import mlflow
+                import mlflow  # optional dependency
 
                 mlflow.log_table({c: [row[i] for row in cells] for i, c in enumerate(columns)},
                                  artifact_file=f"samples/step_{step}.json")
