@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import operator
 import os
+import socket
 import sys
 
 # -I leaves the script's folder off sys.path (3.11+); it goes (back) off after the import, so that the folder's
@@ -21,8 +22,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or '.') != _HERE]
 
 def _no_network() -> None:
     """Honest code that tries the network gets a clear error; the sandbox is what actually stops the network."""
-    import socket
-
     def refuse(*args, **kwargs):
         raise OSError("network access is disabled while verifying code")
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib
 import json
 import os
 import sys
 import types
+import unittest
 
 # -I leaves the script's folder off sys.path (3.11+); it goes (back) off after the import, so that the folder's
 # other modules (code.py, math.py) cannot shadow the standard library's for the code under test.
@@ -196,8 +198,6 @@ for _name in BINOPS:
 
 def _namespace(names) -> dict:
     """The tests' globals: the candidate's top-level names (handles or plain copies), except builtins' names."""
-    import importlib
-
     ns = {"__name__": "tests", "__builtins__": builtins}
     if type(names) is not list:
         raise CandidateGone("malformed names from the candidate")
@@ -257,8 +257,6 @@ def run_tests(source: str) -> dict:
         for name, fn in list(ns.items()):
             if name.startswith("test") and isinstance(fn, types.FunctionType) and fn.__code__.co_filename == "tests.py":
                 check(fn, name)
-        import unittest
-
         cases = [v for v in ns.values() if isinstance(v, type) and issubclass(v, unittest.TestCase)
                  and not v.__module__.startswith("unittest")]
         if cases:

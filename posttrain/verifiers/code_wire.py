@@ -181,7 +181,7 @@ def decode(node, resolve, depth: int = 0):
         if tag in ("y", "b") and n == 2:
             return (bytes if tag == "y" else bytearray)(_b64(node[1]))
         if tag == "n" and n == 4 and type(node[1]) is str and type(node[2]) is list:
-            import numpy
+            import numpy  # not a dependency of these stdlib-only processes: only an array on the wire needs it
 
             dtype = numpy.dtype(node[1])
             if dtype.kind not in "biufc" or not all(type(d) is int and d >= 0 for d in node[2]):

@@ -9,6 +9,7 @@ anything else falls back to a normalised string comparison.
 from __future__ import annotations
 
 import re
+import threading
 from fractions import Fraction
 
 _UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+"
@@ -153,9 +154,7 @@ def _math_verify_equal(response: str, reference: str) -> bool | None:
     """math-verify's verdict (None when it is not installed). Its timeouts use SIGALRM, which only the main
     thread may set: elsewhere it runs without one."""
     try:
-        import threading
-
-        from math_verify import parse, verify
+        from math_verify import parse, verify  # optional dependency (tests hide it)
     except ImportError:
         return None
     main = threading.current_thread() is threading.main_thread()
