@@ -270,6 +270,14 @@ class Batcher:
     def _run(self, batch: list[Job]) -> None:
         run = _BatchRun(self, batch)
         rows = [row for job in batch for row in job.rows]
+        with self._lock:  # counted when the batch starts: a job can be answered (and its client ask for the stats)
+            s = self.stats  # before the batch ends
+            s["requests"] += len(batch)
+            s["batches"] += 1
+            s["max_batch_requests"] = max(s["max_batch_requests"], len(batch))
+            s["max_batch_sequences"] = max(s["max_batch_sequences"], len(rows))
+            hist = s["batch_requests_histogram"]
+            hist[str(len(batch))] = hist.get(str(len(batch)), 0) + 1
         try:
             outputs = self.generator.generate_rows(rows, run.on_token)
         except _StopBatch:
@@ -287,14 +295,7 @@ class Batcher:
                 span = run.spans[id(job)]
                 job.finish(outputs[span.start: span.stop])
         with self._lock:
-            s = self.stats
-            s["requests"] += len(batch)
-            s["batches"] += 1
-            s["timed_out"] += run.timed_out
-            s["max_batch_requests"] = max(s["max_batch_requests"], len(batch))
-            s["max_batch_sequences"] = max(s["max_batch_sequences"], len(rows))
-            hist = s["batch_requests_histogram"]
-            hist[str(len(batch))] = hist.get(str(len(batch)), 0) + 1
+            self.stats["timed_out"] += run.timed_out
 
     def _count_timeout(self) -> None:
         with self._lock:
