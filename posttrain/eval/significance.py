@@ -22,7 +22,8 @@ With ``a`` rows passed by both, ``b`` gained, ``c`` lost, ``d`` failed by both, 
     low  = delta - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2)
     high = delta + sqrt((u1 - p1)^2 - 2 phi (u1 - p1)(p2 - l2) + (p2 - l2)^2)
 
-Metric keys (for each pass-rate metric ``m`` of ``PAIRED_METRICS`` that the eval produced, and each reference
+Metric keys (for each pass-rate metric ``m`` the eval produced: ``constraints/pass_rate``, ``capability/accuracy``,
+and each group's and suite's ``pass_rate``, ``constraints/pass_rate``, ``capability/accuracy``; and each reference
 ``ref``): ``m/delta_vs_<ref>`` (the difference, the same number as ``m`` minus ``<ref>/m``), ``.../ci_low``,
 ``.../ci_high`` (95%), ``.../gained``, ``.../lost`` (row counts), e.g.
 ``group/out_of_distribution/constraints/pass_rate/delta_vs_base/ci_low``.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from posttrain.eval.winrate import Z95, wilson_interval
@@ -73,9 +75,6 @@ def newcombe_paired_interval(both: int, model_only: int, ref_only: int, neither:
 _RATES: dict[str, tuple[str, ...] | None] = {"constraints/pass_rate": ("constraint",),
                                              "capability/accuracy": ("exact",)}
 _SLICE_RATES: dict[str, tuple[str, ...] | None] = {"pass_rate": None, **_RATES}
-PAIRED_METRICS = ("constraints/pass_rate", "capability/accuracy", "group/<g>/pass_rate",
-                  "group/<g>/constraints/pass_rate", "group/<g>/capability/accuracy", "suite/<s>/pass_rate",
-                  "suite/<s>/constraints/pass_rate", "suite/<s>/capability/accuracy")
 
 
 PAIRED_FIELDS = ("ci_low", "ci_high", "gained", "lost")
@@ -136,12 +135,6 @@ def compare_responses(records_a: Sequence[dict[str, Any]], records_b: Sequence[d
 
     a, b = verdicts(records_a), verdicts(records_b)
     keys = [k for k in b if k in a]
-    rows = [_RecordRow(b[k].get("kind"), b[k].get("group"), b[k].get("suite")) for k in keys]
+    rows = [SimpleNamespace(kind=b[k].get("kind"), group=b[k].get("group"), suite=b[k].get("suite")) for k in keys]
     return paired_metrics(rows, [b[k]["passed"] for k in keys], [a[k]["passed"] for k in keys], "a")
 
-
-class _RecordRow:
-    """The three fields of an ``EvalRow`` that ``paired_metrics`` reads, from a written response row."""
-
-    def __init__(self, kind: Any, group: Any, suite: Any) -> None:
-        self.kind, self.group, self.suite = kind, group, suite

@@ -10,6 +10,7 @@ import typer
 from posttrain.errors import fail
 
 from posttrain.report.html import write_comparison, write_report
+from posttrain.report.load import load_run
 from posttrain.report.terminal import print_paired, print_summary
 
 __all__ = ["report_command", "write_report", "app"]
@@ -27,8 +28,9 @@ def report_command(run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="
         if folder is not None and not folder.is_dir():
             fail(f"{folder}: no such folder (give the run_dir of `posttrain run`)")
     if other is not None:
-        path = write_comparison(run_dir, other, output or run_dir / "compare.html")
-        print_paired(run_dir, other)
+        a, b = load_run(run_dir), load_run(other)  # each run's files read once, for the page and the terminal
+        path = write_comparison(a, b, output or run_dir / "compare.html")
+        print_paired(a, b)
         typer.echo(f"comparison: {path}")
         return
     path = write_report(run_dir)

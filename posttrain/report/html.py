@@ -458,7 +458,7 @@ def render_comparison(a: dict, b: dict) -> str:
             "</body></html>\n")
 
 
-def write_comparison(run_a: str | Path, run_b: str | Path, output: str | Path) -> Path:
-    """Write the comparison of two run folders to ``output`` (atomically) and return its path."""
-    atomic_write_text(output, render_comparison(load_run(run_a), load_run(run_b)))
+def write_comparison(a: dict, b: dict, output: str | Path) -> Path:
+    """Write the comparison of two loaded runs (``load_run``) to ``output`` (atomically) and return its path."""
+    atomic_write_text(output, render_comparison(a, b))
     return Path(output)

@@ -47,10 +47,10 @@ def print_summary(run_dir: str | Path, console=None) -> None:
     console.print(table)
 
 
-def print_paired(run_a: str | Path, run_b: str | Path) -> None:
-    """One line per overall and per-group pass rate of each eval stage both runs have: B - A, its 95% paired interval, the rows
-    B gained and lost, and the verdict (``html.paired_comparisons``)."""
-    for stage, m in paired_comparisons(load_run(run_a), load_run(run_b)):
+def print_paired(a: dict, b: dict) -> None:
+    """One line per overall and per-group pass rate of each eval stage both loaded runs (``load_run``) have: B - A,
+    its 95% paired interval, the rows B gained and lost, and the verdict (``html.paired_comparisons``)."""
+    for stage, m in paired_comparisons(a, b):
         for head in paired_heads(m):
             if not head.startswith("suite/"):  # per-suite lines are in the HTML
                 typer.echo(f"{stage} {head.rsplit('/', 1)[0]}: B - A {m[head]:+.3f} [{m[head + '/ci_low']:+.3f}, "
