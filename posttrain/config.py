@@ -323,8 +323,8 @@ class PromptDataSection(Section):
     shuffle: bool = True
     prefix_sharing: bool | Literal["auto"] = Field(
         "auto", description="PPO/GRPO log-prob passes run each micro-batch of rollouts as prefix-tree rows, so the "
-        "samples of one prompt share its forward pass (same numbers). auto: on unless the model uses "
-        "flash-attention")
+        "samples of one prompt share its forward pass (same numbers); rejection-SFT's SFT steps use it as posttrain "
+        "sft does. auto: on unless the model uses flash-attention")
     tree_row_tokens: int | None = Field(None, gt=0, description="with prefix sharing: most trie nodes in one row "
                                         "(default from the model's size)")
 

@@ -1,8 +1,8 @@
 """Supervised fine-tuning: token-mean NLL on assistant tokens only (every assistant turn of a conversation).
 
 With ``data.packing`` each micro-batch is one padding-free row (``ops/packing.py``); with
-``data.prefix_sharing`` (on by default) prefix-tree rows (the rows' common system prompt computed once). The loss normaliser
-(loss tokens of the whole step) is the same in every layout, so they all take the same steps."""
+``data.prefix_sharing`` (on by default) prefix-tree rows (the rows' common system prompt computed once). The loss
+normaliser (loss tokens of the whole step) is the same in every layout, so they all take the same steps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from posttrain.data.collate import collate_sequences, pack_rendered, tree_render
 from posttrain.losses.sft import sft_loss, sft_loss_from_sums
 from posttrain.ops.layouts import count_tokens, layout
 from posttrain.training.loop import StepFns
-from posttrain.training.run import resolve_prefix_sharing, run_offline_training, to_device
+from posttrain.training.run import (TrainingData, TrainingRun, resolve_prefix_sharing, run_offline_training,
+                                    to_device, train_on_data)
 
 
 def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharing: bool = False,
@@ -35,10 +36,22 @@ def sft_step_fns(pad_token_id: int, device, packing: bool = False, prefix_sharin
     return StepFns(collate=collate, weight=weight, loss=loss, length=lambda r: len(r.input_ids))
 
 
-def train_sft(cfg) -> dict:
+def sft_builder(cfg):
+    """``build_fns`` of the SFT trainer for ``train_on_data``: the micro-batch layout the config asks for
+    (``data.prefix_sharing`` resolved for the loaded model, ``data.packing`` where the data section has it)."""
     def build(model, data, accelerator):
         resolve_prefix_sharing(cfg, model)
-        return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device, packing=cfg.data.packing,
-                            prefix_sharing=cfg.data.prefix_sharing, max_row_tokens=cfg.data.tree_row_tokens)
+        return sft_step_fns(data.tokenizer.pad_token_id, accelerator.device,
+                            packing=getattr(cfg.data, "packing", False), prefix_sharing=cfg.data.prefix_sharing,
+                            max_row_tokens=cfg.data.tree_row_tokens)
 
-    return run_offline_training(cfg, "sft", "sft", build)
+    return build
+
+
+def train_sft(cfg) -> dict:
+    return run_offline_training(cfg, "sft", "sft", sft_builder(cfg))
+
+
+def train_sft_on(run: TrainingRun, data: TrainingData, outputs: dict[str, str] | None = None) -> dict:
+    """The SFT trainer on rows another command made (rejection-SFT's winners) in its already opened ``run``."""
+    return train_on_data(run, data, sft_builder(run.cfg), outputs)

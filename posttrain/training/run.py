@@ -209,25 +209,37 @@ def print_summary(command: str, metrics: dict, out_dir: str) -> None:
 
 
 def run_offline_training(cfg, command: str, kind: str, build_fns) -> dict:
-    """The offline trainers (sft, the DPO family, kto): load and check data, load the policy, open the run folder,
-    ``fit``, save. ``build_fns(model, data, accelerator)`` returns the trainer's ``StepFns``. Returns the summary
-    metrics."""
+    """The offline trainers (sft, the DPO family, kto): load and check data, then ``train_on_data``. Returns the
+    summary metrics."""
     run = TrainingRun(cfg, command)
-    data = load_training_data(cfg, kind)
-    model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
-    fns = build_fns(model, data, run.accelerator)
-    if getattr(cfg.train, "log_samples", 0) and data.eval:
-        fns = dataclasses.replace(fns, samples=functools.partial(
-            greedy_samples, tokenizer=tokenizer, max_new_tokens=cfg.train.log_samples_max_new_tokens))
-    run.open()
+    return train_on_data(run, load_training_data(cfg, kind), build_fns)
+
+
+def train_on_data(run: TrainingRun, data: TrainingData, build_fns, outputs: dict[str, str] | None = None) -> dict:
+    """Load the policy, build the trainer's ``StepFns`` (``build_fns(model, data, accelerator)``), open the run
+    folder (or, when the caller opened it already to make the data, rewrite its config with what ``build_fns``
+    resolved), ``fit``, save the model. The summary starts with ``data.stats``; ``outputs``: files besides the
+    model that the caller wrote into the run folder (recorded in the manifest). Used by the offline trainers and by
+    rejection-SFT, whose selected winners are SFT data like any other."""
+    cfg = run.cfg
+    with run.guard():  # a failure while loading marks a folder the caller opened as failed
+        model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
+        fns = build_fns(model, data, run.accelerator)
+        if getattr(cfg.train, "log_samples", 0) and data.eval:
+            fns = dataclasses.replace(fns, samples=functools.partial(
+                greedy_samples, tokenizer=tokenizer, max_new_tokens=cfg.train.log_samples_max_new_tokens))
+        if run.folder is None:
+            run.open()
+        elif run.is_main:
+            run.folder.write_config(dump_config(cfg))
 
     def save(summary: dict, path: Path) -> tuple[dict, dict]:
         save_trained(model, tokenizer, path / "model", lineage, state_dict=run.full_state)
-        return {**data.stats, **summary}, {}
+        return {**data.stats, **summary}, dict(outputs or {})
 
     return run.train_and_save(
-        lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, command), run.accelerator), save,
-        model=model)
+        lambda: fit(model, data.train, data.eval, fns, settings_from_config(cfg, run.command), run.accelerator),
+        save, model=model)
 
 
 def to_device(batch: dict, device) -> dict:

@@ -23,8 +23,9 @@ if command == "grpo":
     train = trainer.train_grpo
 elif command == "rejection-sft":
     import posttrain.trainers.rejection_sft as trainer
+    import posttrain.training.run as run
 
-    keep_first_argument(trainer, "fit", seen)  # the policy rejection-sft trains
+    keep_first_argument(run, "fit", seen)  # the policy rejection-sft trains (the SFT trainer's train_on_data)
     train = trainer.train_rejection_sft
 else:
     import posttrain.trainers.ppo as trainer

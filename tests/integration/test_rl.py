@@ -388,3 +388,31 @@ def test_a_reward_model_ensemble_as_the_grpo_reward(tmp_path, reward_model_run):
     assert torch.allclose(one, both) and metrics["reward/reward_model_disagreement"] == 0.0
     expected = RewardModelJudge(str(rm)).rewards([(row.prompt, t) for t in texts])
     assert one.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rejection_sft_is_the_sft_trainer_on_its_winners(tmp_path):
+    """Rejection-SFT selects winners, then hands them to the SFT trainer: `posttrain sft` on its winners.jsonl with
+    the same optimisation settings takes the same steps (losses equal), and the run's config.yaml records the
+    micro-batch layout the SFT trainer resolved."""
+    import yaml
+
+    from posttrain.trainers.rejection_sft import train_rejection_sft
+    from posttrain.trainers.sft import train_sft
+
+    prompts = lowercase_prompts(tmp_path / "prompts.jsonl", 0, 8)
+    optim = ["optim.max_steps=3", "optim.lr=1e-2", "optim.batch_size=4", "optim.micro_batch_size=2"]
+    cfg = rejection_config(tmp_path, prompts, "rollout.max_new_tokens=5", "rejection.n=3", *optim)
+    train_rejection_sft(cfg)
+    out = tmp_path / "out"
+    _completed(out)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert resolved["prefix_sharing"] is True and resolved["tree_row_tokens"] > 0
+    sft = load_config("sft", None, [
+        f"data.train={out / 'winners.jsonl'}", "data.max_length=64", "model.name=tiny-random",
+        f"train.output_dir={tmp_path / 'sft'}", "train.progress=false", *optim])
+    train_sft(sft)
+    ours, theirs = read_metrics(out / "metrics.jsonl"), read_metrics(tmp_path / "sft" / "metrics.jsonl")
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == [1, 2, 3]
+    for a, b in zip(ours, theirs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["grad_norm"] == pytest.approx(b["grad_norm"],
+                                                                                                    rel=1e-5)
