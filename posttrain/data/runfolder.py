@@ -94,10 +94,17 @@ class RunFolder:
 PROMOTION = "promotion.json"  # written by `posttrain promote` into each promoted model folder
 
 
-def promoted_id(model_path: str | os.PathLike) -> str | None:
-    """The promoted model's id (its ``promotion.json`` ``id``, ``pipeline/promote.py``) behind ``model_path`` (a
-    serving folder's ``current`` link or a model folder), or None for a model that was not promoted."""
+def promoted_identity(model_path: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(id, lineage key) of the promoted model behind ``model_path`` (a serving folder's ``current`` link or a model
+    folder), read together from its ``promotion.json`` (``pipeline/promote.py``):
+    the lineage key of a run stage's model is ``<run_dir>:<stage>:<stage key>`` (the full content key, which hashes
+    the stage's config, inputs and every upstream stage: the run's manifest tells the rest), of a first deploy
+    ``base:<model>``. (None, None) for a model that was not promoted."""
     try:
-        return json.loads((Path(model_path).resolve() / PROMOTION).read_text())["id"]
+        promotion = json.loads((Path(model_path).resolve() / PROMOTION).read_text())
+        model_id = promotion["id"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, None
+    if promotion.get("key"):
+        return model_id, f"{promotion.get('run_dir')}:{promotion.get('stage')}:{promotion['key']}"
+    return model_id, f"base:{promotion['base']}" if promotion.get("base") else None

@@ -186,8 +186,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         params = {"temperature": req["temperature"], "top_p": req["top_p"], "max_tokens": req["max_tokens"],
                   "n": req["n"], "seed": req["seed"], "stop": req["stop"]}
         for i, o in enumerate(outs):
-            store.record_response(model=req["model_id"], messages=req["messages"], response=o.text,
-                                  params=params, prompt_tokens=req["prompt_tokens"],
+            store.record_response(model=req["model_id"], lineage=self.server.lineages.get(req["model_id"]),
+                                  messages=req["messages"], response=o.text, params=params,
+                                  prompt_tokens=req["prompt_tokens"],
                                   completion_tokens=o.completion_tokens, latency_ms=round(latency, 2),
                                   request_id=req["id"], choice_index=i)
 

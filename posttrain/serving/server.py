@@ -36,7 +36,7 @@ import traceback
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
-from posttrain.data.runfolder import promoted_id
+from posttrain.data.runfolder import promoted_identity
 from posttrain.feedback.store import FeedbackStore
 from posttrain.generation.backends import load_generator, model_label
 from posttrain.generation.types import BackendError, Generator
@@ -91,6 +91,7 @@ class ChatServer(ThreadingHTTPServer):
         self.max_connections, self.io_timeout_s, self.verbose = max_connections, io_timeout_s, verbose
         self.created = int(time.time())
         self.store = store  # a feedback store: every completion recorded (unless the request says store: false)
+        self.lineages: dict[str, str] = {}  # model id -> lineage key (promoted models), stored with each completion
         self.tokenizer_lock = threading.Lock()
         self.batcher = Batcher(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                                stall_s=stall_timeout_s, model_id=model_id or model_name)
@@ -245,11 +246,17 @@ def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, ada
     key (``ChatServer.reload``; SIGHUP does the same in ``posttrain serve``)."""
     feedback = FeedbackStore(store) if store else None  # a bad URL fails before the model loads
 
+    lineages: dict[str, str] = {}  # model id -> lineage key, recorded with each completion the model gives
+
     def load() -> tuple[Generator, str]:
         """The model at ``model_name`` now (a serving folder's ``current`` link is resolved again on every load)."""
         loaded, _ = load_generator(model_name, adapter=adapter, backend="hf", batch_size=max_batch_size,
                                    cache_dir=cache_dir)
-        return loaded, promoted_id(model_name) or model_label(model_name, adapter)
+        promoted, lineage = promoted_identity(model_name)
+        model_id = promoted or model_label(model_name, adapter)
+        if lineage:
+            lineages[model_id] = lineage
+        return loaded, model_id
 
     reload_from = None
     if generator is None:
@@ -261,6 +268,7 @@ def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, ada
                         api_key=api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                         default_max_tokens=default_max_tokens, verbose=verbose, store=feedback, model_id=model_id,
                         reload_from=reload_from, admin_key=admin_key, **limits)
+    server.lineages = lineages
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="posttrain-serve",
                               daemon=True)
     thread.start()

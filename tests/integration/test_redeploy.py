@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from posttrain.cli import app
+from posttrain.data.runfolder import promoted_identity
 from posttrain.feedback.store import FeedbackStore
 from posttrain.pipeline.promote import PromotionError, promote
 from posttrain.pipeline.spec import PipelineError
@@ -103,6 +104,8 @@ def test_first_deploy_of_a_base_model(tmp_path, tiny_model_dir):
     res = CliRunner().invoke(app, ["promote", "--base", str(tiny_model_dir), "--to", str(serving)])
     assert res.exit_code == 0, res.output
     assert json.loads((serving / "current" / "promotion.json").read_text())["id"] == f"base-{tiny_model_dir.name}"
+    assert promoted_identity(serving / "current") == (f"base-{tiny_model_dir.name}", f"base:{tiny_model_dir}")
+    assert promoted_identity(tiny_model_dir) == (None, None)  # not promoted
     again = CliRunner().invoke(app, ["promote", "--base", str(tiny_model_dir), "--to", str(serving)])
     assert again.exit_code == 2 and "takes an untrained base once" in again.output
     neither = CliRunner().invoke(app, ["promote", "--to", str(serving)])
@@ -177,6 +180,9 @@ def test_sighup_switches_to_the_promoted_model_without_failing_a_request(tmp_pat
         assert by_model["merge-aaaaaaaaaaaa"] != by_model["merge-bbbbbbbbbbbb"]
         first_new = min(i for i, r in enumerate(rows) if r["model"] == "merge-bbbbbbbbbbbb")
         assert all(r["model"] == "merge-bbbbbbbbbbbb" for r in rows[first_new + 4:])  # 4 clients' stragglers
+        # each completion carries the lineage key of the model that gave it: the promoted run stage's full key
+        for row in rows:
+            assert row["lineage"].endswith(":merge:" + row["model"][-1] * 64), row
 
         # over HTTP: the admin key is required, and a model whose chat template differs is refused (409), the
         # served model unchanged
