@@ -76,7 +76,8 @@ class ChatServer(ThreadingHTTPServer):
                  request_timeout_s: float = 600.0, drain_timeout_s: float = 30.0, stall_timeout_s: float = 120.0,
                  max_connections: int = 512, io_timeout_s: float = 30.0, verbose: bool = False,
                  store: FeedbackStore | None = None, model_id: str | None = None,
-                 reload_from: Callable[[], tuple[Generator, str]] | None = None, admin_key: str | None = None):
+                 reload_from: Callable[[], tuple[Generator, str]] | None = None, admin_key: str | None = None,
+                 lineages: dict[str, str] | None = None):
         context_length = context_length or model_context_length(generator)
         if context_length is None:
             raise BackendError(f"cannot tell the context length of '{model_name}' from its config; pass "
@@ -91,7 +92,9 @@ class ChatServer(ThreadingHTTPServer):
         self.max_connections, self.io_timeout_s, self.verbose = max_connections, io_timeout_s, verbose
         self.created = int(time.time())
         self.store = store  # a feedback store: every completion recorded (unless the request says store: false)
-        self.lineages: dict[str, str] = {}  # model id -> lineage key (promoted models), stored with each completion
+        # model id -> lineage key of the promoted models it served (``reload_from`` adds to it), stored with each
+        # completion
+        self.lineages = lineages if lineages is not None else {}
         self.tokenizer_lock = threading.Lock()
         self.batcher = Batcher(generator, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                                stall_s=stall_timeout_s, model_id=model_id or model_name)
@@ -267,8 +270,7 @@ def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, ada
     server = ChatServer((host, port), generator=generator, model_name=served_name or model_label(model_name, adapter),
                         api_key=api_key, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                         default_max_tokens=default_max_tokens, verbose=verbose, store=feedback, model_id=model_id,
-                        reload_from=reload_from, admin_key=admin_key, **limits)
-    server.lineages = lineages
+                        reload_from=reload_from, admin_key=admin_key, lineages=lineages, **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="posttrain-serve",
                               daemon=True)
     thread.start()
