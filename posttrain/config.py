@@ -168,9 +168,13 @@ class TrainSection(Section):
 
 
 class ParallelSection(Section):
-    strategy: Literal["ddp", "fsdp2"] = Field(
+    strategy: Literal["ddp", "fsdp2", "deepspeed"] = Field(
         "ddp", description="ddp: every process holds the whole model; fsdp2: parameters, gradients and optimizer "
-        "state sharded over the processes per decoder layer (torch FSDP2, training/parallel.py; every trainer)")
+        "state sharded over the processes per decoder layer (torch FSDP2, training/parallel.py; every trainer); "
+        "deepspeed: DeepSpeed ZeRO at zero_stage (sft, the DPO family, kto, reward-model, rejection-sft)")
+    zero_stage: Literal[2, 3] = Field(
+        2, description="with strategy=deepspeed: 2 partitions optimizer state and gradients, 3 also the parameters "
+        "(and a full fine-tuning reference copy); an accelerate DeepSpeed config's zero_stage replaces it")
 
 
 class PreferenceLossSection(Section):
@@ -261,9 +265,11 @@ class DPOConfig(Section):
 
     @model_validator(mode="after")
     def _mix_sft_strategy(self):
-        if self.mix_sft.path is not None and self.parallel.strategy == "fsdp2":
-            raise ValueError("mix_sft with parallel.strategy=fsdp2 is not supported (the extra SFT forward runs on "
-                             "some processes only, and an FSDP2 forward is collective); use ddp")
+        p = self.parallel
+        if self.mix_sft.path is not None and (p.strategy == "fsdp2" or (p.strategy, p.zero_stage) == ("deepspeed", 3)):
+            raise ValueError(f"mix_sft with parallel.strategy={p.strategy} is not supported (the extra SFT forward "
+                             "runs on some processes only, and a forward of sharded parameters is collective); use "
+                             "ddp or deepspeed with zero_stage 2")
         return self
 
 

@@ -98,11 +98,12 @@ DEFAULT_CHUNK_SIZE = 256  # tokens per head chunk: 256 x 49k vocab x 4 bytes = 5
 
 
 def unwrap_model(model):
-    """The innermost model under DDP / PEFT wrappers (the ``XForCausalLM`` that owns ``lm_head``, or the
-    ``XForSequenceClassification`` that owns ``score``)."""
+    """The innermost model under DDP / DeepSpeed / PEFT wrappers (the ``XForCausalLM`` that owns ``lm_head``, or
+    the ``XForSequenceClassification`` that owns ``score``)."""
     m = model
     for _ in range(4):
-        if isinstance(m, nn.parallel.DistributedDataParallel) or type(m).__name__ == "DistributedDataParallel":
+        if isinstance(m, nn.parallel.DistributedDataParallel) or type(m).__name__ in ("DistributedDataParallel",
+                                                                                       "DeepSpeedEngine"):
             m = m.module
         elif hasattr(m, "get_base_model") and hasattr(m, "peft_config"):
             m = m.get_base_model()
@@ -116,6 +117,8 @@ def split_head(model):
     lm = unwrap_model(model)
     head = getattr(lm, "lm_head", None)
     if not isinstance(head, nn.Module) or not hasattr(lm, "get_output_embeddings"):
+        return None
+    if hasattr(getattr(head, "weight", None), "ds_id"):  # ZeRO-3: the weight exists only inside the head's forward
         return None
     try:
         if lm.get_output_embeddings() is not head:

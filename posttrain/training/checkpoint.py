@@ -3,7 +3,10 @@
 Layout: ``OUTPUT/checkpoints/step-000010/{trainable.pt, optimizer.pt, scheduler.json, rng-rank0.pt, state.json}``.
 Under ``parallel.strategy=fsdp2`` every process writes its own shards instead (``trainable-rank{r}.pt``,
 ``optimizer-rank{r}.pt``: local tensors of the sharded parameters and of their optimizer state), and such a
-checkpoint resumes with the same number of processes and strategy (anything else is a one-line error).
+checkpoint resumes with the same number of processes and strategy (anything else is a one-line error). Under
+``parallel.strategy=deepspeed`` the engine writes its own files into ``deepspeed/`` (each process its partitions of
+the weights and optimizer state; frozen weights left out) and reads them back with DeepSpeed's loader, which
+unpickles: resume DeepSpeed runs only from folders you wrote.
 A checkpoint is written under a temporary name and renamed when complete, so a killed run never leaves a
 half-written one that looks finished; ``state.json`` is written last, marks completeness and records every
 file's size and sha256.
@@ -31,6 +34,7 @@ from posttrain.data.runfolder import atomic_write_json, content_hash
 from posttrain.training.parallel import local
 
 _PREFIX = "step-"
+_DEEPSPEED = "deepspeed"  # the folder of a checkpoint the DeepSpeed engine writes
 
 
 class CheckpointError(ConfigError):
@@ -169,10 +173,10 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def save_checkpoint(
     output_dir, *, step: int, model, optimizer, scheduler, rank: int, world_size: int, barrier, extra: dict, keep: int,
-    sharded: bool = False,
+    sharded: bool = False, engine=None,
 ) -> Path:
     """Every rank saves its RNG; rank 0 saves weights and optimizer (identical across DDP ranks), or, ``sharded``,
-    every rank saves its own shards of both."""
+    every rank saves its own shards of both, or, with a DeepSpeed ``engine``, the engine saves them."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
@@ -180,19 +184,23 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
-    if sharded:
+    if engine is not None:
+        engine.save_checkpoint(str(tmp), tag=_DEEPSPEED, save_latest=False, exclude_frozen_parameters=True)
+    elif sharded:
         torch.save(trainable_state(model), tmp / f"trainable-rank{rank}.pt")
         torch.save(optimizer_state(optimizer), tmp / f"optimizer-rank{rank}.pt")
     if rank == 0:
-        if not sharded:
+        if not sharded and engine is None:
             torch.save(trainable_state(model), tmp / "trainable.pt")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
     barrier()
     if rank == 0:
-        files = {f.name: {"size": f.stat().st_size, "hash": content_hash(f)} for f in sorted(tmp.iterdir())}
-        atomic_write_json(tmp / "state.json", {"step": step, "world_size": world_size, "sharded": sharded, **extra,
-                                               "files": files})
+        files = {f.relative_to(tmp).as_posix(): {"size": f.stat().st_size, "hash": content_hash(f)}
+                 for f in sorted(tmp.rglob("*")) if f.is_file()}
+        layout = {"engine": "deepspeed", "zero_stage": engine.zero_optimization_stage()} if engine is not None else {}
+        atomic_write_json(tmp / "state.json", {"step": step, "world_size": world_size, "sharded": sharded, **layout,
+                                               **extra, "files": files})
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _prune(Path(output_dir) / "checkpoints", keep)
@@ -217,15 +225,26 @@ def _load_legacy_rng(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def check_layout(path: Path, state: dict, *, sharded: bool, world_size: int) -> None:
+def _layout(engine: str | None, stage, sharded: bool, world, saved: bool) -> str:
+    by = ("by " if saved else "") + f"{world} process{'' if world == 1 else 'es'}"
+    if engine == "deepspeed":
+        return f"{by} with parallel.strategy=deepspeed (ZeRO-{stage})"
+    if sharded:
+        return f"{by} with parallel.strategy=fsdp2"
+    return "unsharded (parallel.strategy=ddp)" if saved else "parallel.strategy=ddp"
+
+
+def check_layout(path: Path, state: dict, *, sharded: bool, world_size: int, engine=None) -> None:
     """A sharded checkpoint resumes only as it was saved (same strategy and number of processes), an unsharded one
-    only unsharded; a one-line ``CheckpointError`` otherwise."""
-    saved_sharded, saved_world = bool(state.get("sharded")), state.get("world_size")
-    if saved_sharded != sharded or (sharded and saved_world != world_size):
-        how = (f"by {saved_world} processes with parallel.strategy=fsdp2" if saved_sharded
-               else "unsharded (parallel.strategy=ddp)")
-        now = f"{world_size} processes with parallel.strategy=fsdp2" if sharded else "parallel.strategy=ddp"
-        raise CheckpointError(f"{path}: saved {how}; this run has {now}: resume it as it was saved")
+    only unsharded, a DeepSpeed one only under DeepSpeed with the same ZeRO stage and number of processes; a
+    one-line ``CheckpointError`` otherwise."""
+    saved = (state.get("engine"), state.get("zero_stage"), bool(state.get("sharded")), state.get("world_size"))
+    now = ("deepspeed" if engine is not None else None,
+           engine.zero_optimization_stage() if engine is not None else None, sharded, world_size)
+    deepspeed = "deepspeed" in (saved[0], now[0])
+    if saved[:3] != now[:3] or ((sharded or deepspeed) and saved[3] != now[3]):
+        raise CheckpointError(f"{path}: saved {_layout(*saved, saved=True)}; this run has "
+                              f"{_layout(*now, saved=False)}: resume it as it was saved")
 
 
 def read_checkpoint(path: Path, rank: int) -> dict:
@@ -237,6 +256,8 @@ def read_checkpoint(path: Path, rank: int) -> dict:
                "optimizer": f"optimizer-rank{rank}.pt" if shards else "optimizer.pt",
                "scheduler": "scheduler.json" if (path / "scheduler.json").exists() else "scheduler.pt",
                "rng": f"rng-rank{rank}.pt"}
+    if out["state"].get("engine") == "deepspeed":  # weights and optimizer: the engine's files, its loader
+        del sources["trainable"], sources["optimizer"]
     for part, name in sources.items():
         f = path / name
         if part == "rng" and not f.exists():  # resumed on more processes than saved: this rank keeps its seed
@@ -259,11 +280,12 @@ def read_checkpoint(path: Path, rank: int) -> dict:
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int, sharded: bool = False,
-                    world_size: int = 1) -> dict:
+                    world_size: int = 1, engine=None) -> dict:
     """Restore the checkpoint at ``path``; if one of its files does not load, warn and use the newest older
     complete checkpoint that does (``CheckpointError`` when none does). Returns its ``state.json`` plus
     ``checkpoint``: the folder actually loaded."""
-    check_layout(path, json.loads((path / "state.json").read_text()), sharded=sharded, world_size=world_size)
+    check_layout(path, json.loads((path / "state.json").read_text()), sharded=sharded, world_size=world_size,
+                 engine=engine)
     older = [p for p in _complete(path.parent) if int(p.name[len(_PREFIX):]) < int(path.name[len(_PREFIX):])]
     problems = []
     for candidate in [path, *reversed(older)]:
@@ -281,8 +303,12 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int, shard
                               "to start over")
     if candidate != path:
         _warn(f"resuming from {candidate} instead of {path}")
-    load_trainable_state(model, loaded["trainable"])
-    load_optimizer_state(optimizer, loaded["optimizer"])
+    if engine is not None:
+        engine.load_checkpoint(str(candidate), tag=_DEEPSPEED, load_module_strict=False, load_optimizer_states=True,
+                               load_lr_scheduler_states=False)
+    else:
+        load_trainable_state(model, loaded["trainable"])
+        load_optimizer_state(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     if loaded["rng"] is not None:
         set_rng_state(loaded["rng"])

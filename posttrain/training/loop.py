@@ -29,7 +29,8 @@ from posttrain.config import ConfigError, DataSection, OptimSection, PromptDataS
 from posttrain.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import MetricSums, MetricsLog
 from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
-from posttrain.training.parallel import check_optimizer_covers, gradient_sync, is_sharded, local, shard, total_norm
+from posttrain.training.parallel import (check_optimizer_covers, deepspeed_config, deepspeed_engine, gradient_sync,
+                                         is_sharded, local, shard, total_norm)
 from posttrain.training.trackers import Trackers
 
 
@@ -56,12 +57,14 @@ class StepFns:
 class LoopSettings:
     """What the loops read of a run's config: its ``optim`` and ``train`` sections and its data section (order:
     ``shuffle``; offline data: ``sort_by_length``, ``sort_window``), held as the config objects themselves, not
-    copied field by field; ``parallel`` is ``parallel.strategy`` (ddp | fsdp2, ``training/parallel.py``), ``desc``
-    the progress bar's label, ``config`` the resolved config logged to the trackers as hyperparameters."""
+    copied field by field; ``parallel`` is ``parallel.strategy`` (ddp | fsdp2 | deepspeed, ``training/parallel.py``),
+    ``zero_stage`` its ZeRO stage under deepspeed, ``desc`` the progress bar's label, ``config`` the resolved config
+    logged to the trackers as hyperparameters."""
     optim: OptimSection
     train: TrainSection
     data: DataSection | PromptDataSection
     parallel: str = "ddp"
+    zero_stage: int = 2  # with parallel="deepspeed"
     desc: str = "train"
     config: dict | None = None
 
@@ -81,13 +84,13 @@ def build_optimization(model, s: LoopSettings, total_steps: int):
 
 
 def resume_from_checkpoint(s: LoopSettings, model, optimizer, scheduler, *, rank: int, total_steps: int,
-                           sharded: bool = False, world_size: int = 1) -> tuple[int, dict]:
+                           sharded: bool = False, world_size: int = 1, engine=None) -> tuple[int, dict]:
     """(step to start at, the checkpoint's state) from the latest checkpoint when ``train.resume``; (0, {})
     otherwise."""
     if not s.train.resume or (ckpt := latest_checkpoint(s.train.output_dir)) is None:
         return 0, {}
     state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, sharded=sharded,
-                            world_size=world_size)
+                            world_size=world_size, engine=engine)
     if rank == 0:
         # the checkpoint actually loaded: a damaged latest one falls back to the previous complete one
         used = state.get("checkpoint", ckpt)
@@ -140,6 +143,26 @@ def optimizer_step(accelerator, params: list, optimizer, scheduler, max_grad_nor
     return grad_norm, applied
 
 
+def engine_autocast(accelerator):
+    """bf16 autocast under DeepSpeed when the run's precision is bf16: accelerate turns its own autocast off when it
+    was launched with a DeepSpeed config (it expects DeepSpeed's bf16 mode, which posttrain leaves off)."""
+    return torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16,
+                          enabled=accelerator.mixed_precision == "bf16")
+
+
+def engine_step(engine, scheduler, loss: float) -> tuple[float, bool]:
+    """``optimizer_step`` under DeepSpeed: the engine reduces the accumulated gradients, clips them
+    (``gradient_clipping``) and steps; the schedule is the loop's. A non-finite loss is not applied (it stops the
+    run: ``train.on_nonfinite=skip`` is refused with DeepSpeed before step 0)."""
+    if not math.isfinite(loss):
+        return math.nan, False
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    grad_norm = math.nan if norm is None else float(norm)
+    scheduler.step()
+    return grad_norm, math.isfinite(grad_norm)
+
+
 def _checkpoint_note(checkpoint: Path | None) -> str:
     return (f"the last checkpoint, {checkpoint}, is kept (train.resume=true continues from it)"
             if checkpoint is not None else "no checkpoint was saved before it")
@@ -176,8 +199,8 @@ def check_finite_weights(model, step: int, reduce, checkpoint: Path | None) -> N
 
 
 def settings_from_config(cfg, desc: str) -> LoopSettings:
-    return LoopSettings(optim=cfg.optim, train=cfg.train, data=cfg.data, parallel=cfg.parallel.strategy, desc=desc,
-                        config=cfg.model_dump(mode="json"))
+    return LoopSettings(optim=cfg.optim, train=cfg.train, data=cfg.data, parallel=cfg.parallel.strategy,
+                        zero_stage=cfg.parallel.zero_stage, desc=desc, config=cfg.model_dump(mode="json"))
 
 
 def open_metrics_log(s: LoopSettings, rank: int, start: int) -> MetricsLog:
@@ -326,14 +349,21 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
     orders: dict = {}
 
     sharded = s.parallel == "fsdp2" and world > 1
+    engine = None  # DeepSpeed's, under parallel.strategy=deepspeed
     if sharded:
         shard(model, accelerator.device, world)  # before the optimizer: it must hold the sharded parameters
     optimizer, scheduler = build_optimization(model, s, total_steps)
-    ddp_model = model if sharded else accelerator.prepare(model)
-    check_optimizer_covers(ddp_model, optimizer)
+    if s.parallel == "deepspeed":  # after the optimizer: DeepSpeed partitions what it holds
+        engine = deepspeed_engine(model, optimizer, deepspeed_config(
+            s.zero_stage, s.optim.micro_batch_size, world, s.optim.max_grad_norm))
+        ddp_model = engine  # forwards through the engine (its per-micro-batch bookkeeping), backward and step too
+        sharded = is_sharded(model)  # ZeRO-3: every forward is a collective, as under FSDP2
+    else:
+        ddp_model = model if sharded else accelerator.prepare(model)
+        check_optimizer_covers(ddp_model, optimizer)
     params = [p for p in ddp_model.parameters() if p.requires_grad]
     start, _ = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps,
-                                      sharded=sharded, world_size=world)
+                                      sharded=sharded, world_size=world, engine=engine)
     log = open_metrics_log(s, rank, start)
     bar = progress_bar(s, total_steps, start, enabled=rank == 0)
     checkpoint = checkpoint_dir(s.train.output_dir, start) if start else None  # the newest, named if a step fails
@@ -350,8 +380,17 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         sums, loss_value, tokens = MetricSums(), 0.0, 0
         for i, batch in enumerate(batches):
             # Only the last micro-batch all-reduces (DDP) or reduce-scatters (FSDP2) gradients; both average over
-            # processes, hence "* world".
+            # processes, hence "* world" (DeepSpeed's reduction averages too).
             last_micro_batch = i == len(batches) - 1
+            if engine is not None:
+                engine.set_gradient_accumulation_boundary(last_micro_batch)
+                with engine_autocast(accelerator):
+                    loss_sum, metrics, n_tok = fns.loss(ddp_model, batch)
+                    engine.backward(loss_sum * (world / global_weight), scale_wrt_gas=False)
+                loss_value += float(loss_sum.detach()) / global_weight
+                tokens += n_tok
+                sums.add(metrics)
+                continue
             gradient_sync(ddp_model, last_micro_batch)
             sync = contextlib.nullcontext() if last_micro_batch or sharded else accelerator.no_sync(ddp_model)
             with sync, accelerator.autocast():
@@ -364,8 +403,11 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         # The loss is summed over processes before the update so that every process takes the same decision
         # on a non-finite step (the gradient norm is already global: gradients were all-reduced).
         step_tokens, loss_all = reduce(torch.tensor([tokens, loss_value], dtype=torch.float64)).tolist()
-        grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm, loss_all,
-                                            sharded=sharded)
+        if engine is not None:
+            grad_norm, applied = engine_step(engine, scheduler, loss_all)
+        else:
+            grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
+                                                loss_all, sharded=sharded)
         dt = time.perf_counter() - t0
         tokens_total += int(step_tokens)
         t_train += dt
@@ -394,7 +436,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             checkpoint = save_checkpoint(s.train.output_dir, step=step + 1, model=model, optimizer=optimizer,
                                          scheduler=scheduler, rank=rank, world_size=world,
                                          barrier=accelerator.wait_for_everyone, extra={"total_steps": total_steps},
-                                         keep=s.train.keep_checkpoints, sharded=sharded)
+                                         keep=s.train.keep_checkpoints, sharded=sharded, engine=engine)
             if fns.flush:
                 fns.flush()
     if skipped and skipped == total_steps - start:

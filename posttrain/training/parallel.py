@@ -9,12 +9,20 @@
   reduce-scattered (averaged), so the loop's loss scaling (``world / W``) is the same as under DDP. The same code
   runs on CPU (gloo) and GPU (NCCL): accelerate does not apply FSDP on CPU, so the API is called directly.
 
-The optimizer must be built *after* sharding: ``fully_shard`` replaces every parameter with a sharded one, and an
-optimizer built before would step tensors the model no longer uses (``check_optimizer_covers`` stops that).
+- ``deepspeed``: DeepSpeed ZeRO (Rajbhandari et al. 2020), ``parallel.zero_stage`` 2 (optimizer state and gradients
+  partitioned, every process keeps the whole model) or 3 (parameters partitioned too, gathered per module for its
+  forward and backward, like FSDP2). ``deepspeed.initialize`` takes the model and the optimizer the loop built
+  (DeepSpeed flattens and partitions what the optimizer holds, so the order is the opposite of FSDP2's); the loop
+  keeps its own loss scaling, schedule and step decisions and marks the accumulation boundary itself. Runs on GPU
+  (NCCL) and on CPU (gloo, DeepSpeed's CPU accelerator), so it is tested here. Needs ``pip install deepspeed``.
+
+The optimizer must be built *after* FSDP2 sharding: ``fully_shard`` replaces every parameter with a sharded one, and
+an optimizer built before would step tensors the model no longer uses (``check_optimizer_covers`` stops that).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -25,18 +33,18 @@ from torch.distributed.device_mesh import init_device_mesh
 from posttrain.config import ConfigError
 
 # torch.distributed.fsdp and .checkpoint are imported in the functions that use them: together 0.7 s, which every
-# import of the training code (config validate, the pipeline's checks) would pay for runs that do not shard.
+# import of the training code (config validate, the pipeline's checks) would pay for runs that do not shard;
+# deepspeed (an optional dependency, 4.7 s to import) likewise, only in runs with parallel.strategy=deepspeed.
 
 
 def launcher_strategy(distributed_type, configured: str, world: int) -> str:
     """The strategy a run uses given how it was launched: ``accelerate launch`` with an FSDP config
     (``examples/accelerate/fsdp2.yaml``) selects ``fsdp2`` (posttrain shards through torch's API, the engine
-    accelerate's FSDP2 drives); a DeepSpeed config stops with one line; anything else keeps ``configured``."""
+    accelerate's FSDP2 drives), a DeepSpeed config (``zero2.yaml``, ``zero3.yaml``) ``deepspeed`` (its ZeRO stage
+    read by ``launcher_zero_stage``); anything else keeps ``configured``."""
     kind = getattr(distributed_type, "value", distributed_type)
     if kind == "DEEPSPEED":
-        raise ConfigError("accelerate launch with a DeepSpeed config: posttrain does not drive DeepSpeed (ZeRO) yet; "
-                          "launch with examples/accelerate/fsdp2.yaml (parameters, gradients and optimizer state "
-                          "sharded, as ZeRO-3) or torchrun with parallel.strategy=fsdp2")
+        return "deepspeed"
     if kind == "FSDP":
         if world == 1:
             raise ConfigError("accelerate launch with an FSDP config and 1 process: there is nothing to shard over; "
@@ -44,8 +52,25 @@ def launcher_strategy(distributed_type, configured: str, world: int) -> str:
         return "fsdp2"
     return configured
 
-def check_combination(cfg) -> None:
-    """Combinations with ``parallel.strategy=fsdp2`` that have not run stop before anything loads, in one line."""
+def launcher_zero_stage(configured: int) -> int:
+    """The ZeRO stage of an ``accelerate launch`` DeepSpeed config (``zero_stage``), else ``configured``."""
+    from accelerate.state import AcceleratorState
+
+    plugin = getattr(AcceleratorState(), "deepspeed_plugin", None) if AcceleratorState._shared_state else None
+    stage = getattr(plugin, "zero_stage", None)
+    return int(stage) if stage is not None else configured
+
+
+# the trainers `fit` runs (training/loop.py); GRPO, PPO and online DPO run their own loop (training/rollout_loop.py)
+DEEPSPEED_COMMANDS = ("sft", "dpo", "kto", "reward_model", "rejection_sft")
+
+
+def check_combination(cfg, command: str | None = None) -> None:
+    """Combinations with ``parallel.strategy`` fsdp2 or deepspeed that have not run stop before anything loads, in
+    one line."""
+    if cfg.parallel.strategy == "deepspeed":
+        check_deepspeed(cfg, command)
+        return
     if cfg.parallel.strategy != "fsdp2":
         return
     peft = getattr(cfg, "peft", None)
@@ -57,6 +82,82 @@ def check_combination(cfg) -> None:
         raise ConfigError("rollout.backend=vllm with parallel.strategy=fsdp2: syncing sharded weights into the "
                           "colocated vLLM engine has not run on a GPU yet; use parallel.strategy=ddp with vllm, or "
                           "rollout.backend=hf with fsdp2")
+
+
+def check_deepspeed(cfg, command: str | None) -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError("parallel.strategy=deepspeed: DeepSpeed is not installed; pip install 'posttrain[deepspeed]' "
+                          "(or use parallel.strategy=fsdp2, which shards the same way as ZeRO-3)") from None
+    if command is not None and command not in DEEPSPEED_COMMANDS:
+        name = command.replace("_", "-")
+        raise ConfigError(f"parallel.strategy=deepspeed: {name} is not driven through DeepSpeed yet (its rollouts run "
+                          f"in their own loop); use parallel.strategy=fsdp2 (or ddp) for {name}")
+    peft = getattr(cfg, "peft", None)
+    if peft is not None and peft.method == "qlora":
+        raise ConfigError("peft.method=qlora with parallel.strategy=deepspeed: 4-bit base weights are not partitioned "
+                          "by posttrain; use peft.method=lora with deepspeed, or qlora with parallel.strategy=ddp")
+    if cfg.train.on_nonfinite == "skip":
+        raise ConfigError("train.on_nonfinite=skip with parallel.strategy=deepspeed: the DeepSpeed optimizer cannot "
+                          "drop a step's gradients once reduced; use train.on_nonfinite=fail (the default)")
+
+
+def deepspeed_config(zero_stage: int, micro_batch_size: int, world: int, max_grad_norm: float | None) -> dict:
+    """The DeepSpeed config posttrain's loop runs under: ZeRO at ``zero_stage``; precision is the loop's own
+    (fp32 weights, bf16 autocast where enabled), so DeepSpeed's fp16/bf16 modes stay off; the accumulation boundary
+    is marked by the loop (``engine.set_gradient_accumulation_boundary``), so the batch numbers only satisfy
+    DeepSpeed's consistency check."""
+    return {"train_micro_batch_size_per_gpu": micro_batch_size, "gradient_accumulation_steps": 1,
+            "train_batch_size": micro_batch_size * world, "gradient_clipping": float(max_grad_norm or 0.0),
+            "zero_optimization": {"stage": zero_stage}, "steps_per_print": 2 ** 31 - 1, "wall_clock_breakdown": False,
+            "zero_allow_untested_optimizer": True}
+
+
+def deepspeed_engine(model: nn.Module, optimizer: torch.optim.Optimizer, config: dict):
+    """``deepspeed.initialize`` on the model and the optimizer built over it: the engine owns the backward (gradient
+    partitioning) and the optimizer step; ``model`` itself is what the loop runs forwards through (under ZeRO-3 its
+    parameters are partitioned in place, gathered by hooks per module)."""
+    import deepspeed
+
+    init_process_group_for_deepspeed()
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine
+
+
+def init_process_group_for_deepspeed() -> None:
+    """DeepSpeed needs a process group even for one process (accelerate makes none then); without one it would
+    look for MPI. A one-process group on a free loopback port."""
+    if dist.is_available() and dist.is_initialized():
+        return
+    import socket
+
+    import deepspeed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(auto_mpi_discovery=False)
+
+
+def partition_reference(frozen: nn.Module, world: int) -> None:
+    """A frozen reference copy under ZeRO-3: its parameters partitioned like the policy's (DeepSpeed's inference
+    mode of ZeRO-3, no optimizer), in place."""
+    import deepspeed
+
+    config = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": world, "zero_optimization": {"stage": 3},
+              "steps_per_print": 2 ** 31 - 1}
+    init_process_group_for_deepspeed()
+    engine, *_ = deepspeed.initialize(model=frozen, config=config)
+    engine.eval()
+
+
+def is_zero3(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are partitioned by DeepSpeed ZeRO-3 (each carries ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -94,14 +195,20 @@ def place_reference(frozen: nn.Module | None, cfg, accelerator) -> None:
     if frozen is None:
         return
     frozen.to(accelerator.device)
-    if cfg.parallel.strategy == "fsdp2" and accelerator.num_processes > 1:
+    if accelerator.num_processes == 1:
+        return
+    if cfg.parallel.strategy == "fsdp2":
         shard(frozen, accelerator.device, accelerator.num_processes)
+    elif cfg.parallel.strategy == "deepspeed" and cfg.parallel.zero_stage == 3:
+        partition_reference(frozen, accelerator.num_processes)
 
 
 def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model``'s parameters are spread over processes (FSDP2 or ZeRO-3), so that every forward is a
+    collective all processes must join."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return isinstance(model, FSDPModule) or is_zero3(model)
 
 
 @contextmanager
@@ -111,6 +218,9 @@ def gathered(model: nn.Module):
     (a sharded forward all-gathers, so processes decoding unequal numbers of tokens would wait on each other
     forever). Costs one full copy of the weights per process while it lasts (as a colocated inference engine
     does); the shards are restored after. No-op for a model that is not sharded."""
+    if is_zero3(model):
+        yield from _gathered_zero3(model)
+        return
     if not is_sharded(model):
         yield model
         return
@@ -132,14 +242,41 @@ def gathered(model: nn.Module):
             unit.set_reshard_after_forward(unit is not model, recurse=False)
 
 
+def _gathered_zero3(model: nn.Module):
+    """``gathered`` for ZeRO-3: every parameter gathered, and the per-module fetch/release hooks of the forward
+    suspended (they would partition the weights again after each module)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        hooks = {}
+        for m in model.modules():  # the hooks DeepSpeed registered on each module: held out for the duration
+            hooks[m] = (dict(m._forward_pre_hooks), dict(m._forward_hooks))
+            m._forward_pre_hooks.clear()
+            m._forward_hooks.clear()
+        try:
+            yield model
+        finally:
+            for m, (pre, post) in hooks.items():
+                m._forward_pre_hooks.update(pre)
+                m._forward_hooks.update(post)
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
-    """This process's shard of a sharded (DTensor) tensor, the tensor itself otherwise."""
+    """This process's shard of a sharded tensor (a DTensor's local tensor, a ZeRO-3 parameter's partition), the
+    tensor itself otherwise."""
+    if hasattr(t, "ds_tensor"):
+        return t.ds_tensor
     return t.to_local() if hasattr(t, "to_local") else t
 
 
 def local_numel(param: torch.Tensor) -> int:
-    """Elements this process holds of ``param`` (its shard for a DTensor)."""
+    """Elements this process holds of ``param`` (its shard for a DTensor or a ZeRO-3 parameter)."""
     return local(param).numel()
+
+
+def full_numel(param: torch.Tensor) -> int:
+    """Elements of the whole ``param`` (a ZeRO-3 parameter's own tensor is empty between uses)."""
+    return int(getattr(param, "ds_numel", param.numel()))
 
 
 def gradient_sync(model: nn.Module, enabled: bool) -> None:
@@ -185,6 +322,12 @@ def check_optimizer_covers(model: nn.Module, optimizer: torch.optim.Optimizer) -
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The full (unsharded) state dict on CPU, gathered on the main process (other processes get an empty dict);
     None when ``model`` is not sharded. A collective: every process must call it."""
+    if is_zero3(model):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            full = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return full if dist.get_rank() == 0 else {}
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

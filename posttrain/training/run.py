@@ -27,7 +27,7 @@ from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
 from posttrain.ops.packing import default_tree_row_tokens
 from posttrain.training.loop import fit, make_accelerator, settings_from_config
-from posttrain.training.parallel import check_combination, full_state_dict, launcher_strategy
+from posttrain.training.parallel import check_combination, full_state_dict, launcher_strategy, launcher_zero_stage
 from posttrain.training.samples import greedy_samples
 
 
@@ -107,7 +107,9 @@ class TrainingRun:
                                      self.accelerator.num_processes)
         if launched != cfg.parallel.strategy:  # recorded in config.yaml: the run says how it ran
             cfg.parallel.strategy = launched
-        check_combination(cfg)
+        if launched == "deepspeed":
+            cfg.parallel.zero_stage = launcher_zero_stage(cfg.parallel.zero_stage)
+        check_combination(cfg, command)
         self.is_main = self.accelerator.is_main_process
         self.folder: RunFolder | None = None
         self.full_state: dict | None = None  # the trained model's gathered weights when it was sharded

@@ -4,7 +4,8 @@ JSON-lines file in $POSTTRAIN_GPU_CHECK_OUT, which the script prints as one tabl
 
 Rows: bf16 vs fp32 loss parity for SFT and DPO (tiny-random, same data and seed), QLoRA DPO steps (bitsandbytes),
 packed (SDPA varlen through position_ids) vs padded log-probs, FSDP2 under torchrun on the visible GPUs (1 GPU:
-skipped, needs 2), and `generate` through vLLM when it is installed."""
+skipped, needs 2), DeepSpeed ZeRO-2 and ZeRO-3 launched with the shipped accelerate configs (1 or 2 GPUs) against
+one DDP process, and `generate` through vLLM when it is installed."""
 
 from __future__ import annotations
 
@@ -100,6 +101,33 @@ def test_fsdp2_on_the_visible_gpus(tmp_path):
     ok = res.returncode == 0
     record("FSDP2 (torchrun, 2 GPUs)", ok, stderr_tail=res.stderr[-200:] if not ok else "")
     assert ok, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_the_visible_gpus(tmp_path, stage):
+    """parallel.strategy=deepspeed on up to 2 GPUs, launched with the shipped accelerate config (bf16 autocast,
+    NCCL): DPO full fine-tuning (ZeRO-3 partitions the reference copy too) against one process under DDP."""
+    pytest.importorskip("deepspeed")
+    n = min(torch.cuda.device_count(), 2)
+    script = Path(__file__).parents[1] / "integration" / "dist_fsdp.py"
+    root = Path(__file__).parents[2]
+    data = write_jsonl(tmp_path / "d.jsonl", pair_rows(16))
+    (tmp_path / "r").mkdir()
+    args = [f"data.train={data}", "optim.batch_size=8", "optim.micro_batch_size=2", "optim.max_steps=3",
+            "peft.method=none", "data.shuffle=false", "train.precision=bf16"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(root / "examples" / "accelerate" / f"zero{stage}.yaml"), "--num_processes", str(n),
+                          str(script), "dpo", str(tmp_path / "ds"), str(tmp_path / "r"), *args],
+                         capture_output=True, text=True, timeout=600, env=env)
+    one = subprocess.run([sys.executable, str(script), "dpo", str(tmp_path / "one"), str(tmp_path / "r"), *args],
+                         capture_output=True, text=True, timeout=600, env=env)
+    ok = res.returncode == 0 and one.returncode == 0
+    diff = (max(abs(a - b) for a, b in zip(losses(tmp_path / "ds"), losses(tmp_path / "one"))) if ok else math.nan)
+    ok = ok and diff < 2e-2 and f"zero_stage: {stage}" in (tmp_path / "ds" / "config.yaml").read_text()
+    record(f"DeepSpeed ZeRO-{stage} (accelerate launch, {n} GPU)", ok, max_loss_diff_vs_ddp=diff,
+           stderr_tail=(res.stderr or one.stderr)[-200:] if not ok else "")
+    assert ok, (res.stderr + one.stderr)[-2000:]
 
 
 def test_generate_through_vllm(tmp_path):

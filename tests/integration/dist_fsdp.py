@@ -1,6 +1,7 @@
 """Run under torchrun (or alone) by test_distributed.py: trains SFT, DPO, GRPO, PPO or a reward model with the given overrides and
-writes this rank's view: how many parameter elements it holds (its shards under parallel.strategy=fsdp2), split
-into trainable and frozen, and the summary."""
+writes this rank's view: how many parameter elements it holds (its shards under parallel.strategy=fsdp2 or
+deepspeed ZeRO-3), split into trainable and frozen, how many optimizer-state elements (DeepSpeed: its partition),
+and the summary."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import sys
 import torch
 
 from posttrain.config import load_config
-from posttrain.training.parallel import is_sharded, local_numel
+from posttrain.training.parallel import full_numel, is_sharded, local_numel
 
 command, out, result_dir = sys.argv[1:4]
 seen = {}
@@ -39,7 +40,18 @@ import posttrain.training.run as stage  # noqa: E402
 from tests.integration.helpers import keep_first_argument  # noqa: E402
 
 
+import posttrain.training.loop as loop  # noqa: E402
+
 keep_first_argument(stage, "fit", seen)
+real_engine = loop.deepspeed_engine
+
+
+def keep_engine(*args, **kwargs):
+    seen["engine"] = engine = real_engine(*args, **kwargs)
+    return engine
+
+
+loop.deepspeed_engine = keep_engine
 keep_first_argument(rl_common, "fit_rl", seen)
 if command == "reward-model":
     keep_first_argument(trainer, "fit", seen)
@@ -62,12 +74,18 @@ full = {"trainable": 0, "frozen": 0}
 for p in model.parameters():
     kind = "trainable" if p.requires_grad else "frozen"
     held[kind] += local_numel(p)
-    full[kind] += p.numel()
+    full[kind] += full_numel(p)
 reference = seen.get("reference")
 ref_held = sum(local_numel(p) for p in reference.parameters()) if reference is not None else None
-ref_full = sum(p.numel() for p in reference.parameters()) if reference is not None else None
+ref_full = sum(full_numel(p) for p in reference.parameters()) if reference is not None else None
+engine = seen.get("engine")
+optimizer_held = None
+if engine is not None:  # the torch optimizer inside DeepSpeed's: its state over this process's partition
+    optimizer_held = sum(t.numel() for st in engine.optimizer.optimizer.state.values() for t in st.values()
+                         if torch.is_tensor(t) and t.dim() > 0)
 rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as fh:
     json.dump({"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "sharded": is_sharded(model),
                "held": held, "full": full, "reference_held": ref_held, "reference_full": ref_full,
+               "optimizer_held": optimizer_held,
                "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}, fh)

@@ -129,14 +129,15 @@ def test_two_process_rejection_sft_matches_one_process(tmp_path):
 FSDP_SCRIPT = Path(__file__).with_name("dist_fsdp.py")
 
 
-def sharded_and_single(tmp_path, command: str, args: list[str], port: int) -> tuple[list[dict], dict]:
-    """Run ``command`` under torchrun (2 processes, parallel.strategy=fsdp2) into tmp_path/two and alone into
-    tmp_path/one; returns (each rank's report, the single process's report) as dist_fsdp.py writes them."""
+def sharded_and_single(tmp_path, command: str, args: list[str], port: int,
+                       strategy: tuple[str, ...] = ("parallel.strategy=fsdp2",)) -> tuple[list[dict], dict]:
+    """Run ``command`` under torchrun (2 processes, ``strategy``) into tmp_path/two and alone into tmp_path/one;
+    returns (each rank's report, the single process's report) as dist_fsdp.py writes them."""
     (tmp_path / "r2").mkdir()
     (tmp_path / "r1").mkdir()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    _run(torchrun + [str(FSDP_SCRIPT), command, str(tmp_path / "two"), str(tmp_path / "r2"), *args,
-                     "parallel.strategy=fsdp2"], tmp_path)
+    _run(torchrun + [str(FSDP_SCRIPT), command, str(tmp_path / "two"), str(tmp_path / "r2"), *args, *strategy],
+         tmp_path)
     _run([sys.executable, str(FSDP_SCRIPT), command, str(tmp_path / "one"), str(tmp_path / "r1"), *args], tmp_path)
     ranks = [json.loads((tmp_path / "r2" / f"rank{r}.json").read_text()) for r in (0, 1)]
     return ranks, json.loads((tmp_path / "r1" / "rank0.json").read_text())
@@ -153,6 +154,20 @@ def saved_logits(*models) -> list[torch.Tensor]:
         with torch.no_grad():
             out.append(model(input_ids=ids).logits)
     return out
+
+
+def assert_steps_and_evals_match(two: Path, one: Path) -> None:
+    """The 2-process run's 3 steps took the 1-process run's losses, gradient norms and tokens, the loss moved (the
+    optimizer steps the parameters the model uses), and its 2 evals gave the same losses."""
+    steps = [[r for r in read_metrics(run / "metrics.jsonl") if r.get("split") != "eval"] for run in (two, one)]
+    assert [r["step"] for r in steps[0]] == [1, 2, 3]
+    for a, b in zip(*steps):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert a["tokens"] == b["tokens"]
+    assert steps[0][-1]["loss"] != steps[0][0]["loss"]
+    evals = [[r["loss"] for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "eval"] for run in (two, one)]
+    assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], rel=1e-4)
 
 
 @pytest.mark.distributed
@@ -185,17 +200,7 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
     else:
         assert one["reference_full"] is None  # LoRA: the reference is the policy with its adapter disabled
 
-    two = [r for r in read_metrics(tmp_path / "two" / "metrics.jsonl") if r.get("split") != "eval"]
-    single = [r for r in read_metrics(tmp_path / "one" / "metrics.jsonl") if r.get("split") != "eval"]
-    assert [r["step"] for r in two] == [1, 2, 3]
-    for a, b in zip(two, single):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
-        assert a["tokens"] == b["tokens"]
-    assert two[-1]["loss"] != two[0]["loss"]  # the optimizer steps the parameters the sharded model uses
-    evals = [[r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if r.get("split") == "eval"]
-             for run in ("two", "one")]
-    assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], rel=1e-4)
+    assert_steps_and_evals_match(tmp_path / "two", tmp_path / "one")
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "completed"
 
     logits = saved_logits(tmp_path / "two" / "model", tmp_path / "one" / "model")
@@ -203,15 +208,18 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
 
 
 @pytest.mark.distributed
-def test_fsdp2_reward_model_matches_one_process(tmp_path):
-    """The reward model under fsdp2: half the parameters per process, the same losses, gradient norms and held-out
-    report as one process (every process scores the report with the weights gathered), and the saved classifier
-    (LoRA merged into a fresh unsharded copy from the gathered weights) scores as the one-process one."""
+@pytest.mark.parametrize("strategy,port", [(("parallel.strategy=fsdp2",), 29542),
+                                           (("parallel.strategy=deepspeed", "parallel.zero_stage=3"), 29565)])
+def test_sharded_reward_model_matches_one_process(tmp_path, strategy, port):
+    """The reward model under fsdp2 and under DeepSpeed ZeRO-3: half the parameters per process, the same losses,
+    gradient norms and held-out report as one process (every process scores the report with the weights
+    gathered), and the saved classifier (LoRA merged into a fresh unsharded copy from the gathered weights) scores
+    as the one-process one."""
     data = write_jsonl(tmp_path / "data.jsonl", pair_rows(20))
     args = [f"data.train={data}", "peft.method=lora", "optim.batch_size=8", "optim.micro_batch_size=2",
             "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
             "data.eval_fraction=0.2"]
-    ranks, one = sharded_and_single(tmp_path, "reward-model", args, 29542)
+    ranks, one = sharded_and_single(tmp_path, "reward-model", args, port, strategy)
     assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
     for kind in ("trainable", "frozen"):  # (the one-process model had its LoRA merged in place by the save)
         total = ranks[0]["full"][kind]
@@ -338,3 +346,77 @@ def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path, command, po
     assert one.returncode != 0
     assert ("saved by 2 processes with parallel.strategy=fsdp2; this run has parallel.strategy=ddp: resume it as "
             "it was saved") in one.stderr
+
+
+def about_half(held: int, total: int) -> bool:
+    return 0.45 * total <= held <= 0.55 * total
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("command,peft,stage,port", [("dpo", "lora", 3, 29561), ("dpo", "none", 3, 29562),
+                                                     ("sft", "none", 2, 29563)])
+def test_deepspeed_two_processes_match_one_process(tmp_path, command, peft, stage, port):
+    """parallel.strategy=deepspeed under torchrun (gloo, DeepSpeed's CPU accelerator): ZeRO-3 leaves each process
+    about half of every parameter (trainable and frozen, and of a full fine-tuning DPO's reference copy), ZeRO-2
+    keeps the whole model and about half of the optimizer state; the per-step losses, gradient norms (the engine's
+    clipping norm) and eval losses equal one process on the same global batch with 2 micro-batches per process
+    accumulated, and the saved model is the one a single process saves (same logits)."""
+    from .helpers import sft_rows
+
+    rows = pair_rows(16) if command == "dpo" else sft_rows(16)
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    args = [f"data.train={data}", f"peft.method={peft}", "optim.batch_size=8", "optim.micro_batch_size=2",
+            "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
+            "optim.max_grad_norm=1.0", "data.eval_fraction=0.2", "train.eval_every=2"]
+    ranks, one = sharded_and_single(tmp_path, command, args, port,
+                                    ("parallel.strategy=deepspeed", f"parallel.zero_stage={stage}"))
+    assert [r["sharded"] for r in ranks] == [stage == 3] * 2 and not one["sharded"]
+    for kind in ("trainable", "frozen"):
+        total = one["full"][kind]
+        assert ranks[0]["full"][kind] == total, kind
+        for r in ranks:
+            assert about_half(r["held"][kind], total) if stage == 3 else r["held"][kind] == total, (kind, r, total)
+    state = 2 * one["full"]["trainable"]  # AdamW: two moments per trainable element
+    for r in ranks:
+        assert about_half(r["optimizer_held"], state), (r["optimizer_held"], state)
+    if peft == "none" and command == "dpo":
+        total = one["reference_full"]
+        assert all(about_half(r["reference_held"], total) for r in ranks), (ranks, total)
+
+    assert_steps_and_evals_match(tmp_path / "two", tmp_path / "one")
+    config = (tmp_path / "two" / "config.yaml").read_text()
+    assert "strategy: deepspeed" in config and f"zero_stage: {stage}" in config
+    logits = saved_logits(tmp_path / "two" / "model", tmp_path / "one" / "model")
+    assert torch.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.distributed
+def test_deepspeed_resumes_from_its_checkpoint_exactly(tmp_path):
+    """Under ZeRO-3 the engine writes each process's partitions into the checkpoint's deepspeed/ folder (listed
+    with sizes and hashes in state.json); a run resumed from the step-2 checkpoint takes the uninterrupted run's
+    steps 3-4 and saves the same adapter; resuming it on one process stops with one line."""
+    data = write_jsonl(tmp_path / "data.jsonl", pair_rows(24))
+    args = [f"data.train={data}", "optim.batch_size=8", "optim.micro_batch_size=2", "optim.lr=1e-3",
+            "data.max_length=64", "data.shuffle=true", "peft.method=lora", "optim.max_steps=4", "train.save_every=2",
+            "parallel.strategy=deepspeed", "parallel.zero_stage=3"]
+    (tmp_path / "r").mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29564"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    _run(torchrun + [str(FSDP_SCRIPT), "dpo", str(full), str(tmp_path / "r"), *args], tmp_path)
+    step2 = full / "checkpoints" / "step-000002"
+    state = json.loads((step2 / "state.json").read_text())
+    assert (state["engine"], state["zero_stage"], state["world_size"]) == ("deepspeed", 3, 2)
+    engine_files = [name for name in state["files"] if name.startswith("deepspeed/")]
+    assert sum("optim_states" in name for name in engine_files) == 2, engine_files  # one partition per process
+
+    stopped_after_step_2(full, part)
+    _run(torchrun + [str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args, "train.resume=true"], tmp_path)
+    assert_resumed_like(full, part)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    one = subprocess.run([sys.executable, str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args,
+                          "train.resume=true", "optim.max_steps=5"], capture_output=True, text=True, timeout=600,
+                         env=env, cwd=tmp_path)
+    assert one.returncode != 0
+    assert ("saved by 2 processes with parallel.strategy=deepspeed (ZeRO-3); this run has 1 process with "
+            "parallel.strategy=deepspeed (ZeRO-3): resume it as it was saved") in one.stderr

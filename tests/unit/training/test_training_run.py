@@ -2,6 +2,7 @@
 inputs recorded, a failure marks the manifest failed, outputs and summary recorded on success)."""
 
 import json
+import sys
 
 from pathlib import Path
 
@@ -118,12 +119,40 @@ def test_fsdp2_combinations_not_run_yet_stop_before_anything(tmp_path, command, 
     TrainingRun(cfg, command)  # the same config under ddp passes this check
 
 
+@pytest.mark.parametrize("command,override,message", [
+    ("dpo", {"peft": {"method": "qlora"}}, "peft.method=qlora with parallel.strategy=deepspeed: 4-bit base weights"),
+    ("grpo", {}, "parallel.strategy=deepspeed: grpo is not driven through DeepSpeed yet"),
+    ("online_dpo", {}, "parallel.strategy=deepspeed: online-dpo is not driven through DeepSpeed yet"),
+    ("sft", {"train": {"on_nonfinite": "skip"}}, "train.on_nonfinite=skip with parallel.strategy=deepspeed"),
+    ("sft", {"missing": True}, r"parallel.strategy=deepspeed: DeepSpeed is not installed; pip install "
+                               r"'posttrain\[deepspeed\]'"),
+])
+def test_deepspeed_combinations_not_run_stop_before_anything(tmp_path, monkeypatch, command, override, message):
+    if override.pop("missing", False):
+        monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ImportError
+    kind = "online-dpo" if command == "online_dpo" else command
+    train = {"output_dir": str(tmp_path / "out"), **override.pop("train", {})}
+    cfg = build_config(kind, {"model": {"name": "tiny-random"}, "data": {"train": str(tmp_path / "p.jsonl")},
+                              "parallel": {"strategy": "deepspeed"}, "train": train, **override})
+    with pytest.raises(ConfigError, match="^" + message):
+        TrainingRun(cfg, command)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mix_sft_with_zero3_is_refused_and_with_zero2_accepted():
+    base = {"data": {"train": "p.jsonl"}, "mix_sft": {"path": "s.jsonl"}}
+    with pytest.raises(ConfigError, match="mix_sft with parallel.strategy=deepspeed is not supported"):
+        build_config("dpo", {**base, "parallel": {"strategy": "deepspeed", "zero_stage": 3}})
+    cfg = build_config("dpo", {**base, "parallel": {"strategy": "deepspeed", "zero_stage": 2}})
+    assert (cfg.parallel.strategy, cfg.parallel.zero_stage) == ("deepspeed", 2)
+
+
 def test_an_unknown_parallel_strategy_is_a_config_error():
     with pytest.raises(ConfigError, match="parallel.strategy"):
         build_config("sft", {"data": {"train": "x.jsonl"}, "parallel": {"strategy": "zero3"}})
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp2", "multi_node"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp2", "multi_node", "zero2", "zero3"])
 def test_shipped_accelerate_configs_select_their_strategy(name):
     """examples/accelerate/*.yaml parse with accelerate's own reader; launched with them, a run takes the strategy
     their distributed_type names (FSDP -> fsdp2, plain multi-GPU keeps the configured one)."""
@@ -133,9 +162,12 @@ def test_shipped_accelerate_configs_select_their_strategy(name):
 
     root = Path(__file__).parents[3]
     cluster = ClusterConfig.from_yaml_file(str(root / "examples" / "accelerate" / f"{name}.yaml"))
-    expected = {"ddp": ("MULTI_GPU", "ddp"), "fsdp2": ("FSDP", "fsdp2"), "multi_node": ("FSDP", "fsdp2")}[name]
+    expected = {"ddp": ("MULTI_GPU", "ddp"), "fsdp2": ("FSDP", "fsdp2"), "multi_node": ("FSDP", "fsdp2"),
+                "zero2": ("DEEPSPEED", "deepspeed"), "zero3": ("DEEPSPEED", "deepspeed")}[name]
     assert (cluster.distributed_type.value, launcher_strategy(cluster.distributed_type, "ddp",
                                                               cluster.num_processes)) == expected
+    if name.startswith("zero"):  # the stage launcher_zero_stage reads (accelerate passes it on as this env var)
+        assert cluster.deepspeed_config["zero_stage"] == int(name[-1])
     if name == "multi_node":
         assert cluster.num_machines == 2 and cluster.num_processes == 16
 
@@ -148,9 +180,7 @@ def test_launch_type_decides_the_strategy_or_stops_with_one_line():
     assert launcher_strategy(DistributedType.NO, "ddp", 1) == "ddp"
     assert launcher_strategy(DistributedType.MULTI_CPU, "fsdp2", 2) == "fsdp2"  # torchrun + the config key
     assert launcher_strategy(DistributedType.FSDP, "ddp", 8) == "fsdp2"
-    with pytest.raises(ConfigError, match=r"^accelerate launch with a DeepSpeed config: posttrain does not drive "
-                                          r"DeepSpeed \(ZeRO\) yet; launch with examples/accelerate/fsdp2.yaml"):
-        launcher_strategy(DistributedType.DEEPSPEED, "ddp", 8)
+    assert launcher_strategy(DistributedType.DEEPSPEED, "ddp", 8) == "deepspeed"
     with pytest.raises(ConfigError, match="FSDP config and 1 process: there is nothing to shard over"):
         launcher_strategy(DistributedType.FSDP, "ddp", 1)
 
