@@ -1,6 +1,7 @@
-"""Memory per process and throughput, DDP vs FSDP2, full fine-tuning under ``torchrun --nproc_per_node 2``.
+"""Memory per process and throughput, DDP vs FSDP2 vs DeepSpeed ZeRO-2/3, full fine-tuning under
+``torchrun --nproc_per_node 2``.
 
-    nice -n 19 .venv/bin/python bench/fsdp_memory.py --steps 4
+    nice -n 19 .venv/bin/python bench/fsdp_memory.py --steps 4 [--strategies ddp,fsdp2,zero2,zero3]
 
 The model is SmolLM2-135M's architecture (30 decoder layers, hidden 576, vocab 49152; 135M parameters) with random
 weights, so parameters, gradients and AdamW's two moments (4 x 540 MB in float32) dominate a process's memory.
@@ -9,7 +10,9 @@ each process reports what it holds after the run: parameter elements (its local 
 state (AdamW's exp_avg/exp_avg_sq, local shards), its peak RSS, and the run's tokens/s. Under fsdp2 the
 parameter and optimizer bytes per process should be about half of DDP's (each process keeps 1/2 of every
 weight); peak RSS falls less, because the process also holds the all-gathered layer it is computing, the
-activations, the Python/torch runtime, and the full model it loaded before sharding.
+activations, the Python/torch runtime, and the full model it loaded before sharding. ZeRO-2 halves the optimizer
+state and keeps every parameter (plus an fp32 master copy of its own partition, not counted in the parameter
+column); ZeRO-3 halves both (its parameters: each process's partition).
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def random_llama(out: Path) -> Path:
     return out
 
 
+STRATEGIES = {"ddp": ["parallel.strategy=ddp"], "fsdp2": ["parallel.strategy=fsdp2"],
+              "zero2": ["parallel.strategy=deepspeed", "parallel.zero_stage=2"],
+              "zero3": ["parallel.strategy=deepspeed", "parallel.zero_stage=3"]}
+
+
 def child(a) -> None:
     """One process of the torchrun pair: train, then report what this process holds."""
     common.set_threads(1)
@@ -69,7 +77,7 @@ def child(a) -> None:
         f"model.name={a.model}", "peft.method=none", f"data.train={a.data}", f"train.output_dir={a.out}",
         "train.progress=false", "train.overwrite=true", f"optim.batch_size={a.batch}",
         f"optim.micro_batch_size={a.micro}", f"optim.max_steps={a.steps}", "optim.lr=1e-5", "data.max_length=256",
-        "data.shuffle=false", "optim.warmup_steps=0", f"parallel.strategy={a.strategy}"])
+        "data.shuffle=false", "optim.warmup_steps=0", *STRATEGIES[a.strategy]])
     summary = train_sft(cfg)
 
     def nbytes(t: torch.Tensor) -> int:
@@ -94,7 +102,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--work", default="/tmp/posttrain-bench-fsdp")
     p.add_argument("--child", action="store_true")
-    p.add_argument("--strategy", choices=["ddp", "fsdp2"])
+    p.add_argument("--strategy", choices=list(STRATEGIES))
+    p.add_argument("--strategies", default="ddp,fsdp2,zero2,zero3", help="comma-separated; ddp first (the baseline)")
     p.add_argument("--model")
     p.add_argument("--data")
     p.add_argument("--out")
@@ -109,7 +118,10 @@ def main() -> None:
     data = common.write_jsonl(work / "sft.jsonl", common.sft_rows(a.rows))
     print(common.machine())
     rows = []
-    for strategy in ("ddp", "fsdp2"):
+    strategies = a.strategies.split(",")
+    if strategies[0] != "ddp" or not set(strategies) <= set(STRATEGIES):
+        raise SystemExit(f"--strategies: ddp first, then any of {', '.join(STRATEGIES)}")
+    for strategy in strategies:
         result = work / f"result-{strategy}"
         result.mkdir(exist_ok=True)
         t0 = time.perf_counter()
@@ -133,7 +145,8 @@ def main() -> None:
     for r in rows:
         for key in ("params MB/proc", "optimizer MB/proc", "peak RSS MB/proc", "tokens/s"):
             r[f"x DDP {key.split(' ')[0]}"] = round(r[key] / ddp[key], 3) if ddp[key] else None
-    print(common.table(f"DDP vs FSDP2, full fine-tuning, 2 processes x 1 thread, {a.steps} steps of {a.batch} rows",
+    print(common.table(f"DDP vs {', '.join(strategies[1:])}, full fine-tuning, 2 processes x 1 thread, {a.steps} "
+                       f"steps of {a.batch} rows",
                        rows, list(rows[0].keys())))
 
 

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from posttrain.config import ConfigError, DataSection, OptimSection, PromptDataSection, TrainSection
+from posttrain.ops.logprobs import unwrap_model
 from posttrain.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from posttrain.training.metrics import MetricSums, MetricsLog
 from posttrain.training.optim import build_optimizer, build_scheduler, resolve_warmup
@@ -354,8 +355,9 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         shard(model, accelerator.device, world)  # before the optimizer: it must hold the sharded parameters
     optimizer, scheduler = build_optimization(model, s, total_steps)
     if s.parallel == "deepspeed":  # after the optimizer: DeepSpeed partitions what it holds
+        hidden = getattr(getattr(unwrap_model(model), "config", None), "hidden_size", None)
         engine = deepspeed_engine(model, optimizer, deepspeed_config(
-            s.zero_stage, s.optim.micro_batch_size, world, s.optim.max_grad_norm))
+            s.zero_stage, s.optim.micro_batch_size, world, s.optim.max_grad_norm, hidden))
         ddp_model = engine  # forwards through the engine (its per-micro-batch bookkeeping), backward and step too
         sharded = is_sharded(model)  # ZeRO-3: every forward is a collective, as under FSDP2
     else:
