@@ -141,10 +141,81 @@ def trainer_args(count_flag: str) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1,
                    help="posttrain with --checkpointing on: checkpoint every N-th decoder layer only "
                         "(model.checkpoint_every)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: both sides on the GPU in bf16 autocast over fp32 weights (posttrain's "
+                        "train.precision=auto, TRL's bf16=True)")
+    p.add_argument("--quick", action="store_true",
+                   help="only posttrain's default layout against TRL's defaults (the GPU check's rows)")
+    p.add_argument("--json-out", help="also write the rows, with model TFLOP/s and MFU, to this JSON file")
     p.add_argument("--data")
     p.add_argument("--out")
     p.add_argument("--steps", type=int)
     return p
+
+
+def trl_device(a) -> dict:
+    """TRL config kwargs for ``--device``."""
+    return {"use_cpu": a.device == "cpu", "bf16": a.device == "cuda", "fp16": False}
+
+
+# Dense bf16 peak FLOP/s of the GPUs the check is likely to meet (vendor datasheets, no sparsity); MFU is left out
+# for any other device.
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_flops(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def parameter_count(model: str) -> int:
+    """Parameters of a model folder (or builtin name), from its safetensors headers (nothing is loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in Path(model_dir(model)).glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def add_mfu(rows: list[dict], model: str, device: str) -> None:
+    """Model FLOP/s per row (6 x parameters x tokens/s: forward and backward of every weight, the usual
+    convention; a LoRA run skips the frozen weights' gradients, so this overstates its work by up to a third) and
+    MFU against the device's dense bf16 peak."""
+    n, peak = parameter_count(model), peak_flops(device)
+    for r in rows:
+        r["model TFLOP/s"] = round(6 * n * r["tokens/s"] / 1e12, 2)
+        r["MFU"] = round(6 * n * r["tokens/s"] / peak, 4) if peak else None
+
+
+def random_llama(out: Path, **overrides) -> Path:
+    """SmolLM2-135M's config (with ``overrides``) and tokenizer with freshly initialised weights, saved as a plain
+    HF folder: a model of any size without a download."""
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+    src = model_dir("smollm2-135m-instruct")
+    config = AutoConfig.from_pretrained(src, **overrides)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(src).save_pretrained(str(out))
+    return out
+
+
+# ~1.1B parameters (TinyLlama's shape on SmolLM2's 49k vocabulary, embeddings tied)
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                num_key_value_heads=4)
 
 
 def posttrain_overrides(a, lr: float) -> list[str]:
@@ -222,9 +293,13 @@ def trl_runs(trainer: str) -> list[tuple[str, list[str]]]:
 
 
 def print_comparison(what: str, unit: str, a, steps: int, tokens: int, rows: list[dict]) -> None:
+    """The table; with ``--json-out`` the rows (plus model TFLOP/s and MFU) are also written there."""
+    add_mfu(rows, a.model, a.device)
     print(table(f"{what} {a.model}: {a.count} {unit}, batch {a.batch}, max_length {a.max_length}, {steps} steps, "
-                f"{tokens} tokens, LoRA r={LORA['r']}, {a.threads} threads\nmachine: {machine()}", rows,
-                TABLE_COLUMNS))
+                f"{tokens} tokens, LoRA r={LORA['r']}, {a.threads} threads, {a.device}\nmachine: {machine()}", rows,
+                TABLE_COLUMNS + ["model TFLOP/s", "MFU"]))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(rows))
 
 
 def epoch_plan(kind: str, data: Path, a) -> tuple[int, int, list[str]]:
@@ -233,5 +308,5 @@ def epoch_plan(kind: str, data: Path, a) -> tuple[int, int, list[str]]:
     steps = kept // a.batch
     tokens = tokens * steps * a.batch // kept  # the rows of the steps actually run
     base = ["--model", a.model, "--batch", str(a.batch), "--max-length", str(a.max_length), "--threads",
-            str(a.threads), "--data", str(data), "--steps", str(steps)]
+            str(a.threads), "--data", str(data), "--steps", str(steps), "--device", a.device]
     return steps, tokens, base

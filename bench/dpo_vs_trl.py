@@ -56,7 +56,7 @@ def run_trl(a) -> None:
                              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
     cfg = DPOConfig(output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
                     max_length=a.max_length, learning_rate=LR, max_steps=a.steps, logging_steps=1,
-                    save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=42,
+                    save_strategy="no", report_to=[], seed=42, **common.trl_device(a),
                     dataloader_num_workers=0, beta=BETA, lr_scheduler_type="cosine", warmup_steps=0,
                     disable_tqdm=True, **common.trl_checkpointing(a))
     common.trl_train_and_emit(lambda callbacks: DPOTrainer(model=model, args=cfg, train_dataset=ds,
@@ -85,6 +85,8 @@ def main() -> None:
             ("posttrain default, checkpointing", ["--side", "posttrain", "--layout", "default",
                                                   "--checkpointing", "on", "--cache", str(tmp / "c4")]),
             *common.trl_runs("DPOTrainer")]
+    if a.quick:  # posttrain's default against TRL's defaults
+        runs = [runs[2], runs[-1]]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     common.print_comparison("DPO", "pairs", a, steps, tokens, rows)
 

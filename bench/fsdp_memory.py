@@ -29,22 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def random_llama(out: Path) -> Path:
-    """SmolLM2-135M's config and tokenizer with freshly initialised weights, saved as a plain HF folder."""
-    if (out / "config.json").exists():
-        return out
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
-
-    src = common.model_dir("smollm2-135m-instruct")
-    config = AutoConfig.from_pretrained(src)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(src).save_pretrained(str(out))
-    return out
-
-
 STRATEGIES = {"ddp": ["parallel.strategy=ddp"], "fsdp2": ["parallel.strategy=fsdp2"],
               "zero2": ["parallel.strategy=deepspeed", "parallel.zero_stage=2"],
               "zero3": ["parallel.strategy=deepspeed", "parallel.zero_stage=3"]}
@@ -114,7 +98,7 @@ def main() -> None:
         return
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    model = random_llama(work / "random-llama-135m")
+    model = common.random_llama(work / "random-llama-135m")
     data = common.write_jsonl(work / "sft.jsonl", common.sft_rows(a.rows))
     print(common.machine())
     rows = []

@@ -42,7 +42,7 @@ def run_trl(a) -> None:
     ds = Dataset.from_list([{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows])
     cfg = SFTConfig(output_dir=a.out, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
                     max_length=a.max_length, learning_rate=LR, max_steps=a.steps, logging_steps=1,
-                    save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False, seed=42,
+                    save_strategy="no", report_to=[], seed=42, **common.trl_device(a),
                     dataloader_num_workers=0, lr_scheduler_type="cosine", warmup_steps=0, disable_tqdm=True,
                     packing=a.layout == "packing", shuffle_dataset=False, **common.trl_checkpointing(a))
     common.trl_train_and_emit(lambda callbacks: SFTTrainer(model=model, args=cfg, train_dataset=ds,
@@ -68,6 +68,8 @@ def main() -> None:
             ("posttrain default, checkpointing every 2nd layer",
              ["--side", "posttrain", "--layout", "default", "--checkpointing", "on", "--checkpoint-every", "2"]),
             *common.trl_runs("SFTTrainer")]
+    if a.quick:  # posttrain's default against TRL's defaults
+        runs = [runs[2], runs[-1]]
     rows = common.compare_with_trl(__file__, runs, base, tmp, tokens)
     common.print_comparison("SFT", "rows", a, steps, tokens, rows)
 

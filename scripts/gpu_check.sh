@@ -8,7 +8,8 @@ PY=${PY:-.venv/bin/python}
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu-check: no CUDA GPU here. It would run: bf16 vs fp32 loss parity (SFT, DPO), QLoRA DPO steps,"
     echo "packed vs padded log-probs on GPU attention, FSDP2 under torchrun (2+ GPUs), DeepSpeed ZeRO-2/3 through"
-    echo "the shipped accelerate configs, vLLM generate (if installed)."
+    echo "the shipped accelerate configs, DPO/SFT tokens/s and MFU vs TRL (SmolLM2-135M, a random ~1.1B Llama),"
+    echo "vLLM generate (if installed)."
     exit 0
 fi
 "$PY" -m pip install -q bitsandbytes || echo "gpu-check: bitsandbytes did not install: the QLoRA row will skip"

@@ -5,7 +5,8 @@ JSON-lines file in $POSTTRAIN_GPU_CHECK_OUT, which the script prints as one tabl
 Rows: bf16 vs fp32 loss parity for SFT and DPO (tiny-random, same data and seed), QLoRA DPO steps (bitsandbytes),
 packed (SDPA varlen through position_ids) vs padded log-probs, FSDP2 under torchrun on the visible GPUs (1 GPU:
 skipped, needs 2), DeepSpeed ZeRO-2 and ZeRO-3 launched with the shipped accelerate configs (1 or 2 GPUs) against
-one DDP process, and `generate` through vLLM when it is installed."""
+one DDP process, DPO and SFT tokens/s and MFU against TRL on SmolLM2-135M and on a ~1.1B Llama with random weights
+(bench/*_vs_trl.py --quick), and `generate` through vLLM when it is installed."""
 
 from __future__ import annotations
 
@@ -128,6 +129,34 @@ def test_deepspeed_zero_on_the_visible_gpus(tmp_path, stage):
     record(f"DeepSpeed ZeRO-{stage} (accelerate launch, {n} GPU)", ok, max_loss_diff_vs_ddp=diff,
            stderr_tail=(res.stderr or one.stderr)[-200:] if not ok else "")
     assert ok, (res.stderr + one.stderr)[-2000:]
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "sft"])
+@pytest.mark.parametrize("size", ["smollm2-135m", "llama-1b-random"])
+def test_throughput_and_mfu_against_trl(tmp_path, trainer, size):
+    """bench/{dpo,sft}_vs_trl.py --device cuda --quick: posttrain's default layout against TRL's defaults on the same
+    model, data, batch and LoRA adapter, on SmolLM2-135M and on a ~1.1B Llama built locally from a config (random
+    weights, no download): tokens/s, the ratio to TRL, model TFLOP/s and MFU."""
+    root = Path(__file__).parents[2]
+    sys.path.insert(0, str(root / "bench"))
+    import common
+
+    model = ("smollm2-135m-instruct" if size == "smollm2-135m"
+             else str(common.random_llama(Path(os.environ.get("POSTTRAIN_GPU_CHECK_MODELS", tmp_path)) / "llama-1b",
+                                          **common.LLAMA_1B)))
+    count = "--pairs" if trainer == "dpo" else "--rows"
+    out = tmp_path / "rows.json"
+    res = subprocess.run([sys.executable, str(root / "bench" / f"{trainer}_vs_trl.py"), "--model", model, count, "64",
+                          "--batch", "8", "--max-length", "512", "--device", "cuda", "--quick", "--json-out", str(out)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
+    ok = res.returncode == 0 and out.exists()
+    rows = json.loads(out.read_text()) if ok else []
+    ours = rows[0] if rows else {}
+    record(f"{trainer.upper()} tokens/s vs TRL, {size}", ok, tokens_per_s=ours.get("tokens/s"),
+           x_trl=ours.get("x TRL tokens/s"), trl_tokens_per_s=rows[-1].get("tokens/s") if rows else None,
+           model_tflops=ours.get("model TFLOP/s"), mfu=ours.get("MFU"),
+           stderr_tail=res.stderr[-200:] if not ok else "")
+    assert ok, res.stderr[-2000:]
 
 
 def test_generate_through_vllm(tmp_path):
