@@ -14,6 +14,7 @@ give the same gradient, and token-mean SFT loss is not biased toward short micro
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -384,20 +385,17 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             # Only the last micro-batch all-reduces (DDP) or reduce-scatters (FSDP2) gradients; both average over
             # processes, hence "* world" (DeepSpeed's reduction averages too).
             last_micro_batch = i == len(batches) - 1
-            if engine is not None:
+            if engine is not None:  # DeepSpeed reduces at the boundary the loop marks
                 engine.set_gradient_accumulation_boundary(last_micro_batch)
-                with engine_autocast(accelerator):
-                    loss_sum, metrics, n_tok = fns.loss(ddp_model, batch)
-                    engine.backward(loss_sum * (world / global_weight), scale_wrt_gas=False)
-                loss_value += float(loss_sum.detach()) / global_weight
-                tokens += n_tok
-                sums.add(metrics)
-                continue
-            gradient_sync(ddp_model, last_micro_batch)
-            sync = contextlib.nullcontext() if last_micro_batch or sharded else accelerator.no_sync(ddp_model)
-            with sync, accelerator.autocast():
+                sync, autocast = contextlib.nullcontext(), engine_autocast(accelerator)
+                backward = functools.partial(engine.backward, scale_wrt_gas=False)
+            else:
+                gradient_sync(ddp_model, last_micro_batch)
+                sync = contextlib.nullcontext() if last_micro_batch or sharded else accelerator.no_sync(ddp_model)
+                autocast, backward = accelerator.autocast(), accelerator.backward
+            with sync, autocast:
                 loss_sum, metrics, n_tok = fns.loss(ddp_model, batch)
-                accelerator.backward(loss_sum * (world / global_weight))
+                backward(loss_sum * (world / global_weight))
             loss_value += float(loss_sum.detach()) / global_weight
             tokens += n_tok
             sums.add(metrics)
