@@ -112,13 +112,16 @@ def unwrap_model(model):
     return m
 
 
-def split_head(model):
-    """(causal LM, output head) when ``model``'s logits are exactly ``head(last hidden state)``, else None."""
+def split_head(model, head_called: bool = False):
+    """(causal LM, output head) when ``model``'s logits are exactly ``head(last hidden state)``, else None.
+    ``head_called``: the caller runs the head as a module (``head(hidden)``), so a ZeRO-3 partitioned head works
+    too (its hooks gather the weight for that call); the fused log-prob path reads the weight outside any forward,
+    where ZeRO-3 holds only this process's partition, so without it such a head gives None (full logits)."""
     lm = unwrap_model(model)
     head = getattr(lm, "lm_head", None)
     if not isinstance(head, nn.Module) or not hasattr(lm, "get_output_embeddings"):
         return None
-    if hasattr(getattr(head, "weight", None), "ds_id"):  # ZeRO-3: the weight exists only inside the head's forward
+    if not head_called and hasattr(getattr(head, "weight", None), "ds_id"):
         return None
     try:
         if lm.get_output_embeddings() is not head:
@@ -304,10 +307,11 @@ def tree_forward_mask(model, tree_mask: torch.Tensor) -> torch.Tensor:
     return tree_mask  # bool, True = attend: SDPA takes it as is, whatever the compute dtype
 
 
-def tree_target_hidden(model, batch: dict) -> tuple[torch.Tensor, nn.Module]:
+def tree_target_hidden(model, batch: dict, head_called: bool = False) -> tuple[torch.Tensor, nn.Module]:
     """(hidden states that predict each target of prefix-tree rows (M, H), the output head), from one trunk
-    forward over the rows' distinct tokens. Needs a model whose logits are ``head(hidden)`` (``split_head``)."""
-    parts = split_head(model)
+    forward over the rows' distinct tokens. Needs a model whose logits are ``head(hidden)`` (``split_head``;
+    ``head_called`` as there)."""
+    parts = split_head(model, head_called)
     if parts is None:
         raise RuntimeError(f"{type(unwrap_model(model)).__name__}: prefix sharing here needs logits = lm_head(hidden)")
     hidden, head = trunk_forward(model, parts[0], input_ids=batch["input_ids"],

@@ -50,11 +50,11 @@ def completion_forward(model, batch: dict, temperature: float = 1.0, with_logits
                            max_row_tokens=batch["tree_row_tokens"])
         tree = {k: v.to(where.device) if isinstance(v, torch.Tensor) else v for k, v in tree.items()}
         # the tree lists each sequence's targets in order, sequence by sequence: the row-major order of `where`
-        selected, head = logprobs.tree_target_hidden(model, tree)  # (K, H)
+        selected, head = logprobs.tree_target_hidden(model, tree, head_called=True)  # (K, H)
         hidden = selected.new_zeros((*where.shape, selected.shape[-1])).index_put(where.nonzero(as_tuple=True),
                                                                                   selected)
     else:
-        parts = logprobs.split_head(model)
+        parts = logprobs.split_head(model, head_called=True)  # the head runs as a module below (ZeRO-3 too)
         if parts is None:
             raise RuntimeError(f"{type(logprobs.unwrap_model(model)).__name__}: scoring completions needs logits = "
                                "lm_head(hidden) (models with soft-capped or scaled logits are not supported here)")

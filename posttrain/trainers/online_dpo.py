@@ -192,7 +192,9 @@ def step_metrics(reduce, outs, rows, summary, scores, chosen, rejected) -> dict:
 def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generations: int, strategy: str,
                    pair_opts: dict, rollout_cfg, seed: int, spec: LossSpec, loss_kwargs: dict, pad_token_id: int,
                    micro_batch_size: int, device, reduce, pairs_log: PairsLog, world: int = 1,
-                   tree_row_tokens: int | None = None) -> RLFns:
+                   tree_row_tokens: int | None = None, lockstep: bool = False) -> RLFns:
+    """``lockstep``: every process must run as many micro-batches as the others (a sharded policy's forwards, or
+    DeepSpeed's gradient reduction in each backward, are collectives); a sharded policy implies it."""
     G = num_generations
     labelled: dict = {}  # the last rollout's global statistics, logged by after_step
     trained = {"pairs": 0}  # pairs of every step so far, over all processes (in checkpoints)
@@ -214,11 +216,11 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
         n = len(rows)
         # Pairs of weight 0 (a sample against itself) fill in: when every prompt of this process tied, one stands
         # in (alone everywhere, the step's weight is 0 and fit_rl skips the update; when other processes do have
-        # pairs, this one still runs the loss and the metric reductions they run: no gradient, NaN metrics). A
-        # sharded policy's forward is a collective, so there every process fills up to the most pairs any has and
-        # all run the same number of micro-batches.
+        # pairs, this one still runs the loss and the metric reductions they run: no gradient, NaN metrics). In
+        # lockstep (a sharded policy's forward is a collective; DeepSpeed reduces gradients in every backward)
+        # every process fills up to the most pairs any has and all run the same number of micro-batches.
         target = max(n, 1)
-        if is_sharded(policy):
+        if lockstep or is_sharded(policy):
             target = max_over_processes(target)
         fill = target - n
         pair_weight = [1.0] * n + [0.0] * fill
@@ -311,7 +313,8 @@ def train_online_dpo(cfg) -> dict:
         seed=cfg.train.seed, spec=spec, loss_kwargs=loss_params(cfg.loss, spec),
         pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size, device=accelerator.device,
         reduce=reduce_sum_fn(accelerator), pairs_log=PairsLog(run.path / "pairs.jsonl", is_main),
-        world=accelerator.num_processes, tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None)
+        world=accelerator.num_processes, tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None,
+        lockstep=cfg.parallel.strategy == "deepspeed" and accelerator.num_processes > 1)
     reward = judge_reward(members)
 
     def heldout(prefix: str) -> dict:

@@ -152,6 +152,26 @@ def engine_autocast(accelerator):
                           enabled=accelerator.mixed_precision == "bf16")
 
 
+def start_engine(model, optimizer, s: LoopSettings, world: int):
+    """The DeepSpeed engine over ``model`` and the optimizer built over it (``parallel.strategy=deepspeed``), its
+    buckets sized from the model's hidden size (the first submodule whose config names one: a PPO policy + value
+    head wrapper has none of its own)."""
+    hidden = next((m.config.hidden_size for m in unwrap_model(model).modules()
+                   if isinstance(getattr(getattr(m, "config", None), "hidden_size", None), int)), None)
+    return deepspeed_engine(model, optimizer, deepspeed_config(
+        s.zero_stage, s.optim.micro_batch_size, world, s.optim.max_grad_norm, hidden))
+
+
+def micro_batch_backward(engine, accelerator, last_micro_batch: bool):
+    """(autocast context, backward function) for one micro-batch. Under DeepSpeed the engine reduces the
+    gradients at the accumulation boundary the loop marks (the last micro-batch of an optimizer step), and its
+    backward leaves the loss as given (the loop scales it itself); otherwise accelerate's."""
+    if engine is None:
+        return accelerator.autocast(), accelerator.backward
+    engine.set_gradient_accumulation_boundary(last_micro_batch)
+    return engine_autocast(accelerator), functools.partial(engine.backward, scale_wrt_gas=False)
+
+
 def engine_step(engine, scheduler, loss: float) -> tuple[float, bool]:
     """``optimizer_step`` under DeepSpeed: the engine reduces the accumulated gradients, clips them
     (``gradient_clipping``) and steps; the schedule is the loop's. A non-finite loss is not applied (it stops the
@@ -356,9 +376,7 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         shard(model, accelerator.device, world)  # before the optimizer: it must hold the sharded parameters
     optimizer, scheduler = build_optimization(model, s, total_steps)
     if s.parallel == "deepspeed":  # after the optimizer: DeepSpeed partitions what it holds
-        hidden = getattr(getattr(unwrap_model(model), "config", None), "hidden_size", None)
-        engine = deepspeed_engine(model, optimizer, deepspeed_config(
-            s.zero_stage, s.optim.micro_batch_size, world, s.optim.max_grad_norm, hidden))
+        engine = start_engine(model, optimizer, s, world)
         ddp_model = engine  # forwards through the engine (its per-micro-batch bookkeeping), backward and step too
         sharded = is_sharded(model)  # ZeRO-3: every forward is a collective, as under FSDP2
     else:
@@ -385,14 +403,12 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             # Only the last micro-batch all-reduces (DDP) or reduce-scatters (FSDP2) gradients; both average over
             # processes, hence "* world" (DeepSpeed's reduction averages too).
             last_micro_batch = i == len(batches) - 1
-            if engine is not None:  # DeepSpeed reduces at the boundary the loop marks
-                engine.set_gradient_accumulation_boundary(last_micro_batch)
-                sync, autocast = contextlib.nullcontext(), engine_autocast(accelerator)
-                backward = functools.partial(engine.backward, scale_wrt_gas=False)
-            else:
+            autocast, backward = micro_batch_backward(engine, accelerator, last_micro_batch)
+            sync = contextlib.nullcontext()
+            if engine is None:
                 gradient_sync(ddp_model, last_micro_batch)
-                sync = contextlib.nullcontext() if last_micro_batch or sharded else accelerator.no_sync(ddp_model)
-                autocast, backward = accelerator.autocast(), accelerator.backward
+                if not (last_micro_batch or sharded):
+                    sync = accelerator.no_sync(ddp_model)
             with sync, autocast:
                 loss_sum, metrics, n_tok = fns.loss(ddp_model, batch)
                 backward(loss_sum * (world / global_weight))

@@ -61,46 +61,32 @@ def launcher_zero_stage(configured: int) -> int:
     return int(stage) if stage is not None else configured
 
 
-# the trainers `fit` runs (training/loop.py); GRPO, PPO and online DPO run their own loop (training/rollout_loop.py)
-DEEPSPEED_COMMANDS = ("sft", "dpo", "kto", "reward_model", "rejection_sft")
-
-
-def check_combination(cfg, command: str | None = None) -> None:
+def check_combination(cfg) -> None:
     """Combinations with ``parallel.strategy`` fsdp2 or deepspeed that have not run stop before anything loads, in
     one line."""
-    if cfg.parallel.strategy == "deepspeed":
-        check_deepspeed(cfg, command)
+    strategy = cfg.parallel.strategy
+    if strategy == "ddp":
         return
-    if cfg.parallel.strategy != "fsdp2":
-        return
+    if strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError("parallel.strategy=deepspeed: DeepSpeed is not installed; pip install "
+                              "'posttrain[deepspeed]' (or use parallel.strategy=fsdp2, which shards the same way as "
+                              "ZeRO-3)") from None
+        if cfg.train.on_nonfinite == "skip":
+            raise ConfigError("train.on_nonfinite=skip with parallel.strategy=deepspeed: the DeepSpeed optimizer "
+                              "cannot drop a step's gradients once reduced; use train.on_nonfinite=fail (the default)")
+    split = "partitioned" if strategy == "deepspeed" else "sharded"
     peft = getattr(cfg, "peft", None)
     if peft is not None and peft.method == "qlora":
-        raise ConfigError("peft.method=qlora with parallel.strategy=fsdp2: 4-bit base weights are not sharded by "
-                          "posttrain; use peft.method=lora with fsdp2, or qlora with parallel.strategy=ddp")
+        raise ConfigError(f"peft.method=qlora with parallel.strategy={strategy}: 4-bit base weights are not {split} "
+                          f"by posttrain; use peft.method=lora with {strategy}, or qlora with parallel.strategy=ddp")
     rollout = getattr(cfg, "rollout", None)
     if rollout is not None and rollout.backend == "vllm":
-        raise ConfigError("rollout.backend=vllm with parallel.strategy=fsdp2: syncing sharded weights into the "
-                          "colocated vLLM engine has not run on a GPU yet; use parallel.strategy=ddp with vllm, or "
-                          "rollout.backend=hf with fsdp2")
-
-
-def check_deepspeed(cfg, command: str | None) -> None:
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        raise ConfigError("parallel.strategy=deepspeed: DeepSpeed is not installed; pip install 'posttrain[deepspeed]' "
-                          "(or use parallel.strategy=fsdp2, which shards the same way as ZeRO-3)") from None
-    if command is not None and command not in DEEPSPEED_COMMANDS:
-        name = command.replace("_", "-")
-        raise ConfigError(f"parallel.strategy=deepspeed: {name} is not driven through DeepSpeed yet (its rollouts run "
-                          f"in their own loop); use parallel.strategy=fsdp2 (or ddp) for {name}")
-    peft = getattr(cfg, "peft", None)
-    if peft is not None and peft.method == "qlora":
-        raise ConfigError("peft.method=qlora with parallel.strategy=deepspeed: 4-bit base weights are not partitioned "
-                          "by posttrain; use peft.method=lora with deepspeed, or qlora with parallel.strategy=ddp")
-    if cfg.train.on_nonfinite == "skip":
-        raise ConfigError("train.on_nonfinite=skip with parallel.strategy=deepspeed: the DeepSpeed optimizer cannot "
-                          "drop a step's gradients once reduced; use train.on_nonfinite=fail (the default)")
+        raise ConfigError(f"rollout.backend=vllm with parallel.strategy={strategy}: syncing {split} weights into the "
+                          f"colocated vLLM engine has not run on a GPU yet; use parallel.strategy=ddp with vllm, or "
+                          f"rollout.backend=hf with {strategy}")
 
 
 def deepspeed_config(zero_stage: int, micro_batch_size: int, world: int, max_grad_norm: float | None,

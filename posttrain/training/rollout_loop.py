@@ -38,10 +38,11 @@ import torch.distributed as dist
 from posttrain.config import ConfigError
 from posttrain.training.checkpoint import checkpoint_dir, save_checkpoint
 from posttrain.training.loop import (LoopSettings, NonFiniteLoss, build_optimization, check_finite_weights,
-                                     check_on_nonfinite, on_nonfinite_step, optimizer_step, plan_steps, progress_bar,
-                                     open_metrics_log, reduce_sum_fn, resume_from_checkpoint, step_indices)
+                                     check_on_nonfinite, engine_step, micro_batch_backward, on_nonfinite_step,
+                                     optimizer_step, plan_steps, progress_bar, open_metrics_log, reduce_sum_fn,
+                                     resume_from_checkpoint, start_engine, step_indices)
 from posttrain.training.metrics import MetricSums
-from posttrain.training.parallel import check_optimizer_covers, gathered, gradient_sync, shard
+from posttrain.training.parallel import check_optimizer_covers, gathered, gradient_sync, is_sharded, shard
 
 
 @dataclass
@@ -136,15 +137,21 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
     if sharded:
         shard(model, accelerator.device, world)  # before the optimizer: it must hold the sharded parameters
     optimizer, scheduler = build_optimization(model, s, opt_steps)
-    if world == 1:
-        model = accelerator.prepare(model)
-    check_optimizer_covers(model, optimizer)
+    engine, trained = None, model  # trained: what the losses run forwards through
+    if s.parallel == "deepspeed":  # after the optimizer: DeepSpeed partitions what it holds
+        engine = trained = start_engine(model, optimizer, s, world)
+        sharded = is_sharded(model)  # ZeRO-3: every forward is a collective, as under FSDP2
+    else:
+        if world == 1:
+            model = trained = accelerator.prepare(model)
+        check_optimizer_covers(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     # gradients are summed over processes by allreduce_gradients (DDP semantics), or averaged by FSDP's
-    # reduce-scatter: the loss is then scaled by the process count so that both give the same step
-    scale = world if sharded else 1
+    # reduce-scatter or DeepSpeed's reduction: the loss is then scaled by the process count so that all give the
+    # same step
+    scale = world if sharded or engine is not None else 1
     start, state = resume_from_checkpoint(s, model, optimizer, scheduler, rank=rank, total_steps=total_steps,
-                                          sharded=sharded, world_size=world)
+                                          sharded=sharded, world_size=world, engine=engine)
     if start:
         fns.load_state(state.get("rl", {}))
     log = open_metrics_log(s, rank, start)
@@ -178,20 +185,25 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                     continue
                 loss_value = 0.0
                 for j, m in enumerate(micro):
-                    gradient_sync(model, j == len(micro) - 1)
-                    with accelerator.autocast():
-                        loss_sum, metrics, n_tok = fns.loss(model, m)
-                        accelerator.backward(loss_sum * scale / weight)
+                    autocast, backward = micro_batch_backward(engine, accelerator, j == len(micro) - 1)
+                    if engine is None:
+                        gradient_sync(model, j == len(micro) - 1)
+                    with autocast:
+                        loss_sum, metrics, n_tok = fns.loss(trained, m)
+                        backward(loss_sum * scale / weight)
                     loss_value += float(loss_sum.detach()) / weight
                     tokens += n_tok
                     sums.add(metrics)
-                if not sharded:
+                if not sharded and engine is None:
                     allreduce_gradients(params, world)
                 # the minibatch loss over all processes, so that every process takes the same decision on a
                 # non-finite update (the gradient norm is already global after the all-reduce)
                 loss_value = float(reduce(torch.tensor([loss_value], dtype=torch.float64))[0])
-                norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
-                                               loss_value, sharded=sharded)
+                if engine is not None:
+                    norm, applied = engine_step(engine, scheduler, loss_value)
+                else:
+                    norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
+                                                   loss_value, sharded=sharded)
                 if not applied:
                     skipped += 1
                     log.write({"step": step + 1, "update": len(norms) + skipped, "loss": loss_value,
@@ -234,7 +246,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                                          scheduler=scheduler, rank=rank, world_size=world,
                                          barrier=accelerator.wait_for_everyone,
                                          extra={"total_steps": total_steps, "rl": fns.state()},
-                                         keep=s.train.keep_checkpoints, sharded=sharded)
+                                         keep=s.train.keep_checkpoints, sharded=sharded, engine=engine)
     if bar is not None:
         bar.close()
     if skipped_total and not applied_total:

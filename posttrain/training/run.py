@@ -109,7 +109,7 @@ class TrainingRun:
             cfg.parallel.strategy = launched
         if launched == "deepspeed":
             cfg.parallel.zero_stage = launcher_zero_stage(cfg.parallel.zero_stage)
-        check_combination(cfg, command)
+        check_combination(cfg)
         self.is_main = self.accelerator.is_main_process
         self.folder: RunFolder | None = None
         self.full_state: dict | None = None  # the trained model's gathered weights when it was sharded

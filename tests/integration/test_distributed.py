@@ -129,8 +129,22 @@ def test_two_process_rejection_sft_matches_one_process(tmp_path):
 FSDP_SCRIPT = Path(__file__).with_name("dist_fsdp.py")
 
 
+FSDP2 = ("parallel.strategy=fsdp2",)
+
+
+def about_half(held: int, total: int) -> bool:
+    return 0.45 * total <= held <= 0.55 * total
+
+
+def zero(stage: int) -> tuple[str, ...]:
+    return ("parallel.strategy=deepspeed", f"parallel.zero_stage={stage}")
+
+
+STRATEGIES = {"fsdp2": FSDP2, "zero2": zero(2), "zero3": zero(3)}  # test ids -> overrides
+
+
 def sharded_and_single(tmp_path, command: str, args: list[str], port: int,
-                       strategy: tuple[str, ...] = ("parallel.strategy=fsdp2",)) -> tuple[list[dict], dict]:
+                       strategy: tuple[str, ...] = FSDP2) -> tuple[list[dict], dict]:
     """Run ``command`` under torchrun (2 processes, ``strategy``) into tmp_path/two and alone into tmp_path/one;
     returns (each rank's report, the single process's report) as dist_fsdp.py writes them."""
     (tmp_path / "r2").mkdir()
@@ -208,8 +222,7 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy,port", [(("parallel.strategy=fsdp2",), 29542),
-                                           (("parallel.strategy=deepspeed", "parallel.zero_stage=3"), 29565)])
+@pytest.mark.parametrize("strategy,port", [("fsdp2", 29542), ("zero3", 29565)])
 def test_sharded_reward_model_matches_one_process(tmp_path, strategy, port):
     """The reward model under fsdp2 and under DeepSpeed ZeRO-3: half the parameters per process, the same losses,
     gradient norms and held-out report as one process (every process scores the report with the weights
@@ -219,7 +232,7 @@ def test_sharded_reward_model_matches_one_process(tmp_path, strategy, port):
     args = [f"data.train={data}", "peft.method=lora", "optim.batch_size=8", "optim.micro_batch_size=2",
             "optim.max_steps=3", "optim.lr=1e-3", "data.max_length=64", "data.shuffle=false",
             "data.eval_fraction=0.2"]
-    ranks, one = sharded_and_single(tmp_path, "reward-model", args, port, strategy)
+    ranks, one = sharded_and_single(tmp_path, "reward-model", args, port, STRATEGIES[strategy])
     assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
     for kind in ("trainable", "frozen"):  # (the one-process model had its LoRA merged in place by the save)
         total = ranks[0]["full"][kind]
@@ -248,17 +261,20 @@ def test_sharded_reward_model_matches_one_process(tmp_path, strategy, port):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("command,peft,prefix_sharing,port", [
-    ("grpo", "lora", "true", 29539), ("grpo", "none", "false", 29540), ("ppo", "lora", "true", 29543)])
-def test_fsdp2_rl_matches_one_process(tmp_path, command, peft, prefix_sharing, port):
-    """GRPO and PPO (policy + value head sharded as one module) under parallel.strategy=fsdp2: each process
-    samples its half of the prompts with the weights
+@pytest.mark.parametrize("command,peft,prefix_sharing,strategy,port", [
+    ("grpo", "lora", "true", "fsdp2", 29539), ("grpo", "none", "false", "fsdp2", 29540),
+    ("ppo", "lora", "true", "fsdp2", 29543), ("grpo", "lora", "true", "zero3", 29571),
+    ("grpo", "none", "false", "zero3", 29572), ("ppo", "lora", "false", "zero3", 29573)])
+def test_sharded_rl_matches_one_process(tmp_path, command, peft, prefix_sharing, strategy, port):
+    """GRPO and PPO (policy + value head sharded as one module) under parallel.strategy=fsdp2 and DeepSpeed
+    ZeRO-3 / ZeRO-2: each process samples its half of the prompts with the weights
     gathered (its decode needs no collective, so processes may run different numbers of generate calls: the 3
-    held-out prompts split 2/1), then trains on its shards; losses, rewards, KL and gradient norms equal one
-    process, each process holds about half of the parameters, and the saved model gives the same logits; in
-    prefix-tree rows and padded rows (both score completions through the root forward, where FSDP gathers). One
-    new token per answer, as in the DDP test: the letter task then has reward signal (with longer answers every
-    sample passes, the gradient is float noise that Adam scales up, and no two runs agree)."""
+    held-out prompts split 2/1), then trains on its shards (ZeRO-2: the whole model, its share of the optimizer
+    state); losses, rewards, KL and gradient norms equal one process, each process holds about half of the
+    parameters, and the saved model gives the same logits; in prefix-tree rows and padded rows (both score
+    completions through the root forward, where FSDP gathers; ZeRO-3 gathers the output head in its own call).
+    One new token per answer, as in the DDP test: the letter task then has reward signal (with longer answers
+    every sample passes, the gradient is float noise that Adam scales up, and no two runs agree)."""
     from .test_rl import TEMPERATURE, letter_prompts
 
     prompts = letter_prompts(tmp_path / "prompts.jsonl", 8)
@@ -270,13 +286,18 @@ def test_fsdp2_rl_matches_one_process(tmp_path, command, peft, prefix_sharing, p
             f"data.prefix_sharing={prefix_sharing}"]
     args += (["grpo.num_generations=4", "grpo.beta=0.04", "grpo.iterations=2"] if command == "grpo" else
              ["ppo.epochs=2", "ppo.whiten_advantages=true", "reward.whiten=true"])
-    ranks, one = sharded_and_single(tmp_path, command, args, port)
-    assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
+    ranks, one = sharded_and_single(tmp_path, command, args, port, STRATEGIES[strategy])
+    split = strategy != "zero2"  # ZeRO-2 keeps every parameter on every process
+    assert [r["sharded"] for r in ranks] == [split, split] and not one["sharded"]
     for kind in ("trainable", "frozen"):
         total = one["full"][kind]
-        assert ranks[0]["held"][kind] + ranks[1]["held"][kind] == total, kind
+        if split:  # ZeRO-3 pads an odd-sized parameter's partitions to equal sizes (the value head: 33 elements)
+            held = ranks[0]["held"][kind] + ranks[1]["held"][kind]
+            assert total <= held <= total * 1.001 if strategy == "zero3" else held == total, (kind, held, total)
         for r in ranks:
-            assert 0.45 * total <= r["held"][kind] <= 0.55 * total, (kind, r["held"][kind], total)
+            assert about_half(r["held"][kind], total) if split else r["held"][kind] == total, (kind, r, total)
+    if strategy != "fsdp2":  # DeepSpeed: each process holds half of AdamW's two moments
+        assert all(about_half(r["optimizer_held"], 2 * one["full"]["trainable"]) for r in ranks)
     if peft == "none":  # the frozen reference copy is sharded too
         assert ranks[0]["reference_held"] + ranks[1]["reference_held"] == one["reference_full"]
         assert all(0.45 <= r["reference_held"] / one["reference_full"] <= 0.55 for r in ranks)
@@ -303,12 +324,10 @@ def test_fsdp2_rl_matches_one_process(tmp_path, command, peft, prefix_sharing, p
         assert moved > 0.1 and float((logits[0] - logits[1]).abs().max()) < 0.01 * moved
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize("command,port", [("dpo", 29538), ("grpo", 29541)])
-def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path, command, port):
-    """Each process writes its shards (weights and optimizer state); a run resumed from the step-2 checkpoint
-    takes the uninterrupted run's steps 3-4 and saves the same adapter; resuming it on one process (or unsharded)
-    stops with one line."""
+def run_to_resume(tmp_path, command: str, port: int, strategy: tuple[str, ...]):
+    """A 4-step LoRA DPO or GRPO run on 2 processes under ``strategy`` that checkpoints every 2 steps, into
+    tmp_path/full. Returns (its overrides, the torchrun command, the full run's folder, the folder a resumed run
+    goes to)."""
     if command == "dpo":
         data = write_jsonl(tmp_path / "data.jsonl", pair_rows(24))
         args = [f"data.train={data}", "optim.batch_size=8", "optim.micro_batch_size=2", "optim.lr=1e-3",
@@ -320,11 +339,21 @@ def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path, command, po
         args = [f"data.train={data}", "optim.batch_size=4", "optim.micro_batch_size=4", "optim.lr=1e-2",
                 "rollout.max_new_tokens=1", f"rollout.temperature={TEMPERATURE}", "grpo.num_generations=4",
                 "grpo.beta=0.04", "grpo.iterations=2"]
-    args += ["peft.method=lora", "optim.max_steps=4", "train.save_every=2", "parallel.strategy=fsdp2"]
+    args += ["peft.method=lora", "optim.max_steps=4", "train.save_every=2", *strategy]
     (tmp_path / "r").mkdir()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     full, part = tmp_path / "full", tmp_path / "part"
     _run(torchrun + [str(FSDP_SCRIPT), command, str(full), str(tmp_path / "r"), *args], tmp_path)
+    return args, torchrun, full, part
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("command,port", [("dpo", 29538), ("grpo", 29541)])
+def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path, command, port):
+    """Each process writes its shards (weights and optimizer state); a run resumed from the step-2 checkpoint
+    takes the uninterrupted run's steps 3-4 and saves the same adapter; resuming it on one process (or unsharded)
+    stops with one line."""
+    args, torchrun, full, part = run_to_resume(tmp_path, command, port, FSDP2)
     step2 = full / "checkpoints" / "step-000002"
     state = json.loads((step2 / "state.json").read_text())
     assert state["sharded"] is True and state["world_size"] == 2
@@ -346,10 +375,6 @@ def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path, command, po
     assert one.returncode != 0
     assert ("saved by 2 processes with parallel.strategy=fsdp2; this run has parallel.strategy=ddp: resume it as "
             "it was saved") in one.stderr
-
-
-def about_half(held: int, total: int) -> bool:
-    return 0.45 * total <= held <= 0.55 * total
 
 
 @pytest.mark.distributed
@@ -391,18 +416,13 @@ def test_deepspeed_two_processes_match_one_process(tmp_path, command, peft, stag
 
 
 @pytest.mark.distributed
-def test_deepspeed_resumes_from_its_checkpoint_exactly(tmp_path):
+@pytest.mark.parametrize("command,port", [("dpo", 29564), ("grpo", 29574)])
+def test_deepspeed_resumes_from_its_checkpoint_exactly(tmp_path, command, port):
     """Under ZeRO-3 the engine writes each process's partitions into the checkpoint's deepspeed/ folder (listed
     with sizes and hashes in state.json); a run resumed from the step-2 checkpoint takes the uninterrupted run's
-    steps 3-4 and saves the same adapter; resuming it on one process stops with one line."""
-    data = write_jsonl(tmp_path / "data.jsonl", pair_rows(24))
-    args = [f"data.train={data}", "optim.batch_size=8", "optim.micro_batch_size=2", "optim.lr=1e-3",
-            "data.max_length=64", "data.shuffle=true", "peft.method=lora", "optim.max_steps=4", "train.save_every=2",
-            "parallel.strategy=deepspeed", "parallel.zero_stage=3"]
-    (tmp_path / "r").mkdir()
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29564"]
-    full, part = tmp_path / "full", tmp_path / "part"
-    _run(torchrun + [str(FSDP_SCRIPT), "dpo", str(full), str(tmp_path / "r"), *args], tmp_path)
+    steps 3-4 and saves the same adapter (GRPO: its rollouts too, drawn from the step number); resuming it on one
+    process stops with one line."""
+    args, torchrun, full, part = run_to_resume(tmp_path, command, port, zero(3))
     step2 = full / "checkpoints" / "step-000002"
     state = json.loads((step2 / "state.json").read_text())
     assert (state["engine"], state["zero_stage"], state["world_size"]) == ("deepspeed", 3, 2)
@@ -410,11 +430,12 @@ def test_deepspeed_resumes_from_its_checkpoint_exactly(tmp_path):
     assert sum("optim_states" in name for name in engine_files) == 2, engine_files  # one partition per process
 
     stopped_after_step_2(full, part)
-    _run(torchrun + [str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args, "train.resume=true"], tmp_path)
+    _run(torchrun + [str(FSDP_SCRIPT), command, str(part), str(tmp_path / "r"), *args, "train.resume=true"],
+         tmp_path)
     assert_resumed_like(full, part)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    one = subprocess.run([sys.executable, str(FSDP_SCRIPT), "dpo", str(part), str(tmp_path / "r"), *args,
+    one = subprocess.run([sys.executable, str(FSDP_SCRIPT), command, str(part), str(tmp_path / "r"), *args,
                           "train.resume=true", "optim.max_steps=5"], capture_output=True, text=True, timeout=600,
                          env=env, cwd=tmp_path)
     assert one.returncode != 0

@@ -261,12 +261,13 @@ with open(f"{out}.rank{os.environ.get('RANK', '0')}.json", "w") as fh:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy,port", [("ddp", 29617), ("fsdp2", 29618)])
+@pytest.mark.parametrize("strategy,port", [("ddp", 29617), ("fsdp2", 29618), ("deepspeed", 29619)])
 def test_two_processes_match_one(tmp_path, strategy, port):
     """Under torchrun each process samples, judges and pairs its half of a step's prompts: the pairs, their count
     and the step (loss over all pairs, summed gradients) are one process's. Step 1 gives one process pairs and the
-    other none, which must still take part in every reduction (it runs a zero-weight pair). Under fsdp2 the
-    process with fewer pairs fills up with zero-weight pairs so both run the same sharded forwards."""
+    other none, which must still take part in every reduction (it runs a zero-weight pair). Under fsdp2 and
+    DeepSpeed (ZeRO-2, which reduces gradients in every backward) the process with fewer pairs fills up with
+    zero-weight pairs so both run the same number of micro-batches."""
     import os
     import subprocess
     import sys

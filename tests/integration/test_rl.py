@@ -319,9 +319,9 @@ def test_rl_prefix_sharing_takes_the_padded_step(tmp_path, monkeypatch, command)
     calls = []
     real = logprobs.tree_target_hidden
 
-    def counting(model, tree):
+    def counting(model, tree, **kwargs):
         calls.append(tree["input_ids"].shape)
-        return real(model, tree)
+        return real(model, tree, **kwargs)
 
     monkeypatch.setattr(logprobs, "tree_target_hidden", counting)
     if command == "grpo":

@@ -121,8 +121,8 @@ def test_fsdp2_combinations_not_run_yet_stop_before_anything(tmp_path, command, 
 
 @pytest.mark.parametrize("command,override,message", [
     ("dpo", {"peft": {"method": "qlora"}}, "peft.method=qlora with parallel.strategy=deepspeed: 4-bit base weights"),
-    ("grpo", {}, "parallel.strategy=deepspeed: grpo is not driven through DeepSpeed yet"),
-    ("online_dpo", {}, "parallel.strategy=deepspeed: online-dpo is not driven through DeepSpeed yet"),
+    ("grpo", {"rollout": {"backend": "vllm"}}, "rollout.backend=vllm with parallel.strategy=deepspeed: syncing"),
+    ("online_dpo", {"rollout": {"backend": "vllm"}}, "rollout.backend=vllm with parallel.strategy=deepspeed"),
     ("sft", {"train": {"on_nonfinite": "skip"}}, "train.on_nonfinite=skip with parallel.strategy=deepspeed"),
     ("sft", {"missing": True}, r"parallel.strategy=deepspeed: DeepSpeed is not installed; pip install "
                                r"'posttrain\[deepspeed\]'"),
