@@ -222,7 +222,8 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("strategy,port", [("fsdp2", 29542), ("zero3", 29565)])
+@pytest.mark.parametrize("strategy,port", [("fsdp2", 29542),
+                                           pytest.param("zero3", 29565, marks=pytest.mark.slow)])
 def test_sharded_reward_model_matches_one_process(tmp_path, strategy, port):
     """The reward model under fsdp2 and under DeepSpeed ZeRO-3: half the parameters per process, the same losses,
     gradient norms and held-out report as one process (every process scores the report with the weights
@@ -381,8 +382,10 @@ def test_fsdp2_resumes_from_its_sharded_checkpoint_exactly(tmp_path, command, po
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("command,peft,stage,port", [("dpo", "lora", 3, 29561), ("dpo", "none", 3, 29562),
-                                                     ("sft", "none", 2, 29563)])
+@pytest.mark.parametrize("command,peft,stage,port", [
+    # LoRA under ZeRO-3 in the default run: the resume test below (DPO) and the GRPO test above
+    pytest.param("dpo", "lora", 3, 29561, marks=pytest.mark.slow), ("dpo", "none", 3, 29562),
+    ("sft", "none", 2, 29563)])
 def test_deepspeed_two_processes_match_one_process(tmp_path, command, peft, stage, port):
     """parallel.strategy=deepspeed under torchrun (gloo, DeepSpeed's CPU accelerator): ZeRO-3 leaves each process
     about half of every parameter (trainable and frozen, and of a full fine-tuning DPO's reference copy), ZeRO-2
