@@ -44,7 +44,7 @@ from posttrain.trainers.grpo import no_grad_token_logps
 from posttrain.trainers.preference import loss_params
 from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
 from posttrain.training.loop import reduce_sum_fn, settings_from_config
-from posttrain.training.parallel import gathered, is_sharded, max_over_processes, place_reference
+from posttrain.training.parallel import gathered, max_over_processes, place_reference
 from posttrain.training.rollout_loop import RLFns, fit_rl
 from posttrain.training.run import TrainingRun
 
@@ -193,8 +193,8 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
                    pair_opts: dict, rollout_cfg, seed: int, spec: LossSpec, loss_kwargs: dict, pad_token_id: int,
                    micro_batch_size: int, device, reduce, pairs_log: PairsLog, world: int = 1,
                    tree_row_tokens: int | None = None, lockstep: bool = False) -> RLFns:
-    """``lockstep``: every process must run as many micro-batches as the others (a sharded policy's forwards, or
-    DeepSpeed's gradient reduction in each backward, are collectives); a sharded policy implies it."""
+    """``lockstep``: every process must run as many micro-batches as the others (several processes under fsdp2,
+    whose sharded forwards are collectives, or DeepSpeed, which reduces gradients in every backward)."""
     G = num_generations
     labelled: dict = {}  # the last rollout's global statistics, logged by after_step
     trained = {"pairs": 0}  # pairs of every step so far, over all processes (in checkpoints)
@@ -220,7 +220,7 @@ def online_dpo_fns(policy, frozen_reference, generator, members, *, num_generati
         # lockstep (a sharded policy's forward is a collective; DeepSpeed reduces gradients in every backward)
         # every process fills up to the most pairs any has and all run the same number of micro-batches.
         target = max(n, 1)
-        if lockstep or is_sharded(policy):
+        if lockstep:
             target = max_over_processes(target)
         fill = target - n
         pair_weight = [1.0] * n + [0.0] * fill
@@ -314,7 +314,7 @@ def train_online_dpo(cfg) -> dict:
         pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size, device=accelerator.device,
         reduce=reduce_sum_fn(accelerator), pairs_log=PairsLog(run.path / "pairs.jsonl", is_main),
         world=accelerator.num_processes, tree_row_tokens=cfg.data.tree_row_tokens if cfg.data.prefix_sharing else None,
-        lockstep=cfg.parallel.strategy == "deepspeed" and accelerator.num_processes > 1)
+        lockstep=cfg.parallel.strategy != "ddp" and accelerator.num_processes > 1)
     reward = judge_reward(members)
 
     def heldout(prefix: str) -> dict:

@@ -122,13 +122,15 @@ def check_on_nonfinite(s: LoopSettings) -> None:
 
 
 def optimizer_step(accelerator, params: list, optimizer, scheduler, max_grad_norm: float | None,
-                   loss: float = 0.0, sharded: bool = False) -> tuple[float, bool]:
+                   loss: float = 0.0, sharded: bool = False, engine=None) -> tuple[float, bool]:
     """Clip the accumulated gradients, step the optimizer and the schedule, clear the gradients. Returns (the
     gradient norm before clipping, whether the update was applied).
 
     When ``loss`` (the step's loss, the same on every process) or the norm is NaN or infinite the optimizer is
     not stepped, so the weights keep their last finite values; the schedule still advances, so the learning rate
-    stays a function of the step number (what resume relies on)."""
+    stays a function of the step number (what resume relies on). Under DeepSpeed, ``engine_step``."""
+    if engine is not None:
+        return engine_step(engine, scheduler, loss)
     limit = max_grad_norm if max_grad_norm is not None else math.inf
     # sharded (DTensor) gradients: torch's clip computes the global norm over the shards
     grad_norm = (total_norm(torch.nn.utils.clip_grad_norm_(params, limit)) if sharded
@@ -162,11 +164,13 @@ def start_engine(model, optimizer, s: LoopSettings, world: int):
         s.zero_stage, s.optim.micro_batch_size, world, s.optim.max_grad_norm, hidden))
 
 
-def micro_batch_backward(engine, accelerator, last_micro_batch: bool):
+def micro_batch_backward(engine, accelerator, model, last_micro_batch: bool):
     """(autocast context, backward function) for one micro-batch. Under DeepSpeed the engine reduces the
     gradients at the accumulation boundary the loop marks (the last micro-batch of an optimizer step), and its
-    backward leaves the loss as given (the loop scales it itself); otherwise accelerate's."""
+    backward leaves the loss as given (the loop scales it itself); otherwise accelerate's, with ``model``'s
+    gradient sync (FSDP2) on for the last micro-batch only."""
     if engine is None:
+        gradient_sync(model, last_micro_batch)
         return accelerator.autocast(), accelerator.backward
     engine.set_gradient_accumulation_boundary(last_micro_batch)
     return engine_autocast(accelerator), functools.partial(engine.backward, scale_wrt_gas=False)
@@ -403,12 +407,10 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
             # Only the last micro-batch all-reduces (DDP) or reduce-scatters (FSDP2) gradients; both average over
             # processes, hence "* world" (DeepSpeed's reduction averages too).
             last_micro_batch = i == len(batches) - 1
-            autocast, backward = micro_batch_backward(engine, accelerator, last_micro_batch)
+            autocast, backward = micro_batch_backward(engine, accelerator, ddp_model, last_micro_batch)
             sync = contextlib.nullcontext()
-            if engine is None:
-                gradient_sync(ddp_model, last_micro_batch)
-                if not (last_micro_batch or sharded):
-                    sync = accelerator.no_sync(ddp_model)
+            if not (engine is not None or last_micro_batch or sharded):
+                sync = accelerator.no_sync(ddp_model)
             with sync, autocast:
                 loss_sum, metrics, n_tok = fns.loss(ddp_model, batch)
                 backward(loss_sum * (world / global_weight))
@@ -419,11 +421,8 @@ def fit(model, train_items: list, eval_items: list, fns: StepFns, s: LoopSetting
         # The loss is summed over processes before the update so that every process takes the same decision
         # on a non-finite step (the gradient norm is already global: gradients were all-reduced).
         step_tokens, loss_all = reduce(torch.tensor([tokens, loss_value], dtype=torch.float64)).tolist()
-        if engine is not None:
-            grad_norm, applied = engine_step(engine, scheduler, loss_all)
-        else:
-            grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
-                                                loss_all, sharded=sharded)
+        grad_norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
+                                            loss_all, sharded=sharded, engine=engine)
         dt = time.perf_counter() - t0
         tokens_total += int(step_tokens)
         t_train += dt

@@ -38,11 +38,11 @@ import torch.distributed as dist
 from posttrain.config import ConfigError
 from posttrain.training.checkpoint import checkpoint_dir, save_checkpoint
 from posttrain.training.loop import (LoopSettings, NonFiniteLoss, build_optimization, check_finite_weights,
-                                     check_on_nonfinite, engine_step, micro_batch_backward, on_nonfinite_step,
+                                     check_on_nonfinite, micro_batch_backward, on_nonfinite_step,
                                      optimizer_step, plan_steps, progress_bar, open_metrics_log, reduce_sum_fn,
                                      resume_from_checkpoint, start_engine, step_indices)
 from posttrain.training.metrics import MetricSums
-from posttrain.training.parallel import check_optimizer_covers, gathered, gradient_sync, is_sharded, shard
+from posttrain.training.parallel import check_optimizer_covers, gathered, is_sharded, shard
 
 
 @dataclass
@@ -185,9 +185,7 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                     continue
                 loss_value = 0.0
                 for j, m in enumerate(micro):
-                    autocast, backward = micro_batch_backward(engine, accelerator, j == len(micro) - 1)
-                    if engine is None:
-                        gradient_sync(model, j == len(micro) - 1)
+                    autocast, backward = micro_batch_backward(engine, accelerator, model, j == len(micro) - 1)
                     with autocast:
                         loss_sum, metrics, n_tok = fns.loss(trained, m)
                         backward(loss_sum * scale / weight)
@@ -199,11 +197,8 @@ def fit_rl(model, prompts: list, fns: RLFns, s: LoopSettings, accelerator, *, up
                 # the minibatch loss over all processes, so that every process takes the same decision on a
                 # non-finite update (the gradient norm is already global after the all-reduce)
                 loss_value = float(reduce(torch.tensor([loss_value], dtype=torch.float64))[0])
-                if engine is not None:
-                    norm, applied = engine_step(engine, scheduler, loss_value)
-                else:
-                    norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
-                                                   loss_value, sharded=sharded)
+                norm, applied = optimizer_step(accelerator, params, optimizer, scheduler, s.optim.max_grad_norm,
+                                               loss_value, sharded=sharded, engine=engine)
                 if not applied:
                     skipped += 1
                     log.write({"step": step + 1, "update": len(norms) + skipped, "loss": loss_value,
