@@ -10,7 +10,14 @@ each process reports what it holds after the run: parameter elements (its local 
 state (AdamW's exp_avg/exp_avg_sq, local shards), its peak RSS, and the run's tokens/s. Under fsdp2 the
 parameter and optimizer bytes per process should be about half of DDP's (each process keeps 1/2 of every
 weight); peak RSS falls less, because the process also holds the all-gathered layer it is computing, the
-activations, the Python/torch runtime, and the full model it loaded before sharding. ZeRO-2 halves the optimizer
+activations and the Python/torch runtime; the first process also the full model it loaded before sharding (under
+fsdp2 the others build the model on the meta device and receive their shards from it; under DDP and DeepSpeed every
+process loads the whole model). "load RSS" is a process's peak RSS up to the end of loading and sharding (before
+the first step). Read it with care: a float32 safetensors file loaded as float32 on CPU stays memory-mapped and
+unread until the first forward, so DDP's column shows little of its full copy (the pages come in during training,
+and they are shared between processes through the page cache); under fsdp2 the first process reads all of it (to
+send it) and the others hold their shards plus one tensor's receive buffer. The saving is a full private copy per
+process wherever loading materialises the weights (a checkpoint in another dtype, a .bin or GGUF file). ZeRO-2 halves the optimizer
 state and keeps every parameter (plus an fp32 master copy of its own partition, not counted in the parameter
 column); ZeRO-3 halves both (its parameters: each process's partition).
 """
@@ -52,7 +59,8 @@ def child(a) -> None:
         seen["model"] = model
         return real_fit(model, *args, **kwargs)
 
-    def keep_optimizer(*args, **kwargs):
+    def keep_optimizer(*args, **kwargs):  # the loop builds it after loading (and sharding), before step 1
+        seen["load_rss_mb"] = common.peak_rss_mb()
         seen["optimizer"], scheduler = real_build(*args, **kwargs)
         return seen["optimizer"], scheduler
 
@@ -74,6 +82,7 @@ def child(a) -> None:
     rank = int(os.environ.get("RANK", "0"))
     Path(a.result, f"rank{rank}.json").write_text(json.dumps({
         "params_mb": params / 2**20, "optimizer_mb": optim / 2**20, "peak_rss_mb": common.peak_rss_mb(),
+        "load_rss_mb": seen["load_rss_mb"],
         "tokens_per_s": summary.get("tokens_per_s"), "train_s": summary.get("train_time_s"),
         "loss": summary.get("train/loss")}))
 
@@ -123,12 +132,16 @@ def main() -> None:
                      "params MB/proc": round(max(r["params_mb"] for r in ranks), 1),
                      "optimizer MB/proc": round(max(r["optimizer_mb"] for r in ranks), 1),
                      "peak RSS MB/proc": round(max(r["peak_rss_mb"] for r in ranks), 1),
+                     "load RSS MB rank 0": round(ranks[0]["load_rss_mb"], 1),
+                     "load RSS MB rank 1": round(ranks[1]["load_rss_mb"], 1),
                      "tokens/s": ranks[0]["tokens_per_s"], "loss": round(ranks[0]["loss"], 4),
                      "wall_s": round(time.perf_counter() - t0, 1)})
     ddp = rows[0]
     for r in rows:
-        for key in ("params MB/proc", "optimizer MB/proc", "peak RSS MB/proc", "tokens/s"):
-            r[f"x DDP {key.split(' ')[0]}"] = round(r[key] / ddp[key], 3) if ddp[key] else None
+        for key, short in (("params MB/proc", "params"), ("optimizer MB/proc", "optimizer"),
+                           ("peak RSS MB/proc", "peak RSS"), ("load RSS MB rank 1", "load RSS rank 1"),
+                           ("tokens/s", "tokens/s")):
+            r[f"x DDP {short}"] = round(r[key] / ddp[key], 3) if ddp[key] else None
     print(common.table(f"DDP vs {', '.join(strategies[1:])}, full fine-tuning, 2 processes x 1 thread, {a.steps} "
                        f"steps of {a.batch} rows",
                        rows, list(rows[0].keys())))

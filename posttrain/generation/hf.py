@@ -181,7 +181,12 @@ class HFGenerator:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.cache_kw = cache_keyword(model)
-        self.device = next(model.parameters()).device
+
+    @property
+    def device(self):
+        """Where the model's weights are now (read at each use: a model built on the meta device gets its place
+        when it is sharded, after this generator was made)."""
+        return next(self.model.parameters()).device
 
     def generate(self, prompt_ids: list[list[int]], *, n: int, temperature, top_p, max_new_tokens: int, seed: int,
                  keys: Sequence[str] | None = None) -> list[list[GenOutput]]:

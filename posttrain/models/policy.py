@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from posttrain.models.adapters import attach_adapter, is_peft, load_with_adapter, qlora_quantization_config
-from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer
+from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer, resolve_model_path, torch_dtype
 
 # torch and transformers are imported in the functions: `import posttrain.models` stays free of them.
 
@@ -69,9 +69,14 @@ def resolve_lineage(name: str, adapter: str | None = None) -> tuple[str, list[st
 
 
 def load_base(name: str, adapter: str | None, *, cache_dir=None, dtype="auto", trust_remote_code=False,
-              quantization_config=None):
-    """The model with every adapter of its lineage merged in; returns (model, base name, merged adapter list)."""
+              quantization_config=None, meta: bool = False):
+    """The model with every adapter of its lineage merged in; returns (model, base name, merged adapter list).
+    ``meta``: the same architecture built on the meta device from the base's config, no weight read (merging
+    adapters changes no shape): for a process that receives its weights from another (``parallel.loads_on_meta``)."""
     base_name, adapters = resolve_lineage(name, adapter)
+    if meta:
+        return build_on_meta(base_name, cache_dir=cache_dir, dtype=dtype,
+                             trust_remote_code=trust_remote_code), base_name, adapters
     model = load_causal_lm(base_name, cache_dir=cache_dir, dtype=dtype, trust_remote_code=trust_remote_code,
                            quantization_config=quantization_config if not adapters else None)
     for a in adapters:
@@ -81,6 +86,17 @@ def load_base(name: str, adapter: str | None, *, cache_dir=None, dtype="auto", t
     return model, base_name, adapters
 
 
+def build_on_meta(name: str, *, cache_dir=None, dtype="auto", trust_remote_code=False):
+    """``name``'s causal LM built from its config on the meta device (parameters with shapes and dtypes, no
+    storage), as ``load_causal_lm`` would load it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name, cache_dir), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+
+
 def model_tokenizer(name: str, cache_dir=None, trust_remote_code: bool = False):
     """The tokenizer of ``name``: a trained folder carries its own, an adapter folder uses its base's."""
     if not (Path(name) / "tokenizer_config.json").exists():
@@ -88,9 +104,10 @@ def model_tokenizer(name: str, cache_dir=None, trust_remote_code: bool = False):
     return load_tokenizer(name, cache_dir, trust_remote_code)
 
 
-def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None):
+def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None, meta: bool = False):
     """(trainable model, tokenizer, lineage dict) for a training stage. Pass the ``tokenizer`` the stage already
-    loaded to render its data, so it is not read twice."""
+    loaded to render its data, so it is not read twice. ``meta``: built on the meta device, weights (adapter
+    included) to come from the first process (``training/parallel.py::loads_on_meta``)."""
     import torch
 
     quant = qlora_quantization_config() if peft_cfg.method == "qlora" else None
@@ -98,7 +115,7 @@ def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None):
         tokenizer = model_tokenizer(model_cfg.name, model_cfg.cache_dir, model_cfg.trust_remote_code)
     model, base_name, merged = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
                                          dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
-                                         quantization_config=quant)
+                                         quantization_config=quant, meta=meta)
     model.config.use_cache = False
     if peft_cfg.method != "none":
         torch.manual_seed(seed)  # adapter init is random: seed it so runs reproduce

@@ -10,9 +10,11 @@ from posttrain.models.policy import enable_checkpointing, load_base, resolve_lin
 from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
 
 
-def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
+def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int, meta: bool = False):
     """A one-output sequence classifier on ``model.name`` (adapter lineage merged), with a fresh LoRA/DoRA
-    adapter (the score head fully trained) or fully trainable. Returns (model, base name)."""
+    adapter (the score head fully trained) or fully trainable. Returns (model, base name). ``meta``: the same
+    classifier built on the meta device, its weights to come from the first process
+    (``training/parallel.py::loads_on_meta``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification  # keeps the module free of transformers
 
     base_name, adapters = resolve_lineage(model_cfg.name, model_cfg.adapter)
@@ -20,7 +22,12 @@ def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int):
     dtype = torch_dtype(model_cfg.dtype)
     torch.manual_seed(seed)  # the score head is freshly initialised
     try:
-        if adapters:  # a trained folder: merge its lineage into the causal LM, then move the trunk over
+        if meta:
+            config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=model_cfg.trust_remote_code)
+            with torch.device("meta"):
+                model = AutoModelForSequenceClassification.from_config(
+                    config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
+        elif adapters:  # a trained folder: merge its lineage into the causal LM, then move the trunk over
             causal, _, _ = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
                                      dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
             config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=model_cfg.trust_remote_code)

@@ -42,7 +42,7 @@ from posttrain.models.reference import build_reference, reference_model
 from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.trainers.grpo import no_grad_token_logps
 from posttrain.trainers.preference import loss_params
-from posttrain.trainers.rl_common import heldout_reward, load_rl_setup
+from posttrain.trainers.rl_common import heldout_reward, load_rl_setup, shard_before_sampling
 from posttrain.training.loop import reduce_sum_fn, settings_from_config
 from posttrain.training.parallel import gathered, max_over_processes, place_reference
 from posttrain.training.rollout_loop import RLFns, fit_rl
@@ -326,6 +326,7 @@ def train_online_dpo(cfg) -> dict:
                                   accelerator)
 
     def train() -> dict:
+        shard_before_sampling(cfg, policy, accelerator)
         summary = {**setup.stats, **heldout("eval_before")}
         summary.update(fit_rl(policy, setup.items, fns, settings_from_config(cfg, "online_dpo"), accelerator,
                               update_epochs=1, mini_batches=1))

@@ -25,7 +25,7 @@ from posttrain.ops.advantages import AdaptiveKLController, explained_variance, g
 from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.trainers.rl_common import run_rl_training
 from posttrain.training.loop import cross_process_sum
-from posttrain.training.parallel import place_reference
+from posttrain.training.parallel import loads_on_meta, place_reference, to_device
 from posttrain.training.rollout_loop import RLFns, select_rows
 
 
@@ -51,9 +51,10 @@ class PolicyWithValueHead(nn.Module):
         return token_logps, logits, self.value_head(hidden).squeeze(-1).float()
 
 
-def build_value_trunk(cfg, seed: int):
-    """A separate critic trunk: the base model again, with its own adapter (or fully trainable)."""
-    model, _, _ = load_policy(cfg.model, cfg.peft, seed=seed + 1)
+def build_value_trunk(cfg, seed: int, meta: bool = False):
+    """A separate critic trunk: the base model again, with its own adapter (or fully trainable). ``meta``: built on
+    the meta device, its weights to come from the first process (``training/parallel.py::loads_on_meta``)."""
+    model, _, _ = load_policy(cfg.model, cfg.peft, seed=seed + 1, meta=meta)
     return model
 
 
@@ -151,9 +152,11 @@ def train_ppo(cfg) -> dict:
 
     def build(policy, tokenizer, reward_fn, generator, accelerator):
         frozen, _ = build_reference(policy, p.reference, needs_reference=True)
-        trunk = build_value_trunk(cfg, cfg.train.seed) if p.value_model == "separate" else None
+        trunk = (build_value_trunk(cfg, cfg.train.seed, meta=loads_on_meta(cfg, accelerator))
+                 if p.value_model == "separate" else None)
         torch.manual_seed(cfg.train.seed)
-        model = PolicyWithValueHead(policy, trunk).to(accelerator.device)
+        model = PolicyWithValueHead(policy, trunk)
+        to_device(model, accelerator.device)
         place_reference(frozen, cfg, accelerator)
         fns = ppo_fns(model, frozen, generator, reward_fn, rollout_cfg=cfg.rollout, seed=cfg.train.seed, p=p,
                       pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size,

@@ -28,7 +28,7 @@ from posttrain.models.reference import (build_reference, load_reference_model, r
                                         same_model)
 from posttrain.ops.layouts import batch_sequence_logps, count_tokens
 from posttrain.training.loop import StepFns
-from posttrain.training.parallel import is_sharded, on_every_process, place_reference
+from posttrain.training.parallel import from_first_process, is_sharded, on_every_process, place_reference
 from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
 from posttrain.training.run import resolve_prefix_sharing, run_offline_training, to_device
 
@@ -144,8 +144,9 @@ def open_reference_cache(cfg, spec: LossSpec, policy, accelerator, pinned=None):
     if not (cfg.loss.reference_cache and spec.needs_reference):
         return None
     root = cfg.loss.reference_cache_dir or default_cache_dir(cfg.train.output_dir)  # never beside the data
-    key = fingerprint(reference_weights(policy, pinned), precision=str(accelerator.mixed_precision),
-                      device_type=accelerator.device.type)
+    key = from_first_process(lambda: fingerprint(reference_weights(policy, pinned),  # others may be on meta
+                                                 precision=str(accelerator.mixed_precision),
+                                                 device_type=accelerator.device.type))
     return ReferenceCache(f"{root}/{key}")
 
 

@@ -36,7 +36,7 @@ from posttrain.ops.logprobs import tree_forward_mask, unwrap_model
 from posttrain.ops.layouts import Tree, count_tokens, layout
 from posttrain.ops.packing import Layout, prefix_tree
 from posttrain.training.loop import StepFns, fit, settings_from_config
-from posttrain.training.parallel import gathered
+from posttrain.training.parallel import gathered, loads_on_meta
 from posttrain.training.run import TrainingRun, resolve_prefix_sharing, split_off_eval, to_device
 
 
@@ -195,7 +195,8 @@ def train_reward_model(cfg) -> dict:
     stats = {"train/rows": len(train_ex), "train/kept": len(train), "train/dropped_too_long": dropped}
     if eval_ex:
         stats.update({"eval/rows": len(eval_ex), "eval/kept": len(evals), "eval/dropped_too_long": eval_dropped})
-    model, base_name = load_reward_model(cfg.model, cfg.peft, seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id)
+    model, base_name = load_reward_model(cfg.model, cfg.peft, seed=cfg.train.seed, pad_token_id=tokenizer.pad_token_id,
+                                         meta=loads_on_meta(cfg, run.accelerator))
     if score_head(model) is None:  # a classifier that pools otherwise (e.g. an encoder's CLS): padded batches
         if cfg.data.prefix_sharing is True:
             raise ConfigError(f"reward-model: data.prefix_sharing needs a causal-LM classifier with a per-position "

@@ -16,7 +16,7 @@ from posttrain.generation.vllm_backend import import_vllm
 from posttrain.judges.reward import RewardFunction, check_rubric_reward
 from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.training.loop import cross_process_sum, settings_from_config
-from posttrain.training.parallel import gathered
+from posttrain.training.parallel import gathered, loads_on_meta, shard, to_device
 from posttrain.training.rollout_loop import fit_rl, mean_over_processes
 from posttrain.training.run import TrainingRun, resolve_prefix_sharing
 
@@ -39,6 +39,14 @@ def heldout_reward(generator, items: list[PromptItem], reward_fn: RewardFunction
         metrics["response_length"] = sum(len(o.token_ids) for o in outs) / len(outs)
     metrics = mean_over_processes(metrics, len(mine) * k, world)
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def shard_before_sampling(cfg, model, accelerator) -> None:
+    """Under ``parallel.strategy=fsdp2`` with several processes, shard ``model`` before the held-out reward first
+    samples from it: a process that built it on the meta device (``loads_on_meta``) receives its weights here, and
+    ``fit_rl`` then finds it sharded."""
+    if cfg.parallel.strategy == "fsdp2" and accelerator.num_processes > 1:
+        shard(model, accelerator.device, accelerator.num_processes)
 
 
 def mean_or_nan(values: list[float]) -> float:
@@ -70,8 +78,9 @@ def load_rl_setup(cfg, run: TrainingRun, need_verifiable: bool) -> RLSetup:
     if cfg.data.eval:
         eval_items, _ = load_prompt_items(cfg.data.eval, tokenizer, max_prompt_length=cfg.data.max_prompt_length,
                                           need_verifiable=need_verifiable)
-    policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer)
-    policy.to(run.accelerator.device)
+    policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer,
+                                             meta=loads_on_meta(cfg, run.accelerator))
+    to_device(policy, run.accelerator.device)
     generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, run.accelerator.process_index)
     resolve_prefix_sharing(cfg, policy)
     return RLSetup(tokenizer, items, stats, eval_items, policy, lineage, generator)
@@ -109,6 +118,7 @@ def run_rl_training(cfg, command: str, build, *, update_epochs: int, mini_batche
                                   accelerator)
 
     def train() -> dict:
+        shard_before_sampling(cfg, model, accelerator)
         summary = {**setup.stats, **heldout("eval_before")}
         summary.update(fit_rl(model, setup.items, fns, settings_from_config(cfg, command), accelerator,
                               update_epochs=update_epochs, mini_batches=mini_batches))

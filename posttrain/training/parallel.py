@@ -168,15 +168,54 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def loads_on_meta(cfg, accelerator) -> bool:
+    """Whether this process builds the model it trains on the meta device (shapes only, no memory) instead of
+    reading the weights: under ``parallel.strategy=fsdp2`` every process but the first, whose weights ``shard``
+    then sends each of them as its shards. So one process reads the checkpoint and the others never hold a full
+    copy (where loading materialises the weights, a checkpoint in another dtype or a .bin file, every process
+    would otherwise hold a private one: 8 x 280 GB of host memory for a 70B model loaded in float32)."""
+    return (cfg.parallel.strategy == "fsdp2" and accelerator.num_processes > 1
+            and accelerator.process_index != 0)
+
+
+def on_meta(model: nn.Module) -> bool:
+    """Whether any of ``model``'s parameters or buffers is on the meta device (built from its config, not loaded)."""
+    return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
+
+
+def to_device(model: nn.Module, device) -> None:
+    """``model.to(device)``, except for a model built on the meta device (``loads_on_meta``): ``shard`` places
+    that one, shard by shard, when it fills it from the first process."""
+    if not on_meta(model):
+        model.to(device)
+
+
 def shard(model: nn.Module, device: torch.device | str, world: int) -> nn.Module:
     """``fully_shard`` every decoder layer, then the root, over ``world`` processes; in place (the returned module is
-    ``model``, its class now also an ``FSDPModule``)."""
-    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    ``model``, its class now also an ``FSDPModule``). The first process's weights are the ones every process keeps
+    its shards of: the others may have built ``model`` on the meta device (``loads_on_meta``); they receive theirs
+    by broadcast (torch's ``set_model_state_dict`` with ``broadcast_from_rank0``), buffers too. A collective; a
+    no-op on a model sharded already."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
+    if isinstance(model, FSDPModule):  # sharded already (the online trainers shard before they first sample)
+        return model
+    rank = dist.get_rank()
+    full = model.state_dict() if rank == 0 else {}  # the first process's full tensors, held until sent
+    if rank == 0 and on_meta(model):
+        raise RuntimeError("parallel.strategy=fsdp2: the first process's model is on the meta device; it must hold "
+                           "the weights the others receive")
     mesh = init_device_mesh(torch.device(device).type, (world,))
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    if on_meta(model):
+        model.to_empty(device=mesh.device_type)  # this process's shards (and buffers), allocated, not yet filled
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    for buffer in model.buffers():  # non-persistent ones (rotary frequencies) are in no state dict
+        dist.broadcast(buffer, src=0)
     if hasattr(model, "generate"):  # generate enters through the root (its lazy init), not through a layer
         register_fsdp_forward_method(model, "generate")
     return model
@@ -189,7 +228,7 @@ def place_reference(frozen: nn.Module | None, cfg, accelerator) -> None:
     counts per process, every eval row on every process, a cache skip taken by all or none)."""
     if frozen is None:
         return
-    frozen.to(accelerator.device)
+    to_device(frozen, accelerator.device)
     if accelerator.num_processes == 1:
         return
     if cfg.parallel.strategy == "fsdp2":
@@ -293,6 +332,16 @@ def on_every_process(flag: bool) -> bool:
     t = torch.tensor([int(flag)])
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def from_first_process(fn):
+    """``fn()`` computed on the first process and sent to every other (``fn()`` itself without a process group):
+    for values that read weights a process built on the meta device does not have yet (a reference fingerprint)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return fn()
+    box = [fn() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def max_over_processes(value: int) -> int:

@@ -27,7 +27,8 @@ from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.ops.logprobs import attention_implementation, takes_tree_mask, unwrap_model
 from posttrain.ops.packing import default_tree_row_tokens
 from posttrain.training.loop import fit, make_accelerator, settings_from_config
-from posttrain.training.parallel import check_combination, full_state_dict, launcher_strategy, launcher_zero_stage
+from posttrain.training.parallel import (check_combination, full_state_dict, launcher_strategy, launcher_zero_stage,
+                                        loads_on_meta)
 from posttrain.training.samples import greedy_samples
 
 
@@ -225,7 +226,8 @@ def train_on_data(run: TrainingRun, data: TrainingData, build_fns, outputs: dict
     rejection-SFT, whose selected winners are SFT data like any other."""
     cfg = run.cfg
     with run.guard():  # a failure while loading marks a folder the caller opened as failed
-        model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer)
+        model, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=data.tokenizer,
+                                                meta=loads_on_meta(cfg, run.accelerator))
         fns = build_fns(model, data, run.accelerator)
         if getattr(cfg.train, "log_samples", 0) and data.eval:
             fns = dataclasses.replace(fns, samples=functools.partial(

@@ -10,7 +10,7 @@ import sys
 import torch
 
 from posttrain.config import load_config
-from posttrain.training.parallel import full_numel, is_sharded, local_numel
+from posttrain.training.parallel import full_numel, is_sharded, local_numel, on_meta
 
 command, out, result_dir = sys.argv[1:4]
 seen = {}
@@ -53,6 +53,15 @@ def keep_engine(*args, **kwargs):
 
 loop.deepspeed_engine = keep_engine
 keep_first_argument(rl_common, "fit_rl", seen)
+real_shard_before_sampling = rl_common.shard_before_sampling
+
+
+def keep_on_meta(cfg, model, accelerator):  # the online trainers shard (and fill) their model before fit_rl
+    seen["on_meta"] = on_meta(model)
+    return real_shard_before_sampling(cfg, model, accelerator)
+
+
+rl_common.shard_before_sampling = keep_on_meta
 if command == "reward-model":
     keep_first_argument(trainer, "fit", seen)
 if hasattr(trainer, "build_reference"):  # the frozen reference copy (full fine-tuning), if one is built
@@ -87,5 +96,5 @@ rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(result_dir, f"rank{rank}.json"), "w") as fh:
     json.dump({"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "sharded": is_sharded(model),
                "held": held, "full": full, "reference_held": ref_held, "reference_full": ref_full,
-               "optimizer_held": optimizer_held,
+               "optimizer_held": optimizer_held, "on_meta": seen.get("on_meta"),
                "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}, fh)

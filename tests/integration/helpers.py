@@ -68,11 +68,15 @@ def tiny_config(command: str, data_path: Path, out: Path, *overrides: str):
 
 def keep_first_argument(module, name: str, seen: dict, key: str = "model") -> None:
     """Wrap ``module.name`` so that the object it is called with first (the model a loop trains) is kept in
-    ``seen[key]``; for the torchrun scripts (dist_*.py) to report on what was trained."""
+    ``seen[key]``, and in ``seen["on_meta"]`` whether it came to the loop on the meta device (unloaded: its
+    weights to come from the first process); for the torchrun scripts (dist_*.py) to report on what was trained."""
+    from posttrain.training.parallel import on_meta
+
     real = getattr(module, name)
 
     def wrapper(model, *args, **kwargs):
         seen[key] = model
+        seen.setdefault("on_meta", on_meta(model))  # the online trainers' is kept before they shard to sample
         return real(model, *args, **kwargs)
 
     setattr(module, name, wrapper)

@@ -201,6 +201,8 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
             "optim.max_grad_norm=1.0", "data.eval_fraction=0.2", "train.eval_every=2"]  # 3 eval rows: uneven shards
     ranks, one = sharded_and_single(tmp_path, command, args, port)
     assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
+    # the second process read no weights: its model came to the loop on the meta device, filled from the first's
+    assert [r["on_meta"] for r in ranks] == [False, True] and one["on_meta"] is False
     for kind in ("trainable", "frozen"):
         total = one["full"][kind]
         assert ranks[0]["full"][kind] == total and ranks[0]["held"][kind] + ranks[1]["held"][kind] == total, kind
@@ -235,6 +237,7 @@ def test_sharded_reward_model_matches_one_process(tmp_path, strategy, port):
             "data.eval_fraction=0.2"]
     ranks, one = sharded_and_single(tmp_path, "reward-model", args, port, STRATEGIES[strategy])
     assert [r["sharded"] for r in ranks] == [True, True] and not one["sharded"]
+    assert [r["on_meta"] for r in ranks] == [False, strategy == "fsdp2"]  # fsdp2: filled from the first process
     for kind in ("trainable", "frozen"):  # (the one-process model had its LoRA merged in place by the save)
         total = ranks[0]["full"][kind]
         assert ranks[0]["held"][kind] + ranks[1]["held"][kind] == total, kind
@@ -293,6 +296,8 @@ def test_sharded_rl_matches_one_process(tmp_path, command, peft, prefix_sharing,
     ranks, one = sharded_and_single(tmp_path, command, args, port, STRATEGIES[strategy])
     split = strategy != "zero2"  # ZeRO-2 keeps every parameter on every process
     assert [r["sharded"] for r in ranks] == [split, split] and not one["sharded"]
+    # fsdp2: the second process built its policy on the meta device and received the first's weights
+    assert [r["on_meta"] for r in ranks] == [False, strategy == "fsdp2"]
     for kind in ("trainable", "frozen"):
         total = one["full"][kind]
         if split:  # ZeRO-3 pads an odd-sized parameter's partitions to equal sizes (the value head: 33 elements)
