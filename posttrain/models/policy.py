@@ -86,15 +86,19 @@ def load_base(name: str, adapter: str | None, *, cache_dir=None, dtype="auto", t
     return model, base_name, adapters
 
 
-def build_on_meta(name: str, *, cache_dir=None, dtype="auto", trust_remote_code=False):
-    """``name``'s causal LM built from its config on the meta device (parameters with shapes and dtypes, no
-    storage), as ``load_causal_lm`` would load it."""
+def build_on_meta(name: str, *, cache_dir=None, dtype="auto", trust_remote_code=False, auto_class=None,
+                  **config_kwargs):
+    """``name``'s model built from its config on the meta device (parameters with shapes and dtypes, no storage),
+    as ``load_causal_lm`` would load it; ``auto_class`` (default ``AutoModelForCausalLM``) and ``config_kwargs``
+    (e.g. ``num_labels=1``) for another head."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(resolve_model_path(name, cache_dir), trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(resolve_model_path(name, cache_dir), trust_remote_code=trust_remote_code,
+                                        **config_kwargs)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+        return (auto_class or AutoModelForCausalLM).from_config(config, dtype=torch_dtype(dtype),
+                                                                trust_remote_code=trust_remote_code)
 
 
 def model_tokenizer(name: str, cache_dir=None, trust_remote_code: bool = False):

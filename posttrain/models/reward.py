@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.models.policy import enable_checkpointing, load_base, resolve_lineage
+from posttrain.models.policy import build_on_meta, enable_checkpointing, load_base, resolve_lineage
 from posttrain.models.resolve import ModelError, resolve_model_path, torch_dtype
 
 
@@ -23,10 +23,9 @@ def load_reward_model(model_cfg, peft_cfg, *, seed: int, pad_token_id: int, meta
     torch.manual_seed(seed)  # the score head is freshly initialised
     try:
         if meta:
-            config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=model_cfg.trust_remote_code)
-            with torch.device("meta"):
-                model = AutoModelForSequenceClassification.from_config(
-                    config, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
+            model = build_on_meta(base_name, cache_dir=model_cfg.cache_dir, dtype=model_cfg.dtype,
+                                  trust_remote_code=model_cfg.trust_remote_code,
+                                  auto_class=AutoModelForSequenceClassification, num_labels=1)
         elif adapters:  # a trained folder: merge its lineage into the causal LM, then move the trunk over
             causal, _, _ = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
                                      dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)

@@ -16,7 +16,7 @@ from posttrain.generation.vllm_backend import import_vllm
 from posttrain.judges.reward import RewardFunction, check_rubric_reward
 from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.training.loop import cross_process_sum, settings_from_config
-from posttrain.training.parallel import gathered, loads_on_meta, shard, to_device
+from posttrain.training.parallel import gathered, loads_on_meta, shard, shards_with_fsdp2, to_device
 from posttrain.training.rollout_loop import fit_rl, mean_over_processes
 from posttrain.training.run import TrainingRun, resolve_prefix_sharing
 
@@ -45,7 +45,7 @@ def shard_before_sampling(cfg, model, accelerator) -> None:
     """Under ``parallel.strategy=fsdp2`` with several processes, shard ``model`` before the held-out reward first
     samples from it: a process that built it on the meta device (``loads_on_meta``) receives its weights here, and
     ``fit_rl`` then finds it sharded."""
-    if cfg.parallel.strategy == "fsdp2" and accelerator.num_processes > 1:
+    if shards_with_fsdp2(cfg, accelerator):
         shard(model, accelerator.device, accelerator.num_processes)
 
 

@@ -168,14 +168,18 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def shards_with_fsdp2(cfg, accelerator) -> bool:
+    """Whether this run shards its model with FSDP2 (``parallel.strategy=fsdp2`` and several processes)."""
+    return cfg.parallel.strategy == "fsdp2" and accelerator.num_processes > 1
+
+
 def loads_on_meta(cfg, accelerator) -> bool:
     """Whether this process builds the model it trains on the meta device (shapes only, no memory) instead of
     reading the weights: under ``parallel.strategy=fsdp2`` every process but the first, whose weights ``shard``
     then sends each of them as its shards. So one process reads the checkpoint and the others never hold a full
     copy (where loading materialises the weights, a checkpoint in another dtype or a .bin file, every process
     would otherwise hold a private one: 8 x 280 GB of host memory for a 70B model loaded in float32)."""
-    return (cfg.parallel.strategy == "fsdp2" and accelerator.num_processes > 1
-            and accelerator.process_index != 0)
+    return shards_with_fsdp2(cfg, accelerator) and accelerator.process_index != 0
 
 
 def on_meta(model: nn.Module) -> bool:
