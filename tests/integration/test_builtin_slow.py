@@ -37,11 +37,10 @@ def test_builtin_sft_then_dpo_lifts_heldout_reward_accuracy(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_pipeline_improves_heldout_constraints(tmp_path, monkeypatch):
-    """`make demo`'s pipeline, end to end on the builtin model: the DPO model follows held-out constraints of the
-    training data's own templates clearly more often than the SFT model, at about the same length, and the eval
-    measures the out-of-distribution suites and the base model alongside. The release gates themselves are the
-    pipeline's verdict, reported, not asserted here (issue 16: today's recipe does not carry its gain out of
-    distribution, and its out-of-distribution gates say so)."""
+    """`make demo`'s pipeline, end to end on the builtin model: the DPO model follows constraints clearly more often
+    than the untouched base both on held-out rows of the training generator and on prompts phrased by someone else,
+    and keeps the base's free-form capability and answer length within loose bounds (the release gates are the
+    pipeline's verdict, with tighter bounds; a different CPU's float rounding can move a question or two)."""
     import yaml
 
     from posttrain.pipeline.eval_stages import GateFailed
@@ -58,11 +57,11 @@ def test_quickstart_pipeline_improves_heldout_constraints(tmp_path, monkeypatch)
         pass
     (eval_dir,) = (tmp_path / "run").glob("eval-*")
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    ind = "group/in_distribution/constraints/pass_rate"
-    assert metrics[ind] - metrics[f"baseline/{ind}"] >= 0.05, metrics
-    assert 0.75 <= metrics["group/in_distribution/length/mean_words_ratio_to_baseline"] <= 1.25, metrics
-    ood = "group/out_of_distribution"
-    for key in (f"{ood}/constraints/pass_rate", f"base/{ood}/constraints/pass_rate", "degeneration/delta_vs_base",
-                f"{ood}/length/median_words_ratio_to_base"):
-        assert key in metrics, key
+    ind, ood = "group/in_distribution", "group/out_of_distribution"
+    assert metrics[f"{ind}/constraints/pass_rate"] - metrics[f"base/{ind}/constraints/pass_rate"] >= 0.10, metrics
+    assert metrics[f"{ood}/constraints/pass_rate"] - metrics[f"base/{ood}/constraints/pass_rate"] >= 0.05, metrics
+    assert metrics[f"{ood}/constraints/pass_rate/delta_vs_base/ci_low"] > 0, metrics
+    assert metrics[f"base/{ood}/capability/accuracy"] - metrics[f"{ood}/capability/accuracy"] <= 0.05, metrics
+    assert 0.6 <= metrics[f"{ood}/length/median_words_ratio_to_base"] <= 1.4, metrics
+    assert "degeneration/delta_vs_base" in metrics
     assert (tmp_path / "run" / "report.html").exists()
