@@ -25,7 +25,7 @@ from posttrain.ops.advantages import AdaptiveKLController, explained_variance, g
 from posttrain.ops.rollout import completion_forward, rollout_tensors
 from posttrain.trainers.rl_common import run_rl_training
 from posttrain.training.loop import cross_process_sum
-from posttrain.training.parallel import loads_on_meta, place_reference, to_device
+from posttrain.training.parallel import loads_on_meta, place_model, place_reference
 from posttrain.training.rollout_loop import RLFns, select_rows
 
 
@@ -156,7 +156,7 @@ def train_ppo(cfg) -> dict:
                  if p.value_model == "separate" else None)
         torch.manual_seed(cfg.train.seed)
         model = PolicyWithValueHead(policy, trunk)
-        to_device(model, accelerator.device)
+        place_model(model, accelerator.device)
         place_reference(frozen, cfg, accelerator)
         fns = ppo_fns(model, frozen, generator, reward_fn, rollout_cfg=cfg.rollout, seed=cfg.train.seed, p=p,
                       pad_token_id=tokenizer.pad_token_id, micro_batch_size=cfg.optim.micro_batch_size,

@@ -16,7 +16,7 @@ from posttrain.generation.vllm_backend import import_vllm
 from posttrain.judges.reward import RewardFunction, check_rubric_reward
 from posttrain.models.policy import load_policy, model_tokenizer, save_trained
 from posttrain.training.loop import cross_process_sum, settings_from_config
-from posttrain.training.parallel import gathered, loads_on_meta, shard, shards_with_fsdp2, to_device
+from posttrain.training.parallel import gathered, loads_on_meta, place_model, shard, shards_with_fsdp2
 from posttrain.training.rollout_loop import fit_rl, mean_over_processes
 from posttrain.training.run import TrainingRun, resolve_prefix_sharing
 
@@ -80,7 +80,7 @@ def load_rl_setup(cfg, run: TrainingRun, need_verifiable: bool) -> RLSetup:
                                           need_verifiable=need_verifiable)
     policy, tokenizer, lineage = load_policy(cfg.model, cfg.peft, seed=cfg.train.seed, tokenizer=tokenizer,
                                              meta=loads_on_meta(cfg, run.accelerator))
-    to_device(policy, run.accelerator.device)
+    place_model(policy, run.accelerator.device)
     generator = make_generator(policy, tokenizer, cfg.rollout, cfg.model, run.accelerator.process_index)
     resolve_prefix_sharing(cfg, policy)
     return RLSetup(tokenizer, items, stats, eval_items, policy, lineage, generator)

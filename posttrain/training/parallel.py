@@ -187,7 +187,7 @@ def on_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
 
 
-def to_device(model: nn.Module, device) -> None:
+def place_model(model: nn.Module, device) -> None:
     """``model.to(device)``, except for a model built on the meta device (``loads_on_meta``): ``shard`` places
     that one, shard by shard, when it fills it from the first process."""
     if not on_meta(model):
@@ -232,7 +232,7 @@ def place_reference(frozen: nn.Module | None, cfg, accelerator) -> None:
     counts per process, every eval row on every process, a cache skip taken by all or none)."""
     if frozen is None:
         return
-    to_device(frozen, accelerator.device)
+    place_model(frozen, accelerator.device)
     if accelerator.num_processes == 1:
         return
     if cfg.parallel.strategy == "fsdp2":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from posttrain.pipeline.eval_stages import GateFailed
 from posttrain.pipeline.load import load_pipeline
@@ -52,9 +53,9 @@ def test_quickstart_stages_chain_and_the_gates_stop_an_untrained_model(tmp_path)
         assert augmented["replies"] == 433 and augmented["examples"] == stages["sft"]["metrics"]["train/rows"]
         pairs = Path(stages["repair_pairs"]["folder"]) / "pairs.jsonl"
         assert stages["repair_pairs"]["metrics"]["pairs"] == len(pairs.read_text().splitlines()) > 0
-        dpo_config = (Path(stages["dpo"]["folder"]) / "config.yaml").read_text()
-        assert str(pairs) in dpo_config or pairs.name in dpo_config
-        assert Path(stages["sft"]["folder"]).name in dpo_config  # DPO starts from (and is referenced to) the SFT model
+        dpo_config = yaml.safe_load((Path(stages["dpo"]["folder"]) / "config.yaml").read_text())
+        assert dpo_config["data"]["train"] == str(pairs)
+        assert dpo_config["model"]["name"] == f"{stages['sft']['folder']}/model"  # from (and referenced to) the SFT model
 
         metrics = json.loads((Path(stages["eval"]["folder"]) / "metrics.json").read_text())
         for key in ("group/in_distribution/constraints/pass_rate", "group/out_of_distribution/constraints/pass_rate",
