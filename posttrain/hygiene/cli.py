@@ -268,6 +268,8 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             min_words: int = typer.Option(8, help="skip a reply shorter than this once tidied"),
             max_words: int = typer.Option(None, help="skip a reply longer than this once tidied"),
             skip_truncated: bool = typer.Option(True, help="skip replies cut at the token limit"),
+            skip_styled: bool = typer.Option(False, help="skip replies wrapped whole in double quotes or written in "
+                                                          "capitals (unrequested formatting)"),
             more_phrasings: bool = typer.Option(False, help="also use the extra wordings of each constraint "
                                                              "(verifiers/phrasings.py MORE_PHRASINGS)"),
             drop_system: bool = typer.Option(False, help="leave the candidates' system messages out of the rows "
@@ -286,7 +288,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             check_output_path(pairs, "--pairs", folder=False)
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
-                                   max_words=max_words, skip_truncated=skip_truncated,
+                                   max_words=max_words, skip_truncated=skip_truncated, skip_styled=skip_styled,
                                    more_phrasings=more_phrasings, drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))
         stats = augment_file(candidates, output, settings, pairs)
@@ -296,7 +298,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
     typer.echo(f"wrote {stats['examples']} examples to {output} ({stats['constrained_examples']} constrained, "
                f"{stats['plain_examples']} plain) from {stats['replies_used']} of {stats['replies']} replies "
                f"(skipped: {stats['skipped_short']} short, {stats['skipped_long']} long, {stats['skipped_truncated']} cut at the token limit, "
-               f"{stats['skipped_constrained']} with constraints)")
+               f"{stats['skipped_styled']} quoted or in capitals, {stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))
     if pairs is not None:
         typer.echo(f"wrote {stats['pairs']} repair pairs to {pairs}")

@@ -263,7 +263,8 @@ def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
 
 
 AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "kind_weights",
-                "min_words", "max_words", "skip_truncated", "more_phrasings", "drop_system", "seed", "pairs")
+                "min_words", "max_words", "skip_truncated", "skip_styled", "more_phrasings", "drop_system", "seed",
+                "pairs")
 
 
 def augment_settings(params: dict, pending: Pending = nothing_pending):
@@ -276,7 +277,8 @@ def augment_settings(params: dict, pending: Pending = nothing_pending):
     check_types(params, {"candidates": (str,), "per_reply": (int,), "plain_share": (int, float),
                          "two_constraint_share": (int, float), "hold_out_kinds": (list,), "kind_weights": (dict,),
                          "min_words": (int,), "max_words": (int,),
-                         "skip_truncated": (bool,), "more_phrasings": (bool,), "drop_system": (bool,),
+                         "skip_truncated": (bool,), "skip_styled": (bool,), "more_phrasings": (bool,),
+                         "drop_system": (bool,),
                          "seed": (int,), "pairs": (bool,)})
     check_file(params, "candidates", pending)
     options = {k: v for k, v in params.items() if k not in ("candidates", "pairs")}

@@ -48,7 +48,7 @@ def test_every_example_is_the_reply_repaired_to_obey_its_constraints(candidates)
                                                                             skip_truncated=False))
     assert {k: v for k, v in stats.items() if k != "per_kind"} == {
         "replies": 4, "replies_used": 2, "skipped_constrained": 1, "skipped_short": 1, "skipped_long": 0,
-        "skipped_truncated": 0, "plain_examples": 2,
+        "skipped_truncated": 0, "skipped_styled": 0, "plain_examples": 2,
         "constrained_examples": 8, "replies_short_of_per_reply": 0, "examples": 10}
     assert sum(stats["per_kind"].values()) == sum(len(r["constraints"]) for r in rows)
     originals = {"a": (REPLY_A, "Explain how bees make honey.", False),
@@ -162,6 +162,27 @@ def test_replies_cut_at_the_token_limit_are_skipped_by_default(candidates):
     assert {r["source"]["prompt_id"] for r in rows} == {"a"}
 
 
+def test_skip_styled_skips_quoted_and_all_capitals_replies(tmp_path):
+    """A reply wrapped whole in double quotes or written in capitals is the unrequested formatting the drift gates
+    count: with skip_styled it makes no example (and no pair); a quote inside a reply is not wrapping."""
+    quoted, shouted = f'"{REPLY_A}"', REPLY_A.upper()
+    inner = 'Sure, here it is: "Bees collect nectar from flowers and carry it back to the hive."'
+    path = write(tmp_path / "c.jsonl", [candidate("q", "Explain how bees make honey.", quoted),
+                                        candidate("s", "Explain how bees make honey.", shouted),
+                                        candidate("i", "Explain how bees make honey.", inner),
+                                        candidate("a", "Explain how bees make honey.", REPLY_A)])
+    settings = dict(per_reply=1, plain_share=1.0, seed=0)
+    rows, stats = augment_rows(read_candidates(path), AugmentSettings(**settings))
+    assert (stats["skipped_styled"], stats["replies_used"]) == (0, 4)
+    rows, stats = augment_rows(read_candidates(path), AugmentSettings(**settings, skip_styled=True))
+    assert (stats["skipped_styled"], stats["replies_used"], stats["examples"]) == (2, 2, 4)
+    assert {r["source"]["prompt_id"] for r in rows} == {"i", "a"}
+    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, skip_styled=True),
+                         pairs_output=tmp_path / "pairs.jsonl")
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and {p["source"]["prompt_id"] for p in pairs} <= {"i", "a"}
+
+
 def test_output_is_sft_data(candidates, tmp_path):
     out = tmp_path / "sft.jsonl"
     stats = augment_file(candidates, out, AugmentSettings(per_reply=2, plain_share=0.5, skip_truncated=False))
@@ -247,8 +268,9 @@ def test_cli(candidates, tmp_path):
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
                                       "--plain-share", "0"])
     assert result.exit_code == 0, result.output
-    assert "wrote 2 examples" in result.output and \
-        "from 1 of 4 replies (skipped: 1 short, 0 long, 1 cut at the token limit, 1 with constraints)" in result.output
+    assert "wrote 2 examples" in result.output and ("from 1 of 4 replies (skipped: 1 short, 0 long, 1 cut at the "
+                                                    "token limit, 0 quoted or in capitals, 1 with constraints)"
+                                                    in result.output)
     assert len(out.read_text().splitlines()) == 2
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
                                       "--plain-share", "0", "--no-skip-truncated"])
@@ -256,6 +278,9 @@ def test_cli(candidates, tmp_path):
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "1",
                                       "--plain-share", "0", "--no-skip-truncated", "--max-words", "47"])
     assert result.exit_code == 0 and "wrote 1 examples" in result.output and "1 short, 1 long, 0 cut at the token limit" in result.output
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "1",
+                                      "--plain-share", "0", "--no-skip-truncated", "--skip-styled"])
+    assert result.exit_code == 0 and "0 quoted or in capitals" in result.output  # none of these replies is styled
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--hold-out-kinds", "x"])
     assert result.exit_code == 2 and "error: hold_out_kinds: unknown constraint kind(s) x" in result.output
 
