@@ -278,9 +278,12 @@ def test_cli(candidates, tmp_path):
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "1",
                                       "--plain-share", "0", "--no-skip-truncated", "--max-words", "47"])
     assert result.exit_code == 0 and "wrote 1 examples" in result.output and "1 short, 1 long, 0 cut at the token limit" in result.output
-    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "1",
-                                      "--plain-share", "0", "--no-skip-truncated", "--skip-styled"])
-    assert result.exit_code == 0 and "0 quoted or in capitals" in result.output  # none of these replies is styled
+    styled = write(tmp_path / "styled.jsonl", [candidate("q", "Explain how bees make honey.", f'"{REPLY_A}"'),
+                                               candidate("a", "Explain how bees make honey.", REPLY_A)])
+    result = CliRunner().invoke(app, ["data", "augment", str(styled), "-o", str(out), "--per-reply", "1",
+                                      "--plain-share", "0", "--skip-styled"])
+    assert result.exit_code == 0, result.output
+    assert "from 1 of 2 replies" in result.output and "1 quoted or in capitals" in result.output
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--hold-out-kinds", "x"])
     assert result.exit_code == 2 and "error: hold_out_kinds: unknown constraint kind(s) x" in result.output
 
