@@ -11,10 +11,13 @@ Metric keys (flat, like the rest of ``metrics.json``):
   fraction of responses wrapped whole in double quotes (``is_wrapped_in_quotes``);
   ``format/unrequested_caps_rate``: over rows that ask for no capitals (no ``CAPS_KINDS`` constraint), the
   fraction of all-capitals responses (``is_all_caps_answer``);
+  ``format/unrequested_lowercase_rate``: over rows that ask for no lowercase (no ``LOWER_KINDS`` constraint), the
+  fraction of all-lowercase responses (``is_lowercase_answer``; a lowercase instruction's habit, issue 16 session 24:
+  the session-23 quickstart wrote 14.5% of its answers in lowercase, the base 0.2%);
 - against a reference ``ref`` (``baseline`` or ``base``), from ``relative_metrics``: ``length/ratio_to_<ref>``
   (mean tokens), ``length/mean_words_ratio_to_<ref>``, ``length/median_words_ratio_to_<ref>`` (and the same for
   every ``group/<g>/length/...``), ``degeneration/delta_vs_<ref>`` (repeat_rate minus the reference's),
-  ``format/unrequested_quotes_delta_vs_<ref>``, ``format/unrequested_caps_delta_vs_<ref>``.
+  ``format/unrequested_quotes_delta_vs_<ref>``, ``format/unrequested_caps_delta_vs_<ref>``, ``format/unrequested_lowercase_delta_vs_<ref>``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from posttrain.verifiers.style import (CAPS_KINDS, QUOTE_KINDS, asked_kinds, has_repeated_sentence, is_all_caps_answer,
-                                       is_repetitive, is_wrapped_in_quotes, repeated_ngram_fraction)
+from posttrain.verifiers.style import (CAPS_KINDS, LOWER_KINDS, QUOTE_KINDS, asked_kinds, has_repeated_sentence,
+                                       is_all_caps_answer, is_lowercase_answer, is_repetitive, is_wrapped_in_quotes,
+                                       repeated_ngram_fraction)
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -42,15 +46,18 @@ def degeneration_stats(texts: Sequence[str]) -> dict[str, float]:
 def format_stats(metadatas: Sequence[dict[str, Any]], texts: Sequence[str]) -> dict[str, float]:
     """``format/unrequested_*_rate`` for ``texts[i]`` answering a row with ``metadatas[i]`` (a rate whose
     denominator is empty has no key)."""
-    quotes, caps = [], []
+    quotes, caps, lower = [], [], []
     for md, text in zip(metadatas, texts):
         kinds = asked_kinds(md)
         if not kinds & QUOTE_KINDS:
             quotes.append(is_wrapped_in_quotes(text))
         if not kinds & CAPS_KINDS:
             caps.append(is_all_caps_answer(text))
+        if not kinds & LOWER_KINDS:
+            lower.append(is_lowercase_answer(text))
     out = {}
-    for key, flags in (("format/unrequested_quotes_rate", quotes), ("format/unrequested_caps_rate", caps)):
+    for key, flags in (("format/unrequested_quotes_rate", quotes), ("format/unrequested_caps_rate", caps),
+                       ("format/unrequested_lowercase_rate", lower)):
         if (rate := _rate(flags)) is not None:
             out[key] = rate
     return out
@@ -59,7 +66,8 @@ def format_stats(metadatas: Sequence[dict[str, Any]], texts: Sequence[str]) -> d
 _RATIOS = ("length/mean_words", "length/median_words")
 _DELTAS = {"degeneration/repeat_rate": "degeneration/delta_vs_{}",
            "format/unrequested_quotes_rate": "format/unrequested_quotes_delta_vs_{}",
-           "format/unrequested_caps_rate": "format/unrequested_caps_delta_vs_{}"}
+           "format/unrequested_caps_rate": "format/unrequested_caps_delta_vs_{}",
+           "format/unrequested_lowercase_rate": "format/unrequested_lowercase_delta_vs_{}"}
 
 
 def relative_metrics(metrics: dict[str, float], reference: dict[str, float], ref: str) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Style faults of one response that no constraint asked for: degenerate repetition (a sentence or many 4-grams
-said again), a whole answer wrapped in double quotes, an all-capitals answer. Pure functions over text (standard
-library only). ``eval/drift.py`` turns them into rates over a suite; ``VerifierJudge(style_penalty=...)``
+said again), a whole answer wrapped in double quotes, an all-capitals answer, an all-lowercase answer. Pure
+functions over text (standard library only). ``eval/drift.py`` turns them into rates over a suite; ``VerifierJudge(style_penalty=...)``
 (``judges/verifier.py``) lowers the score of a response that has one, so online DPO, GRPO and judged pairs learn
 the constraint without learning the habit."""
 
@@ -18,6 +18,7 @@ MIN_SENTENCE_WORDS = 3
 MIN_CAPS_WORDS = 3
 QUOTE_KINDS = frozenset({"double_quotes", "wrapped_in_quotes"})
 CAPS_KINDS = frozenset({"all_caps", "uppercase", "capital_word_frequency"})
+LOWER_KINDS = frozenset({"lowercase"})  # IFEval's change_case:english_lowercase reads as "lowercase"
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
@@ -73,6 +74,16 @@ def is_all_caps_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
     return len(lettered) >= min_words and not any(c.islower() for c in text)
 
 
+def is_lowercase_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
+    """At least ``min_words`` words (``counting.words``) that contain a letter, the first character that is not
+    whitespace, a quote or markdown (``"'*#>-``) is a lowercase letter, and no uppercase letter anywhere: "the sky
+    is blue." is the habit a lowercase instruction leaves; "81 divided by 9 is 9." (a number first) is not."""
+    lettered = [w for w in words(text) if any(c.isalpha() for c in w)]
+    start = text.lstrip(" \t\n\"'*#>-\u201c\u2018")
+    return (len(lettered) >= min_words and start[:1].isalpha() and start[:1].islower()
+            and not any(c.isupper() for c in text))
+
+
 def asked_kinds(metadata: dict[str, Any]) -> set[str]:
     """The constraint kinds a row asks for (none for a row without constraints or with malformed ones)."""
     try:
@@ -84,7 +95,8 @@ def asked_kinds(metadata: dict[str, Any]) -> set[str]:
 def style_faults(text: str, metadata: dict[str, Any]) -> list[str]:
     """The faults of ``text`` answering a row with ``metadata``, in a fixed order: "repetition"
     (``is_repetitive``), "unrequested_quotes" (``is_wrapped_in_quotes`` on a row with no ``QUOTE_KINDS``
-    constraint), "unrequested_caps" (``is_all_caps_answer`` on a row with no ``CAPS_KINDS`` constraint)."""
+    constraint), "unrequested_caps" (``is_all_caps_answer`` on a row with no ``CAPS_KINDS`` constraint),
+    "unrequested_lowercase" (``is_lowercase_answer`` on a row with no ``LOWER_KINDS`` constraint)."""
     kinds = asked_kinds(metadata)
     faults = []
     if is_repetitive(text):
@@ -93,4 +105,6 @@ def style_faults(text: str, metadata: dict[str, Any]) -> list[str]:
         faults.append("unrequested_quotes")
     if not kinds & CAPS_KINDS and is_all_caps_answer(text):
         faults.append("unrequested_caps")
+    if not kinds & LOWER_KINDS and is_lowercase_answer(text):
+        faults.append("unrequested_lowercase")
     return faults

@@ -3,8 +3,8 @@
 import pytest
 
 from posttrain.eval.drift import degeneration_stats, format_stats, relative_metrics
-from posttrain.verifiers.style import (has_repeated_sentence, is_all_caps_answer, is_repetitive, is_wrapped_in_quotes,
-                                       repeated_ngram_fraction)
+from posttrain.verifiers.style import (has_repeated_sentence, is_all_caps_answer, is_lowercase_answer, is_repetitive,
+                                       is_wrapped_in_quotes, repeated_ngram_fraction)
 
 PROSE = "Tides rise and fall twice a day because the moon pulls on the oceans while Earth turns."
 LOOP = "The sky is blue. The sky is blue. The sky is blue."
@@ -51,12 +51,26 @@ def test_wrapped_in_quotes_and_all_caps():
     assert not is_all_caps_answer("The SKY IS BLUE") and not is_all_caps_answer("12 34 56 78")
 
 
+def test_lowercase_answer():
+    assert is_lowercase_answer("the sky is blue.") and is_lowercase_answer('"the air is mostly nitrogen"')
+    assert is_lowercase_answer("- the sky is blue\n- grass is green")  # markdown before the first letter
+    assert not is_lowercase_answer("the sky over Paris is blue.")  # a capital anywhere
+    assert not is_lowercase_answer("81 divided by 9 is 9.")  # a number first: no case to get wrong
+    assert not is_lowercase_answer("blue sky")  # fewer than three words
+    assert not is_lowercase_answer("The sky is blue.")
+
+
 def test_format_stats_only_count_rows_that_did_not_ask():
     metadatas = [{}, {"constraints": [{"kind": "double_quotes", "args": {}}]}, {"constraint": "all_caps"}, {}]
-    texts = ['"Quoted answer here."', '"Asked for quotes."', "ALL CAPS AS ASKED", "NOT ASKED BUT SHOUTED"]
+    texts = ['"Quoted answer here."', '"asked for quotes."', "ALL CAPS AS ASKED", "NOT ASKED BUT SHOUTED"]
     # quotes: rows 0, 2, 3 did not ask; only row 0 is wrapped. caps: rows 0, 1, 3 did not ask; only row 3 shouts.
+    # lowercase: no row asked; only row 1 is written in lowercase.
     assert format_stats(metadatas, texts) == pytest.approx({"format/unrequested_quotes_rate": 1 / 3,
-                                                            "format/unrequested_caps_rate": 1 / 3})
+                                                            "format/unrequested_caps_rate": 1 / 3,
+                                                            "format/unrequested_lowercase_rate": 1 / 4})
+    lower = {"constraints": [{"kind": "lowercase", "args": {}}]}
+    assert format_stats([lower, {}], ["all lowercase as asked", "all lowercase unasked"])[
+        "format/unrequested_lowercase_rate"] == 1.0
     # an IFEval quotation instruction counts as asking for quotes
     ifeval = {"instruction_id_list": ["startend:quotation"], "constraints": [{"kind": "double_quotes", "args": {}}]}
     assert "format/unrequested_quotes_rate" not in format_stats([ifeval], ['"x y z"'])
@@ -66,15 +80,16 @@ def test_relative_metrics_exact():
     model = {"length/mean_tokens": 30.0, "length/mean_words": 20.0, "length/median_words": 10.0,
              "group/out_of_distribution/length/median_words": 8.0, "degeneration/repeat_rate": 0.25,
              "format/unrequested_quotes_rate": 0.5, "format/unrequested_caps_rate": 0.1,
-             "constraints/pass_rate": 0.4}
+             "format/unrequested_lowercase_rate": 0.125, "constraints/pass_rate": 0.4}
     base = {"length/mean_tokens": 60.0, "length/mean_words": 40.0, "length/median_words": 40.0,
             "group/out_of_distribution/length/median_words": 32.0, "degeneration/repeat_rate": 0.05,
-            "format/unrequested_quotes_rate": 0.0}
+            "format/unrequested_quotes_rate": 0.0, "format/unrequested_lowercase_rate": 0.025}
     assert relative_metrics(model, base, "base") == pytest.approx({
         "length/ratio_to_base": 0.5, "length/mean_words_ratio_to_base": 0.5,
         "length/median_words_ratio_to_base": 0.25,
         "group/out_of_distribution/length/median_words_ratio_to_base": 0.25,
-        "degeneration/delta_vs_base": 0.2, "format/unrequested_quotes_delta_vs_base": 0.5})
+        "degeneration/delta_vs_base": 0.2, "format/unrequested_quotes_delta_vs_base": 0.5,
+        "format/unrequested_lowercase_delta_vs_base": 0.1})
     # a zero reference gives no ratio (rather than inf), so a gate on it fails as missing
     assert "length/median_words_ratio_to_baseline" not in relative_metrics(
         model, {"length/median_words": 0.0}, "baseline")

@@ -10,6 +10,7 @@ def test_faults_in_fixed_order():
     assert style_faults(LOOP, {}) == ["repetition"]
     assert style_faults('"Tides follow the moon."', {}) == ["unrequested_quotes"]
     assert style_faults("TIDES FOLLOW THE MOON.", {}) == ["unrequested_caps"]
+    assert style_faults("tides follow the moon.", {}) == ["unrequested_lowercase"]
     assert style_faults('"THE SKY IS BLUE. THE SKY IS BLUE."', {}) == ["repetition", "unrequested_quotes",
                                                                        "unrequested_caps"]
 
@@ -17,8 +18,10 @@ def test_faults_in_fixed_order():
 def test_asked_for_styles_are_no_fault():
     quotes = {"constraints": [{"kind": "double_quotes"}]}
     caps = {"constraint": "all_caps"}
+    lower = {"constraints": [{"kind": "lowercase", "args": {}}]}
     assert style_faults('"Tides follow the moon."', quotes) == []
     assert style_faults("TIDES FOLLOW THE MOON.", caps) == []
+    assert style_faults("tides follow the moon.", lower) == []
     # asking for one does not excuse the other
     assert style_faults('"TIDES FOLLOW THE MOON."', quotes) == ["unrequested_caps"]
     # a malformed constraint spec asks for nothing
