@@ -23,7 +23,12 @@ Optionally (``augment_file(..., pairs_output=)``) also repair pairs: ``{"prompt"
 "chosen": edited reply, "rejected": the reply as sampled (tidied), "constraints", "phrasings", "source"}`` for
 every constrained example whose edit changed the reply, which ``posttrain dpo`` reads: the two replies differ only
 where the instruction is obeyed, so a preference step puts its whole signal on those tokens, where SFT spreads it
-over the reply.
+over the reply. With ``contrast_share`` > 0, ``contrast_share`` of the replies also give a contrast pair under the
+bare task: the reply as sampled chosen, the reply edited for one of ``contrast_kinds`` rejected (``"contrast":
+kind``, no constraints). A repair pair alone says "lowercase is better" on every prompt it shows; the contrast
+pair says "not when nobody asked", so DPO learns the condition and not the habit (issue 16, session 24: the
+quickstart's lowercase pairs left 5.4% of its answers to prompts that asked for no lowercase written in
+lowercase, the base 0%).
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class AugmentSettings:
     # would teach (issue 16 runs E1 -> E4: 22 of the quickstart's 338 replies skipped; its quoted answers stayed 8%)
     more_phrasings: bool = False  # also draw the wordings of ``verifiers/phrasings.py::MORE_PHRASINGS`` (and
     # word_count's minimum-length side); off, the draws are the ones of the shipped prompt files' phrasings
+    contrast_share: float = 0.0  # share of replies that, with pairs, also give a contrast pair (module docstring)
+    contrast_kinds: tuple[str, ...] = ("lowercase", "all_caps", "double_quotes", "json_answer")  # the edits a
+    # contrast pair rejects: by default the unrequested formats the drift gates count, and JSON (which quotes)
     drop_system: bool = False  # leave the candidates' system messages out of the SFT rows: a system prompt that
     # only steered sampling (e.g. "keep every reply under 50 words", so that fewer replies run into the token limit)
     # would otherwise be trained on as part of every prompt
@@ -68,7 +76,8 @@ class AugmentSettings:
     max_tries: int = 40  # draws per reply before giving up on reaching per_reply
 
     def __post_init__(self) -> None:
-        for name, given in (("hold_out_kinds", self.hold_out_kinds), ("kind_weights", self.kind_weights)):
+        for name, given in (("hold_out_kinds", self.hold_out_kinds), ("kind_weights", self.kind_weights),
+                            ("contrast_kinds", self.contrast_kinds)):
             unknown = sorted(set(given) - set(CONSTRAINTS))
             if unknown:
                 raise ValueError(f"{name}: unknown constraint kind(s) {', '.join(unknown)} (known: "
@@ -81,7 +90,9 @@ class AugmentSettings:
         if self.max_words is not None and (isinstance(self.max_words, bool) or not isinstance(self.max_words, int)
                                            or self.max_words < max(self.min_words, 1)):
             raise ValueError(f"max_words must be an integer >= min_words ({self.min_words}), got {self.max_words!r}")
-        for name in ("plain_share", "two_constraint_share"):
+        if self.contrast_share > 0 and not self.contrast_kinds:
+            raise ValueError("contrast_kinds: empty, but contrast_share > 0")
+        for name in ("plain_share", "two_constraint_share", "contrast_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.kinds:
@@ -138,7 +149,7 @@ def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...],
 def augment_rows(rows: list[dict[str, Any]], settings: AugmentSettings) -> tuple[list[dict], dict[str, Any]]:
     """SFT rows made from candidate rows (see the module docstring), and counts. Deterministic: each reply's
     draws are seeded by (seed, prompt id, candidate index), so a row's examples do not depend on its neighbours."""
-    out, _originals, stats = _augment(rows, settings)
+    out, _originals, _contrasts, stats = _augment(rows, settings)
     return out, stats
 
 
@@ -156,11 +167,25 @@ def repair_pairs(sft_rows: list[dict], originals: list[str | None]) -> list[dict
     return pairs
 
 
+def _contrast_pair(rng: random.Random, settings: AugmentSettings, context: list[dict], task: str, reply: str,
+                   source: dict) -> dict | None:
+    """A contrast pair for one reply (module docstring), or None when the drawn edit changes nothing or fails."""
+    kind = rng.choice(settings.contrast_kinds)
+    sampler, _templates = CONSTRAINTS[kind]
+    edited = repair(reply, [{"kind": kind, "args": sampler(rng)}])
+    if edited is None or edited == reply:
+        return None
+    return {"prompt": [*context, {"role": "user", "content": task}], "chosen": reply, "rejected": edited,
+            "constraints": [], "phrasings": [], "source": source, "contrast": kind}
+
+
 def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
-             ) -> tuple[list[dict], list[str | None], dict[str, Any]]:
-    """(SFT rows, the reply each constrained row was edited from or None for a plain row, counts)."""
+             ) -> tuple[list[dict], list[str | None], list[dict], dict[str, Any]]:
+    """(SFT rows, the reply each constrained row was edited from or None for a plain row, contrast pairs,
+    counts)."""
     out: list[dict] = []
     originals: list[str | None] = []
+    contrasts: list[dict] = []
     stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
                              "skipped_short": 0, "skipped_long": 0, "skipped_truncated": 0, "skipped_styled": 0,
                              "plain_examples": 0, "constrained_examples": 0, "replies_short_of_per_reply": 0}
@@ -194,6 +219,12 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
         task = user["content"].strip()
         source = {"prompt_id": row.get("prompt_id"), "candidate_index": row.get("candidate_index")}
         rng = random.Random(f"{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:{row['_line']}")
+        if settings.contrast_share > 0:  # its own stream: the SFT rows and repair pairs do not change with it
+            crng = random.Random(f"contrast:{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:"
+                                 f"{row['_line']}")
+            if crng.random() < settings.contrast_share and (
+                    pair := _contrast_pair(crng, settings, context, task, reply, source)) is not None:
+                contrasts.append(pair)
         if rng.random() < settings.plain_share:
             out.append({"messages": [*context, {"role": "user", "content": task},
                                      {"role": "assistant", "content": reply}],
@@ -222,15 +253,16 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
         stats["replies_short_of_per_reply"] += made < settings.per_reply
     stats["examples"] = len(out)
     stats["per_kind"] = per_kind
-    return out, originals, stats
+    return out, originals, contrasts, stats
 
 
 def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSettings,
                  pairs_output: str | Path | None = None) -> dict[str, Any]:
     """Read ``candidates``, write the SFT rows to ``output`` (and with ``pairs_output``, the repair pairs there;
-    atomically: a failed run leaves no partial file), return the counts (``pairs``: how many pairs). ``DataErrors``
-    for bad rows before anything is written."""
-    rows, originals, stats = _augment(read_candidates(candidates), settings)
+    atomically: a failed run leaves no partial file), return the counts (``pairs``: how many pairs, contrast pairs
+    included, which follow the repair pairs; ``contrast_pairs``: how many of those). ``DataErrors`` for bad rows
+    before anything is written."""
+    rows, originals, contrasts, stats = _augment(read_candidates(candidates), settings)
     if not rows:
         raise DataErrors([DataError(str(candidates), None, None, "no example made: every reply was skipped (too "
                                     f"short under min_words={settings.min_words}, too long over max_words="
@@ -238,7 +270,8 @@ def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSe
                                     "skip_styled, or its prompt had constraints)")])
     atomic_write_jsonl(output, rows)
     if pairs_output is not None:
-        pairs = repair_pairs(rows, originals)
+        pairs = repair_pairs(rows, originals) + contrasts
         atomic_write_jsonl(pairs_output, pairs)
         stats["pairs"] = len(pairs)
+        stats["contrast_pairs"] = len(contrasts)
     return stats

@@ -276,6 +276,11 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                                                           "(a system prompt that only steered sampling)"),
             pairs: Path = typer.Option(None, "--pairs", help="also write repair pairs here (JSONL: chosen = the "
                                        "edited reply, rejected = the reply as sampled; posttrain dpo reads them)"),
+            contrast_share: float = typer.Option(0.0, help="with --pairs: share of replies that also give a contrast "
+                                                            "pair under the bare task (the reply chosen, a format "
+                                                            "edit of it rejected)"),
+            contrast_kinds: str = typer.Option("lowercase,all_caps,double_quotes,json_answer",
+                                               help="comma-separated edits a contrast pair rejects"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -286,11 +291,15 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         check_output_path(output, "--output", folder=False)
         if pairs is not None:
             check_output_path(pairs, "--pairs", folder=False)
+        elif contrast_share:
+            raise ValueError("--contrast-share needs --pairs (contrast pairs are preference pairs)")
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    max_words=max_words, skip_truncated=skip_truncated, skip_styled=skip_styled,
                                    more_phrasings=more_phrasings, drop_system=drop_system,
-                                   hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k))
+                                   hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k),
+                                   contrast_share=contrast_share,
+                                   contrast_kinds=tuple(k.strip() for k in contrast_kinds.split(",") if k.strip()))
         stats = augment_file(candidates, output, settings, pairs)
     except _user_errors() as e:
         fail(e, first_line=True)
@@ -301,4 +310,5 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                f"{stats['skipped_styled']} quoted or in capitals, {stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))
     if pairs is not None:
-        typer.echo(f"wrote {stats['pairs']} repair pairs to {pairs}")
+        contrast = f" ({stats['contrast_pairs']} of them contrast pairs)" if stats["contrast_pairs"] else ""
+        typer.echo(f"wrote {stats['pairs']} repair pairs to {pairs}{contrast}")

@@ -183,6 +183,41 @@ def test_skip_styled_skips_quoted_and_all_capitals_replies(tmp_path):
     assert pairs and {p["source"]["prompt_id"] for p in pairs} <= {"i", "a"}
 
 
+def test_contrast_pairs_reject_a_format_edit_under_the_bare_task(tmp_path):
+    lower = "bees make honey from nectar and seal it in wax cells for the winter."
+    path = write(tmp_path / "c.jsonl", [candidate("a", "Explain how bees make honey.", REPLY_A),
+                                        candidate("l", "Explain how bees make honey.", lower),  # nothing to lower
+                                        candidate("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])])
+    plain = AugmentSettings(per_reply=2, plain_share=0.0, seed=1)
+    contrast = AugmentSettings(per_reply=2, plain_share=0.0, seed=1, contrast_share=1.0, contrast_kinds=("lowercase",))
+    base_stats = augment_file(path, tmp_path / "sft0.jsonl", plain, tmp_path / "pairs0.jsonl")
+    stats = augment_file(path, tmp_path / "sft.jsonl", contrast, tmp_path / "pairs.jsonl")
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    repair_only = [json.loads(line) for line in (tmp_path / "pairs0.jsonl").read_text().splitlines()]
+    # the SFT rows and repair pairs are those of a run without contrast pairs; the contrast pairs follow them
+    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
+    assert pairs[:len(repair_only)] == repair_only and base_stats["contrast_pairs"] == 0
+    contrasts = pairs[len(repair_only):]
+    assert stats["contrast_pairs"] == len(contrasts) == 2 and stats["pairs"] == len(pairs)
+    for pair, pid, task, reply in zip(contrasts, ("a", "b"), ("Explain how bees make honey.",
+                                                              "Describe public libraries."),
+                                      (REPLY_A, REPLY_B.rsplit(" ", 1)[0])):
+        assert pair["prompt"] == [{"role": "user", "content": task}]  # the bare task: nobody asked for lowercase
+        assert pair["chosen"] == tidy(reply) and pair["rejected"] == tidy(reply).lower()
+        assert pair["contrast"] == "lowercase" and pair["constraints"] == [] and pair["source"]["prompt_id"] == pid
+    assert len(load_examples(str(tmp_path / "pairs.jsonl"), "preference", None)) == len(pairs)
+    # a share of 0.5 draws about half the replies, the same ones each run
+    half = [augment_file(path, tmp_path / "h.jsonl", AugmentSettings(per_reply=1, contrast_share=0.5, seed=s),
+                         tmp_path / "hp.jsonl")["contrast_pairs"] for s in range(12)]
+    assert 0 < sum(half) < 24 and half == [augment_file(
+        path, tmp_path / "h.jsonl", AugmentSettings(per_reply=1, contrast_share=0.5, seed=s),
+        tmp_path / "hp.jsonl")["contrast_pairs"] for s in range(12)]
+    with pytest.raises(ValueError, match="contrast_kinds: unknown constraint kind"):
+        AugmentSettings(contrast_share=0.5, contrast_kinds=("shouting",))
+    with pytest.raises(ValueError, match=r"contrast_share must be in \[0, 1\]"):
+        AugmentSettings(contrast_share=1.5)
+
+
 def test_output_is_sft_data(candidates, tmp_path):
     out = tmp_path / "sft.jsonl"
     stats = augment_file(candidates, out, AugmentSettings(per_reply=2, plain_share=0.5, skip_truncated=False))
@@ -297,6 +332,16 @@ def test_cli(candidates, tmp_path):
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl")])
     assert result.exit_code == 0 and "wrote 2 repair pairs to" in result.output
     assert len((tmp_path / "pairs.jsonl").read_text().splitlines()) == 2
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
+                                      "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
+                                      "--contrast-share", "1", "--contrast-kinds", "all_caps"])
+    assert result.exit_code == 0 and "wrote 3 repair pairs to" in result.output, result.output
+    assert "(1 of them contrast pairs)" in result.output
+    assert json.loads((tmp_path / "pairs.jsonl").read_text().splitlines()[-1])["rejected"] == tidy(REPLY_A).upper()
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
+                                      "--contrast-share", "0.5"])
+    assert result.exit_code == 2 and "--contrast-share needs --pairs" in result.output
+    assert not (tmp_path / "y.jsonl").exists()
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "x.jsonl"),
                                       "--kind-weights", "lowercase:3"])
     assert result.exit_code == 2 and "--kind-weights: expected kind=number, got 'lowercase:3'" in result.output
@@ -312,7 +357,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
                                                      "plain_share": 0.5, "hold_out_kinds": ["lowercase"],
                                                      "kind_weights": {"title": 3, "all_caps": 0},
                                                      "more_phrasings": True, "drop_system": True,
-                                                     "pairs": True}},
+                                                     "pairs": True, "contrast_share": 1.0,
+                                                     "contrast_kinds": ["all_caps"]}},
         "sft": {"command": "sft", "config": {
             "model": {"name": "tiny-random"}, "data": {"train": "${augment.output}/sft.jsonl", "max_length": 256},
             "optim": {"batch_size": 2, "micro_batch_size": 2, "max_steps": 1}, "train": {"progress": False},
@@ -324,6 +370,7 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     assert summary["skipped_truncated"] == 1
     assert summary["per_kind"].get("lowercase") is None and summary["per_kind"].get("all_caps") is None
     assert summary["pairs"] == len((Path(stage["folder"]) / "pairs.jsonl").read_text().splitlines()) > 0
+    assert summary["contrast_pairs"] == 1  # reply a (b was cut at the token limit)
     assert manifest["stages"]["sft"]["status"] == "done"
 
 
@@ -335,6 +382,9 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     ({"candidates": "c.jsonl", "kind_weights": {"lowercase": "x"}}, "config: kind_weights: lowercase: expected a num"),
     ({"candidates": "c.jsonl", "drop_system": "yes"}, "config: key 'drop_system'"),
     ({"candidates": "c.jsonl", "pairs": "yes"}, "config: key 'pairs'"),
+    ({"candidates": "c.jsonl", "contrast_share": 0.3}, "config: contrast_share needs pairs: true"),
+    ({"candidates": "c.jsonl", "pairs": True, "contrast_share": 0.3, "contrast_kinds": ["x"]},
+     "config: contrast_kinds: unknown constraint kind"),
     ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])
 def test_pipeline_stage_config_is_checked_before_anything_runs(tmp_path, config, message):
     from posttrain.pipeline.registry import STAGES
