@@ -23,12 +23,13 @@ Optionally (``augment_file(..., pairs_output=)``) also repair pairs: ``{"prompt"
 "chosen": edited reply, "rejected": the reply as sampled (tidied), "constraints", "phrasings", "source"}`` for
 every constrained example whose edit changed the reply, which ``posttrain dpo`` reads: the two replies differ only
 where the instruction is obeyed, so a preference step puts its whole signal on those tokens, where SFT spreads it
-over the reply. With ``contrast_share`` > 0, ``contrast_share`` of the replies also give a contrast pair under the
-bare task: the reply as sampled chosen, the reply edited for one of ``contrast_kinds`` rejected (``"contrast":
-kind``, no constraints). A repair pair alone says "lowercase is better" on every prompt it shows; the contrast
-pair says "not when nobody asked", so DPO learns the condition and not the habit (issue 16, session 24: the
-quickstart's lowercase pairs left 5.4% of its answers to prompts that asked for no lowercase written in
-lowercase, the base 0%).
+over the reply. With ``contrast_share`` > 0, each reply's bare task and each of its constrained prompts, with
+probability ``contrast_share``, also give a contrast pair: that prompt's reply (the reply as sampled, or the edited
+one) chosen, and the same reply edited for one of ``contrast_kinds`` the prompt does not ask for rejected
+(``"contrast": kind``, no constraints). A repair pair alone says "lowercase is better" on every prompt it shows;
+the contrast pair says "not when this prompt did not ask", so DPO learns the condition and not the habit (issue 16,
+session 24: the quickstart's lowercase pairs left 5.4% of its answers to prompts that asked for no lowercase in
+lowercase, the base 0%, mostly answers to prompts that asked for something else).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class AugmentSettings:
     # would teach (issue 16 runs E1 -> E4: 22 of the quickstart's 338 replies skipped; its quoted answers stayed 8%)
     more_phrasings: bool = False  # also draw the wordings of ``verifiers/phrasings.py::MORE_PHRASINGS`` (and
     # word_count's minimum-length side); off, the draws are the ones of the shipped prompt files' phrasings
-    contrast_share: float = 0.0  # share of replies that, with pairs, also give a contrast pair (module docstring)
+    contrast_share: float = 0.0  # with pairs: share of prompts (bare and constrained) that also give a contrast pair
     contrast_kinds: tuple[str, ...] = ("lowercase", "all_caps", "double_quotes", "json_answer")  # the edits a
     # contrast pair rejects: by default the unrequested formats the drift gates count, and JSON (which quotes)
     drop_system: bool = False  # leave the candidates' system messages out of the SFT rows: a system prompt that
@@ -167,16 +168,21 @@ def repair_pairs(sft_rows: list[dict], originals: list[str | None]) -> list[dict
     return pairs
 
 
-def _contrast_pair(rng: random.Random, settings: AugmentSettings, context: list[dict], task: str, reply: str,
-                   source: dict) -> dict | None:
-    """A contrast pair for one reply (module docstring), or None when the drawn edit changes nothing or fails."""
-    kind = rng.choice(settings.contrast_kinds)
-    sampler, _templates = CONSTRAINTS[kind]
-    edited = repair(reply, [{"kind": kind, "args": sampler(rng)}])
-    if edited is None or edited == reply:
+def _contrast_pair(rng: random.Random, settings: AugmentSettings, prompt: list[dict], chosen: str,
+                   asked: set[str], source: dict) -> dict | None:
+    """A contrast pair for one prompt and its reply (module docstring): an edit of a kind the prompt does not ask
+    for, drawn from ``contrast_kinds``, makes the rejected reply; None when every such kind is asked for, or the
+    drawn edit changes nothing or fails."""
+    kinds = [k for k in settings.contrast_kinds if k not in asked]
+    if not kinds:
         return None
-    return {"prompt": [*context, {"role": "user", "content": task}], "chosen": reply, "rejected": edited,
-            "constraints": [], "phrasings": [], "source": source, "contrast": kind}
+    kind = rng.choice(kinds)
+    sampler, _templates = CONSTRAINTS[kind]
+    edited = repair(chosen, [{"kind": kind, "args": sampler(rng)}])
+    if edited is None or edited == chosen:
+        return None
+    return {"prompt": prompt, "chosen": chosen, "rejected": edited, "constraints": [], "phrasings": [],
+            "source": source, "contrast": kind}
 
 
 def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
@@ -219,12 +225,7 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
         task = user["content"].strip()
         source = {"prompt_id": row.get("prompt_id"), "candidate_index": row.get("candidate_index")}
         rng = random.Random(f"{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:{row['_line']}")
-        if settings.contrast_share > 0:  # its own stream: the SFT rows and repair pairs do not change with it
-            crng = random.Random(f"contrast:{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:"
-                                 f"{row['_line']}")
-            if crng.random() < settings.contrast_share and (
-                    pair := _contrast_pair(crng, settings, context, task, reply, source)) is not None:
-                contrasts.append(pair)
+        first = len(out)
         if rng.random() < settings.plain_share:
             out.append({"messages": [*context, {"role": "user", "content": task},
                                      {"role": "assistant", "content": reply}],
@@ -251,6 +252,17 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
             made += 1
         stats["constrained_examples"] += made
         stats["replies_short_of_per_reply"] += made < settings.per_reply
+        if settings.contrast_share > 0:  # its own stream: the SFT rows and repair pairs do not change with it
+            crng = random.Random(f"contrast:{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:"
+                                 f"{row['_line']}")
+            bare = [*context, {"role": "user", "content": task}]
+            prompts = [(bare, reply, set())] + [(r["messages"][:-1], r["messages"][-1]["content"],
+                                                 {c["kind"] for c in r["constraints"]})
+                                                for r in out[first:] if r["constraints"]]
+            for prompt, chosen, asked in prompts:
+                if crng.random() < settings.contrast_share and (
+                        pair := _contrast_pair(crng, settings, prompt, chosen, asked, source)) is not None:
+                    contrasts.append(pair)
     stats["examples"] = len(out)
     stats["per_kind"] = per_kind
     return out, originals, contrasts, stats

@@ -276,9 +276,9 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                                                           "(a system prompt that only steered sampling)"),
             pairs: Path = typer.Option(None, "--pairs", help="also write repair pairs here (JSONL: chosen = the "
                                        "edited reply, rejected = the reply as sampled; posttrain dpo reads them)"),
-            contrast_share: float = typer.Option(0.0, help="with --pairs: share of replies that also give a contrast "
-                                                            "pair under the bare task (the reply chosen, a format "
-                                                            "edit of it rejected)"),
+            contrast_share: float = typer.Option(0.0, help="with --pairs: share of prompts (bare and constrained) that "
+                                                            "also give a contrast pair (their reply chosen, an "
+                                                            "unasked format edit of it rejected)"),
             contrast_kinds: str = typer.Option("lowercase,all_caps,double_quotes,json_answer",
                                                help="comma-separated edits a contrast pair rejects"),
             seed: int = typer.Option(0)) -> None:

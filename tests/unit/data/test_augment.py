@@ -183,7 +183,7 @@ def test_skip_styled_skips_quoted_and_all_capitals_replies(tmp_path):
     assert pairs and {p["source"]["prompt_id"] for p in pairs} <= {"i", "a"}
 
 
-def test_contrast_pairs_reject_a_format_edit_under_the_bare_task(tmp_path):
+def test_contrast_pairs_reject_an_unasked_format_edit(tmp_path):
     lower = "bees make honey from nectar and seal it in wax cells for the winter."
     path = write(tmp_path / "c.jsonl", [candidate("a", "Explain how bees make honey.", REPLY_A),
                                         candidate("l", "Explain how bees make honey.", lower),  # nothing to lower
@@ -194,24 +194,33 @@ def test_contrast_pairs_reject_a_format_edit_under_the_bare_task(tmp_path):
     stats = augment_file(path, tmp_path / "sft.jsonl", contrast, tmp_path / "pairs.jsonl")
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     repair_only = [json.loads(line) for line in (tmp_path / "pairs0.jsonl").read_text().splitlines()]
+    sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     # the SFT rows and repair pairs are those of a run without contrast pairs; the contrast pairs follow them
     assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
     assert pairs[:len(repair_only)] == repair_only and base_stats["contrast_pairs"] == 0
     contrasts = pairs[len(repair_only):]
-    assert stats["contrast_pairs"] == len(contrasts) == 2 and stats["pairs"] == len(pairs)
-    for pair, pid, task, reply in zip(contrasts, ("a", "b"), ("Explain how bees make honey.",
-                                                              "Describe public libraries."),
-                                      (REPLY_A, REPLY_B.rsplit(" ", 1)[0])):
-        assert pair["prompt"] == [{"role": "user", "content": task}]  # the bare task: nobody asked for lowercase
-        assert pair["chosen"] == tidy(reply) and pair["rejected"] == tidy(reply).lower()
+    assert stats["contrast_pairs"] == len(contrasts) and stats["pairs"] == len(pairs)
+    # with share 1 every prompt gives one, unless it asks for lowercase itself or its reply is lowercase already
+    # (reply l under the bare task): each reply's bare task, then each of its constrained rows
+    wanted = []
+    for pid, task, reply in (("a", "Explain how bees make honey.", REPLY_A), ("l", "Explain how bees make honey.", lower),
+                             ("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])):
+        rows = [([{"role": "user", "content": task}], tidy(reply), set())]
+        rows += [(r["messages"][:-1], r["messages"][-1]["content"], {c["kind"] for c in r["constraints"]})
+                 for r in sft if r["source"]["prompt_id"] == pid]
+        wanted += [(prompt, chosen, pid) for prompt, chosen, asked in rows
+                   if "lowercase" not in asked and chosen != chosen.lower()]
+    assert len(contrasts) == len(wanted) >= 3
+    for pair, (prompt, chosen, pid) in zip(contrasts, wanted):
+        assert pair["prompt"] == prompt and pair["chosen"] == chosen and pair["rejected"] == chosen.lower()
         assert pair["contrast"] == "lowercase" and pair["constraints"] == [] and pair["source"]["prompt_id"] == pid
     assert len(load_examples(str(tmp_path / "pairs.jsonl"), "preference", None)) == len(pairs)
-    # a share of 0.5 draws about half the replies, the same ones each run
-    half = [augment_file(path, tmp_path / "h.jsonl", AugmentSettings(per_reply=1, contrast_share=0.5, seed=s),
-                         tmp_path / "hp.jsonl")["contrast_pairs"] for s in range(12)]
-    assert 0 < sum(half) < 24 and half == [augment_file(
-        path, tmp_path / "h.jsonl", AugmentSettings(per_reply=1, contrast_share=0.5, seed=s),
-        tmp_path / "hp.jsonl")["contrast_pairs"] for s in range(12)]
+    # a share of 0.5 draws about half the prompts, the same ones each run
+    def half(seed):
+        return augment_file(path, tmp_path / "h.jsonl", AugmentSettings(per_reply=1, contrast_share=0.5, seed=seed),
+                            tmp_path / "hp.jsonl")["contrast_pairs"]
+    counts = [half(s) for s in range(12)]
+    assert 12 <= sum(counts) <= 60 and counts == [half(s) for s in range(12)]  # 12 seeds x 6 prompts, ~36
     with pytest.raises(ValueError, match="contrast_kinds: unknown constraint kind"):
         AugmentSettings(contrast_share=0.5, contrast_kinds=("shouting",))
     with pytest.raises(ValueError, match=r"contrast_share must be in \[0, 1\]"):
@@ -335,9 +344,11 @@ def test_cli(candidates, tmp_path):
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--contrast-share", "1", "--contrast-kinds", "all_caps"])
-    assert result.exit_code == 0 and "wrote 3 repair pairs to" in result.output, result.output
-    assert "(1 of them contrast pairs)" in result.output
-    assert json.loads((tmp_path / "pairs.jsonl").read_text().splitlines()[-1])["rejected"] == tidy(REPLY_A).upper()
+    assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
+    assert "(3 of them contrast pairs)" in result.output  # the bare task and the two constrained prompts
+    contrasts = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()][2:]
+    assert [p["rejected"] for p in contrasts] == [p["chosen"].upper() for p in contrasts]
+    assert contrasts[0]["chosen"] == tidy(REPLY_A)
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
                                       "--contrast-share", "0.5"])
     assert result.exit_code == 2 and "--contrast-share needs --pairs" in result.output
@@ -370,7 +381,7 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     assert summary["skipped_truncated"] == 1
     assert summary["per_kind"].get("lowercase") is None and summary["per_kind"].get("all_caps") is None
     assert summary["pairs"] == len((Path(stage["folder"]) / "pairs.jsonl").read_text().splitlines()) > 0
-    assert summary["contrast_pairs"] == 1  # reply a (b was cut at the token limit)
+    assert summary["contrast_pairs"] == 3  # reply a's bare task and its two constrained rows (b: cut, skipped)
     assert manifest["stages"]["sft"]["status"] == "done"
 
 
