@@ -279,7 +279,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             contrast_share: float = typer.Option(0.0, help="with --pairs: share of prompts (bare and constrained) that "
                                                             "also give a contrast pair (their reply chosen, an "
                                                             "unasked format edit of it rejected)"),
-            contrast_kinds: str = typer.Option("lowercase,all_caps,double_quotes,json_answer",
+            contrast_kinds: str = typer.Option("lowercase,all_caps",
                                                help="comma-separated edits a contrast pair rejects"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
