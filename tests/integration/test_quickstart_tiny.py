@@ -61,10 +61,11 @@ def test_quickstart_stages_chain_and_the_gates_stop_an_untrained_model(tmp_path)
         for key in ("group/in_distribution/constraints/pass_rate", "group/out_of_distribution/constraints/pass_rate",
                     "base/group/out_of_distribution/constraints/pass_rate",
                     "group/out_of_distribution/capability/accuracy", "degeneration/delta_vs_base",
-                    "group/out_of_distribution/length/median_words", "refusal/benign_rate"):
+                    "group/out_of_distribution/length/median_words", "refusal/benign_rate",
+                    "format/unrequested_lowercase_rate"):
             assert key in metrics, key
         verdict = json.loads((Path(stages["gate"]["folder"]) / "gates.json").read_text())
-        assert verdict["passed"] is False and len(verdict["results"]) == 14
+        assert verdict["passed"] is False and len(verdict["results"]) == 15
 
         with pytest.raises(GateFailed):
             run_pipeline(load_pipeline(EXAMPLE, overrides(run_dir), commands=STAGES))

@@ -39,6 +39,7 @@ def test_the_new_gates_stop_it_for_the_reasons_issue_16_found():
         "group/out_of_distribution/capability/accuracy",  # 0.437 vs the base's 0.549
         "group/out_of_distribution/length/median_words_ratio_to_base",  # 16 words vs the base's 44
         "format/unrequested_quotes_rate",  # 0.19 of answers wrapped in quotes nobody asked for
-    }
+        "format/unrequested_lowercase_rate",  # not in the fixture (measured before the metric existed): a gate on
+    }                                         # a metric the eval did not report fails, it does not pass
     # and the in-distribution gain it was released for is still there and still passes its own gates
     assert METRICS["group/in_distribution/constraints/pass_rate"] == 0.525
