@@ -17,7 +17,8 @@ Metric keys (flat, like the rest of ``metrics.json``):
 - against a reference ``ref`` (``baseline`` or ``base``), from ``relative_metrics``: ``length/ratio_to_<ref>``
   (mean tokens), ``length/mean_words_ratio_to_<ref>``, ``length/median_words_ratio_to_<ref>`` (and the same for
   every ``group/<g>/length/...``), ``degeneration/delta_vs_<ref>`` (repeat_rate minus the reference's),
-  ``format/unrequested_quotes_delta_vs_<ref>``, ``format/unrequested_caps_delta_vs_<ref>``, ``format/unrequested_lowercase_delta_vs_<ref>``.
+  ``format/unrequested_quotes_delta_vs_<ref>``, ``format/unrequested_caps_delta_vs_<ref>``,
+  ``format/unrequested_lowercase_delta_vs_<ref>``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from posttrain.verifiers.style import (CAPS_KINDS, LOWER_KINDS, QUOTE_KINDS, asked_kinds, has_repeated_sentence,
-                                       is_all_caps_answer, is_lowercase_answer, is_repetitive, is_wrapped_in_quotes,
+from posttrain.verifiers.style import (UNREQUESTED, asked_kinds, has_repeated_sentence, is_repetitive,
                                        repeated_ngram_fraction)
 
 
@@ -46,28 +46,23 @@ def degeneration_stats(texts: Sequence[str]) -> dict[str, float]:
 def format_stats(metadatas: Sequence[dict[str, Any]], texts: Sequence[str]) -> dict[str, float]:
     """``format/unrequested_*_rate`` for ``texts[i]`` answering a row with ``metadatas[i]`` (a rate whose
     denominator is empty has no key)."""
-    quotes, caps, lower = [], [], []
+    flags: dict[str, list[bool]] = {name: [] for name, _asking, _detect in UNREQUESTED}
     for md, text in zip(metadatas, texts):
         kinds = asked_kinds(md)
-        if not kinds & QUOTE_KINDS:
-            quotes.append(is_wrapped_in_quotes(text))
-        if not kinds & CAPS_KINDS:
-            caps.append(is_all_caps_answer(text))
-        if not kinds & LOWER_KINDS:
-            lower.append(is_lowercase_answer(text))
+        for name, asking, detect in UNREQUESTED:
+            if not kinds & asking:
+                flags[name].append(detect(text))
     out = {}
-    for key, flags in (("format/unrequested_quotes_rate", quotes), ("format/unrequested_caps_rate", caps),
-                       ("format/unrequested_lowercase_rate", lower)):
-        if (rate := _rate(flags)) is not None:
-            out[key] = rate
+    for name, found in flags.items():
+        if (rate := _rate(found)) is not None:
+            out[f"format/unrequested_{name}_rate"] = rate
     return out
 
 
 _RATIOS = ("length/mean_words", "length/median_words")
 _DELTAS = {"degeneration/repeat_rate": "degeneration/delta_vs_{}",
-           "format/unrequested_quotes_rate": "format/unrequested_quotes_delta_vs_{}",
-           "format/unrequested_caps_rate": "format/unrequested_caps_delta_vs_{}",
-           "format/unrequested_lowercase_rate": "format/unrequested_lowercase_delta_vs_{}"}
+           **{f"format/unrequested_{name}_rate": f"format/unrequested_{name}_delta_vs_{{}}"
+              for name, _asking, _detect in UNREQUESTED}}
 
 
 def relative_metrics(metrics: dict[str, float], reference: dict[str, float], ref: str) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """Style faults of one response that no constraint asked for: degenerate repetition (a sentence or many 4-grams
 said again), a whole answer wrapped in double quotes, an all-capitals answer, an all-lowercase answer. Pure
-functions over text (standard library only). ``eval/drift.py`` turns them into rates over a suite; ``VerifierJudge(style_penalty=...)``
-(``judges/verifier.py``) lowers the score of a response that has one, so online DPO, GRPO and judged pairs learn
-the constraint without learning the habit."""
+functions over text (standard library only). ``eval/drift.py`` turns them into rates over a suite;
+``VerifierJudge(style_penalty=...)`` (``judges/verifier.py``) lowers the score of a response that has one, so online
+DPO, GRPO and judged pairs learn the constraint without learning the habit."""
 
 from __future__ import annotations
 
@@ -67,21 +67,29 @@ def is_wrapped_in_quotes(text: str) -> bool:
     return bool(text.strip()) and double_quotes(text)
 
 
+def _lettered_words(text: str) -> int:
+    """How many words (``counting.words``) contain a letter."""
+    return sum(any(c.isalpha() for c in w) for w in words(text))
+
+
 def is_all_caps_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
     """At least ``min_words`` words (``counting.words``) that contain a letter, and no lowercase letter anywhere:
     "DNA" or "H2O" alone is an answer, not shouting."""
-    lettered = [w for w in words(text) if any(c.isalpha() for c in w)]
-    return len(lettered) >= min_words and not any(c.islower() for c in text)
+    return _lettered_words(text) >= min_words and not any(c.islower() for c in text)
 
 
 def is_lowercase_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
     """At least ``min_words`` words (``counting.words``) that contain a letter, the first character that is not
     whitespace, a quote or markdown (``"'*#>-``) is a lowercase letter, and no uppercase letter anywhere: "the sky
     is blue." is the habit a lowercase instruction leaves; "81 divided by 9 is 9." (a number first) is not."""
-    lettered = [w for w in words(text) if any(c.isalpha() for c in w)]
     start = text.lstrip(" \t\n\"'*#>-\u201c\u2018")
-    return (len(lettered) >= min_words and start[:1].isalpha() and start[:1].islower()
+    return (_lettered_words(text) >= min_words and start[:1].isalpha() and start[:1].islower()
             and not any(c.isupper() for c in text))
+
+
+# (name, the constraint kinds that ask for the format, its detector): the formats counted when nobody asked
+UNREQUESTED = (("quotes", QUOTE_KINDS, is_wrapped_in_quotes), ("caps", CAPS_KINDS, is_all_caps_answer),
+               ("lowercase", LOWER_KINDS, is_lowercase_answer))
 
 
 def asked_kinds(metadata: dict[str, Any]) -> set[str]:
@@ -98,13 +106,6 @@ def style_faults(text: str, metadata: dict[str, Any]) -> list[str]:
     constraint), "unrequested_caps" (``is_all_caps_answer`` on a row with no ``CAPS_KINDS`` constraint),
     "unrequested_lowercase" (``is_lowercase_answer`` on a row with no ``LOWER_KINDS`` constraint)."""
     kinds = asked_kinds(metadata)
-    faults = []
-    if is_repetitive(text):
-        faults.append("repetition")
-    if not kinds & QUOTE_KINDS and is_wrapped_in_quotes(text):
-        faults.append("unrequested_quotes")
-    if not kinds & CAPS_KINDS and is_all_caps_answer(text):
-        faults.append("unrequested_caps")
-    if not kinds & LOWER_KINDS and is_lowercase_answer(text):
-        faults.append("unrequested_lowercase")
-    return faults
+    faults = ["repetition"] if is_repetitive(text) else []
+    return faults + [f"unrequested_{name}" for name, asking, detect in UNREQUESTED
+                     if not kinds & asking and detect(text)]

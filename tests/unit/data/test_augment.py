@@ -203,7 +203,8 @@ def test_contrast_pairs_reject_an_unasked_format_edit(tmp_path):
     # with share 1 every prompt gives one, unless it asks for lowercase itself or its reply is lowercase already
     # (reply l under the bare task): each reply's bare task, then each of its constrained rows
     wanted = []
-    for pid, task, reply in (("a", "Explain how bees make honey.", REPLY_A), ("l", "Explain how bees make honey.", lower),
+    for pid, task, reply in (("a", "Explain how bees make honey.", REPLY_A),
+                             ("l", "Explain how bees make honey.", lower),
                              ("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])):
         rows = [([{"role": "user", "content": task}], tidy(reply), set())]
         rows += [(r["messages"][:-1], r["messages"][-1]["content"], {c["kind"] for c in r["constraints"]})
@@ -216,11 +217,11 @@ def test_contrast_pairs_reject_an_unasked_format_edit(tmp_path):
         assert pair["contrast"] == "lowercase" and pair["constraints"] == [] and pair["source"]["prompt_id"] == pid
     assert len(load_examples(str(tmp_path / "pairs.jsonl"), "preference", None)) == len(pairs)
     # a share of 0.5 draws about half the prompts, the same ones each run
-    def half(seed):
-        return augment_file(path, tmp_path / "h.jsonl", AugmentSettings(per_reply=1, contrast_share=0.5, seed=seed),
+    def made(share, seed):
+        return augment_file(path, tmp_path / "h.jsonl", AugmentSettings(per_reply=1, contrast_share=share, seed=seed),
                             tmp_path / "hp.jsonl")["contrast_pairs"]
-    counts = [half(s) for s in range(12)]
-    assert 12 <= sum(counts) <= 60 and counts == [half(s) for s in range(12)]  # 12 seeds x 6 prompts, ~36
+    counts, every = [made(0.5, s) for s in range(12)], sum(made(1.0, s) for s in range(12))
+    assert 0.3 * every <= sum(counts) <= 0.7 * every and counts == [made(0.5, s) for s in range(12)]
     with pytest.raises(ValueError, match="contrast_kinds: unknown constraint kind"):
         AugmentSettings(contrast_share=0.5, contrast_kinds=("shouting",))
     with pytest.raises(ValueError, match=r"contrast_share must be in \[0, 1\]"):
