@@ -256,6 +256,11 @@ def _kind_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    """A comma-separated list of constraint kinds as a tuple (blanks dropped)."""
+    return tuple(k.strip() for k in text.split(",") if k.strip())
+
+
 @data_app.command("augment")
 def augment(candidates: Path = typer.Argument(..., help="candidates of plain task prompts (posttrain generate)"),
             output: Path = typer.Option(..., "--output", "-o", help="SFT rows to write (JSONL)"),
@@ -279,8 +284,8 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             contrast_share: float = typer.Option(0.0, help="with --pairs: share of prompts (bare and constrained) that "
                                                             "also give a contrast pair (their reply chosen, an "
                                                             "unasked format edit of it rejected)"),
-            contrast_kinds: str = typer.Option("lowercase,all_caps",
-                                               help="comma-separated edits a contrast pair rejects"),
+            contrast_kinds: str = typer.Option(None, help="comma-separated edits a contrast pair rejects (default: "
+                                                          "AugmentSettings.contrast_kinds, the two case edits)"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -299,7 +304,7 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                                    more_phrasings=more_phrasings, drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k),
                                    contrast_share=contrast_share,
-                                   contrast_kinds=tuple(k.strip() for k in contrast_kinds.split(",") if k.strip()))
+                                   **({} if contrast_kinds is None else {"contrast_kinds": _kinds(contrast_kinds)}))
         stats = augment_file(candidates, output, settings, pairs)
     except _user_errors() as e:
         fail(e, first_line=True)
