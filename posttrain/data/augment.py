@@ -29,7 +29,12 @@ one) chosen, and the same reply edited for one of ``contrast_kinds`` the prompt 
 (``"contrast": kind``, no constraints). A repair pair alone says "lowercase is better" on every prompt it shows;
 the contrast pair says "not when this prompt did not ask", so DPO learns the condition and not the habit (issue 16,
 session 24: the quickstart's lowercase pairs left 5.4% of its answers to prompts that asked for no lowercase in
-lowercase, the base 0%, mostly answers to prompts that asked for something else).
+lowercase, the base 0%, mostly answers to prompts that asked for something else). With ``loop_share`` > 0, each
+prompt, with that probability and its own random stream, also gives a loop pair (``"contrast": "loop"``): the
+prompt's reply chosen, and the reply cut after one of its sentences, which then repeats 3-6 times, rejected
+(``looped``): the way a small model's greedy answer degenerates until the token limit. The two sides first differ
+where the reply goes on (or ends) and the loop repeats a sentence instead, so DPO lowers a repeat there; a pair in
+which the rejected side stopped early would teach stopping instead.
 """
 
 from __future__ import annotations
@@ -43,9 +48,10 @@ from posttrain.data.candidate_rows import read_candidate_rows
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import atomic_write_jsonl
 from posttrain.verifiers.phrasings import CONSTRAINTS, compatible, phrasing_groups
-from posttrain.verifiers.counting import words
+from posttrain.verifiers.counting import SENTENCE_BREAK, words
 from posttrain.verifiers.repair import repair, tidy
-from posttrain.verifiers.style import is_all_caps_answer, is_wrapped_in_quotes
+from posttrain.verifiers.style import (MIN_SENTENCE_WORDS, has_repeated_sentence, is_all_caps_answer,
+                                       is_wrapped_in_quotes, sentence_tokens)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,10 @@ class AugmentSettings:
     # whole-reply case changes the drift gates count; quotes and JSON also add a closing token where the chosen reply
     # stops, so their contrast pairs teach stopping early (issue 16 run E11: answers 0.70x the base's, E12 without
     # them 0.75x)
+    loop_share: float = 0.0  # with pairs: share of prompts (bare and constrained) that also give a loop pair (the
+    # reply chosen, the reply looping on one of its sentences rejected): the DPO data's own guard against the
+    # repetition that more preference steps bring (issue 16: the quickstart at lowercase weight 1, run V1, gained
+    # +9.9 with its repeat rate 2.5 points over the base's)
     drop_system: bool = False  # leave the candidates' system messages out of the SFT rows: a system prompt that
     # only steered sampling (e.g. "keep every reply under 50 words", so that fewer replies run into the token limit)
     # would otherwise be trained on as part of every prompt
@@ -95,7 +105,7 @@ class AugmentSettings:
             raise ValueError(f"max_words must be an integer >= min_words ({self.min_words}), got {self.max_words!r}")
         if self.contrast_share > 0 and not self.contrast_kinds:
             raise ValueError("contrast_kinds: empty, but contrast_share > 0")
-        for name in ("plain_share", "two_constraint_share", "contrast_share"):
+        for name in ("plain_share", "two_constraint_share", "contrast_share", "loop_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.kinds:
@@ -187,13 +197,34 @@ def _contrast_pair(rng: random.Random, settings: AugmentSettings, prompt: list[d
             "source": source, "contrast": kind}
 
 
+def looped(text: str, rng: random.Random, copies: tuple[int, int] = (3, 6)) -> str | None:
+    """``text`` cut after one of its sentences (drawn among those of at least ``MIN_SENTENCE_WORDS`` words, the
+    ones the degeneration metric compares), that sentence then repeated ``copies`` (inclusive range) more times,
+    each copy after the whitespace that followed it in the text (a space, or the line break): the rejected side of
+    a loop pair. None when no sentence is long enough."""
+    spans, start = [], 0
+    for brk in [*SENTENCE_BREAK.finditer(text), None]:
+        end, gap = (brk.start(), brk.group()) if brk is not None else (len(text.rstrip()), " ")
+        piece = text[start:end].strip()
+        if len(sentence_tokens(piece)) >= MIN_SENTENCE_WORDS:
+            spans.append((end, piece, gap))
+        if brk is not None:
+            start = brk.end()
+    if not spans:
+        return None
+    end, piece, gap = spans[rng.randrange(len(spans))]
+    out = text[:end] + (gap + piece) * rng.randint(*copies)
+    return out if has_repeated_sentence(out) else None
+
+
 def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
              ) -> tuple[list[dict], list[str | None], list[dict], dict[str, Any]]:
-    """(SFT rows, the reply each constrained row was edited from or None for a plain row, contrast pairs,
-    counts)."""
+    """(SFT rows, the reply each constrained row was edited from or None for a plain row, contrast pairs then loop
+    pairs, counts)."""
     out: list[dict] = []
     originals: list[str | None] = []
     contrasts: list[dict] = []
+    loops: list[dict] = []
     stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
                              "skipped_short": 0, "skipped_long": 0, "skipped_truncated": 0, "skipped_styled": 0,
                              "plain_examples": 0, "constrained_examples": 0, "replies_short_of_per_reply": 0}
@@ -265,17 +296,26 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
                 if crng.random() < settings.contrast_share and (
                         pair := _contrast_pair(crng, settings, prompt, chosen, asked, source)) is not None:
                     contrasts.append(pair)
+        if settings.loop_share > 0:  # a third stream: neither the rows nor the contrast pairs change with it
+            lrng = random.Random(f"loop:{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:"
+                                 f"{row['_line']}")
+            bare = [*context, {"role": "user", "content": task}]
+            for prompt, chosen in [(bare, reply)] + [(r["messages"][:-1], r["messages"][-1]["content"])
+                                                     for r in out[first:] if r["constraints"]]:
+                if lrng.random() < settings.loop_share and (rejected := looped(chosen, lrng)) is not None:
+                    loops.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "constraints": [],
+                                  "phrasings": [], "source": source, "contrast": "loop"})
     stats["examples"] = len(out)
     stats["per_kind"] = per_kind
-    return out, originals, contrasts, stats
+    return out, originals, contrasts + loops, stats
 
 
 def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSettings,
                  pairs_output: str | Path | None = None) -> dict[str, Any]:
     """Read ``candidates``, write the SFT rows to ``output`` (and with ``pairs_output``, the repair pairs there;
     atomically: a failed run leaves no partial file), return the counts (``pairs``: how many pairs, contrast pairs
-    included, which follow the repair pairs; ``contrast_pairs``: how many of those). ``DataErrors`` for bad rows
-    before anything is written."""
+    included, which follow the repair pairs; ``contrast_pairs``: how many of those, ``loop_pairs`` among them).
+    ``DataErrors`` for bad rows before anything is written."""
     rows, originals, contrasts, stats = _augment(read_candidates(candidates), settings)
     if not rows:
         raise DataErrors([DataError(str(candidates), None, None, "no example made: every reply was skipped (too "
@@ -288,4 +328,5 @@ def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSe
         atomic_write_jsonl(pairs_output, pairs)
         stats["pairs"] = len(pairs)
         stats["contrast_pairs"] = len(contrasts)
+        stats["loop_pairs"] = sum(p.get("contrast") == "loop" for p in contrasts)
     return stats

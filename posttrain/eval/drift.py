@@ -15,7 +15,8 @@ Metric keys (flat, like the rest of ``metrics.json``):
   fraction of all-lowercase responses (``is_lowercase_answer``; a lowercase instruction's habit, issue 16 session 24:
   the session-23 quickstart wrote 14.5% of its answers in lowercase, the base 0.2%);
 - against a reference ``ref`` (``baseline`` or ``base``), from ``relative_metrics``: ``length/ratio_to_<ref>``
-  (mean tokens), ``length/mean_words_ratio_to_<ref>``, ``length/median_words_ratio_to_<ref>`` (and the same for
+  (mean tokens), ``length/mean_words_ratio_to_<ref>``, ``length/median_words_ratio_to_<ref>``,
+  ``length/median_words_clean_ratio_to_<ref>`` (the median over non-degenerate answers; and the same for
   every ``group/<g>/length/...``), ``degeneration/delta_vs_<ref>`` (repeat_rate minus the reference's),
   ``format/unrequested_quotes_delta_vs_<ref>``, ``format/unrequested_caps_delta_vs_<ref>``,
   ``format/unrequested_lowercase_delta_vs_<ref>``.
@@ -59,7 +60,7 @@ def format_stats(metadatas: Sequence[dict[str, Any]], texts: Sequence[str]) -> d
     return out
 
 
-_RATIOS = ("length/mean_words", "length/median_words")
+_RATIOS = ("length/mean_words", "length/median_words", "length/median_words_clean")
 _DELTAS = {"degeneration/repeat_rate": "degeneration/delta_vs_{}",
            **{f"format/unrequested_{name}_rate": f"format/unrequested_{name}_delta_vs_{{}}"
               for name, _asking, _detect in UNREQUESTED}}

@@ -18,6 +18,7 @@ from posttrain.eval.coverage import kind_metrics
 from posttrain.eval.drift import degeneration_stats, format_stats
 from posttrain.eval.suites import EvalRow
 from posttrain.verifiers import check_constraints, constraints_from_metadata, exact_match, math_answer_equal
+from posttrain.verifiers.style import is_repetitive
 
 # A response counts as a refusal when it contains one of these (case-insensitive, curly apostrophes folded to
 # straight ones) within its first 200 characters: refusals open with the refusal, while an answer that later says
@@ -84,12 +85,19 @@ def _mean(xs: list[float]) -> float:
 
 
 def length_stats(texts: list[str], token_counts: list[int] | None = None) -> dict[str, float]:
-    """``length/mean_words``, ``length/median_words`` (whitespace words) and, with token counts,
-    ``length/mean_tokens``, ``length/median_tokens``."""
+    """``length/mean_words``, ``length/median_words`` (whitespace words), ``length/median_words_clean`` (the median
+    over the responses that are not degenerate, ``is_repetitive``; no key when every one is) and, with token counts,
+    ``length/mean_tokens``, ``length/median_tokens``. A reply that loops until the token limit is as long as the
+    budget, so the plain median moves with the loop rate as much as with the answers: on the out-of-distribution
+    suites 76 of the 172 answers of SmolLM2-135M-Instruct loop (median 65 words, 25 without the loops), and a model
+    that loops less looks shorter by the plain median while its real answers are as long as the base's (issue 16,
+    session 26). The clean median moves with the length of the answers themselves."""
     if not texts:
         return {}
     words = [len(t.split()) for t in texts]
     out = {"length/mean_words": _mean(words), "length/median_words": float(statistics.median(words))}
+    if clean := [w for w, t in zip(words, texts) if not is_repetitive(t)]:
+        out["length/median_words_clean"] = float(statistics.median(clean))
     if token_counts is not None:
         out["length/mean_tokens"] = _mean(token_counts)
         out["length/median_tokens"] = float(statistics.median(token_counts))

@@ -286,6 +286,9 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                                                             "unasked format edit of it rejected)"),
             contrast_kinds: str = typer.Option(None, help="comma-separated edits a contrast pair rejects (default: "
                                                           "AugmentSettings.contrast_kinds, the two case edits)"),
+            loop_share: float = typer.Option(0.0, help="with --pairs: share of prompts that also give a loop pair "
+                                                        "(their reply chosen, the reply looping on one of its "
+                                                        "sentences rejected)"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -296,14 +299,15 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         check_output_path(output, "--output", folder=False)
         if pairs is not None:
             check_output_path(pairs, "--pairs", folder=False)
-        elif contrast_share:
-            raise ValueError("--contrast-share needs --pairs (contrast pairs are preference pairs)")
+        elif contrast_share or loop_share:
+            raise ValueError(f"{'--contrast-share' if contrast_share else '--loop-share'} needs --pairs (contrast "
+                             "and loop pairs are preference pairs)")
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    max_words=max_words, skip_truncated=skip_truncated, skip_styled=skip_styled,
                                    more_phrasings=more_phrasings, drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k),
-                                   contrast_share=contrast_share,
+                                   contrast_share=contrast_share, loop_share=loop_share,
                                    **({} if contrast_kinds is None else {"contrast_kinds": _kinds(contrast_kinds)}))
         stats = augment_file(candidates, output, settings, pairs)
     except _user_errors() as e:
@@ -315,5 +319,5 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                f"{stats['skipped_styled']} quoted or in capitals, {stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))
     if pairs is not None:
-        contrast = f" ({stats['contrast_pairs']} of them contrast pairs)" if stats["contrast_pairs"] else ""
+        contrast = f" ({stats['contrast_pairs']} of them contrast or loop pairs)" if stats["contrast_pairs"] else ""
         typer.echo(f"wrote {stats['pairs']} repair pairs to {pairs}{contrast}")

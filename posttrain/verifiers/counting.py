@@ -12,7 +12,7 @@ RELATIONS = ("at least", "at most", "less than", "more than", "exactly")
 
 # A sentence ends at . ! ? (or one of them and a closing quote/bracket) followed by whitespace, or at a line break.
 # "3.5" does not end a sentence (no whitespace after the dot); "e.g. this" does.
-_SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+|\n+")
+SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+|\n+")
 
 
 def _has_alnum(s: str) -> bool:
@@ -26,9 +26,9 @@ def words(text: str) -> list[str]:
 
 
 def sentences(text: str) -> list[str]:
-    """Pieces of ``text`` between sentence breaks (see ``_SENTENCE_BREAK``) that contain a letter or digit.
+    """Pieces of ``text`` between sentence breaks (see ``SENTENCE_BREAK``) that contain a letter or digit.
     Abbreviations ("e.g. ") and ellipses ("... ") end a sentence: no abbreviation list, so counts are predictable."""
-    return [s.strip() for s in _SENTENCE_BREAK.split(text) if _has_alnum(s)]
+    return [s.strip() for s in SENTENCE_BREAK.split(text) if _has_alnum(s)]
 
 
 def paragraphs(text: str) -> list[str]:

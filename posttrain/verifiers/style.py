@@ -23,7 +23,8 @@ LOWER_KINDS = frozenset({"lowercase"})  # IFEval's change_case:english_lowercase
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
 
-def _tokens(text: str) -> list[str]:
+def sentence_tokens(text: str) -> list[str]:
+    """The lowercased words the repetition metrics compare (letters, digits, inner apostrophes)."""
     return _TOKEN.findall(text.lower())
 
 
@@ -34,7 +35,7 @@ def repeated_ngram_fraction(text: str, n: int = NGRAM) -> float:
     make a repeat look new. With W words there are W - n + 1 n-grams; the fraction is
     (n-grams - distinct n-grams) / n-grams, and 0.0 when W < n. "a b c d a b c d" with n=4: 5 n-grams, 4
     distinct, 0.2."""
-    words = _tokens(text)
+    words = sentence_tokens(text)
     grams = [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
     return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
@@ -46,7 +47,7 @@ def has_repeated_sentence(text: str, min_words: int = MIN_SENTENCE_WORDS) -> boo
     are the same sentence."""
     seen: set[tuple[str, ...]] = set()
     for sentence in sentences(text):
-        words = tuple(_tokens(sentence))
+        words = tuple(sentence_tokens(sentence))
         if len(words) < min_words:
             continue
         if words in seen:

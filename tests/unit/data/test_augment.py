@@ -7,12 +7,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from posttrain.data.augment import AugmentSettings, augment_file, augment_rows, read_candidates, repair_pairs
+import random
+
+from posttrain.data.augment import (AugmentSettings, augment_file, augment_rows, looped, read_candidates,
+                                    repair_pairs)
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.verifiers.constraints import check_constraints
 from posttrain.verifiers.phrasings import CONSTRAINTS, phrasing_groups
 from posttrain.verifiers.repair import repair, tidy
+from posttrain.verifiers.style import has_repeated_sentence
 
 REPLY_A = ("Bees collect nectar from flowers. They carry it back to the hive in their stomachs. Inside, they pass "
            "it from bee to bee and fan it with their wings. The water evaporates and the nectar thickens into "
@@ -306,6 +310,58 @@ def test_settings_are_checked(kwargs, message):
         AugmentSettings(**kwargs)
 
 
+def test_looped_cuts_after_one_sentence_and_repeats_it():
+    # "Short." has one word: too short for the degeneration metric to compare, so never the looping sentence
+    assert looped("Short. The sky is blue today.", random.Random(0), copies=(2, 2)) == (
+        "Short. The sky is blue today. The sky is blue today. The sky is blue today.")
+    # the copies follow the whitespace that followed the sentence (here a paragraph break); the rest is cut
+    text = "The sky is blue today.\n\nBirds fly over the hills. We walked home."
+    seen = {looped(text, random.Random(seed), copies=(1, 1)) for seed in range(20)}
+    assert seen == {"The sky is blue today.\n\nThe sky is blue today.",
+                    "The sky is blue today.\n\nBirds fly over the hills. Birds fly over the hills.",
+                    "The sky is blue today.\n\nBirds fly over the hills. We walked home. We walked home."}
+    counts = {looped("One two three.", random.Random(seed)).count("One two three.") for seed in range(40)}
+    assert counts == {4, 5, 6, 7}  # the sentence, then 3 to 6 more copies
+    assert looped("Hi. Ok then.", random.Random(0)) is None
+
+
+def test_loop_pairs_reject_the_reply_looping_on_one_sentence(tmp_path):
+    path = write(tmp_path / "c.jsonl", [candidate("a", "Explain how bees make honey.", REPLY_A),
+                                        candidate("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])])
+    settings = dict(per_reply=2, plain_share=0.0, seed=3, contrast_share=0.5, contrast_kinds=("lowercase",))
+    base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
+    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, loop_share=1.0),
+                         tmp_path / "p.jsonl")
+    before = [json.loads(line) for line in (tmp_path / "p0.jsonl").read_text().splitlines()]
+    pairs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    # the SFT rows, repair pairs and contrast pairs do not change; one loop pair per prompt follows them
+    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
+    assert pairs[:len(before)] == before and base_stats["loop_pairs"] == 0
+    loops = pairs[len(before):]
+    wanted = []
+    for pid, task, reply in (("a", "Explain how bees make honey.", REPLY_A),
+                             ("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])):
+        wanted.append(([{"role": "user", "content": task}], tidy(reply)))
+        wanted += [(r["messages"][:-1], r["messages"][-1]["content"]) for r in sft if r["source"]["prompt_id"] == pid]
+    assert len(loops) == len(wanted) == 6 and stats["loop_pairs"] == 6
+    assert stats["contrast_pairs"] == base_stats["contrast_pairs"] + 6 and stats["pairs"] == len(pairs)
+    for pair, (prompt, chosen) in zip(loops, wanted):
+        assert pair["prompt"] == prompt and pair["chosen"] == chosen and pair["contrast"] == "loop"
+        assert pair["constraints"] == [] and not has_repeated_sentence(chosen)
+        rejected = pair["rejected"]
+        assert has_repeated_sentence(rejected) and rejected != chosen
+        # the rejected reply is the chosen one up to the end of a sentence, then copies of that sentence
+        cut = max(i for i in range(1, len(rejected) + 1) if chosen.startswith(rejected[:i]))
+        head, tail = rejected[:cut], rejected[cut:]
+        last = head.rstrip().rsplit(". ", 1)[-1].rsplit("\n", 1)[-1]
+        assert head.rstrip().endswith(".") and tail.replace(last, "").strip() == ""
+        assert 3 <= tail.count(last) <= 6
+    assert len(load_examples(str(tmp_path / "p.jsonl"), "preference", None)) == len(pairs)
+    with pytest.raises(ValueError, match=r"loop_share must be in \[0, 1\]"):
+        AugmentSettings(loop_share=-0.1)
+
+
 def test_cli(candidates, tmp_path):
     from posttrain.cli import app
 
@@ -346,7 +402,7 @@ def test_cli(candidates, tmp_path):
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--contrast-share", "1", "--contrast-kinds", "all_caps"])
     assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
-    assert "(3 of them contrast pairs)" in result.output  # the bare task and the two constrained prompts
+    assert "(3 of them contrast or loop pairs)" in result.output  # the bare task and the two constrained prompts
     contrasts = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()][2:]
     assert [p["rejected"] for p in contrasts] == [p["chosen"].upper() for p in contrasts]
     assert contrasts[0]["chosen"] == tidy(REPLY_A)
@@ -354,6 +410,14 @@ def test_cli(candidates, tmp_path):
                                       "--contrast-share", "0.5"])
     assert result.exit_code == 2 and "--contrast-share needs --pairs" in result.output
     assert not (tmp_path / "y.jsonl").exists()
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
+                                      "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
+                                      "--loop-share", "1"])
+    assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
+    assert "(3 of them contrast or loop pairs)" in result.output
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
+                                      "--loop-share", "0.5"])
+    assert result.exit_code == 2 and "--loop-share needs --pairs" in result.output
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "x.jsonl"),
                                       "--kind-weights", "lowercase:3"])
     assert result.exit_code == 2 and "--kind-weights: expected kind=number, got 'lowercase:3'" in result.output
@@ -395,6 +459,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     ({"candidates": "c.jsonl", "drop_system": "yes"}, "config: key 'drop_system'"),
     ({"candidates": "c.jsonl", "pairs": "yes"}, "config: key 'pairs'"),
     ({"candidates": "c.jsonl", "contrast_share": 0.3}, "config: contrast_share needs pairs: true"),
+    ({"candidates": "c.jsonl", "loop_share": 0.3}, "config: loop_share needs pairs: true"),
+    ({"candidates": "c.jsonl", "pairs": True, "loop_share": "all"}, "config: key 'loop_share'"),
     ({"candidates": "c.jsonl", "pairs": True, "contrast_share": 0.3, "contrast_kinds": ["x"]},
      "config: contrast_kinds: unknown constraint kind"),
     ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])

@@ -79,15 +79,16 @@ def test_format_stats_only_count_rows_that_did_not_ask():
 def test_relative_metrics_exact():
     model = {"length/mean_tokens": 30.0, "length/mean_words": 20.0, "length/median_words": 10.0,
              "group/out_of_distribution/length/median_words": 8.0, "degeneration/repeat_rate": 0.25,
-             "format/unrequested_quotes_rate": 0.5, "format/unrequested_caps_rate": 0.1,
+             "group/out_of_distribution/length/median_words_clean": 9.0, "format/unrequested_quotes_rate": 0.5, "format/unrequested_caps_rate": 0.1,
              "format/unrequested_lowercase_rate": 0.125, "constraints/pass_rate": 0.4}
     base = {"length/mean_tokens": 60.0, "length/mean_words": 40.0, "length/median_words": 40.0,
             "group/out_of_distribution/length/median_words": 32.0, "degeneration/repeat_rate": 0.05,
-            "format/unrequested_quotes_rate": 0.0, "format/unrequested_lowercase_rate": 0.025}
+            "group/out_of_distribution/length/median_words_clean": 12.0, "format/unrequested_quotes_rate": 0.0, "format/unrequested_lowercase_rate": 0.025}
     assert relative_metrics(model, base, "base") == pytest.approx({
         "length/ratio_to_base": 0.5, "length/mean_words_ratio_to_base": 0.5,
         "length/median_words_ratio_to_base": 0.25,
         "group/out_of_distribution/length/median_words_ratio_to_base": 0.25,
+        "group/out_of_distribution/length/median_words_clean_ratio_to_base": 0.75,
         "degeneration/delta_vs_base": 0.2, "format/unrequested_quotes_delta_vs_base": 0.5,
         "format/unrequested_lowercase_delta_vs_base": 0.1})
     # a zero reference gives no ratio (rather than inf), so a gate on it fails as missing

@@ -68,6 +68,20 @@ def test_score_suite_exact_numbers():
     assert [s.passed for s in scores] == [True, False, False, True, True, False, False,
                                           False, True, True, True, True, False]
     assert scores[1].score == 0.5
+    # no response above loops: the clean median is the plain one
+    assert metrics["length/median_words_clean"] == 4
+
+
+def test_clean_median_leaves_out_the_answers_that_loop():
+    from posttrain.eval.scoring import length_stats
+
+    loop = "The sea is blue. " * 10  # 40 words, one sentence ten times
+    ngram = "a b c d " * 5  # 20 words, every 4-gram after the first repeats: degenerate
+    texts = ["One two three.", "Four five six seven eight.", loop, loop, ngram, "Nine ten."]
+    stats = length_stats(texts)
+    # all six: 3 5 40 40 20 2 -> median (5 + 20) / 2; the clean ones: 3 5 2 -> 3
+    assert stats["length/median_words"] == 12.5 and stats["length/median_words_clean"] == 3
+    assert "length/median_words_clean" not in length_stats([loop])  # every answer loops: no key, not a 0
 
 
 def test_groups_without_rows_have_no_keys():
