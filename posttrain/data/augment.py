@@ -257,7 +257,8 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
             context = [m for m in context if m["role"] != "system"]
         task = user["content"].strip()
         source = {"prompt_id": row.get("prompt_id"), "candidate_index": row.get("candidate_index")}
-        rng = random.Random(f"{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:{row['_line']}")
+        stream = f"{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:{row['_line']}"
+        rng = random.Random(stream)
         first = len(out)
         if rng.random() < settings.plain_share:
             out.append({"messages": [*context, {"role": "user", "content": task},
@@ -285,23 +286,20 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
             made += 1
         stats["constrained_examples"] += made
         stats["replies_short_of_per_reply"] += made < settings.per_reply
-        if settings.contrast_share > 0:  # its own stream: the SFT rows and repair pairs do not change with it
-            crng = random.Random(f"contrast:{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:"
-                                 f"{row['_line']}")
-            bare = [*context, {"role": "user", "content": task}]
-            prompts = [(bare, reply, set())] + [(r["messages"][:-1], r["messages"][-1]["content"],
-                                                 {c["kind"] for c in r["constraints"]})
-                                                for r in out[first:] if r["constraints"]]
+        # the prompts this reply answers (its bare task, then each constrained row) and what each asks for: contrast
+        # and loop pairs draw from them, each on its own random stream, so nothing above changes with them
+        prompts = [([*context, {"role": "user", "content": task}], reply, set())] + [
+            (r["messages"][:-1], r["messages"][-1]["content"], {c["kind"] for c in r["constraints"]})
+            for r in out[first:] if r["constraints"]]
+        if settings.contrast_share > 0:
+            crng = random.Random(f"contrast:{stream}")
             for prompt, chosen, asked in prompts:
                 if crng.random() < settings.contrast_share and (
                         pair := _contrast_pair(crng, settings, prompt, chosen, asked, source)) is not None:
                     contrasts.append(pair)
-        if settings.loop_share > 0:  # a third stream: neither the rows nor the contrast pairs change with it
-            lrng = random.Random(f"loop:{settings.seed}:{row.get('prompt_id')}:{row.get('candidate_index')}:"
-                                 f"{row['_line']}")
-            bare = [*context, {"role": "user", "content": task}]
-            for prompt, chosen in [(bare, reply)] + [(r["messages"][:-1], r["messages"][-1]["content"])
-                                                     for r in out[first:] if r["constraints"]]:
+        if settings.loop_share > 0:
+            lrng = random.Random(f"loop:{stream}")
+            for prompt, chosen, _asked in prompts:
                 if lrng.random() < settings.loop_share and (rejected := looped(chosen, lrng)) is not None:
                     loops.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "constraints": [],
                                   "phrasings": [], "source": source, "contrast": "loop"})

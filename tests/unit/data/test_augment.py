@@ -31,6 +31,10 @@ def candidate(pid, task, text, finish="stop", metadata=None):
             "finish_reason": finish, "metadata": metadata or {}}
 
 
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -183,7 +187,7 @@ def test_skip_styled_skips_quoted_and_all_capitals_replies(tmp_path):
     assert {r["source"]["prompt_id"] for r in rows} == {"i", "a"}
     stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, skip_styled=True),
                          pairs_output=tmp_path / "pairs.jsonl")
-    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    pairs = read(tmp_path / "pairs.jsonl")
     assert pairs and {p["source"]["prompt_id"] for p in pairs} <= {"i", "a"}
 
 
@@ -196,9 +200,9 @@ def test_contrast_pairs_reject_an_unasked_format_edit(tmp_path):
     contrast = AugmentSettings(per_reply=2, plain_share=0.0, seed=1, contrast_share=1.0, contrast_kinds=("lowercase",))
     base_stats = augment_file(path, tmp_path / "sft0.jsonl", plain, tmp_path / "pairs0.jsonl")
     stats = augment_file(path, tmp_path / "sft.jsonl", contrast, tmp_path / "pairs.jsonl")
-    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
-    repair_only = [json.loads(line) for line in (tmp_path / "pairs0.jsonl").read_text().splitlines()]
-    sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    pairs = read(tmp_path / "pairs.jsonl")
+    repair_only = read(tmp_path / "pairs0.jsonl")
+    sft = read(tmp_path / "sft.jsonl")
     # the SFT rows and repair pairs are those of a run without contrast pairs; the contrast pairs follow them
     assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
     assert pairs[:len(repair_only)] == repair_only and base_stats["contrast_pairs"] == 0
@@ -332,9 +336,9 @@ def test_loop_pairs_reject_the_reply_looping_on_one_sentence(tmp_path):
     base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
     stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, loop_share=1.0),
                          tmp_path / "p.jsonl")
-    before = [json.loads(line) for line in (tmp_path / "p0.jsonl").read_text().splitlines()]
-    pairs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    sft = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    before = read(tmp_path / "p0.jsonl")
+    pairs = read(tmp_path / "p.jsonl")
+    sft = read(tmp_path / "sft.jsonl")
     # the SFT rows, repair pairs and contrast pairs do not change; one loop pair per prompt follows them
     assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
     assert pairs[:len(before)] == before and base_stats["loop_pairs"] == 0
@@ -403,7 +407,7 @@ def test_cli(candidates, tmp_path):
                                       "--contrast-share", "1", "--contrast-kinds", "all_caps"])
     assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
     assert "(3 of them contrast or loop pairs)" in result.output  # the bare task and the two constrained prompts
-    contrasts = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()][2:]
+    contrasts = read(tmp_path / "pairs.jsonl")[2:]
     assert [p["rejected"] for p in contrasts] == [p["chosen"].upper() for p in contrasts]
     assert contrasts[0]["chosen"] == tidy(REPLY_A)
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
