@@ -3,7 +3,8 @@ compared, written.
 
 Output folder: ``responses.jsonl`` (one row per suite row and model), ``metrics.json`` (flat keys; the
 baseline's under ``baseline/``, the base model's under ``base/``; ratios and deltas against each from
-``drift.relative_metrics``; each pass-rate difference against each with its 95% paired interval, from
+``drift.relative_metrics``, the length against each on the rows where neither answer loops from
+``drift.paired_length``; each pass-rate difference against each with its 95% paired interval, from
 ``significance.paired_metrics``; win rates under ``winrate/``), ``manifest.json`` (inputs with content hashes,
 settings, package versions, metrics, status; ``posttrain gate`` adds its verdicts under ``gates``). All atomic.
 """
@@ -21,7 +22,7 @@ from posttrain.data.runfolder import content_hash, package_versions
 from posttrain.data.schema import DataError, PromptExample
 from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
 from posttrain.eval.coverage import trained_kinds as read_trained_kinds
-from posttrain.eval.drift import relative_metrics
+from posttrain.eval.drift import paired_length, relative_metrics
 from posttrain.eval.scoring import score_suite
 from posttrain.eval.significance import paired_metrics
 from posttrain.eval.suites import EvalRow, load_suite, parse_suite
@@ -200,17 +201,25 @@ def load_suites(suites: list[str], max_new_tokens: int, ifeval_unsupported: str 
 
 
 def combine_metrics(metrics: dict[str, float], refs: dict[str, dict[str, float]], rows: list[EvalRow] | None = None,
-                    verdicts: dict[str, list[bool]] | None = None) -> dict[str, float]:
+                    verdicts: dict[str, list[bool]] | None = None,
+                    texts: dict[str, list[str]] | None = None) -> dict[str, float]:
     """The model's metrics, its ratios and deltas against each reference (``drift.relative_metrics``), and each
     reference's metrics under ``<ref>/`` (the baseline's with its own drift from the base). With the ``rows`` and
     each model's per-row ``verdicts`` (``"model"`` and each reference), every pass-rate difference against each
-    reference with its 95% paired interval (``significance.paired_metrics``)."""
+    reference with its 95% paired interval (``significance.paired_metrics``); with each model's per-row answers
+    (``texts``, same roles), the length against each reference on the rows where neither loops
+    (``drift.paired_length``)."""
     out = dict(metrics)
+    paired = {}
+    if rows is not None and texts is not None:
+        paired = {ref: paired_length(rows, texts["model"], texts[ref], ref) for ref in refs}
     for ref, ref_metrics in refs.items():
-        out |= relative_metrics(metrics, ref_metrics, ref)
+        out |= relative_metrics(metrics, ref_metrics, ref) | paired.get(ref, {})
     for ref, ref_metrics in refs.items():
         if ref == "baseline" and "base" in refs:  # how far the baseline itself had drifted from the base
             ref_metrics = ref_metrics | relative_metrics(ref_metrics, refs["base"], "base")
+            if rows is not None and texts is not None:
+                ref_metrics |= paired_length(rows, texts["baseline"], texts["base"], "base")
         out |= {f"{ref}/{k}": v for k, v in ref_metrics.items()}
     if rows is not None and verdicts is not None:
         for ref in refs:  # is each pass-rate change real?
@@ -276,7 +285,12 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         if rubric is not None:
             _add_rubric(rubric, rows, gens, refs["base"], base_model_records)
         records += base_model_records
-    metrics = combine_metrics(metrics, refs, rows, verdicts)
+    texts = {"model": [g[0] for g in model_gens]}
+    if baseline is not None:
+        texts["baseline"] = [g[0] for g in base_gens]
+    if base is not None:
+        texts["base"] = [g[0] for g in gens]
+    metrics = combine_metrics(metrics, refs, rows, verdicts, texts)
 
     out = Path(output_dir)
     atomic_write_jsonl(out / "responses.jsonl", records)

@@ -91,7 +91,9 @@ def length_stats(texts: list[str], token_counts: list[int] | None = None) -> dic
     budget, so the plain median moves with the loop rate as much as with the answers: on the out-of-distribution
     suites 76 of the 172 answers of SmolLM2-135M-Instruct loop (median 65 words, 25 without the loops), and a model
     that loops less looks shorter by the plain median while its real answers are as long as the base's (issue 16,
-    session 26). The clean median moves with the length of the answers themselves."""
+    session 26). The clean median moves with the length of the answers themselves, but two models' clean medians
+    cover different prompts (a model that stops looping on a long answer adds it to its own set only): the length
+    against a reference on the same prompts is ``drift.paired_length``, which the release gates bound."""
     if not texts:
         return {}
     words = [len(t.split()) for t in texts]

@@ -242,10 +242,13 @@ def group_table(metrics: dict) -> str:
                    *(metrics.get(f"{r}/{key}/pass_rate") for r in refs)]
             for sub in ("constraints/pass_rate", "capability/accuracy", "length/median_words"):
                 row += [metrics.get(f"{key}/{sub}"), *(metrics.get(f"{r}/{key}/{sub}") for r in refs)]
+            row += [metrics.get(f"{key}/length/paired_words_ratio_to_{r}") for r in refs]
             rows.append(row)
         cols = ["model", *refs]
+        # words vs a reference on the same prompts, those where either answer loops left out (drift.paired_length)
         header = [prefix, "n", *(f"pass rate: {c}" for c in cols), *(f"constraints: {c}" for c in cols),
-                  *(f"capability: {c}" for c in cols), *(f"median words: {c}" for c in cols)]
+                  *(f"capability: {c}" for c in cols), *(f"median words: {c}" for c in cols),
+                  *(f"words / {r}, same prompts, no loops" for r in refs)]
         parts.append(f"<h4>{escape(title)}</h4>" + _table(header, rows, num_cols=range(1, len(header))))
     return "".join(parts)
 

@@ -62,6 +62,6 @@ def test_quickstart_pipeline_improves_heldout_constraints(tmp_path, monkeypatch)
     assert metrics[f"{ood}/constraints/pass_rate"] - metrics[f"base/{ood}/constraints/pass_rate"] >= 0.05, metrics
     assert metrics[f"{ood}/constraints/pass_rate/delta_vs_base/ci_low"] > 0, metrics
     assert metrics[f"base/{ood}/capability/accuracy"] - metrics[f"{ood}/capability/accuracy"] <= 0.05, metrics
-    assert 0.6 <= metrics[f"{ood}/length/median_words_ratio_to_base"] <= 1.4, metrics
+    assert 0.6 <= metrics[f"{ood}/length/paired_words_ratio_to_base"] <= 1.4, metrics
     assert "degeneration/delta_vs_base" in metrics
     assert (tmp_path / "run" / "report.html").exists()

@@ -1,8 +1,10 @@
 """Degeneration, unrequested formatting and base-relative drift on hand-made responses, with exact values."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from posttrain.eval.drift import degeneration_stats, format_stats, relative_metrics
+from posttrain.eval.drift import degeneration_stats, format_stats, paired_length, relative_metrics
 from posttrain.verifiers.style import (has_repeated_sentence, is_all_caps_answer, is_lowercase_answer, is_repetitive,
                                        is_wrapped_in_quotes, repeated_ngram_fraction)
 
@@ -94,3 +96,43 @@ def test_relative_metrics_exact():
     # a zero reference gives no ratio (rather than inf), so a gate on it fails as missing
     assert "length/median_words_ratio_to_baseline" not in relative_metrics(
         model, {"length/median_words": 0.0}, "baseline")
+
+
+def test_paired_length_counts_only_the_rows_where_neither_answer_loops():
+    rows = [SimpleNamespace(group="ood", suite="a"), SimpleNamespace(group="ood", suite="a"),
+            SimpleNamespace(group="ood", suite="b"), SimpleNamespace(group="id", suite="c"),
+            SimpleNamespace(group="id", suite="c")]
+    model = ["one two three", "one two three four five six", LOOP, "a b", "x y z w"]
+    base = ["one two three four five six", LOOP, "short reply here now", "a b c d", "x y"]
+    # row 1: the base loops; row 2: the model loops; both left out wherever they count
+    assert paired_length(rows, model, base, "base") == pytest.approx({
+        "length/paired_rows_vs_base": 3.0, "length/paired_words_ratio_to_base": (3 + 2 + 4) / (6 + 4 + 2),
+        "group/ood/length/paired_rows_vs_base": 1.0, "group/ood/length/paired_words_ratio_to_base": 3 / 6,
+        "suite/a/length/paired_rows_vs_base": 1.0, "suite/a/length/paired_words_ratio_to_base": 3 / 6,
+        "group/id/length/paired_rows_vs_base": 2.0, "group/id/length/paired_words_ratio_to_base": 6 / 6,
+        "suite/c/length/paired_rows_vs_base": 2.0, "suite/c/length/paired_words_ratio_to_base": 6 / 6})
+    # the median over each model's own answers that do not loop would compare rows 0 and 1 with rows 0 and 2
+    # a slice with no pair left, or whose reference answers are empty, has no ratio (a gate on it fails as missing)
+    assert paired_length(rows[1:3], model[1:3], base[1:3], "base") == {}
+    assert paired_length(rows[:1], ["two words"], [""], "baseline") == {
+        "length/paired_rows_vs_baseline": 1.0, "group/ood/length/paired_rows_vs_baseline": 1.0,
+        "suite/a/length/paired_rows_vs_baseline": 1.0}
+    with pytest.raises(ValueError, match="paired_length: 1 rows, 2 answers and 1 base answers"):
+        paired_length(rows[:1], ["a", "b"], ["c"], "base")
+
+
+def test_combine_metrics_writes_the_paired_length_against_each_reference():
+    from posttrain.eval.run import combine_metrics
+
+    rows = [SimpleNamespace(group="ood", suite="a", kind="constraint"),
+            SimpleNamespace(group="ood", suite="a", kind="constraint")]
+    texts = {"model": ["one two", "a b c d"], "baseline": ["one two three four", LOOP], "base": ["one", "a b"]}
+    verdicts = {role: [True, False] for role in texts}
+    out = combine_metrics({}, {"baseline": {}, "base": {}}, rows, verdicts, texts)
+    assert out["length/paired_words_ratio_to_baseline"] == pytest.approx(2 / 4)  # the baseline loops on row 1
+    assert out["length/paired_words_ratio_to_base"] == pytest.approx(6 / 3)
+    assert out["baseline/length/paired_words_ratio_to_base"] == pytest.approx(4 / 1)  # the baseline's own drift
+    assert "base/length/paired_words_ratio_to_base" not in out
+    # without the answers (an older caller), no paired keys
+    assert not any("paired" in k for k in combine_metrics({}, {"base": {}}, rows, {"model": [True, False],
+                                                                                   "base": [True, True]}))

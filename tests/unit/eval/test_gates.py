@@ -153,11 +153,12 @@ def test_shipped_gates_name_metrics_an_eval_of_the_builtin_suites_produces():
 
     gates = load_gates(Path(__file__).resolve().parents[3] / "examples" / "gates.yaml")
     rows = [r for name in BUILTIN for r in load_suite(name)]
-    scored = {role: score_suite(rows, [text] * len(rows), [len(text.split())] * len(rows))
-              for role, text in (("model", "A fine answer here."), ("baseline", "Another answer"),
-                                 ("base", "Yet another longer answer from the base model."))}
+    texts = (("model", "A fine answer here."), ("baseline", "Another answer"),
+             ("base", "Yet another longer answer from the base model."))
+    scored = {role: score_suite(rows, [text] * len(rows), [len(text.split())] * len(rows)) for role, text in texts}
     metrics = combine_metrics(scored["model"][0], {"baseline": scored["baseline"][0], "base": scored["base"][0]},
-                              rows, {role: [s.passed for s in scores] for role, (_, scores) in scored.items()})
+                              rows, {role: [s.passed for s in scores] for role, (_, scores) in scored.items()},
+                              {role: [text] * len(rows) for role, text in texts})
     for gate in gates:
         assert gate.metric in metrics, gate.metric
         if gate.kind in ("min_delta", "max_drop"):

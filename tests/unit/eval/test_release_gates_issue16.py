@@ -37,9 +37,9 @@ def test_the_new_gates_stop_it_for_the_reasons_issue_16_found():
     assert failed(load_gates(ROOT / "examples" / "gates.yaml")) == {
         "group/out_of_distribution/constraints/pass_rate",  # 0.227, below the SFT model's 0.238 (base 0.122)
         "group/out_of_distribution/capability/accuracy",  # 0.437 vs the base's 0.549
-        # 16 words vs the base's 44 (the plain median: the fixture was measured before the median of the answers
-        # that do not loop existed; a gate on a metric the eval did not report fails, it does not pass)
-        "group/out_of_distribution/length/median_words_clean_ratio_to_base",
+        # 16 words vs the base's 44 (the plain median: the fixture was measured before the length on the prompts
+        # where neither answer loops existed; a gate on a metric the eval did not report fails, it does not pass)
+        "group/out_of_distribution/length/paired_words_ratio_to_base",
         "format/unrequested_quotes_rate",  # 0.19 of answers wrapped in quotes nobody asked for
         "format/unrequested_lowercase_rate",  # not in the fixture either (measured before the metric existed)
     }

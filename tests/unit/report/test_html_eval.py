@@ -16,6 +16,7 @@ def test_eval_section_shows_base_groups_and_trained_kinds(tmp_path):
                "baseline/group/in_distribution/pass_rate": 0.5, "base/group/in_distribution/pass_rate": 0.45,
                "group/out_of_distribution/pass_rate": 0.41, "group/out_of_distribution/n": 243,
                "group/out_of_distribution/constraints/pass_rate": 0.39,
+               "group/out_of_distribution/length/paired_words_ratio_to_base": 0.875,
                "base/group/out_of_distribution/pass_rate": 0.43,
                "suite/constraints_ood/pass_rate": 0.38, "suite/constraints_ood/n": 142,
                "constraints/kind/lowercase/pass_rate": 0.9, "constraints/kind/lowercase/n": 10,
@@ -37,6 +38,10 @@ def test_eval_section_shows_base_groups_and_trained_kinds(tmp_path):
     assert "In distribution vs out of distribution" in section
     assert "<td>in_distribution</td>" in section and "<td>out_of_distribution</td>" in section
     assert "<td>constraints_ood</td>" in section  # per suite
+    # the length against the base on the same prompts, the last column of its group's row
+    ood_row = re.search(r"<tr><td>out_of_distribution</td>(.*?)</tr>", section).group(1)
+    assert re.findall(r">([^<]*)</td>", ood_row)[-1] == "0.875"
+    assert "<th>words / base, same prompts, no loops</th>" in section
     kinds = section[section.index("Constraint pass rate per kind"):]
     assert re.search(r"<td>lowercase</td><td>trained</td>", kinds)
     assert re.search(r"<td>title</td><td>unseen</td>", kinds)
