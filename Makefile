@@ -23,8 +23,8 @@ demo: setup
 	[ $$rc -le 1 ]
 
 # Issue 16's longer recipe (examples/recipe_full.yaml): the base model's own replies augmented with instruction
-# constraints -> LoRA SFT -> DPO on the repair pairs -> eval against the base on six suites -> gates. About 75 minutes
-# on 2 CPU cores; a failed gate is reported and the target still succeeds, as for `demo`.
+# constraints -> LoRA SFT -> DPO on the repair pairs -> eval against the base on six suites -> gates. About 40 minutes
+# on 2 CPU cores (75 on slower ones); a failed gate is reported and the target still succeeds, as for `demo`.
 demo-full: setup
 	@$(POSTTRAIN) run examples/recipe_full.yaml; rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "recipe_full: a release gate failed (table above, runs/recipe_full/report.html)"; fi; \
