@@ -62,7 +62,6 @@ def test_quickstart_stages_chain_and_the_gates_stop_an_untrained_model(tmp_path)
                     "base/group/out_of_distribution/constraints/pass_rate",
                     "group/out_of_distribution/capability/accuracy", "degeneration/delta_vs_base",
                     "group/out_of_distribution/length/median_words", "refusal/benign_rate",
-                    "group/out_of_distribution/length/paired_words_ratio_to_base",
                     "format/unrequested_lowercase_rate"):
             assert key in metrics, key
         verdict = json.loads((Path(stages["gate"]["folder"]) / "gates.json").read_text())
