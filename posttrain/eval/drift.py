@@ -86,10 +86,11 @@ def paired_length(rows: Sequence[Any], texts: Sequence[str], ref_texts: Sequence
     for row, text, ref_text in zip(rows, texts, ref_texts):
         if is_repetitive(text) or is_repetitive(ref_text):
             continue
-        pair = [len(text.split()), len(ref_text.split()), 1]
         for prefix in ("", f"group/{row.group}/", f"suite/{row.suite}/"):
             total = words.setdefault(prefix, [0, 0, 0])
-            total[:] = [a + b for a, b in zip(total, pair)]
+            total[0] += len(text.split())
+            total[1] += len(ref_text.split())
+            total[2] += 1
     out: dict[str, float] = {}
     for prefix, (model_words, ref_words, n) in words.items():
         out[f"{prefix}length/paired_rows_vs_{ref}"] = float(n)

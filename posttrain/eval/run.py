@@ -210,15 +210,14 @@ def combine_metrics(metrics: dict[str, float], refs: dict[str, dict[str, float]]
     (``texts``, same roles), the length against each reference on the rows where neither loops
     (``drift.paired_length``)."""
     out = dict(metrics)
-    paired = {}
-    if rows is not None and texts is not None:
-        paired = {ref: paired_length(rows, texts["model"], texts[ref], ref) for ref in refs}
+    with_texts = rows is not None and texts is not None
+    paired = {ref: paired_length(rows, texts["model"], texts[ref], ref) for ref in refs} if with_texts else {}
     for ref, ref_metrics in refs.items():
         out |= relative_metrics(metrics, ref_metrics, ref) | paired.get(ref, {})
     for ref, ref_metrics in refs.items():
         if ref == "baseline" and "base" in refs:  # how far the baseline itself had drifted from the base
             ref_metrics = ref_metrics | relative_metrics(ref_metrics, refs["base"], "base")
-            if rows is not None and texts is not None:
+            if with_texts:
                 ref_metrics |= paired_length(rows, texts["baseline"], texts["base"], "base")
         out |= {f"{ref}/{k}": v for k, v in ref_metrics.items()}
     if rows is not None and verdicts is not None:
@@ -261,6 +260,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     model_gens = generate_responses(model, rows, adapter=adapter, **settings)
     metrics, records = _score(rows, model_gens, model_label(model, adapter), "model", trained)
     verdicts: dict[str, list[bool]] = {"model": [r["passed"] for r in records]}
+    texts: dict[str, list[str]] = {"model": [g[0] for g in model_gens]}
     if rubric is not None:
         _add_rubric(rubric, rows, model_gens, metrics, records)
     refs: dict[str, dict[str, float]] = {}
@@ -269,6 +269,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         refs["baseline"], base_records = _score(rows, base_gens, model_label(baseline, baseline_adapter),
                                                 "baseline", trained)
         verdicts["baseline"] = [r["passed"] for r in base_records]
+        texts["baseline"] = [g[0] for g in base_gens]
         if rubric is not None:
             _add_rubric(rubric, rows, base_gens, refs["baseline"], base_records)
         if judge is not None:
@@ -282,14 +283,10 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         gens = base_gens if same else generate_responses(base, rows, **settings)
         refs["base"], base_model_records = _score(rows, gens, model_label(base, None), "base", trained)
         verdicts["base"] = [r["passed"] for r in base_model_records]
+        texts["base"] = [g[0] for g in gens]
         if rubric is not None:
             _add_rubric(rubric, rows, gens, refs["base"], base_model_records)
         records += base_model_records
-    texts = {"model": [g[0] for g in model_gens]}
-    if baseline is not None:
-        texts["baseline"] = [g[0] for g in base_gens]
-    if base is not None:
-        texts["base"] = [g[0] for g in gens]
     metrics = combine_metrics(metrics, refs, rows, verdicts, texts)
 
     out = Path(output_dir)
