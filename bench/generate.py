@@ -11,6 +11,9 @@ Rows:
   sorted by length).
 * posttrain decode=loop (default): our decode loop, finished rows leave the batch, a repeated prompt and the
   prompts' common prefix (the chat template's system prompt) are prefilled once.
+* with ``--bf16``, also posttrain decode=loop on a bfloat16 copy of the weights (``load_trained(dtype=
+  "bfloat16")``): the lower-precision lever on a CPU with AMX / AVX512-BF16. It samples other tokens than the
+  float32 rows (the logits differ), so its token count differs too; compare new tokens/s.
 Every run is repeated ``--repeats`` times interleaved; the best time of each is reported (less noise from the
 shared machine).
 """
@@ -39,6 +42,7 @@ def main() -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="add a row: the decode loop on bfloat16 weights")
     p.add_argument("--prompts-file", help="a JSONL of {prompt: ...} rows (e.g. examples/data/prompts_train.jsonl): "
                                           "the first --prompts of them instead of the synthetic open-ended asks")
     a = p.parse_args()
@@ -79,9 +83,9 @@ def main() -> None:
                 new += (row.index(tok.eos_token_id) + 1) if tok.eos_token_id in row else len(row)
         return new
 
-    def ours(decode):
+    def ours(decode, weights=model):
         def run():
-            gen = HFGenerator(model, tok, batch_size=a.batch, decode=decode)
+            gen = HFGenerator(weights, tok, batch_size=a.batch, decode=decode)
             outs = gen.generate(prompt_ids, n=a.n, temperature=a.temperature, top_p=a.top_p,
                                 max_new_tokens=a.max_new_tokens, seed=0)
             return sum(o.completion_tokens for c in outs for o in c)
@@ -89,6 +93,9 @@ def main() -> None:
 
     runs = {"plain model.generate": plain, "posttrain decode=generate": ours("generate"),
             "posttrain decode=loop": ours("loop")}
+    if a.bf16:
+        runs["posttrain decode=loop, bfloat16 weights"] = ours("loop", load_trained(a.model, dtype="bfloat16")[0])
+        runs["posttrain decode=loop, bfloat16 weights"]()  # warm-up (oneDNN's bfloat16 kernels)
     ours("loop")()  # warm-up
     best: dict[str, tuple[float, int]] = {}
     for _ in range(a.repeats):
@@ -108,6 +115,9 @@ def main() -> None:
                        f"batch {a.batch}, max_new_tokens {a.max_new_tokens}, T={a.temperature}, top_p={a.top_p}, "
                        f"{a.threads} threads, best of {a.repeats}\nmachine: {common.machine()}",
                        rows, ["run", "seconds", "candidates/s", "new tokens", "new tokens/s", "x plain"]))
+    if a.bf16:
+        fp32, bf16 = best["posttrain decode=loop"], best["posttrain decode=loop, bfloat16 weights"]
+        print(f"bfloat16 / float32 new tokens/s (decode=loop): {(bf16[1] / bf16[0]) / (fp32[1] / fp32[0]):.2f}x")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from posttrain.eval.scoring import score_suite
 from posttrain.eval.significance import paired_metrics
 from posttrain.eval.suites import EvalRow, load_suite, parse_suite
 from posttrain.eval.winrate import length_controlled_win_rate, win_indicators, win_rate
-from posttrain.generation.backends import load_generator, model_label
+from posttrain.generation.backends import check_dtype, load_generator, model_label
 from posttrain.generation.openai_backend import OpenAIGenerator, parse_openai_spec
 from posttrain.judges.rubric import rule_statistics
 from posttrain.judges.types import PairwiseJudge, ScoringJudge
@@ -58,15 +58,17 @@ def _remote_responses(remote: tuple[str, str], label: str, rows: list[EvalRow], 
 
 def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int | list[int], batch_size: int,
                        seed: int, adapter: str | None = None, backend: str = "hf",
-                       api_key_env: str = "OPENAI_API_KEY") -> list[tuple[str, int, str]]:
-    """Greedy ``(text, completion_tokens, finish_reason)`` for each row's prompt, in row order.
+                       api_key_env: str = "OPENAI_API_KEY", dtype: str = "auto") -> list[tuple[str, int, str]]:
+    """Greedy ``(text, completion_tokens, finish_reason)`` for each row's prompt, in row order. ``dtype``: the hf
+    backend's weights dtype (a remote model is answered as it is served).
     ``max_new_tokens``: one budget for all rows, or one per row (rows are batched with rows of the same budget).
     ``model`` may be ``openai:URL:MODEL``: the endpoint answers (``backend`` and ``batch_size`` do not apply)."""
     budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     remote = remote_model(model)
     if remote is not None:
         return _remote_responses(remote, model, rows, budgets, seed=seed, api_key_env=api_key_env)
-    generator, tokenizer = load_generator(model, adapter=adapter, backend=backend, batch_size=batch_size, seed=seed)
+    generator, tokenizer = load_generator(model, adapter=adapter, backend=backend, batch_size=batch_size, seed=seed,
+                                          dtype=dtype)
     prompt_ids = [render_prompt(PromptExample(r.prompt, r.source, r.row), tokenizer) for r in rows]
     # Per budget, longest prompts first, in chunks of one batch each, so the bar moves per batch and padding
     # stays low.
@@ -231,7 +233,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
              judge: PairwiseJudge | ScoringJudge | None = None, output_dir: str | Path, adapter: str | None = None,
              baseline_adapter: str | None = None, backend: str = "hf", trained_on: list[str] | None = None,
              trained_kinds: list[str] | None = None, ifeval_unsupported: str = "error",
-             rubric: Any = None, api_key_env: str = "OPENAI_API_KEY") -> dict[str, float]:
+             rubric: Any = None, api_key_env: str = "OPENAI_API_KEY", dtype: str = "auto") -> dict[str, float]:
     """Evaluate ``model`` (and ``baseline``, and ``base``: the model the recipe started from) on ``suites``
     (builtin names or paths, optionally ``@N`` for a suite's budget) and write the output folder. Every suite is
     read and validated before any model loads. Returns the metrics written to metrics.json.
@@ -243,8 +245,11 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     formatting are also given relative to it (``drift.relative_metrics``); a base equal to the baseline is not
     generated twice. ``rubric`` (a ``RubricJudge``) adds ``rubric/*`` metrics for every model (``rubric_metrics``:
     per-rule pass rates). Any of the three models may be ``openai:URL:MODEL`` (an OpenAI-compatible endpoint,
-    its key in ``$api_key_env``): e.g. a candidate against the model being served."""
+    its key in ``$api_key_env``): e.g. a candidate against the model being served. ``dtype``: the weights dtype of
+    every local model (``generation.backends.GENERATION_DTYPES``; auto is float32 on a CPU): the same for all three,
+    so that their answers differ by the model only."""
     started = time.time()
+    check_dtype(dtype, backend)
     rows, budgets, suite_inputs = load_suites(suites, max_new_tokens, ifeval_unsupported)
     if judge is not None and baseline is None:
         raise ValueError("judge: a win-rate judge needs a baseline to compare against")
@@ -255,7 +260,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     trained = (read_trained_kinds(trained_on or [], trained_kinds or [])
                if trained_on is not None or trained_kinds is not None else None)
     settings = dict(max_new_tokens=budgets, batch_size=batch_size, seed=seed, backend=backend,
-                    api_key_env=api_key_env)
+                    api_key_env=api_key_env, dtype=dtype)
 
     model_gens = generate_responses(model, rows, adapter=adapter, **settings)
     metrics, records = _score(rows, model_gens, model_label(model, adapter), "model", trained)
@@ -301,7 +306,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
                    "trained_on": [{"path": str(p), "hash": content_hash(p)} for p in trained_on or []],
                    "trained_kinds": sorted(trained) if trained is not None else None},
         "settings": {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed, "backend": backend,
-                     "temperature": 0.0, "ifeval_unsupported": ifeval_unsupported},
+                     "dtype": dtype, "temperature": 0.0, "ifeval_unsupported": ifeval_unsupported},
         "outputs": ["responses.jsonl", "metrics.json"], "metrics": metrics,
         "versions": package_versions(), "wall_time_s": time.time() - started,
     })

@@ -18,6 +18,10 @@ from posttrain.models.resolve import resolve_model_path
 # generation.hf, torch and posttrain.data (which imports torch) are imported in the functions that need them:
 # `import posttrain.generation.backends` stays free of torch and transformers.
 BACKENDS = ("hf", "vllm")  # the local backends; a remote one is a spec, openai:URL:MODEL
+# Weights dtype of the hf backend. auto: bfloat16 on a GPU that supports it, else float32. bfloat16 on a CPU with
+# AMX / AVX512-BF16 decodes about 1.6-1.8x faster than float32 (docs/PERFORMANCE.md) but is a different model:
+# greedy answers and samples change.
+GENERATION_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def check_backend(backend: str) -> tuple[str, str] | None:
@@ -31,6 +35,17 @@ def check_backend(backend: str) -> tuple[str, str] | None:
     return remote
 
 
+def check_dtype(dtype: str, backend: str = "hf") -> str:
+    """``dtype`` when the backend can take it; ``BackendError`` (one line) otherwise. Only the hf backend loads
+    weights in a chosen dtype (vLLM picks its own, a remote model is served as it is)."""
+    if dtype not in GENERATION_DTYPES:
+        raise BackendError(f"dtype '{dtype}': expected one of: {', '.join(GENERATION_DTYPES)}")
+    if dtype != "auto" and backend != "hf":
+        raise BackendError(f"dtype '{dtype}': only the hf backend loads weights in a chosen dtype (backend "
+                           f"'{backend}'); leave dtype at auto")
+    return dtype
+
+
 def model_label(model_name: str, adapter: str | None) -> str:
     """How candidate rows and the server name the model: ``name``, or ``name + adapter``."""
     return model_name if not adapter else f"{model_name} + {adapter}"
@@ -38,9 +53,11 @@ def model_label(model_name: str, adapter: str | None) -> str:
 
 def load_generator(model_name: str, *, adapter: str | None = None, backend: str = "hf", batch_size: int = 32,
                    seed: int = 0, cache_dir: str | None = None, dtype: str = "auto") -> tuple[Generator, object]:
-    """(generator, tokenizer) for any model name posttrain accepts, with its adapter lineage merged."""
+    """(generator, tokenizer) for any model name posttrain accepts, with its adapter lineage merged. ``dtype``:
+    the hf backend's weights dtype (``GENERATION_DTYPES``)."""
     if backend not in BACKENDS:
         raise BackendError(f"backend: unknown '{backend}' (expected one of: {', '.join(BACKENDS)})")
+    check_dtype(dtype, backend)
     if backend == "vllm":
         import_vllm()  # fail before loading anything
         tokenizer = model_tokenizer(model_name, cache_dir)

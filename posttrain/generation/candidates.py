@@ -11,7 +11,8 @@ prompts that are not done (the torn tail of a killed write, a truncated last lin
 rewritten atomically without them, and those prompts are generated again. A candidate's seed depends only on
 (run seed, prompt id, candidate index), so a regenerated candidate is the one the killed run would have
 written (see ``hf.py`` for the float-rounding caveat). Rows made with other settings (model, sampling, a
-larger N) are an error, never silently mixed or dropped.
+larger N, a weights dtype other than auto: it is part of each row's ``sampling``) are an error, never silently
+mixed or dropped.
 
 A remote backend (``openai:URL:MODEL``, ``openai_backend.py``) has no local tokenizer: prompts are checked but not
 rendered (the endpoint applies its chat template to ``PromptJob.prompt``), they keep their input order, and each
@@ -34,7 +35,7 @@ from posttrain.data.layouts import load_examples
 from posttrain.data.render import render_prompt
 from posttrain.data.runfolder import atomic_write_text
 from posttrain.data.schema import DataError, DataErrors, Message
-from posttrain.generation.backends import check_backend, load_generator, model_label
+from posttrain.generation.backends import check_backend, check_dtype, load_generator, model_label
 from posttrain.generation.openai_backend import OpenAIGenerator
 from posttrain.generation.types import BackendError, Generator, check_sampling, per_candidate
 from posttrain.models.policy import model_tokenizer
@@ -168,7 +169,8 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
                         generator: Generator | OpenAIGenerator | None = None,
                         tokenizer=None, cache_dir: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                         max_concurrency: int = 8, max_retries: int = 5,
-                        max_tokens_field: str = "max_tokens", system_prompt: str | None = None) -> dict[str, Any]:
+                        max_tokens_field: str = "max_tokens", system_prompt: str | None = None,
+                        dtype: str = "auto") -> dict[str, Any]:
     """Write ``n`` candidates per prompt to ``output_path`` (JSONL), resuming whatever is already there.
 
     Candidate i samples at ``temperatures[i % len(temperatures)]`` and ``top_p[i % len(top_p)]`` (a single
@@ -178,7 +180,8 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
     ``model`` label; default MODEL), ``max_concurrency`` requests at a time, the key from ``$api_key_env``;
     ``generator`` may then be an ``OpenAIGenerator``. ``system_prompt``: see ``load_prompts`` (e.g. a length
     instruction that makes fewer samples run into ``max_new_tokens``; ``posttrain data augment --drop-system``
-    leaves it out of the training rows made from them).
+    leaves it out of the training rows made from them). ``dtype``: the hf backend's weights dtype
+    (``backends.GENERATION_DTYPES``); other than auto it is recorded in each row's ``sampling``.
     Returns a summary: prompts, prompts_generated, prompts_skipped (already done), candidates_written,
     completion_tokens, wall_time_s, candidates_per_s, tokens_per_s, dropped_rows, output (and, remote: requests,
     cache_hits, retries).
@@ -191,12 +194,14 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
         check_sampling(t, p, max_new_tokens)
     output = Path(output_path)
     remote = check_backend(backend)  # (base_url, model) for openai:URL:MODEL
+    check_dtype(dtype, backend)
     if remote is not None and adapter:
         raise BackendError(f"--adapter: a remote model ({backend}) takes no adapter")
     if remote is None and not model_name:
         raise BackendError(f"--model: required with the {backend} backend")
     model = (model_name or remote[1]) if remote is not None else model_label(model_name, adapter)
-    sampling = [sampling_of(i, temps, top_ps, max_new_tokens, seed) for i in range(n)]
+    sampling = [sampling_of(i, temps, top_ps, max_new_tokens, seed) | ({"dtype": dtype} if dtype != "auto" else {})
+                for i in range(n)]
 
     if tokenizer is None and remote is None:
         tokenizer = generator.tokenizer if generator is not None else model_tokenizer(model_name, cache_dir)
@@ -209,7 +214,7 @@ def generate_candidates(prompts_path: str | os.PathLike, output_path: str | os.P
                                         max_retries=max_retries, max_tokens_field=max_tokens_field)
         else:
             generator, _ = load_generator(model_name, adapter=adapter, backend=backend, batch_size=batch_size,
-                                          seed=seed, cache_dir=cache_dir)
+                                          seed=seed, cache_dir=cache_dir, dtype=dtype)
     if existing.rewrite:
         atomic_write_text(output, "".join(existing.lines))
 

@@ -55,11 +55,14 @@ def generate_command(
     price_input: float = typer.Option(None, "--price-input", min=0, help="USD per 1M input tokens (for the estimate)"),
     price_output: float = typer.Option(None, "--price-output", min=0, help="USD per 1M output tokens"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    dtype: str = typer.Option("auto", "--dtype", help="hf backend: weights dtype, auto | float32 | bfloat16 | "
+                              "float16 (auto: bfloat16 on a GPU that has it, else float32; bfloat16 on a CPU with "
+                              "AMX decodes ~1.6x faster but samples differently; recorded in each row)"),
 ) -> None:
     """Sample N candidates per prompt into a JSONL file; rerun the same command to resume after a kill."""
     from posttrain.data.schema import DataError, DataErrors
     from posttrain.data.writers import OutputPathError, check_output_path
-    from posttrain.generation.backends import check_backend
+    from posttrain.generation.backends import check_backend, check_dtype
     from posttrain.generation.types import BackendError
     from posttrain.models.resolve import ModelError
 
@@ -67,6 +70,7 @@ def generate_command(
     top_ps = _numbers(top_p, "--top-p", 0.0, 1.0)
     try:
         remote = check_backend(backend)  # (base_url, model) for openai:URL:MODEL
+        check_dtype(dtype, backend)
         if remote is None and not model:
             raise BackendError(f"--model: required with the {backend} backend")
         if dry_run:
@@ -88,7 +92,7 @@ def generate_command(
                                       max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
                                       backend=backend, adapter=adapter, progress=progress, api_key_env=api_key_env,
                                       max_concurrency=max_concurrency, max_retries=max_retries,
-                                      max_tokens_field=max_tokens_field, system_prompt=system_prompt)
+                                      max_tokens_field=max_tokens_field, system_prompt=system_prompt, dtype=dtype)
     except (DataError, DataErrors, ModelError, BackendError, OutputPathError) as e:
         fail(e)
     typer.echo(f"{summary['candidates_written']} candidates for {summary['prompts_generated']} prompts "

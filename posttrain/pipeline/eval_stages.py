@@ -3,7 +3,8 @@
 ``eval`` config: ``model`` (default tiny-random), ``adapter``, ``suites`` (builtin names or files), ``baseline``,
 ``baseline_adapter``, ``base`` (the model the recipe started from: metrics under ``base/``, drift relative to
 it), ``trained_on`` (training files: per-kind pass rates marked trained/unseen) or ``trained_kinds``,
-``ifeval_unsupported`` (error | skip), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``judge`` (win
+``ifeval_unsupported`` (error | skip), ``max_new_tokens``, ``batch_size``, ``seed``, ``backend``, ``dtype`` (the hf
+backend's weights dtype for every local model: auto | float32 | bfloat16 | float16), ``judge`` (win
 rate vs the baseline: a spec string as in ``posttrain judge --judge`` -- ``verifier``, ``llm:URL:MODEL``, ``local:MODEL``,
 ``rm:MODEL`` -- or one judge config dict as in the judge stage). ``model``, ``baseline`` and ``base`` may be
 ``openai:URL:MODEL`` (an endpoint; key in ``$api_key_env``): such a model is named by its spec only, so a rerun of
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.generation.backends import BACKENDS
+from posttrain.generation.backends import BACKENDS, check_dtype
 from posttrain.generation.types import BackendError
 from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
 from posttrain.pipeline.spec import (PipelineError, check_file, check_judge_entry, check_keys, check_types,
@@ -31,7 +32,7 @@ from posttrain.pipeline.spec import (PipelineError, check_file, check_judge_entr
 
 EVAL_KEYS = ("model", "adapter", "suites", "baseline", "baseline_adapter", "base", "max_new_tokens", "batch_size",
              "seed", "backend", "judge", "trained_on", "trained_kinds", "ifeval_unsupported", "rubric", "rubric_judge",
-             "api_key_env")
+             "api_key_env", "dtype")
 GATE_KEYS = ("metrics", "gates", "gates_file")
 
 
@@ -51,7 +52,7 @@ def check_eval(params: dict, pending) -> None:
                          "baseline_adapter": (str,), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
                          "backend": (str,), "judge": (str, dict), "base": (str,), "trained_on": (str, list),
                          "trained_kinds": (str, list), "ifeval_unsupported": (str,), "rubric": (str,),
-                         "rubric_judge": (str,), "api_key_env": (str,)})
+                         "rubric_judge": (str,), "api_key_env": (str,), "dtype": (str,)})
     if params.get("rubric_judge") and not params.get("rubric"):
         raise PipelineError("config: key 'rubric_judge' grades the rules of a 'rubric' file; give 'rubric'")
     check_file(params, "rubric", pending)
@@ -65,6 +66,10 @@ def check_eval(params: dict, pending) -> None:
                                 f"{', '.join(BUILTIN_SUITES)})")
     if params.get("backend", "hf") not in BACKENDS:
         raise PipelineError(f"config: key 'backend': '{params['backend']}' is not one of {', '.join(BACKENDS)}")
+    try:
+        check_dtype(str(params.get("dtype", "auto")), str(params.get("backend", "hf")))
+    except BackendError as e:
+        raise PipelineError(f"config: key 'dtype': {e}") from None
     spec = params.get("judge")
     if isinstance(spec, str):
         try:
@@ -99,7 +104,7 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
                         judge=judge, trained_on=_as_list(params.get("trained_on")),
                         trained_kinds=_as_list(params.get("trained_kinds")),
                         ifeval_unsupported=params.get("ifeval_unsupported", "error"), rubric=rubric,
-                        api_key_env=params.get("api_key_env", "OPENAI_API_KEY"))
+                        api_key_env=params.get("api_key_env", "OPENAI_API_KEY"), dtype=params.get("dtype", "auto"))
     except (ValueError, BackendError) as e:  # a bad suite, option or model spec: one line for the user
         raise PipelineError(f"config: {str(e).splitlines()[0]}") from None
 

@@ -130,7 +130,7 @@ def data_inputs(params: dict) -> list[str]:
 
 GENERATE_KEYS = ("prompts", "model", "adapter", "limit", "constraint_kinds", "n", "temperature", "top_p",
                  "max_new_tokens", "batch_size", "seed", "system_prompt", "backend", "api_key_env", "max_concurrency",
-                 "max_tokens_field", "progress")
+                 "max_tokens_field", "progress", "dtype")
 
 
 def select_prompts(path: str, limit: int | None, kinds: list[str] | None) -> list[dict]:
@@ -170,6 +170,17 @@ def generate_remote(params: dict) -> tuple[str, str] | None:
         raise PipelineError(f"config: key 'backend': {e}") from None
 
 
+def check_generation_dtype(params: dict) -> None:
+    """``dtype`` (the hf backend's weights dtype) is one the backend takes: a one-line PipelineError otherwise."""
+    from posttrain.generation.backends import check_dtype
+    from posttrain.generation.types import BackendError
+
+    try:
+        check_dtype(str(params.get("dtype", "auto")), str(params.get("backend", "hf")))
+    except BackendError as e:
+        raise PipelineError(f"config: key 'dtype': {e}") from None
+
+
 def check_generate(params: dict, pending: Pending) -> None:
     check_keys(params, GENERATE_KEYS)
     if "prompts" not in params:
@@ -178,12 +189,13 @@ def check_generate(params: dict, pending: Pending) -> None:
                          "constraint_kinds": (list,), "n": (int,), "temperature": (int, float, list),
                          "top_p": (int, float, list), "max_new_tokens": (int,), "batch_size": (int,), "seed": (int,),
                          "backend": (str,), "api_key_env": (str,), "max_concurrency": (int,),
-                         "max_tokens_field": (str,), "progress": (bool,), "system_prompt": (str,)})
+                         "max_tokens_field": (str,), "progress": (bool,), "system_prompt": (str,), "dtype": (str,)})
     if params.get("max_tokens_field", "max_tokens") not in TOKEN_LIMIT_FIELDS:
         raise PipelineError(f"config: key 'max_tokens_field': expected {' or '.join(TOKEN_LIMIT_FIELDS)}, got "
                             f"{params['max_tokens_field']!r}")
     if generate_remote(params) is not None and params.get("adapter"):
         raise PipelineError("config: key 'adapter': a remote model (backend: openai:URL:MODEL) takes no adapter")
+    check_generation_dtype(params)
     check_file(params, "prompts", pending)
 
 
@@ -206,7 +218,7 @@ def run_generate(params: dict, output_dir: Path, resume: bool) -> dict:
         seed=int(p.get("seed", 0)), backend=p.get("backend", "hf"), adapter=p.get("adapter"),
         progress=bool(p.get("progress", True)), api_key_env=p.get("api_key_env", "OPENAI_API_KEY"),
         max_concurrency=int(p.get("max_concurrency", 8)), max_tokens_field=p.get("max_tokens_field", "max_tokens"),
-        system_prompt=p.get("system_prompt"))
+        system_prompt=p.get("system_prompt"), dtype=p.get("dtype", "auto"))
     return {k: summary[k] for k in ("prompts", "prompts_generated", "prompts_skipped", "candidates_written",
                                     "completion_tokens", "tokens_per_s")}
 
