@@ -12,7 +12,7 @@ from posttrain.generation.openai_backend import SPEC_HELP, parse_openai_spec
 from posttrain.generation.types import BackendError, Generator
 from posttrain.generation.vllm_backend import VLLMGenerator, import_vllm
 from posttrain.models.builtin import cache_root
-from posttrain.models.policy import load_base, model_tokenizer, resolve_lineage
+from posttrain.models.policy import load_base, load_for_generation, model_tokenizer, resolve_lineage
 from posttrain.models.resolve import resolve_model_path
 
 # generation.hf, torch and posttrain.data (which imports torch) are imported in the functions that need them:
@@ -66,7 +66,7 @@ def load_generator(model_name: str, *, adapter: str | None = None, backend: str 
     from posttrain.generation.hf import HFGenerator
 
     tokenizer = model_tokenizer(model_name, cache_dir)
-    model, _, _ = load_base(model_name, adapter, cache_dir=cache_dir, dtype=dtype)
+    model = load_for_generation(model_name, adapter, cache_dir=cache_dir, dtype=dtype)
     import torch
 
     if torch.cuda.is_available():  # from_pretrained loads to CPU; generation belongs on the GPU when there is one

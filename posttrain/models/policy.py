@@ -86,6 +86,36 @@ def load_base(name: str, adapter: str | None, *, cache_dir=None, dtype="auto", t
     return model, base_name, adapters
 
 
+def is_plain_lora(adapter_dir: str) -> bool:
+    """A LoRA adapter whose update is the plain low-rank sum (not DoRA, whose update depends on the weight norm)."""
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    return cfg.get("peft_type") == "LORA" and not cfg.get("use_dora")
+
+
+def load_for_generation(name: str, adapter: str | None = None, *, cache_dir=None, dtype="auto"):
+    """The model to answer with: ``load_base``'s merged model, except in bfloat16 / float16 with LoRA adapters.
+    There the adapters stay unmerged, every one of the lineage active (their updates add up, as merged): a LoRA
+    update is mostly smaller than half a bfloat16 step of the weight it changes, so merging it into bfloat16 weights
+    rounds most of it away (the quickstart's DPO model: 45% of the changed weights back to the base's value, its
+    out-of-distribution gain +5.8 points instead of +11.6; unmerged, +10.5). PEFT keeps the adapter weights in
+    float32. Returns the transformers model (LoRA layers in place), in eval mode."""
+    import torch
+
+    base_name, adapters = resolve_lineage(name, adapter)
+    if (not adapters or torch_dtype(dtype) not in (torch.bfloat16, torch.float16)
+            or not all(is_plain_lora(a) for a in adapters)):
+        return load_base(name, adapter, cache_dir=cache_dir, dtype=dtype)[0].eval()
+    from peft import PeftModel
+
+    model = load_causal_lm(base_name, cache_dir=cache_dir, dtype=dtype)
+    names = [f"lineage_{i}" for i in range(len(adapters))]
+    peft = PeftModel.from_pretrained(model, adapters[0], adapter_name=names[0], is_trainable=False)
+    for adapter_name, path in zip(names[1:], adapters[1:]):
+        peft.load_adapter(path, adapter_name=adapter_name, is_trainable=False)
+    peft.base_model.set_adapter(names)
+    return peft.get_base_model().eval()
+
+
 def build_on_meta(name: str, *, cache_dir=None, dtype="auto", trust_remote_code=False, auto_class=None,
                   **config_kwargs):
     """``name``'s model built from its config on the meta device (parameters with shapes and dtypes, no storage),

@@ -100,3 +100,58 @@ def test_eval_at_bfloat16_records_it_and_pipeline_checks_the_key(tmp_path):
         STAGES["generate"].check({"prompts": str(suite), "dtype": "bfloat16", "backend": "openai:http://x/v1:m"},
                                  lambda path: False)
     check_eval({"suites": [str(suite)], "dtype": "bfloat16"}, lambda path: False)
+
+
+def _lora(folder, base_dir, seed: int) -> str:
+    """A LoRA adapter on tiny-random whose update is the size of a real fine-tune's: about 1% of the weights'
+    spread, below half a bfloat16 step of most of them."""
+    from peft import LoraConfig, get_peft_model
+
+    from posttrain.models.policy import load_base
+
+    model = load_base(base_dir, None, dtype="float32")[0]
+    torch.manual_seed(seed)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 3e-4)
+    peft.save_pretrained(folder)
+    return str(folder)
+
+
+def test_low_precision_keeps_lora_lineages_unmerged(tmp_path, tiny_model_dir):
+    """At bfloat16 the adapters of a lineage stay unmerged and all active, their weights float32, so the update
+    reaches the output whole; merged into bfloat16 weights most of it would round away (the measured cost on the
+    builtin model is in docs/PERFORMANCE.md). At float32 the model is merged as before."""
+    from peft.tuners.lora import LoraLayer
+
+    from posttrain.models.policy import load_base, load_for_generation
+
+    first, second = _lora(tmp_path / "a1", tiny_model_dir, 0), _lora(tmp_path / "a2", tiny_model_dir, 1)
+    merged32 = load_base(first, second, dtype="float32")[0].model.layers[0].self_attn.q_proj.weight
+    base32 = load_base(tiny_model_dir, None, dtype="float32")[0].model.layers[0].self_attn.q_proj.weight
+    delta = (merged32 - base32).detach()
+    assert delta.abs().max() > 0
+
+    model = load_for_generation(first, second, dtype="bfloat16")
+    layer = model.model.layers[0].self_attn.q_proj
+    assert isinstance(layer, LoraLayer) and sorted(layer.active_adapters) == ["lineage_0", "lineage_1"]
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    assert {layer.lora_A[n].weight.dtype for n in layer.active_adapters} == {torch.float32}
+    x = torch.randn(16, delta.shape[1])
+    with torch.no_grad():
+        branch = sum(layer.lora_B[n](layer.lora_A[n](x)) * layer.scaling[n] for n in layer.active_adapters)
+    reference = x @ delta.T
+    assert ((branch - reference).norm() / reference.norm()).item() < 1e-4
+
+    rounded = (load_base(first, second, dtype="bfloat16")[0].model.layers[0].self_attn.q_proj.weight.float()
+               - base32.to(torch.bfloat16).float())
+    assert ((rounded - delta).norm() / delta.norm()).item() > 0.3  # what merging at bfloat16 would have kept
+    generator, _ = load_generator(first, adapter=second, dtype="bfloat16")
+    assert isinstance(generator.model.model.layers[0].self_attn.q_proj, LoraLayer)
+    outs = generator.generate([[1, 5, 9, 200]], n=1, temperature=0.0, top_p=1.0, max_new_tokens=4, seed=0)
+    assert 1 <= outs[0][0].completion_tokens <= 4
+
+    plain = load_for_generation(first, second, dtype="float32")
+    assert not isinstance(plain.model.layers[0].self_attn.q_proj, LoraLayer)
+    assert torch.equal(plain.model.layers[0].self_attn.q_proj.weight, merged32)
