@@ -253,7 +253,8 @@ def merge(
     t: float = typer.Option(0.5, "--t", help="slerp: 0 = the first model, 1 = the second"),
     seed: int = typer.Option(0, "--seed", help="dare_ties: seeds the drop masks"),
     cache_dir: str = typer.Option(None, help="builtin model cache"),
-    dtype: str = typer.Option("float32", "--dtype", help="weights dtype of the export: float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("float32", "--dtype", help="weights dtype of the export: float32 | bfloat16 | float16 "
+                              "(bfloat16 rounds much of a LoRA update away: docs/PERFORMANCE.md)"),
 ) -> None:
     """Merge an adapter (and its lineage) into its base and write a plain Hugging Face folder; with --method,
     merge several models (model soup, task arithmetic, TIES, DARE, SLERP)."""
