@@ -71,7 +71,6 @@ def load_generator(model_name: str, *, adapter: str | None = None, backend: str 
 
     if torch.cuda.is_available():  # from_pretrained loads to CPU; generation belongs on the GPU when there is one
         model.to("cuda")
-    model.eval()
     return HFGenerator(model, tokenizer, batch_size=batch_size), tokenizer
 
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posttrain.generation.backends import BACKENDS, check_dtype
+from posttrain.generation.backends import BACKENDS
 from posttrain.generation.types import BackendError
 from posttrain.judges.specs import JudgeConfigError, parse_judge_spec
-from posttrain.pipeline.spec import (PipelineError, check_file, check_judge_entry, check_keys, check_types,
-                                     nothing_pending)
+from posttrain.pipeline.spec import (PipelineError, check_file, check_generation_dtype, check_judge_entry, check_keys,
+                                     check_types, nothing_pending)
 
 # posttrain.eval, posttrain.judges.run and posttrain.data import torch: the stage functions import them, so
 # `import posttrain.pipeline.eval_stages` stays free of torch.
@@ -66,10 +66,7 @@ def check_eval(params: dict, pending) -> None:
                                 f"{', '.join(BUILTIN_SUITES)})")
     if params.get("backend", "hf") not in BACKENDS:
         raise PipelineError(f"config: key 'backend': '{params['backend']}' is not one of {', '.join(BACKENDS)}")
-    try:
-        check_dtype(str(params.get("dtype", "auto")), str(params.get("backend", "hf")))
-    except BackendError as e:
-        raise PipelineError(f"config: key 'dtype': {e}") from None
+    check_generation_dtype(params)
     spec = params.get("judge")
     if isinstance(spec, str):
         try:

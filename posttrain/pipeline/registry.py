@@ -19,8 +19,8 @@ from typing import Any, Callable
 from posttrain.commands import TRAINING_COMMANDS, TrainingCommand
 from posttrain.commands import command as training_command
 from posttrain.generation.http_client import TOKEN_LIMIT_FIELDS
-from posttrain.pipeline.spec import (PipelineError, Pending, check_file, check_judge_entry, check_keys, check_model,
-                                     check_types, nothing_pending)
+from posttrain.pipeline.spec import (PipelineError, Pending, check_file, check_generation_dtype, check_judge_entry,
+                                     check_keys, check_model, check_types, nothing_pending)
 
 # Each stage imports its implementation when it runs or is checked (a measured start-up reason, as in cli.py):
 # `posttrain run` checks every stage's config before the first one runs, and importing every trainer, judge and
@@ -168,17 +168,6 @@ def generate_remote(params: dict) -> tuple[str, str] | None:
         return check_backend(params.get("backend", "hf"))
     except BackendError as e:
         raise PipelineError(f"config: key 'backend': {e}") from None
-
-
-def check_generation_dtype(params: dict) -> None:
-    """``dtype`` (the hf backend's weights dtype) is one the backend takes: a one-line PipelineError otherwise."""
-    from posttrain.generation.backends import check_dtype
-    from posttrain.generation.types import BackendError
-
-    try:
-        check_dtype(str(params.get("dtype", "auto")), str(params.get("backend", "hf")))
-    except BackendError as e:
-        raise PipelineError(f"config: key 'dtype': {e}") from None
 
 
 def check_generate(params: dict, pending: Pending) -> None:

@@ -85,6 +85,17 @@ def check_file(params: dict, key: str, pending: Pending) -> None:
         raise PipelineError(f"config: key '{key}': no such file {path}")
 
 
+def check_generation_dtype(params: dict) -> None:
+    """``dtype`` (the hf backend's weights dtype) is one the backend takes: a one-line PipelineError otherwise."""
+    from posttrain.generation.backends import check_dtype
+    from posttrain.generation.types import BackendError
+
+    try:
+        check_dtype(str(params.get("dtype", "auto")), str(params.get("backend", "hf")))
+    except BackendError as e:
+        raise PipelineError(f"config: key 'dtype': {e}") from None
+
+
 def check_judge_entry(spec: Any, where: str) -> None:
     """One judge config dict (as in the judge stage's ``judges`` list) without building the judge, which may load
     a model: its type, weight, and keys against the judge's constructor."""
