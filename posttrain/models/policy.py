@@ -3,6 +3,10 @@
 A trained folder written by posttrain carries ``posttrain.json``: the base model name and the adapters already
 merged into it (an SFT LoRA under a DPO LoRA, say). Passing such a folder as ``model.name`` rebuilds exactly the
 model it was trained on top of, so stages chain by folder: ``dpo.model.name = runs/sft/model``.
+
+In float32 the lineage is merged into the weights. In bfloat16 / float16 its LoRA adapters stay unmerged
+(``keeps_lineage_unmerged``), for generation and for a LoRA/DoRA stage training on top of it, because merged into
+half-precision weights a LoRA update mostly rounds away.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from posttrain.models.adapters import attach_adapter, is_peft, load_with_adapter, qlora_quantization_config
+from posttrain.models.adapters import (TRAINABLE_ADAPTER, attach_adapter, attach_lineage, is_peft, load_with_adapter,
+                                       qlora_quantization_config)
 from posttrain.models.resolve import ModelError, load_causal_lm, load_tokenizer, resolve_model_path, torch_dtype
 
 # torch and transformers are imported in the functions: `import posttrain.models` stays free of them.
@@ -92,28 +97,27 @@ def is_plain_lora(adapter_dir: str) -> bool:
     return cfg.get("peft_type") == "LORA" and not cfg.get("use_dora")
 
 
-def load_for_generation(name: str, adapter: str | None = None, *, cache_dir=None, dtype="auto"):
-    """The model to answer with: ``load_base``'s merged model, except in bfloat16 / float16 with LoRA adapters.
-    There the adapters stay unmerged, every one of the lineage active (their updates add up, as merged): a LoRA
-    update is mostly smaller than half a bfloat16 step of the weight it changes, so merging it into bfloat16 weights
-    rounds most of it away (the quickstart's DPO model: 45% of the changed weights back to the base's value, its
-    out-of-distribution gain +5.8 points instead of +11.6; unmerged, +10.5). PEFT keeps the adapter weights in
-    float32. Returns the transformers model (LoRA layers in place), in eval mode."""
+def keeps_lineage_unmerged(adapters: list[str], dtype: str) -> bool:
+    """Whether a lineage's adapters stay unmerged: in bfloat16 / float16, every one a plain LoRA. A LoRA update is
+    mostly smaller than half a bfloat16 step of the weight it changes, so merging it into bfloat16 weights rounds
+    most of it away (the quickstart's DPO model: 45% of the changed weights back to the base's value, its
+    out-of-distribution gain +5.8 points instead of +11.6; unmerged, +10.5). In float32 merging is exact enough and
+    costs nothing at run time, so it stays the rule there."""
     import torch
 
-    base_name, adapters = resolve_lineage(name, adapter)
-    if (not adapters or torch_dtype(dtype) not in (torch.bfloat16, torch.float16)
-            or not all(is_plain_lora(a) for a in adapters)):
-        return load_base(name, adapter, cache_dir=cache_dir, dtype=dtype)[0].eval()
-    from peft import PeftModel
+    return bool(adapters) and torch_dtype(dtype) in (torch.bfloat16, torch.float16) and all(
+        is_plain_lora(a) for a in adapters)
 
+
+def load_for_generation(name: str, adapter: str | None = None, *, cache_dir=None, dtype="auto"):
+    """The model to answer with: ``load_base``'s merged model, except where ``keeps_lineage_unmerged``: there the
+    adapters stay unmerged, every one of the lineage active (``attach_lineage``; PEFT keeps their weights in
+    float32). Returns the transformers model (LoRA layers in place), in eval mode."""
+    base_name, adapters = resolve_lineage(name, adapter)
+    if not keeps_lineage_unmerged(adapters, dtype):
+        return load_base(name, adapter, cache_dir=cache_dir, dtype=dtype)[0].eval()
     model = load_causal_lm(base_name, cache_dir=cache_dir, dtype=dtype)
-    names = [f"lineage_{i}" for i in range(len(adapters))]
-    peft = PeftModel.from_pretrained(model, adapters[0], adapter_name=names[0], is_trainable=False)
-    for adapter_name, path in zip(names[1:], adapters[1:]):
-        peft.load_adapter(path, adapter_name=adapter_name, is_trainable=False)
-    peft.base_model.set_adapter(names)
-    return peft.get_base_model().eval()
+    return attach_lineage(model, adapters).get_base_model().eval()
 
 
 def build_on_meta(name: str, *, cache_dir=None, dtype="auto", trust_remote_code=False, auto_class=None,
@@ -141,15 +145,29 @@ def model_tokenizer(name: str, cache_dir=None, trust_remote_code: bool = False):
 def load_policy(model_cfg, peft_cfg, *, seed: int, tokenizer=None, meta: bool = False):
     """(trainable model, tokenizer, lineage dict) for a training stage. Pass the ``tokenizer`` the stage already
     loaded to render its data, so it is not read twice. ``meta``: built on the meta device, weights (adapter
-    included) to come from the first process (``training/parallel.py::loads_on_meta``)."""
+    included) to come from the first process (``training/parallel.py::loads_on_meta``). A LoRA/DoRA stage on a
+    lineage in bfloat16 / float16 keeps the lineage's adapters frozen and active beside the new one
+    (``attach_lineage``): it trains on, and a preference loss references, the model the lineage is."""
     import torch
 
     quant = qlora_quantization_config() if peft_cfg.method == "qlora" else None
     if tokenizer is None:
         tokenizer = model_tokenizer(model_cfg.name, model_cfg.cache_dir, model_cfg.trust_remote_code)
-    model, base_name, merged = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
-                                         dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
-                                         quantization_config=quant, meta=meta)
+    base_name, merged = resolve_lineage(model_cfg.name, model_cfg.adapter)
+    if peft_cfg.method in ("lora", "dora") and keeps_lineage_unmerged(merged, model_cfg.dtype):
+        # a new adapter trained in bfloat16 on top of a lineage: the lineage stays unmerged beside it, so training
+        # starts from (and a preference loss references) the model the lineage really is, not its rounded merge
+        if meta:
+            model = build_on_meta(base_name, cache_dir=model_cfg.cache_dir, dtype=model_cfg.dtype,
+                                  trust_remote_code=model_cfg.trust_remote_code)
+        else:
+            model = load_causal_lm(base_name, cache_dir=model_cfg.cache_dir, dtype=model_cfg.dtype,
+                                   trust_remote_code=model_cfg.trust_remote_code)
+        model = attach_lineage(model, merged, read_weights=not meta)
+    else:
+        model, base_name, merged = load_base(model_cfg.name, model_cfg.adapter, cache_dir=model_cfg.cache_dir,
+                                             dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code,
+                                             quantization_config=quant, meta=meta)
     model.config.use_cache = False
     if peft_cfg.method != "none":
         torch.manual_seed(seed)  # adapter init is random: seed it so runs reproduce
@@ -167,10 +185,12 @@ def save_trained(model, tokenizer, out_dir: str | Path, lineage: dict, state_dic
     then the same as an unsharded run writes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # a PEFT model saves only the adapter it trained: a lineage kept unmerged beside it is in the lineage file
+    only = {"selected_adapters": [TRAINABLE_ADAPTER]} if is_peft(model) else {}
     if state_dict is not None:
-        model.save_pretrained(str(out), state_dict=state_dict)
+        model.save_pretrained(str(out), state_dict=state_dict, **only)
     else:
-        model.save_pretrained(str(out))
+        model.save_pretrained(str(out), **only)
     tokenizer.save_pretrained(str(out))
     if is_peft(model):
         (out / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """The reference model of preference losses: the frozen starting checkpoint.
 
-With a LoRA/DoRA policy the reference is the same network with its adapter disabled (no second copy in memory);
+With a LoRA/DoRA policy the reference is the same network with its adapter disabled (no second copy in memory;
+where the policy keeps its lineage's adapters unmerged beside the trained one, in bfloat16, only the trained one);
 with full fine-tuning it is a frozen copy; reference-free losses (SimPO, ORPO) get none at all. A *pinned*
 reference (``loss.reference_model``) is a frozen copy of another model, loaded from its own name: iterated DPO
 keeps the SFT model as the reference of every round while each round starts from the previous round's model.
@@ -16,7 +17,7 @@ import contextlib
 import copy
 from pathlib import Path
 
-from posttrain.models.adapters import is_peft
+from posttrain.models.adapters import TRAINABLE_ADAPTER, is_peft, lineage_adapters, without_trained_adapter
 from posttrain.models.policy import load_base, model_tokenizer
 
 
@@ -36,7 +37,9 @@ def reference_weights(policy, frozen):
     """(name, tensor) of the reference's weights: the frozen copy's, or the policy's minus its adapter."""
     if frozen is not None:
         return list(frozen.state_dict().items())
-    return [(k, v) for k, v in policy.state_dict().items() if "lora_" not in k and "modules_to_save" not in k]
+    trained = f".{TRAINABLE_ADAPTER}."  # a lineage kept unmerged (lineage_* adapters) is part of the reference
+    return [(k, v) for k, v in policy.state_dict().items()
+            if not ("lora_" in k and trained in k) and "modules_to_save" not in k]
 
 
 def build_reference(policy, mode: str, needs_reference: bool):
@@ -94,6 +97,10 @@ def reference_model(policy, frozen):
         yield frozen
         if hasattr(frozen, "reshard"):  # sharded (FSDP2): the root's weights stay gathered after a forward (the
             frozen.reshard()  # output head is applied outside it); a frozen module has no backward to free them
+        return
+    if lineage_adapters(policy):  # the lineage kept unmerged is the starting model: only the trained adapter goes
+        with without_trained_adapter(policy):
+            yield policy
         return
     with policy.disable_adapter():
         yield policy

@@ -2,7 +2,8 @@
 (deselected in the default run) and skips without CUDA; each appends one row (check, result, numbers) to the
 JSON-lines file in $POSTTRAIN_GPU_CHECK_OUT, which the script prints as one table.
 
-Rows: bf16 vs fp32 loss parity for SFT and DPO (tiny-random, same data and seed), QLoRA DPO steps (bitsandbytes),
+Rows: bf16 vs fp32 loss parity for SFT and DPO (tiny-random, same data and seed), DPO from an SFT lineage in bf16
+(the lineage kept unmerged: first loss log 2), QLoRA DPO steps (bitsandbytes),
 packed (SDPA varlen through position_ids) vs padded log-probs, FSDP2 under torchrun on the visible GPUs (1 GPU:
 skipped, needs 2), DeepSpeed ZeRO-2 and ZeRO-3 launched with the shipped accelerate configs (1 or 2 GPUs) against
 one DDP process, DPO and SFT tokens/s and MFU against TRL on SmolLM2-135M and on a ~1.1B Llama with random weights
@@ -53,6 +54,26 @@ def test_bf16_loss_matches_fp32(tmp_path, command):
     worst = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(runs["fp32"], runs["bf16"]))
     record(f"{command} bf16 vs fp32 loss", worst < 2e-2, max_rel_diff=round(worst, 5), steps=len(runs["bf16"]))
     assert worst < 2e-2
+
+
+def test_dpo_on_an_sft_lineage_in_bf16(tmp_path):
+    """``model.dtype: auto`` is bfloat16 here: DPO from an SFT folder keeps the SFT adapter unmerged beside its own
+    (models/policy.py::load_policy), so its first step sees policy == reference == the SFT model (loss log 2) and
+    the saved folder holds the DPO adapter alone."""
+    from safetensors.torch import load_file
+
+    from posttrain.trainers.preference import train_preference
+    from posttrain.trainers.sft import train_sft
+
+    train_sft(tiny_config("sft", write_jsonl(tmp_path / "s.jsonl", sft_rows(16)), tmp_path / "sft"))
+    train_preference(tiny_config("dpo", write_jsonl(tmp_path / "d.jsonl", pair_rows(16)), tmp_path / "dpo",
+                                 f"model.name={tmp_path / 'sft' / 'model'}", "optim.lr=1e-3"))
+    got = losses(tmp_path / "dpo")
+    keys = load_file(tmp_path / "dpo" / "model" / "adapter_model.safetensors").keys()
+    ok = abs(got[0] - math.log(2)) < 1e-6 and not any("lineage" in k for k in keys)
+    record("DPO on an SFT lineage in bf16 (lineage unmerged)", ok, first_loss=round(got[0], 6),
+           last_loss=round(got[-1], 5))
+    assert ok
 
 
 def test_qlora_dpo_steps(tmp_path):

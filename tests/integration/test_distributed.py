@@ -224,6 +224,35 @@ def test_fsdp2_two_processes_hold_half_and_match_one_process(tmp_path, command, 
 
 
 @pytest.mark.distributed
+def test_fsdp2_dpo_on_a_bfloat16_lineage_matches_one_process(tmp_path, tiny_model_dir):
+    """DPO in bfloat16 from an SFT adapter lineage (kept unmerged beside the trained adapter) under fsdp2: the
+    second process builds policy and lineage on the meta device and receives both; the first step sees policy ==
+    reference (loss log 2: the reference is the lineage, on every process), the losses follow one process's, and
+    the saved folder holds the DPO adapter alone, as one process's does."""
+    import math
+
+    from safetensors.torch import load_file
+
+    from .test_lineage_precision import _sft_lineage
+
+    sft = _sft_lineage(tmp_path / "sft", tiny_model_dir, 0.05)
+    data = write_jsonl(tmp_path / "data.jsonl", pair_rows(16))
+    args = [f"data.train={data}", f"model.name={sft}", "model.dtype=bfloat16", "peft.method=lora",
+            "optim.batch_size=8", "optim.micro_batch_size=2", "optim.max_steps=3", "optim.lr=1e-3",
+            "data.max_length=64", "data.shuffle=false"]
+    ranks, one = sharded_and_single(tmp_path, "dpo", args, 29547)
+    assert [r["sharded"] for r in ranks] == [True, True] and [r["on_meta"] for r in ranks] == [False, True]
+    steps = [[r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r.get("split") != "eval"]
+             for run in ("two", "one")]
+    assert steps[0][0]["loss"] == pytest.approx(math.log(2), abs=1e-6) == steps[1][0]["loss"]
+    assert steps[0][-1]["loss"] != steps[0][0]["loss"]
+    for a, b in zip(*steps):  # bfloat16: gradients summed in another order
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)
+    saved = [load_file(tmp_path / run / "model" / "adapter_model.safetensors") for run in ("two", "one")]
+    assert saved[0].keys() == saved[1].keys() and not any("lineage" in k for k in saved[0])
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("strategy,port", [("fsdp2", 29542),
                                            pytest.param("zero3", 29565, marks=pytest.mark.slow)])
 def test_sharded_reward_model_matches_one_process(tmp_path, strategy, port):
