@@ -129,3 +129,24 @@ def test_dpo_in_bfloat16_from_an_sft_lineage(tmp_path):
     assert sorted(model.model.layers[0].self_attn.q_proj.active_adapters) == ["lineage_0", "lineage_1"]
     assert load_for_generation(str(out / "model"), dtype="float32").model.layers[0].self_attn.q_proj.weight.dtype \
         == torch.float32
+
+
+def test_grpo_in_bfloat16_from_an_sft_lineage_references_the_lineage(tmp_path, tiny_model_dir):
+    """The online trainers load their policy the same way: GRPO at bfloat16 from an SFT folder measures its KL
+    against the SFT lineage (zero before the first update; against the base it would not be), and saves its own
+    adapter only."""
+    from safetensors.torch import load_file
+
+    from posttrain.trainers.grpo import train_grpo
+    from posttrain.training.metrics import read_metrics
+
+    from .test_rl import rl_config
+
+    sft = _sft_lineage(tmp_path / "sft", tiny_model_dir, 0.05)
+    train_grpo(rl_config("grpo", tmp_path, f"model.name={sft}", "model.dtype=bfloat16", "optim.batch_size=2",
+                         "optim.micro_batch_size=8", "optim.max_steps=2", "grpo.num_generations=4",
+                         "grpo.beta=0.04", "data.eval=null"))
+    rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert rows[0]["kl"] == 0.0 and rows[1]["kl"] > 0.0, [r["kl"] for r in rows]
+    saved = load_file(tmp_path / "out" / "model" / "adapter_model.safetensors")
+    assert saved and not any("lineage" in k for k in saved)
