@@ -102,19 +102,20 @@ def test_eval_at_bfloat16_records_it_and_pipeline_checks_the_key(tmp_path):
     check_eval({"suites": [str(suite)], "dtype": "bfloat16"}, lambda path: False)
 
 
-def _lora(folder, base_dir, seed: int) -> str:
-    """A LoRA adapter on tiny-random whose update is the size of a real fine-tune's: about 1% of the weights'
-    spread, below half a bfloat16 step of most of them."""
+def _lora(folder, base_dir, seed: int, spread: float = 3e-4, dropout: float = 0.0) -> str:
+    """A LoRA adapter on tiny-random whose update is the size of a real fine-tune's (``spread`` 3e-4: about 1% of
+    the weights' spread, below half a bfloat16 step of most of them); ``spread``: std of lora_B."""
     from peft import LoraConfig, get_peft_model
 
     from posttrain.models.policy import load_base
 
     model = load_base(base_dir, None, dtype="float32")[0]
     torch.manual_seed(seed)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                            target_modules=["q_proj", "v_proj", "down_proj"]))
     for name, p in peft.named_parameters():
         if "lora_B" in name:
-            p.data.normal_(0, 3e-4)
+            p.data.normal_(0, spread)
     peft.save_pretrained(folder)
     return str(folder)
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from .helpers import pair_rows, sft_rows, tiny_config, write_jsonl
+from .test_generation_dtype import _lora
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 IDS = torch.tensor([[1, 5, 9, 20, 33, 7, 12, 40]])
@@ -21,18 +22,9 @@ IDS = torch.tensor([[1, 5, 9, 20, 33, 7, 12, 40]])
 
 def _sft_lineage(folder, base_dir, spread: float) -> str:
     """An SFT output as posttrain writes one (adapter + lineage file) on tiny-random; ``spread``: std of lora_B."""
-    from peft import LoraConfig, get_peft_model
+    from posttrain.models.policy import LINEAGE_FILE
 
-    from posttrain.models.policy import LINEAGE_FILE, load_base
-
-    model = load_base(base_dir, None, dtype="float32")[0]
-    torch.manual_seed(0)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5,
-                                            target_modules=["q_proj", "v_proj", "down_proj"]))
-    for name, p in peft.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, spread)
-    peft.save_pretrained(folder)
+    _lora(folder, base_dir, 0, spread=spread, dropout=0.5)
     (folder / LINEAGE_FILE).write_text(json.dumps({"base": str(base_dir), "merged_adapters": [], "adapter": True}))
     return str(folder)
 
