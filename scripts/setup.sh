@@ -50,4 +50,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
       || echo "setup: could not install postgresql (the PostgreSQL store tests will be skipped)"
   fi
 fi
+# CPU training runs about 1.3x faster with tcmalloc than with glibc's malloc (bench/allocator.py): the posttrain
+# command preloads it where it is installed (posttrain/allocator.py). Non-fatal: without it, the system's malloc.
+if ! "$VPY" -c 'import sys; from posttrain.allocator import find_library; sys.exit(find_library("tcmalloc") is None)'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing tcmalloc (libtcmalloc-minimal4): faster CPU training"
+    { apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; } \
+      || echo "setup: could not install tcmalloc (posttrain runs with the system's malloc)"
+  fi
+fi
 echo "setup: done ($("$VPY" -c 'import posttrain, torch, transformers; print("posttrain", posttrain.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -35,7 +35,11 @@ def content_hash(path: str | os.PathLike) -> str | None:
 
 
 def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+    """Versions of python and the packages a run's numbers depend on, and the memory allocator the process runs
+    with (``allocator.allocator_label``: tcmalloc where the command found it, else the system's)."""
+    from posttrain.allocator import allocator_label
+
+    out = {"python": platform.python_version(), "allocator": allocator_label()}
     for name in _VERSIONED:
         try:
             out[name] = importlib.metadata.version(name)
