@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from posttrain.allocator import ENV, AllocatorError, choose, find_library, loaded_allocator, preload
+from posttrain.allocator import ENV, AllocatorError, choose, loaded_allocator, preload
 
 
 @pytest.fixture
@@ -96,7 +96,14 @@ def test_preload_leaves_the_process_alone(libdir, tmp_path):
     with pytest.raises(AllocatorError):
         _preload({ENV: "bogus"}, libdir, tmp_path)
 
-    def failing(*_):
+    tried = []
+
+    def failing(*args):
+        tried.append(args)
         raise OSError("exec format error")
 
-    preload(["posttrain"], environ={}, execve=failing, dirs=[str(libdir)], maps=str(tmp_path / "maps"))  # returns
+    env = {"PATH": "/bin"}
+    # An exec that fails: tried once, then the command goes on as it was (no exception, environment untouched)
+    assert preload(["posttrain"], environ=env, execve=failing, dirs=[str(libdir)],
+                   maps=str(tmp_path / "maps")) is None
+    assert len(tried) == 1 and env == {"PATH": "/bin"}
