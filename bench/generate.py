@@ -3,6 +3,8 @@
     nice -n 19 .venv/bin/python bench/generate.py --model smollm2-135m-instruct --prompts 8 --n 4 --batch 16
     nice -n 19 .venv/bin/python bench/generate.py --prompts-file examples/data/prompts_train.jsonl --prompts 64 \
         --n 4 --batch 64 --max-new-tokens 48 --temperature 1.0 --top-p 1.0 --repeats 1   # the quickstart's workload
+    nice -n 19 .venv/bin/python bench/generate.py --prompts-file posttrain/resources/eval/constraints_ood.jsonl \
+        --prompts 64 --n 1 --batch 64 --max-new-tokens 256 --temperature 0 --repeats 1   # its eval (greedy)
 
 Rows:
 * plain model.generate: left-padded batches of ``--batch`` rows in the given order, ``do_sample=True`` with the
@@ -11,6 +13,8 @@ Rows:
   sorted by length).
 * posttrain decode=loop (default): our decode loop, finished rows leave the batch, a repeated prompt and the
   prompts' common prefix (the chat template's system prompt) are prefilled once.
+* posttrain decode=loop, DynamicCache: the same loop with transformers' ``DynamicCache`` (one ``torch.cat`` of the
+  whole cache per step) instead of ``kv_cache.preallocated_cache``; the script checks both give the same tokens.
 * with ``--bf16``, also posttrain decode=loop on a bfloat16 copy of the weights (``load_trained(dtype=
   "bfloat16")``): the lower-precision lever on a CPU with AMX / AVX512-BF16. It samples other tokens than the
   float32 rows (the logits differ), so its token count differs too; compare new tokens/s.
@@ -49,6 +53,9 @@ def main() -> None:
     common.set_threads(a.threads)
     import torch
 
+    from transformers import DynamicCache
+
+    import posttrain.generation.hf as hf
     from posttrain.generation.hf import HFGenerator
     from posttrain.models.policy import load_trained
 
@@ -76,23 +83,34 @@ def main() -> None:
             ids = torch.tensor([[pad] * (w - len(c)) + c for c in chunk])
             mask = torch.tensor([[0] * (w - len(c)) + [1] * len(c) for c in chunk])
             with torch.inference_mode():
-                out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=a.temperature,
-                                     top_p=a.top_p, max_new_tokens=a.max_new_tokens, pad_token_id=pad,
-                                     eos_token_id=tok.eos_token_id)
+                sampling = (dict(do_sample=True, temperature=a.temperature, top_p=a.top_p) if a.temperature > 0
+                            else dict(do_sample=False))
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=a.max_new_tokens,
+                                     pad_token_id=pad, eos_token_id=tok.eos_token_id, **sampling)
             for row in out[:, w:].tolist():
                 new += (row.index(tok.eos_token_id) + 1) if tok.eos_token_id in row else len(row)
         return new
 
-    def ours(decode, weights=model):
+    tokens: dict[str, list] = {}
+
+    def ours(decode, weights=model, dynamic_cache=False):
         def run():
             gen = HFGenerator(weights, tok, batch_size=a.batch, decode=decode)
-            outs = gen.generate(prompt_ids, n=a.n, temperature=a.temperature, top_p=a.top_p,
-                                max_new_tokens=a.max_new_tokens, seed=0)
+            real = hf.preallocated_cache
+            if dynamic_cache:
+                hf.preallocated_cache = lambda config, capacity: DynamicCache(config=config)
+            try:
+                outs = gen.generate(prompt_ids, n=a.n, temperature=a.temperature, top_p=a.top_p,
+                                    max_new_tokens=a.max_new_tokens, seed=0)
+            finally:
+                hf.preallocated_cache = real
+            tokens["dynamic" if dynamic_cache else decode] = [o.token_ids for c in outs for o in c]
             return sum(o.completion_tokens for c in outs for o in c)
         return run
 
     runs = {"plain model.generate": plain, "posttrain decode=generate": ours("generate"),
-            "posttrain decode=loop": ours("loop")}
+            "posttrain decode=loop": ours("loop"),
+            "posttrain decode=loop, DynamicCache": ours("loop", dynamic_cache=True)}
     if a.bf16:
         runs["posttrain decode=loop, bfloat16 weights"] = ours("loop", load_trained(a.model, dtype="bfloat16")[0])
         runs["posttrain decode=loop, bfloat16 weights"]()  # warm-up (oneDNN's bfloat16 kernels)
@@ -115,6 +133,10 @@ def main() -> None:
                        f"batch {a.batch}, max_new_tokens {a.max_new_tokens}, T={a.temperature}, top_p={a.top_p}, "
                        f"{a.threads} threads, best of {a.repeats}\nmachine: {common.machine()}",
                        rows, ["run", "seconds", "candidates/s", "new tokens", "new tokens/s", "x plain"]))
+    same = sum(x == y for x, y in zip(tokens["loop"], tokens["dynamic"]))
+    loop, dyn = best["posttrain decode=loop"], best["posttrain decode=loop, DynamicCache"]
+    print(f"preallocated / DynamicCache (decode=loop): {dyn[0] / loop[0]:.2f}x; same tokens in {same} of "
+          f"{len(tokens['loop'])} candidates")
     if a.bf16:
         fp32, bf16 = best["posttrain decode=loop"], best["posttrain decode=loop, bfloat16 weights"]
         print(f"bfloat16 / float32 new tokens/s (decode=loop): {(bf16[1] / bf16[0]) / (fp32[1] / fp32[0]):.2f}x")
