@@ -27,7 +27,7 @@ expanded to every row. Each row's output
 is the same as with ``decode="generate"`` (the same per-row noise; logits equal up to float rounding of the
 smaller batch). The KV cache is ``kv_cache.preallocated_cache``: transformers' dynamic cache with each layer's
 keys and values in a buffer sized for the batch, written in place each step instead of concatenated (the same
-tokens, about 1.13x as fast). Measured on CPU (bench/generate.py, docs/PERFORMANCE.md): transformers' static
+tokens, 1.08-1.15x as fast). Measured on CPU (bench/generate.py, docs/PERFORMANCE.md): transformers' static
 cache, with or without ``torch.compile``, was not faster than the dynamic cache on CPU for these model sizes
 (it attends over the whole reserved length), so it is not used.
 """

@@ -1,13 +1,15 @@
 """A KV cache for our decode loop that writes each step in place.
 
 transformers' ``DynamicLayer`` grows by ``torch.cat``: every decoding step copies the layer's whole cache to append
-one position, so at batch 64 and a few hundred tokens of context the copies cost about as much as the attention
-itself. ``PreallocatedLayer`` keeps the keys and values in one buffer per layer, sized for the batch's longest prompt
-plus its token budget, and hands attention views of the filled part (``keys`` / ``values``, as ``DynamicLayer``
-does). A step writes its new position into the buffer; dropping finished rows (``reorder_cache``) copies only the
-filled positions of the rows kept, into the same buffer. The values attention sees are the same, in the same
-order, so the answers are the same tokens as with ``DynamicCache`` (tests/unit/test_kv_cache.py); measured on the
-quickstart's eval (bench/generate.py, docs/PERFORMANCE.md) it decodes about 1.13x as fast on CPU.
+one position, so the copying grows with batch and context (at batch 64 and a few hundred tokens, about an eighth
+of a decoding step here). ``PreallocatedLayer`` keeps the keys and values in one buffer per layer, sized for the
+batch's longest prompt plus its token budget, and hands attention views of the filled part (``keys`` /
+``values``, as ``DynamicLayer`` does). A step writes its new position into the buffer; dropping finished rows
+(``reorder_cache``) copies only the filled positions of the rows kept, into the same buffer. The values attention
+sees are the same, in the same order, so the answers are the same tokens as with ``DynamicCache``
+(tests/unit/generation/test_kv_cache.py). Measured on CPU (docs/PERFORMANCE.md): 1.15x on the quickstart eval's
+out-of-distribution workload (bench/generate.py, batch 64, 256 new tokens), 1.08x over the whole quickstart eval
+at batch 64.
 
 Only plain full-attention layers are replaced; sliding-window and other layer kinds keep transformers' own class.
 """
