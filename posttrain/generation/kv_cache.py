@@ -41,7 +41,7 @@ class PreallocatedLayer(DynamicLayer):
         _, heads, _, dim = like.shape
         k = like.new_empty(rows, heads, positions, dim)
         v = like.new_empty(rows, heads, positions, dim)
-        if self._len and self._kbuf is not None:
+        if self._len:  # a filled part implies the old buffers
             k[: self._rows, :, : self._len] = self.keys
             v[: self._rows, :, : self._len] = self.values
         self._kbuf, self._vbuf = k, v
@@ -84,8 +84,7 @@ class PreallocatedLayer(DynamicLayer):
         self._vbuf[:rows, :, : self._len] = values
         self._views()
 
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.reorder_cache(indices)
+    batch_select_indices = reorder_cache  # transformers' name for keeping a subset of rows
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.get_seq_length() > 0:

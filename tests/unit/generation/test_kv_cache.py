@@ -32,7 +32,8 @@ def test_every_operation_matches_dynamic_layer():
         ("update", _kv(4, 1, 4)),
         ("crop", -2),
         ("update", _kv(4, 6, 5)),                      # past the reserved 12 positions: the buffer grows
-        ("reorder", torch.tensor([3])),
+        ("select", torch.tensor([0, 3])),              # transformers' batch_select_indices: keep rows 0 and 3
+        ("reorder", torch.tensor([1])),
         ("update", _kv(1, 1, 6)),
     ]
     for op, arg in steps:
@@ -41,6 +42,8 @@ def test_every_operation_matches_dynamic_layer():
                 out = layer.update(*arg)
             elif op == "reorder":
                 layer.reorder_cache(arg)
+            elif op == "select":
+                layer.batch_select_indices(arg)
             elif op == "repeat":
                 layer.batch_repeat_interleave(arg)
             else:

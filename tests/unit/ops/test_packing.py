@@ -128,6 +128,50 @@ def test_prefix_tree_rows_split_at_the_budget_and_keep_units_together():
         prefix_tree(seqs, masks, units=[[0, 1], [1, 2, 3]])
 
 
+def test_prefix_tree_rows_are_evened_out():
+    """Units of 4, 4, 4, 4 and 2 nodes (nothing shared) at a budget of 12: filling each row up to the budget
+    gives rows of 12 and 6 nodes, padded to 2 x 12; the same two rows evened out hold 8 and 10 (2 x 10)."""
+    from posttrain.ops.packing import _fill_rows, prefix_tree
+
+    seqs = [[10 * u + i for i in range(1, n + 1)] for u, n in enumerate((4, 4, 4, 4, 2))]
+    masks = [[0] + [1] * (len(s) - 1) for s in seqs]
+    assert _fill_rows(seqs, [[u] for u in range(5)], 12) == ([[0, 1, 2], [3, 4]], [12, 6])
+    t = prefix_tree(seqs, masks, max_row_tokens=12)
+    assert t["input_ids"].tolist() == [[1, 2, 3, 4, 11, 12, 13, 14, 0, 0],
+                                       [21, 22, 23, 24, 31, 32, 33, 34, 41, 42]]
+    assert t["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 0, 0], [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]]
+    assert t["num_nodes"] == 18
+    # targets still point at the node that predicts them: sequence 4's "42" is predicted by row 1's node 8 ("41")
+    assert list(zip(t["pred_index"].tolist(), t["labels"].tolist(), t["target_seq"].tolist()))[-1] == (18, 42, 4)
+    assert t["last_index"].tolist() == [3, 7, 13, 17, 19]
+
+
+def test_evened_rows_are_never_more_nor_wider_than_the_greedy_fill():
+    """Random DPO-like micro-batches (a shared system prompt, pairs sharing their prompt) at several budgets."""
+    import random
+
+    from posttrain.ops.packing import _balanced_rows, _fill_rows, prefix_tree
+
+    rng = random.Random(0)
+    evened = 0
+    for trial in range(60):
+        system = [rng.randint(1, 50) for _ in range(rng.randint(0, 12))]
+        seqs, units = [], []
+        for p in range(rng.randint(2, 12)):
+            prompt = system + [rng.randint(51, 500) for _ in range(rng.randint(1, 30))]
+            units.append([len(seqs), len(seqs) + 1])
+            seqs += [prompt + [rng.randint(501, 900) for _ in range(rng.randint(1, 40))] for _ in range(2)]
+        budget = rng.choice([60, 100, 150, 250])
+        greedy, sizes = _fill_rows(seqs, units, budget)
+        rows = _balanced_rows(seqs, units, budget)
+        assert [u for r in rows for u in r] == list(range(len(units)))  # every unit once, in order
+        assert len(rows) == len(greedy)
+        t = prefix_tree(seqs, [[1] * len(s) for s in seqs], units=units, max_row_tokens=budget)
+        assert t["input_ids"].shape == (len(greedy), t["input_ids"].shape[1]) and t["input_ids"].shape[1] <= max(sizes)
+        evened += t["input_ids"].shape[1] < max(sizes)
+    assert evened >= 10  # and it often narrows them (13 of the 60 batches here, 55 of which take several rows)
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("split", [True, False])
 @pytest.mark.parametrize("row_tokens", [None, 24])
