@@ -46,6 +46,9 @@ def eval_command(
     backend: str = typer.Option("hf", "--backend", help="hf | vllm"),
     dtype: str = typer.Option("auto", "--dtype", help="hf backend: weights dtype of every local model, auto | "
                               "float32 | bfloat16 | float16 (auto: bfloat16 on a GPU that has it, else float32)"),
+    answer_cache: Path = typer.Option(None, "--answer-cache", help="a SQLite file: answers of the same weights, "
+                                      "prompts, settings and machine are reused from it, new ones kept in it "
+                                      "(a pipeline's eval stages share <run_dir>/eval_answers.sqlite)"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="openai:URL:MODEL models: the "
                                     "environment variable holding the API key (sent as a Bearer token when set)"),
 ) -> None:
@@ -69,7 +72,7 @@ def eval_command(
                            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, judge=pairwise,
                            output_dir=output, adapter=adapter, backend=backend, trained_on=trained_on or None,
                            trained_kinds=kinds, ifeval_unsupported=ifeval_unsupported, rubric=rubric_judge_,
-                           api_key_env=api_key_env, dtype=dtype)
+                           api_key_env=api_key_env, dtype=dtype, answer_cache=answer_cache)
     except (DataError, DataErrors, ModelError, BackendError, JudgeConfigError, ValueError) as e:
         fail(e)
     # Per-kind and per-suite keys are many; the terminal shows the headline ones, metrics.json has all. A paired

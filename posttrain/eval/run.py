@@ -11,6 +11,7 @@ settings, package versions, metrics, status; ``posttrain gate`` adds its verdict
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from posttrain.data.render import render_prompt
 from posttrain.data.runfolder import content_hash, package_versions
 from posttrain.data.schema import DataError, PromptExample
 from posttrain.data.writers import atomic_write_json, atomic_write_jsonl
+from posttrain.eval.answer_reuse import AnswerStore, answers_key
 from posttrain.eval.coverage import trained_kinds as read_trained_kinds
 from posttrain.eval.drift import paired_length, relative_metrics
 from posttrain.eval.scoring import score_suite
@@ -58,11 +60,14 @@ def _remote_responses(remote: tuple[str, str], label: str, rows: list[EvalRow], 
 
 def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int | list[int], batch_size: int,
                        seed: int, adapter: str | None = None, backend: str = "hf",
-                       api_key_env: str = "OPENAI_API_KEY", dtype: str = "auto") -> list[tuple[str, int, str]]:
+                       api_key_env: str = "OPENAI_API_KEY", dtype: str = "auto", store: AnswerStore | None = None,
+                       sources: dict[str, str] | None = None, role: str = "model") -> list[tuple[str, int, str]]:
     """Greedy ``(text, completion_tokens, finish_reason)`` for each row's prompt, in row order. ``dtype``: the hf
     backend's weights dtype (a remote model is answered as it is served).
     ``max_new_tokens``: one budget for all rows, or one per row (rows are batched with rows of the same budget).
-    ``model`` may be ``openai:URL:MODEL``: the endpoint answers (``backend`` and ``batch_size`` do not apply)."""
+    ``model`` may be ``openai:URL:MODEL``: the endpoint answers (``backend`` and ``batch_size`` do not apply).
+    ``store``: answers of the same weights, prompts, settings and machine are taken from it, and new ones put in
+    it (``eval/answer_reuse.py``; hf backend only). ``sources[role]`` is set to ``reused`` or ``generated``."""
     budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     remote = remote_model(model)
     if remote is not None:
@@ -70,6 +75,16 @@ def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int |
     generator, tokenizer = load_generator(model, adapter=adapter, backend=backend, batch_size=batch_size, seed=seed,
                                           dtype=dtype)
     prompt_ids = [render_prompt(PromptExample(r.prompt, r.source, r.row), tokenizer) for r in rows]
+    key = None
+    if store is not None and backend == "hf":
+        key = answers_key(generator.model, prompt_ids, budgets, batch_size=batch_size, seed=seed)
+        kept = store.get(key)
+        if kept is not None and len(kept) == len(rows):
+            print(f"posttrain eval: {model_label(model, adapter)}: {len(kept)} answers reused from {store.path} "
+                  "(same weights, prompts, settings and machine)", file=sys.stderr, flush=True)
+            if sources is not None:
+                sources[role] = "reused"
+            return kept
     # Per budget, longest prompts first, in chunks of one batch each, so the bar moves per batch and padding
     # stays low.
     outs: list = [None] * len(rows)
@@ -85,7 +100,12 @@ def generate_responses(model: str, rows: list[EvalRow], *, max_new_tokens: int |
                     outs[i] = o[0]
                 bar.update(len(chunk))
     del generator  # free the model before the next one loads
-    return [(o.text, o.completion_tokens, o.finish_reason) for o in outs]
+    answers = [(o.text, o.completion_tokens, o.finish_reason) for o in outs]
+    if key is not None:
+        store.put(key, answers, {"model": model_label(model, adapter), "rows": len(rows)})
+    if sources is not None:
+        sources[role] = "generated"
+    return answers
 
 
 def _score(rows: list[EvalRow], gens: list[tuple[str, int, str]], label: str, role: str,
@@ -233,7 +253,8 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
              judge: PairwiseJudge | ScoringJudge | None = None, output_dir: str | Path, adapter: str | None = None,
              baseline_adapter: str | None = None, backend: str = "hf", trained_on: list[str] | None = None,
              trained_kinds: list[str] | None = None, ifeval_unsupported: str = "error",
-             rubric: Any = None, api_key_env: str = "OPENAI_API_KEY", dtype: str = "auto") -> dict[str, float]:
+             rubric: Any = None, api_key_env: str = "OPENAI_API_KEY", dtype: str = "auto",
+             answer_cache: str | Path | None = None) -> dict[str, float]:
     """Evaluate ``model`` (and ``baseline``, and ``base``: the model the recipe started from) on ``suites``
     (builtin names or paths, optionally ``@N`` for a suite's budget) and write the output folder. Every suite is
     read and validated before any model loads. Returns the metrics written to metrics.json.
@@ -247,7 +268,9 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
     per-rule pass rates). Any of the three models may be ``openai:URL:MODEL`` (an OpenAI-compatible endpoint,
     its key in ``$api_key_env``): e.g. a candidate against the model being served. ``dtype``: the weights dtype of
     every local model (``generation.backends.GENERATION_DTYPES``; auto is float32 on a CPU): the same for all three,
-    so that their answers differ by the model only."""
+    so that their answers differ by the model only. ``answer_cache``: a SQLite file of answers to reuse and keep
+    (``eval/answer_reuse.py``: only answers of the same weights, prompts, settings and machine are reused); the
+    manifest says which model's answers were reused."""
     started = time.time()
     check_dtype(dtype, backend)
     rows, budgets, suite_inputs = load_suites(suites, max_new_tokens, ifeval_unsupported)
@@ -259,10 +282,12 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
             raise ValueError(f"{name} {which}: a remote model (openai:URL:MODEL) takes no adapter")
     trained = (read_trained_kinds(trained_on or [], trained_kinds or [])
                if trained_on is not None or trained_kinds is not None else None)
+    store = AnswerStore(answer_cache) if answer_cache is not None else None
+    sources: dict[str, str] = {}
     settings = dict(max_new_tokens=budgets, batch_size=batch_size, seed=seed, backend=backend,
-                    api_key_env=api_key_env, dtype=dtype)
+                    api_key_env=api_key_env, dtype=dtype, store=store, sources=sources)
 
-    model_gens = generate_responses(model, rows, adapter=adapter, **settings)
+    model_gens = generate_responses(model, rows, adapter=adapter, role="model", **settings)
     metrics, records = _score(rows, model_gens, model_label(model, adapter), "model", trained)
     verdicts: dict[str, list[bool]] = {"model": [r["passed"] for r in records]}
     texts: dict[str, list[str]] = {"model": [g[0] for g in model_gens]}
@@ -270,7 +295,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         _add_rubric(rubric, rows, model_gens, metrics, records)
     refs: dict[str, dict[str, float]] = {}
     if baseline is not None:
-        base_gens = generate_responses(baseline, rows, adapter=baseline_adapter, **settings)
+        base_gens = generate_responses(baseline, rows, adapter=baseline_adapter, role="baseline", **settings)
         refs["baseline"], base_records = _score(rows, base_gens, model_label(baseline, baseline_adapter),
                                                 "baseline", trained)
         verdicts["baseline"] = [r["passed"] for r in base_records]
@@ -285,7 +310,7 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
         records += base_records
     if base is not None:
         same = base == baseline and baseline_adapter is None
-        gens = base_gens if same else generate_responses(base, rows, **settings)
+        gens = base_gens if same else generate_responses(base, rows, role="base", **settings)
         refs["base"], base_model_records = _score(rows, gens, model_label(base, None), "base", trained)
         verdicts["base"] = [r["passed"] for r in base_model_records]
         texts["base"] = [g[0] for g in gens]
@@ -306,8 +331,12 @@ def run_eval(model: str, suites: list[str], *, baseline: str | None = None, base
                    "trained_on": [{"path": str(p), "hash": content_hash(p)} for p in trained_on or []],
                    "trained_kinds": sorted(trained) if trained is not None else None},
         "settings": {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed, "backend": backend,
-                     "dtype": dtype, "temperature": 0.0, "ifeval_unsupported": ifeval_unsupported},
+                     "dtype": dtype, "temperature": 0.0, "ifeval_unsupported": ifeval_unsupported,
+                     "answer_cache": str(answer_cache) if answer_cache is not None else None},
+        "answers": sources,  # per model: generated here, or reused from the answer cache
         "outputs": ["responses.jsonl", "metrics.json"], "metrics": metrics,
         "versions": package_versions(), "wall_time_s": time.time() - started,
     })
+    if store is not None:
+        store.close()
     return metrics

@@ -9,7 +9,9 @@ rate vs the baseline: a spec string as in ``posttrain judge --judge`` -- ``verif
 ``rm:MODEL`` -- or one judge config dict as in the judge stage). ``model``, ``baseline`` and ``base`` may be
 ``openai:URL:MODEL`` (an endpoint; key in ``$api_key_env``): such a model is named by its spec only, so a rerun of
 the pipeline reuses the stage's answers while the spec is unchanged (change ``seed`` to ask again). It writes ``metrics.json`` and
-``responses.jsonl`` into its folder.
+``responses.jsonl`` into its folder. Every eval stage of a run folder reuses and keeps answers in
+``<run_dir>/eval_answers.sqlite`` (``eval/answer_reuse.py``: the same weights, prompts, settings and machine give
+the same answers, so a recipe variant regenerates only its new model's, not the base's).
 
 ``gate`` config: ``metrics`` (a metrics.json, usually ``${eval.output}/metrics.json``) and ``gates`` (a list of
 ``{metric, min | max | min_delta | max_drop}``) or ``gates_file``. It writes ``gates.json``; when a gate fails the
@@ -78,6 +80,7 @@ def check_eval(params: dict, pending) -> None:
 
 
 def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
+    from posttrain.eval.answer_reuse import STORE_NAME
     from posttrain.eval.run import run_eval
 
     check_eval(params, nothing_pending)
@@ -101,7 +104,8 @@ def run_eval_stage(params: dict, output_dir: Path, resume: bool) -> dict:
                         judge=judge, trained_on=_as_list(params.get("trained_on")),
                         trained_kinds=_as_list(params.get("trained_kinds")),
                         ifeval_unsupported=params.get("ifeval_unsupported", "error"), rubric=rubric,
-                        api_key_env=params.get("api_key_env", "OPENAI_API_KEY"), dtype=params.get("dtype", "auto"))
+                        api_key_env=params.get("api_key_env", "OPENAI_API_KEY"), dtype=params.get("dtype", "auto"),
+                        answer_cache=Path(output_dir).parent / STORE_NAME)  # shared by the run folder's evals
     except (ValueError, BackendError) as e:  # a bad suite, option or model spec: one line for the user
         raise PipelineError(f"config: {str(e).splitlines()[0]}") from None
 
