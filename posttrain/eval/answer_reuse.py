@@ -9,7 +9,7 @@ eval: about half its time), and a round whose model is evaluated again (``final_
 The key is a sha256 of everything the answers depend on:
 
 * the model as loaded: its weights (names, dtypes, shapes, bytes, after every adapter of its lineage is merged or
-  attached: ``training/refcache.py::fingerprint``), its dtype and device;
+  attached: ``models/fingerprint.py``), its dtype and device;
 * the prompts as token ids, in order (so the suites, the chat template and the tokenizer are in it), each row's
   token budget, the batch size (batching changes floating-point rounding), the seed;
 * the machine: the GPU's or the CPU's model name, torch's thread count, the versions of python, torch,
@@ -73,7 +73,7 @@ def machine_identity(device) -> dict:
 
 def model_fingerprint(model) -> str:
     """Hash of the loaded model's weights (parameters and buffers) and how they run."""
-    from posttrain.training.refcache import fingerprint
+    from posttrain.models.fingerprint import fingerprint
 
     first = next(model.parameters())
     tensors = list(model.named_parameters()) + list(model.named_buffers())

@@ -25,7 +25,6 @@ build the frozen reference copy.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import uuid
@@ -33,21 +32,12 @@ from pathlib import Path
 
 import torch
 
+from posttrain.models.fingerprint import fingerprint  # noqa: F401 (the reference cache's key; trainers import it here)
+
 
 def default_cache_dir(output_dir: str | Path) -> Path:
     """``<output_dir>/refcache``: inside the run folder (see the module docstring)."""
     return Path(output_dir) / "refcache"
-
-
-def fingerprint(named_tensors, *, precision: str, device_type: str) -> str:
-    """Hash of the reference weights (names, dtypes, shapes, bytes) plus how they are run."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{precision}|{device_type}".encode())
-    for name, t in sorted(named_tensors, key=lambda kv: kv[0]):
-        t = t.detach()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class ReferenceCache:
