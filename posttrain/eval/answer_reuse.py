@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import platform
+import sqlite3
 from pathlib import Path
 
 from posttrain.generation.answer_cache import AnswerCache
@@ -94,7 +95,10 @@ class AnswerStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._cache = AnswerCache(self.path)
+        try:
+            self._cache = AnswerCache(self.path)
+        except (sqlite3.Error, OSError) as e:  # a folder, another kind of file, a place that cannot be written
+            raise ValueError(f"answer cache {self.path}: cannot be used as an SQLite answer store ({e})") from None
 
     def get(self, key: str) -> list[tuple[str, int, str]] | None:
         hit = self._cache.get(key)

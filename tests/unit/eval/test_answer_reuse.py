@@ -123,3 +123,12 @@ def test_a_pipelines_eval_stages_share_the_run_folders_store(tmp_path, suite):
     assert _manifest(tmp_path / folders["eval_b"])["answers"] == {"model": "reused"}
     assert [a[2:] for a in _answers(tmp_path / folders["eval_b"])] == \
         [a[2:] for a in _answers(tmp_path / folders["eval_a"])]
+
+
+def test_a_store_that_cannot_be_opened_is_a_one_line_error_before_any_model_loads(tmp_path, suite):
+    garbage = tmp_path / "notes.sqlite"
+    garbage.write_text("not a database\n")
+    for bad in (tmp_path, garbage):
+        with pytest.raises(ValueError, match=f"answer cache {bad}: cannot be used as an SQLite answer store"):
+            run_eval("no-such-model-anywhere", [suite], output_dir=tmp_path / "out", answer_cache=bad)
+    assert garbage.read_text() == "not a database\n" and not (tmp_path / "out").exists()
