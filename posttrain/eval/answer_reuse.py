@@ -72,19 +72,14 @@ def machine_identity(device) -> dict:
             "code": generation_code_digest()}
 
 
-def model_fingerprint(model) -> str:
-    """Hash of the loaded model's weights (parameters and buffers) and how they run."""
+def answers_key(model, prompt_ids: list[list[int]], budgets: list[int], *, batch_size: int, seed: int) -> str:
+    """The store key of one eval call (see the module docstring)."""
     from posttrain.models.fingerprint import fingerprint
 
     first = next(model.parameters())
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    return fingerprint(tensors, precision=str(first.dtype), device_type=first.device.type)
-
-
-def answers_key(model, prompt_ids: list[list[int]], budgets: list[int], *, batch_size: int, seed: int) -> str:
-    """The store key of one eval call (see the module docstring)."""
-    first = next(model.parameters())
-    blob = json.dumps({"format": _FORMAT, "model": model_fingerprint(model), "prompts": prompt_ids,
+    weights = fingerprint(list(model.named_parameters()) + list(model.named_buffers()), precision=str(first.dtype),
+                          device_type=first.device.type)
+    blob = json.dumps({"format": _FORMAT, "model": weights, "prompts": prompt_ids,
                        "budgets": budgets, "batch_size": batch_size, "seed": seed,
                        "machine": machine_identity(first.device)}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
