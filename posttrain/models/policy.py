@@ -208,30 +208,54 @@ def load_trained(path_or_name: str, *, cache_dir=None, dtype="auto"):
 def merge_to_folder(model: str, output: str | Path, *, dtype: str = "float32", cache_dir=None) -> Path:
     """Fold an adapter folder (and its lineage) into its base and write a plain HF folder (safetensors + tokenizer)
     at ``output``, atomically: written beside it under a temp name, then renamed, so a killed export never leaves
-    a folder that looks complete. ``dtype``: float32 | bfloat16 | float16. Returns ``output``."""
+    a folder that looks complete. ``dtype``: float32 | bfloat16 | float16. A folder that is already a plain model
+    (a merge stage's output, measured by eval before its export) is copied file for file when it is at ``dtype``
+    already, so the export is the bytes that were measured; at another dtype it is converted. Returns ``output``."""
     import torch
 
-    if not (Path(model) / "adapter_config.json").exists():
-        raise ValueError(f"{model}: not an adapter folder (no adapter_config.json); nothing to merge")
+    folder = Path(model)
+    plain = not (folder / "adapter_config.json").exists()
+    if plain and not ((folder / "config.json").exists() and any(folder.glob("*.safetensors"))):
+        raise ValueError(f"{model}: not an adapter folder (no adapter_config.json) nor a model folder (config.json "
+                         "+ safetensors); nothing to merge")
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise ValueError(f"dtype '{dtype}': expected one of {', '.join(dtypes)}")
+    if plain and json.loads((folder / "config.json").read_text()).get("dtype") == dtype:
+        return _copy_folder(folder, Path(output))
     merged, tokenizer = load_trained(model, cache_dir=cache_dir, dtype="float32")
     return save_folder(merged.to(dtypes[dtype]), tokenizer, output, dtype)
 
 
+def _copy_folder(src: Path, out: Path) -> Path:
+    """``src``'s files copied to ``out`` (``_write_folder``)."""
+    def fill(tmp: Path) -> None:
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    return _write_folder(out, fill)
+
+
 def save_folder(model, tokenizer, output: str | Path, dtype: str, extra: dict[str, str] | None = None) -> Path:
     """``model`` (already in ``dtype``) and ``tokenizer`` as a plain HF folder at ``output``, plus ``extra`` files
-    (name -> text), written beside it under a temp name and renamed when complete."""
+    (name -> text) (``_write_folder``)."""
     model.config.dtype = dtype
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
+    return _write_folder(Path(output), fill)
+
+
+def _write_folder(out: Path, fill) -> Path:
+    """``fill(tmp)`` writes a folder's files into a temp folder beside ``out``, renamed to ``out`` when complete
+    (replacing an older one), so a killed write never leaves a folder that looks complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

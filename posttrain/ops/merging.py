@@ -2,7 +2,10 @@
 being merged and returns the merged tensor; ``models/merge.py`` applies them to whole state dicts.
 
 - ``linear`` (model soups, Wortsman et al. 2022): ``sum_i w_i theta_i / sum_i w_i``.
-- ``task_arithmetic`` (Ilharco et al. 2023): ``theta_base + lam * sum_i w_i (theta_i - theta_base)``.
+- ``task_arithmetic`` (Ilharco et al. 2023): ``theta_base + lam * sum_i w_i (theta_i - theta_base)``. With one
+  model, ``base`` the model it was trained from and ``lam > 1`` this is ExPO (Zheng et al. 2024, "Weak-to-Strong
+  Extrapolation Expedites Alignment"): ``theta_sft + alpha (theta_dpo - theta_sft)``, the preference update
+  extrapolated past where training stopped.
 - ``ties`` (Yadav et al. 2023), on the task vectors ``tau_i = theta_i - theta_base``: (1) trim: keep the
   ``density`` fraction of each ``tau_i``'s entries with the largest magnitude, zero the rest; (2) elect sign: per
   entry, the sign of ``sum_i w_i trimmed_i``; (3) disjoint mean: per entry, the mean of ``w_i trimmed_i`` over the

@@ -476,7 +476,8 @@ MERGE_KEYS = ("model", "models", "method", "weights", "base", "density", "lambda
 
 def check_merge(params: dict, pending: Pending) -> None:
     """One ``model`` (an adapter folded into its base: the export) or ``models`` (two or more, merged with
-    ``method``: linear | task_arithmetic | ties | dare_ties | slerp, models/merge.py)."""
+    ``method``: linear | task_arithmetic | ties | dare_ties | slerp, models/merge.py; task_arithmetic takes one,
+    ExPO's extrapolation from ``base`` when ``lambda`` is above 1)."""
     check_keys(params, MERGE_KEYS)
     check_types(params, {"model": (str,), "models": (list,), "method": (str,), "weights": (list,), "base": (str,),
                          "density": (int, float), "lambda": (int, float), "t": (int, float), "seed": (int,)})

@@ -23,6 +23,8 @@ def test_task_arithmetic():
     a, b = torch.tensor([2.0, 1.0]), torch.tensor([1.0, 3.0])
     # base + lam * (w_a (a - base) + w_b (b - base)) = [1,1] + 0.5 * ([1,0] + 2*[0,2])
     assert torch.allclose(merging.task_arithmetic(base, [a, b], [1, 2], lam=0.5), torch.tensor([1.5, 3.0]))
+    # ExPO: one model, extrapolated past itself from the model it was trained from: [1,1] + 2 * ([2,1] - [1,1])
+    assert torch.equal(merging.task_arithmetic(base, [a], [1], lam=2.0), torch.tensor([3.0, 1.0]))
 
 
 def test_ties_trim_elect_disjoint_mean():

@@ -178,7 +178,24 @@ def test_merge_stage_over_several_upstream_models(tmp_path, one_torch_thread):
     for name, p in merged.items():
         assert torch.allclose(p, 0.5 * a[name] + 0.5 * b[name], atol=1e-6), name
     assert run_pipeline(parse_pipeline(tree, STAGES))["stages"]["soup"]["status"] == "skipped"
+    # ExPO: one model with task arithmetic, extrapolated from another (its reference) at lambda 2: 2 b - a
+    tree["stages"]["expo"] = {"command": "merge", "config": {"models": ["${b.output}/model"], "base":
+                                                             "${a.output}/model", "method": "task_arithmetic",
+                                                             "lambda": 2.0}}
+    result = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    assert result["expo"]["status"] == "done"
+    expo = dict(AutoModelForCausalLM.from_pretrained(Path(result["expo"]["folder"]) / "model").named_parameters())
+    for name, p in expo.items():
+        assert torch.allclose(p, 2 * b[name] - a[name], atol=1e-6), name
+    # the export of a plain folder that eval measured: the same files, byte for byte (no reload, no re-save)
+    tree["stages"]["export"] = {"command": "merge", "config": {"model": "${expo.output}/model"}}
+    result = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    measured, exported = (Path(result[n]["folder"]) / "model" for n in ("expo", "export"))
+    assert sorted(f.name for f in exported.iterdir()) == sorted(f.name for f in measured.iterdir())
+    assert all((exported / f.name).read_bytes() == f.read_bytes() for f in measured.iterdir())
+    del tree["stages"]["expo"], tree["stages"]["export"]
     for config, message in [({"models": ["x"], "method": "linear"}, "needs two or more models"),
+                            ({"models": ["x"], "method": "task_arithmetic"}, "needs --base"),
                             ({"model": "x", "method": "ties"}, "key 'method' applies to 'models'"),
                             ({"models": ["${a.output}/model", "${b.output}/model"], "method": "ties"},
                              "needs --base")]:
