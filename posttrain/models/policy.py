@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -228,11 +229,15 @@ def merge_to_folder(model: str, output: str | Path, *, dtype: str = "float32", c
 
 
 def _copy_folder(src: Path, out: Path) -> Path:
-    """``src``'s files copied to ``out`` (``_write_folder``)."""
+    """``src``'s files at ``out`` (``_write_folder``): hard links where the file system allows (no second copy of
+    the weights; every writer here replaces a folder, never edits a file in place), copies where it does not."""
     def fill(tmp: Path) -> None:
         for f in src.iterdir():
             if f.is_file():
-                shutil.copy2(f, tmp / f.name)
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
     return _write_folder(out, fill)
 
 
