@@ -14,8 +14,8 @@ $(VENV)/.setup-done: pyproject.toml scripts/setup.sh
 	touch $@
 
 # The quickstart pipeline on the builtin SmolLM2-135M-Instruct (examples/quickstart.yaml): the base model's own
-# replies (shipped) augmented with instruction constraints -> LoRA SFT -> DPO on the repair pairs -> eval vs the base
-# model -> gates -> report -> export (only when every gate passes; a failed gate is reported and `make demo` still
+# replies (shipped) augmented with instruction constraints -> LoRA SFT -> DPO on the repair pairs -> ExPO (the DPO
+# update extrapolated 1.25x) -> eval vs the base model -> gates -> report -> export (only when every gate passes; a failed gate is reported and `make demo` still
 # succeeds: the model was measured, not shipped). Cached: a rerun skips finished stages (runs/quickstart/report.html).
 demo: setup
 	@$(POSTTRAIN) run examples/quickstart.yaml; rc=$$?; \
