@@ -193,6 +193,7 @@ def test_merge_stage_over_several_upstream_models(tmp_path, one_torch_thread):
     measured, exported = (Path(result[n]["folder"]) / "model" for n in ("expo", "export"))
     assert sorted(f.name for f in exported.iterdir()) == sorted(f.name for f in measured.iterdir())
     assert all((exported / f.name).read_bytes() == f.read_bytes() for f in measured.iterdir())
+    assert (exported / "model.safetensors").stat().st_ino == (measured / "model.safetensors").stat().st_ino  # linked
     del tree["stages"]["expo"], tree["stages"]["export"]
     for config, message in [({"models": ["x"], "method": "linear"}, "needs two or more models"),
                             ({"models": ["x"], "method": "task_arithmetic"}, "needs --base"),
