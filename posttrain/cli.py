@@ -239,7 +239,8 @@ def config_show(command: str, args: list[str] = _ARGS,
 @app.command()
 def merge(
     models: list[str] = typer.Argument(..., help="one trained adapter folder (e.g. runs/dpo/model) to fold into "
-                                       "its base (a plain model folder is linked or copied as it is); or, with --method, two or more models to merge (task_arithmetic: one is "
+                                       "its base (a plain model folder is linked or copied as it is); or, "
+                                       "with --method, two or more models to merge (task_arithmetic: one is "
                                        "enough; with --base its SFT model and --lambda above 1 that is ExPO)"),
     output: Path = typer.Option(..., "--output", "-o", help="where to write the merged HF folder"),
     method: str = typer.Option(None, "--method", help="merge several models: linear | task_arithmetic | ties | "

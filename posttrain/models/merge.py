@@ -5,7 +5,8 @@ Every input is loaded as a full float32 model (an adapter folder is folded into 
 so fine-tunes done with LoRA and with full fine-tuning mix freely as long as they share a base. ``base`` (needed by
 task_arithmetic, ties and dare_ties) is the model the task vectors are measured from, usually the common base
 model. Task arithmetic also takes a single model: with ``base`` its reference (the SFT model a DPO run started from)
-and ``lambda`` above 1 it is ExPO's extrapolation (``ops/merging.py``). Tensors that are not floating point (buffers) are taken from the first model. The output is written beside
+and ``lambda`` above 1 it is ExPO's extrapolation (``ops/merging.py``). Tensors that are not floating point
+(buffers) are taken from the first model. The output is written beside
 its final name and renamed when complete, with ``merge.json`` (method, inputs, weights, density, seed).
 """
 
@@ -28,9 +29,10 @@ def check_merge_args(models: list[str], method: str, weights: list[float] | None
     """The weights to use (default: equal); ``ValueError`` (one line) for a combination that cannot merge."""
     if method not in METHODS:
         raise ValueError(f"merge method '{method}': expected one of {', '.join(METHODS)}")
-    if len(models) < (1 if method == "task_arithmetic" else 2):
-        raise ValueError(f"merge --method {method} needs two or more models, got {len(models)}"
-                         if method != "task_arithmetic" else "merge --method task_arithmetic needs a model")
+    if method == "task_arithmetic" and not models:  # one model is enough here: ExPO
+        raise ValueError("merge --method task_arithmetic needs a model")
+    if method != "task_arithmetic" and len(models) < 2:
+        raise ValueError(f"merge --method {method} needs two or more models, got {len(models)}")
     if method == "slerp" and len(models) != 2:
         raise ValueError(f"slerp merges exactly two models, got {len(models)}")
     if method in NEEDS_BASE and not base:

@@ -210,8 +210,9 @@ def merge_to_folder(model: str, output: str | Path, *, dtype: str = "float32", c
     """Fold an adapter folder (and its lineage) into its base and write a plain HF folder (safetensors + tokenizer)
     at ``output``, atomically: written beside it under a temp name, then renamed, so a killed export never leaves
     a folder that looks complete. ``dtype``: float32 | bfloat16 | float16. A folder that is already a plain model
-    (a merge stage's output, measured by eval before its export) is copied file for file when it is at ``dtype``
-    already, so the export is the bytes that were measured; at another dtype it is converted. Returns ``output``."""
+    (a merge stage's output, measured by eval before its export) is linked or copied file for file when it is at
+    ``dtype`` already, so the export is the bytes that were measured; at another dtype it is converted. Returns
+    ``output``."""
     import torch
 
     folder = Path(model)

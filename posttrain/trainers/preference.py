@@ -29,7 +29,8 @@ from posttrain.models.reference import (build_reference, load_reference_model, r
 from posttrain.ops.layouts import batch_sequence_logps, count_tokens
 from posttrain.training.loop import StepFns
 from posttrain.training.parallel import from_first_process, is_sharded, on_every_process, place_reference
-from posttrain.training.refcache import ReferenceCache, default_cache_dir, fingerprint
+from posttrain.models.fingerprint import fingerprint
+from posttrain.training.refcache import ReferenceCache, default_cache_dir
 from posttrain.training.run import resolve_prefix_sharing, run_offline_training, to_device
 
 

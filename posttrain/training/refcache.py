@@ -1,7 +1,7 @@
 """Cached reference log-probs: the reference model is fixed, so log pi_ref(y|x) of a sequence never changes.
 
-Key. A directory per *reference fingerprint* (a hash of the reference weights -- the starting model's, or the
-pinned ``loss.reference_model``'s -- their dtype, the device type and the autocast precision), and inside it one float per *sequence key* (``data/collate.py::sequence_key``, a hash of
+Key. A directory per *reference fingerprint* (``models/fingerprint.py``: a hash of the reference weights -- the
+starting model's, or the pinned ``loss.reference_model``'s -- their dtype, the device type and the autocast precision), and inside it one float per *sequence key* (``data/collate.py::sequence_key``, a hash of
 the rendered token ids and loss mask: it covers the data, the chat template, the truncation and max length).
 So a second epoch or a resume, and (with a shared cache folder, see Location) a beta or loss-type sweep or a
 rerun on the same data and model, finds every value and runs no reference forward; a changed template or max
@@ -31,8 +31,6 @@ import uuid
 from pathlib import Path
 
 import torch
-
-from posttrain.models.fingerprint import fingerprint  # noqa: F401 (the reference cache's key; trainers import it here)
 
 
 def default_cache_dir(output_dir: str | Path) -> Path:
