@@ -88,6 +88,26 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.timeout = self.server.io_timeout_s  # every socket read and write; a silent client frees its thread
         super().setup()
 
+    def handle_one_request(self) -> None:
+        # Until its request line arrives a connection is idle (a shutdown closes it); from then on the request is in
+        # flight (a shutdown lets it finish, within the drain timeout)
+        self.counted = False
+        self.server.request_waits(self.connection)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.request_ends(self.connection, self.counted)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        self.counted = self.server.request_begins(self.connection)
+        if not self.counted:
+            self.close_connection = True
+            self._error(503, "server_shutting_down", "the server is shutting down")
+            return False
+        return True
+
     def log_message(self, format, *args) -> None:  # noqa: A002 (the stdlib's name)
         if self.server.verbose:
             super().log_message(format, *args)

@@ -22,13 +22,15 @@ Limits, so that no one request can freeze the server:
 - ``max_connections`` requests at once (more get 503 at once), a listen backlog of ``LISTEN_BACKLOG``, and
   ``io_timeout_s`` on every socket read and write;
 - ``/health`` answers 503 with the reason when the worker makes no progress for ``stall_timeout_s``;
-- ``close`` (SIGTERM) stops accepting, lets the requests in flight finish for up to ``drain_timeout_s``, then
-  stops the batch in flight and answers what is left with 503.
+- ``close`` (SIGTERM) stops accepting, closes the keep-alive connections that wait for a request, lets the
+  requests in flight finish for up to ``drain_timeout_s``, then stops the batch in flight and answers what is left
+  with 503.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 import time
@@ -104,7 +106,9 @@ class ChatServer(ThreadingHTTPServer):
         self._reloading = threading.Lock()
         self.reloads = 0
         self.draining = False
-        self._active = 0  # connections being handled
+        self._active = 0  # connections being handled (the max_connections cap)
+        self._busy = 0  # requests being answered (what a shutdown waits for)
+        self._waiting: set = set()  # sockets of connections waiting for their next request line (keep-alive)
         self._idle = threading.Condition()
         self._hurry = threading.Event()
 
@@ -176,6 +180,32 @@ class ChatServer(ThreadingHTTPServer):
             self._active -= 1
             self._idle.notify_all()
 
+    # Requests: a connection kept alive between two requests is idle, not in flight; a shutdown closes it at once.
+
+    def request_waits(self, sock) -> None:
+        """The connection ``sock`` waits for its next request line; shut at once when the server is closing."""
+        with self._idle:
+            if self.draining:
+                _shut(sock)
+            else:
+                self._waiting.add(sock)
+
+    def request_begins(self, sock) -> bool:
+        """A request line arrived on ``sock``: count it as in flight; False (answer 503) when the server is closing."""
+        with self._idle:
+            self._waiting.discard(sock)
+            if self.draining:
+                return False
+            self._busy += 1
+            return True
+
+    def request_ends(self, sock, counted: bool) -> None:
+        with self._idle:
+            self._waiting.discard(sock)
+            if counted:
+                self._busy -= 1
+                self._idle.notify_all()
+
     def _refuse(self, request) -> None:
         """503 to a connection over ``max_connections``, without reading its request."""
         message = f"the server is handling {self.max_connections} requests (--max-connections); retry shortly"
@@ -211,7 +241,11 @@ class ChatServer(ThreadingHTTPServer):
         up to ``drain_timeout_s`` (default: the server's), then stop the batch in flight and answer what is left
         with 503. True when every request in flight finished by itself."""
         drain = self.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
-        self.draining = True
+        with self._idle:
+            self.draining = True
+            for sock in self._waiting:  # idle keep-alive connections: nothing to drain, their clients see them close
+                _shut(sock)
+            self._waiting.clear()
         self.shutdown()  # serve_forever returns
         self.server_close()  # the listening socket closes: connect() is refused from now on
         drained = self._wait_idle(time.monotonic() + drain)
@@ -225,12 +259,20 @@ class ChatServer(ThreadingHTTPServer):
 
     def _wait_idle(self, deadline: float) -> bool:
         with self._idle:
-            while self._active > 0 and not self._hurry.is_set():
+            while self._busy > 0 and not self._hurry.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._idle.wait(min(left, 0.1))
-            return self._active == 0
+            return self._busy == 0
+
+
+def _shut(sock) -> None:
+    """End both directions of a connection's socket: its handler's blocking read returns at once (end of stream)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed by the client
 
 
 def start_server(model_name: str, host: str = "127.0.0.1", port: int = 0, *, adapter: str | None = None,

@@ -4,6 +4,7 @@ stuck worker, a burst of 100 clients, and SIGTERM with requests in flight."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -262,6 +263,40 @@ def test_100_concurrent_clients_are_all_answered(serve):
     # a request is answered as soon as its own rows finish; its batch is counted when the whole batch ends
     wait_for(lambda: srv.batcher.snapshot()["requests"] == n, timeout=20)
     assert time.monotonic() - start < 60
+
+
+def test_an_idle_keep_alive_connection_does_not_hold_the_shutdown(serve):
+    srv = serve()
+    parts = urlsplit(srv.url)
+    idle = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    idle.request("GET", "/v1/models")
+    assert idle.getresponse().read() and idle.sock is not None  # kept alive, now waiting for a request
+    start = time.monotonic()
+    assert srv.close(drain_timeout_s=20) is True  # nothing was in flight: drained at once, not after 20 s
+    assert time.monotonic() - start < 5
+    with pytest.raises((ConnectionError, http.client.HTTPException)):  # its client sees the connection closed
+        idle.request("GET", "/v1/models")
+        idle.getresponse()
+    idle.close()
+
+
+def test_the_drain_waits_for_the_request_in_flight_not_for_a_kept_connection(serve, generator):
+    stalled = StalledGenerator(generator)
+    srv = serve(stalled, context_length=CONTEXT)
+    parts = urlsplit(srv.url)
+    kept = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    kept.request("GET", "/v1/models")
+    assert kept.getresponse().read()
+    results: dict = {}
+    thread = in_thread(results, "chat", chat, srv.url, max_tokens=2)  # in flight when the drain starts
+    assert stalled.entered.wait(20)
+    closing = in_thread(results, "close", srv.close, drain_timeout_s=20)
+    wait_for(lambda: srv.draining)
+    stalled.release.set()
+    thread.join(timeout=30)
+    closing.join(timeout=30)
+    assert results["chat"][0] == 200 and results["close"] is True  # the request in flight finished within the drain
+    assert results["close_s"] < 15
 
 
 def test_serve_command_drains_requests_in_flight_on_sigterm_then_exits():
