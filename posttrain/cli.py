@@ -252,6 +252,9 @@ def merge(
     density: float = typer.Option(1.0, "--density", help="ties: fraction of each task vector kept; dare_ties: "
                                   "keep probability"),
     lam: float = typer.Option(1.0, "--lambda", help="scale of the merged task vector"),
+    lambda_for: list[str] = typer.Option(None, "--lambda-for", help="PATTERN=VALUE (repeatable): the scale of the "
+                                         "weights whose names contain PATTERN, e.g. self_attn=1.5 (the first "
+                                         "pattern that matches wins; the rest keep --lambda)"),
     t: float = typer.Option(0.5, "--t", help="slerp: 0 = the first model, 1 = the second"),
     seed: int = typer.Option(0, "--seed", help="dare_ties: seeds the drop masks"),
     cache_dir: str = typer.Option(None, help="builtin model cache"),
@@ -278,9 +281,17 @@ def merge(
                         parsed = [float(w) for w in weights.split(",")]
                     except ValueError:
                         raise ValueError(f"--weights must be comma-separated numbers, got {weights!r}") from None
-                check_merge_args(models, method, parsed, base, density, t)  # before any model loads
+                scales = {}
+                for item in lambda_for or []:
+                    pattern, _, value = item.rpartition("=")
+                    try:
+                        scales[pattern] = float(value)
+                    except ValueError:
+                        raise ValueError(f"--lambda-for must be PATTERN=NUMBER (e.g. self_attn=1.5), "
+                                         f"got {item!r}") from None
+                check_merge_args(models, method, parsed, base, density, t, scales)  # before any model loads
                 merge_models(models, output, method=method, weights=parsed, base=base, density=density, lam=lam,
-                             t=t, seed=seed, dtype=dtype, cache_dir=cache_dir)
+                             t=t, seed=seed, dtype=dtype, cache_dir=cache_dir, lambda_for=scales)
         except ValueError as e:  # not an adapter folder, unknown dtype or method: checked before any model loads
             raise ConfigError(str(e)) from None
     except _user_errors() as e:

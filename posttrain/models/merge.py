@@ -6,7 +6,10 @@ so fine-tunes done with LoRA and with full fine-tuning mix freely as long as the
 task_arithmetic, ties and dare_ties) is the model the task vectors are measured from, usually the common base
 model. Task arithmetic also takes a single model: with ``base`` its reference (the SFT model a DPO run started from)
 and ``lambda`` above 1 it is ExPO's extrapolation (``ops/merging.py``). Tensors that are not floating point
-(buffers) are taken from the first model. The output is written beside
+(buffers) are taken from the first model. ``lambda_for`` (task_arithmetic, ties, dare_ties) sets another scale for
+the weights whose names contain a pattern (the first pattern that matches wins; the rest keep ``lambda``), e.g.
+``{"self_attn": 1.5}``: extrapolate the attention weights further than the MLPs; a pattern no weight name contains
+is an error. The output is written beside
 its final name and renamed when complete, with ``merge.json`` (method, inputs, weights, density, seed).
 """
 
@@ -25,10 +28,14 @@ NEEDS_BASE = ("task_arithmetic", "ties", "dare_ties")
 
 
 def check_merge_args(models: list[str], method: str, weights: list[float] | None, base: str | None,
-                     density: float, t: float) -> list[float]:
+                     density: float, t: float, lambda_for: dict[str, float] | None = None) -> list[float]:
     """The weights to use (default: equal); ``ValueError`` (one line) for a combination that cannot merge."""
     if method not in METHODS:
         raise ValueError(f"merge method '{method}': expected one of {', '.join(METHODS)}")
+    if lambda_for and method not in NEEDS_BASE:
+        raise ValueError(f"--lambda-for scales task vectors: it applies to {', '.join(NEEDS_BASE)}, not {method}")
+    if lambda_for and not all(pattern for pattern in lambda_for):
+        raise ValueError("--lambda-for: an empty pattern would match every weight; use --lambda")
     if method == "task_arithmetic" and not models:  # one model is enough here: ExPO
         raise ValueError("merge --method task_arithmetic needs a model")
     if method != "task_arithmetic" and len(models) < 2:
@@ -48,9 +55,15 @@ def check_merge_args(models: list[str], method: str, weights: list[float] | None
     return list(weights)
 
 
+def lambda_of(name: str, lam: float, lambda_for: dict[str, float] | None) -> float:
+    """The scale of weight ``name``: that of the first ``lambda_for`` pattern its name contains, else ``lam``."""
+    return next((value for pattern, value in (lambda_for or {}).items() if pattern in name), lam)
+
+
 def merge_state_dicts(states: list[dict[str, torch.Tensor]], method: str, weights: list[float],
                       base: dict[str, torch.Tensor] | None = None, *, density: float = 1.0, lam: float = 1.0,
-                      t: float = 0.5, seed: int = 0) -> dict[str, torch.Tensor]:
+                      t: float = 0.5, seed: int = 0,
+                      lambda_for: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
     """The merged state dict (float32 for floating tensors). Keys and shapes must match across inputs."""
     keys = list(states[0])
     for i, s in enumerate(states[1:] + ([base] if base is not None else []), 1):
@@ -61,6 +74,9 @@ def merge_state_dicts(states: list[dict[str, torch.Tensor]], method: str, weight
         if bad:
             raise ValueError(f"weight '{bad}' has shape {tuple(s[bad].shape)} in one model and "
                              f"{tuple(states[0][bad].shape)} in another")
+    unmatched = [pattern for pattern in lambda_for or {} if not any(pattern in key for key in keys)]
+    if unmatched:
+        raise ValueError(f"--lambda-for: no weight name contains '{unmatched[0]}' (e.g. '{keys[0]}')")
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key in keys:
@@ -72,19 +88,20 @@ def merge_state_dicts(states: list[dict[str, torch.Tensor]], method: str, weight
         elif method == "slerp":
             out[key] = merging.slerp(tensors[0], tensors[1], t)
         elif method == "task_arithmetic":
-            out[key] = merging.task_arithmetic(base[key], tensors, weights, lam)
+            out[key] = merging.task_arithmetic(base[key], tensors, weights, lambda_of(key, lam, lambda_for))
         elif method == "ties":
-            out[key] = merging.ties(base[key], tensors, weights, density, lam)
+            out[key] = merging.ties(base[key], tensors, weights, density, lambda_of(key, lam, lambda_for))
         else:
-            out[key] = merging.dare_ties(base[key], tensors, weights, density, generator, lam)
+            out[key] = merging.dare_ties(base[key], tensors, weights, density, generator,
+                                         lambda_of(key, lam, lambda_for))
     return out
 
 
 def merge_models(models: list[str], output: str | Path, *, method: str, weights: list[float] | None = None,
                  base: str | None = None, density: float = 1.0, lam: float = 1.0, t: float = 0.5, seed: int = 0,
-                 dtype: str = "float32", cache_dir=None) -> Path:
+                 dtype: str = "float32", cache_dir=None, lambda_for: dict[str, float] | None = None) -> Path:
     """Load, merge and save (module docstring); returns ``output``."""
-    weights = check_merge_args(models, method, weights, base, density, t)
+    weights = check_merge_args(models, method, weights, base, density, t, lambda_for)
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:
         raise ValueError(f"dtype '{dtype}': expected one of {', '.join(dtypes)}")
@@ -95,9 +112,12 @@ def merge_models(models: list[str], output: str | Path, *, method: str, weights:
     if method in NEEDS_BASE:
         base_model, _ = load_trained(base, cache_dir=cache_dir, dtype="float32")
         base_state = {k: v.detach() for k, v in base_model.state_dict().items()}
-    merged = merge_state_dicts(states, method, weights, base_state, density=density, lam=lam, t=t, seed=seed)
+    merged = merge_state_dicts(states, method, weights, base_state, density=density, lam=lam, t=t, seed=seed,
+                               lambda_for=lambda_for)
     first.load_state_dict(merged)
     record = {"method": method, "models": models, "weights": weights, "base": base, "density": density,
               "lambda": lam, "t": t, "seed": seed}
+    if lambda_for:
+        record["lambda_for"] = dict(lambda_for)
     return save_folder(first.to(dtypes[dtype]), tokenizer, output, dtype,
                        {"merge.json": json.dumps(record, indent=2) + "\n"})

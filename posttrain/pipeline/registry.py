@@ -471,7 +471,7 @@ def _mix_check(params: dict, pending: Pending) -> None:
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-MERGE_KEYS = ("model", "models", "method", "weights", "base", "density", "lambda", "t", "seed", "dtype")
+MERGE_KEYS = ("model", "models", "method", "weights", "base", "density", "lambda", "lambda_for", "t", "seed", "dtype")
 
 
 def check_merge(params: dict, pending: Pending) -> None:
@@ -480,14 +480,16 @@ def check_merge(params: dict, pending: Pending) -> None:
     ExPO's extrapolation from ``base`` when ``lambda`` is above 1)."""
     check_keys(params, MERGE_KEYS)
     check_types(params, {"model": (str,), "models": (list,), "method": (str,), "weights": (list,), "base": (str,),
-                         "density": (int, float), "lambda": (int, float), "t": (int, float), "seed": (int,)})
+                         "density": (int, float), "lambda": (int, float), "lambda_for": (dict,), "t": (int, float),
+                         "seed": (int,)})
     if ("model" in params) == ("models" in params):
         raise PipelineError("config: give 'model' (an adapter folder to fold, e.g. ${dpo.output}/model) or "
                             "'models' (two or more models to merge with 'method')")
     if str(params.get("dtype", "float32")) not in MERGE_DTYPES:
         raise PipelineError(f"config: key 'dtype': '{params['dtype']}' is not one of {', '.join(MERGE_DTYPES)}")
     if "model" in params:
-        several = sorted(k for k in ("method", "weights", "base", "density", "lambda", "t", "seed") if k in params)
+        several = sorted(k for k in ("method", "weights", "base", "density", "lambda", "lambda_for", "t", "seed")
+                         if k in params)
         if several:
             raise PipelineError(f"config: key '{several[0]}' applies to 'models' (a merge of several models), "
                                 "not to 'model'")
@@ -500,9 +502,15 @@ def check_merge(params: dict, pending: Pending) -> None:
     weights = params.get("weights")
     if weights is not None and not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
         raise PipelineError("config: key 'weights': expected a list of numbers")
+    lambda_for = params.get("lambda_for")
+    if lambda_for is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          for v in lambda_for.values()):
+        raise PipelineError("config: key 'lambda_for': expected a mapping of weight-name patterns to numbers "
+                            "(e.g. {self_attn: 1.5})")
     try:
         check_merge_args(models, str(params.get("method", "linear")), weights, params.get("base"),
-                         float(params.get("density", 1.0)), float(params.get("t", 0.5)))
+                         float(params.get("density", 1.0)), float(params.get("t", 0.5)),
+                         {str(k): float(v) for k, v in (lambda_for or {}).items()})
     except ValueError as e:
         raise PipelineError(f"config: {e}") from None
 
@@ -510,7 +518,7 @@ def check_merge(params: dict, pending: Pending) -> None:
 def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
     """``merge``: ``<output>/model``, a plain HF folder. Config: ``model`` (an adapter folder, usually
     ``${dpo.output}/model``, folded with its lineage: the export) or ``models`` + ``method`` (+ ``weights``,
-    ``base``, ``density``, ``lambda``, ``t``, ``seed``: ``posttrain merge``'s options); ``dtype`` (float32 |
+    ``base``, ``density``, ``lambda``, ``lambda_for``, ``t``, ``seed``: ``posttrain merge``'s options); ``dtype`` (float32 |
     bfloat16 | float16, default float32)."""
     check_merge(params, nothing_pending)
     dtype = str(params.get("dtype", "float32"))
@@ -525,7 +533,8 @@ def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
             out = merge_models(list(params["models"]), output_dir / "model", method=str(params.get("method",
                                "linear")), weights=params.get("weights"), base=params.get("base"),
                                density=float(params.get("density", 1.0)), lam=float(params.get("lambda", 1.0)),
-                               t=float(params.get("t", 0.5)), seed=int(params.get("seed", 0)), dtype=dtype)
+                               t=float(params.get("t", 0.5)), seed=int(params.get("seed", 0)), dtype=dtype,
+                               lambda_for={str(k): float(v) for k, v in (params.get("lambda_for") or {}).items()})
     except ValueError as e:
         raise PipelineError(f"config: {e}") from None
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

@@ -191,7 +191,17 @@ def test_merge_methods_write_folders_transformers_loads(tmp_path, tiny_model_dir
     for name, p in merged.named_parameters():  # each entry is the base's, or (only the perturbed copy moved) its own
         keep = torch.isclose(p, w0[name], atol=1e-6) | torch.isclose(p, w1[name], atol=1e-6)
         assert bool(keep.all()), name
+    # per-module scales from the command line: the MLP weights extrapolated to 2 from the base, the rest kept at 1
+    parts = tmp_path / "parts"
+    res = runner.invoke(app, ["merge", str(other), "-o", str(parts), "--method", "task_arithmetic", "--base",
+                              str(tiny_model_dir), "--lambda-for", "mlp=2"])
+    assert res.exit_code == 0, res.output
+    for name, p in AutoModelForCausalLM.from_pretrained(parts).named_parameters():
+        want = 2 * w1[name] - w0[name] if "mlp" in name else w1[name]
+        assert torch.allclose(p, want, atol=1e-6), name
     for args, message in [(["--method", "ties"], "needs --base"), (["--method", "slerp", "--t", "2"], "--t must be"),
-                          ([], "merging several needs --method"), (["--method", "soup"], "expected one of")]:
+                          ([], "merging several needs --method"), (["--method", "soup"], "expected one of"),
+                          (["--method", "ties", "--base", "b", "--lambda-for", "mlp"], "must be PATTERN=NUMBER"),
+                          (["--method", "linear", "--lambda-for", "mlp=2"], "applies to task_arithmetic")]:
         res = runner.invoke(app, ["merge", str(tiny_model_dir), str(other), "-o", str(tmp_path / "x"), *args])
         assert res.exit_code == 2 and message in res.output, (args, res.output)

@@ -75,3 +75,20 @@ def test_merging_a_model_with_itself_changes_nothing():
     assert torch.allclose(merging.linear([w, w], [0.3, 0.7]), w)
     assert torch.allclose(merging.slerp(w, w, 0.4), w)
     assert torch.allclose(merging.ties(w, [w, w], [1, 1], density=0.5), w)
+
+
+def test_lambda_for_scales_the_weights_whose_names_match():
+    """Task arithmetic of one model from a base with lambda 2, and 3 for names containing 'attn' (the first pattern
+    that matches wins): base 1, model 2 -> 1 + 3 (2 - 1) = 4 for attention weights, 1 + 2 (2 - 1) = 3 for the rest;
+    integer buffers are the model's."""
+    from posttrain.models.merge import merge_state_dicts
+
+    base = {"layer.self_attn.q": torch.ones(2), "layer.mlp.up": torch.ones(2), "ids": torch.tensor([0, 1])}
+    model = {"layer.self_attn.q": torch.full((2,), 2.0), "layer.mlp.up": torch.full((2,), 2.0),
+             "ids": torch.tensor([5, 6])}
+    out = merge_state_dicts([model], "task_arithmetic", [1.0], base, lam=2.0,
+                            lambda_for={"attn": 3.0, "self_attn": 9.0})
+    assert out["layer.self_attn.q"].tolist() == [4.0, 4.0] and out["layer.mlp.up"].tolist() == [3.0, 3.0]
+    assert out["ids"].tolist() == [5, 6]
+    with pytest.raises(ValueError, match="no weight name contains 'atn'"):
+        merge_state_dicts([model], "task_arithmetic", [1.0], base, lambda_for={"atn": 3.0})

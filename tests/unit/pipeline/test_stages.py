@@ -187,6 +187,18 @@ def test_merge_stage_over_several_upstream_models(tmp_path, one_torch_thread):
     expo = dict(AutoModelForCausalLM.from_pretrained(Path(result["expo"]["folder"]) / "model").named_parameters())
     for name, p in expo.items():
         assert torch.allclose(p, 2 * b[name] - a[name], atol=1e-6), name
+    # per-module scales: the attention weights extrapolated to 3 (3 b - 2 a), the rest at lambda 2
+    tree["stages"]["expo_attn"] = {"command": "merge", "config": {**tree["stages"]["expo"]["config"],
+                                                                  "lambda_for": {"self_attn": 3.0}}}
+    result = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
+    folder = Path(result["expo_attn"]["folder"]) / "model"
+    attn = dict(AutoModelForCausalLM.from_pretrained(folder).named_parameters())
+    assert sum("self_attn" in name for name in attn) > 0 and json.loads((folder / "merge.json").read_text())[
+        "lambda_for"] == {"self_attn": 3.0}
+    for name, p in attn.items():
+        want = 3 * b[name] - 2 * a[name] if "self_attn" in name else 2 * b[name] - a[name]
+        assert torch.allclose(p, want, atol=1e-6), name
+    del tree["stages"]["expo_attn"]
     # the export of a plain folder that eval measured: the same files, byte for byte (no reload, no re-save)
     tree["stages"]["export"] = {"command": "merge", "config": {"model": "${expo.output}/model"}}
     result = run_pipeline(parse_pipeline(tree, STAGES))["stages"]
@@ -199,7 +211,14 @@ def test_merge_stage_over_several_upstream_models(tmp_path, one_torch_thread):
                             ({"models": ["x"], "method": "task_arithmetic"}, "needs --base"),
                             ({"model": "x", "method": "ties"}, "key 'method' applies to 'models'"),
                             ({"models": ["${a.output}/model", "${b.output}/model"], "method": "ties"},
-                             "needs --base")]:
+                             "needs --base"),
+                            ({"models": ["x", "y"], "method": "linear", "lambda_for": {"mlp": 2}},
+                             "applies to task_arithmetic, ties, dare_ties, not linear"),
+                            ({"models": ["x"], "method": "task_arithmetic", "base": "y", "lambda_for": {"mlp": "2"}},
+                             "key 'lambda_for': expected a mapping of weight-name patterns to numbers"),
+                            ({"models": ["${b.output}/model"], "method": "task_arithmetic",
+                              "base": "${a.output}/model", "lambda_for": {"self_atn": 2}},
+                             "no weight name contains 'self_atn'")]:
         tree["stages"]["soup"]["config"] = config
         with pytest.raises(PipelineError, match=message):
             run_pipeline(parse_pipeline(tree, STAGES))
