@@ -509,17 +509,20 @@ def check_merge(params: dict, pending: Pending) -> None:
                             "(e.g. {self_attn: 1.5})")
     try:
         check_merge_args(models, str(params.get("method", "linear")), weights, params.get("base"),
-                         float(params.get("density", 1.0)), float(params.get("t", 0.5)),
-                         {str(k): float(v) for k, v in (lambda_for or {}).items()})
+                         float(params.get("density", 1.0)), float(params.get("t", 0.5)), _lambda_for(params))
     except ValueError as e:
         raise PipelineError(f"config: {e}") from None
+
+
+def _lambda_for(params: dict) -> dict[str, float]:
+    return {str(k): float(v) for k, v in (params.get("lambda_for") or {}).items()}
 
 
 def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
     """``merge``: ``<output>/model``, a plain HF folder. Config: ``model`` (an adapter folder, usually
     ``${dpo.output}/model``, folded with its lineage: the export) or ``models`` + ``method`` (+ ``weights``,
-    ``base``, ``density``, ``lambda``, ``lambda_for``, ``t``, ``seed``: ``posttrain merge``'s options); ``dtype`` (float32 |
-    bfloat16 | float16, default float32)."""
+    ``base``, ``density``, ``lambda``, ``lambda_for``, ``t``, ``seed``: ``posttrain merge``'s options); ``dtype``
+    (float32 | bfloat16 | float16, default float32)."""
     check_merge(params, nothing_pending)
     dtype = str(params.get("dtype", "float32"))
     try:
@@ -534,7 +537,7 @@ def run_merge(params: dict, output_dir: Path, resume: bool) -> dict:
                                "linear")), weights=params.get("weights"), base=params.get("base"),
                                density=float(params.get("density", 1.0)), lam=float(params.get("lambda", 1.0)),
                                t=float(params.get("t", 0.5)), seed=int(params.get("seed", 0)), dtype=dtype,
-                               lambda_for={str(k): float(v) for k, v in (params.get("lambda_for") or {}).items()})
+                               lambda_for=_lambda_for(params))
     except ValueError as e:
         raise PipelineError(f"config: {e}") from None
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())

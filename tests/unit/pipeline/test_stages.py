@@ -148,8 +148,9 @@ def test_merge_stage_exports_a_plain_folder(tmp_path, one_torch_thread):
 
 
 def test_merge_stage_over_several_upstream_models(tmp_path, one_torch_thread):
-    """Two SFT runs (full fine-tuning, 1 step, different learning rates) -> merge ``models`` linear 0.5/0.5: every weight is
-    the mean of the two folded models' weights; the merged folder is a cached input like any stage output."""
+    """Two SFT runs (full fine-tuning, 1 step, different learning rates) -> merge ``models`` linear 0.5/0.5: every
+    weight is the mean of the two folded models' weights; the merged folder is a cached input like any stage
+    output."""
     import torch
     from transformers import AutoModelForCausalLM
 
