@@ -500,11 +500,9 @@ def check_merge(params: dict, pending: Pending) -> None:
     if not all(isinstance(m, str) and m for m in models):
         raise PipelineError("config: key 'models': expected a list of model folders or names")
     weights = params.get("weights")
-    if weights is not None and not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+    if weights is not None and not _all_numbers(weights):
         raise PipelineError("config: key 'weights': expected a list of numbers")
-    lambda_for = params.get("lambda_for")
-    if lambda_for is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                          for v in lambda_for.values()):
+    if not _all_numbers((params.get("lambda_for") or {}).values()):
         raise PipelineError("config: key 'lambda_for': expected a mapping of weight-name patterns to numbers "
                             "(e.g. {self_attn: 1.5})")
     try:
@@ -512,6 +510,10 @@ def check_merge(params: dict, pending: Pending) -> None:
                          float(params.get("density", 1.0)), float(params.get("t", 0.5)), _lambda_for(params))
     except ValueError as e:
         raise PipelineError(f"config: {e}") from None
+
+
+def _all_numbers(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def _lambda_for(params: dict) -> dict[str, float]:
