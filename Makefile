@@ -16,11 +16,11 @@ $(VENV)/.setup-done: pyproject.toml scripts/setup.sh
 # The quickstart pipeline on the builtin SmolLM2-135M-Instruct (examples/quickstart.yaml): the base model's own
 # replies (shipped) augmented with instruction constraints -> LoRA SFT -> DPO on the repair pairs -> ExPO (the DPO
 # update extrapolated 1.25x) -> eval vs the base model -> gates -> report -> export (only when every gate passes; a failed gate is reported and `make demo` still
-# succeeds: the model was measured, not shipped). Cached: a rerun skips finished stages (runs/quickstart/report.html).
+# succeeds: the model was measured, not shipped; a bad config or a crashed stage fails it). Cached: a rerun skips finished stages (runs/quickstart/report.html).
 demo: setup
 	@$(POSTTRAIN) run examples/quickstart.yaml; rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "quickstart: a release gate failed (table above, runs/quickstart/report.html): the model was measured and not exported"; fi; \
-	[ $$rc -le 1 ]
+	[ $$rc -le 1 ] || { echo "quickstart: the run stopped with exit code $$rc (2: bad config or data, 3: a stage crashed; see above)"; exit $$rc; }
 
 # Issue 16's longer recipe (examples/recipe_full.yaml): the base model's own replies augmented with instruction
 # constraints -> LoRA SFT -> DPO on the repair pairs -> eval against the base on six suites -> gates. About 40 minutes
@@ -28,7 +28,7 @@ demo: setup
 demo-full: setup
 	@$(POSTTRAIN) run examples/recipe_full.yaml; rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "recipe_full: a release gate failed (table above, runs/recipe_full/report.html)"; fi; \
-	[ $$rc -le 1 ]
+	[ $$rc -le 1 ] || { echo "recipe_full: the run stopped with exit code $$rc (2: bad config or data, 3: a stage crashed; see above)"; exit $$rc; }
 
 # The older two-stage demo: SFT then DPO on the shipped off-policy pairs; prints held-out reward accuracy.
 demo-dpo: setup

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 
 import typer
@@ -20,7 +21,10 @@ def run_command(
     force: list[str] = typer.Option([], "--force", metavar="STAGE",
                                     help="recompute this stage and its dependents (repeatable)"),
 ) -> None:
-    """Run every stage of a pipeline in dependency order, skipping stages whose cached output is complete."""
+    """Run every stage of a pipeline in dependency order, skipping stages whose cached output is complete.
+
+    Exit codes: 0 every stage done; 1 a release gate failed (the model was measured, not exported); 2 bad pipeline
+    file, config or data (one line); 3 a stage crashed (traceback above the last line)."""
     from posttrain.config import ConfigError
     from posttrain.data.schema import DataError, DataErrors
     from posttrain.pipeline.eval_stages import GateFailed
@@ -37,6 +41,12 @@ def run_command(
     except GateFailed as e:  # a failed gate is a verdict, not a crash: exit 1, one line
         typer.echo(f"posttrain run: gate failed: {e}", err=True)
         raise typer.Exit(1) from None
+    except Exception as e:  # a crash keeps its traceback and its own exit code, so no caller reads it as a verdict
+        traceback.print_exc()
+        first = str(e).splitlines()[0] if str(e) else ""
+        typer.echo(f"posttrain run: crashed: {type(e).__name__}{': ' + first if first else ''} (the run's "
+                   "manifest records the failed stage; a rerun resumes from it)", err=True)
+        raise typer.Exit(3) from None
     print_status(manifest)
 
 

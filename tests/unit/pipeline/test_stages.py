@@ -102,6 +102,37 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.skipif("gate" not in STAGES, reason="posttrain.eval is not installed")
+def test_cli_exit_codes_tell_a_failed_gate_from_a_crashed_stage(tmp_path, monkeypatch):
+    """`make demo` succeeds on exit 1 (a gate said no: the model was measured) and fails on anything else, so a stage
+    that crashes must not exit 1 too."""
+    from posttrain.pipeline.registry import StageSpec
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"constraints/pass_rate": 0.4}))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"run_dir: {tmp_path / 'run'}\nstages:\n  gate:\n    command: gate\n    config:\n"
+                        f"      metrics: {metrics}\n      gates: [{{metric: constraints/pass_rate, min: 0.5}}]\n")
+    result = CliRunner().invoke(app, ["run", str(pipeline)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == ("posttrain run: gate failed: 1 of 1 gates failed: "
+                                                      "constraints/pass_rate: 0.4 < min 0.5")
+
+    def crash(params, output_dir, resume):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setitem(STAGES, "boom", StageSpec(run=crash, inputs=lambda params: []))
+    pipeline.write_text(f"run_dir: {tmp_path / 'run2'}\nstages:\n  b:\n    command: boom\n    config: {{}}\n")
+    result = CliRunner().invoke(app, ["run", str(pipeline)])
+    assert result.exit_code == 3
+    assert "Traceback" in result.output and "in crash" in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "posttrain run: crashed: RuntimeError: disk on fire (the run's manifest records the failed stage; "
+        "a rerun resumes from it)")
+    manifest = json.loads((tmp_path / "run2" / "manifest.json").read_text())
+    assert manifest["stages"]["b"]["status"] == "failed"
+
+
+@pytest.mark.skipif("gate" not in STAGES, reason="posttrain.eval is not installed")
 def test_gate_stage_records_verdicts_in_the_eval_manifest(tmp_path):
     metrics = tmp_path / "eval" / "metrics.json"
     metrics.parent.mkdir()
