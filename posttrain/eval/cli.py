@@ -10,9 +10,10 @@ import typer
 from posttrain.errors import fail
 
 def _default_suites() -> list[str]:
-    from posttrain.eval.suites import BUILTIN
+    """Every builtin suite but the reserved one (``constraints_reserve``: asked for by name, never by default)."""
+    from posttrain.eval.suites import BUILTIN, RESERVE
 
-    return list(BUILTIN)
+    return [name for name, suite in BUILTIN.items() if suite.group != RESERVE]
 
 
 def eval_command(
@@ -21,9 +22,10 @@ def eval_command(
     output: Path = typer.Option(..., "--output", "-o", help="output folder: responses.jsonl, metrics.json, "
                                 "manifest.json"),
     suite: list[str] = typer.Option(None, "--suite", help="repeatable: a builtin suite (constraints, capability, "
-                                    "refusal, constraints_ood, ifeval_sample, capability_freeform) or a suite file "
-                                    "(our rows or IFEval format), optionally NAME@N for its max new tokens; "
-                                    "default: all builtin suites"),
+                                    "refusal, constraints_ood, ifeval_sample, capability_freeform, constraints_reserve) or a "
+                                    "suite file (our rows or IFEval format), optionally NAME@N for its max new "
+                                    "tokens; default: every builtin suite but constraints_reserve (reserved: "
+                                    "asked for by name)"),
     baseline: str = typer.Option(None, "--baseline", help="a model to compare against (metrics under baseline/)"),
     base: str = typer.Option(None, "--base", help="the model the recipe started from (metrics under base/; "
                              "length, degeneration and formatting also relative to it)"),

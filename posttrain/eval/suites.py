@@ -17,7 +17,9 @@ Row schema (any prompt layout ``load_examples(path, "prompt")`` accepts, plus):
 Builtin suites (``posttrain/resources/eval/``, table ``BUILTIN``): in distribution (the quickstart's own task
 shapes and templates) ``constraints``, ``capability``; out of distribution (task types and phrasings the
 training data never uses) ``constraints_ood``, ``ifeval_sample`` (IFEval format), ``capability_freeform``;
-``refusal`` (group ``safety``). Anything else is read as a path (group ``custom``). A suite name or path may end
+``refusal`` (group ``safety``); ``constraints_reserve`` (group ``reserve``: 100 constraint prompts written apart from
+every other suite and never used to pick a recipe, for an unbiased read of a recipe tuned on the suites above; keep
+it out of any comparison that chooses settings, or it stops being one). Anything else is read as a path (group ``custom``). A suite name or path may end
 in ``@N``: generate at most N new tokens for it (default: the suite's own budget, else the run's).
 """
 
@@ -37,6 +39,7 @@ KINDS = ("constraint", "exact", "refusal_benign", "refusal_harmful")
 MATCHES = ("math", "exact", "contains", "regex")
 RESOURCES = Path(__file__).resolve().parent.parent / "resources" / "eval"
 IN_DISTRIBUTION, OUT_OF_DISTRIBUTION, CUSTOM = "in_distribution", "out_of_distribution", "custom"
+RESERVE = "reserve"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ BUILTIN = {
     "constraints_ood": BuiltinSuite("constraints_ood.jsonl", OUT_OF_DISTRIBUTION, 256),
     "ifeval_sample": BuiltinSuite("ifeval_sample.jsonl", OUT_OF_DISTRIBUTION, 256),
     "capability_freeform": BuiltinSuite("capability_freeform.jsonl", OUT_OF_DISTRIBUTION, 128),
+    # Reserved (session 37): tasks and wordings written apart from the training data and from the two suites above,
+    # never used to choose a recipe; its own group, so that it never moves an out_of_distribution number or gate.
+    "constraints_reserve": BuiltinSuite("constraints_reserve.jsonl", RESERVE, 256),
 }
 BUILTIN_SUITES = {name: RESOURCES / suite.file for name, suite in BUILTIN.items()}
 
