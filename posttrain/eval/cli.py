@@ -22,10 +22,10 @@ def eval_command(
     output: Path = typer.Option(..., "--output", "-o", help="output folder: responses.jsonl, metrics.json, "
                                 "manifest.json"),
     suite: list[str] = typer.Option(None, "--suite", help="repeatable: a builtin suite (constraints, capability, "
-                                    "refusal, constraints_ood, ifeval_sample, capability_freeform, constraints_reserve) or a "
-                                    "suite file (our rows or IFEval format), optionally NAME@N for its max new "
-                                    "tokens; default: every builtin suite but constraints_reserve (reserved: "
-                                    "asked for by name)"),
+                                    "refusal, constraints_ood, ifeval_sample, capability_freeform, "
+                                    "constraints_reserve) or a suite file (our rows or IFEval format), optionally "
+                                    "NAME@N for its max new tokens; default: every builtin suite but "
+                                    "constraints_reserve (reserved: asked for by name)"),
     baseline: str = typer.Option(None, "--baseline", help="a model to compare against (metrics under baseline/)"),
     base: str = typer.Option(None, "--base", help="the model the recipe started from (metrics under base/; "
                              "length, degeneration and formatting also relative to it)"),

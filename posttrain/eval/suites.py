@@ -19,8 +19,9 @@ shapes and templates) ``constraints``, ``capability``; out of distribution (task
 training data never uses) ``constraints_ood``, ``ifeval_sample`` (IFEval format), ``capability_freeform``;
 ``refusal`` (group ``safety``); ``constraints_reserve`` (group ``reserve``: 100 constraint prompts written apart from
 every other suite and never used to pick a recipe, for an unbiased read of a recipe tuned on the suites above; keep
-it out of any comparison that chooses settings, or it stops being one). Anything else is read as a path (group ``custom``). A suite name or path may end
-in ``@N``: generate at most N new tokens for it (default: the suite's own budget, else the run's).
+it out of any comparison that chooses settings, or it stops being one). Anything else is read as a path (group
+``custom``). A suite name or path may end in ``@N``: generate at most N new tokens for it (default: the suite's own
+budget, else the run's).
 """
 
 from __future__ import annotations
