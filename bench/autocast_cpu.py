@@ -19,6 +19,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def native_bf16() -> str:
@@ -40,9 +44,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--isa", default=None, help="ONEDNN_MAX_CPU_ISA for the run (e.g. AVX512_CORE, AVX2)")
     args = parser.parse_args()
-    if args.isa and os.environ.get("ONEDNN_MAX_CPU_ISA") != args.isa:
-        argv = [a for i, a in enumerate(sys.argv) if a != "--isa" and (i == 0 or sys.argv[i - 1] != "--isa")]
-        sys.exit(subprocess.call([sys.executable, *argv], env={**os.environ, "ONEDNN_MAX_CPU_ISA": args.isa}))
+    if args.isa and os.environ.get("ONEDNN_MAX_CPU_ISA") != args.isa:  # the child sees it set and runs
+        sys.exit(subprocess.call([sys.executable, *sys.argv], env={**os.environ, "ONEDNN_MAX_CPU_ISA": args.isa}))
 
     import torch
     from peft import LoraConfig, get_peft_model
@@ -71,7 +74,7 @@ def main() -> None:
                 step(bf16)
             times[bf16].append((time.perf_counter() - start) / args.steps)
     fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+    print(f"{common.machine()}; {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bfloat16: {native_bf16()}, "
           f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', 'unset')}")
     print(f"{args.rows} x {args.tokens} tokens, LoRA r16 all-linear, forward + backward")

@@ -43,7 +43,7 @@ def run_command(
         raise typer.Exit(1) from None
     except Exception as e:  # a crash keeps its traceback and its own exit code, so no caller reads it as a verdict
         traceback.print_exc()
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = (str(e).splitlines() or [""])[0]
         typer.echo(f"posttrain run: crashed: {type(e).__name__}{': ' + first if first else ''} (the run's "
                    "manifest records the failed stage; a rerun resumes from it)", err=True)
         raise typer.Exit(3) from None
