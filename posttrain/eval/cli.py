@@ -23,9 +23,9 @@ def eval_command(
                                 "manifest.json"),
     suite: list[str] = typer.Option(None, "--suite", help="repeatable: a builtin suite (constraints, capability, "
                                     "refusal, constraints_ood, ifeval_sample, capability_freeform, "
-                                    "constraints_reserve) or a suite file (our rows or IFEval format), optionally "
-                                    "NAME@N for its max new tokens; default: every builtin suite but "
-                                    "constraints_reserve (reserved: asked for by name)"),
+                                    "constraints_ood2, constraints_reserve) or a suite file (our rows or IFEval "
+                                    "format), optionally NAME@N for its max new tokens; default: every builtin suite "
+                                    "but constraints_reserve (reserved: asked for by name)"),
     baseline: str = typer.Option(None, "--baseline", help="a model to compare against (metrics under baseline/)"),
     base: str = typer.Option(None, "--base", help="the model the recipe started from (metrics under base/; "
                              "length, degeneration and formatting also relative to it)"),

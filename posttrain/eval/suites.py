@@ -16,7 +16,9 @@ Row schema (any prompt layout ``load_examples(path, "prompt")`` accepts, plus):
 
 Builtin suites (``posttrain/resources/eval/``, table ``BUILTIN``): in distribution (the quickstart's own task
 shapes and templates) ``constraints``, ``capability``; out of distribution (task types and phrasings the
-training data never uses) ``constraints_ood``, ``ifeval_sample`` (IFEval format), ``capability_freeform``;
+training data never uses) ``constraints_ood``, ``ifeval_sample`` (IFEval format), ``capability_freeform``,
+``constraints_ood2`` (99 constraint prompts written in session 38 apart from every other suite, in ``posttrain eval``'s
+defaults; the shipped recipes' eval stages keep the first three, so their numbers compare across sessions);
 ``refusal`` (group ``safety``); ``constraints_reserve`` (group ``reserve``: 100 constraint prompts written apart from
 every other suite and never used to pick a recipe, for an unbiased read of a recipe tuned on the suites above; keep
 it out of any comparison that chooses settings, or it stops being one). Anything else is read as a path (group
@@ -60,6 +62,9 @@ BUILTIN = {
     "constraints_ood": BuiltinSuite("constraints_ood.jsonl", OUT_OF_DISTRIBUTION, 256),
     "ifeval_sample": BuiltinSuite("ifeval_sample.jsonl", OUT_OF_DISTRIBUTION, 256),
     "capability_freeform": BuiltinSuite("capability_freeform.jsonl", OUT_OF_DISTRIBUTION, 128),
+    # Written in session 38 the way constraints_reserve was (open-ended tasks, 25 kinds, two wordings each, none
+    # shared with the training data or another suite), to read a recipe on more fresh prompts than the two above.
+    "constraints_ood2": BuiltinSuite("constraints_ood2.jsonl", OUT_OF_DISTRIBUTION, 256),
     # Reserved (session 37): tasks and wordings written apart from the training data and from the two suites above,
     # never used to choose a recipe; its own group, so that it never moves an out_of_distribution number or gate.
     "constraints_reserve": BuiltinSuite("constraints_reserve.jsonl", RESERVE, 256),

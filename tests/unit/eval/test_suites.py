@@ -98,14 +98,16 @@ def test_every_builtin_suite_loads_with_its_group(name):
 def test_suite_sizes_and_groups():
     sizes = {name: len(load_suite(name)) for name in BUILTIN_SUITES}
     assert sizes == {"constraints": 120, "capability": 120, "refusal": 30, "constraints_ood": 142,
-                     "ifeval_sample": 30, "capability_freeform": 71, "constraints_reserve": 100}
+                     "ifeval_sample": 30, "capability_freeform": 71, "constraints_ood2": 99,
+                     "constraints_reserve": 100}
     assert {n for n, s in BUILTIN.items() if s.group == IN_DISTRIBUTION} == {"constraints", "capability"}
     assert {n for n, s in BUILTIN.items() if s.group == OUT_OF_DISTRIBUTION} == {
-        "constraints_ood", "ifeval_sample", "capability_freeform"}
+        "constraints_ood", "ifeval_sample", "capability_freeform", "constraints_ood2"}
     assert BUILTIN["constraints_reserve"].group == "reserve"
 
 
-@pytest.mark.parametrize("name", ["constraints_ood", "ifeval_sample", "constraints", "constraints_reserve"])
+@pytest.mark.parametrize("name", ["constraints_ood", "ifeval_sample", "constraints", "constraints_ood2",
+                                  "constraints_reserve"])
 def test_every_constraint_row_can_be_satisfied(name):
     unmet = []
     for row in load_suite(name):
@@ -160,7 +162,7 @@ def test_ood_suites_share_no_phrasing_with_the_training_data():
         train |= _ngrams(text, 6)
     assert len(train) > 1000
     shared = {}
-    for name in ("constraints_ood", "ifeval_sample", "capability_freeform", "constraints_reserve"):
+    for name in ("constraints_ood", "ifeval_sample", "capability_freeform", "constraints_ood2", "constraints_reserve"):
         for row in load_suite(name):
             common = _ngrams(row.prompt[-1]["content"], 6) & train
             if common:
@@ -170,7 +172,7 @@ def test_ood_suites_share_no_phrasing_with_the_training_data():
                  "Wrap your entire answer in double quotes.", "Answer with a bullet list of exactly 2 items",
                  "Answer in one sentence that ends with an exclamation mark.", "Give the answer as JSON like",
                  "End your answer with the phrase", "Start your answer with", "Answer in exactly"]
-    for name in ("constraints_ood", "ifeval_sample", "constraints_reserve"):
+    for name in ("constraints_ood", "ifeval_sample", "constraints_ood2", "constraints_reserve"):
         for row in load_suite(name):
             assert not any(t.lower().rstrip(".") in row.prompt[-1]["content"].lower() for t in templated), row.id
 
@@ -191,25 +193,30 @@ def test_ood_suites_share_no_phrasing_with_any_augmentation_wording():
                     wordings |= _ngrams(template(args), 6)
     assert len(wordings) > 300
     shared = {f"{name}/{row.id}": sorted(common)[:2]
-              for name in ("constraints_ood", "ifeval_sample", "constraints_reserve")
+              for name in ("constraints_ood", "ifeval_sample", "constraints_ood2", "constraints_reserve")
               for row in load_suite(name) if (common := _ngrams(row.prompt[-1]["content"], 6) & wordings)}
     assert shared == {}
 
 
-def test_reserve_suite_is_written_apart_from_the_other_suites():
-    """The reserved suite's tasks and wordings share no 6-word run with any other builtin suite's prompts (so a
-    recipe tuned on those has not seen its phrasing either), and it asks for many kinds, alone and in pairs."""
+@pytest.mark.parametrize("suite", ["constraints_reserve", "constraints_ood2"])
+def test_fresh_suites_are_written_apart_from_the_other_suites(suite):
+    """The reserved suite's and constraints_ood2's tasks and wordings share no 6-word run with any other builtin
+    suite's prompts (so a recipe tuned on those has not seen their phrasing either), and each asks for many kinds,
+    alone and in pairs."""
     others = set()
     for name in BUILTIN:
-        if name != "constraints_reserve":
+        if name != suite:
             for row in load_suite(name):
                 others |= _ngrams(row.prompt[-1]["content"], 6)
-    rows = load_suite("constraints_reserve")
+    rows = load_suite(suite)
     shared = {row.id: sorted(common)[:2] for row in rows if (common := _ngrams(row.prompt[-1]["content"], 6) & others)}
     assert shared == {}
     kinds = {c["kind"] for r in rows for c in r.metadata["constraints"]}
     counts = [len(r.metadata["constraints"]) for r in rows]
     assert len(kinds) >= 25 and counts.count(1) >= 50 and counts.count(2) >= 25
+
+
+def test_the_reserved_suite_runs_only_when_named():
     from posttrain.eval.cli import _default_suites
 
     assert _default_suites() == [name for name in BUILTIN if name != "constraints_reserve"]  # by name only
