@@ -14,9 +14,10 @@ $(VENV)/.setup-done: pyproject.toml scripts/setup.sh
 	touch $@
 
 # The quickstart pipeline on the builtin SmolLM2-135M-Instruct (examples/quickstart.yaml): the base model's own
-# replies (shipped) augmented with instruction constraints -> LoRA SFT -> DPO on the repair pairs -> ExPO (the DPO
-# update extrapolated 1.25x) -> eval vs the base model -> gates -> report -> export (only when every gate passes; a failed gate is reported and `make demo` still
-# succeeds: the model was measured, not shipped; a bad config or a crashed stage fails it). Cached: a rerun skips finished stages (runs/quickstart/report.html).
+# replies (shipped) augmented with instruction constraints -> LoRA SFT -> DPO on the repair pairs (the reference: the
+# SFT model) -> eval vs the base model -> gates -> report -> export (only when every gate passes; a failed gate is
+# reported and `make demo` still succeeds: the model was measured, not shipped; a bad config or a crashed stage fails
+# it). Cached: a rerun skips finished stages (runs/quickstart/report.html).
 demo: setup
 	@$(POSTTRAIN) run examples/quickstart.yaml; rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "quickstart: a release gate failed (table above, runs/quickstart/report.html): the model was measured and not exported"; fi; \

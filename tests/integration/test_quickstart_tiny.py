@@ -19,7 +19,7 @@ from posttrain.pipeline.runner import run_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quickstart.yaml"
-TRAINED = ["augment", "sft", "repair_pairs", "dpo", "expo"]
+TRAINED = ["augment", "sft", "repair_pairs", "dpo"]
 
 
 def overrides(run_dir: Path) -> list[str]:
@@ -45,7 +45,7 @@ def test_quickstart_stages_chain_and_the_gates_stop_an_untrained_model(tmp_path)
             run_pipeline(load_pipeline(EXAMPLE, overrides(run_dir), commands=STAGES))
         first = manifest_of(run_dir)
         stages = first["stages"]
-        assert [stages[name]["status"] for name in TRAINED] == ["done"] * 5
+        assert [stages[name]["status"] for name in TRAINED] == ["done"] * 4
         assert stages["eval"]["status"] == "done" and stages["gate"]["status"] == "failed"
         assert "export" not in stages or stages["export"]["status"] != "done"
 
@@ -70,6 +70,6 @@ def test_quickstart_stages_chain_and_the_gates_stop_an_untrained_model(tmp_path)
         with pytest.raises(GateFailed):
             run_pipeline(load_pipeline(EXAMPLE, overrides(run_dir), commands=STAGES))
         again = manifest_of(run_dir)["stages"]
-        assert [again[name]["status"] for name in [*TRAINED, "eval"]] == ["skipped"] * 6
+        assert [again[name]["status"] for name in [*TRAINED, "eval"]] == ["skipped"] * 5
     finally:
         torch.set_num_threads(before)
