@@ -106,8 +106,11 @@ def test_suite_sizes_and_groups():
     assert BUILTIN["constraints_reserve"].group == "reserve"
 
 
-@pytest.mark.parametrize("name", ["constraints_ood", "ifeval_sample", "constraints", "constraints_ood2",
-                                  "constraints_reserve"])
+# The out-of-distribution and reserved constraint suites: none may share phrasing with what training sees.
+FRESH_CONSTRAINT_SUITES = ("constraints_ood", "ifeval_sample", "constraints_ood2", "constraints_reserve")
+
+
+@pytest.mark.parametrize("name", ["constraints", *FRESH_CONSTRAINT_SUITES])
 def test_every_constraint_row_can_be_satisfied(name):
     unmet = []
     for row in load_suite(name):
@@ -162,7 +165,7 @@ def test_ood_suites_share_no_phrasing_with_the_training_data():
         train |= _ngrams(text, 6)
     assert len(train) > 1000
     shared = {}
-    for name in ("constraints_ood", "ifeval_sample", "capability_freeform", "constraints_ood2", "constraints_reserve"):
+    for name in (*FRESH_CONSTRAINT_SUITES, "capability_freeform"):
         for row in load_suite(name):
             common = _ngrams(row.prompt[-1]["content"], 6) & train
             if common:
@@ -172,7 +175,7 @@ def test_ood_suites_share_no_phrasing_with_the_training_data():
                  "Wrap your entire answer in double quotes.", "Answer with a bullet list of exactly 2 items",
                  "Answer in one sentence that ends with an exclamation mark.", "Give the answer as JSON like",
                  "End your answer with the phrase", "Start your answer with", "Answer in exactly"]
-    for name in ("constraints_ood", "ifeval_sample", "constraints_ood2", "constraints_reserve"):
+    for name in FRESH_CONSTRAINT_SUITES:
         for row in load_suite(name):
             assert not any(t.lower().rstrip(".") in row.prompt[-1]["content"].lower() for t in templated), row.id
 
@@ -192,8 +195,7 @@ def test_ood_suites_share_no_phrasing_with_any_augmentation_wording():
                 for template in templates:
                     wordings |= _ngrams(template(args), 6)
     assert len(wordings) > 300
-    shared = {f"{name}/{row.id}": sorted(common)[:2]
-              for name in ("constraints_ood", "ifeval_sample", "constraints_ood2", "constraints_reserve")
+    shared = {f"{name}/{row.id}": sorted(common)[:2] for name in FRESH_CONSTRAINT_SUITES
               for row in load_suite(name) if (common := _ngrams(row.prompt[-1]["content"], 6) & wordings)}
     assert shared == {}
 
