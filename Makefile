@@ -5,7 +5,7 @@ POSTTRAIN := $(VENV)/bin/posttrain
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-full demo-dpo test test-slow test-all gpu-check clean
+.PHONY: setup demo demo-full demo-dpo test test-slow test-backends test-all gpu-check clean
 
 setup: $(VENV)/.setup-done
 
@@ -42,6 +42,11 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The slow tests that do not load the builtin model (DeepSpeed / ZeRO-3 repeats of default-run distributed checks,
+# PostgreSQL repeats of SQLite ones): about 5 minutes on 2 cores; CI runs them after `make test`
+test-backends: setup
+	$(PY) -m pytest -q -m "slow and not builtin and not gpu" $(PYTEST_ARGS)
 
 test-all: setup
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ import pytest
 from posttrain.config import load_config
 
 ROOT = Path(__file__).parents[2]
+pytestmark = pytest.mark.builtin    # not in `make test-backends` (the slow tests CI runs too): minutes each
 
 
 @pytest.mark.slow
