@@ -34,7 +34,11 @@ prompt, with that probability and its own random stream, also gives a loop pair 
 prompt's reply chosen, and the reply cut after one of its sentences, which then repeats 3-6 times, rejected
 (``looped``): the way a small model's greedy answer degenerates until the token limit. The two sides first differ
 where the reply goes on (or ends) and the loop repeats a sentence instead, so DPO lowers a repeat there; a pair in
-which the rejected side stopped early would teach stopping instead.
+which the rejected side stopped early would teach stopping instead. With ``echo_share`` > 0, each constrained prompt,
+with that probability and its own random stream, also gives an echo pair (``"contrast": "echo"``): the prompt's reply
+chosen, and the same reply with one of the prompt's instruction sentences said as one of its own sentences rejected
+(``echoed``): a model trained on constraint data can copy the instruction into its answer instead of obeying it
+(``eval/drift.py``'s ``format/instruction_echo_rate``).
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ class AugmentSettings:
     # reply chosen, the reply looping on one of its sentences rejected): the DPO data's own guard against the
     # repetition that more preference steps bring (issue 16: the quickstart at lowercase weight 1, run V1, gained
     # +9.9 with its repeat rate 2.5 points over the base's)
+    echo_share: float = 0.0  # with pairs: share of constrained prompts that also give an echo pair (the reply chosen,
+    # the reply saying one of the prompt's instruction sentences rejected): against copying the instruction into the
+    # answer (issue 16, session 39: recipe_full's model echoed on 9.9% of its out-of-distribution answers, the base
+    # on 4.9%)
     drop_system: bool = False  # leave the candidates' system messages out of the SFT rows: a system prompt that
     # only steered sampling (e.g. "keep every reply under 50 words", so that fewer replies run into the token limit)
     # would otherwise be trained on as part of every prompt
@@ -105,7 +113,7 @@ class AugmentSettings:
             raise ValueError(f"max_words must be an integer >= min_words ({self.min_words}), got {self.max_words!r}")
         if self.contrast_share > 0 and not self.contrast_kinds:
             raise ValueError("contrast_kinds: empty, but contrast_share > 0")
-        for name in ("plain_share", "two_constraint_share", "contrast_share", "loop_share"):
+        for name in ("plain_share", "two_constraint_share", "contrast_share", "loop_share", "echo_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.kinds:
@@ -217,14 +225,25 @@ def looped(text: str, rng: random.Random, copies: tuple[int, int] = (3, 6)) -> s
     return out if has_repeated_sentence(out) else None
 
 
+def echoed(text: str, instruction: str, rng: random.Random) -> str:
+    """``text`` with ``instruction`` said as one of its sentences: before its first sentence or after one of the
+    others but its last, drawn at random (never after the last: a rejected side that goes on where the chosen one
+    stops would teach stopping). The rejected side of an echo pair."""
+    end = len(text.rstrip())
+    starts = [0] + [b.end() for b in SENTENCE_BREAK.finditer(text) if b.end() < end]
+    at = starts[rng.randrange(len(starts))]
+    return f"{text[:at]}{instruction.strip()} {text[at:]}"
+
+
 def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
              ) -> tuple[list[dict], list[str | None], list[dict], dict[str, Any]]:
-    """(SFT rows, the reply each constrained row was edited from or None for a plain row, contrast pairs then loop
-    pairs, counts)."""
+    """(SFT rows, the reply each constrained row was edited from or None for a plain row, contrast pairs, then loop
+    pairs, then echo pairs, counts)."""
     out: list[dict] = []
     originals: list[str | None] = []
     contrasts: list[dict] = []
     loops: list[dict] = []
+    echoes: list[dict] = []
     stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
                              "skipped_short": 0, "skipped_long": 0, "skipped_truncated": 0, "skipped_styled": 0,
                              "plain_examples": 0, "constrained_examples": 0, "replies_short_of_per_reply": 0}
@@ -303,16 +322,25 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
                 if lrng.random() < settings.loop_share and (rejected := looped(chosen, lrng)) is not None:
                     loops.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "constraints": [],
                                   "phrasings": [], "source": source, "contrast": "loop"})
+        if settings.echo_share > 0:
+            erng = random.Random(f"echo:{stream}")
+            for prompt, chosen, asked in prompts:
+                instructions = SENTENCE_BREAK.split(prompt[-1]["content"][len(task):].strip())
+                if asked and erng.random() < settings.echo_share:
+                    said = instructions[erng.randrange(len(instructions))]
+                    echoes.append({"prompt": prompt, "chosen": chosen, "rejected": echoed(chosen, said, erng),
+                                   "constraints": [], "phrasings": [], "source": source, "contrast": "echo"})
     stats["examples"] = len(out)
     stats["per_kind"] = per_kind
-    return out, originals, contrasts + loops, stats
+    return out, originals, contrasts + loops + echoes, stats
 
 
 def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSettings,
                  pairs_output: str | Path | None = None) -> dict[str, Any]:
     """Read ``candidates``, write the SFT rows to ``output`` (and with ``pairs_output``, the repair pairs there;
     atomically: a failed run leaves no partial file), return the counts (``pairs``: how many pairs, contrast pairs
-    included, which follow the repair pairs; ``contrast_pairs``: how many of those, ``loop_pairs`` among them).
+    included, which follow the repair pairs; ``contrast_pairs``: how many of those, ``loop_pairs`` and
+    ``echo_pairs`` among them).
     ``DataErrors`` for bad rows before anything is written."""
     rows, originals, contrasts, stats = _augment(read_candidates(candidates), settings)
     if not rows:
@@ -327,4 +355,5 @@ def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSe
         stats["pairs"] = len(pairs)
         stats["contrast_pairs"] = len(contrasts)
         stats["loop_pairs"] = sum(p.get("contrast") == "loop" for p in contrasts)
+        stats["echo_pairs"] = sum(p.get("contrast") == "echo" for p in contrasts)
     return stats

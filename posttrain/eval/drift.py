@@ -14,12 +14,17 @@ Metric keys (flat, like the rest of ``metrics.json``):
   ``format/unrequested_lowercase_rate``: over rows that ask for no lowercase (no ``LOWER_KINDS`` constraint), the
   fraction of all-lowercase responses (``is_lowercase_answer``; a lowercase instruction's habit, issue 16 session 24:
   the session-23 quickstart wrote 14.5% of its answers in lowercase, the base 0.2%);
+- ``format/instruction_echo_rate``: over rows with a constraint (when the prompts are given), the fraction of
+  responses that repeat the prompt's instruction wording (``echoes_instruction``: 5 words in a row of the sentences
+  after the task, quoted text left out) -- a model trained on constraint data can learn to copy the instruction into
+  its answer instead of obeying it (issue 16, session 39: recipe_full's model on 142 out-of-distribution constraint
+  rows, 9.9% against the base's 4.9%, 12 of its 14 echoing answers failing their constraints);
 - against a reference ``ref`` (``baseline`` or ``base``), from ``relative_metrics``: ``length/ratio_to_<ref>``
   (mean tokens), ``length/mean_words_ratio_to_<ref>``, ``length/median_words_ratio_to_<ref>``,
   ``length/median_words_clean_ratio_to_<ref>`` (the median over non-degenerate answers; and the same for
   every ``group/<g>/length/...``), ``degeneration/delta_vs_<ref>`` (repeat_rate minus the reference's),
   ``format/unrequested_quotes_delta_vs_<ref>``, ``format/unrequested_caps_delta_vs_<ref>``,
-  ``format/unrequested_lowercase_delta_vs_<ref>``;
+  ``format/unrequested_lowercase_delta_vs_<ref>``, ``format/instruction_echo_delta_vs_<ref>``;
 - from ``paired_length`` (the rows both answered): ``length/paired_words_ratio_to_<ref>`` and
   ``length/paired_rows_vs_<ref>``, and the same under every ``group/<g>/`` and ``suite/<s>/``: on the rows where
   neither the model's answer nor the reference's loops (``is_repetitive``), the model's words over the
@@ -35,8 +40,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from posttrain.verifiers.style import (UNREQUESTED, asked_kinds, has_repeated_sentence, is_repetitive,
-                                       repeated_ngram_fraction)
+from posttrain.verifiers.style import (UNREQUESTED, asked_kinds, echoes_instruction, has_repeated_sentence,
+                                       is_repetitive, repeated_ngram_fraction)
 
 
 def _rate(flags: list[bool]) -> float | None:
@@ -52,26 +57,33 @@ def degeneration_stats(texts: Sequence[str]) -> dict[str, float]:
             "degeneration/ngram_repeat_fraction": sum(map(repeated_ngram_fraction, texts)) / len(texts)}
 
 
-def format_stats(metadatas: Sequence[dict[str, Any]], texts: Sequence[str]) -> dict[str, float]:
-    """``format/unrequested_*_rate`` for ``texts[i]`` answering a row with ``metadatas[i]`` (a rate whose
-    denominator is empty has no key)."""
+def format_stats(metadatas: Sequence[dict[str, Any]], texts: Sequence[str],
+                 prompts: Sequence[str] | None = None) -> dict[str, float]:
+    """``format/unrequested_*_rate`` for ``texts[i]`` answering a row with ``metadatas[i]``, and with the rows' last
+    user turns ``prompts``, ``format/instruction_echo_rate`` (a rate whose denominator is empty has no key)."""
     flags: dict[str, list[bool]] = {name: [] for name, _asking, _detect in UNREQUESTED}
-    for md, text in zip(metadatas, texts):
+    echoes: list[bool] = []
+    for i, (md, text) in enumerate(zip(metadatas, texts)):
         kinds = asked_kinds(md)
         for name, asking, detect in UNREQUESTED:
             if not kinds & asking:
                 flags[name].append(detect(text))
+        if prompts is not None and kinds:
+            echoes.append(echoes_instruction(prompts[i], text))
     out = {}
     for name, found in flags.items():
         if (rate := _rate(found)) is not None:
             out[f"format/unrequested_{name}_rate"] = rate
+    if (rate := _rate(echoes)) is not None:
+        out["format/instruction_echo_rate"] = rate
     return out
 
 
 _RATIOS = ("length/mean_words", "length/median_words", "length/median_words_clean")
 _DELTAS = {"degeneration/repeat_rate": "degeneration/delta_vs_{}",
            **{f"format/unrequested_{name}_rate": f"format/unrequested_{name}_delta_vs_{{}}"
-              for name, _asking, _detect in UNREQUESTED}}
+              for name, _asking, _detect in UNREQUESTED},
+           "format/instruction_echo_rate": "format/instruction_echo_delta_vs_{}"}
 
 
 def paired_length(rows: Sequence[Any], texts: Sequence[str], ref_texts: Sequence[str], ref: str

@@ -141,6 +141,11 @@ def _slices(rows: list[EvalRow], scores: list[RowScore], responses: list[str], k
     return out
 
 
+def _last_turn(prompt: list[dict[str, str]] | str) -> str:
+    """The text of a prompt's last turn (a bare string is its own)."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"] if prompt else ""
+
+
 def score_suite(rows: list[EvalRow], responses: list[str], token_counts: list[int] | None = None,
                 finish_reasons: list[str] | None = None, trained: set[str] | None = None
                 ) -> tuple[dict[str, float], list[RowScore]]:
@@ -166,6 +171,7 @@ def score_suite(rows: list[EvalRow], responses: list[str], token_counts: list[in
     metrics |= kind_metrics([s.details for r, s in zip(rows, scores) if r.kind == "constraint"], trained)
     if finish_reasons is not None and finish_reasons:
         metrics["length/truncated_rate"] = _mean([float(f == "length") for f in finish_reasons])
-    metrics |= degeneration_stats(responses) | format_stats([r.metadata for r in rows], responses)
+    metrics |= degeneration_stats(responses) | format_stats([r.metadata for r in rows], responses,
+                                                            [_last_turn(r.prompt) for r in rows])
     metrics |= _slices(rows, scores, responses, "group", "group") | _slices(rows, scores, responses, "suite", "suite")
     return metrics, scores

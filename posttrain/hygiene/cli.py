@@ -289,6 +289,9 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             loop_share: float = typer.Option(0.0, help="with --pairs: share of prompts that also give a loop pair "
                                                         "(their reply chosen, the reply looping on one of its "
                                                         "sentences rejected)"),
+            echo_share: float = typer.Option(0.0, help="with --pairs: share of constrained prompts that also give an "
+                                                        "echo pair (their reply chosen, the reply saying one of the "
+                                                        "prompt's instruction sentences rejected)"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -299,15 +302,16 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         check_output_path(output, "--output", folder=False)
         if pairs is not None:
             check_output_path(pairs, "--pairs", folder=False)
-        elif contrast_share or loop_share:
-            raise ValueError(f"{'--contrast-share' if contrast_share else '--loop-share'} needs --pairs (contrast "
-                             "and loop pairs are preference pairs)")
+        elif given := [f"--{n}" for n, v in (("contrast-share", contrast_share), ("loop-share", loop_share),
+                                                ("echo-share", echo_share)) if v]:
+            raise ValueError(f"{given[0]} needs --pairs (contrast, loop and echo pairs are preference pairs)")
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    max_words=max_words, skip_truncated=skip_truncated, skip_styled=skip_styled,
                                    more_phrasings=more_phrasings, drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k),
                                    contrast_share=contrast_share, loop_share=loop_share,
+                                   echo_share=echo_share,
                                    **({} if contrast_kinds is None else {"contrast_kinds": _kinds(contrast_kinds)}))
         stats = augment_file(candidates, output, settings, pairs)
     except _user_errors() as e:
@@ -319,5 +323,6 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                f"{stats['skipped_styled']} quoted or in capitals, {stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))
     if pairs is not None:
-        contrast = f" ({stats['contrast_pairs']} of them contrast or loop pairs)" if stats["contrast_pairs"] else ""
+        contrast = (f" ({stats['contrast_pairs']} of them contrast, loop or echo pairs)" if stats["contrast_pairs"]
+                    else "")
         typer.echo(f"wrote {stats['pairs']} repair pairs to {pairs}{contrast}")

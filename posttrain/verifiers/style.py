@@ -1,7 +1,9 @@
 """Style faults of one response that no constraint asked for: degenerate repetition (a sentence or many 4-grams
-said again), a whole answer wrapped in double quotes, an all-capitals answer, an all-lowercase answer. Pure
-functions over text (standard library only). ``eval/drift.py`` turns them into rates over a suite;
-``VerifierJudge(style_penalty=...)`` (``judges/verifier.py``) lowers the score of a response that has one, so online
+said again), a whole answer wrapped in double quotes, an all-capitals answer, an all-lowercase answer; and an answer
+that repeats its prompt's instruction wording (``echoes_instruction``). Pure functions over text (standard library
+only). ``eval/drift.py`` turns them into rates over a suite;
+``VerifierJudge(style_penalty=...)`` (``judges/verifier.py``) lowers the score of a response that has one of the
+first four (``style_faults``), so online
 DPO, GRPO and judged pairs learn the constraint without learning the habit."""
 
 from __future__ import annotations
@@ -86,6 +88,33 @@ def is_lowercase_answer(text: str, min_words: int = MIN_CAPS_WORDS) -> bool:
     start = text.lstrip(" \t\n\"'*#>-\u201c\u2018")
     return (_lettered_words(text) >= min_words and start[:1].isalpha() and start[:1].islower()
             and not any(c.isupper() for c in text))
+
+
+ECHO_WORDS = 5
+# Spans a prompt quotes are text it asks to be written (a phrase to start or end with, a title, a placeholder)
+_QUOTED = re.compile(r"\"[^\"]*\"|\u201c[^\u201d]*\u201d|(?<![A-Za-z])'[^']*'(?![A-Za-z])|<<[^>]*>>|\[[^\]]*\]")
+_SENTENCE_END = re.compile(r"(?<=[.?!:])\s+")
+
+
+def _word_runs(text: str, n: int) -> set[tuple[str, ...]]:
+    ws = sentence_tokens(text)
+    return {tuple(ws[i: i + n]) for i in range(len(ws) - n + 1)}
+
+
+def echoes_instruction(prompt: str, text: str, n: int = ECHO_WORDS) -> bool:
+    """The response repeats ``n`` consecutive words of the prompt's instructions instead of obeying them ("Each letter
+    should be uppercase from start to finish." as a sentence of the answer). The instructions: the prompt's sentences
+    after its first (the task), less what they quote ("...", '...', <<...>>, [...]: text the prompt asks to be
+    written) and less the runs the first sentence has too (restating the task is no echo); words as in
+    ``sentence_tokens`` (case and punctuation ignored). A one-sentence prompt has no instructions to echo.
+    "Describe a fox. Capital letters are not allowed anywhere." answered "A fox. Capital letters are not allowed
+    anywhere." echoes; answered "a fox, describe a fox." does not."""
+    task, *rest = _SENTENCE_END.split(prompt.strip(), maxsplit=1)
+    if not rest:
+        return False
+    parts = _QUOTED.split(rest[0])
+    asked = set().union(*(_word_runs(part, n) for part in parts)) - _word_runs(task, n)
+    return bool(asked & _word_runs(text, n))
 
 
 # (name, the constraint kinds that ask for the format, its detector): the formats counted when nobody asked

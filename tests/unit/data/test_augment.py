@@ -9,11 +9,12 @@ from typer.testing import CliRunner
 
 import random
 
-from posttrain.data.augment import (AugmentSettings, augment_file, augment_rows, looped, read_candidates,
+from posttrain.data.augment import (AugmentSettings, augment_file, augment_rows, echoed, looped, read_candidates,
                                     repair_pairs)
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.verifiers.constraints import check_constraints
+from posttrain.verifiers.counting import SENTENCE_BREAK
 from posttrain.verifiers.phrasings import CONSTRAINTS, phrasing_groups
 from posttrain.verifiers.repair import repair, tidy
 from posttrain.verifiers.style import has_repeated_sentence
@@ -329,6 +330,47 @@ def test_looped_cuts_after_one_sentence_and_repeats_it():
     assert looped("Hi. Ok then.", random.Random(0)) is None
 
 
+def test_echoed_says_the_instruction_before_a_sentence_but_never_after_the_last():
+    text = "Bees make honey. It is sweet.\nThey store it."
+    seen = {echoed(text, " Use no commas. ", random.Random(seed)) for seed in range(30)}
+    assert seen == {"Use no commas. Bees make honey. It is sweet.\nThey store it.",
+                    "Bees make honey. Use no commas. It is sweet.\nThey store it.",
+                    "Bees make honey. It is sweet.\nUse no commas. They store it."}
+    assert echoed("One sentence only.", "Be brief.", random.Random(0)) == "Be brief. One sentence only."
+
+
+def test_echo_pairs_reject_the_reply_saying_an_instruction_of_its_prompt(tmp_path):
+    from posttrain.verifiers.style import echoes_instruction
+
+    path = write(tmp_path / "c.jsonl", [candidate("a", "Explain how bees make honey.", REPLY_A),
+                                        candidate("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])])
+    settings = dict(per_reply=2, plain_share=1.0, seed=3, loop_share=0.5)
+    base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
+    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, echo_share=1.0),
+                         tmp_path / "p.jsonl")
+    before, pairs, sft = read(tmp_path / "p0.jsonl"), read(tmp_path / "p.jsonl"), read(tmp_path / "sft.jsonl")
+    # the SFT rows, repair pairs and loop pairs do not change; one echo pair per constrained prompt follows them
+    # (the bare tasks ask for nothing, so they give none)
+    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
+    assert pairs[:len(before)] == before and base_stats["echo_pairs"] == 0
+    echoes = pairs[len(before):]
+    constrained = [r for r in sft if r["constraints"]]
+    assert len(echoes) == len(constrained) == 4 and stats["echo_pairs"] == 4 and stats["pairs"] == len(pairs)
+    for pair, row in zip(echoes, constrained):
+        prompt, chosen = row["messages"][:-1], row["messages"][-1]["content"]
+        assert pair["prompt"] == prompt and pair["chosen"] == chosen and pair["contrast"] == "echo"
+        assert pair["constraints"] == []
+        task = next(c for c in read(path) if c["prompt_id"] == row["source"]["prompt_id"])["prompt"][-1]["content"]
+        said = pair["rejected"]
+        # the rejected reply is the chosen one with one of the prompt's own instruction sentences put in whole
+        assert len(said) > len(chosen) and not echoes_instruction(prompt[-1]["content"], chosen)
+        assert echoes_instruction(prompt[-1]["content"], said)
+        sentence = next(s for s in SENTENCE_BREAK.split(prompt[-1]["content"][len(task):].strip()) if s in said)
+        assert said.replace(sentence + " ", "", 1) == chosen
+    with pytest.raises(ValueError, match=r"echo_share must be in \[0, 1\]"):
+        AugmentSettings(echo_share=2)
+
+
 def test_loop_pairs_reject_the_reply_looping_on_one_sentence(tmp_path):
     path = write(tmp_path / "c.jsonl", [candidate("a", "Explain how bees make honey.", REPLY_A),
                                         candidate("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])])
@@ -406,7 +448,7 @@ def test_cli(candidates, tmp_path):
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--contrast-share", "1", "--contrast-kinds", "all_caps"])
     assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
-    assert "(3 of them contrast or loop pairs)" in result.output  # the bare task and the two constrained prompts
+    assert "(3 of them contrast, loop or echo pairs)" in result.output  # the bare task and the two constrained prompts
     contrasts = read(tmp_path / "pairs.jsonl")[2:]
     assert [p["rejected"] for p in contrasts] == [p["chosen"].upper() for p in contrasts]
     assert contrasts[0]["chosen"] == tidy(REPLY_A)
@@ -418,10 +460,18 @@ def test_cli(candidates, tmp_path):
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--loop-share", "1"])
     assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
-    assert "(3 of them contrast or loop pairs)" in result.output
+    assert "(3 of them contrast, loop or echo pairs)" in result.output
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
                                       "--loop-share", "0.5"])
     assert result.exit_code == 2 and "--loop-share needs --pairs" in result.output
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
+                                      "--echo-share", "1"])
+    assert result.exit_code == 2 and "--echo-share needs --pairs" in result.output
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
+                                      "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
+                                      "--echo-share", "1"])
+    assert result.exit_code == 0 and "(2 of them contrast, loop or echo pairs)" in result.output, result.output
+    assert [p["contrast"] for p in read(tmp_path / "pairs.jsonl")[-2:]] == ["echo", "echo"]
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "x.jsonl"),
                                       "--kind-weights", "lowercase:3"])
     assert result.exit_code == 2 and "--kind-weights: expected kind=number, got 'lowercase:3'" in result.output
@@ -465,6 +515,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     ({"candidates": "c.jsonl", "contrast_share": 0.3}, "config: contrast_share needs pairs: true"),
     ({"candidates": "c.jsonl", "loop_share": 0.3}, "config: loop_share needs pairs: true"),
     ({"candidates": "c.jsonl", "pairs": True, "loop_share": "all"}, "config: key 'loop_share'"),
+    ({"candidates": "c.jsonl", "echo_share": 0.3}, "config: echo_share needs pairs: true"),
+    ({"candidates": "c.jsonl", "pairs": True, "echo_share": 1.5}, "config: echo_share must be in [0, 1]"),
     ({"candidates": "c.jsonl", "pairs": True, "contrast_share": 0.3, "contrast_kinds": ["x"]},
      "config: contrast_kinds: unknown constraint kind"),
     ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])

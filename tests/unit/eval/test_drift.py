@@ -78,6 +78,23 @@ def test_format_stats_only_count_rows_that_did_not_ask():
     assert "format/unrequested_quotes_rate" not in format_stats([ifeval], ['"x y z"'])
 
 
+def test_format_stats_instruction_echo_over_the_rows_that_ask_for_something():
+    metadatas = [{"constraint": "lowercase"}, {"constraints": [{"kind": "no_commas", "args": {}}]}, {}, {}]
+    prompts = ["Name a fruit. Use only lowercase characters in your response.",
+               "Name a tree. Do not use a single comma.", "Name a bird. Say it in five words or so.",
+               "Name a fish."]
+    texts = ["apple. use only lowercase characters in your response.", "An oak", "say it in five words or so",
+             "A trout"]
+    # rows 0 and 1 ask for something: row 0 echoes its instruction, row 1 does not; rows 2-3 (no constraint) do
+    # not count, though row 2 copies its second sentence
+    stats = format_stats(metadatas, texts, prompts)
+    assert stats["format/instruction_echo_rate"] == 0.5
+    assert "format/instruction_echo_rate" not in format_stats(metadatas, texts)  # no prompts: no rate
+    assert "format/instruction_echo_rate" not in format_stats([{}], ["x"], ["A. B c d e f."])
+    assert relative_metrics(stats, {"format/instruction_echo_rate": 0.125}, "base")[
+        "format/instruction_echo_delta_vs_base"] == pytest.approx(0.375)
+
+
 def test_relative_metrics_exact():
     model = {"length/mean_tokens": 30.0, "length/mean_words": 20.0, "length/median_words": 10.0,
              "group/out_of_distribution/length/median_words": 8.0, "degeneration/repeat_rate": 0.25,

@@ -26,3 +26,25 @@ def test_asked_for_styles_are_no_fault():
     assert style_faults('"TIDES FOLLOW THE MOON."', quotes) == ["unrequested_caps"]
     # a malformed constraint spec asks for nothing
     assert style_faults('"Tides follow the moon."', {"constraints": "oops"}) == ["unrequested_quotes"]
+
+
+def test_echoes_instruction_counts_only_the_instruction_wording():
+    from posttrain.verifiers.style import echoes_instruction
+
+    prompt = "Describe a fox crossing a frosty field. Capital letters are not allowed anywhere in this response."
+    # five words in a row of the instruction sentence, case and punctuation ignored
+    assert echoes_instruction(prompt, "A fox runs. CAPITAL LETTERS, are not allowed anywhere!")
+    assert not echoes_instruction(prompt, "a fox. capital letters are banned here.")  # four words in a row only
+    # restating the task is no echo, nor is a one-sentence prompt
+    assert not echoes_instruction(prompt, "Describe a fox crossing a frosty field: it trots.")
+    assert not echoes_instruction("Describe a fox crossing a frosty field.", "Describe a fox crossing a frosty field.")
+    # quoted text is what the prompt asks to be written; an apostrophe inside a word quotes nothing
+    asks = ("What is rain? Don't forget to end with 'that is all for today then'. "
+            "Put <<a title in brackets here>> first.")
+    assert not echoes_instruction(asks, "<<Rain falls down on us>> Water falls. That is all for today then.")
+    assert not echoes_instruction(asks, "A title in brackets here, rain.")
+    assert echoes_instruction(asks, "Rain. Don't forget to end with it.")
+    # runs the task sentence shares are left out even when an instruction repeats them
+    shared = "Write about the old stone bridge. Mention the old stone bridge twice."
+    assert not echoes_instruction(shared, "I love the old stone bridge.")
+    assert echoes_instruction(shared, "Mention the old stone bridge twice.")
