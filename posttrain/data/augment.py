@@ -88,8 +88,8 @@ class AugmentSettings:
     # +9.9 with its repeat rate 2.5 points over the base's)
     echo_share: float = 0.0  # with pairs: share of constrained prompts that also give an echo pair (the reply chosen,
     # the reply saying one of the prompt's instruction sentences rejected): against copying the instruction into the
-    # answer (issue 16, session 39: recipe_full's model echoed on 9.9% of its out-of-distribution answers, the base
-    # on 4.9%)
+    # answer (issue 16, session 39: recipe_full's model echoed in 7.2% of its eval stage's constraint answers, the
+    # base in 3.4%)
     drop_system: bool = False  # leave the candidates' system messages out of the SFT rows: a system prompt that
     # only steered sampling (e.g. "keep every reply under 50 words", so that fewer replies run into the token limit)
     # would otherwise be trained on as part of every prompt
@@ -325,8 +325,8 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
         if settings.echo_share > 0:
             erng = random.Random(f"echo:{stream}")
             for prompt, chosen, asked in prompts:
-                instructions = SENTENCE_BREAK.split(prompt[-1]["content"][len(task):].strip())
                 if asked and erng.random() < settings.echo_share:
+                    instructions = SENTENCE_BREAK.split(prompt[-1]["content"][len(task):].strip())
                     said = instructions[erng.randrange(len(instructions))]
                     echoes.append({"prompt": prompt, "chosen": chosen, "rejected": echoed(chosen, said, erng),
                                    "constraints": [], "phrasings": [], "source": source, "contrast": "echo"})

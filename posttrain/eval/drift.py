@@ -17,8 +17,8 @@ Metric keys (flat, like the rest of ``metrics.json``):
 - ``format/instruction_echo_rate``: over rows with a constraint (when the prompts are given), the fraction of
   responses that repeat the prompt's instruction wording (``echoes_instruction``: 5 words in a row of the sentences
   after the task, quoted text left out) -- a model trained on constraint data can learn to copy the instruction into
-  its answer instead of obeying it (issue 16, session 39: recipe_full's model on 142 out-of-distribution constraint
-  rows, 9.9% against the base's 4.9%, 12 of its 14 echoing answers failing their constraints);
+  its answer instead of obeying it (issue 16, session 39: recipe_full's model on the 236 constraint rows of its eval
+  stage, 7.2% against the base's 3.4%, and 9.1% against 2.0% on ``constraints_ood2``; most echoing answers fail);
 - against a reference ``ref`` (``baseline`` or ``base``), from ``relative_metrics``: ``length/ratio_to_<ref>``
   (mean tokens), ``length/mean_words_ratio_to_<ref>``, ``length/median_words_ratio_to_<ref>``,
   ``length/median_words_clean_ratio_to_<ref>`` (the median over non-degenerate answers; and the same for
