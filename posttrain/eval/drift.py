@@ -4,7 +4,8 @@ recipe started from, so a drift the baseline already had is not hidden by compar
 
 Metric keys (flat, like the rest of ``metrics.json``):
 
-- ``degeneration/repeat_rate``: fraction of responses that are repetitive (``is_repetitive``);
+- ``degeneration/repeat_rate``: fraction of responses that are repetitive (``is_repetitive``: a repeated sentence,
+  or word or symbol 4-grams said again; lines of "* * *" count since issue 16, session 40);
   ``degeneration/repeated_sentence_rate``: fraction with a repeated sentence (``has_repeated_sentence``);
   ``degeneration/ngram_repeat_fraction``: mean over responses of ``repeated_ngram_fraction``;
 - ``format/unrequested_quotes_rate``: over rows that ask for no quoting (no ``QUOTE_KINDS`` constraint), the

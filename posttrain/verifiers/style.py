@@ -1,7 +1,7 @@
-"""Style faults of one response that no constraint asked for: degenerate repetition (a sentence or many 4-grams
-said again), a whole answer wrapped in double quotes, an all-capitals answer, an all-lowercase answer; and an answer
-that repeats its prompt's instruction wording (``echoes_instruction``). Pure functions over text (standard library
-only). ``eval/drift.py`` turns them into rates over a suite;
+"""Style faults of one response that no constraint asked for: degenerate repetition (a sentence, or many 4-grams
+of words or of symbols, said again), a whole answer wrapped in double quotes, an all-capitals answer, an
+all-lowercase answer; and an answer that repeats its prompt's instruction wording (``echoes_instruction``). Pure
+functions over text (standard library only). ``eval/drift.py`` turns them into rates over a suite;
 ``VerifierJudge(style_penalty=...)`` (``judges/verifier.py``) lowers the score of a response that has one of the
 first four (``style_faults``), so online
 DPO, GRPO and judged pairs learn the constraint without learning the habit."""
@@ -37,8 +37,20 @@ def repeated_ngram_fraction(text: str, n: int = NGRAM) -> float:
     make a repeat look new. With W words there are W - n + 1 n-grams; the fraction is
     (n-grams - distinct n-grams) / n-grams, and 0.0 when W < n. "a b c d a b c d" with n=4: 5 n-grams, 4
     distinct, 0.2."""
-    words = sentence_tokens(text)
-    grams = [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+    return _repeat_fraction(sentence_tokens(text), n)
+
+
+def repeated_chunk_fraction(text: str, n: int = NGRAM) -> float:
+    """``repeated_ngram_fraction`` over the response's whitespace-separated chunks (lowercased) instead of its
+    words, so that symbols count: an answer that loops on "* * *" lines or rows of "****" until the token limit has
+    no words at all, and a loop of emoji or markdown rules between a few words has too few to show. "* * * * * *":
+    6 chunks, 3 four-grams, 1 distinct, 2/3. Prose scores at most its word fraction plus what its punctuation-only
+    chunks repeat (a " - " between words, a table's "|")."""
+    return _repeat_fraction(text.lower().split(), n)
+
+
+def _repeat_fraction(tokens: list[str], n: int) -> float:
+    grams = [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
     return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
 
@@ -59,10 +71,16 @@ def has_repeated_sentence(text: str, min_words: int = MIN_SENTENCE_WORDS) -> boo
 
 
 def is_repetitive(text: str) -> bool:
-    """A degenerate response: ``has_repeated_sentence``, or ``repeated_ngram_fraction`` (4-grams) of at least
-    ``NGRAM_REPEAT_THRESHOLD`` (0.3). Ordinary prose stays far below 0.3; a reply that loops on one sentence
-    until the token limit is far above it."""
-    return has_repeated_sentence(text) or repeated_ngram_fraction(text) >= NGRAM_REPEAT_THRESHOLD
+    """A degenerate response: ``has_repeated_sentence``, or ``repeated_ngram_fraction`` (word 4-grams) or
+    ``repeated_chunk_fraction`` (4-grams of whitespace-separated chunks, symbols included) of at least
+    ``NGRAM_REPEAT_THRESHOLD`` (0.3). Ordinary prose stays far below 0.3; a reply that loops on one sentence, or on
+    a line of symbols, until the token limit is far above it. The chunk test came in with issue 16, session 40:
+    the words-only tests did not see answers made of "* * *" lines or "****" rows (often under a prompt that asks
+    for '* ' bullets): 11 more of the quickstart model's 457 eval answers are degenerate with it (71, against 60),
+    3 more of the base's (101, against 98); recipe_full's model 7 more of its 99 answers on constraints_ood2 (the
+    base: 1 more) and 5 more of 100 on the reserve suite (the base: none)."""
+    return (has_repeated_sentence(text) or repeated_ngram_fraction(text) >= NGRAM_REPEAT_THRESHOLD
+            or repeated_chunk_fraction(text) >= NGRAM_REPEAT_THRESHOLD)
 
 
 def is_wrapped_in_quotes(text: str) -> bool:

@@ -6,10 +6,13 @@ import pytest
 
 from posttrain.eval.drift import degeneration_stats, format_stats, paired_length, relative_metrics
 from posttrain.verifiers.style import (has_repeated_sentence, is_all_caps_answer, is_lowercase_answer, is_repetitive,
-                                       is_wrapped_in_quotes, repeated_ngram_fraction)
+                                       is_wrapped_in_quotes, repeated_chunk_fraction, repeated_ngram_fraction)
 
 PROSE = "Tides rise and fall twice a day because the moon pulls on the oceans while Earth turns."
 LOOP = "The sky is blue. The sky is blue. The sky is blue."
+# an answer of the quickstart's model to "List exactly 5 points, each on its own line beginning with '* '." (issue 16,
+# session 40), cut to 6 of its 64 lines: no words, so the word tests see nothing
+STARS = "* * *\n" * 6
 
 
 def test_repeated_ngram_fraction_exact():
@@ -20,6 +23,18 @@ def test_repeated_ngram_fraction_exact():
     assert repeated_ngram_fraction("too short") == 0.0  # fewer words than n: no n-grams
     # case and punctuation do not make a repeat look new
     assert repeated_ngram_fraction("One two three four. ONE, two; three four!") == pytest.approx(1 / 5)
+
+
+def test_repeated_chunk_fraction_exact():
+    # 18 chunks "*", 15 four-grams, 1 distinct: 14 repeats
+    assert repeated_chunk_fraction(STARS) == pytest.approx(14 / 15)
+    assert repeated_ngram_fraction(STARS) == 0.0
+    assert repeated_chunk_fraction("**** **** **** **** ****") == pytest.approx(1 / 2)  # 2 four-grams, 1 distinct
+    # chunks keep punctuation: "four." and "four!" differ, where the word fraction reads 1/5
+    assert repeated_chunk_fraction("One two three four. ONE, two; three four!") == 0.0
+    assert repeated_chunk_fraction("a b c d a b c d") == pytest.approx(1 / 5)  # case folded, as for words
+    assert repeated_chunk_fraction(PROSE) == 0.0
+    assert repeated_chunk_fraction("* *") == 0.0  # fewer chunks than n
 
 
 def test_repeated_sentence():
@@ -35,12 +50,21 @@ def test_is_repetitive_threshold():
     assert not is_repetitive("a b c d a b c d")  # 0.2 < 0.3 and no sentence repeated
     assert is_repetitive("a b c d a b c d a b c d")  # 5/9 >= 0.3
     assert not is_repetitive(PROSE)
+    assert is_repetitive(STARS)  # the chunk fraction, 14/15
+    assert is_repetitive("<<Tips for chess>>\n\n" + "* * *\n\n" * 4)  # 8 of its 12 chunk 4-grams repeat
+    # a short bullet list, a horizontal rule and a table stay below 0.3
+    assert not is_repetitive("* Tides follow the moon.\n* * *\n* The sun pulls too.\n* Two highs a day.")
+    assert not is_repetitive("| kind | count |\n| --- | --- |\n| tides | 2 |\n| waves | 9 |")
 
 
 def test_degeneration_stats_exact():
     stats = degeneration_stats([PROSE, LOOP, "a b c d a b c d"])
     assert stats == pytest.approx({"degeneration/repeat_rate": 1 / 3, "degeneration/repeated_sentence_rate": 1 / 3,
                                    "degeneration/ngram_repeat_fraction": (0 + 5 / 9 + 1 / 5) / 3})
+    # a symbol loop is repetitive; the word n-gram mean does not move
+    stats = degeneration_stats([PROSE, STARS])
+    assert stats == pytest.approx({"degeneration/repeat_rate": 1 / 2, "degeneration/repeated_sentence_rate": 0.0,
+                                   "degeneration/ngram_repeat_fraction": 0.0})
     assert degeneration_stats([]) == {}
 
 
