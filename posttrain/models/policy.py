@@ -87,6 +87,11 @@ def load_base(name: str, adapter: str | None, *, cache_dir=None, dtype="auto", t
                            quantization_config=quantization_config if not adapters else None)
     for a in adapters:
         model = load_with_adapter(model, a, trainable=False).merge_and_unload()
+    if adapters:
+        # PEFT loads an adapter for inference with every weight frozen, and merging keeps the flags: give back the
+        # model as from_pretrained does (every weight trainable), or full fine-tuning from a trained folder has
+        # nothing to train (issue 16, session 40: DPO with peft.method=none from the quickstart's SFT model)
+        model.requires_grad_(True)
     if quantization_config is not None and adapters:
         raise ModelError("peft.method=qlora cannot start from a model with merged adapters; merge them first")
     return model, base_name, adapters

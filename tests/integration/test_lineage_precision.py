@@ -93,6 +93,32 @@ def test_meta_build_matches_and_float32_still_merges(tmp_path, tiny_model_dir):
     assert lineage_adapters(fp32) == [] and not any("lineage_" in k for k in fp32.state_dict())
     full = load_policy(*_cfgs(sft, "bfloat16", method="none"), seed=0)[0]  # full fine-tuning trains merged weights
     assert not any("lora_" in k for k in full.state_dict())
+    assert all(p.requires_grad for p in full.parameters())  # every one of them (PEFT loads a lineage frozen)
+    assert all(p.requires_grad for p in load_policy(*_cfgs(sft, "float32", method="none"), seed=0)[0].parameters())
+
+
+def test_full_fine_tuning_dpo_from_an_sft_lineage(tmp_path):
+    """DPO with ``peft.method=none`` from a LoRA SFT folder trains the merged weights (before session 40 it stopped
+    with "the model has no trainable parameters": the merged lineage kept PEFT's frozen flags) and references them:
+    the first loss is log 2, every weight is saved, and they moved from the SFT model's."""
+    from safetensors.torch import load_file
+
+    from posttrain.models.policy import load_for_generation
+    from posttrain.trainers.preference import train_preference
+    from posttrain.trainers.sft import train_sft
+    from posttrain.training.metrics import read_metrics
+
+    train_sft(tiny_config("sft", write_jsonl(tmp_path / "sft.jsonl", sft_rows()), tmp_path / "sft"))
+    sft = str(tmp_path / "sft" / "model")
+    out = tmp_path / "dpo"
+    train_preference(tiny_config("dpo", write_jsonl(tmp_path / "pairs.jsonl", pair_rows()), out,
+                                 f"model.name={sft}", "peft.method=none", "optim.lr=1e-3", "optim.max_steps=2"))
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if r.get("split") != "eval"]
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6), rows[0]
+    saved = load_file(out / "model" / "model.safetensors")
+    before = load_for_generation(sft, dtype="float32").state_dict()
+    assert set(saved) <= set(before) and not any("lora_" in k for k in saved)
+    assert any(not torch.equal(saved[k], before[k]) for k in saved if "layers.0." in k)
 
 
 def test_dpo_in_bfloat16_from_an_sft_lineage(tmp_path):
