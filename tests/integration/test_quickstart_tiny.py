@@ -65,7 +65,7 @@ def test_quickstart_stages_chain_and_the_gates_stop_an_untrained_model(tmp_path)
                     "format/unrequested_lowercase_rate"):
             assert key in metrics, key
         verdict = json.loads((Path(stages["gate"]["folder"]) / "gates.json").read_text())
-        assert verdict["passed"] is False and len(verdict["results"]) == 15
+        assert verdict["passed"] is False and len(verdict["results"]) == 16
 
         with pytest.raises(GateFailed):
             run_pipeline(load_pipeline(EXAMPLE, overrides(run_dir), commands=STAGES))
