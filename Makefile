@@ -24,8 +24,9 @@ demo: setup
 	[ $$rc -le 1 ] || { echo "quickstart: the run stopped with exit code $$rc (2: bad config or data, 3: a stage crashed; see above)"; exit $$rc; }
 
 # Issue 16's longer recipe (examples/recipe_full.yaml): the base model's own replies augmented with instruction
-# constraints -> LoRA SFT -> DPO on the repair pairs -> eval against the base on six suites -> gates. About 40 minutes
-# on 2 CPU cores (75 on slower ones); a failed gate is reported and the target still succeeds, as for `demo`.
+# constraints -> LoRA SFT -> DPO on the repair and echo pairs -> eval against the base on six suites -> gates. About
+# 40 minutes on session 27's 2 CPU cores, about 56 on session 40's AMD EPYC (75 on slower ones); a failed gate is
+# reported and the target still succeeds, as for `demo`.
 demo-full: setup
 	@$(POSTTRAIN) run examples/recipe_full.yaml; rc=$$?; \
 	if [ $$rc -eq 1 ]; then echo "recipe_full: a release gate failed (table above, runs/recipe_full/report.html)"; fi; \
