@@ -44,8 +44,9 @@ def repeated_chunk_fraction(text: str, n: int = NGRAM) -> float:
     """``repeated_ngram_fraction`` over the response's whitespace-separated chunks (lowercased) instead of its
     words, so that symbols count: an answer that loops on "* * *" lines or rows of "****" until the token limit has
     no words at all, and a loop of emoji or markdown rules between a few words has too few to show. "* * * * * *":
-    6 chunks, 3 four-grams, 1 distinct, 2/3. Prose scores at most its word fraction plus what its punctuation-only
-    chunks repeat (a " - " between words, a table's "|")."""
+    6 chunks, 3 four-grams, 1 distinct, 2/3. Prose repeats its chunks about as rarely as its words (punctuation
+    kept on a chunk makes it rarer still); punctuation-only chunks, a " - " between words or a table's "|", add
+    a little."""
     return _repeat_fraction(text.lower().split(), n)
 
 
@@ -77,7 +78,7 @@ def is_repetitive(text: str) -> bool:
     a line of symbols, until the token limit is far above it. The chunk test came in with issue 16, session 40:
     the words-only tests did not see answers made of "* * *" lines or "****" rows (often under a prompt that asks
     for '* ' bullets): 11 more of the quickstart model's 457 eval answers are degenerate with it (71, against 60),
-    3 more of the base's (101, against 98); recipe_full's model 7 more of its 99 answers on constraints_ood2 (the
+    3 more of the base's (101, against 98); recipe_full's model of sessions 28-39 7 more of its 99 answers on constraints_ood2 (the
     base: 1 more) and 5 more of 100 on the reserve suite (the base: none)."""
     return (has_repeated_sentence(text) or repeated_ngram_fraction(text) >= NGRAM_REPEAT_THRESHOLD
             or repeated_chunk_fraction(text) >= NGRAM_REPEAT_THRESHOLD)
