@@ -78,8 +78,8 @@ def is_repetitive(text: str) -> bool:
     a line of symbols, until the token limit is far above it. The chunk test came in with issue 16, session 40:
     the words-only tests did not see answers made of "* * *" lines or "****" rows (often under a prompt that asks
     for '* ' bullets): 11 more of the quickstart model's 457 eval answers are degenerate with it (71, against 60),
-    3 more of the base's (101, against 98); recipe_full's model of sessions 28-39 7 more of its 99 answers on constraints_ood2 (the
-    base: 1 more) and 5 more of 100 on the reserve suite (the base: none)."""
+    3 more of the base's (101, against 98); recipe_full's model of sessions 28-39 7 more of its 99 answers on
+    constraints_ood2 (the base: 1 more) and 5 more of 100 on the reserve suite (the base: none)."""
     return (has_repeated_sentence(text) or repeated_ngram_fraction(text) >= NGRAM_REPEAT_THRESHOLD
             or repeated_chunk_fraction(text) >= NGRAM_REPEAT_THRESHOLD)
 
