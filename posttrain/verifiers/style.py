@@ -50,8 +50,12 @@ def repeated_chunk_fraction(text: str, n: int = NGRAM) -> float:
     return _repeat_fraction(text.lower().split(), n)
 
 
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+
+
 def _repeat_fraction(tokens: list[str], n: int) -> float:
-    grams = [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+    grams = _ngrams(tokens, n)
     return (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
 
 
@@ -116,8 +120,7 @@ _SENTENCE_END = re.compile(r"(?<=[.?!:])\s+")
 
 
 def _word_runs(text: str, n: int) -> set[tuple[str, ...]]:
-    ws = sentence_tokens(text)
-    return {tuple(ws[i: i + n]) for i in range(len(ws) - n + 1)}
+    return set(_ngrams(sentence_tokens(text), n))
 
 
 def echoes_instruction(prompt: str, text: str, n: int = ECHO_WORDS) -> bool:

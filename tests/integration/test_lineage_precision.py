@@ -29,6 +29,14 @@ def _sft_lineage(folder, base_dir, spread: float) -> str:
     return str(folder)
 
 
+def _trained_sft(tmp_path) -> str:
+    """A real tiny SFT run's LoRA folder (``train_sft`` on the helpers' rows)."""
+    from posttrain.trainers.sft import train_sft
+
+    train_sft(tiny_config("sft", write_jsonl(tmp_path / "sft.jsonl", sft_rows()), tmp_path / "sft"))
+    return str(tmp_path / "sft" / "model")
+
+
 def _cfgs(name: str, dtype: str, method: str = "lora"):
     model = SimpleNamespace(name=name, adapter=None, cache_dir=None, dtype=dtype, trust_remote_code=False,
                             gradient_checkpointing=False, checkpoint_every=1)
@@ -105,11 +113,9 @@ def test_full_fine_tuning_dpo_from_an_sft_lineage(tmp_path):
 
     from posttrain.models.policy import load_for_generation
     from posttrain.trainers.preference import train_preference
-    from posttrain.trainers.sft import train_sft
     from posttrain.training.metrics import read_metrics
 
-    train_sft(tiny_config("sft", write_jsonl(tmp_path / "sft.jsonl", sft_rows()), tmp_path / "sft"))
-    sft = str(tmp_path / "sft" / "model")
+    sft = _trained_sft(tmp_path)
     out = tmp_path / "dpo"
     train_preference(tiny_config("dpo", write_jsonl(tmp_path / "pairs.jsonl", pair_rows()), out,
                                  f"model.name={sft}", "peft.method=none", "optim.lr=1e-3", "optim.max_steps=2"))
@@ -129,11 +135,9 @@ def test_dpo_in_bfloat16_from_an_sft_lineage(tmp_path):
 
     from posttrain.models.policy import load_for_generation, resolve_lineage
     from posttrain.trainers.preference import train_preference
-    from posttrain.trainers.sft import train_sft
     from posttrain.training.metrics import read_metrics
 
-    train_sft(tiny_config("sft", write_jsonl(tmp_path / "sft.jsonl", sft_rows()), tmp_path / "sft"))
-    sft = str(tmp_path / "sft" / "model")
+    sft = _trained_sft(tmp_path)
     out = tmp_path / "dpo"
     train_preference(tiny_config("dpo", write_jsonl(tmp_path / "pairs.jsonl", pair_rows()), out,
                                  f"model.name={sft}", "model.dtype=bfloat16", "optim.max_steps=2"))
