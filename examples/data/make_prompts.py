@@ -32,7 +32,7 @@ import json
 import random
 from pathlib import Path
 
-from posttrain.verifiers.phrasings import CONSTRAINTS, compatible
+from posttrain.verifiers.phrasings import CONSTRAINTS, compatible, fixed_args
 
 HERE = Path(__file__).resolve().parent
 
@@ -98,7 +98,7 @@ def make_rows(n: int, seed: int, *, hold_out_kinds=(), hold_out_templates=(), tw
             if not usable:
                 raise SystemExit(f"make_prompts: every phrasing of {kind} is held out")
             i = rng.choice(usable)
-            args = sampler(rng)
+            args = {**sampler(rng), **fixed_args(templates[i])}
             if kind == "repeat_prompt":  # the request to copy is the task sentence, not the instruction
                 args = {"prompt_to_repeat": task.format(t=topic)}
             sentences.append(templates[i](args))

@@ -51,7 +51,7 @@ from typing import Any, Mapping
 from posttrain.data.candidate_rows import read_candidate_rows
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.data.writers import atomic_write_jsonl
-from posttrain.verifiers.phrasings import CONSTRAINTS, compatible, phrasing_groups
+from posttrain.verifiers.phrasings import CONSTRAINTS, compatible, fixed_args, phrasing_groups
 from posttrain.verifiers.counting import SENTENCE_BREAK, words
 from posttrain.verifiers.repair import repair, tidy
 from posttrain.verifiers.style import (MIN_SENTENCE_WORDS, has_repeated_sentence, is_all_caps_answer,
@@ -160,7 +160,7 @@ def _draw(rng: random.Random, settings: AugmentSettings, kinds: tuple[str, ...],
     for kind in chosen:
         i = rng.randrange(len(wordings[kind]))
         sampler, template = wordings[kind][i]
-        args = {"prompt_to_repeat": task} if kind == "repeat_prompt" else sampler(rng)
+        args = {"prompt_to_repeat": task} if kind == "repeat_prompt" else {**sampler(rng), **fixed_args(template)}
         constraints.append({"kind": kind, "args": args})
         sentences.append(template(args))
         phrasings.append(f"{kind}/{i}")

@@ -58,9 +58,14 @@ def sentence_count(text: str, min: int | None = None, max: int | None = None) ->
     return (min is None or n >= min) and (max is None or n <= max)
 
 
-def paragraph_count(text: str, n: int) -> bool:
-    """Exactly ``n`` paragraphs, separated by blank lines or by lines holding only "***" (``counting.paragraphs``)."""
-    return len(paragraphs(text)) == n
+def paragraph_count(text: str, n: int, divider: str | None = None) -> bool:
+    """Exactly ``n`` paragraphs, separated by blank lines or by lines holding only "***" (``counting.paragraphs``).
+    With ``divider`` (e.g. "***", for a prompt that names it) the paragraphs must be separated by lines holding
+    only the divider: ``n`` parts between such lines, each one paragraph (a blank line alone does not separate)."""
+    if divider is None:
+        return len(paragraphs(text)) == n
+    parts = re.split(rf"^[ \t]*{re.escape(divider.strip())}[ \t]*$", text, flags=re.MULTILINE)
+    return len(parts) == n and all(len(paragraphs(part)) == 1 for part in parts)
 
 
 def include_keywords(text: str, keywords: list[str]) -> bool:
@@ -256,7 +261,8 @@ CONSTRAINTS: dict[str, ConstraintSpec] = {spec.name: spec for spec in (
     _spec("word_count", word_count, {}, "min <= words <= max", _BOUNDS, ("min", "max")),
     _spec("exact_word_count", exact_word_count, _N, "exactly n words"),
     _spec("sentence_count", sentence_count, {}, "min <= sentences <= max", _BOUNDS, ("min", "max")),
-    _spec("paragraph_count", paragraph_count, _N, "exactly n paragraphs (blank line or *** between)"),
+    _spec("paragraph_count", paragraph_count, _N, "exactly n paragraphs (blank line or *** between)",
+          {"divider": "str"}),
     _spec("paragraph_first_word", paragraph_first_word, {**_N, "nth": "int", "word": "str"},
           "exactly n paragraphs, paragraph nth starts with word"),
     _spec("include_keywords", include_keywords, {"keywords": "str_list"}, "every keyword appears"),

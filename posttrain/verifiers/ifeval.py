@@ -16,7 +16,8 @@ are the exact ones in ``constraints.py``; where they differ from IFEval's refere
 
 - ``keywords:existence``/``forbidden_words``/``frequency``: whole-word, case-insensitive matches (IFEval: a
   substring regex for existence and frequency);
-- ``length_constraints:number_paragraphs``: blank lines also separate paragraphs (IFEval: only ``***``);
+- ``length_constraints:number_paragraphs``: blank lines also separate paragraphs (IFEval: only ``***``; our own
+  rows ask for that rule with ``paragraph_count``'s ``divider: "***"``);
 - ``detectable_format:multiple_sections``: exactly n headers (IFEval: at least n);
 - ``startend:end_checker``: case-sensitive (IFEval: case-insensitive, a trailing quote ignored);
 - ``change_case:english_capital``/``english_lowercase``: letter case only, no language detection.

@@ -26,8 +26,23 @@ def _keywords_text(args):
     return " and ".join(f"'{k}'" for k in args["keywords"])
 
 
+def _naming(template, **args):
+    """``template``, marked as naming some of its constraint's arguments itself (the bullet marker, the paragraph
+    divider): a row drawn with it gets those arguments (``fixed_args``), so that its verifier holds the reply to
+    what the sentence literally asks and the repaired demonstration writes it. No random draw is involved, so
+    marking a template changes no other row."""
+    template.fixed = args
+    return template
+
+
+def fixed_args(template) -> dict:
+    """The arguments a phrasing template names itself (``_naming``); {} for the others."""
+    return dict(getattr(template, "fixed", {}))
+
+
 # kind -> (args sampler, [phrasing templates]). Each template is a function of args -> sentence. Phrasings of one
-# kind differ in wording and position of the key words, not only in punctuation.
+# kind differ in wording and position of the key words, not only in punctuation. A template that names a marker
+# ('- ' bullets, a *** divider) carries it as a fixed argument (``_naming``).
 CONSTRAINTS = {
     "lowercase": (lambda rng: {}, [
         lambda a: "Write everything in lowercase letters.",
@@ -65,7 +80,8 @@ CONSTRAINTS = {
     ]),
     "bullet_list": (lambda rng: {"n": rng.choice([2, 3, 4])}, [
         lambda a: f"Format your answer as exactly {a['n']} bullet points, using markdown bullets such as '* '.",
-        lambda a: f"Give exactly {a['n']} bullet points (lines starting with '- ') and nothing else.",
+        _naming(lambda a: f"Give exactly {a['n']} bullet points (lines starting with '- ') and nothing else.",
+                markers="-"),
         lambda a: f"Respond with a markdown list of precisely {a['n']} bullets.",
         lambda a: f"Your reply must be a bulleted list with {a['n']} items, no more and no fewer.",
     ]),
@@ -121,7 +137,7 @@ CONSTRAINTS = {
         lambda a: "Write exactly 2 paragraphs separated by a blank line.",
         lambda a: "Your answer must have two paragraphs, with an empty line between them.",
         lambda a: "Split your reply into 2 paragraphs (a blank line between them).",
-        lambda a: "Use precisely two paragraphs divided by the markdown divider ***.",
+        _naming(lambda a: "Use precisely two paragraphs divided by the markdown divider ***.", divider="***"),
     ]),
     "placeholders": (lambda rng: {"n": rng.choice([1, 2])}, [
         lambda a: f"Include at least {a['n']} placeholder(s) in square brackets, such as [name].",
@@ -272,7 +288,8 @@ MORE_PHRASINGS = {
         lambda a: f"I need {a['min']} words or more.",
     ])],
     "bullet_list": [(None, [
-        lambda a: f"Answer as a list of {a['n']} items, each on its own line starting with '* '.",
+        _naming(lambda a: f"Answer as a list of {a['n']} items, each on its own line starting with '* '.",
+                markers="*"),
         lambda a: f"Use {a['n']} markdown bullet points, nothing more.",
         lambda a: f"Break the reply into exactly {a['n']} bulleted lines.",
         lambda a: f"List {a['n']} points, one per bullet.",

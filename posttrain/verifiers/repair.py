@@ -154,8 +154,9 @@ def _sentence_count(text: str, min: int | None = None, max: int | None = None) -
     return " ".join(flat[:max]) if max is not None and len(sentences(text)) > max else text
 
 
-def _paragraph_count(text: str, n: int) -> str:
-    return "\n\n".join(" ".join(g) for g in _groups(_flat_sentences(text), n)) or text
+def _paragraph_count(text: str, n: int, divider: str | None = None) -> str:
+    gap = f"\n\n{divider.strip()}\n\n" if divider else "\n\n"
+    return gap.join(" ".join(g) for g in _groups(_flat_sentences(text), n)) or text
 
 
 def _paragraph_first_word(text: str, n: int, nth: int, word: str) -> str:

@@ -153,6 +153,42 @@ def test_more_phrasings_draws_the_extra_wordings_and_minimum_word_counts(tmp_pat
     assert not any("min" in c["args"] for r in plain for c in r["constraints"])
 
 
+def test_a_wording_that_names_its_marker_gets_it_and_no_other_row_changes(tmp_path, monkeypatch):
+    """bullet_list/1 asks for '- ' lines and paragraph_count/3 for the *** divider: their rows carry the marker as
+    an argument, so the demonstration writes what the sentence asks (it wrote '* ' and blank lines before); no
+    random draw is involved, so every other row is what it was without the marking."""
+    import posttrain.data.augment as augment_module
+
+    rows = read_candidates(write(tmp_path / "c.jsonl", [candidate(f"p{i}", "Explain how bees make honey.", REPLY_A)
+                                                        for i in range(80)]))
+    settings = AugmentSettings(per_reply=2, plain_share=0.0, seed=3, more_phrasings=True,
+                               kind_weights={"bullet_list": 12, "paragraph_count": 12})
+    marked, _ = augment_rows(rows, settings)
+    monkeypatch.setattr(augment_module, "fixed_args", lambda template: {})
+    unmarked, _ = augment_rows(rows, settings)
+    assert [r["phrasings"] for r in marked] == [r["phrasings"] for r in unmarked]
+    named = {"bullet_list/1": ("markers", "-"), "bullet_list/4": ("markers", "*"),
+             "paragraph_count/3": ("divider", "***")}
+    seen = set()
+    for new, old in zip(marked, unmarked):
+        reply = new["messages"][-1]["content"]
+        hits = [(p, c) for p, c in zip(new["phrasings"], new["constraints"]) if p in named]
+        if not hits:
+            assert new == old
+            continue
+        for phrasing, constraint in hits:
+            arg, value = named[phrasing]
+            assert constraint["args"][arg] == value
+            seen.add(phrasing)
+        kinds = {p.split("/")[0] for p, _ in hits}
+        if "bullet_list/1" in new["phrasings"]:
+            assert reply.startswith("- ") and "\n* " not in reply and "\n- " in reply
+        if "paragraph_count/3" in new["phrasings"]:
+            assert "\n***\n" in reply and "***" not in old["messages"][-1]["content"]
+        assert kinds and all(r.passed for r in check_constraints(reply, new["constraints"]))
+    assert seen == set(named)
+
+
 def test_drop_system_leaves_the_sampling_system_prompt_out(tmp_path):
     steer = {"role": "system", "content": "Keep every reply under 50 words."}
     row = {**candidate("a", "Explain how bees make honey.", REPLY_A),

@@ -104,6 +104,19 @@ def test_relations_and_bounds():
     assert check_constraint("One. Two.", "sentence_count", {"min": "2", "max": "2"})
 
 
+def test_paragraph_divider_named_by_the_prompt():
+    divided = "First part.\n***\nSecond part."
+    assert check_constraint(divided, "paragraph_count", {"n": 2, "divider": "***"})
+    assert check_constraint("First.\n\n***\n\nSecond.\n  ***  \nThird.", "paragraph_count", {"n": 3, "divider": "***"})
+    # a blank line alone does not divide when the divider is named; without it, it does
+    assert not check_constraint("First.\n\nSecond.", "paragraph_count", {"n": 2, "divider": "***"})
+    assert check_constraint("First.\n\nSecond.", "paragraph_count", {"n": 2})
+    assert not check_constraint("A\n***\nB\n\nC", "paragraph_count", {"n": 3, "divider": "***"})
+    assert not check_constraint("A\n***\nB\n\nC", "paragraph_count", {"n": 2, "divider": "***"})
+    assert not check_constraint("***\nA\n***\nB", "paragraph_count", {"n": 2, "divider": "***"})  # empty first part
+    assert not check_constraint("A *** B", "paragraph_count", {"n": 2, "divider": "***"})  # not a line of its own
+
+
 def test_aliases_share_rules():
     assert CONSTRAINTS["uppercase"].fn is CONSTRAINTS["all_caps"].fn
     assert CONSTRAINTS["end_checker"].fn is CONSTRAINTS["ends_with_phrase"].fn

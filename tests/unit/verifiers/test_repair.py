@@ -40,6 +40,11 @@ def one(kind, text=REPLY, **args):
                            "their wings.\n\nSECTION 2\nThe water evaporates and honey is left."),
     ("paragraph_count", {"n": 3}, "Bees collect nectar from flowers.\n\nThey store it in the hive, and fan it with "
                                   "their wings.\n\nThe water evaporates and honey is left."),
+    ("paragraph_count", {"n": 2, "divider": "***"}, "Bees collect nectar from flowers. They store it in the hive, and "
+                                                    "fan it with their wings.\n\n***\n\nThe water evaporates and "
+                                                    "honey is left."),
+    ("bullet_list", {"n": 2, "markers": "-"}, "- Bees collect nectar from flowers. They store it in the hive, and fan "
+                                              "it with their wings.\n- The water evaporates and honey is left."),
     ("paragraph_first_word", {"n": 2, "nth": 2, "word": "then"},
      "Bees collect nectar from flowers. They store it in the hive, and fan it with their wings.\n\nThen, the water "
      "evaporates and honey is left."),
