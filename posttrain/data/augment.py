@@ -38,12 +38,17 @@ which the rejected side stopped early would teach stopping instead. With ``echo_
 with that probability and its own random stream, also gives an echo pair (``"contrast": "echo"``): the prompt's reply
 chosen, and the same reply with one of the prompt's instruction sentences said as one of its own sentences rejected
 (``echoed``): a model trained on constraint data can copy the instruction into its answer instead of obeying it
-(``eval/drift.py``'s ``format/instruction_echo_rate``).
+(``eval/drift.py``'s ``format/instruction_echo_rate``). With ``markup_loop_share`` > 0, each prompt whose reply has a
+bullet or divider line, with that probability and its own random stream, also gives a markup-loop pair
+(``"contrast": "markup_loop"``): the reply chosen, rejected the reply up to that line and then a markdown rule
+("* * *" for '* ' bullets) on line after line (``markup_looped``), the loop a small model falls into where a list or
+a division should begin.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -90,6 +95,11 @@ class AugmentSettings:
     # the reply saying one of the prompt's instruction sentences rejected): against copying the instruction into the
     # answer (issue 16, session 39: recipe_full's model echoed in 7.2% of its eval stage's constraint answers, the
     # base in 3.4%)
+    markup_loop_share: float = 0.0  # with pairs: share of prompts whose reply has a bullet or divider line that also
+    # give a markup-loop pair (the reply chosen, the reply turning into "* * *" lines where its list begins rejected):
+    # issue 16, session 41: asked for '* ' bullets, the quickstart's SFT and DPO models answered 5 of 23 markup
+    # prompts with "* * *" until the token limit (the base: 2); with them (run QM1) such answers fell to the base's
+    # count but the gain fell too and a capability gate failed (docs/CANDIDATES.md): no shipped recipe uses them
     drop_system: bool = False  # leave the candidates' system messages out of the SFT rows: a system prompt that
     # only steered sampling (e.g. "keep every reply under 50 words", so that fewer replies run into the token limit)
     # would otherwise be trained on as part of every prompt
@@ -113,7 +123,8 @@ class AugmentSettings:
             raise ValueError(f"max_words must be an integer >= min_words ({self.min_words}), got {self.max_words!r}")
         if self.contrast_share > 0 and not self.contrast_kinds:
             raise ValueError("contrast_kinds: empty, but contrast_share > 0")
-        for name in ("plain_share", "two_constraint_share", "contrast_share", "loop_share", "echo_share"):
+        for name in ("plain_share", "two_constraint_share", "contrast_share", "loop_share", "echo_share",
+                     "markup_loop_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.kinds:
@@ -225,6 +236,21 @@ def looped(text: str, rng: random.Random, copies: tuple[int, int] = (3, 6)) -> s
     return out if has_repeated_sentence(out) else None
 
 
+_MARKUP_LINE = re.compile(r"^[ \t]*(?:([*-]) +\S|(\*{3,}|-{3,})[ \t]*$)", re.MULTILINE)
+
+
+def markup_looped(text: str, rng: random.Random, copies: tuple[int, int] = (8, 16)) -> str | None:
+    """``text`` up to its first bullet line ('* ' or '- ') or divider line ("***", "******", "---"), then that
+    markup alone as a markdown rule ("* * *" for '* ' bullets, "- - -" for '- ' ones, the divider itself) on
+    ``copies`` (inclusive range) lines: the rejected side of a markup-loop pair. None when the text has no such
+    line."""
+    found = _MARKUP_LINE.search(text)
+    if found is None:
+        return None
+    rule = " ".join([found.group(1)] * 3) if found.group(1) else found.group(2)
+    return text[:found.start()] + "\n".join([rule] * rng.randint(*copies))
+
+
 def echoed(text: str, instruction: str, rng: random.Random) -> str:
     """``text`` with ``instruction`` said as one of its sentences: before its first sentence or after one of the
     others but its last, drawn at random (never after the last: a rejected side that goes on where the chosen one
@@ -238,12 +264,13 @@ def echoed(text: str, instruction: str, rng: random.Random) -> str:
 def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
              ) -> tuple[list[dict], list[str | None], list[dict], dict[str, Any]]:
     """(SFT rows, the reply each constrained row was edited from or None for a plain row, contrast pairs, then loop
-    pairs, then echo pairs, counts)."""
+    pairs, then echo pairs, then markup-loop pairs, counts)."""
     out: list[dict] = []
     originals: list[str | None] = []
     contrasts: list[dict] = []
     loops: list[dict] = []
     echoes: list[dict] = []
+    markup_loops: list[dict] = []
     stats: dict[str, Any] = {"replies": len(rows), "replies_used": 0, "skipped_constrained": 0,
                              "skipped_short": 0, "skipped_long": 0, "skipped_truncated": 0, "skipped_styled": 0,
                              "plain_examples": 0, "constrained_examples": 0, "replies_short_of_per_reply": 0}
@@ -330,17 +357,24 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
                     said = instructions[erng.randrange(len(instructions))]
                     echoes.append({"prompt": prompt, "chosen": chosen, "rejected": echoed(chosen, said, erng),
                                    "constraints": [], "phrasings": [], "source": source, "contrast": "echo"})
+        if settings.markup_loop_share > 0:
+            mrng = random.Random(f"markup:{stream}")
+            for prompt, chosen, _asked in prompts:
+                if _MARKUP_LINE.search(chosen) and mrng.random() < settings.markup_loop_share:
+                    markup_loops.append({"prompt": prompt, "chosen": chosen, "rejected": markup_looped(chosen, mrng),
+                                         "constraints": [], "phrasings": [], "source": source,
+                                         "contrast": "markup_loop"})
     stats["examples"] = len(out)
     stats["per_kind"] = per_kind
-    return out, originals, contrasts + loops + echoes, stats
+    return out, originals, contrasts + loops + echoes + markup_loops, stats
 
 
 def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSettings,
                  pairs_output: str | Path | None = None) -> dict[str, Any]:
     """Read ``candidates``, write the SFT rows to ``output`` (and with ``pairs_output``, the repair pairs there;
     atomically: a failed run leaves no partial file), return the counts (``pairs``: how many pairs, contrast pairs
-    included, which follow the repair pairs; ``contrast_pairs``: how many of those, ``loop_pairs`` and
-    ``echo_pairs`` among them).
+    included, which follow the repair pairs; ``contrast_pairs``: how many of those, ``loop_pairs``, ``echo_pairs``
+    and ``markup_loop_pairs`` among them).
     ``DataErrors`` for bad rows before anything is written."""
     rows, originals, contrasts, stats = _augment(read_candidates(candidates), settings)
     if not rows:
@@ -356,4 +390,5 @@ def augment_file(candidates: str | Path, output: str | Path, settings: AugmentSe
         stats["contrast_pairs"] = len(contrasts)
         stats["loop_pairs"] = sum(p.get("contrast") == "loop" for p in contrasts)
         stats["echo_pairs"] = sum(p.get("contrast") == "echo" for p in contrasts)
+        stats["markup_loop_pairs"] = sum(p.get("contrast") == "markup_loop" for p in contrasts)
     return stats

@@ -292,6 +292,10 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
             echo_share: float = typer.Option(0.0, help="with --pairs: share of constrained prompts that also give an "
                                                         "echo pair (their reply chosen, the reply saying one of the "
                                                         "prompt's instruction sentences rejected)"),
+            markup_loop_share: float = typer.Option(0.0, help="with --pairs: share of prompts whose reply has a "
+                                                               "bullet or divider line that also give a markup-loop "
+                                                               "pair (their reply chosen, the reply turning into "
+                                                               "'* * *' lines there rejected)"),
             seed: int = typer.Option(0)) -> None:
     """Constraint augmentation: each plain reply + sampled instruction constraints, the reply repaired to obey
     them (verifier-checked), as SFT rows; some replies also kept plain (docs/CANDIDATES.md)."""
@@ -303,15 +307,17 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         if pairs is not None:
             check_output_path(pairs, "--pairs", folder=False)
         elif given := [f"--{n}" for n, v in (("contrast-share", contrast_share), ("loop-share", loop_share),
-                                                ("echo-share", echo_share)) if v]:
-            raise ValueError(f"{given[0]} needs --pairs (contrast, loop and echo pairs are preference pairs)")
+                                                ("echo-share", echo_share),
+                                                ("markup-loop-share", markup_loop_share)) if v]:
+            raise ValueError(f"{given[0]} needs --pairs (contrast, loop, echo and markup-loop pairs are preference "
+                             "pairs)")
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    max_words=max_words, skip_truncated=skip_truncated, skip_styled=skip_styled,
                                    more_phrasings=more_phrasings, drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k),
                                    contrast_share=contrast_share, loop_share=loop_share,
-                                   echo_share=echo_share,
+                                   echo_share=echo_share, markup_loop_share=markup_loop_share,
                                    **({} if contrast_kinds is None else {"contrast_kinds": _kinds(contrast_kinds)}))
         stats = augment_file(candidates, output, settings, pairs)
     except _user_errors() as e:
@@ -323,6 +329,6 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                f"{stats['skipped_styled']} quoted or in capitals, {stats['skipped_constrained']} with constraints)")
     typer.echo("per kind: " + ", ".join(f"{k} {v}" for k, v in per_kind.items()))
     if pairs is not None:
-        contrast = (f" ({stats['contrast_pairs']} of them contrast, loop or echo pairs)" if stats["contrast_pairs"]
-                    else "")
+        contrast = (f" ({stats['contrast_pairs']} of them contrast, loop, echo or markup-loop pairs)"
+                    if stats["contrast_pairs"] else "")
         typer.echo(f"wrote {stats['pairs']} repair pairs to {pairs}{contrast}")

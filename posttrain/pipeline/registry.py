@@ -265,7 +265,7 @@ def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
 
 AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "kind_weights",
                 "min_words", "max_words", "skip_truncated", "skip_styled", "more_phrasings", "drop_system", "seed",
-                "pairs", "contrast_share", "contrast_kinds", "loop_share", "echo_share")
+                "pairs", "contrast_share", "contrast_kinds", "loop_share", "echo_share", "markup_loop_share")
 
 
 def augment_settings(params: dict, pending: Pending = nothing_pending):
@@ -280,11 +280,12 @@ def augment_settings(params: dict, pending: Pending = nothing_pending):
                          "min_words": (int,), "max_words": (int,),
                          "skip_truncated": (bool,), "skip_styled": (bool,), "more_phrasings": (bool,),
                          "drop_system": (bool,), "contrast_share": (int, float), "contrast_kinds": (list,),
-                         "loop_share": (int, float), "echo_share": (int, float), "seed": (int,), "pairs": (bool,)})
-    for key in ("contrast_share", "loop_share", "echo_share"):
+                         "loop_share": (int, float), "echo_share": (int, float), "markup_loop_share": (int, float),
+                         "seed": (int,), "pairs": (bool,)})
+    for key in ("contrast_share", "loop_share", "echo_share", "markup_loop_share"):
         if params.get(key) and not params.get("pairs"):
-            raise PipelineError(f"config: {key} needs pairs: true (contrast, loop and echo pairs are preference "
-                                "pairs)")
+            raise PipelineError(f"config: {key} needs pairs: true (contrast, loop, echo and markup-loop pairs are "
+                                "preference pairs)")
     check_file(params, "candidates", pending)
     options = {k: v for k, v in params.items() if k not in ("candidates", "pairs")}
     options["hold_out_kinds"] = tuple(options.get("hold_out_kinds") or ())

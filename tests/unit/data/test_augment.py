@@ -9,15 +9,15 @@ from typer.testing import CliRunner
 
 import random
 
-from posttrain.data.augment import (AugmentSettings, augment_file, augment_rows, echoed, looped, read_candidates,
-                                    repair_pairs)
+from posttrain.data.augment import (AugmentSettings, augment_file, augment_rows, echoed, looped, markup_looped,
+                                    read_candidates, repair_pairs)
 from posttrain.data.layouts import load_examples
 from posttrain.data.schema import DataError, DataErrors
 from posttrain.verifiers.constraints import check_constraints
 from posttrain.verifiers.counting import SENTENCE_BREAK
 from posttrain.verifiers.phrasings import CONSTRAINTS, phrasing_groups
 from posttrain.verifiers.repair import repair, tidy
-from posttrain.verifiers.style import has_repeated_sentence
+from posttrain.verifiers.style import has_repeated_sentence, is_repetitive
 
 REPLY_A = ("Bees collect nectar from flowers. They carry it back to the hive in their stomachs. Inside, they pass "
            "it from bee to bee and fan it with their wings. The water evaporates and the nectar thickens into "
@@ -444,6 +444,48 @@ def test_loop_pairs_reject_the_reply_looping_on_one_sentence(tmp_path):
         AugmentSettings(loop_share=-0.1)
 
 
+def test_markup_looped_turns_the_first_list_or_division_into_rule_lines():
+    one = random.Random(0)
+    assert markup_looped("Intro line.\n* Bees fly.\n* They sting.", one, copies=(3, 3)) == (
+        "Intro line.\n* * *\n* * *\n* * *")
+    assert markup_looped("- Bees fly.\n- They sting.", one, copies=(2, 2)) == "- - -\n- - -"
+    assert markup_looped("Bees fly.\n\n***\n\nThey sting.", one, copies=(2, 2)) == "Bees fly.\n\n***\n***"
+    assert markup_looped("One.\n******\nTwo.", one, copies=(2, 2)) == "One.\n******\n******"
+    # emphasis (no space after the star), a hyphenated word and a plain reply have no list or division
+    for text in ("*Bees* fly.\nThey sting.", "A well-known fact - bees fly.", "Bees fly. They sting."):
+        assert markup_looped(text, one) is None
+    counts = {markup_looped("* a\n* b", random.Random(seed)).count("* * *") for seed in range(60)}
+    assert counts == set(range(8, 17))
+    assert is_repetitive(markup_looped("* Bees fly.\n* They sting.", random.Random(1)))
+
+
+def test_markup_loop_pairs_follow_the_others_and_only_for_replies_with_markup(tmp_path):
+    path = write(tmp_path / "c.jsonl", [candidate(f"p{i}", "Explain how bees make honey.", REPLY_A)
+                                        for i in range(30)])
+    settings = dict(per_reply=2, plain_share=0.5, seed=3, loop_share=0.5, echo_share=0.5,
+                    kind_weights={"bullet_list": 6, "paragraph_count": 3})
+    base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
+    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, markup_loop_share=1.0),
+                         tmp_path / "p.jsonl")
+    before, pairs, sft = read(tmp_path / "p0.jsonl"), read(tmp_path / "p.jsonl"), read(tmp_path / "sft.jsonl")
+    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
+    assert pairs[:len(before)] == before and base_stats["markup_loop_pairs"] == 0
+    added = pairs[len(before):]
+    # one per constrained row whose reply has a bullet or divider line (share 1): bullets, a *** divider, the
+    # ****** between two responses; bare replies have none
+    marked = [r for r in sft if any(c["kind"] in ("bullet_list", "two_responses") or c["args"].get("divider")
+                                    for c in r["constraints"])]
+    assert len(added) == stats["markup_loop_pairs"] == len(marked) > 5
+    for pair, row in zip(added, marked):
+        assert pair["prompt"] == row["messages"][:-1] and pair["chosen"] == row["messages"][-1]["content"]
+        assert pair["contrast"] == "markup_loop" and pair["constraints"] == []
+        head, rule = pair["rejected"].rstrip("*- \n"), pair["rejected"].split("\n")[-1]
+        assert rule in ("* * *", "- - -", "***", "******") and pair["chosen"].startswith(head)
+        assert 8 <= pair["rejected"].count(rule + "\n") + 1 <= 16
+    with pytest.raises(ValueError, match=r"markup_loop_share must be in \[0, 1\]"):
+        AugmentSettings(markup_loop_share=1.5)
+
+
 def test_cli(candidates, tmp_path):
     from posttrain.cli import app
 
@@ -484,7 +526,8 @@ def test_cli(candidates, tmp_path):
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--contrast-share", "1", "--contrast-kinds", "all_caps"])
     assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
-    assert "(3 of them contrast, loop or echo pairs)" in result.output  # the bare task and the two constrained prompts
+    # the bare task and the two constrained prompts
+    assert "(3 of them contrast, loop, echo or markup-loop pairs)" in result.output
     contrasts = read(tmp_path / "pairs.jsonl")[2:]
     assert [p["rejected"] for p in contrasts] == [p["chosen"].upper() for p in contrasts]
     assert contrasts[0]["chosen"] == tidy(REPLY_A)
@@ -496,7 +539,7 @@ def test_cli(candidates, tmp_path):
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--loop-share", "1"])
     assert result.exit_code == 0 and "wrote 5 repair pairs to" in result.output, result.output
-    assert "(3 of them contrast, loop or echo pairs)" in result.output
+    assert "(3 of them contrast, loop, echo or markup-loop pairs)" in result.output
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
                                       "--loop-share", "0.5"])
     assert result.exit_code == 2 and "--loop-share needs --pairs" in result.output
@@ -506,8 +549,12 @@ def test_cli(candidates, tmp_path):
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "2",
                                       "--plain-share", "0", "--pairs", str(tmp_path / "pairs.jsonl"),
                                       "--echo-share", "1"])
-    assert result.exit_code == 0 and "(2 of them contrast, loop or echo pairs)" in result.output, result.output
+    assert result.exit_code == 0, result.output
+    assert "(2 of them contrast, loop, echo or markup-loop pairs)" in result.output
     assert [p["contrast"] for p in read(tmp_path / "pairs.jsonl")[-2:]] == ["echo", "echo"]
+    result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
+                                      "--markup-loop-share", "1"])
+    assert result.exit_code == 2 and "--markup-loop-share needs --pairs" in result.output
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "x.jsonl"),
                                       "--kind-weights", "lowercase:3"])
     assert result.exit_code == 2 and "--kind-weights: expected kind=number, got 'lowercase:3'" in result.output
@@ -553,6 +600,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
     ({"candidates": "c.jsonl", "pairs": True, "loop_share": "all"}, "config: key 'loop_share'"),
     ({"candidates": "c.jsonl", "echo_share": 0.3}, "config: echo_share needs pairs: true"),
     ({"candidates": "c.jsonl", "pairs": True, "echo_share": 1.5}, "config: echo_share must be in [0, 1]"),
+    ({"candidates": "c.jsonl", "markup_loop_share": 0.3}, "config: markup_loop_share needs pairs: true"),
+    ({"candidates": "c.jsonl", "pairs": True, "markup_loop_share": 2}, "config: markup_loop_share must be in [0, 1]"),
     ({"candidates": "c.jsonl", "pairs": True, "contrast_share": 0.3, "contrast_kinds": ["x"]},
      "config: contrast_kinds: unknown constraint kind"),
     ({"candidates": "c.jsonl", "extra": 1}, "config: unknown key 'extra'")])
