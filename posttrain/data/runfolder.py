@@ -3,6 +3,7 @@ status), metrics.jsonl and artifacts. Writes are atomic: a temp name, then a ren
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -46,6 +47,19 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """16 hex digits of sha256 over the installed posttrain package's own files (its modules and the data it ships:
+    eval suites, templates; names and bytes, in sorted order; caches left out): two installs that can compute
+    differently have different fingerprints, whatever their version string says. Computed once per process."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                    and p.suffix not in (".pyc", ".pyo")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def git_sha() -> str | None:

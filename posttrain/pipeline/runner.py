@@ -23,7 +23,13 @@ run left for a stage that is not run now is kept (a later run whose condition ho
 named in the manifest or under ``latest/``.
 
 Run-level records: ``run_dir/manifest.json`` (per stage: key, folder, status, wall time, metrics, inputs with
-hashes; package versions, git sha), rewritten atomically after every stage, and ``run_dir/latest/<name>`` links.
+hashes; package versions, git sha, the code fingerprint), rewritten atomically after every stage, and
+``run_dir/latest/<name>`` links.
+
+The key holds the version string, not the code: a stage finished by other posttrain code (an upgrade or a checkout
+that kept the version string) is still skipped, but ``stage.json`` records the fingerprint of the code that made it
+(``runfolder.code_fingerprint``) and the skip line says when it differs from this install's (or was not recorded),
+naming ``--force`` to recompute; the manifest entry keeps it as ``made_by_code``.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from posttrain.pipeline.spec import (
     substitute,
     topological_order,
 )
-from posttrain.data.runfolder import content_hash, git_sha, package_versions
+from posttrain.data.runfolder import code_fingerprint, content_hash, git_sha, package_versions
 from posttrain.report import write_report
 
 STAGE_RECORD = "stage.json"  # written by the runner into a stage's folder after the stage succeeded
@@ -283,7 +289,7 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"run_dir": str(run_dir), "started_at": _now(), "status": "running",
                                 "forced": sorted(forced), "versions": package_versions(), "git_sha": git_sha(),
-                                "order": [p.name for p in plans], "stages": {}}
+                                "code": code_fingerprint(), "order": [p.name for p in plans], "stages": {}}
     say = echo or (lambda _: None)
     hashes: dict[str, str | None] = {}  # content hashes of inputs, computed once until a stage writes something
 
@@ -320,7 +326,14 @@ def run_pipeline(spec: PipelineSpec, force: Iterable[str] = (), registry: dict[s
             record = read_record(plan.folder) or {}
             entry.update(status="skipped", wall_time_s=record.get("wall_time_s"), metrics=record.get("metrics", {}),
                          inputs=record.get("inputs", {}))
-            say(f"{plan.name}: skipped (complete in {plan.folder})")
+            made_by = record.get("code")
+            if made_by == manifest["code"]:
+                say(f"{plan.name}: skipped (complete in {plan.folder})")
+            else:
+                entry["made_by_code"] = made_by
+                say(f"{plan.name}: skipped (complete in {plan.folder}), but made by other posttrain code "
+                    f"({made_by or 'not recorded'}; this install: {manifest['code']}): --force {plan.name} "
+                    "recomputes it and its dependents")
         else:
             if reason:  # a finished stage that no longer matches its record: start it over, not resume it
                 say(f"{plan.name}: {reason}: recomputing")
@@ -362,7 +375,8 @@ def _run_stage(plan: StagePlan, stage: StageSpec, run_dir: Path, manifest: dict[
     atomic_write_json(plan.folder / STAGE_RECORD, {
         "stage": plan.name, "command": plan.command, "key": plan.key, "config": plan.params,
         "inputs": inputs, "outputs": record_outputs(plan.folder), "metrics": metrics, "wall_time_s": wall,
-        "resumed": resume, "finished_at": _now(), "versions": manifest["versions"], "git_sha": manifest["git_sha"]})
+        "resumed": resume, "finished_at": _now(), "versions": manifest["versions"], "git_sha": manifest["git_sha"],
+        "code": manifest["code"]})
     return {"status": "done", "resumed": resume, "wall_time_s": wall, "metrics": metrics, "inputs": inputs}
 
 

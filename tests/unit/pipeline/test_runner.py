@@ -97,6 +97,39 @@ def test_run_skip_change_force_and_resume(tmp_path):
         run_pipeline(parse_pipeline(pipeline(tmp_path)), force=["nope"], registry=registry)
 
 
+def test_a_stage_made_by_other_code_is_skipped_with_a_line_that_says_so(tmp_path, monkeypatch):
+    import posttrain.pipeline.runner as runner_module
+    from posttrain.data.runfolder import code_fingerprint
+
+    calls: list = []
+    registry = make_registry(calls)
+    first = run_pipeline(parse_pipeline(pipeline(tmp_path)), registry=registry)
+    here = code_fingerprint()
+    assert len(here) == 16 and first["code"] == here == code_fingerprint()
+    record_b = Path(first["stages"]["b"]["folder"]) / "stage.json"
+    assert json.loads(record_b.read_text())["code"] == here
+    lines: list = []
+    run_pipeline(parse_pipeline(pipeline(tmp_path)), registry=registry, echo=lines.append)
+    assert [line for line in lines if "other posttrain code" in line] == []
+    # an upgrade that kept the version string: the same keys, so skipped, but each such stage says so
+    monkeypatch.setattr(runner_module, "code_fingerprint", lambda: "0123456789abcdef")
+    lines.clear()
+    calls.clear()
+    again = run_pipeline(parse_pipeline(pipeline(tmp_path)), registry=registry, echo=lines.append)
+    assert calls == [] and {s["status"] for s in again["stages"].values()} == {"skipped"}
+    said = [line for line in lines if "other posttrain code" in line]
+    assert len(said) == 4 and f"b: skipped (complete in {first['stages']['b']['folder']}), but made by other " \
+        f"posttrain code ({here}; this install: 0123456789abcdef): --force b recomputes it" in said[1]
+    assert again["stages"]["b"]["made_by_code"] == here and again["code"] == "0123456789abcdef"
+    # a folder finished before fingerprints were recorded
+    record = json.loads(record_b.read_text())
+    del record["code"]
+    record_b.write_text(json.dumps(record))
+    lines.clear()
+    run_pipeline(parse_pipeline(pipeline(tmp_path)), registry=registry, echo=lines.append)
+    assert any(line.startswith("b: skipped") and "(not recorded; this install" in line for line in lines)
+
+
 def test_failed_stage_is_recorded_and_resumed(tmp_path):
     calls: list = []
     with pytest.raises(RuntimeError, match="killed"):
