@@ -32,6 +32,18 @@ def candidate(pid, task, text, finish="stop", metadata=None):
             "finish_reason": finish, "metadata": metadata or {}}
 
 
+def with_and_without(path, tmp_path, settings, **extra):
+    """``augment_file`` of ``path`` with pairs, under ``settings`` and then with ``extra`` too: the SFT rows and
+    every pair of the first run stay as they were in the second (asserted). Returns (stats without, stats with, the
+    first run's pairs, the second run's pairs, its SFT rows)."""
+    base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
+    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, **extra), tmp_path / "p.jsonl")
+    before, pairs, sft = read(tmp_path / "p0.jsonl"), read(tmp_path / "p.jsonl"), read(tmp_path / "sft.jsonl")
+    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
+    assert pairs[:len(before)] == before
+    return base_stats, stats, before, pairs, sft
+
+
 def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -381,14 +393,10 @@ def test_echo_pairs_reject_the_reply_saying_an_instruction_of_its_prompt(tmp_pat
     path = write(tmp_path / "c.jsonl", [candidate("a", "Explain how bees make honey.", REPLY_A),
                                         candidate("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])])
     settings = dict(per_reply=2, plain_share=1.0, seed=3, loop_share=0.5)
-    base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
-    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, echo_share=1.0),
-                         tmp_path / "p.jsonl")
-    before, pairs, sft = read(tmp_path / "p0.jsonl"), read(tmp_path / "p.jsonl"), read(tmp_path / "sft.jsonl")
     # the SFT rows, repair pairs and loop pairs do not change; one echo pair per constrained prompt follows them
     # (the bare tasks ask for nothing, so they give none)
-    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
-    assert pairs[:len(before)] == before and base_stats["echo_pairs"] == 0
+    base_stats, stats, before, pairs, sft = with_and_without(path, tmp_path, settings, echo_share=1.0)
+    assert base_stats["echo_pairs"] == 0
     echoes = pairs[len(before):]
     constrained = [r for r in sft if r["constraints"]]
     assert len(echoes) == len(constrained) == 4 and stats["echo_pairs"] == 4 and stats["pairs"] == len(pairs)
@@ -411,15 +419,9 @@ def test_loop_pairs_reject_the_reply_looping_on_one_sentence(tmp_path):
     path = write(tmp_path / "c.jsonl", [candidate("a", "Explain how bees make honey.", REPLY_A),
                                         candidate("b", "Describe public libraries.", REPLY_B.rsplit(" ", 1)[0])])
     settings = dict(per_reply=2, plain_share=0.0, seed=3, contrast_share=0.5, contrast_kinds=("lowercase",))
-    base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
-    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, loop_share=1.0),
-                         tmp_path / "p.jsonl")
-    before = read(tmp_path / "p0.jsonl")
-    pairs = read(tmp_path / "p.jsonl")
-    sft = read(tmp_path / "sft.jsonl")
     # the SFT rows, repair pairs and contrast pairs do not change; one loop pair per prompt follows them
-    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
-    assert pairs[:len(before)] == before and base_stats["loop_pairs"] == 0
+    base_stats, stats, before, pairs, sft = with_and_without(path, tmp_path, settings, loop_share=1.0)
+    assert base_stats["loop_pairs"] == 0
     loops = pairs[len(before):]
     wanted = []
     for pid, task, reply in (("a", "Explain how bees make honey.", REPLY_A),
@@ -464,12 +466,8 @@ def test_markup_loop_pairs_follow_the_others_and_only_for_replies_with_markup(tm
                                         for i in range(30)])
     settings = dict(per_reply=2, plain_share=0.5, seed=3, loop_share=0.5, echo_share=0.5,
                     kind_weights={"bullet_list": 6, "paragraph_count": 3})
-    base_stats = augment_file(path, tmp_path / "sft0.jsonl", AugmentSettings(**settings), tmp_path / "p0.jsonl")
-    stats = augment_file(path, tmp_path / "sft.jsonl", AugmentSettings(**settings, markup_loop_share=1.0),
-                         tmp_path / "p.jsonl")
-    before, pairs, sft = read(tmp_path / "p0.jsonl"), read(tmp_path / "p.jsonl"), read(tmp_path / "sft.jsonl")
-    assert (tmp_path / "sft.jsonl").read_text() == (tmp_path / "sft0.jsonl").read_text()
-    assert pairs[:len(before)] == before and base_stats["markup_loop_pairs"] == 0
+    base_stats, stats, before, pairs, sft = with_and_without(path, tmp_path, settings, markup_loop_share=1.0)
+    assert base_stats["markup_loop_pairs"] == 0
     added = pairs[len(before):]
     # one per constrained row whose reply has a bullet or divider line (share 1): bullets, a *** divider, the
     # ****** between two responses; bare replies have none
