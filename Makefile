@@ -45,7 +45,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 # The slow tests that do not load the builtin model (DeepSpeed / ZeRO-3 repeats of default-run distributed checks,
-# PostgreSQL repeats of SQLite ones): about 5 minutes on 2 cores; CI runs them after `make test`
+# PostgreSQL repeats of SQLite ones): about 6 minutes on 2 cores; CI runs them after `make test`
 test-backends: setup
 	$(PY) -m pytest -q -m "slow and not builtin and not gpu" $(PYTEST_ARGS)
 
