@@ -82,6 +82,9 @@ class AugmentSettings:
     # would teach (issue 16 runs E1 -> E4: 22 of the quickstart's 338 replies skipped; its quoted answers stayed 8%)
     more_phrasings: bool = False  # also draw the wordings of ``verifiers/phrasings.py::MORE_PHRASINGS`` (and
     # word_count's minimum-length side); off, the draws are the ones of the shipped prompt files' phrasings
+    more_arguments: bool = False  # draw the keywords, opening and closing phrases and paragraph openers that the
+    # prompts ask for from ``verifiers/phrasings.py::MORE_ARGUMENTS``'s wider pools as well (the shipped ones alone:
+    # 15 keywords, 6 closing phrases), so that the model copies the one asked for instead of choosing among a few
     contrast_share: float = 0.0  # with pairs: share of prompts (bare and constrained) that also give a contrast pair
     contrast_kinds: tuple[str, ...] = ("lowercase", "all_caps")  # the edits a contrast pair rejects: by default the
     # whole-reply case changes the drift gates count; quotes and JSON also add a closing token where the chosen reply
@@ -276,7 +279,8 @@ def _augment(rows: list[dict[str, Any]], settings: AugmentSettings
                              "plain_examples": 0, "constrained_examples": 0, "replies_short_of_per_reply": 0}
     kinds = settings.kinds
     weights = [settings.weight(k) for k in kinds]  # once per run, not per draw
-    wordings = {k: [(sampler, t) for sampler, templates in phrasing_groups(k, settings.more_phrasings)
+    wordings = {k: [(sampler, t)
+                    for sampler, templates in phrasing_groups(k, settings.more_phrasings, settings.more_arguments)
                     for t in templates] for k in kinds}  # kind -> [(args sampler, template)], by template index
     per_kind = {k: 0 for k in kinds}
     for row in rows:

@@ -277,6 +277,9 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
                                                           "capitals (unrequested formatting)"),
             more_phrasings: bool = typer.Option(False, help="also use the extra wordings of each constraint "
                                                              "(verifiers/phrasings.py MORE_PHRASINGS)"),
+            more_arguments: bool = typer.Option(False, help="also draw the keywords and opening / closing phrases "
+                                                             "asked for from wider pools (verifiers/phrasings.py "
+                                                             "MORE_ARGUMENTS)"),
             drop_system: bool = typer.Option(False, help="leave the candidates' system messages out of the rows "
                                                           "(a system prompt that only steered sampling)"),
             pairs: Path = typer.Option(None, "--pairs", help="also write repair pairs here (JSONL: chosen = the "
@@ -314,7 +317,8 @@ def augment(candidates: Path = typer.Argument(..., help="candidates of plain tas
         settings = AugmentSettings(per_reply=per_reply, kind_weights=_kind_weights(kind_weights), plain_share=plain_share,
                                    two_constraint_share=two_constraint_share, min_words=min_words, seed=seed,
                                    max_words=max_words, skip_truncated=skip_truncated, skip_styled=skip_styled,
-                                   more_phrasings=more_phrasings, drop_system=drop_system,
+                                   more_phrasings=more_phrasings, more_arguments=more_arguments,
+                                   drop_system=drop_system,
                                    hold_out_kinds=tuple(k for k in hold_out_kinds.split(",") if k),
                                    contrast_share=contrast_share, loop_share=loop_share,
                                    echo_share=echo_share, markup_loop_share=markup_loop_share,

@@ -264,8 +264,9 @@ def run_judge(params: dict, output_dir: Path, resume: bool) -> dict:
 
 
 AUGMENT_KEYS = ("candidates", "per_reply", "plain_share", "two_constraint_share", "hold_out_kinds", "kind_weights",
-                "min_words", "max_words", "skip_truncated", "skip_styled", "more_phrasings", "drop_system", "seed",
-                "pairs", "contrast_share", "contrast_kinds", "loop_share", "echo_share", "markup_loop_share")
+                "min_words", "max_words", "skip_truncated", "skip_styled", "more_phrasings", "more_arguments",
+                "drop_system", "seed", "pairs", "contrast_share", "contrast_kinds", "loop_share", "echo_share",
+                "markup_loop_share")
 
 
 def augment_settings(params: dict, pending: Pending = nothing_pending):
@@ -279,7 +280,8 @@ def augment_settings(params: dict, pending: Pending = nothing_pending):
                          "two_constraint_share": (int, float), "hold_out_kinds": (list,), "kind_weights": (dict,),
                          "min_words": (int,), "max_words": (int,),
                          "skip_truncated": (bool,), "skip_styled": (bool,), "more_phrasings": (bool,),
-                         "drop_system": (bool,), "contrast_share": (int, float), "contrast_kinds": (list,),
+                         "more_arguments": (bool,), "drop_system": (bool,), "contrast_share": (int, float),
+                         "contrast_kinds": (list,),
                          "loop_share": (int, float), "echo_share": (int, float), "markup_loop_share": (int, float),
                          "seed": (int,), "pairs": (bool,)})
     for key in ("contrast_share", "loop_share", "echo_share", "markup_loop_share"):

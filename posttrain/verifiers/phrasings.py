@@ -389,10 +389,46 @@ MORE_PHRASINGS = {
 }
 
 
-def phrasing_groups(kind: str, more: bool = False) -> list[tuple]:
+# Wider argument pools, for constraint augmentation only (``data/augment.py`` with ``more_arguments``): the words
+# and phrases a prompt asks the reply to contain, open or close with. With the pools above alone a model sees 15
+# keywords, 7 openers, 6 closers and 4 paragraph openers over a whole training run, so it can learn which of those
+# to write instead of copying the one the prompt names. The eval suites ask for other words (tests/unit/eval/
+# test_suites.py checks that no value here is an argument of a builtin suite).
+MORE_KEYWORDS = ["mountain", "pencil", "ladder", "music", "paper", "winter", "summer", "journey", "signal", "energy",
+                 "patient", "humble", "warm", "quiet", "strong", "open", "local", "modern", "ancient", "colorful",
+                 "healthy", "safe", "reliable", "natural", "daily", "busy", "early", "hidden", "famous", "special",
+                 "common", "precise", "soft", "clean", "bold", "wise", "lucky", "proud", "brave", "plain", "tiny",
+                 "huge", "copper", "golden", "ocean", "forest", "family", "moment", "future", "pebble"]
+MORE_OPENERS = ["Great question", "Let me walk you through it", "Long story short", "Here we go", "Glad to help",
+                "First of all", "Okay", "In brief", "Nice one", "Simply put", "Good point", "Now then", "Right",
+                "Here is the idea", "My answer is this", "Honestly", "Put simply", "Glad you asked", "Let us see",
+                "Briefly", "Interesting question", "The short answer", "Here is what I know", "To answer you"]
+MORE_CLOSERS = ["Take it easy.", "Best wishes.", "Good luck!", "Enjoy!", "Farewell.", "That sums it up.",
+                "I hope that answers it.", "Let me know what you think.", "Cheers!", "All the best.",
+                "Happy learning!", "Stay safe.", "Talk soon.", "With thanks.", "That covers it.", "Have fun!",
+                "Thank you.", "Enough said.", "Done.", "Bye for now.", "Warm regards.", "More soon."]
+MORE_FIRST_WORDS = ["again", "likewise", "besides", "even", "overall", "later", "instead", "yet", "thus",
+                    "first", "second", "here"]
+
+# kind -> its ``CONSTRAINTS`` sampler drawing from the pools above as well (the same arguments otherwise)
+MORE_ARGUMENTS = {
+    "include_keywords": lambda rng: {"keywords": rng.sample(KEYWORDS + MORE_KEYWORDS, rng.choice([1, 2]))},
+    "keyword_frequency": lambda rng: {"keyword": rng.choice(KEYWORDS + MORE_KEYWORDS), "n": rng.choice([2, 3]),
+                                      "relation": "at least"},
+    "starts_with_phrase": lambda rng: {"phrase": rng.choice(OPENERS + MORE_OPENERS)},
+    "ends_with_phrase": lambda rng: {"phrase": rng.choice(CLOSERS + MORE_CLOSERS)},
+    "paragraph_first_word": lambda rng: {"n": 2, "nth": 2, "word": rng.choice(
+        ["then", "also", "finally", "so"] + MORE_FIRST_WORDS)},
+}
+
+
+def phrasing_groups(kind: str, more: bool = False, more_arguments: bool = False) -> list[tuple]:
     """[(args sampler, [templates])] of one kind: its ``CONSTRAINTS`` entry, then (``more``) its
-    ``MORE_PHRASINGS`` groups, a sampler of None meaning the kind's own. Template indices run on across groups."""
+    ``MORE_PHRASINGS`` groups, a sampler of None meaning the kind's own. Template indices run on across groups.
+    With ``more_arguments`` the kind's own sampler is its ``MORE_ARGUMENTS`` one where it has one."""
     sampler, templates = CONSTRAINTS[kind]
+    if more_arguments:
+        sampler = MORE_ARGUMENTS.get(kind, sampler)
     groups = [(sampler, templates)]
     if more:
         groups += [(s or sampler, t) for s, t in MORE_PHRASINGS.get(kind, [])]

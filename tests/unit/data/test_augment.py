@@ -165,6 +165,42 @@ def test_more_phrasings_draws_the_extra_wordings_and_minimum_word_counts(tmp_pat
     assert not any("min" in c["args"] for r in plain for c in r["constraints"])
 
 
+def test_more_arguments_draws_keywords_and_phrases_from_the_wider_pools(tmp_path):
+    """more_arguments: the keywords, opening / closing phrases and paragraph openers asked for come from the shipped
+    pools and MORE_ARGUMENTS's; every row asks for its argument in its prompt and its reply obeys it. Off: the
+    shipped pools only."""
+    from posttrain.verifiers import phrasings as ph
+
+    rows = read_candidates(write(tmp_path / "c.jsonl", [candidate(f"p{i}", "Explain how bees make honey.", REPLY_A)
+                                                        for i in range(120)]))
+    kinds = ("include_keywords", "keyword_frequency", "starts_with_phrase", "ends_with_phrase",
+             "paragraph_first_word")
+    base = dict(per_reply=2, plain_share=0.0, seed=4, two_constraint_share=0.0,
+                kind_weights={k: (1 if k in kinds else 0) for k in CONSTRAINTS})
+    shipped = {"include_keywords": ph.KEYWORDS, "keyword_frequency": ph.KEYWORDS, "starts_with_phrase": ph.OPENERS,
+               "ends_with_phrase": ph.CLOSERS, "paragraph_first_word": ["then", "also", "finally", "so"]}
+    wider = {"include_keywords": ph.MORE_KEYWORDS, "keyword_frequency": ph.MORE_KEYWORDS,
+             "starts_with_phrase": ph.MORE_OPENERS, "ends_with_phrase": ph.MORE_CLOSERS,
+             "paragraph_first_word": ph.MORE_FIRST_WORDS}
+
+    def values(constraint):
+        args = constraint["args"]
+        return args.get("keywords") or [args.get("keyword") or args.get("phrase") or args["word"]]
+
+    for more in (False, True):
+        out, _ = augment_rows(rows, AugmentSettings(**base, more_arguments=more))
+        drawn = {k: set() for k in kinds}
+        for row in out:
+            (constraint,) = row["constraints"]
+            assert all(r.passed for r in check_constraints(row["messages"][-1]["content"], row["constraints"]))
+            for value in values(constraint):
+                assert value in row["messages"][-2]["content"]
+                drawn[constraint["kind"]].add(value)
+        for kind in kinds:
+            assert drawn[kind] <= set(shipped[kind]) | (set(wider[kind]) if more else set())
+            assert bool(drawn[kind] & set(wider[kind])) == more, kind
+
+
 def test_a_wording_that_names_its_marker_gets_it_and_no_other_row_changes(tmp_path, monkeypatch):
     """bullet_list/1 asks for '- ' lines and paragraph_count/3 for the *** divider: their rows carry the marker as
     an argument, so the demonstration writes what the sentence asks (it wrote '* ' and blank lines before); no
@@ -550,6 +586,15 @@ def test_cli(candidates, tmp_path):
     assert result.exit_code == 0, result.output
     assert "(2 of them contrast, loop, echo or markup-loop pairs)" in result.output
     assert [p["contrast"] for p in read(tmp_path / "pairs.jsonl")[-2:]] == ["echo", "echo"]
+    from posttrain.verifiers.phrasings import MORE_CLOSERS
+
+    for more, wider in (([], False), (["--more-arguments"], True)):
+        result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(out), "--per-reply", "3",
+                                          "--two-constraint-share", "0", "--kind-weights", "ends_with_phrase=1000",
+                                          *more])
+        assert result.exit_code == 0, result.output
+        phrases = [c["args"]["phrase"] for r in read(out) for c in r["constraints"]]
+        assert len(phrases) == 3 and any(p in MORE_CLOSERS for p in phrases) == wider, phrases
     result = CliRunner().invoke(app, ["data", "augment", str(candidates), "-o", str(tmp_path / "y.jsonl"),
                                       "--markup-loop-share", "1"])
     assert result.exit_code == 2 and "--markup-loop-share needs --pairs" in result.output
@@ -567,8 +612,8 @@ def test_pipeline_stage_feeds_sft(candidates, tmp_path, one_torch_thread):
         "augment": {"command": "augment", "config": {"candidates": str(candidates), "per_reply": 2,
                                                      "plain_share": 0.5, "hold_out_kinds": ["lowercase"],
                                                      "kind_weights": {"title": 3, "all_caps": 0},
-                                                     "more_phrasings": True, "drop_system": True,
-                                                     "pairs": True, "contrast_share": 1.0,
+                                                     "more_phrasings": True, "more_arguments": True,
+                                                     "drop_system": True, "pairs": True, "contrast_share": 1.0,
                                                      "contrast_kinds": ["all_caps"]}},
         "sft": {"command": "sft", "config": {
             "model": {"name": "tiny-random"}, "data": {"train": "${augment.output}/sft.jsonl", "max_length": 256},

@@ -189,7 +189,8 @@ def test_ood_suites_share_no_phrasing_with_any_augmentation_wording():
 
     wordings = set()
     for kind in CONSTRAINTS:
-        for sampler, templates in phrasing_groups(kind, more=True):
+        for sampler, templates in (phrasing_groups(kind, more=True)
+                                   + phrasing_groups(kind, more=True, more_arguments=True)):
             for seed in range(20):
                 args = {"prompt_to_repeat": "x"} if kind == "repeat_prompt" else sampler(random.Random(seed))
                 for template in templates:
@@ -198,6 +199,35 @@ def test_ood_suites_share_no_phrasing_with_any_augmentation_wording():
     shared = {f"{name}/{row.id}": sorted(common)[:2] for name in FRESH_CONSTRAINT_SUITES
               for row in load_suite(name) if (common := _ngrams(row.prompt[-1]["content"], 6) & wordings)}
     assert shared == {}
+
+
+def test_the_wider_argument_pools_hold_no_argument_of_a_builtin_suite():
+    """No keyword, opening or closing phrase or paragraph opener of ``MORE_ARGUMENTS``'s pools is one that a builtin
+    suite asks for (case and end punctuation aside): training on them would teach the eval's own arguments. Of the
+    shipped pools, two paragraph openers are words that constraints_ood asks for (ood-0032 not to use "also",
+    ood-0099 to open a paragraph with "Finally"): pinned here, so that no other value joins them."""
+    from posttrain.verifiers import phrasings as ph
+
+    def norm(value):
+        return value.lower().strip().rstrip(".!?")
+
+    def asked(names):
+        values = set()
+        for name in names:
+            for row in load_suite(name):
+                for c in constraints_from_metadata(row.metadata) if row.kind == "constraint" else []:
+                    args = c.get("args") or {}
+                    values |= {norm(v) for v in args.get("keywords") or []}
+                    values |= {norm(args[k]) for k in ("keyword", "phrase", "word") if isinstance(args.get(k), str)}
+        return values
+
+    wider = ph.MORE_KEYWORDS + ph.MORE_OPENERS + ph.MORE_CLOSERS + ph.MORE_FIRST_WORDS
+    shipped = ph.KEYWORDS + ph.OPENERS + ph.CLOSERS + ["then", "also", "finally", "so"]
+    assert len(wider + shipped) == len({norm(v) for v in wider + shipped}) == 140
+    fresh = asked(FRESH_CONSTRAINT_SUITES)
+    assert len(fresh) > 50
+    assert sorted({norm(v) for v in wider} & asked(BUILTIN)) == []
+    assert sorted({norm(v) for v in shipped} & fresh) == ["also", "finally"]
 
 
 @pytest.mark.parametrize("suite", ["constraints_reserve", "constraints_ood2"])
