@@ -16,6 +16,7 @@ OPENERS = ["Sure thing", "Here is my answer", "Good question", "Absolutely", "We
 CLOSERS = ["Thanks for reading.", "That is all.", "Hope this helps!", "The end.", "Have a great day.",
            "Any other questions?"]
 FORBIDDEN = ["very", "really", "thing", "good", "nice", "just"]
+FIRST_WORDS = ["then", "also", "finally", "so"]  # the word that opens a second paragraph
 
 
 def _kw(rng):
@@ -193,7 +194,7 @@ CONSTRAINTS = {
         lambda a: f"Have {a['n']} or more words that are fully capitalised.",
         lambda a: f"Emphasise at least {a['n']} words by writing them in UPPERCASE.",
     ]),
-    "paragraph_first_word": (lambda rng: {"n": 2, "nth": 2, "word": rng.choice(["then", "also", "finally", "so"])}, [
+    "paragraph_first_word": (lambda rng: {"n": 2, "nth": 2, "word": rng.choice(FIRST_WORDS)}, [
         lambda a: f"Write {a['n']} paragraphs separated by a blank line; the second paragraph must begin with the "
                   f"word '{a['word']}'.",
         lambda a: f"Use two paragraphs (blank line between them) and start paragraph 2 with \"{a['word']}\".",
@@ -417,8 +418,7 @@ MORE_ARGUMENTS = {
                                       "relation": "at least"},
     "starts_with_phrase": lambda rng: {"phrase": rng.choice(OPENERS + MORE_OPENERS)},
     "ends_with_phrase": lambda rng: {"phrase": rng.choice(CLOSERS + MORE_CLOSERS)},
-    "paragraph_first_word": lambda rng: {"n": 2, "nth": 2, "word": rng.choice(
-        ["then", "also", "finally", "so"] + MORE_FIRST_WORDS)},
+    "paragraph_first_word": lambda rng: {"n": 2, "nth": 2, "word": rng.choice(FIRST_WORDS + MORE_FIRST_WORDS)},
 }
 
 

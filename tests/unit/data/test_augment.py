@@ -178,7 +178,7 @@ def test_more_arguments_draws_keywords_and_phrases_from_the_wider_pools(tmp_path
     base = dict(per_reply=2, plain_share=0.0, seed=4, two_constraint_share=0.0,
                 kind_weights={k: (1 if k in kinds else 0) for k in CONSTRAINTS})
     shipped = {"include_keywords": ph.KEYWORDS, "keyword_frequency": ph.KEYWORDS, "starts_with_phrase": ph.OPENERS,
-               "ends_with_phrase": ph.CLOSERS, "paragraph_first_word": ["then", "also", "finally", "so"]}
+               "ends_with_phrase": ph.CLOSERS, "paragraph_first_word": ph.FIRST_WORDS}
     wider = {"include_keywords": ph.MORE_KEYWORDS, "keyword_frequency": ph.MORE_KEYWORDS,
              "starts_with_phrase": ph.MORE_OPENERS, "ends_with_phrase": ph.MORE_CLOSERS,
              "paragraph_first_word": ph.MORE_FIRST_WORDS}
